@@ -1,0 +1,147 @@
+"""Pipeline configuration: which plugin runs each stage, their options, the device.
+
+A TOML file holds everything (every key optional)::
+
+    [pipeline]
+    detector = "mediapipe"
+    regressor = "landmark-mesh"
+    segmenter = "none"          # "none" (or "") runs no segmenter
+    refiners = []               # in order, e.g. ["laplace", "sfs"]
+    device = "auto"             # "cpu", "cuda" or "auto"
+    all_faces = false           # reconstruct every face, not only the largest
+    max_image_pixels = 80000000 # larger images are refused before decoding
+
+    [plugins]
+    allow = ["my-detector"]     # only these third-party plugins load (omit: all)
+    block = ["some-plugin"]     # these never load
+
+    [options.detector.mediapipe]  # per-stage options; each plugin documents its own
+    max_faces = 4
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from .errors import ConfigError
+from .stages import STAGE_KINDS
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything the pipeline needs to know; build it with :meth:`load` or directly.
+
+    options: (kind, plugin name) -> that stage's option table, e.g. {("detector", "mediapipe"): {...}}.
+    allow_plugins: None = every installed plugin may load; else only these third-party ones.
+    """
+
+    detector: str = "mediapipe"
+    regressor: str = "landmark-mesh"
+    segmenter: str | None = None
+    refiners: tuple[str, ...] = ()
+    device: str = "auto"
+    all_faces: bool = False
+    max_image_pixels: int = 80_000_000
+    options: Mapping[tuple[str, str], Mapping[str, Any]] = field(default_factory=dict)
+    allow_plugins: tuple[str, ...] | None = None
+    block_plugins: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.segmenter in ("", "none"):
+            object.__setattr__(self, "segmenter", None)
+        object.__setattr__(self, "refiners", tuple(self.refiners))
+        for name in (self.detector, self.regressor, *self.refiners):
+            if not isinstance(name, str) or not name:
+                raise ConfigError(f"stage plugin names must be non-empty strings, got {name!r}")
+        if not isinstance(self.max_image_pixels, int) or self.max_image_pixels <= 0:
+            raise ConfigError(f"max_image_pixels must be a positive integer, got {self.max_image_pixels!r}")
+        object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
+
+    def options_for(self, kind: str, name: str) -> Mapping[str, Any]:
+        return self.options.get((kind, name), {})
+
+    def with_options(self, kind: str, name: str, table: Mapping[str, Any]) -> PipelineConfig:
+        """A copy where stage ``kind``/``name`` gets ``table`` merged over its current options."""
+        merged = dict(self.options)
+        merged[(kind, name)] = {**self.options_for(kind, name), **table}
+        return replace(self, options=merged)
+
+    @classmethod
+    def load(cls, path: str | Path) -> PipelineConfig:
+        """Read a TOML config file; every problem is a :class:`ConfigError` naming the file and key."""
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+        try:
+            return cls.from_mapping(data)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> PipelineConfig:
+        """Build from the parsed TOML structure shown in the module docstring."""
+        _only_keys(data, {"pipeline", "plugins", "options"}, "top level")
+        pipeline = _table(data, "pipeline")
+        simple = {f.name for f in fields(cls)} - {"options", "allow_plugins", "block_plugins"}
+        _only_keys(pipeline, simple, "[pipeline]")
+        kwargs: dict[str, Any] = {}
+        for key, value in pipeline.items():
+            expected = {"refiners": list, "all_faces": bool, "max_image_pixels": int}.get(key, str)
+            if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+                raise ConfigError(f"[pipeline] {key} must be a {expected.__name__}, got {value!r}")
+            kwargs[key] = tuple(value) if key == "refiners" else value
+        plugins = _table(data, "plugins")
+        _only_keys(plugins, {"allow", "block"}, "[plugins]")
+        for key in ("allow", "block"):
+            value = plugins.get(key)
+            if value is not None and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+                raise ConfigError(f"[plugins] {key} must be a list of plugin names, got {value!r}")
+        options: dict[tuple[str, str], Mapping[str, Any]] = {}
+        for kind, per_kind in _table(data, "options").items():
+            if kind not in STAGE_KINDS:
+                raise ConfigError(f"[options.{kind}]: unknown stage kind (known: {', '.join(STAGE_KINDS)})")
+            if not isinstance(per_kind, Mapping):
+                raise ConfigError(f"[options.{kind}] must be a table of plugin tables")
+            for name, table in per_kind.items():
+                if not isinstance(table, Mapping):
+                    raise ConfigError(f"[options.{kind}.{name}] must be a table")
+                options[(kind, name)] = dict(table)
+        return cls(
+            **kwargs,
+            options=options,
+            allow_plugins=tuple(plugins["allow"]) if "allow" in plugins else None,
+            block_plugins=tuple(plugins.get("block", ())),
+        )
+
+
+def _table(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"[{key}] must be a table")
+    return value
+
+
+def _only_keys(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(allowed))})")

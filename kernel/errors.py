@@ -1,0 +1,30 @@
+"""Exceptions of facerecon. Every error a user can cause has its own class and a message that says
+what was wrong and, where possible, what to do about it."""
+
+
+class FaceReconError(Exception):
+    """Base class of every facerecon error."""
+
+
+class ConfigError(FaceReconError):
+    """A bad configuration: unknown plugin, unknown option, wrong type, unreadable TOML."""
+
+
+class PluginError(FaceReconError):
+    """A plugin failed to load or to register, or broke the stage contract."""
+
+
+class ModelFileError(FaceReconError):
+    """A model file is missing, unreadable, or not what the plugin expects."""
+
+
+class InputError(FaceReconError):
+    """An input image could not be used (not an image, truncated, empty, too large...)."""
+
+
+class NoFaceError(FaceReconError):
+    """The detector found no face in the image."""
+
+
+class RecordError(FaceReconError, ValueError):
+    """A record was built with arrays of the wrong shape, dtype or range."""

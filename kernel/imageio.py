@@ -1,0 +1,118 @@
+"""Reading photos into the pipeline's image format: ``uint8 (H, W, 3)`` RGB, upright.
+
+Every way a file can be unusable becomes an :class:`InputError` with a message that says which:
+missing, empty, not an image, truncated, too large, too small. Greyscale, 16-bit, palette and RGBA
+images are converted (16-bit scaled to 8-bit, alpha composited over white); EXIF orientation is
+applied so phone photos are upright.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import InputError
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
+MIN_SIDE = 16
+"""Images smaller than this on either side cannot hold a detectable face."""
+
+
+def load_image(source: str | Path | bytes, *, max_pixels: int = 80_000_000) -> np.ndarray:
+    """Decode a file path or encoded bytes to ``uint8 (H, W, 3)`` RGB."""
+    name = "<bytes>"
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        name = str(path)
+        if not path.is_file():
+            raise InputError(f"{name}: no such file")
+        data = path.read_bytes()
+    else:
+        data = bytes(source)
+    if not data:
+        raise InputError(f"{name}: empty file")
+    try:
+        with Image.open(io.BytesIO(data)) as opened:
+            width, height = opened.size
+            if width * height > max_pixels:
+                raise InputError(
+                    f"{name}: image is {width}x{height} = {width * height / 1e6:.0f} MP, above the limit of "
+                    f"{max_pixels / 1e6:.0f} MP (raise max_image_pixels in the config to allow it)"
+                )
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                opened.load()
+            image = ImageOps.exif_transpose(opened)
+    except InputError:
+        raise
+    except UnidentifiedImageError:
+        raise InputError(f"{name}: not an image file (or a format Pillow cannot read)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InputError(f"{name}: image too large to decode safely ({exc})") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"{name}: corrupt or truncated image ({exc})") from None
+    return to_rgb8(image, name=name)
+
+
+def to_rgb8(image: Image.Image, *, name: str = "<image>") -> np.ndarray:
+    """Convert any Pillow image mode to ``uint8 (H, W, 3)`` RGB."""
+    if image.width < MIN_SIDE or image.height < MIN_SIDE:
+        raise InputError(f"{name}: image is {image.width}x{image.height}, too small to contain a face")
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if mode.startswith("I;16") or array.max() > 255 else 255.0
+        grey = np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if mode == "F":
+        array = np.asarray(image, dtype=np.float64)
+        scale = 255.0 if array.max() <= 1.0 else 1.0
+        grey = np.clip(array * scale + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
+    return np.asarray(image.convert("RGB"))
+
+
+def check_image(image: np.ndarray) -> np.ndarray:
+    """Validate an in-memory image for the pipeline; returns it C-contiguous."""
+    if not isinstance(image, np.ndarray):
+        raise InputError(f"image must be a numpy array, got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise InputError(f"image must be uint8, got {image.dtype} (scale and convert it first)")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise InputError(f"image must be (H, W, 3) RGB, got shape {image.shape}")
+    if image.shape[0] < MIN_SIDE or image.shape[1] < MIN_SIDE:
+        raise InputError(f"image is {image.shape[1]}x{image.shape[0]}, too small to contain a face")
+    return np.ascontiguousarray(image)
+
+
+def find_images(inputs: list[str]) -> tuple[list[Path], list[str]]:
+    """Expand files, folders (non-recursive, image suffixes) and glob patterns.
+
+    Returns the image paths in a stable order and the inputs that matched nothing.
+    """
+    import glob
+
+    found: list[Path] = []
+    missing: list[str] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            matches = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        elif path.exists():
+            matches = [path]
+        else:
+            matches = sorted(Path(p) for p in glob.glob(item) if Path(p).is_file())
+        if matches:
+            found.extend(matches)
+        else:
+            missing.append(item)
+    unique = list(dict.fromkeys(found))
+    return unique, missing

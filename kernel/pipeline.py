@@ -1,0 +1,182 @@
+"""The pipeline: detector -> (segmenter) -> regressor -> refiners, on one image at a time.
+
+    pipe = Pipeline.from_config("facerecon.toml")      # or Pipeline.from_config() for the defaults
+    rec = pipe(image_rgb_uint8)                         # -> Reconstruction
+    mesh = rec.reconstructions[0].final.mesh
+
+Stages are built on first use and kept for the life of the pipeline (models load once per process).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import PipelineConfig
+from .errors import PluginError
+from .imageio import check_image, load_image
+from .records import CoarseResult, Face, FaceReconstruction, Mesh, Reconstruction, Segmentation, StageResult
+from .registry import PluginHost
+from .stages import Detector, Refiner, Regressor, Segmenter
+
+
+def resolve_device(device: str) -> str:
+    """"auto" -> "cuda" when torch is installed and sees a GPU, else "cpu"."""
+    if device != "auto":
+        return device
+    if importlib.util.find_spec("torch") is None:
+        return "cpu"
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class Pipeline:
+    """Runs the configured stages. Thread-compatible, not thread-safe: one pipeline per thread."""
+
+    def __init__(self, config: PipelineConfig | None = None, host: PluginHost | None = None) -> None:
+        self.config = config or PipelineConfig()
+        self.host = host or PluginHost(allow=self.config.allow_plugins, block=self.config.block_plugins)
+        self.device = resolve_device(self.config.device)
+        self._stages: dict[tuple[str, str], Any] = {}
+        # Fail fast on unknown plugin names, before any model loads.
+        self.host.spec("detector", self.config.detector)
+        self.host.spec("regressor", self.config.regressor)
+        if self.config.segmenter:
+            self.host.spec("segmenter", self.config.segmenter)
+        for name in self.config.refiners:
+            self.host.spec("refiner", name)
+
+    @classmethod
+    def from_config(
+        cls, config: PipelineConfig | str | Path | Mapping[str, Any] | None = None, host: PluginHost | None = None
+    ) -> Pipeline:
+        """From a config object, a TOML file path, a parsed TOML mapping, or None for the defaults."""
+        if config is None or isinstance(config, PipelineConfig):
+            return cls(config, host)
+        if isinstance(config, (str, Path)):
+            return cls(PipelineConfig.load(config), host)
+        return cls(PipelineConfig.from_mapping(config), host)
+
+    # -- stages, built once ----------------------------------------------------------------------
+
+    def stage(self, kind: str, name: str) -> Any:
+        key = (kind, name)
+        if key not in self._stages:
+            self._stages[key] = self.host.create(kind, name, self.config.options_for(kind, name), self.device)
+        return self._stages[key]
+
+    @property
+    def detector(self) -> Detector:
+        return self.stage("detector", self.config.detector)  # type: ignore[no-any-return]
+
+    @property
+    def regressor(self) -> Regressor:
+        return self.stage("regressor", self.config.regressor)  # type: ignore[no-any-return]
+
+    @property
+    def segmenter(self) -> Segmenter | None:
+        name = self.config.segmenter
+        return None if name is None else self.stage("segmenter", name)  # type: ignore[no-any-return]
+
+    @property
+    def refiners(self) -> list[tuple[str, Refiner]]:
+        return [(name, self.stage("refiner", name)) for name in self.config.refiners]
+
+    def warm_up(self) -> None:
+        """Build every configured stage now (loads the models) instead of on the first image."""
+        _ = self.detector, self.regressor, self.segmenter, self.refiners
+
+    def close(self) -> None:
+        for stage in self._stages.values():
+            close = getattr(stage, "close", None)
+            if callable(close):
+                close()
+        self._stages.clear()
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- running ---------------------------------------------------------------------------------
+
+    def __call__(self, image: np.ndarray) -> Reconstruction:
+        """Reconstruct the largest face (every face with ``all_faces``) of a ``uint8 (H, W, 3)`` RGB image.
+
+        A face-less image gives a Reconstruction with no faces; it is not an error at this level.
+        """
+        image = check_image(image)
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        faces = self.detect(image)
+        timings["detector"] = _ms_since(start)
+        chosen = faces if self.config.all_faces else faces[:1]
+        results = []
+        for index, face in enumerate(chosen):
+            results.append(self.reconstruct_face(image, face, index, timings))
+        return Reconstruction(
+            image_size=(image.shape[1], image.shape[0]),
+            faces=tuple(faces),
+            reconstructions=tuple(results),
+            timings_ms=timings,
+        )
+
+    def reconstruct_file(self, path: str | Path) -> Reconstruction:
+        return self(load_image(path, max_pixels=self.config.max_image_pixels))
+
+    def detect(self, image: np.ndarray) -> list[Face]:
+        """Every face, largest box first."""
+        faces = self.detector.detect(image)
+        if not isinstance(faces, list) or not all(isinstance(f, Face) for f in faces):
+            raise self._broken("detector", self.config.detector, "detect() must return a list of Face")
+        return sorted(faces, key=lambda f: -f.area)
+
+    def reconstruct_face(
+        self, image: np.ndarray, face: Face, index: int = 0, timings: dict[str, float] | None = None
+    ) -> FaceReconstruction:
+        timings = timings if timings is not None else {}
+        segmentation = None
+        if self.segmenter is not None:
+            start = time.perf_counter()
+            segmentation = self.segmenter.segment(image, face)
+            if not isinstance(segmentation, Segmentation):
+                raise self._broken("segmenter", str(self.config.segmenter), "segment() must return a Segmentation")
+            _accumulate(timings, "segmenter", _ms_since(start))
+        start = time.perf_counter()
+        coarse = self.regressor.regress(image, face)
+        if not isinstance(coarse, CoarseResult):
+            raise self._broken("regressor", self.config.regressor, "regress() must return a CoarseResult")
+        elapsed = _ms_since(start)
+        _accumulate(timings, "regressor", elapsed)
+        spec = self.host.spec("regressor", self.config.regressor)
+        stages = [StageResult("coarse", spec.name, spec.version, coarse.mesh, elapsed)]
+        mesh = coarse.mesh
+        for name, refiner in self.refiners:
+            start = time.perf_counter()
+            mesh = refiner.refine(image, face, mesh, segmentation)
+            if not isinstance(mesh, Mesh):
+                raise self._broken("refiner", name, "refine() must return a Mesh")
+            elapsed = _ms_since(start)
+            _accumulate(timings, f"refiner:{name}", elapsed)
+            spec = self.host.spec("refiner", name)
+            stages.append(StageResult(refiner.stage, spec.name, spec.version, mesh, elapsed))
+        return FaceReconstruction(face, index, coarse, tuple(stages), segmentation)
+
+    def _broken(self, kind: str, name: str, what: str) -> PluginError:
+        plugin = self.host.spec(kind, name).plugin
+        return PluginError(f"{kind} {name!r} (plugin {plugin!r}) broke the stage contract: {what}")
+
+
+def _ms_since(start: float) -> float:
+    return (time.perf_counter() - start) * 1000.0
+
+
+def _accumulate(timings: dict[str, float], key: str, value: float) -> None:
+    timings[key] = timings.get(key, 0.0) + value

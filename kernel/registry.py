@@ -1,0 +1,312 @@
+"""The plugin host: loads plugins with pluggy, collects the stages they register, builds stages by name.
+
+Plugins come from the ``facerecon`` entry-point group (built-ins and third-party alike) or are
+registered by hand (tests, notebooks). A configurable allow list / block list decides which
+third-party plugins load; a plugin that fails to import or whose hooks do not match the specs is
+refused with a warning that names it, and the rest keep working.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import logging
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+from .errors import ConfigError, PluginError
+from .stages import STAGE_KINDS, STAGE_PROTOCOLS
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "facerecon"
+BUILTIN_DISTRIBUTION = "facerecon"
+
+StageFactory = Callable[[Any, str], object]
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One registered stage implementation.
+
+    factory: ``factory(options, device) -> stage``; options is an instance of ``options_type``
+        (or None when the stage takes no options), device is "cpu" or "cuda".
+    """
+
+    kind: str
+    name: str
+    factory: StageFactory
+    options_type: type | None
+    summary: str
+    version: str
+    plugin: str
+    distribution: str
+    license_note: str = ""
+
+    def make_options(self, table: Mapping[str, Any] | None) -> Any:
+        """Options for this stage from a config table, with unknown keys and wrong types refused."""
+        return parse_options(self.options_type, table or {}, where=f"{self.kind} {self.name!r}")
+
+
+@dataclass
+class StageRegistrar:
+    """What a plugin's ``facerecon_register_stages`` hook receives: call :meth:`register`."""
+
+    plugin: str
+    distribution: str
+    version: str
+    collected: list[StageSpec] = field(default_factory=list)
+
+    def register(
+        self,
+        kind: str,
+        name: str,
+        factory: StageFactory,
+        *,
+        options: type | None = None,
+        summary: str = "",
+        version: str | None = None,
+        license_note: str = "",
+    ) -> None:
+        """Offer a stage ``name`` of ``kind``; see the hookspec for the factory's contract."""
+        if kind not in STAGE_KINDS:
+            raise PluginError(f"plugin {self.plugin!r} registers unknown stage kind {kind!r} (known: {STAGE_KINDS})")
+        if not name or not isinstance(name, str):
+            raise PluginError(f"plugin {self.plugin!r} registers a {kind} without a name")
+        if options is not None and not dataclasses.is_dataclass(options):
+            raise PluginError(f"plugin {self.plugin!r}: options of {kind} {name!r} must be a dataclass")
+        if not callable(factory):
+            raise PluginError(f"plugin {self.plugin!r}: factory of {kind} {name!r} is not callable")
+        self.collected.append(
+            StageSpec(
+                kind=kind,
+                name=name,
+                factory=factory,
+                options_type=options,
+                summary=summary,
+                version=version or self.version,
+                plugin=self.plugin,
+                distribution=self.distribution,
+                license_note=license_note,
+            )
+        )
+
+
+@dataclass(frozen=True)
+class LoadedPlugin:
+    name: str
+    distribution: str
+    version: str
+
+
+class PluginHost:
+    """Loads plugins and answers "which stages exist" and "build stage X".
+
+    load_entrypoints: load the ``facerecon`` entry-point group (set False in tests, then register
+        plugins by hand).
+    allow: if not None, the only third-party entry points (by entry-point name) that may load;
+        built-in ones always load.
+    block: entry-point or plugin names that never load (built-ins included).
+    """
+
+    def __init__(
+        self,
+        *,
+        load_entrypoints: bool = True,
+        allow: Iterable[str] | None = None,
+        block: Iterable[str] = (),
+    ) -> None:
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self.allow = None if allow is None else frozenset(allow)
+        self.block = frozenset(block)
+        self.plugins: dict[str, LoadedPlugin] = {}
+        self.failures: dict[str, str] = {}
+        self._stages: dict[tuple[str, str], StageSpec] | None = None
+        for name in self.block:
+            self.pm.set_blocked(name)
+        if load_entrypoints:
+            self._load_entrypoints()
+
+    # -- loading -------------------------------------------------------------------------------
+
+    def _load_entrypoints(self) -> None:
+        for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=_builtin_first):
+            dist = ep.dist.name if ep.dist else "?"
+            version = ep.dist.version if ep.dist else "?"
+            if ep.name in self.block or self.pm.has_plugin(ep.name):
+                continue
+            if self.allow is not None and dist != BUILTIN_DISTRIBUTION and ep.name not in self.allow:
+                log.info("plugin %r (%s) not in the allow list; skipped", ep.name, dist)
+                continue
+            try:
+                module = ep.load()
+            except Exception as exc:  # a broken third-party plugin must not take the host down
+                self._refuse(ep.name, f"could not be imported: {type(exc).__name__}: {exc}")
+                continue
+            self.register_plugin(module, name=ep.name, distribution=dist, version=version)
+
+    def register_plugin(
+        self, plugin: object, *, name: str | None = None, distribution: str = "(local)", version: str = "0"
+    ) -> bool:
+        """Register a module or object carrying hookimpls. Returns False (and warns) if refused."""
+        name = name or getattr(plugin, "__name__", None) or repr(plugin)
+        if name in self.block:
+            return False
+        try:
+            self.pm.register(plugin, name=name)
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            if self.pm.has_plugin(name):
+                self.pm.unregister(name=name)
+            self._refuse(name, f"does not match the hook specifications: {exc}")
+            return False
+        self.plugins[name] = LoadedPlugin(name, distribution, version)
+        self._stages = None
+        return True
+
+    def unregister_plugin(self, name: str) -> None:
+        self.pm.unregister(name=name)
+        self.plugins.pop(name, None)
+        self._stages = None
+
+    def _refuse(self, name: str, reason: str) -> None:
+        message = f"plugin {name!r} {reason}"
+        self.failures[name] = message
+        log.warning("%s; it was not loaded", message)
+
+    # -- stages --------------------------------------------------------------------------------
+
+    @property
+    def stages(self) -> dict[tuple[str, str], StageSpec]:
+        """(kind, name) -> spec for every registered stage."""
+        if self._stages is None:
+            self._stages = self._collect()
+        return self._stages
+
+    def _collect(self) -> dict[tuple[str, str], StageSpec]:
+        stages: dict[tuple[str, str], StageSpec] = {}
+        impls = self.pm.hook.facerecon_register_stages.get_hookimpls()
+        # pluggy calls the last registered first; register in load order so later plugins override.
+        for impl in reversed(impls):
+            info = self.plugins.get(impl.plugin_name, LoadedPlugin(impl.plugin_name, "(local)", "0"))
+            registrar = StageRegistrar(info.name, info.distribution, info.version)
+            try:
+                impl.function(registry=registrar)
+            except Exception as exc:
+                self._refuse(info.name, f"failed while registering its stages: {type(exc).__name__}: {exc}")
+                continue
+            for spec in registrar.collected:
+                key = (spec.kind, spec.name)
+                if key in stages:
+                    log.warning(
+                        "%s %r from plugin %r replaces the one from plugin %r",
+                        spec.kind,
+                        spec.name,
+                        spec.plugin,
+                        stages[key].plugin,
+                    )
+                stages[key] = spec
+        return stages
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(name for (k, name) in self.stages if k == kind)
+
+    def spec(self, kind: str, name: str) -> StageSpec:
+        if kind not in STAGE_KINDS:
+            raise ConfigError(f"unknown stage kind {kind!r} (known: {', '.join(STAGE_KINDS)})")
+        try:
+            return self.stages[(kind, name)]
+        except KeyError:
+            known = ", ".join(self.names(kind)) or "none registered"
+            raise ConfigError(f"unknown {kind}: {name!r} (known: {known})") from None
+
+    def create(self, kind: str, name: str, options: Mapping[str, Any] | None, device: str) -> object:
+        """Build stage ``name`` of ``kind`` with its options table; checks it meets the protocol."""
+        spec = self.spec(kind, name)
+        parsed = spec.make_options(options)
+        stage = spec.factory(parsed, device)
+        protocol = STAGE_PROTOCOLS[kind]
+        if not isinstance(stage, protocol):
+            raise PluginError(
+                f"{kind} {name!r} from plugin {spec.plugin!r} does not implement the {kind} protocol "
+                f"(needs {', '.join(_protocol_members(protocol))})"
+            )
+        return stage
+
+
+def _builtin_first(ep: importlib.metadata.EntryPoint) -> tuple[int, str]:
+    dist = ep.dist.name if ep.dist else ""
+    return (0 if dist == BUILTIN_DISTRIBUTION else 1, ep.name)
+
+
+def _protocol_members(protocol: type) -> list[str]:
+    return sorted(n for n in vars(protocol) if not n.startswith("_"))
+
+
+# -- options ---------------------------------------------------------------------------------
+
+
+def parse_options(options_type: type | None, table: Mapping[str, Any], *, where: str) -> Any:
+    """Build a plugin's options dataclass from a TOML table: unknown keys and wrong types are refused
+    with a message naming the stage, the key and the expected type."""
+    if options_type is None:
+        if table:
+            raise ConfigError(f"{where} takes no options, got {', '.join(sorted(table))}")
+        return None
+    fields = {f.name: f for f in dataclasses.fields(options_type) if f.init}
+    hints = typing.get_type_hints(options_type)
+    unknown = sorted(set(table) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown option(s) {', '.join(unknown)} (known: {', '.join(sorted(fields)) or 'none'})"
+        )
+    values = {key: _coerce(value, hints[key], where=f"{where} option {key!r}") for key, value in table.items()}
+    try:
+        return options_type(**values)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _coerce(value: Any, hint: Any, *, where: str) -> Any:
+    """Check ``value`` (from TOML/CLI) against a simple type hint; convert str -> Path, list -> tuple."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where=where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        item = args[0] if args else Any
+        items = [_coerce(v, item, where=where) for v in value]
+        return tuple(items) if origin is tuple else items
+    if hint is Any:
+        return value
+    if hint is Path:
+        if not isinstance(value, (str, Path)):
+            raise ConfigError(f"{where} must be a path string, got {value!r}")
+        return Path(value).expanduser()
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"{where} must be a number, got {value!r}")
+    if isinstance(hint, type) and not isinstance(value, hint):
+        raise ConfigError(f"{where} must be {hint.__name__}, got {type(value).__name__} {value!r}")
+    return value

@@ -1,0 +1,116 @@
+"""Regressor ``landmark-mesh``: the detector's 468 MediaPipe face-mesh landmarks, on MediaPipe's canonical
+face topology (triangles and UVs from the task bundle), subdivided into a dense smooth mesh.
+
+No 3D morphable model is needed: the mesh passes exactly through every landmark (interpolating Loop
+subdivision, see :mod:`facerecon.geometry.subdivision`), in the image's mesh frame (pixels, z away from
+the camera). The head pose reported is the similarity transform that best maps the canonical face
+(centimetres) onto the landmarks (Umeyama 1991).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from facerecon.geometry.subdivision import Subdivider
+from facerecon.kernel import IBUG68, CoarseResult, Face, LandmarkMap, Mesh, hookimpl
+from facerecon.kernel.errors import InputError
+
+from . import mediapipe_bundle
+
+MESH_VERTICES = 468
+ACCEPTED_SCHEMES = ("mediapipe478", "mediapipe468")
+
+
+@dataclass(frozen=True)
+class LandmarkMeshOptions:
+    """Options of the ``landmark-mesh`` regressor (``[options.regressor.landmark-mesh]``).
+
+    subdivisions: Loop subdivision levels; each multiplies the triangle count by 4
+        (0: 468 vertices, 3: 29,000 vertices, 4: 116,000 vertices).
+    model_path: the face landmarker .task bundle holding the canonical topology (default: as the detector).
+    """
+
+    subdivisions: int = 3
+    model_path: Path | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.subdivisions <= 5:
+            raise ValueError(f"subdivisions must be in 0..5, got {self.subdivisions}")
+
+
+@functools.lru_cache(maxsize=1)
+def ibug68_on_canonical() -> tuple[np.ndarray, np.ndarray]:
+    """iBUG-68 landmarks as barycentric points of the canonical mesh: (ids int (68, 3), weights (68, 3)).
+    Fitted to human annotations by ``benchmarks/calibrate_ibug68.py`` (see the JSON's provenance)."""
+    text = resources.files("facerecon.plugins").joinpath("data/mediapipe468_ibug68.json").read_text()
+    data = json.loads(text)
+    return np.asarray(data["vertex_ids"], np.int32), np.asarray(data["weights"], np.float32)
+
+
+class LandmarkMeshRegressor:
+    def __init__(self, options: LandmarkMeshOptions, device: str = "cpu") -> None:
+        bundle = mediapipe_bundle.locate_bundle(options.model_path)
+        canonical = mediapipe_bundle.canonical_face(bundle)
+        self.options = options
+        # MediaPipe's metric frame is y up, z towards the viewer; the mesh frame is y down, z away.
+        self.canonical = canonical.vertices * np.array([1.0, -1.0, -1.0], np.float32)
+        self.subdivider = Subdivider.build(MESH_VERTICES, canonical.triangles, options.subdivisions)
+        self.uvs = self.subdivider.midpoint(canonical.uvs).astype(np.float32)
+        self.topology = f"mediapipe468-loop{options.subdivisions}"
+        ids, weights = ibug68_on_canonical()
+        identity = np.zeros((478, 3), np.int32)
+        identity[:MESH_VERTICES, 0] = np.arange(MESH_VERTICES)
+        identity_weights = np.zeros((478, 3), np.float32)
+        identity_weights[:MESH_VERTICES, 0] = 1.0  # the 10 iris points are not on the face mesh
+        self.landmark_maps = {
+            IBUG68: LandmarkMap(IBUG68, ids, weights),
+            "mediapipe478": LandmarkMap("mediapipe478", identity, identity_weights),
+        }
+
+    def regress(self, image: np.ndarray, face: Face) -> CoarseResult:
+        if face.landmarks.scheme not in ACCEPTED_SCHEMES:
+            raise InputError(
+                f"landmark-mesh needs MediaPipe landmarks ({' or '.join(ACCEPTED_SCHEMES)}), got "
+                f"{face.landmarks.scheme!r}; use the mediapipe detector or a 3DMM regressor"
+            )
+        points = np.asarray(face.landmarks.points[:MESH_VERTICES], np.float64)
+        vertices = self.subdivider.interpolating(points)
+        mesh = Mesh(
+            vertices=vertices,
+            triangles=self.subdivider.faces,
+            topology=self.topology,
+            uvs=self.uvs,
+            landmark_maps=self.landmark_maps,
+        )
+        scale, rotation, translation = similarity(self.canonical, points)
+        return CoarseResult(mesh=mesh, rotation=rotation, translation=translation, scale=scale)
+
+
+def similarity(source: np.ndarray, target: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """Least-squares s, R, t with target ≈ s·R·source + t (Umeyama 1991), for (n, 3) point sets."""
+    mu_s, mu_t = source.mean(0), target.mean(0)
+    a, b = source - mu_s, target - mu_t
+    u, sigma, vt = np.linalg.svd(b.T @ a / len(source))
+    d = np.sign(np.linalg.det(u @ vt))
+    correction = np.diag([1.0, 1.0, d])
+    rotation = u @ correction @ vt
+    scale = float(np.trace(np.diag(sigma) @ correction) / (a**2).sum(1).mean())
+    return scale, rotation, mu_t - scale * rotation @ mu_s
+
+
+@hookimpl
+def facerecon_register_stages(registry) -> None:  # type: ignore[no-untyped-def]
+    registry.register(
+        "regressor",
+        "landmark-mesh",
+        LandmarkMeshRegressor,
+        options=LandmarkMeshOptions,
+        summary="MediaPipe's 468 landmarks on the canonical face topology, Loop-subdivided (no 3DMM needed)",
+        license_note="canonical mesh: Apache-2.0 (Google MediaPipe)",
+    )
