@@ -61,7 +61,9 @@ class LandmarkMeshRegressor:
         # MediaPipe's metric frame is y up, z towards the viewer; the mesh frame is y down, z away.
         self.canonical = canonical.vertices * np.array([1.0, -1.0, -1.0], np.float32)
         self.subdivider = Subdivider.build(MESH_VERTICES, canonical.triangles, options.subdivisions)
-        self.uvs = self.subdivider.midpoint(canonical.uvs).astype(np.float32)
+        # The bundle stores v downwards (image rows); meshes carry OBJ's v upwards.
+        uvs = np.column_stack([canonical.uvs[:, 0], 1.0 - canonical.uvs[:, 1]])
+        self.uvs = self.subdivider.midpoint(uvs).astype(np.float32)
         self.topology = f"mediapipe468-loop{options.subdivisions}"
         ids, weights = ibug68_on_canonical()
         identity = np.zeros((478, 3), np.int32)

@@ -90,7 +90,7 @@ class CanonicalFace:
     """MediaPipe's canonical face mesh, as stored in the bundle.
 
     vertices: float32 (468, 3) in centimetres, y up, z towards the viewer (MediaPipe's metric frame).
-    uvs: float32 (468, 2), v up.
+    uvs: float32 (468, 2), v DOWN as stored (0 = top of the texture; OBJ wants 1 - v).
     triangles: int32 (898, 3), counter-clockwise seen from the front (+z).
     """
 

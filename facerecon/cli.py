@@ -1,0 +1,204 @@
+"""The ``facerecon`` command line.
+
+    facerecon reconstruct photo.jpg photos/ 'shots/*.png' -o out/
+    facerecon plugins [--json]
+
+Exit codes: 0 every input succeeded, 1 some inputs failed (see OUT/failures.json), 2 usage or
+configuration error, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from facerecon import __version__
+from facerecon.kernel import FaceReconError, Pipeline, PipelineConfig, PluginHost
+from facerecon.kernel.config import DEVICES
+from facerecon.kernel.errors import ConfigError, InputError, ModelFileError, NoFaceError, PluginError
+from facerecon.kernel.export import WRITERS, atomic_write
+from facerecon.kernel.imageio import find_images, load_image
+from facerecon.kernel.outputs import write_outputs
+
+log = logging.getLogger("facerecon")
+
+EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="facerecon",
+        description="Turn photos of faces into 3D meshes (coarse 3DMM -> medium -> fine detail).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"facerecon {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    rec = sub.add_parser(
+        "reconstruct",
+        help="reconstruct faces from images",
+        description="Reconstruct the face in each input image into OUT/<stem>/: one mesh per stage, "
+        "preview.png and result.json. Inputs that fail are listed in OUT/failures.json; the rest go on.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    rec.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
+    rec.add_argument("-o", "--output", type=Path, default=Path("out"), help="output folder")
+    rec.add_argument("-c", "--config", type=Path, help="TOML config file (see docs/configuration.md)")
+    rec.add_argument("--detector", help="detector plugin (default: from config, else mediapipe)")
+    rec.add_argument("--regressor", help="regressor plugin (default: from config, else landmark-mesh)")
+    rec.add_argument("--segmenter", help="segmenter plugin, or 'none'")
+    rec.add_argument("--refiners", help="comma-separated refiner plugins, in order; '' for none")
+    rec.add_argument("--device", choices=DEVICES, help="where models run (default: from config, else auto)")
+    rec.add_argument("--all-faces", action="store_true", help="reconstruct every face, not only the largest")
+    rec.add_argument(
+        "--formats", default="obj", help=f"comma-separated mesh formats ({', '.join(w[1:] for w in WRITERS)})"
+    )
+    rec.add_argument("--texture-size", type=int, default=1024, help="side of the unwrapped photo texture")
+    rec.add_argument("-q", "--quiet", action="store_true", help="no progress bar, only errors")
+
+    plugins = sub.add_parser(
+        "plugins",
+        help="list the registered stage plugins",
+        description="List every registered stage plugin with its distribution and version.",
+    )
+    plugins.add_argument("--json", action="store_true", help="machine-readable output")
+    plugins.add_argument("-c", "--config", type=Path, help="TOML config (its allow/block lists apply)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(format="facerecon: %(levelname)s: %(message)s", level=logging.WARNING)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        if args.command == "plugins":
+            return cmd_plugins(args)
+        return cmd_reconstruct(args)
+    except (ConfigError, PluginError, ModelFileError) as exc:
+        print(f"facerecon: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("facerecon: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def load_config(args: argparse.Namespace) -> PipelineConfig:
+    config = PipelineConfig.load(args.config) if args.config else PipelineConfig()
+    changes: dict[str, object] = {}
+    for key in ("detector", "regressor", "segmenter", "device"):
+        value = getattr(args, key, None)
+        if value is not None:
+            changes[key] = value
+    if getattr(args, "refiners", None) is not None:
+        changes["refiners"] = tuple(name for name in args.refiners.split(",") if name.strip())
+    if getattr(args, "all_faces", False):
+        changes["all_faces"] = True
+    return replace(config, **changes) if changes else config  # type: ignore[arg-type]
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    config = load_config(args)
+    host = PluginHost(allow=config.allow_plugins, block=config.block_plugins)
+    rows = [
+        {
+            "kind": spec.kind,
+            "name": spec.name,
+            "plugin": spec.plugin,
+            "distribution": spec.distribution,
+            "version": spec.version,
+            "summary": spec.summary,
+            "license": spec.license_note,
+        }
+        for spec in sorted(host.stages.values(), key=lambda s: (s.kind, s.name))
+    ]
+    if args.json:
+        print(json.dumps({"stages": rows, "refused": host.failures}, indent=1))
+        return EXIT_OK
+    widths = [max(len(str(r[k])) for r in rows + [{k: k} for k in ("kind", "name", "distribution")]) for k in
+              ("kind", "name", "distribution")]
+    print(f"{'KIND':<{widths[0]}}  {'NAME':<{widths[1]}}  {'DISTRIBUTION':<{widths[2]}}  VERSION  SUMMARY")
+    for r in rows:
+        print(
+            f"{r['kind']:<{widths[0]}}  {r['name']:<{widths[1]}}  {r['distribution']:<{widths[2]}}  "
+            f"{r['version']:<7}  {r['summary']}" + (f" [{r['license']}]" if r["license"] else "")
+        )
+    for message in host.failures.values():
+        print(f"refused: {message}")
+    return EXIT_OK
+
+
+def _output_names(paths: list[Path]) -> list[str]:
+    """One folder name per input: the file stem, plus the suffix where two inputs share a stem."""
+    stems = [p.stem for p in paths]
+    return [f"{p.stem}_{p.suffix.lstrip('.')}" if stems.count(p.stem) > 1 else p.stem for p in paths]
+
+
+def cmd_reconstruct(args: argparse.Namespace) -> int:
+    formats = [f.strip().lower().lstrip(".") for f in args.formats.split(",") if f.strip()]
+    unknown = [f for f in formats if f".{f}" not in WRITERS]
+    if unknown or not formats:
+        raise ConfigError(f"unknown mesh format(s) {', '.join(unknown) or '(none)'}; known: obj, ply, glb")
+    if args.texture_size < 16 or args.texture_size > 8192:
+        raise ConfigError(f"--texture-size must be in 16..8192, got {args.texture_size}")
+    config = load_config(args)
+    paths, missing = find_images(args.inputs)
+    failures: list[dict[str, str]] = [{"input": m, "error": "no such file or no images matched"} for m in missing]
+    for item in missing:
+        log.error("%s: no such file or no images matched", item)
+    out: Path = args.output
+    out.mkdir(parents=True, exist_ok=True)
+    pipeline = Pipeline.from_config(config)
+    pipeline.warm_up()
+    summary: list[dict[str, object]] = []
+
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    show_bar = not args.quiet and sys.stderr.isatty() and len(paths) > 1
+    with logging_redirect_tqdm(), pipeline:
+        for path, name in tqdm(
+            list(zip(paths, _output_names(paths))), disable=not show_bar, unit="image", desc="reconstruct"
+        ):
+            start = time.perf_counter()
+            try:
+                image = load_image(path, max_pixels=config.max_image_pixels)
+                rec = pipeline(image)
+                if not rec.faces:
+                    raise NoFaceError(f"{path}: no face found")
+                write_outputs(rec, image, out / name, source=str(path), formats=formats,
+                              texture_size=args.texture_size)
+            except (InputError, NoFaceError) as exc:
+                failures.append({"input": str(path), "error": str(exc)})
+                log.error("%s", exc)
+                continue
+            except Exception as exc:  # a plugin bug on one image must not end the batch
+                failures.append({"input": str(path), "error": f"{type(exc).__name__}: {exc}"})
+                log.error("%s: %s: %s", path, type(exc).__name__, exc, exc_info=not isinstance(exc, FaceReconError))
+                continue
+            summary.append(
+                {"input": str(path), "output": str(out / name), "faces": len(rec.faces),
+                 "seconds": round(time.perf_counter() - start, 3)}
+            )
+            if not args.quiet and not show_bar:
+                print(f"{path} -> {out / name} ({len(rec.faces)} face(s))")
+    failures_file = out / "failures.json"
+    if failures:
+        atomic_write(failures_file, (json.dumps({"failures": failures}, indent=1) + "\n").encode())
+        print(f"facerecon: {len(failures)} input(s) failed, see {failures_file}", file=sys.stderr)
+    else:
+        failures_file.unlink(missing_ok=True)
+    atomic_write(out / "summary.json",
+                 (json.dumps({"succeeded": summary, "failed": len(failures)}, indent=1) + "\n").encode())
+    return EXIT_FAILURES if failures else EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

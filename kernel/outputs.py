@@ -1,0 +1,206 @@
+"""The per-input output folder: meshes, ``preview.png`` and ``result.json``.
+
+Layout of ``OUT/<stem>/`` (face 0 = the largest; other faces get a ``face<i>-`` prefix):
+
+* ``<stage>.obj`` (+ ``.mtl`` and a ``.png`` texture unwrapped from the photo when the topology has
+  UVs), one per stage that ran: ``coarse``, then each refiner's stage (``medium``, ``fine``...);
+* ``preview.png`` — the photo, the landmarks, and a shaded render of every stage over the photo;
+* ``result.json`` — image size, every face (box, score, landmarks), per stage: plugin, version, mesh
+  file, the 68 iBUG landmarks re-projected from that stage's mesh (``landmarks68``, 0-based pixels),
+  and wall times in milliseconds.
+
+The folder is built under a temporary name and renamed into place when complete, so an interrupted
+run never leaves a half-written result.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from facerecon.geometry.raster import shade
+
+from .export import current_umask, atomic_write, bake_texture, png_bytes, write_mesh
+from .records import IBUG68, Face, Reconstruction
+
+PREVIEW_HEIGHT = 512
+
+
+def face_prefix(index: int) -> str:
+    return "" if index == 0 else f"face{index}-"
+
+
+def result_dict(rec: Reconstruction, source: str, mesh_files: dict[tuple[int, str], str]) -> dict[str, Any]:
+    """The JSON-ready summary of a reconstruction (see the module docstring)."""
+    reconstructed = {r.face_index for r in rec.reconstructions}
+    faces = [
+        {
+            "index": i,
+            "box": _round(face.box),
+            "score": round(face.score, 4),
+            "reconstructed": i in reconstructed,
+            "landmarks": {"scheme": face.landmarks.scheme, "points": _round(face.landmarks.points)},
+        }
+        for i, face in enumerate(rec.faces)
+    ]
+    reconstructions = []
+    for r in rec.reconstructions:
+        stages = []
+        for stage in r.stages:
+            marks = stage.mesh.landmarks(IBUG68)
+            stages.append(
+                {
+                    "stage": stage.stage,
+                    "plugin": stage.plugin,
+                    "version": stage.version,
+                    "mesh": mesh_files.get((r.face_index, stage.stage)),
+                    "topology": stage.mesh.topology,
+                    "units": stage.mesh.units,
+                    "vertices": len(stage.mesh.vertices),
+                    "triangles": len(stage.mesh.triangles),
+                    "landmarks68": None if marks is None else _round(marks.xy),
+                    "elapsed_ms": round(stage.elapsed_ms, 2),
+                }
+            )
+        reconstructions.append(
+            {
+                "face_index": r.face_index,
+                "pose": {
+                    "rotation": _round(r.coarse.rotation, 6),
+                    "translation": _round(r.coarse.translation),
+                    "scale": round(r.coarse.scale, 6),
+                },
+                "stages": stages,
+            }
+        )
+    return {
+        "input": source,
+        "image_size": {"width": rec.image_size[0], "height": rec.image_size[1]},
+        "faces": faces,
+        "reconstructions": reconstructions,
+        "timings_ms": {k: round(v, 2) for k, v in rec.timings_ms.items()},
+    }
+
+
+def dumps(data: Any) -> str:
+    """JSON with one line per point: indented objects, innermost number lists kept on one line."""
+    text = json.dumps(data, indent=1)
+    return re.sub(r"\[\s*([-\d.e,\s]+?)\s*\]", lambda m: "[" + re.sub(r"\s+", " ", m.group(1)) + "]", text) + "\n"
+
+
+def _round(array: np.ndarray, digits: int = 3) -> list[Any]:
+    return np.round(np.asarray(array, np.float64), digits).tolist()  # type: ignore[no-any-return]
+
+
+def render_preview(image: np.ndarray, rec: Reconstruction) -> np.ndarray:
+    """Panels side by side: photo | landmarks | one shaded render per stage (over the dimmed photo).
+    Panels are cropped around the reconstructed faces and scaled to PREVIEW_HEIGHT pixels."""
+    height, width = image.shape[:2]
+    boxes = np.array([r.face.box for r in rec.reconstructions] or [f.box for f in rec.faces] or [[0, 0, width, height]])
+    crop = _crop_box(boxes, width, height)
+    panels = [image]
+    marks = Image.fromarray(image.copy())
+    draw = ImageDraw.Draw(marks)
+    radius = max(1.0, (crop[2] - crop[0]) / 250)
+    for face in rec.faces:
+        _draw_face(draw, face, radius)
+    panels.append(np.asarray(marks))
+    n_stages = max((len(r.stages) for r in rec.reconstructions), default=0)
+    for s in range(n_stages):
+        panel = (image.astype(np.float32) * 0.35).astype(np.uint8)
+        for r in rec.reconstructions:
+            if s >= len(r.stages):
+                continue
+            mesh = r.stages[s].mesh
+            grey, mask = shade(_image_frame(mesh), mesh.triangles, height, width)
+            panel[mask] = (np.array([235, 225, 210]) * grey[mask, None]).astype(np.uint8)
+        panels.append(panel)
+    x0, y0, x1, y1 = crop
+    scale = PREVIEW_HEIGHT / max(1, y1 - y0)
+    size = (max(1, round((x1 - x0) * scale)), PREVIEW_HEIGHT)
+    tiles = [Image.fromarray(p[y0:y1, x0:x1]).resize(size, Image.Resampling.BILINEAR) for p in panels]
+    sheet = Image.new("RGB", (size[0] * len(tiles), size[1]), "white")
+    for i, tile in enumerate(tiles):
+        sheet.paste(tile, (i * size[0], 0))
+    labels = ["input", "landmarks"] + [
+        next(r.stages[s].stage for r in rec.reconstructions if s < len(r.stages)) for s in range(n_stages)
+    ]
+    draw = ImageDraw.Draw(sheet)
+    for i, label in enumerate(labels):
+        draw.text((i * size[0] + 6, 4), label, fill=(255, 255, 0))
+    return np.asarray(sheet)
+
+
+def _image_frame(mesh: Any) -> np.ndarray:
+    """Vertices with x, y in image pixels (projected if the mesh is metric), z kept for the z-buffer."""
+    vertices = np.asarray(mesh.vertices, np.float64)
+    return np.column_stack([mesh.project(vertices), vertices[:, 2]])
+
+
+def _crop_box(boxes: np.ndarray, width: int, height: int) -> tuple[int, int, int, int]:
+    lo, hi = boxes[:, :2].min(0), boxes[:, 2:].max(0)
+    centre, half = (lo + hi) / 2, (hi - lo).max() * 0.75
+    x0, y0 = np.floor(np.maximum(centre - half, 0)).astype(int)
+    x1, y1 = np.ceil(np.minimum(centre + half, [width, height])).astype(int)
+    return int(x0), int(y0), int(max(x1, x0 + 1)), int(max(y1, y0 + 1))
+
+
+def _draw_face(draw: ImageDraw.ImageDraw, face: Face, radius: float) -> None:
+    x0, y0, x1, y1 = (float(v) for v in face.box)
+    draw.rectangle([x0, y0, x1, y1], outline=(0, 200, 255), width=max(1, round(radius)))
+    for x, y in face.landmarks.xy:
+        draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=(0, 255, 0))
+
+
+def write_outputs(
+    rec: Reconstruction,
+    image: np.ndarray,
+    out_dir: str | Path,
+    *,
+    source: str,
+    formats: Sequence[str] = ("obj",),
+    texture_size: int = 1024,
+) -> dict[str, Any]:
+    """Write meshes, preview.png and result.json into ``out_dir`` (replaced whole, atomically)."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    staging.chmod(0o777 & ~current_umask())
+    try:
+        mesh_files: dict[tuple[int, str], str] = {}
+        for r in rec.reconstructions:
+            for stage in r.stages:
+                texture = bake_texture(stage.mesh, image, texture_size) if stage.mesh.uvs is not None else None
+                for i, fmt in enumerate(formats):
+                    name = f"{face_prefix(r.face_index)}{stage.stage}.{fmt}"
+                    write_mesh(stage.mesh, staging / name, texture)
+                    if i == 0:
+                        mesh_files[(r.face_index, stage.stage)] = name
+        atomic_write(staging / "preview.png", png_bytes(render_preview(image, rec)))
+        result = result_dict(rec, source, mesh_files)
+        atomic_write(staging / "result.json", dumps(result).encode())
+        _replace_dir(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return result
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Move the finished folder into place; an older result there goes only once the new one is ready."""
+    if target.exists():
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        target.rename(old)
+        new.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        new.rename(target)
