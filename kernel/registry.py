@@ -194,8 +194,8 @@ class PluginHost:
     def _collect(self) -> dict[tuple[str, str], StageSpec]:
         stages: dict[tuple[str, str], StageSpec] = {}
         impls = self.pm.hook.facerecon_register_stages.get_hookimpls()
-        # pluggy calls the last registered first; register in load order so later plugins override.
-        for impl in reversed(impls):
+        # get_hookimpls() lists plugins in registration order: later plugins override earlier ones.
+        for impl in impls:
             info = self.plugins.get(impl.plugin_name, LoadedPlugin(impl.plugin_name, "(local)", "0"))
             registrar = StageRegistrar(info.name, info.distribution, info.version)
             try:

@@ -20,6 +20,7 @@ import numpy as np
 from facerecon.geometry.subdivision import Subdivider
 from facerecon.kernel import IBUG68, CoarseResult, Face, LandmarkMap, Mesh, hookimpl
 from facerecon.kernel.errors import InputError
+from facerecon.kernel.imageio import check_image
 
 from . import mediapipe_bundle
 
@@ -76,6 +77,7 @@ class LandmarkMeshRegressor:
         }
 
     def regress(self, image: np.ndarray, face: Face) -> CoarseResult:
+        check_image(image)
         if face.landmarks.scheme not in ACCEPTED_SCHEMES:
             raise InputError(
                 f"landmark-mesh needs MediaPipe landmarks ({' or '.join(ACCEPTED_SCHEMES)}), got "

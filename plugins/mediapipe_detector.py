@@ -16,6 +16,7 @@ import numpy as np
 
 from facerecon.kernel import Face, Landmarks, hookimpl
 from facerecon.kernel.errors import ModelFileError
+from facerecon.kernel.imageio import check_image
 
 from . import mediapipe_bundle
 
@@ -84,6 +85,7 @@ class MediaPipeDetector:
     def detect(self, image: np.ndarray) -> list[Face]:
         import mediapipe as mp
 
+        image = check_image(image)
         height, width = image.shape[:2]
         frame = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(image))
         result = self._landmarker.detect(frame)
