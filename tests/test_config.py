@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import pytest
+
+from facerecon.kernel import ConfigError, PipelineConfig
+
+GOOD = """
+[pipeline]
+detector = "mediapipe"
+regressor = "landmark-mesh"
+segmenter = "none"
+refiners = ["a", "b"]
+device = "cpu"
+all_faces = true
+
+[plugins]
+block = ["x"]
+
+[options.detector.mediapipe]
+max_faces = 2
+"""
+
+
+def test_full_config_round_trip(tmp_path):
+    path = tmp_path / "f.toml"
+    path.write_text(GOOD)
+    config = PipelineConfig.load(path)
+    assert config.refiners == ("a", "b") and config.segmenter is None and config.all_faces
+    assert config.options_for("detector", "mediapipe") == {"max_faces": 2}
+    assert config.block_plugins == ("x",) and config.allow_plugins is None
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[pipeline\n", "not valid TOML"),
+        ("[pipline]\n", r"unknown key\(s\) pipline"),
+        ("[pipeline]\ndetecter = 'x'\n", r"unknown key\(s\) detecter"),
+        ("[pipeline]\nrefiners = 'laplace'\n", "refiners must be a list"),
+        ("[pipeline]\ndevice = 'tpu'\n", "device must be one of auto, cpu, cuda"),
+        ("[pipeline]\nall_faces = 1\n", "all_faces must be a bool"),
+        ("[pipeline]\nmax_image_pixels = -5\n", "max_image_pixels must be a positive integer"),
+        ("[plugins]\nallow = 'x'\n", "allow must be a list"),
+        ("[options.painter.x]\n", "unknown stage kind"),
+        ("[options]\ndetector = 3\n", "must be a table"),
+    ],
+)
+def test_bad_config_names_file_and_key(tmp_path, text, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message) as info:
+        PipelineConfig.load(path)
+    assert "bad.toml" in str(info.value)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        PipelineConfig.load(tmp_path / "none.toml")

@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import trimesh
+
+from facerecon.geometry.raster import interpolate, rasterize, shade, vertex_normals
+from facerecon.geometry.subdivision import Subdivider
+
+
+def grid(n: int = 6):
+    xs, ys = np.meshgrid(np.arange(n), np.arange(n))
+    v = np.column_stack([xs.ravel(), ys.ravel(), np.zeros(n * n)]).astype(float)
+    f = []
+    for i in range(n - 1):
+        for j in range(n - 1):
+            a, b, c, d = i * n + j, i * n + j + 1, (i + 1) * n + j, (i + 1) * n + j + 1
+            f += [[a, c, b], [b, c, d]]
+    return v, np.array(f)
+
+
+def test_subdivision_topology_matches_trimesh_and_keeps_original_indices():
+    sphere = trimesh.creation.icosphere(subdivisions=1)
+    sub = Subdivider.build(len(sphere.vertices), sphere.faces, 2)
+    ref_v, ref_f = trimesh.remesh.subdivide_loop(sphere.vertices, sphere.faces, iterations=2)
+    assert sub.n_fine == len(ref_v) and len(sub.faces) == len(ref_f) == 16 * len(sphere.faces)
+    fine = trimesh.Trimesh(sub.approximating(sphere.vertices), sub.faces, process=False)
+    assert fine.is_watertight and fine.is_winding_consistent
+    assert fine.volume > 0  # orientation kept (outward normals)
+    # Loop converges to a smooth surface inside the sphere, close to it.
+    radius = np.linalg.norm(fine.vertices, axis=1)
+    assert 0.9 < radius.min() and radius.max() <= 1.0 + 1e-9
+
+
+def test_operators_are_affine_and_reproduce_planes():
+    v, f = grid()
+    sub = Subdivider.build(len(v), f, 3)
+    np.testing.assert_allclose(np.asarray(sub.smooth.sum(axis=1)).ravel(), 1.0)
+    np.testing.assert_allclose(np.asarray(sub.linear.sum(axis=1)).ravel(), 1.0)
+    plane = v.copy()
+    plane[:, 2] = 0.3 * v[:, 0] - 0.2 * v[:, 1] + 4
+    fine = sub.interpolating(plane)
+    np.testing.assert_allclose(fine[:, 2], 0.3 * fine[:, 0] - 0.2 * fine[:, 1] + 4, atol=1e-9)
+
+
+def test_interpolating_subdivision_passes_through_the_control_points():
+    sphere = trimesh.creation.icosphere(subdivisions=1)
+    sub = Subdivider.build(len(sphere.vertices), sphere.faces, 3)
+    fine = sub.interpolating(sphere.vertices)
+    np.testing.assert_allclose(fine[: len(sphere.vertices)], sphere.vertices, atol=1e-9)
+    # ... and is smooth: the fine vertices stay near the unit sphere (within a flat facet's sag).
+    assert np.abs(np.linalg.norm(fine, axis=1) - 1).max() < 0.05
+    uv = sub.midpoint(sphere.vertices[:, :2])
+    assert uv.shape == (sub.n_fine, 2)
+
+
+def test_negative_levels_refused():
+    with pytest.raises(ValueError):
+        Subdivider.build(3, [[0, 1, 2]], -1)
+
+
+def test_raster_coverage_depth_and_barycentrics():
+    v = np.array([[10, 10, 5], [50, 10, 5], [10, 50, 5], [50, 50, 1]], float)
+    f = np.array([[0, 1, 2], [1, 3, 2]])
+    r = rasterize(v, f, 64, 64)
+    assert r.mask.sum() == 41 * 41  # pixel centres 10..50 inclusive on both axes
+    assert r.depth[20, 20] == pytest.approx(5.0)
+    assert r.depth[50, 50] == pytest.approx(1.0)
+    assert r.depth[30, 30] == pytest.approx(5.0 - 4.0 * ((30 - 10) + (30 - 10) - 40) / 40, abs=1e-5)
+    xy = interpolate(r, f, v[:, :2])
+    ys, xs = np.nonzero(r.mask)
+    np.testing.assert_allclose(xy[ys, xs], np.column_stack([xs, ys]), atol=1e-4)
+
+
+def test_raster_nearest_surface_wins_and_empty_cases():
+    near = np.array([[0, 0, 1], [30, 0, 1], [0, 30, 1]], float)
+    far = near + [0, 0, 9]
+    v = np.vstack([far, near])
+    r = rasterize(v, [[0, 1, 2], [3, 4, 5]], 32, 32)
+    assert (r.triangle[r.mask] == 1).all()
+    assert not rasterize(v, np.zeros((0, 3), int), 8, 8).mask.any()
+    off = rasterize(near + [500, 500, 0], [[0, 1, 2]], 32, 32)
+    assert not off.mask.any()
+
+
+def test_raster_sphere_area_and_shading():
+    s = trimesh.creation.icosphere(subdivisions=4)
+    v = s.vertices * 40 + [50, 50, 100]
+    r = rasterize(v, s.faces, 100, 100)
+    assert abs(r.mask.sum() - np.pi * 40**2) / (np.pi * 40**2) < 0.01
+    assert r.depth[50, 50] == pytest.approx(60.0, abs=0.2)  # front pole nearest to the camera
+    grey, mask = shade(v, s.faces, 100, 100)
+    assert grey[50, 50] > 0.95 and grey[50, 89] < grey[50, 50]
+    n = vertex_normals(v, s.faces)
+    np.testing.assert_allclose(np.linalg.norm(n, axis=1), 1.0, atol=1e-6)
