@@ -15,11 +15,11 @@ import json
 from pathlib import Path
 
 import numpy as np
-
-from facerecon.evaluation import annotated_face_index, nme, read_pts, shared_data_dir
 from facerecon.kernel import Pipeline
 from facerecon.kernel.imageio import load_image
 from facerecon.plugins.mediapipe_bundle import canonical_face, locate_bundle
+
+from facerecon.evaluation import annotated_face_index, nme, read_pts, shared_data_dir
 
 OUT = Path(__file__).resolve().parents[1] / "plugins" / "data" / "mediapipe468_ibug68.json"
 
@@ -73,7 +73,7 @@ def main() -> None:
         + "\n"
     )
     fitted = np.einsum("kj,nkjc->nkc", weights, P[:, ids])
-    errors = [nme(f, g) for f, g in zip(fitted, G)]
+    errors = [nme(f, g) for f, g in zip(fitted, G, strict=True)]
     print(f"wrote {OUT}; calibration-set NME {np.mean(errors):.4f} over {len(errors)} photos")
 
 

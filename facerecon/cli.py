@@ -101,7 +101,7 @@ def load_config(args: argparse.Namespace) -> PipelineConfig:
         changes["refiners"] = tuple(name for name in args.refiners.split(",") if name.strip())
     if getattr(args, "all_faces", False):
         changes["all_faces"] = True
-    return replace(config, **changes) if changes else config  # type: ignore[arg-type]
+    return replace(config, **changes) if changes else config
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
@@ -149,7 +149,9 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         raise ConfigError(f"--texture-size must be in 16..8192, got {args.texture_size}")
     config = load_config(args)
     paths, missing = find_images(args.inputs)
-    failures: list[dict[str, str]] = [{"input": m, "error": "no such file or no images matched"} for m in missing]
+    failures: list[dict[str, str]] = [
+        {"input": m, "error": "no such file or no images matched"} for m in missing
+    ]
     for item in missing:
         log.error("%s: no such file or no images matched", item)
     out: Path = args.output
@@ -164,7 +166,10 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     show_bar = not args.quiet and sys.stderr.isatty() and len(paths) > 1
     with logging_redirect_tqdm(), pipeline:
         for path, name in tqdm(
-            list(zip(paths, _output_names(paths))), disable=not show_bar, unit="image", desc="reconstruct"
+            list(zip(paths, _output_names(paths), strict=True)),
+            disable=not show_bar,
+            unit="image",
+            desc="reconstruct",
         ):
             start = time.perf_counter()
             try:
@@ -172,19 +177,26 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
                 rec = pipeline(image)
                 if not rec.faces:
                     raise NoFaceError(f"{path}: no face found")
-                write_outputs(rec, image, out / name, source=str(path), formats=formats,
-                              texture_size=args.texture_size)
+                write_outputs(
+                    rec, image, out / name, source=str(path), formats=formats, texture_size=args.texture_size
+                )
             except (InputError, NoFaceError) as exc:
                 failures.append({"input": str(path), "error": str(exc)})
                 log.error("%s", exc)
                 continue
             except Exception as exc:  # a plugin bug on one image must not end the batch
                 failures.append({"input": str(path), "error": f"{type(exc).__name__}: {exc}"})
-                log.error("%s: %s: %s", path, type(exc).__name__, exc, exc_info=not isinstance(exc, FaceReconError))
+                log.error(
+                    "%s: %s: %s", path, type(exc).__name__, exc, exc_info=not isinstance(exc, FaceReconError)
+                )
                 continue
             summary.append(
-                {"input": str(path), "output": str(out / name), "faces": len(rec.faces),
-                 "seconds": round(time.perf_counter() - start, 3)}
+                {
+                    "input": str(path),
+                    "output": str(out / name),
+                    "faces": len(rec.faces),
+                    "seconds": round(time.perf_counter() - start, 3),
+                }
             )
             if not args.quiet and not show_bar:
                 print(f"{path} -> {out / name} ({len(rec.faces)} face(s))")
@@ -194,8 +206,10 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         print(f"facerecon: {len(failures)} input(s) failed, see {failures_file}", file=sys.stderr)
     else:
         failures_file.unlink(missing_ok=True)
-    atomic_write(out / "summary.json",
-                 (json.dumps({"succeeded": summary, "failed": len(failures)}, indent=1) + "\n").encode())
+    atomic_write(
+        out / "summary.json",
+        (json.dumps({"succeeded": summary, "failed": len(failures)}, indent=1) + "\n").encode(),
+    )
     return EXIT_FAILURES if failures else EXIT_OK
 
 

@@ -109,7 +109,7 @@ class PipelineConfig:
             expected = {"refiners": list, "all_faces": bool, "max_image_pixels": int}.get(key, str)
             if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
                 raise ConfigError(f"[pipeline] {key} must be a {expected.__name__}, got {value!r}")
-            kwargs[key] = tuple(value) if key == "refiners" else value
+            kwargs[key] = tuple(value) if isinstance(value, list) else value
         plugins = _table(data, "plugins")
         _only_keys(plugins, {"allow", "block"}, "[plugins]")
         for key in ("allow", "block"):
@@ -144,4 +144,6 @@ def _table(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
 def _only_keys(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
     unknown = sorted(set(table) - allowed)
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(allowed))})")
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(allowed))})"
+        )

@@ -18,9 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-
 from facerecon.geometry.raster import interpolate, rasterize
+from PIL import Image
 
 from .records import Mesh
 
@@ -124,7 +123,8 @@ def _trimesh_export(mesh: Mesh, path: Path, file_type: str, texture: np.ndarray 
     if texture is not None and mesh.uvs is not None:
         visual = trimesh.visual.TextureVisuals(uv=np.asarray(mesh.uvs), image=Image.fromarray(texture))
     shape = trimesh.Trimesh(to_y_up(mesh.vertices), np.asarray(mesh.triangles), visual=visual, process=False)
-    atomic_write(path, shape.export(file_type=file_type))
+    exported = shape.export(file_type=file_type)
+    atomic_write(path, exported if isinstance(exported, bytes) else str(exported).encode())
     return [path]
 
 

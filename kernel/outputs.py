@@ -24,11 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from facerecon.geometry.raster import shade
 from PIL import Image, ImageDraw
 
-from facerecon.geometry.raster import shade
-
-from .export import current_umask, atomic_write, bake_texture, png_bytes, write_mesh
+from .export import atomic_write, bake_texture, current_umask, png_bytes, write_mesh
 from .records import IBUG68, Face, Reconstruction
 
 PREVIEW_HEIGHT = 512
@@ -93,18 +92,22 @@ def result_dict(rec: Reconstruction, source: str, mesh_files: dict[tuple[int, st
 def dumps(data: Any) -> str:
     """JSON with one line per point: indented objects, innermost number lists kept on one line."""
     text = json.dumps(data, indent=1)
-    return re.sub(r"\[\s*([-\d.e,\s]+?)\s*\]", lambda m: "[" + re.sub(r"\s+", " ", m.group(1)) + "]", text) + "\n"
+    return (
+        re.sub(r"\[\s*([-\d.e,\s]+?)\s*\]", lambda m: "[" + re.sub(r"\s+", " ", m.group(1)) + "]", text)
+        + "\n"
+    )
 
 
 def _round(array: np.ndarray, digits: int = 3) -> list[Any]:
-    return np.round(np.asarray(array, np.float64), digits).tolist()  # type: ignore[no-any-return]
+    return np.round(np.asarray(array, np.float64), digits).tolist()
 
 
 def render_preview(image: np.ndarray, rec: Reconstruction) -> np.ndarray:
     """Panels side by side: photo | landmarks | one shaded render per stage (over the dimmed photo).
     Panels are cropped around the reconstructed faces and scaled to PREVIEW_HEIGHT pixels."""
     height, width = image.shape[:2]
-    boxes = np.array([r.face.box for r in rec.reconstructions] or [f.box for f in rec.faces] or [[0, 0, width, height]])
+    faces = [r.face for r in rec.reconstructions] or list(rec.faces)
+    boxes = np.array([f.box for f in faces]) if faces else np.array([[0.0, 0.0, width, height]])
     crop = _crop_box(boxes, width, height)
     panels = [image]
     marks = Image.fromarray(image.copy())
@@ -178,7 +181,9 @@ def write_outputs(
         mesh_files: dict[tuple[int, str], str] = {}
         for r in rec.reconstructions:
             for stage in r.stages:
-                texture = bake_texture(stage.mesh, image, texture_size) if stage.mesh.uvs is not None else None
+                texture = (
+                    bake_texture(stage.mesh, image, texture_size) if stage.mesh.uvs is not None else None
+                )
                 for i, fmt in enumerate(formats):
                     name = f"{face_prefix(r.face_index)}{stage.stage}.{fmt}"
                     write_mesh(stage.mesh, staging / name, texture)

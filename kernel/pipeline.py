@@ -26,7 +26,7 @@ from .stages import Detector, Refiner, Regressor, Segmenter
 
 
 def resolve_device(device: str) -> str:
-    """"auto" -> "cuda" when torch is installed and sees a GPU, else "cpu"."""
+    """ "auto" -> "cuda" when torch is installed and sees a GPU, else "cpu"."""
     if device != "auto":
         return device
     if importlib.util.find_spec("torch") is None:
@@ -54,7 +54,9 @@ class Pipeline:
 
     @classmethod
     def from_config(
-        cls, config: PipelineConfig | str | Path | Mapping[str, Any] | None = None, host: PluginHost | None = None
+        cls,
+        config: PipelineConfig | str | Path | Mapping[str, Any] | None = None,
+        host: PluginHost | None = None,
     ) -> Pipeline:
         """From a config object, a TOML file path, a parsed TOML mapping, or None for the defaults."""
         if config is None or isinstance(config, PipelineConfig):
@@ -73,16 +75,16 @@ class Pipeline:
 
     @property
     def detector(self) -> Detector:
-        return self.stage("detector", self.config.detector)  # type: ignore[no-any-return]
+        return self.stage("detector", self.config.detector)
 
     @property
     def regressor(self) -> Regressor:
-        return self.stage("regressor", self.config.regressor)  # type: ignore[no-any-return]
+        return self.stage("regressor", self.config.regressor)
 
     @property
     def segmenter(self) -> Segmenter | None:
         name = self.config.segmenter
-        return None if name is None else self.stage("segmenter", name)  # type: ignore[no-any-return]
+        return None if name is None else self.stage("segmenter", name)
 
     @property
     def refiners(self) -> list[tuple[str, Refiner]]:
@@ -147,7 +149,9 @@ class Pipeline:
             start = time.perf_counter()
             segmentation = self.segmenter.segment(image, face)
             if not isinstance(segmentation, Segmentation):
-                raise self._broken("segmenter", str(self.config.segmenter), "segment() must return a Segmentation")
+                raise self._broken(
+                    "segmenter", str(self.config.segmenter), "segment() must return a Segmentation"
+                )
             _accumulate(timings, "segmenter", _ms_since(start))
         start = time.perf_counter()
         coarse = self.regressor.regress(image, face)

@@ -175,9 +175,12 @@ class Mesh:
     def __post_init__(self) -> None:
         vertices = np.asarray(self.vertices, dtype=np.float32)
         triangles = np.asarray(self.triangles, dtype=np.int32)
-        _check(vertices.ndim == 2 and vertices.shape[1] == 3, f"vertices must be (N, 3), got {vertices.shape}")
         _check(
-            triangles.ndim == 2 and triangles.shape[1] == 3, f"triangles must be (M, 3), got {triangles.shape}"
+            vertices.ndim == 2 and vertices.shape[1] == 3, f"vertices must be (N, 3), got {vertices.shape}"
+        )
+        _check(
+            triangles.ndim == 2 and triangles.shape[1] == 3,
+            f"triangles must be (M, 3), got {triangles.shape}",
         )
         _check(bool(np.isfinite(vertices).all()), "mesh vertices contain NaN or infinity")
         if len(triangles):

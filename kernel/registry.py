@@ -77,7 +77,9 @@ class StageRegistrar:
     ) -> None:
         """Offer a stage ``name`` of ``kind``; see the hookspec for the factory's contract."""
         if kind not in STAGE_KINDS:
-            raise PluginError(f"plugin {self.plugin!r} registers unknown stage kind {kind!r} (known: {STAGE_KINDS})")
+            raise PluginError(
+                f"plugin {self.plugin!r} registers unknown stage kind {kind!r} (known: {STAGE_KINDS})"
+            )
         if not name or not isinstance(name, str):
             raise PluginError(f"plugin {self.plugin!r} registers a {kind} without a name")
         if options is not None and not dataclasses.is_dataclass(options):
@@ -268,7 +270,9 @@ def parse_options(options_type: type | None, table: Mapping[str, Any], *, where:
         raise ConfigError(
             f"{where}: unknown option(s) {', '.join(unknown)} (known: {', '.join(sorted(fields)) or 'none'})"
         )
-    values = {key: _coerce(value, hints[key], where=f"{where} option {key!r}") for key, value in table.items()}
+    values = {
+        key: _coerce(value, hints[key], where=f"{where} option {key!r}") for key, value in table.items()
+    }
     try:
         return options_type(**values)
     except (TypeError, ValueError) as exc:

@@ -43,9 +43,7 @@ class Refiner(Protocol):
     stage: str
     """The stage this refiner produces, e.g. "medium" or "fine" (names the output mesh file)."""
 
-    def refine(
-        self, image: np.ndarray, face: Face, mesh: Mesh, segmentation: Segmentation | None
-    ) -> Mesh:
+    def refine(self, image: np.ndarray, face: Face, mesh: Mesh, segmentation: Segmentation | None) -> Mesh:
         """A better mesh. Keep the mesh frame; change the topology id if the triangles change."""
         ...
 

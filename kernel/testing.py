@@ -14,6 +14,8 @@ at integers, z away from the camera.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from .errors import InputError
@@ -37,14 +39,16 @@ def faceless_images() -> dict[str, np.ndarray]:
     return {"flat grey": np.full((384, 512, 3), 128, np.uint8), "colour blocks": noise.astype(np.uint8)}
 
 
-def _assert_refuses(call, what: str) -> None:  # type: ignore[no-untyped-def]
+def _assert_refuses(call: Callable[[np.ndarray], object], what: str) -> None:
     for name, image in BAD_IMAGES.items():
         try:
             call(image)
         except InputError:
             continue
         except Exception as exc:  # noqa: BLE001 - the point is to name the wrong exception
-            raise AssertionError(f"{what} raised {type(exc).__name__} for a {name}, expected InputError") from exc
+            raise AssertionError(
+                f"{what} raised {type(exc).__name__} for a {name}, expected InputError"
+            ) from exc
         raise AssertionError(f"{what} accepted a {name}; it must raise InputError")
 
 
@@ -126,7 +130,9 @@ def check_regressor(regressor: Regressor, image: np.ndarray, face: Face) -> Coar
     assert isinstance(regressor, Regressor), "regressor does not implement regress(image, face)"
     height, width = image.shape[:2]
     result = regressor.regress(image, face)
-    assert isinstance(result, CoarseResult), f"regress() must return CoarseResult, got {type(result).__name__}"
+    assert isinstance(result, CoarseResult), (
+        f"regress() must return CoarseResult, got {type(result).__name__}"
+    )
     _check_mesh(result.mesh, face, width, height)
     rotation = np.asarray(result.rotation, np.float64)
     assert np.allclose(rotation @ rotation.T, np.eye(3), atol=1e-3), "rotation is not orthonormal"
@@ -140,7 +146,9 @@ def check_regressor(regressor: Regressor, image: np.ndarray, face: Face) -> Coar
 def check_segmenter(segmenter: Segmenter, image: np.ndarray, face: Face) -> Segmentation:
     assert isinstance(segmenter, Segmenter), "segmenter does not implement segment(image, face)"
     result = segmenter.segment(image, face)
-    assert isinstance(result, Segmentation), f"segment() must return Segmentation, got {type(result).__name__}"
+    assert isinstance(result, Segmentation), (
+        f"segment() must return Segmentation, got {type(result).__name__}"
+    )
     assert result.labels.shape == image.shape[:2], "label map must have the image's height and width"
     assert set(np.unique(result.labels).tolist()) <= set(result.label_names) | {0}, "unnamed labels"
     x0, y0, x1, y1 = (int(v) for v in face.box)
@@ -153,7 +161,9 @@ def check_refiner(
     refiner: Refiner, image: np.ndarray, face: Face, mesh: Mesh, segmentation: Segmentation | None
 ) -> Mesh:
     assert isinstance(refiner, Refiner), "refiner does not implement refine(...) and stage"
-    assert isinstance(refiner.stage, str) and refiner.stage.isidentifier(), "refiner.stage must be a plain name"
+    assert isinstance(refiner.stage, str) and refiner.stage.isidentifier(), (
+        "refiner.stage must be a plain name"
+    )
     height, width = image.shape[:2]
     refined = refiner.refine(image, face, mesh, segmentation)
     _check_mesh(refined, face, width, height)

@@ -16,7 +16,6 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-
 from facerecon.geometry.subdivision import Subdivider
 from facerecon.kernel import IBUG68, CoarseResult, Face, LandmarkMap, Mesh, hookimpl
 from facerecon.kernel.errors import InputError

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from facerecon.kernel.errors import ModelFileError
 
 BUNDLE_NAME = "face_landmarker_v2.task"
@@ -173,4 +172,3 @@ def _packed_varints(data: bytes) -> list[int]:
         value, i = _varint(data, i)
         values.append(value)
     return values
-

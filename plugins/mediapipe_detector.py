@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from facerecon.kernel import Face, Landmarks, hookimpl
 from facerecon.kernel.errors import ModelFileError
 from facerecon.kernel.imageio import check_image
@@ -64,6 +63,7 @@ class MediaPipeDetector:
         self.options = options
         self.bundle = mediapipe_bundle.locate_bundle(options.model_path)
         delegate = BaseOptions.Delegate.GPU if device == "cuda" else BaseOptions.Delegate.CPU
+
         def landmarker(detection_confidence: float):  # type: ignore[no-untyped-def]
             return vision.FaceLandmarker.create_from_options(
                 vision.FaceLandmarkerOptions(
@@ -81,7 +81,9 @@ class MediaPipeDetector:
             self._landmarker = landmarker(options.min_detection_confidence)
             # Tiles cut faces at odd framings where BlazeFace's score sags; the landmarker's own
             # presence check still has to pass, so a lower detection threshold costs no precision.
-            self._tile_landmarker = landmarker(min(TILE_DETECTION_CONFIDENCE, options.min_detection_confidence))
+            self._tile_landmarker = landmarker(
+                min(TILE_DETECTION_CONFIDENCE, options.min_detection_confidence)
+            )
             self._detector = vision.FaceDetector.create_from_options(
                 vision.FaceDetectorOptions(
                     base_options=BaseOptions(
@@ -113,7 +115,9 @@ class MediaPipeDetector:
                 return _suppress_duplicates(found)[: self.options.max_faces]
         return []
 
-    def _detect_window(self, window: np.ndarray, x_offset: int, y_offset: int, tile: bool = False) -> list[Face]:
+    def _detect_window(
+        self, window: np.ndarray, x_offset: int, y_offset: int, tile: bool = False
+    ) -> list[Face]:
         """Faces in ``window`` (a view of the image whose top-left pixel is at the offsets)."""
         import mediapipe as mp
 
@@ -125,7 +129,12 @@ class MediaPipeDetector:
         detections = self._detector.detect(frame).detections
         det_boxes = np.array(
             [
-                [d.bounding_box.origin_x, d.bounding_box.origin_y, d.bounding_box.width, d.bounding_box.height]
+                [
+                    d.bounding_box.origin_x,
+                    d.bounding_box.origin_y,
+                    d.bounding_box.width,
+                    d.bounding_box.height,
+                ]
                 for d in detections
             ],
             dtype=np.float64,

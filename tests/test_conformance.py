@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from facerecon.kernel import PluginHost
 from facerecon.kernel import testing as conformance
 

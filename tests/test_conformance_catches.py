@@ -7,7 +7,6 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-
 from facerecon.kernel import CoarseResult, Face, Landmarks, Mesh
 from facerecon.kernel import testing as conformance
 
@@ -32,7 +31,9 @@ class MeshRegressor:
         from facerecon.kernel.imageio import check_image
 
         check_image(image)
-        return replace(self.result, mesh=self.result.mesh.with_vertices(self.transform(self.result.mesh.vertices)))
+        return replace(
+            self.result, mesh=self.result.mesh.with_vertices(self.transform(self.result.mesh.vertices))
+        )
 
 
 def test_good_regressor_passes(good, face_photo, detected):
@@ -70,8 +71,11 @@ class HalfPixelDetector:
     def detect(self, image):
         faces = self.inner.detect(image)
         return [
-            Face(f.box + [self.shift, 0, self.shift, 0], f.score,
-                 Landmarks(f.landmarks.scheme, f.landmarks.points + [self.shift, 0, 0]))
+            Face(
+                f.box + [self.shift, 0, self.shift, 0],
+                f.score,
+                Landmarks(f.landmarks.scheme, f.landmarks.points + [self.shift, 0, 0]),
+            )
             for f in faces
         ]
 

@@ -1,0 +1,69 @@
+"""Landmark accuracy on the 112 LFPW photos with human iBUG-68 annotations.
+
+For each photo: the detector's face that matches the annotation, then the ``landmarks68`` that each
+stage's mesh re-projects into the image, scored by NME (mean error / outer-eye-corner distance).
+The iBUG-68 map of the landmark mesh was fitted on the even-numbered half (see calibrate_ibug68.py),
+so the odd half is reported separately as the held-out score.
+
+    python benchmarks/evaluate_lfpw.py [--config my.toml]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+from facerecon.kernel import IBUG68, Pipeline
+from facerecon.kernel.imageio import load_image
+
+from facerecon.evaluation import annotated_face_index, nme, read_pts, shared_data_dir
+
+
+def evaluate(pipe: Pipeline) -> dict[str, object]:
+    data = shared_data_dir()
+    if data is None:
+        raise SystemExit("shared data not found (set FACERECON_SHARED_DATA)")
+    photos = sorted((data / "faces" / "lfpw-68").glob("*.png"))
+    errors: dict[str, list[float]] = {}
+    held_out: dict[str, list[float]] = {}
+    missed = []
+    for i, photo in enumerate(photos):
+        image = load_image(photo)
+        truth = read_pts(photo.with_suffix(".pts"))
+        faces = pipe.detect(image)
+        index = annotated_face_index(np.array([f.box for f in faces]), truth)
+        if index is None:
+            missed.append(photo.name)
+            continue
+        face_rec = pipe.reconstruct_face(image, faces[index])
+        for stage in face_rec.stages:
+            marks = stage.mesh.landmarks(IBUG68)
+            if marks is None:
+                continue
+            error = nme(marks.xy, truth)
+            errors.setdefault(stage.stage, []).append(error)
+            if i % 2 == 1:
+                held_out.setdefault(stage.stage, []).append(error)
+    return {
+        "photos": len(photos),
+        "missed": missed,
+        "nme_mean": {k: round(float(np.mean(v)), 4) for k, v in errors.items()},
+        "nme_median": {k: round(float(np.median(v)), 4) for k, v in errors.items()},
+        "nme_mean_held_out_odd_half": {k: round(float(np.mean(v)), 4) for k, v in held_out.items()},
+        "failure_rate_nme_over_0.1": {
+            k: round(float(np.mean(np.array(v) > 0.1)), 4) for k, v in errors.items()
+        },
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="pipeline TOML config")
+    args = parser.parse_args()
+    with Pipeline.from_config(args.config) as pipe:
+        print(json.dumps(evaluate(pipe), indent=1))
+
+
+if __name__ == "__main__":
+    main()
