@@ -48,7 +48,7 @@ class LandmarkMeshOptions:
 def ibug68_on_canonical() -> tuple[np.ndarray, np.ndarray]:
     """iBUG-68 landmarks as barycentric points of the canonical mesh: (ids int (68, 3), weights (68, 3)).
     Fitted to human annotations by ``benchmarks/calibrate_ibug68.py`` (see the JSON's provenance)."""
-    text = resources.files("facerecon.plugins").joinpath("data/mediapipe468_ibug68.json").read_text()
+    text = resources.files("facerecon.plugins.data").joinpath("mediapipe468_ibug68.json").read_text()
     data = json.loads(text)
     return np.asarray(data["vertex_ids"], np.int32), np.asarray(data["weights"], np.float32)
 

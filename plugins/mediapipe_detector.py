@@ -8,9 +8,14 @@ overlap; the box reported is the extent of the landmarks (tighter and steadier t
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from facerecon.kernel import Face, Landmarks, hookimpl
@@ -57,14 +62,28 @@ class MediaPipeDetector:
     """Runs the Face Landmarker and the bundle's face detector; built once, reused for every image."""
 
     def __init__(self, options: MediaPipeOptions, device: str = "cpu") -> None:
-        os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's C++ start-up chatter
-        from mediapipe.tasks.python import BaseOptions, vision
-
         self.options = options
         self.bundle = mediapipe_bundle.locate_bundle(options.model_path)
+        # MediaPipe's C++ side prints a page of start-up notes on stderr; keep them unless loading fails.
+        with _native_stderr_captured() as native_log:
+            try:
+                self._load(device)
+                # Warm up once, so the first photo does not pay for lazy initialisation inside LiteRT.
+                self._detect_window(np.zeros((128, 128, 3), np.uint8), 0, 0)
+            except (RuntimeError, ValueError) as exc:
+                native_log.seek(0)
+                detail = " | ".join(native_log.read().decode(errors="replace").strip().splitlines()[-3:])
+                raise ModelFileError(
+                    f"{self.bundle}: MediaPipe could not load the bundle: {exc} {detail}"
+                ) from None
+
+    def _load(self, device: str) -> None:
+        from mediapipe.tasks.python import BaseOptions, vision
+
+        options = self.options
         delegate = BaseOptions.Delegate.GPU if device == "cuda" else BaseOptions.Delegate.CPU
 
-        def landmarker(detection_confidence: float):  # type: ignore[no-untyped-def]
+        def landmarker(detection_confidence: float) -> vision.FaceLandmarker:
             return vision.FaceLandmarker.create_from_options(
                 vision.FaceLandmarkerOptions(
                     base_options=BaseOptions(model_asset_path=str(self.bundle), delegate=delegate),
@@ -77,24 +96,19 @@ class MediaPipeDetector:
                 )
             )
 
-        try:
-            self._landmarker = landmarker(options.min_detection_confidence)
-            # Tiles cut faces at odd framings where BlazeFace's score sags; the landmarker's own
-            # presence check still has to pass, so a lower detection threshold costs no precision.
-            self._tile_landmarker = landmarker(
-                min(TILE_DETECTION_CONFIDENCE, options.min_detection_confidence)
+        self._landmarker = landmarker(options.min_detection_confidence)
+        # Tiles cut faces at odd framings where BlazeFace's score sags; the landmarker's own presence
+        # check still has to pass.
+        self._tile_landmarker = landmarker(min(TILE_DETECTION_CONFIDENCE, options.min_detection_confidence))
+        self._detector = vision.FaceDetector.create_from_options(
+            vision.FaceDetectorOptions(
+                base_options=BaseOptions(
+                    model_asset_buffer=mediapipe_bundle.read_member(self.bundle, "face_detector.tflite")
+                ),
+                running_mode=vision.RunningMode.IMAGE,
+                min_detection_confidence=min(0.3, options.min_detection_confidence),
             )
-            self._detector = vision.FaceDetector.create_from_options(
-                vision.FaceDetectorOptions(
-                    base_options=BaseOptions(
-                        model_asset_buffer=mediapipe_bundle.read_member(self.bundle, "face_detector.tflite")
-                    ),
-                    running_mode=vision.RunningMode.IMAGE,
-                    min_detection_confidence=min(0.3, options.min_detection_confidence),
-                )
-            )
-        except (RuntimeError, ValueError) as exc:
-            raise ModelFileError(f"{self.bundle}: MediaPipe could not load the bundle: {exc}") from None
+        )
 
     def detect(self, image: np.ndarray) -> list[Face]:
         image = check_image(image)
@@ -172,8 +186,23 @@ class MediaPipeDetector:
         return faces
 
     def close(self) -> None:
-        for task in (self._landmarker, self._tile_landmarker, self._detector):
-            task.close()
+        with _native_stderr_captured():
+            for task in (self._landmarker, self._tile_landmarker, self._detector):
+                task.close()
+
+
+@contextlib.contextmanager
+def _native_stderr_captured() -> Iterator[BinaryIO]:
+    """Send what C/C++ code writes to file descriptor 2 into a temporary file for the duration."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            yield log
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def _tile_starts(size: int, tile: int) -> list[int]:
