@@ -24,7 +24,7 @@ test: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy kernel services geometry facerecon
+	$(BIN)/mypy kernel services geometry plugins facerecon
 
 check: lint test
 

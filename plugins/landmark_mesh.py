@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 from facerecon.geometry.subdivision import Subdivider
-from facerecon.kernel import IBUG68, CoarseResult, Face, LandmarkMap, Mesh, hookimpl
+from facerecon.kernel import IBUG68, CoarseResult, Face, LandmarkMap, Mesh, StageRegistrar, hookimpl
 from facerecon.kernel.errors import InputError
 from facerecon.kernel.imageio import check_image
 
@@ -108,7 +108,7 @@ def similarity(source: np.ndarray, target: np.ndarray) -> tuple[float, np.ndarra
 
 
 @hookimpl
-def facerecon_register_stages(registry) -> None:  # type: ignore[no-untyped-def]
+def facerecon_register_stages(registry: StageRegistrar) -> None:
     registry.register(
         "regressor",
         "landmark-mesh",

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from facerecon.kernel import Face, Landmarks, hookimpl
+from facerecon.kernel import Face, Landmarks, StageRegistrar, hookimpl
 from facerecon.kernel.errors import ModelFileError
 from facerecon.kernel.imageio import check_image
 
@@ -237,7 +237,7 @@ def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 
 
 @hookimpl
-def facerecon_register_stages(registry) -> None:  # type: ignore[no-untyped-def]
+def facerecon_register_stages(registry: StageRegistrar) -> None:
     registry.register(
         "detector",
         "mediapipe",
