@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .config import PipelineConfig
-from .errors import PluginError
+from .errors import ConfigError, PluginError
 from .imageio import check_image, load_image
 from .records import CoarseResult, Face, FaceReconstruction, Mesh, Reconstruction, Segmentation, StageResult
 from .registry import PluginHost
@@ -26,14 +26,19 @@ from .stages import Detector, Refiner, Regressor, Segmenter
 
 
 def resolve_device(device: str) -> str:
-    """ "auto" -> "cuda" when torch is installed and sees a GPU, else "cpu"."""
-    if device != "auto":
+    """Resolve "auto": "cuda" when PyTorch is installed and sees a GPU, else "cpu". An explicit "cuda" is
+    refused when PyTorch is installed and sees none (a clear error now, not a crash in a plugin later)."""
+    if device == "cpu":
         return device
     if importlib.util.find_spec("torch") is None:
-        return "cpu"
+        return "cpu" if device == "auto" else device
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    if device == "cuda":
+        raise ConfigError("device 'cuda' requested but PyTorch sees no CUDA GPU (use --device cpu or auto)")
+    return "cpu"
 
 
 class Pipeline:

@@ -63,11 +63,12 @@ class MediaPipeDetector:
 
     def __init__(self, options: MediaPipeOptions, device: str = "cpu") -> None:
         self.options = options
+        self.device = "cpu"  # see _load
         self.bundle = mediapipe_bundle.locate_bundle(options.model_path)
         # MediaPipe's C++ side prints a page of start-up notes on stderr; keep them unless loading fails.
         with _native_stderr_captured() as native_log:
             try:
-                self._load(device)
+                self._load()
                 # Warm up once, so the first photo does not pay for lazy initialisation inside LiteRT.
                 self._detect_window(np.zeros((128, 128, 3), np.uint8), 0, 0)
             except (RuntimeError, ValueError) as exc:
@@ -77,11 +78,13 @@ class MediaPipeDetector:
                     f"{self.bundle}: MediaPipe could not load the bundle: {exc} {detail}"
                 ) from None
 
-    def _load(self, device: str) -> None:
+    def _load(self) -> None:
         from mediapipe.tasks.python import BaseOptions, vision
 
         options = self.options
-        delegate = BaseOptions.Delegate.GPU if device == "cuda" else BaseOptions.Delegate.CPU
+        # Always the CPU: MediaPipe's GPU delegate needs OpenGL ES / WebGPU rather than CUDA, and the
+        # CPU path takes under 10 ms a photo anyway.
+        delegate = BaseOptions.Delegate.CPU
 
         def landmarker(detection_confidence: float) -> vision.FaceLandmarker:
             return vision.FaceLandmarker.create_from_options(

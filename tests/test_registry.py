@@ -225,3 +225,14 @@ def test_stage_breaking_the_contract_at_run_time_is_named(host, face_photo):
     with pytest.raises(PluginError, match=r"refiner 'liar' \(plugin 'liar'\) broke the stage contract"):
         pipe(face_photo)
     pipe.close()
+
+
+def test_device_resolution(monkeypatch):
+    import importlib.util
+
+    from facerecon.kernel.pipeline import resolve_device
+
+    assert resolve_device("cpu") == "cpu"
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)  # as on a machine without torch
+    assert resolve_device("auto") == "cpu"
+    assert resolve_device("cuda") == "cuda"  # left to plugins with their own CUDA runtime
