@@ -1,0 +1,1 @@
+"""3D morphable models: the MorphableModel record, file loaders, landmark correspondence and fitting."""
