@@ -15,10 +15,10 @@ import platform
 import time
 
 import numpy as np
-from facerecon.kernel import Pipeline
-from facerecon.kernel.imageio import load_image
 
 from facerecon.evaluation import shared_data_dir
+from facerecon.kernel import Pipeline
+from facerecon.kernel.imageio import load_image
 
 
 def main() -> None:

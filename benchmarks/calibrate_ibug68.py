@@ -15,11 +15,11 @@ import json
 from pathlib import Path
 
 import numpy as np
+
+from facerecon.evaluation import annotated_face_index, nme, read_pts, shared_data_dir
 from facerecon.kernel import Pipeline
 from facerecon.kernel.imageio import load_image
 from facerecon.plugins.mediapipe_bundle import canonical_face, locate_bundle
-
-from facerecon.evaluation import annotated_face_index, nme, read_pts, shared_data_dir
 
 OUT = Path(__file__).resolve().parents[1] / "plugins" / "data" / "mediapipe468_ibug68.json"
 

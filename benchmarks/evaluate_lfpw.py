@@ -14,10 +14,10 @@ import argparse
 import json
 
 import numpy as np
-from facerecon.kernel import IBUG68, Pipeline
-from facerecon.kernel.imageio import load_image
 
 from facerecon.evaluation import annotated_face_index, nme, read_pts, shared_data_dir
+from facerecon.kernel import IBUG68, Pipeline
+from facerecon.kernel.imageio import load_image
 
 
 def evaluate(pipe: Pipeline) -> dict[str, object]:
@@ -51,9 +51,7 @@ def evaluate(pipe: Pipeline) -> dict[str, object]:
         "nme_mean": {k: round(float(np.mean(v)), 4) for k, v in errors.items()},
         "nme_median": {k: round(float(np.median(v)), 4) for k, v in errors.items()},
         "nme_mean_held_out_odd_half": {k: round(float(np.mean(v)), 4) for k, v in held_out.items()},
-        "failure_rate_nme_over_0.1": {
-            k: round(float(np.mean(np.array(v) > 0.1)), 4) for k, v in errors.items()
-        },
+        "failure_rate_nme_over_0.1": {k: round(float(np.mean(np.array(v) > 0.1)), 4) for k, v in errors.items()},
     }
 
 

@@ -50,7 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("-o", "--output", type=Path, default=Path("out"), help="output folder")
     rec.add_argument("-c", "--config", type=Path, help="TOML config file (see docs/configuration.md)")
     rec.add_argument("--detector", help="detector plugin (default: from config, else mediapipe)")
-    rec.add_argument("--regressor", help="regressor plugin (default: from config, else landmark-mesh)")
+    rec.add_argument(
+        "--regressor",
+        help="regressor plugin (default: from config, else auto: 3dmm-fit once a model is configured, "
+        "else landmark-mesh)",
+    )
     rec.add_argument("--segmenter", help="segmenter plugin, or 'none'")
     rec.add_argument("--refiners", help="comma-separated refiner plugins, in order; '' for none")
     rec.add_argument("--device", choices=DEVICES, help="where models run (default: from config, else auto)")
@@ -68,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
     plugins.add_argument("-c", "--config", type=Path, help="TOML config (its allow/block lists apply)")
+    # Plugins add their own sub-commands (e.g. `facerecon models`), each with a handler(args) -> int.
+    PluginHost().pm.hook.facerecon_register_commands(subcommands=sub)
     return parser
 
 
@@ -81,8 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "plugins":
             return cmd_plugins(args)
-        return cmd_reconstruct(args)
-    except (ConfigError, PluginError, ModelFileError) as exc:
+        if args.command == "reconstruct":
+            return cmd_reconstruct(args)
+        return int(args.handler(args))
+    except (ConfigError, PluginError, ModelFileError, InputError) as exc:
         print(f"facerecon: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
@@ -149,9 +157,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         raise ConfigError(f"--texture-size must be in 16..8192, got {args.texture_size}")
     config = load_config(args)
     paths, missing = find_images(args.inputs)
-    failures: list[dict[str, str]] = [
-        {"input": m, "error": "no such file or no images matched"} for m in missing
-    ]
+    failures: list[dict[str, str]] = [{"input": m, "error": "no such file or no images matched"} for m in missing]
     for item in missing:
         log.error("%s: no such file or no images matched", item)
     out: Path = args.output
@@ -177,18 +183,14 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
                 rec = pipeline(image)
                 if not rec.faces:
                     raise NoFaceError(f"{path}: no face found")
-                write_outputs(
-                    rec, image, out / name, source=str(path), formats=formats, texture_size=args.texture_size
-                )
+                write_outputs(rec, image, out / name, source=str(path), formats=formats, texture_size=args.texture_size)
             except (InputError, NoFaceError) as exc:
                 failures.append({"input": str(path), "error": str(exc)})
                 log.error("%s", exc)
                 continue
             except Exception as exc:  # a plugin bug on one image must not end the batch
                 failures.append({"input": str(path), "error": f"{type(exc).__name__}: {exc}"})
-                log.error(
-                    "%s: %s: %s", path, type(exc).__name__, exc, exc_info=not isinstance(exc, FaceReconError)
-                )
+                log.error("%s: %s: %s", path, type(exc).__name__, exc, exc_info=not isinstance(exc, FaceReconError))
                 continue
             summary.append(
                 {

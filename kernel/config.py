@@ -4,7 +4,7 @@ A TOML file holds everything (every key optional)::
 
     [pipeline]
     detector = "mediapipe"
-    regressor = "landmark-mesh"
+    regressor = "auto"          # 3dmm-fit once a morphable model is configured, else landmark-mesh
     segmenter = "none"          # "none" (or "") runs no segmenter
     refiners = []               # in order, e.g. ["laplace", "sfs"]
     device = "auto"             # "cpu", "cuda" or "auto"
@@ -48,7 +48,7 @@ class PipelineConfig:
     """
 
     detector: str = "mediapipe"
-    regressor: str = "landmark-mesh"
+    regressor: str = "auto"
     segmenter: str | None = None
     refiners: tuple[str, ...] = ()
     device: str = "auto"
@@ -144,6 +144,4 @@ def _table(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
 def _only_keys(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
     unknown = sorted(set(table) - allowed)
     if unknown:
-        raise ConfigError(
-            f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(allowed))})"
-        )
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(allowed))})")

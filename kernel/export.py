@@ -18,8 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from facerecon.geometry.raster import interpolate, rasterize
 from PIL import Image
+
+from facerecon.geometry.raster import interpolate, rasterize
 
 from .records import Mesh
 

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
+    import argparse
+
     from .registry import StageRegistrar
 
 PROJECT = "facerecon"
@@ -39,4 +41,14 @@ def facerecon_register_stages(registry: StageRegistrar) -> None:
 
     Registering a name that another plugin registered replaces it (with a warning), so a pip-installed
     package can override a built-in stage.
+    """
+
+
+@hookspec
+def facerecon_register_commands(subcommands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add sub-commands to the ``facerecon`` command line (e.g. ``facerecon models``).
+
+    Call ``parser = subcommands.add_parser(name, help=...)``, add arguments, and
+    ``parser.set_defaults(handler=function)``; ``function(args) -> int`` returns the exit code
+    (0 success, 1 failure, 2 usage error) and may raise ``FaceReconError`` for a clear message.
     """

@@ -24,8 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from facerecon.geometry.raster import shade
 from PIL import Image, ImageDraw
+
+from facerecon.geometry.raster import shade
+from facerecon.geometry.transforms import yaw_pitch_roll
 
 from .export import atomic_write, bake_texture, current_umask, png_bytes, write_mesh
 from .records import IBUG68, Face, Reconstruction
@@ -73,10 +75,12 @@ def result_dict(rec: Reconstruction, source: str, mesh_files: dict[tuple[int, st
             {
                 "face_index": r.face_index,
                 "pose": {
+                    "yaw_pitch_roll_deg": _round(yaw_pitch_roll(r.coarse.rotation), 2),
                     "rotation": _round(r.coarse.rotation, 6),
                     "translation": _round(r.coarse.translation),
                     "scale": round(r.coarse.scale, 6),
                 },
+                "parameters": {name: _round(value, 5) for name, value in r.coarse.parameters.items()},
                 "stages": stages,
             }
         )
@@ -92,10 +96,7 @@ def result_dict(rec: Reconstruction, source: str, mesh_files: dict[tuple[int, st
 def dumps(data: Any) -> str:
     """JSON with one line per point: indented objects, innermost number lists kept on one line."""
     text = json.dumps(data, indent=1)
-    return (
-        re.sub(r"\[\s*([-\d.e,\s]+?)\s*\]", lambda m: "[" + re.sub(r"\s+", " ", m.group(1)) + "]", text)
-        + "\n"
-    )
+    return re.sub(r"\[\s*([-\d.e,\s]+?)\s*\]", lambda m: "[" + re.sub(r"\s+", " ", m.group(1)) + "]", text) + "\n"
 
 
 def _round(array: np.ndarray, digits: int = 3) -> list[Any]:
@@ -181,9 +182,7 @@ def write_outputs(
         mesh_files: dict[tuple[int, str], str] = {}
         for r in rec.reconstructions:
             for stage in r.stages:
-                texture = (
-                    bake_texture(stage.mesh, image, texture_size) if stage.mesh.uvs is not None else None
-                )
+                texture = bake_texture(stage.mesh, image, texture_size) if stage.mesh.uvs is not None else None
                 for i, fmt in enumerate(formats):
                     name = f"{face_prefix(r.face_index)}{stage.stage}.{fmt}"
                     write_mesh(stage.mesh, staging / name, texture)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +46,11 @@ class Pipeline:
     """Runs the configured stages. Thread-compatible, not thread-safe: one pipeline per thread."""
 
     def __init__(self, config: PipelineConfig | None = None, host: PluginHost | None = None) -> None:
-        self.config = config or PipelineConfig()
-        self.host = host or PluginHost(allow=self.config.allow_plugins, block=self.config.block_plugins)
+        config = config or PipelineConfig()
+        self.host = host or PluginHost(allow=config.allow_plugins, block=config.block_plugins)
+        # "auto" picks the highest-priority available stage of its kind (see StageRegistrar.register).
+        resolved = {kind: self.host.auto(kind) for kind in ("detector", "regressor") if getattr(config, kind) == "auto"}
+        self.config = replace(config, **resolved) if resolved else config
         self.device = resolve_device(self.config.device)
         self._stages: dict[tuple[str, str], Any] = {}
         # Fail fast on unknown plugin names, before any model loads.
@@ -154,9 +158,7 @@ class Pipeline:
             start = time.perf_counter()
             segmentation = self.segmenter.segment(image, face)
             if not isinstance(segmentation, Segmentation):
-                raise self._broken(
-                    "segmenter", str(self.config.segmenter), "segment() must return a Segmentation"
-                )
+                raise self._broken("segmenter", str(self.config.segmenter), "segment() must return a Segmentation")
             _accumulate(timings, "segmenter", _ms_since(start))
         start = time.perf_counter()
         coarse = self.regressor.regress(image, face)

@@ -175,9 +175,7 @@ class Mesh:
     def __post_init__(self) -> None:
         vertices = np.asarray(self.vertices, dtype=np.float32)
         triangles = np.asarray(self.triangles, dtype=np.int32)
-        _check(
-            vertices.ndim == 2 and vertices.shape[1] == 3, f"vertices must be (N, 3), got {vertices.shape}"
-        )
+        _check(vertices.ndim == 2 and vertices.shape[1] == 3, f"vertices must be (N, 3), got {vertices.shape}")
         _check(
             triangles.ndim == 2 and triangles.shape[1] == 3,
             f"triangles must be (M, 3), got {triangles.shape}",
@@ -246,9 +244,11 @@ class CoarseResult:
     """What a regressor returns for one face.
 
     mesh: the coarse mesh in the mesh frame.
-    rotation: float32 (3, 3) head rotation, model frame -> mesh frame.
+    rotation: float32 (3, 3) head rotation, model frame -> mesh frame, where the model frame is the
+        face model's own: y up, z towards the viewer (so a frontal face has diag(1, -1, -1); see
+        facerecon.geometry.transforms.yaw_pitch_roll for head angles).
     translation: float32 (3,) model frame -> mesh frame, in the mesh's units.
-    scale: model units -> mesh units.
+    scale: model units -> mesh units (e.g. pixels per millimetre; 1 for a perspective camera).
     parameters: named float32 vectors (e.g. "identity", "expression") — empty for non-parametric stages.
     """
 

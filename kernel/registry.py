@@ -49,6 +49,12 @@ class StageSpec:
     plugin: str
     distribution: str
     license_note: str = ""
+    priority: int = 0
+    available: Callable[[], bool] | None = None
+
+    def is_available(self) -> bool:
+        """Whether the stage can run with no options given (e.g. its model files are configured)."""
+        return True if self.available is None else bool(self.available())
 
     def make_options(self, table: Mapping[str, Any] | None) -> Any:
         """Options for this stage from a config table, with unknown keys and wrong types refused."""
@@ -74,12 +80,16 @@ class StageRegistrar:
         summary: str = "",
         version: str | None = None,
         license_note: str = "",
+        priority: int = 0,
+        available: Callable[[], bool] | None = None,
     ) -> None:
-        """Offer a stage ``name`` of ``kind``; see the hookspec for the factory's contract."""
+        """Offer a stage ``name`` of ``kind``; see the hookspec for the factory's contract.
+
+        priority, available: when the config asks for ``"auto"``, the available stage of that kind with
+        the highest priority runs (e.g. a 3DMM fitter once a model is configured, else a fallback).
+        """
         if kind not in STAGE_KINDS:
-            raise PluginError(
-                f"plugin {self.plugin!r} registers unknown stage kind {kind!r} (known: {STAGE_KINDS})"
-            )
+            raise PluginError(f"plugin {self.plugin!r} registers unknown stage kind {kind!r} (known: {STAGE_KINDS})")
         if not name or not isinstance(name, str):
             raise PluginError(f"plugin {self.plugin!r} registers a {kind} without a name")
         if options is not None and not dataclasses.is_dataclass(options):
@@ -97,6 +107,8 @@ class StageRegistrar:
                 plugin=self.plugin,
                 distribution=self.distribution,
                 license_note=license_note,
+                priority=priority,
+                available=available,
             )
         )
 
@@ -221,6 +233,13 @@ class PluginHost:
     def names(self, kind: str) -> list[str]:
         return sorted(name for (k, name) in self.stages if k == kind)
 
+    def auto(self, kind: str) -> str:
+        """The name ``"auto"`` resolves to: the available stage of ``kind`` with the highest priority."""
+        candidates = [s for (k, _), s in self.stages.items() if k == kind and s.is_available()]
+        if not candidates:
+            raise ConfigError(f"no available {kind} for 'auto' (registered: {', '.join(self.names(kind)) or 'none'})")
+        return max(candidates, key=lambda s: (s.priority, s.name)).name
+
     def spec(self, kind: str, name: str) -> StageSpec:
         if kind not in STAGE_KINDS:
             raise ConfigError(f"unknown stage kind {kind!r} (known: {', '.join(STAGE_KINDS)})")
@@ -270,9 +289,7 @@ def parse_options(options_type: type | None, table: Mapping[str, Any], *, where:
         raise ConfigError(
             f"{where}: unknown option(s) {', '.join(unknown)} (known: {', '.join(sorted(fields)) or 'none'})"
         )
-    values = {
-        key: _coerce(value, hints[key], where=f"{where} option {key!r}") for key, value in table.items()
-    }
+    values = {key: _coerce(value, hints[key], where=f"{where} option {key!r}") for key, value in table.items()}
     try:
         return options_type(**values)
     except (TypeError, ValueError) as exc:

@@ -46,9 +46,7 @@ def _assert_refuses(call: Callable[[np.ndarray], object], what: str) -> None:
         except InputError:
             continue
         except Exception as exc:  # noqa: BLE001 - the point is to name the wrong exception
-            raise AssertionError(
-                f"{what} raised {type(exc).__name__} for a {name}, expected InputError"
-            ) from exc
+            raise AssertionError(f"{what} raised {type(exc).__name__} for a {name}, expected InputError") from exc
         raise AssertionError(f"{what} accepted a {name}; it must raise InputError")
 
 
@@ -130,9 +128,7 @@ def check_regressor(regressor: Regressor, image: np.ndarray, face: Face) -> Coar
     assert isinstance(regressor, Regressor), "regressor does not implement regress(image, face)"
     height, width = image.shape[:2]
     result = regressor.regress(image, face)
-    assert isinstance(result, CoarseResult), (
-        f"regress() must return CoarseResult, got {type(result).__name__}"
-    )
+    assert isinstance(result, CoarseResult), f"regress() must return CoarseResult, got {type(result).__name__}"
     _check_mesh(result.mesh, face, width, height)
     rotation = np.asarray(result.rotation, np.float64)
     assert np.allclose(rotation @ rotation.T, np.eye(3), atol=1e-3), "rotation is not orthonormal"
@@ -146,9 +142,7 @@ def check_regressor(regressor: Regressor, image: np.ndarray, face: Face) -> Coar
 def check_segmenter(segmenter: Segmenter, image: np.ndarray, face: Face) -> Segmentation:
     assert isinstance(segmenter, Segmenter), "segmenter does not implement segment(image, face)"
     result = segmenter.segment(image, face)
-    assert isinstance(result, Segmentation), (
-        f"segment() must return Segmentation, got {type(result).__name__}"
-    )
+    assert isinstance(result, Segmentation), f"segment() must return Segmentation, got {type(result).__name__}"
     assert result.labels.shape == image.shape[:2], "label map must have the image's height and width"
     assert set(np.unique(result.labels).tolist()) <= set(result.label_names) | {0}, "unnamed labels"
     x0, y0, x1, y1 = (int(v) for v in face.box)
@@ -161,9 +155,7 @@ def check_refiner(
     refiner: Refiner, image: np.ndarray, face: Face, mesh: Mesh, segmentation: Segmentation | None
 ) -> Mesh:
     assert isinstance(refiner, Refiner), "refiner does not implement refine(...) and stage"
-    assert isinstance(refiner.stage, str) and refiner.stage.isidentifier(), (
-        "refiner.stage must be a plain name"
-    )
+    assert isinstance(refiner.stage, str) and refiner.stage.isidentifier(), "refiner.stage must be a plain name"
     height, width = image.shape[:2]
     refined = refiner.refine(image, face, mesh, segmentation)
     _check_mesh(refined, face, width, height)

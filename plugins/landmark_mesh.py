@@ -16,7 +16,9 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
+
 from facerecon.geometry.subdivision import Subdivider
+from facerecon.geometry.transforms import FLIP_YZ
 from facerecon.kernel import IBUG68, CoarseResult, Face, LandmarkMap, Mesh, StageRegistrar, hookimpl
 from facerecon.kernel.errors import InputError
 from facerecon.kernel.imageio import check_image
@@ -59,7 +61,7 @@ class LandmarkMeshRegressor:
         canonical = mediapipe_bundle.canonical_face(bundle)
         self.options = options
         # MediaPipe's metric frame is y up, z towards the viewer; the mesh frame is y down, z away.
-        self.canonical = canonical.vertices * np.array([1.0, -1.0, -1.0], np.float32)
+        self.canonical = canonical.vertices @ FLIP_YZ
         self.subdivider = Subdivider.build(MESH_VERTICES, canonical.triangles, options.subdivisions)
         # The bundle stores v downwards (image rows); meshes carry OBJ's v upwards.
         uvs = np.column_stack([canonical.uvs[:, 0], 1.0 - canonical.uvs[:, 1]])
@@ -91,8 +93,9 @@ class LandmarkMeshRegressor:
             uvs=self.uvs,
             landmark_maps=self.landmark_maps,
         )
+        # Pose of MediaPipe's canonical face (its own frame: y up, z to the viewer, cm) in the mesh frame.
         scale, rotation, translation = similarity(self.canonical, points)
-        return CoarseResult(mesh=mesh, rotation=rotation, translation=translation, scale=scale)
+        return CoarseResult(mesh=mesh, rotation=rotation @ FLIP_YZ, translation=translation, scale=scale)
 
 
 def similarity(source: np.ndarray, target: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from facerecon.kernel.errors import ModelFileError
 
 BUNDLE_NAME = "face_landmarker_v2.task"

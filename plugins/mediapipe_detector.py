@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+
 from facerecon.kernel import Face, Landmarks, StageRegistrar, hookimpl
 from facerecon.kernel.errors import ModelFileError
 from facerecon.kernel.imageio import check_image
@@ -74,9 +75,7 @@ class MediaPipeDetector:
             except (RuntimeError, ValueError) as exc:
                 native_log.seek(0)
                 detail = " | ".join(native_log.read().decode(errors="replace").strip().splitlines()[-3:])
-                raise ModelFileError(
-                    f"{self.bundle}: MediaPipe could not load the bundle: {exc} {detail}"
-                ) from None
+                raise ModelFileError(f"{self.bundle}: MediaPipe could not load the bundle: {exc} {detail}") from None
 
     def _load(self) -> None:
         from mediapipe.tasks.python import BaseOptions, vision
@@ -132,9 +131,7 @@ class MediaPipeDetector:
                 return _suppress_duplicates(found)[: self.options.max_faces]
         return []
 
-    def _detect_window(
-        self, window: np.ndarray, x_offset: int, y_offset: int, tile: bool = False
-    ) -> list[Face]:
+    def _detect_window(self, window: np.ndarray, x_offset: int, y_offset: int, tile: bool = False) -> list[Face]:
         """Faces in ``window`` (a view of the image whose top-left pixel is at the offsets)."""
         import mediapipe as mp
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from facerecon.kernel import Pipeline, PipelineConfig
-from facerecon.kernel.imageio import load_image
 
 from facerecon.evaluation import shared_data_dir
+from facerecon.kernel import Pipeline, PipelineConfig
+from facerecon.kernel.imageio import load_image
 
 REPO = Path(__file__).resolve().parents[1]
 

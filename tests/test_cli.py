@@ -7,13 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from facerecon.kernel import InputError
-from facerecon.kernel.imageio import load_image
 from PIL import Image
 from skimage import data as skdata
 
 from facerecon.cli import main
 from facerecon.evaluation import nme, read_pts
+from facerecon.kernel import InputError
+from facerecon.kernel.imageio import load_image
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +45,7 @@ def batch(tmp_path_factory, lfpw, shared_data):
 def test_batch_goes_on_and_reports_each_failure(batch):
     src, out, code = batch
     assert code == 1
-    failures = {
-        Path(f["input"]).name: f["error"] for f in json.loads((out / "failures.json").read_text())["failures"]
-    }
+    failures = {Path(f["input"]).name: f["error"] for f in json.loads((out / "failures.json").read_text())["failures"]}
     assert set(failures) == {"notes.jpg", "empty.png", "truncated.jpg", "tiny.png", "coffee.png"}
     assert "not an image file" in failures["notes.jpg"]
     assert "empty file" in failures["empty.png"]
@@ -93,9 +91,7 @@ def test_obj_opens_upright_with_texture(batch):
     # y up: the forehead (MediaPipe point 10) is above the chin (152); z towards the viewer: nose in front.
     lm = np.array(result["faces"][0]["landmarks"]["points"])
     v = np.asarray(mesh.vertices)
-    forehead, chin, nose = (
-        np.argmin(np.linalg.norm(v[:, :2] - [lm[i, 0], -lm[i, 1]], axis=1)) for i in (10, 152, 1)
-    )
+    forehead, chin, nose = (np.argmin(np.linalg.norm(v[:, :2] - [lm[i, 0], -lm[i, 1]], axis=1)) for i in (10, 152, 1))
     assert v[forehead, 1] > v[chin, 1]
     assert v[nose, 2] > v[:, 2].mean()
     # Front faces point at the viewer (+z) in the file frame.
@@ -135,9 +131,7 @@ def test_usage_and_config_errors_exit_2(tmp_path, capsys, lfpw):
 
 
 def test_missing_inputs_are_failures(tmp_path, lfpw):
-    assert (
-        main(["reconstruct", str(lfpw[0]), str(tmp_path / "nope*.jpg"), "-o", str(tmp_path / "o"), "-q"]) == 1
-    )
+    assert main(["reconstruct", str(lfpw[0]), str(tmp_path / "nope*.jpg"), "-o", str(tmp_path / "o"), "-q"]) == 1
     failures = json.loads((tmp_path / "o" / "failures.json").read_text())["failures"]
     assert failures[0]["error"] == "no such file or no images matched"
 

@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+
 from facerecon.kernel import CoarseResult, Face, Landmarks, Mesh
 from facerecon.kernel import testing as conformance
 
@@ -31,9 +32,7 @@ class MeshRegressor:
         from facerecon.kernel.imageio import check_image
 
         check_image(image)
-        return replace(
-            self.result, mesh=self.result.mesh.with_vertices(self.transform(self.result.mesh.vertices))
-        )
+        return replace(self.result, mesh=self.result.mesh.with_vertices(self.transform(self.result.mesh.vertices)))
 
 
 def test_good_regressor_passes(good, face_photo, detected):

@@ -5,10 +5,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from facerecon.cli import build_parser
 from facerecon.kernel import PipelineConfig
 from facerecon.kernel.config import tomllib
-
-from facerecon.cli import build_parser
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()

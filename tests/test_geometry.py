@@ -3,6 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import trimesh
+
 from facerecon.geometry.raster import interpolate, rasterize, shade, vertex_normals
 from facerecon.geometry.subdivision import Subdivider
 
@@ -92,3 +93,16 @@ def test_raster_sphere_area_and_shading():
     assert grey[50, 50] > 0.95 and grey[50, 89] < grey[50, 50]
     n = vertex_normals(v, s.faces)
     np.testing.assert_allclose(np.linalg.norm(n, axis=1), 1.0, atol=1e-6)
+
+
+def test_head_angles_round_trip_and_signs():
+    from facerecon.geometry.transforms import FLIP_YZ, rotation_from_yaw_pitch_roll, yaw_pitch_roll
+
+    np.testing.assert_allclose(yaw_pitch_roll(FLIP_YZ), 0, atol=1e-12)
+    for angles in ([30, 0, 0], [-50, 20, 10], [10, -25, -40]):
+        np.testing.assert_allclose(yaw_pitch_roll(rotation_from_yaw_pitch_roll(*angles)), angles, atol=1e-9)
+    nose = [0, 0, 1.0]  # model frame: out of the face
+    assert (rotation_from_yaw_pitch_roll(30, 0, 0) @ nose)[0] > 0  # yaw > 0: nose to the image's right
+    assert (rotation_from_yaw_pitch_roll(0, 30, 0) @ nose)[1] > 0  # pitch > 0: nose down in the image
+    top = [0, 1.0, 0]  # model frame: up the face
+    assert (rotation_from_yaw_pitch_roll(0, 0, 30) @ top)[0] > 0  # roll > 0: clockwise in the image

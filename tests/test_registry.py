@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from facerecon.kernel import ConfigError, Pipeline, PipelineConfig, PluginError, PluginHost, hookimpl
 from facerecon.plugins import landmark_mesh, mediapipe_detector
 

@@ -60,7 +60,10 @@ class MorphableModel:
             raise ModelFileError(f"{where}: mean shape must be (N, 3), got {mean.shape}")
         n3 = mean.size
         arrays = {"mean": mean}
-        for basis_name, std_name in (("identity_basis", "identity_std"), ("expression_basis", "expression_std")):
+        for basis_name, std_name in (
+            ("identity_basis", "identity_std"),
+            ("expression_basis", "expression_std"),
+        ):
             basis = np.asarray(getattr(self, basis_name), np.float32)
             std = np.asarray(getattr(self, std_name), np.float32).reshape(-1)
             if basis.ndim != 2 or basis.shape[0] != n3:

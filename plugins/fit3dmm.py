@@ -1,0 +1,163 @@
+"""Regressor ``3dmm-fit``: fits a morphable model (pose + identity + expression) to the detector's
+landmarks by alternating regularised linear least squares (:mod:`facerecon.plugins.morphable.fitting`).
+
+Works with any detector scheme the model has a correspondence for: iBUG-68 through the model's own
+map (jaw line sliding on the contour), MediaPipe-478 through a map derived automatically per model
+(:mod:`facerecon.plugins.morphable.correspondence`), using MediaPipe's landmark depth as well.
+It is the ``auto`` regressor whenever a model is configured in the model catalogue.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from facerecon.kernel import CoarseResult, Face, LandmarkMap, Mesh, StageRegistrar, hookimpl
+from facerecon.kernel.errors import InputError
+from facerecon.kernel.imageio import check_image
+
+from .morphable import catalog, correspondence
+from .morphable.fitting import Correspondence, FitSettings, LandmarkFitter
+from .morphable.model import MorphableModel
+
+CAMERAS = ("orthographic", "perspective")
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    """Options of ``3dmm-fit`` (``[options.regressor.3dmm-fit]``).
+
+    model: a model catalogue name or a model file (default: the catalogue's default model).
+    expressions: a separate expression-basis file for ``model`` given as a path (e.g. Exp_Pca.bin).
+    identity_components, expression_components: how many leading components to fit (seed: 80 / 64).
+    iterations: pose/shape alternations.
+    identity_prior, expression_prior: regularisation (squared pixels per unit of coefficient / std).
+    camera: "orthographic" (scaled orthographic; mesh in pixels) or "perspective" (pinhole with
+        ``focal_length`` pixels, default 1.2 x the longer image side; mesh in camera-frame mm).
+    landmark_depth_weight: weight of the detector's landmark depth (MediaPipe's z) against x and y;
+        0 fits 2D only. Orthographic camera only.
+    contour_weight: weight of the iBUG jaw-line landmarks, which slide along the model's contour.
+    landmark_model: MediaPipe's .task bundle (its canonical face places MediaPipe landmarks on the model).
+    """
+
+    model: str | None = None
+    expressions: Path | None = None
+    identity_components: int = 80
+    expression_components: int = 64
+    iterations: int = 5
+    identity_prior: float = 30.0
+    expression_prior: float = 10.0
+    camera: str = "orthographic"
+    focal_length: float | None = None
+    landmark_depth_weight: float = 0.5
+    contour_weight: float = 1.0
+    landmark_model: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.camera not in CAMERAS:
+            raise ValueError(f"camera must be one of {', '.join(CAMERAS)}, got {self.camera!r}")
+        if self.iterations < 1 or self.identity_components < 0 or self.expression_components < 0:
+            raise ValueError("iterations must be >= 1 and component counts >= 0")
+        if min(self.identity_prior, self.expression_prior, self.landmark_depth_weight, self.contour_weight) < 0:
+            raise ValueError("priors and weights must be >= 0")
+
+
+class MorphableModelFitter:
+    """The stage: one model, one fitter, correspondences built once per landmark scheme."""
+
+    def __init__(self, options: FitOptions, device: str = "cpu") -> None:
+        self.options = options
+        entry = catalog.resolve(options.model, options.expressions)
+        full = catalog.load(entry)
+        self.model: MorphableModel = full.truncated(options.identity_components, options.expression_components)
+        self.fitter = LandmarkFitter(
+            self.model,
+            FitSettings(
+                iterations=options.iterations,
+                identity_prior=options.identity_prior,
+                expression_prior=options.expression_prior,
+                depth_weight=options.landmark_depth_weight if options.camera == "orthographic" else 0.0,
+                perspective=options.camera == "perspective",
+                focal_length=options.focal_length,
+            ),
+        )
+        self._correspondences: dict[str, Correspondence] = {}
+        self._maps: dict[str, LandmarkMap] = dict(self.model.landmark_maps)
+
+    def correspondence(self, scheme: str) -> Correspondence:
+        if scheme not in self._correspondences:
+            canonical = None
+            if scheme.startswith("mediapipe"):
+                canonical = _canonical_face(self.options.landmark_model)
+            try:
+                corr = correspondence.for_scheme(
+                    self.model, scheme, canonical=canonical, contour_weight=self.options.contour_weight
+                )
+            except Exception as exc:
+                raise InputError(f"3dmm-fit cannot use {scheme!r} landmarks with this model: {exc}") from None
+            self._correspondences[scheme] = corr
+            if scheme == correspondence.MEDIAPIPE478:  # meshes carry it, so later stages can use it
+                self._maps[scheme] = LandmarkMap(scheme, corr.vertex_ids, corr.weights)
+        return self._correspondences[scheme]
+
+    def regress(self, image: np.ndarray, face: Face) -> CoarseResult:
+        image = check_image(image)
+        marks = face.landmarks
+        corr = self.correspondence(marks.scheme)
+        if len(corr.vertex_ids) != len(marks.points):
+            raise InputError(
+                f"{marks.scheme!r} landmarks: expected {len(corr.vertex_ids)} points, got {len(marks.points)}"
+            )
+        height, width = image.shape[:2]
+        fit = self.fitter.fit(marks.points, corr, (width, height))
+        perspective = fit.camera_matrix is not None
+        mesh = Mesh(
+            vertices=fit.vertices,
+            triangles=self.model.triangles,
+            topology=self.model.topology,
+            uvs=self.model.uvs,
+            landmark_maps=self._maps,
+            units="mm" if perspective else "px",
+            camera_matrix=fit.camera_matrix,
+        )
+        return CoarseResult(
+            mesh=mesh,
+            rotation=fit.rotation,
+            translation=fit.translation,
+            scale=fit.scale,
+            parameters={
+                "identity": fit.identity,
+                "expression": fit.expression,
+                "residual_px": np.array([fit.residual_px]),
+            },
+        )
+
+
+def _canonical_face(bundle_path: Path | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """MediaPipe's canonical face (y up, z to the viewer, cm) and the iBUG-68 points on it."""
+    from .landmark_mesh import ibug68_on_canonical
+    from .mediapipe_bundle import canonical_face, locate_bundle
+
+    canonical = canonical_face(locate_bundle(bundle_path))
+    ids, weights = ibug68_on_canonical()
+    return canonical.vertices.astype(np.float64), ids, weights.astype(np.float64)
+
+
+def _model_configured() -> bool:
+    return catalog.is_configured()
+
+
+@hookimpl
+def facerecon_register_stages(registry: StageRegistrar) -> None:
+    registry.register(
+        "regressor",
+        "3dmm-fit",
+        MorphableModelFitter,
+        options=FitOptions,
+        summary="fits a 3D morphable model (BFM, SFM, ...) to the landmarks: pose + identity + expression",
+        license_note="the model's own licence (BFM, SFM: non-commercial)",
+        priority=10,
+        available=_model_configured,
+    )

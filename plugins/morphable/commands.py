@@ -1,0 +1,116 @@
+"""``facerecon models``: inspect, convert and list the user's morphable models.
+
+facerecon models info FILE_OR_NAME [--expressions FILE] [--json]
+facerecon models convert SOURCE OUT.npz [--expressions FILE] [--format NAME]
+facerecon models list [--verify]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from facerecon.kernel import hookimpl
+
+from . import catalog
+
+
+def describe(entry: catalog.ModelEntry) -> dict[str, Any]:
+    """What ``models info`` prints: sizes, landmark schemes, checksum recognition, licence."""
+    from .formats import KNOWN_FILES, sha256_of
+
+    model = catalog.load(entry)
+    digest = sha256_of(entry.path)
+    known = KNOWN_FILES.get(digest)
+    lo, hi = model.mean.min(0), model.mean.max(0)
+    return {
+        "name": model.name or entry.name,
+        "file": str(entry.path),
+        "expressions_file": str(entry.expressions) if entry.expressions else None,
+        "sha256": digest,
+        "recognised_as": f"{known[0]} ({known[1]})" if known else None,
+        "topology": model.topology,
+        "vertices": model.n_vertices,
+        "triangles": len(model.triangles),
+        "identity_components": model.n_identity,
+        "expression_components": model.n_expression,
+        "has_colors": model.colors is not None,
+        "has_uvs": model.uvs is not None,
+        "landmarks": {scheme: int(m.valid.sum()) for scheme, m in model.landmark_maps.items()},
+        "contours": {side: len(ids) for side, ids in model.contours.items()},
+        "extent_mm": [round(float(v), 1) for v in hi - lo],
+        "license": model.license or "see the model's own licence",
+    }
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    info = describe(catalog.resolve(args.model, args.expressions))
+    if args.json:
+        print(json.dumps(info, indent=1))
+        return 0
+    for key, value in info.items():
+        print(f"{key:<22} {value}")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .formats import load_model, save_npz
+
+    if args.output.suffix != ".npz":
+        print("facerecon: error: the converted model must be an .npz file")
+        return 2
+    model = load_model(args.source, expression_path=args.expressions, format=args.format)
+    save_npz(model, args.output)
+    print(
+        f"{args.source} -> {args.output} ({model.n_vertices} vertices, {model.n_identity} identity + "
+        f"{model.n_expression} expression components)"
+    )
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    cat = catalog.read_catalogue()
+    if cat.source is None:
+        print(f"no model catalogue at {catalog.catalogue_path()} (set ${catalog.ENV_VAR} or create it)")
+        return 0
+    print(f"catalogue: {cat.source}")
+    status = 0
+    for name, entry in sorted(cat.entries.items()):
+        mark = "*" if name == cat.default else " "
+        state = "ok" if entry.path.is_file() else "MISSING"
+        if args.verify and entry.path.is_file() and entry.sha256:
+            from .formats import sha256_of
+
+            state = "ok, sha256 verified" if sha256_of(entry.path) == entry.sha256.lower() else "SHA256 MISMATCH"
+        if state not in ("ok", "ok, sha256 verified"):
+            status = 1
+        print(f"{mark} {name:<16} {entry.path}  [{state}]")
+    return status
+
+
+@hookimpl
+def facerecon_register_commands(subcommands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    models = subcommands.add_parser(
+        "models",
+        help="inspect, convert and list morphable models",
+        description="Morphable model files (BFM 2009/2017, 3DDFA bfm_noneck_v3.pkl, Deep3DFaceRecon "
+        "BFM_model_front.mat, Surrey SFM .bin, facerecon .npz). Users download them; facerecon never does. "
+        f"Configured models live in the catalogue ${catalog.ENV_VAR} or ~/.config/facerecon/models.toml.",
+    )
+    sub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    info = sub.add_parser("info", help="vertices, components, landmarks, checksum, licence of a model")
+    info.add_argument("model", help="a model file or a catalogue name")
+    info.add_argument("--expressions", type=Path, help="separate expression basis file")
+    info.add_argument("--json", action="store_true")
+    info.set_defaults(handler=cmd_info)
+    convert = sub.add_parser("convert", help="write any supported model as facerecon's .npz")
+    convert.add_argument("source", type=Path)
+    convert.add_argument("output", type=Path)
+    convert.add_argument("--expressions", type=Path, help="separate expression basis file")
+    convert.add_argument("--format", help="force the input format (bfm2009, bfm2017, 3ddfa, deep3d, sfm, npz)")
+    convert.set_defaults(handler=cmd_convert)
+    listing = sub.add_parser("list", help="the configured models (the catalogue)")
+    listing.add_argument("--verify", action="store_true", help="check each file's sha256 against the catalogue")
+    listing.set_defaults(handler=cmd_list)
