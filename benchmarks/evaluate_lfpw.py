@@ -28,6 +28,7 @@ def evaluate(pipe: Pipeline) -> dict[str, object]:
     errors: dict[str, list[float]] = {}
     held_out: dict[str, list[float]] = {}
     missed = []
+    defined: dict[str, set[int]] = {}
     for i, photo in enumerate(photos):
         image = load_image(photo)
         truth = read_pts(photo.with_suffix(".pts"))
@@ -41,7 +42,9 @@ def evaluate(pipe: Pipeline) -> dict[str, object]:
             marks = stage.mesh.landmarks(IBUG68)
             if marks is None:
                 continue
-            error = nme(marks.xy, truth)
+            assert marks.visibility is not None
+            error = nme(marks.xy, truth, marks.visibility > 0)
+            defined.setdefault(stage.stage, set()).add(int((marks.visibility > 0).sum()))
             errors.setdefault(stage.stage, []).append(error)
             if i % 2 == 1:
                 held_out.setdefault(stage.stage, []).append(error)
@@ -51,6 +54,7 @@ def evaluate(pipe: Pipeline) -> dict[str, object]:
         "nme_mean": {k: round(float(np.mean(v)), 4) for k, v in errors.items()},
         "nme_median": {k: round(float(np.median(v)), 4) for k, v in errors.items()},
         "nme_mean_held_out_odd_half": {k: round(float(np.mean(v)), 4) for k, v in held_out.items()},
+        "landmarks_defined": {k: sorted(v) for k, v in defined.items()},
         "failure_rate_nme_over_0.1": {k: round(float(np.mean(np.array(v) > 0.1)), 4) for k, v in errors.items()},
     }
 

@@ -23,12 +23,16 @@ def read_pts(path: str | Path) -> np.ndarray:
     return points - 1.0
 
 
-def nme(predicted: np.ndarray, truth: np.ndarray) -> float:
-    """Mean point error of (68, 2) landmarks normalised by the outer-eye-corner distance."""
+def nme(predicted: np.ndarray, truth: np.ndarray, valid: np.ndarray | None = None) -> float:
+    """Mean point error of (68, 2) landmarks normalised by the outer-eye-corner distance, over the
+    ``valid`` points only when given (a model may not define every iBUG point)."""
     predicted = np.asarray(predicted, np.float64)[:, :2]
     truth = np.asarray(truth, np.float64)[:, :2]
     iod = np.linalg.norm(truth[OUTER_EYE_CORNERS[0]] - truth[OUTER_EYE_CORNERS[1]])
-    return float(np.linalg.norm(predicted - truth, axis=1).mean() / iod)
+    errors = np.linalg.norm(predicted - truth, axis=1)
+    if valid is not None:
+        errors = errors[np.asarray(valid, bool)]
+    return float(errors.mean() / iod)
 
 
 def shared_data_dir(repo_root: str | Path | None = None) -> Path | None:

@@ -45,7 +45,7 @@ def facerecon_register_stages(registry: StageRegistrar) -> None:
 
 
 @hookspec
-def facerecon_register_commands(subcommands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def facerecon_register_commands(subcommands: argparse._SubParsersAction) -> None:
     """Add sub-commands to the ``facerecon`` command line (e.g. ``facerecon models``).
 
     Call ``parser = subcommands.add_parser(name, help=...)``, add arguments, and

@@ -67,7 +67,7 @@ def result_dict(rec: Reconstruction, source: str, mesh_files: dict[tuple[int, st
                     "units": stage.mesh.units,
                     "vertices": len(stage.mesh.vertices),
                     "triangles": len(stage.mesh.triangles),
-                    "landmarks68": None if marks is None else _round(marks.xy),
+                    "landmarks68": None if marks is None else _landmark_rows(marks),
                     "elapsed_ms": round(stage.elapsed_ms, 2),
                 }
             )
@@ -97,6 +97,13 @@ def dumps(data: Any) -> str:
     """JSON with one line per point: indented objects, innermost number lists kept on one line."""
     text = json.dumps(data, indent=1)
     return re.sub(r"\[\s*([-\d.e,\s]+?)\s*\]", lambda m: "[" + re.sub(r"\s+", " ", m.group(1)) + "]", text) + "\n"
+
+
+def _landmark_rows(marks: Any) -> list[Any]:
+    """Points as [x, y] rows, null where the mesh does not define that landmark."""
+    rows = _round(marks.xy)
+    visible = marks.visibility if marks.visibility is not None else np.ones(len(rows))
+    return [row if v > 0 else None for row, v in zip(rows, visible, strict=True)]
 
 
 def _round(array: np.ndarray, digits: int = 3) -> list[Any]:

@@ -49,8 +49,11 @@ class Pipeline:
         config = config or PipelineConfig()
         self.host = host or PluginHost(allow=config.allow_plugins, block=config.block_plugins)
         # "auto" picks the highest-priority available stage of its kind (see StageRegistrar.register).
-        resolved = {kind: self.host.auto(kind) for kind in ("detector", "regressor") if getattr(config, kind) == "auto"}
-        self.config = replace(config, **resolved) if resolved else config
+        if config.detector == "auto":
+            config = replace(config, detector=self.host.auto("detector"))
+        if config.regressor == "auto":
+            config = replace(config, regressor=self.host.auto("regressor"))
+        self.config = config
         self.device = resolve_device(self.config.device)
         self._stages: dict[tuple[str, str], Any] = {}
         # Fail fast on unknown plugin names, before any model loads.

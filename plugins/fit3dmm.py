@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from facerecon.kernel import CoarseResult, Face, LandmarkMap, Mesh, StageRegistrar, hookimpl
+from facerecon.kernel import IBUG68, CoarseResult, Face, LandmarkMap, Mesh, StageRegistrar, hookimpl
 from facerecon.kernel.errors import InputError
 from facerecon.kernel.imageio import check_image
 
 from .morphable import catalog, correspondence
-from .morphable.fitting import Correspondence, FitSettings, LandmarkFitter
+from .morphable.fitting import Correspondence, FitResult, FitSettings, LandmarkFitter
 from .morphable.model import MorphableModel
 
 CAMERAS = ("orthographic", "perspective")
@@ -122,6 +122,7 @@ class MorphableModelFitter:
             units="mm" if perspective else "px",
             camera_matrix=fit.camera_matrix,
         )
+        mesh = self._with_fitted_jaw(mesh, marks.scheme, marks.xy, fit)
         return CoarseResult(
             mesh=mesh,
             rotation=fit.rotation,
@@ -133,6 +134,34 @@ class MorphableModelFitter:
                 "residual_px": np.array([fit.residual_px]),
             },
         )
+
+    def _with_fitted_jaw(self, mesh: Mesh, scheme: str, points: np.ndarray, fit: FitResult) -> Mesh:
+        """The mesh's iBUG-68 map for this image: the jaw line (iBUG 1-17) has no fixed vertex on models
+        like the SFM, so it is the contour vertex on this face's silhouette — as slid by the fit for
+        68-point detectors, or, for MediaPipe, the contour vertex projecting nearest to the jaw point
+        that MediaPipe's own landmarks give (the landmark-mesh iBUG-68 map)."""
+        base = self.model.landmark_maps.get(IBUG68)
+        if base is None or not self.model.contours:
+            return mesh
+        ids, weights = base.vertex_ids.copy(), base.weights.copy()
+        jaw = list(correspondence.JAW_RIGHT + correspondence.JAW_LEFT)
+        if scheme == IBUG68 and fit.vertex_ids is not None and fit.weights is not None:
+            ids[jaw], weights[jaw] = fit.vertex_ids[jaw], fit.weights[jaw]
+        elif scheme.startswith("mediapipe"):
+            from .landmark_mesh import ibug68_on_canonical
+
+            canon_ids, canon_weights = ibug68_on_canonical()
+            jaw_points = np.einsum("kj,kjc->kc", canon_weights[jaw], points[canon_ids[jaw]])
+            projected = mesh.project(np.asarray(mesh.vertices, np.float64))
+            for k, target in zip(jaw, jaw_points, strict=True):
+                side = self.model.contours["right" if k in correspondence.JAW_RIGHT else "left"]
+                ids[k] = side[int(np.argmin(np.linalg.norm(projected[side] - target, axis=1)))]
+                weights[k] = (1.0, 0.0, 0.0)
+        else:
+            return mesh
+        maps = dict(mesh.landmark_maps)
+        maps[IBUG68] = LandmarkMap(IBUG68, ids, weights)
+        return Mesh(mesh.vertices, mesh.triangles, mesh.topology, mesh.uvs, maps, mesh.units, mesh.camera_matrix)
 
 
 def _canonical_face(bundle_path: Path | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -8,6 +8,7 @@ overlap; the box reported is the extent of the landmarks (tighter and steadier t
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import sys
@@ -66,6 +67,7 @@ class MediaPipeDetector:
         self.options = options
         self.device = "cpu"  # see _load
         self.bundle = mediapipe_bundle.locate_bundle(options.model_path)
+        atexit.register(self.close)
         # MediaPipe's C++ side prints a page of start-up notes on stderr; keep them unless loading fails.
         with _native_stderr_captured() as native_log:
             try:
@@ -186,9 +188,14 @@ class MediaPipeDetector:
         return faces
 
     def close(self) -> None:
+        """Release MediaPipe's graphs (idempotent; also run at interpreter exit, where MediaPipe's own
+        finalisers would fail)."""
+        tasks = [getattr(self, name, None) for name in ("_landmarker", "_tile_landmarker", "_detector")]
+        self._landmarker = self._tile_landmarker = self._detector = None
         with _native_stderr_captured():
-            for task in (self._landmarker, self._tile_landmarker, self._detector):
-                task.close()
+            for task in tasks:
+                if task is not None:
+                    task.close()
 
 
 @contextlib.contextmanager

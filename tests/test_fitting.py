@@ -22,6 +22,18 @@ def rmse(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.sqrt(((np.asarray(a, float) - np.asarray(b, float)) ** 2).sum(1).mean()))
 
 
+def jaw_and_inner_landmarks(model, image: np.ndarray) -> np.ndarray:
+    """The 68 iBUG points of a posed model: inner points from its map, the jaw line from its contour
+    vertices (every other one, as annotators mark points spread along the outline), (68, 2)."""
+    lmap = model.landmark_maps["ibug68"]
+    points = np.einsum("kj,kjc->kc", lmap.weights, image[lmap.vertex_ids])[:, :2]
+    right, left = model.contours["right"], model.contours["left"]
+    for k in range(8):
+        points[k] = image[right[2 * k], :2]  # iBUG 1-8: from the ear down to the chin
+        points[16 - k] = image[left[2 * k], :2]  # iBUG 17-10: the other side, also from the top
+    return points
+
+
 def synthetic_face(model, seed: int, yaw: float, pitch: float, roll: float):
     rng = np.random.default_rng(seed)
     identity = rng.normal(size=model.n_identity) * model.identity_std
@@ -36,20 +48,23 @@ def synthetic_face(model, seed: int, yaw: float, pitch: float, roll: float):
 def test_recovers_pose_and_shape_from_68_noisy_landmarks(sfm, seed, yaw):
     truth, rotation, image = synthetic_face(sfm, seed, yaw, 8.0, -5.0)
     corr = correspondence.for_scheme(sfm, "ibug68")
-    lmap = sfm.landmark_maps["ibug68"]
-    points = np.einsum("kj,kjc->kc", lmap.weights, image[lmap.vertex_ids])[:, :2]
+    points = jaw_and_inner_landmarks(sfm, image)
     points += np.random.default_rng(seed).normal(scale=1.0, size=points.shape)  # 1 px landmark noise
     fit = LandmarkFitter(sfm, FitSettings(iterations=6)).fit(points, corr, (640, 600))
-    # Pose: within a few degrees; scale within 3 %.
+    # Pose within a few degrees, scale within 10 % (68 2D points leave face size and depth
+    # partly ambiguous: a larger face further away looks the same).
     angle = np.degrees(np.arccos(np.clip((np.trace(fit.rotation.T @ rotation) - 1) / 2, -1, 1)))
-    assert angle < 4.0, angle
-    assert abs(fit.scale / 3.0 - 1) < 0.03
+    assert angle < 6.0, angle
+    assert abs(fit.scale / 3.0 - 1) < 0.10
     # Shape: per-vertex RMSE in mm, after removing the pose, clearly better than the mean face.
     recovered = sfm.shape(fit.identity, fit.expression)
-    assert rmse(recovered, truth) < 0.75 * rmse(sfm.mean, truth)
-    assert rmse(recovered, truth) < 4.0  # mm
-    # Landmarks: the fit reproduces them to about the noise level.
-    assert fit.residual_px < 2.5
+    assert rmse(recovered, truth) < 0.7 * rmse(sfm.mean, truth)
+    # Inner landmarks reproduced to a few pixels (1 px noise; at large yaws the synthetic far-side jaw
+    # points are hidden contour vertices, not the silhouette the fitter slides them to).
+    lmap = sfm.landmark_maps["ibug68"]
+    inner = np.arange(17, 68)[lmap.valid[17:]]
+    fitted = np.einsum("kj,kjc->kc", lmap.weights[inner], fit.vertices[lmap.vertex_ids[inner]])[:, :2]
+    assert np.linalg.norm(fitted - points[inner], axis=1).mean() < 4.0
 
 
 def test_recovers_shape_better_from_dense_landmarks_with_depth(sfm):
@@ -83,4 +98,5 @@ def test_perspective_camera_mesh_in_millimetres(shared_data, lfpw, face_photo):
     assert mesh.units == "mm" and mesh.camera_matrix is not None
     assert 200 < float(np.median(mesh.vertices[:, 2])) < 5000  # a face in front of the camera, in mm
     assert 100 < np.ptp(mesh.vertices[:, 0]) < 220  # a real face's width in mm
-    assert nme(mesh.landmarks("ibug68").xy, read_pts(lfpw[0].with_suffix(".pts"))) < 0.08
+    marks = mesh.landmarks("ibug68")
+    assert nme(marks.xy, read_pts(lfpw[0].with_suffix(".pts")), marks.visibility > 0) < 0.07

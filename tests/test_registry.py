@@ -131,7 +131,7 @@ def test_later_plugin_replaces_a_stage_by_name(host, caplog):
 
 def test_block_list_keeps_a_plugin_out():
     host = PluginHost(block=["landmark-mesh"])
-    assert host.names("regressor") == []
+    assert "landmark-mesh" not in host.names("regressor")
     assert host.names("detector") == ["mediapipe"]
 
 

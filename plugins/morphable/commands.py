@@ -91,7 +91,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 @hookimpl
-def facerecon_register_commands(subcommands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def facerecon_register_commands(subcommands: argparse._SubParsersAction) -> None:
     models = subcommands.add_parser(
         "models",
         help="inspect, convert and list morphable models",

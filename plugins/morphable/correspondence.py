@@ -70,11 +70,17 @@ def for_scheme(
             raise ModelFileError(f"model {model.name or model.topology!r} has no iBUG-68 landmark map")
         weights = np.ones(68)
         weights[list(JAW_RIGHT + JAW_LEFT) + [8]] = contour_weight
+        ids, bary = lmap.vertex_ids.copy(), lmap.weights.copy()
         contour: dict[int, np.ndarray] = {}
-        if "right" in model.contours and "left" in model.contours:
+        if len(model.contours.get("right", ())) and len(model.contours.get("left", ())):
             contour = {k: model.contours["right"] for k in JAW_RIGHT}
             contour.update({k: model.contours["left"] for k in JAW_LEFT})
-        return Correspondence(lmap.vertex_ids, lmap.weights, weights, contour)
+            # Maps such as eos's leave the jaw line out (it has no fixed vertex): start each jaw landmark
+            # on a contour vertex; the fitter slides it to the silhouette.
+            for k, candidates in contour.items():
+                if not bary[k].any():
+                    ids[k], bary[k] = candidates[len(candidates) // 2], (1.0, 0.0, 0.0)
+        return Correspondence(ids, bary, weights, contour)
     if scheme in (MEDIAPIPE478, "mediapipe468"):
         if canonical is None:
             raise ValueError("MediaPipe correspondence needs the canonical face")

@@ -50,16 +50,19 @@ class Correspondence:
 
 @dataclass(frozen=True)
 class FitSettings:
-    """iterations: alternations of pose and shape steps.
-    identity_prior, expression_prior: λ of the Tikhonov terms, in squared pixels per unit of α/σ.
+    """iterations: alternations of pose and shape steps (closed form each), then joint_iterations
+        Gauss-Newton steps on pose and shape together (orthographic camera).
+    identity_prior, expression_prior: λ of the Tikhonov terms: the landmark error in model units (mm²)
+        worth one unit of (α/σ)² — about the squared landmark noise in mm.
     depth_weight: weight of the landmarks' z rows relative to x, y (0 ignores landmark depth).
     perspective: fit a pinhole camera with ``focal_length`` (pixels; None = 1.2 × the longer image side)
         instead of a scaled orthographic one.
     """
 
     iterations: int = 5
-    identity_prior: float = 30.0
-    expression_prior: float = 10.0
+    joint_iterations: int = 3
+    identity_prior: float = 4.0
+    expression_prior: float = 2.0
     depth_weight: float = 0.0
     perspective: bool = False
     focal_length: float | None = None
@@ -70,7 +73,8 @@ class FitResult:
     """rotation (3, 3) model -> mesh frame; scale: px per model unit (orthographic) or 1 (perspective);
     translation (3,); identity (K_id,), expression (K_exp,) coefficients; vertices (N, 3) in the mesh
     frame — pixels (orthographic) or camera-frame mm (perspective, with camera_matrix (3, 3));
-    residual_px: the final mean landmark re-projection error in pixels."""
+    residual_px: the final mean landmark re-projection error in pixels;
+    vertex_ids, weights: (K, 3) the correspondence as finally fitted (contour landmarks slid)."""
 
     rotation: np.ndarray
     scale: float
@@ -80,6 +84,8 @@ class FitResult:
     vertices: np.ndarray
     residual_px: float
     camera_matrix: np.ndarray | None = None
+    vertex_ids: np.ndarray | None = None
+    weights: np.ndarray | None = None
 
 
 class LandmarkFitter:
@@ -137,6 +143,15 @@ class LandmarkFitter:
             alpha = self._solve_shape(
                 mean_rows, basis_rows, points[used], w[used], scale, rotation, translation, camera, has_depth
             )
+        if not settings.perspective:
+            # Alternation zig-zags along the pose/shape ambiguity; finish with joint Gauss-Newton steps.
+            for _ in range(settings.joint_iterations):
+                scale, rotation, translation, alpha = self._joint_step(
+                    mean_rows, basis_rows, points[used], w[used], scale, rotation, translation, alpha, has_depth
+                )
+                if corr.contour:
+                    self._slide_contours(ids, bary, used, points, corr, alpha, scale, rotation, translation, camera)
+                    mean_rows, basis_rows = self._rows(ids[used], bary[used])
         vertices_model = (self.mean.reshape(-1) + self.basis @ alpha).reshape(-1, 3)
         if settings.perspective:
             vertices = vertices_model @ rotation.T + translation
@@ -157,7 +172,64 @@ class LandmarkFitter:
             vertices=vertices.astype(np.float32),
             residual_px=residual,
             camera_matrix=camera if settings.perspective else None,
+            vertex_ids=ids,
+            weights=bary,
         )
+
+    def _joint_step(
+        self,
+        mean_rows: np.ndarray,
+        basis_rows: np.ndarray,
+        target: np.ndarray,
+        w: np.ndarray,
+        scale: float,
+        rotation: np.ndarray,
+        translation: np.ndarray,
+        alpha: np.ndarray,
+        has_depth: bool,
+    ) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+        """One Gauss-Newton step on (rotation, scale, translation, α) together, orthographic camera.
+
+        Prediction s·(R X_k)[:d] + t[:d] with X_k = m_k + B_k α; a rotation update R <- exp([ω]x) R
+        changes it by -s·[R X_k]x ω. Unknowns: ω (3), s (1), t (d), α (C); the prior acts on α only.
+        """
+        d = 3 if has_depth else 2
+        shape = mean_rows + basis_rows @ alpha  # (K, 3) model frame
+        rotated = shape @ rotation.T  # (K, 3)
+        predicted = scale * rotated[:, :d] + translation[:d]
+        residual = target[:, :d] - predicted
+        k = len(shape)
+        cross = np.zeros((k, 3, 3))  # -[R X]x
+        x, y, z = rotated[:, 0], rotated[:, 1], rotated[:, 2]
+        cross[:, 0, 1], cross[:, 0, 2] = z, -y
+        cross[:, 1, 0], cross[:, 1, 2] = -z, x
+        cross[:, 2, 0], cross[:, 2, 1] = y, -x
+        j_rot = scale * cross[:, :d, :]
+        j_scale = rotated[:, :d, None]
+        j_trans = np.broadcast_to(np.eye(3)[:d], (k, d, 3))[:, :, :d]
+        j_alpha = scale * np.einsum("ij,kjc->kic", rotation[:d], basis_rows)
+        jacobian = np.concatenate([j_rot, j_scale, j_trans, j_alpha], axis=2)  # (K, d, 3 + 1 + d + C)
+        row_weights = np.repeat(w, d).reshape(k, d)
+        if has_depth:
+            row_weights[:, 2] *= self.settings.depth_weight
+        rows = jacobian.reshape(k * d, -1)
+        rw = row_weights.reshape(-1)
+        n_pose = 4 + d
+        damping = np.concatenate([np.full(n_pose, 1e-6), self.prior_diagonal * scale**2])
+        lhs = rows.T @ (rows * rw[:, None]) + np.diag(damping)
+        rhs = rows.T @ (residual.reshape(-1) * rw)
+        rhs[n_pose:] -= self.prior_diagonal * scale**2 * alpha  # gradient of the prior at the current α
+        step = np.linalg.solve(lhs, rhs)
+        omega = step[:3]
+        angle = np.linalg.norm(omega)
+        if angle > 1e-12:
+            axis = omega / angle
+            skew = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+            update = np.eye(3) + np.sin(angle) * skew + (1 - np.cos(angle)) * skew @ skew
+            rotation = update @ rotation
+        translation = translation.copy()
+        translation[:d] += step[4 : 4 + d]
+        return scale + step[3], rotation, translation, alpha + step[n_pose:]
 
     def _solve_shape(
         self,
@@ -198,7 +270,9 @@ class LandmarkFitter:
                 residual[:, 2] = z_res * np.sqrt(self.settings.depth_weight)
         rows = jacobian.reshape(-1, jacobian.shape[-1])
         row_weights = np.repeat(w, jacobian.shape[1])
-        lhs = rows.T @ (rows * row_weights[:, None]) + np.diag(self.prior_diagonal)
+        # The prior is in model units (mm): scale it into pixels like the residuals.
+        pixels_per_unit = scale if not self.settings.perspective else float(np.mean(focal / depth))
+        lhs = rows.T @ (rows * row_weights[:, None]) + np.diag(self.prior_diagonal * pixels_per_unit**2)
         rhs = rows.T @ (residual.reshape(-1) * row_weights)
         return np.linalg.solve(lhs, rhs)
 

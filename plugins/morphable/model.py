@@ -59,7 +59,7 @@ class MorphableModel:
         if mean.ndim != 2 or mean.shape[1] != 3:
             raise ModelFileError(f"{where}: mean shape must be (N, 3), got {mean.shape}")
         n3 = mean.size
-        arrays = {"mean": mean}
+        arrays: dict[str, np.ndarray] = {"mean": mean}
         for basis_name, std_name in (
             ("identity_basis", "identity_std"),
             ("expression_basis", "expression_std"),
