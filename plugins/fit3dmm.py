@@ -33,7 +33,9 @@ class FitOptions:
     expressions: a separate expression-basis file for ``model`` given as a path (e.g. Exp_Pca.bin).
     identity_components, expression_components: how many leading components to fit (seed: 80 / 64).
     iterations: pose/shape alternations.
-    identity_prior, expression_prior: regularisation (squared pixels per unit of coefficient / std).
+    identity_prior, expression_prior: regularisation: the squared landmark error in mm worth one unit of
+        (coefficient / std)²; lower trusts the landmarks more: the 2D landmark error drops while the
+        3D shape gets worse (tests/test_fitting.py measures both).
     camera: "orthographic" (scaled orthographic; mesh in pixels) or "perspective" (pinhole with
         ``focal_length`` pixels, default 1.2 x the longer image side; mesh in camera-frame mm).
     landmark_depth_weight: weight of the detector's landmark depth (MediaPipe's z) against x and y;
@@ -47,12 +49,12 @@ class FitOptions:
     identity_components: int = 80
     expression_components: int = 64
     iterations: int = 5
-    identity_prior: float = 30.0
-    expression_prior: float = 10.0
+    identity_prior: float = 4.0
+    expression_prior: float = 2.0
     camera: str = "orthographic"
     focal_length: float | None = None
     landmark_depth_weight: float = 0.5
-    contour_weight: float = 1.0
+    contour_weight: float = 0.5
     landmark_model: Path | None = None
 
     def __post_init__(self) -> None:

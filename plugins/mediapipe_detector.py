@@ -13,6 +13,8 @@ import contextlib
 import os
 import sys
 import tempfile
+import threading
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,7 +69,7 @@ class MediaPipeDetector:
         self.options = options
         self.device = "cpu"  # see _load
         self.bundle = mediapipe_bundle.locate_bundle(options.model_path)
-        atexit.register(self.close)
+        _close_before_exit(self)
         # MediaPipe's C++ side prints a page of start-up notes on stderr; keep them unless loading fails.
         with _native_stderr_captured() as native_log:
             try:
@@ -196,6 +198,22 @@ class MediaPipeDetector:
             for task in tasks:
                 if task is not None:
                     task.close()
+
+
+def _close_before_exit(detector: MediaPipeDetector) -> None:
+    """Close a detector nobody closed before MediaPipe's worker threads stop at interpreter exit
+    (its own finalisers run after that and fail noisily). ``threading._register_atexit`` runs before
+    thread pools shut down, plain ``atexit`` after; use the first where it exists."""
+    ref = weakref.ref(detector)
+
+    def close() -> None:
+        live = ref()
+        if live is not None:
+            with contextlib.suppress(RuntimeError):
+                live.close()
+
+    register = getattr(threading, "_register_atexit", atexit.register)
+    register(close)
 
 
 @contextlib.contextmanager
