@@ -24,10 +24,17 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
     assert (tmp_path / "astronaut.obj").stat().st_size > 100_000
 
 
-def test_config_examples_parse():
+def test_config_examples_parse(tmp_path):
+    from facerecon.plugins.morphable.catalog import read_catalogue
+
     for text in blocks("toml") + blocks("toml", (REPO / "docs" / "configuration.md").read_text()):
         data = tomllib.loads(text)
         if "project" in data:  # the entry-point snippet for plugin authors
+            continue
+        if "models" in data:  # a model catalogue
+            path = tmp_path / "models.toml"
+            path.write_text(text)
+            assert read_catalogue(path).default == data["default"]
             continue
         PipelineConfig.from_mapping(data)
 
