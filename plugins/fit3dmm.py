@@ -152,13 +152,23 @@ class MorphableModelFitter:
         elif scheme.startswith("mediapipe"):
             from .landmark_mesh import ibug68_on_canonical
 
+            # iBUG jaw point k is a blend of three MediaPipe points (the landmark-mesh map); each of those
+            # sits on this model's surface (the derived MediaPipe map): blend their main vertices. Where
+            # a MediaPipe point is off the model, use the contour vertex nearest to the jaw point instead.
             canon_ids, canon_weights = ibug68_on_canonical()
+            mp_map = self._maps.get(correspondence.MEDIAPIPE478)
             jaw_points = np.einsum("kj,kjc->kc", canon_weights[jaw], points[canon_ids[jaw]])
             projected = mesh.project(np.asarray(mesh.vertices, np.float64))
             for k, target in zip(jaw, jaw_points, strict=True):
-                side = self.model.contours["right" if k in correspondence.JAW_RIGHT else "left"]
-                ids[k] = side[int(np.argmin(np.linalg.norm(projected[side] - target, axis=1)))]
-                weights[k] = (1.0, 0.0, 0.0)
+                sources = canon_ids[k]
+                if mp_map is not None and mp_map.valid[sources].all():
+                    main = mp_map.weights[sources].argmax(axis=1)
+                    ids[k] = mp_map.vertex_ids[sources, main]
+                    weights[k] = canon_weights[k]
+                else:
+                    side = self.model.contours["right" if k in correspondence.JAW_RIGHT else "left"]
+                    ids[k] = side[int(np.argmin(np.linalg.norm(projected[side] - target, axis=1)))]
+                    weights[k] = (1.0, 0.0, 0.0)
         else:
             return mesh
         maps = dict(mesh.landmark_maps)

@@ -47,7 +47,7 @@ def sfm_scores(shared_data):
     from facerecon.kernel import Pipeline, PipelineConfig
 
     model = shared_data / "models" / "sfm" / "sfm_shape_3448.bin"
-    config = PipelineConfig(regressor="3dmm-fit", device="cpu").with_options(
+    config = PipelineConfig(regressor="3dmm-fit", refiners=("laplace",), device="cpu").with_options(
         "regressor", "3dmm-fit", {"model": str(model)}
     )
     with Pipeline(config) as pipe:
@@ -58,6 +58,23 @@ def test_surrey_model_fit_nme(sfm_scores, scores):
     """3dmm-fit with the real Surrey model: within about 1.5 points of the detector's own landmarks."""
     assert sfm_scores["missed"] == []
     assert sfm_scores["landmarks_defined"]["coarse"] == [66]  # eos's map lacks iBUG 61 and 65
-    assert sfm_scores["nme_mean"]["coarse"] < 0.055
-    assert sfm_scores["nme_mean"]["coarse"] < scores["nme_mean"]["coarse"] + 0.02
+    assert sfm_scores["nme_mean"]["coarse"] < 0.052
+    assert sfm_scores["nme_mean"]["coarse"] < scores["nme_mean"]["coarse"] + 0.015
     assert sfm_scores["failure_rate_nme_over_0.1"]["coarse"] <= 0.02
+
+
+def test_medium_stage_pulls_the_3dmm_towards_the_landmarks(sfm_scores, scores):
+    """Seed section 3.3 on real photos: the Laplacian deformation clearly lowers the coarse 3DMM's error,
+    approaching the detector's own (the landmark mesh's) error."""
+    coarse, medium = sfm_scores["nme_mean"]["coarse"], sfm_scores["nme_mean"]["medium"]
+    assert medium < 0.9 * coarse
+    assert medium < scores["nme_mean"]["coarse"] + 0.006
+    assert sfm_scores["nme_mean_held_out_odd_half"]["medium"] < 0.9 * sfm_scores["nme_mean_held_out_odd_half"]["coarse"]
+
+
+def test_medium_stage_does_not_worsen_the_landmark_mesh(pipeline, shared_data):
+    from facerecon.kernel import Pipeline, PipelineConfig
+
+    with Pipeline(PipelineConfig(regressor="landmark-mesh", refiners=("laplace",), device="cpu")) as pipe:
+        result = evaluate(pipe)
+    assert result["nme_mean"]["medium"] <= result["nme_mean"]["coarse"] + 0.0005

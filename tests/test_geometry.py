@@ -106,3 +106,19 @@ def test_head_angles_round_trip_and_signs():
     assert (rotation_from_yaw_pitch_roll(0, 30, 0) @ nose)[1] > 0  # pitch > 0: nose down in the image
     top = [0, 1.0, 0]  # model frame: up the face
     assert (rotation_from_yaw_pitch_roll(0, 0, 30) @ top)[0] > 0  # roll > 0: clockwise in the image
+
+
+def test_compiled_and_numpy_rasterisers_agree():
+    from facerecon.geometry.raster import _compiled_kernel, rasterize_numpy
+
+    if _compiled_kernel() is None:
+        pytest.skip("numba not installed: only the numpy rasteriser exists")
+    s = trimesh.creation.icosphere(subdivisions=4)
+    v = s.vertices * [40, 50, 30] + [60.3, 55.7, 100]
+    fast = rasterize(v, s.faces, 120, 128)
+    slow = rasterize_numpy(np.asarray(v, float), np.asarray(s.faces), 120, 128)
+    assert (fast.mask == slow.mask).all()
+    np.testing.assert_allclose(fast.depth[fast.mask], slow.depth[slow.mask], atol=1e-4)
+    same = fast.triangle == slow.triangle
+    assert same.mean() > 0.999  # ties on shared edges may pick either neighbour
+    np.testing.assert_allclose(fast.barycentric[same & fast.mask], slow.barycentric[same & fast.mask], atol=1e-5)

@@ -1,0 +1,240 @@
+"""Refiner ``laplace`` (stage "medium", seed section 3.3): a Laplacian deformation of the coarse mesh,
+pulled by the detector's dense landmarks, that fixes the local errors a 3DMM leaves while keeping its
+global shape.
+
+For each detector landmark m the mesh knows which surface point it is (the mesh's landmark map for the
+detector's scheme). The mesh is rendered into the image as an index/depth map (the shared rasteriser);
+the target of landmark m is  μ_m = (x_m, y_m, z')  — its image position with the depth z' the rendered
+mesh has at that pixel. The deformation (:mod:`facerecon.geometry.laplacian`) then moves the surface
+points towards their targets with per-region weights (seed: 0.6 eyes and nose, 0.1 eyebrows and mouth;
+jaw-line landmarks, whose depth is a poor guess, lower still).
+
+Sparse coarse meshes (e.g. the Surrey model's 3,448 vertices) are first subdivided (interpolating Loop,
+UVs kept) to at least ``target_vertices``. Landmarks that fall off the rendered mesh, or whose pixel shows
+another part of the face (occluded in a profile), pin their surface point where it is instead of pulling
+it, and a :class:`DeformationWarning` says how many there were.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from facerecon.geometry.laplacian import LaplacianDeformer
+from facerecon.geometry.raster import rasterize
+from facerecon.geometry.subdivision import Subdivider
+from facerecon.kernel import Face, Mesh, Segmentation, StageRegistrar, hookimpl
+from facerecon.kernel.imageio import check_image
+
+
+class DeformationWarning(UserWarning):
+    """Some landmarks could not pull the mesh (off the mesh, occluded, or no map for the scheme)."""
+
+
+@dataclass(frozen=True)
+class LaplaceOptions:
+    """Options of the ``laplace`` refiner (``[options.refiner.laplace]``).
+
+    eye_weight, nose_weight, eyebrow_weight, mouth_weight, contour_weight, other_weight: w_m by the
+        region of the landmark (seed: 0.6, 0.6, 0.1, 0.1; contour = jaw line / face oval; other = the
+        rest of a dense scheme such as MediaPipe's cheeks and forehead).
+    target_vertices: subdivide coarser meshes until they have at least this many vertices.
+    occlusion_tolerance: a landmark whose rendered depth differs from its surface point's depth by more
+        than this fraction of the face width is treated as occluded.
+    outlier_tolerance: a landmark whose depth cannot be read (off the mesh, occluded) still pulls its
+        point sideways (keeping the point's own depth) if it lies within this fraction of the face width
+        of where the point is seen now; farther ones are ignored (their point stays put) with a warning.
+    """
+
+    eye_weight: float = 0.6
+    nose_weight: float = 0.6
+    eyebrow_weight: float = 0.1
+    mouth_weight: float = 0.1
+    contour_weight: float = 0.05
+    other_weight: float = 0.3
+    target_vertices: int = 25_000
+    occlusion_tolerance: float = 0.03
+    outlier_tolerance: float = 0.15
+
+    def __post_init__(self) -> None:
+        weights = (
+            self.eye_weight,
+            self.nose_weight,
+            self.eyebrow_weight,
+            self.mouth_weight,
+            self.contour_weight,
+            self.other_weight,
+        )
+        if min(weights) < 0:
+            raise ValueError("region weights must be >= 0")
+        if self.target_vertices < 0 or self.occlusion_tolerance <= 0 or self.outlier_tolerance <= 0:
+            raise ValueError("target_vertices must be >= 0 and the tolerances > 0")
+
+
+REGIONS = ("eye", "nose", "eyebrow", "mouth", "contour", "other")
+
+
+@functools.lru_cache(maxsize=8)
+def region_of_landmarks(scheme: str, count: int) -> tuple[str, ...]:
+    """The region name of every landmark of a scheme (68-point iBUG, MediaPipe 468/478; else "other")."""
+    if scheme == "ibug68" and count == 68:
+        return ("contour",) * 17 + ("eyebrow",) * 10 + ("nose",) * 9 + ("eye",) * 12 + ("mouth",) * 20
+    if scheme.startswith("mediapipe"):
+        from mediapipe.tasks.python.vision import FaceLandmarksConnections as connections
+
+        regions = ["other"] * count
+        for name, region in (
+            ("FACE_LANDMARKS_FACE_OVAL", "contour"),
+            ("FACE_LANDMARKS_LIPS", "mouth"),
+            ("FACE_LANDMARKS_NOSE", "nose"),
+            ("FACE_LANDMARKS_LEFT_EYEBROW", "eyebrow"),
+            ("FACE_LANDMARKS_RIGHT_EYEBROW", "eyebrow"),
+            ("FACE_LANDMARKS_LEFT_EYE", "eye"),
+            ("FACE_LANDMARKS_RIGHT_EYE", "eye"),
+            ("FACE_LANDMARKS_LEFT_IRIS", "eye"),
+            ("FACE_LANDMARKS_RIGHT_IRIS", "eye"),
+        ):
+            for edge in getattr(connections, name):
+                for index in (edge.start, edge.end):
+                    if index < count:
+                        regions[index] = region
+        for centre in (468, 473):  # the iris centres are not in the iris outlines
+            if centre < count:
+                regions[centre] = "eye"
+        return tuple(regions)
+    return ("other",) * count
+
+
+class LaplaceRefiner:
+    stage = "medium"
+
+    def __init__(self, options: LaplaceOptions, device: str = "cpu") -> None:
+        self.options = options
+        self.region_weight = {region: getattr(options, f"{region}_weight") for region in REGIONS}
+        self._deformers: dict[str, LaplacianDeformer] = {}
+        self._subdividers: dict[str, Subdivider] = {}
+
+    # -- dense topology ----------------------------------------------------------------------------
+
+    def densify(self, mesh: Mesh) -> Mesh:
+        """The mesh subdivided (interpolating Loop) to at least target_vertices; maps and UVs kept."""
+        n = len(mesh.vertices)
+        if n >= self.options.target_vertices:
+            return mesh
+        subdivider = self._subdividers.get(mesh.topology)
+        if subdivider is None:
+            levels = 0
+            while n * 4**levels < self.options.target_vertices and levels < 4:
+                levels += 1
+            subdivider = Subdivider.build(n, mesh.triangles, levels)
+            self._subdividers[mesh.topology] = subdivider
+        vertices = subdivider.interpolating(np.asarray(mesh.vertices, np.float64))
+        uvs = None if mesh.uvs is None else subdivider.midpoint(np.asarray(mesh.uvs, np.float64))
+        return Mesh(
+            vertices=vertices,
+            triangles=subdivider.faces,
+            topology=f"{mesh.topology}-loop{subdivider.levels}",
+            uvs=uvs,
+            landmark_maps=mesh.landmark_maps,  # original vertices keep their indices and positions
+            units=mesh.units,
+            camera_matrix=mesh.camera_matrix,
+        )
+
+    def _deformer(self, mesh: Mesh) -> LaplacianDeformer:
+        if mesh.topology not in self._deformers:
+            self._deformers[mesh.topology] = LaplacianDeformer(len(mesh.vertices), mesh.triangles)
+        return self._deformers[mesh.topology]
+
+    # -- the stage ----------------------------------------------------------------------------------
+
+    def refine(self, image: np.ndarray, face: Face, mesh: Mesh, segmentation: Segmentation | None) -> Mesh:
+        image = check_image(image)
+        marks = face.landmarks
+        lmap = mesh.landmark_maps.get(marks.scheme)
+        if lmap is None or len(lmap.vertex_ids) != len(marks.points):
+            warnings.warn(
+                f"laplace: the {mesh.topology!r} mesh has no map for {marks.scheme!r} landmarks; "
+                "the medium mesh is the coarse one",
+                DeformationWarning,
+                stacklevel=2,
+            )
+            return mesh
+        dense = self.densify(mesh)
+        vertices = np.asarray(dense.vertices, np.float64)
+        valid = lmap.valid
+        ids, bary = lmap.vertex_ids[valid], lmap.weights[valid].astype(np.float64)
+        current = np.einsum("kj,kjc->kc", bary, vertices[ids])  # surface points, mesh frame
+        height, width = image.shape[:2]
+        # Index/depth map of the mesh as the camera sees it (x, y in image pixels, z the camera depth).
+        screen = np.column_stack([dense.project(vertices), vertices[:, 2]])
+        raster = rasterize(screen, dense.triangles, height, width)
+        xy = np.asarray(marks.xy, np.float64)[valid]
+        depth, covered = _depth_at(raster.depth, xy)
+        face_width = float(np.ptp(screen[:, 0])) if dense.camera_matrix is None else float(np.ptp(vertices[:, 0]))
+        occluded = covered & (np.abs(depth - current[:, 2]) > self.options.occlusion_tolerance * face_width)
+        usable = covered & ~occluded
+        # No readable depth (off the mesh, e.g. the face oval just outside the coarse outline, or hidden):
+        # pull sideways at the point's own depth if the landmark is near the point, else leave it.
+        seen_at = dense.project(current)
+        near = np.linalg.norm(xy - seen_at, axis=1) < self.options.outlier_tolerance * face_width
+        sideways = ~usable & near
+        ignored = ~usable & ~near
+        depth = np.where(usable, depth, current[:, 2])
+        targets = _unproject(dense, xy, depth)
+        targets[ignored] = current[ignored]  # pinned where the coarse stage put it
+        regions = np.array(region_of_landmarks(marks.scheme, len(marks.points)))[valid]
+        weights = np.array([self.region_weight[r] for r in regions])
+        if ignored.any():
+            warnings.warn(
+                f"laplace: {int(ignored.sum())} of {len(ignored)} landmarks ignored ({int((~covered & ~near).sum())} "
+                f"off the mesh, {int((occluded & ~near).sum())} occluded, all far from their surface point); "
+                f"{int(sideways.sum())} more pull sideways only",
+                DeformationWarning,
+                stacklevel=2,
+            )
+        deformed = self._deformer(dense).deform(vertices, ids, bary, weights, targets)
+        return dense.with_vertices(deformed)
+
+
+def _depth_at(depth_map: np.ndarray, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Bilinear depth at sub-pixel positions where all four neighbours are on the mesh, else the nearest
+    pixel's; (depth (K,), covered bool (K,))."""
+    height, width = depth_map.shape
+    x = np.clip(xy[:, 0], 0, width - 1.001)
+    y = np.clip(xy[:, 1], 0, height - 1.001)
+    inside = (xy[:, 0] >= -0.5) & (xy[:, 0] <= width - 0.5) & (xy[:, 1] >= -0.5) & (xy[:, 1] <= height - 0.5)
+    x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
+    fx, fy = x - x0, y - y0
+    corners = np.stack(
+        [depth_map[y0, x0], depth_map[y0, x0 + 1], depth_map[y0 + 1, x0], depth_map[y0 + 1, x0 + 1]], axis=1
+    )
+    finite = np.isfinite(corners)
+    weights = np.stack([(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy], axis=1)
+    bilinear = (np.where(finite, corners, 0) * weights).sum(1)
+    nearest = depth_map[np.rint(y).astype(int), np.rint(x).astype(int)]
+    value = np.where(finite.all(1), bilinear, nearest)
+    return value, inside & np.isfinite(value)
+
+
+def _unproject(mesh: Mesh, xy: np.ndarray, depth: np.ndarray) -> np.ndarray:
+    """Mesh-frame points seen at image pixels ``xy`` at camera depth ``depth``."""
+    if mesh.camera_matrix is None:
+        return np.column_stack([xy, depth])
+    k = np.asarray(mesh.camera_matrix, np.float64)
+    x = (xy[:, 0] - k[0, 2]) * depth / k[0, 0]
+    y = (xy[:, 1] - k[1, 2]) * depth / k[1, 1]
+    return np.column_stack([x, y, depth])
+
+
+@hookimpl
+def facerecon_register_stages(registry: StageRegistrar) -> None:
+    registry.register(
+        "refiner",
+        "laplace",
+        LaplaceRefiner,
+        options=LaplaceOptions,
+        summary="medium stage: Laplacian deformation pulled by the dense landmarks through an index map",
+    )
