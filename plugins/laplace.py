@@ -113,6 +113,7 @@ class LaplaceRefiner:
 
     def __init__(self, options: LaplaceOptions, device: str = "cpu") -> None:
         self.options = options
+        self.device = device  # "cuda": the index map is rendered on the GPU (the sparse solve stays on the CPU)
         self.region_weight = {region: getattr(options, f"{region}_weight") for region in REGIONS}
         self._deformers: dict[str, LaplacianDeformer] = {}
         self._subdividers: dict[str, Subdivider] = {}
@@ -170,7 +171,12 @@ class LaplaceRefiner:
         height, width = image.shape[:2]
         # Index/depth map of the mesh as the camera sees it (x, y in image pixels, z the camera depth).
         screen = np.column_stack([dense.project(vertices), vertices[:, 2]])
-        raster = rasterize(screen, dense.triangles, height, width)
+        if self.device == "cuda":
+            from facerecon.geometry.raster_torch import rasterize_torch
+
+            raster = rasterize_torch(screen, dense.triangles, height, width, device="cuda")
+        else:
+            raster = rasterize(screen, dense.triangles, height, width)
         xy = np.asarray(marks.xy, np.float64)[valid]
         depth, covered = _depth_at(raster.depth, xy)
         face_width = float(np.ptp(screen[:, 0])) if dense.camera_matrix is None else float(np.ptp(vertices[:, 0]))
