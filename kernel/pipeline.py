@@ -21,7 +21,16 @@ import numpy as np
 from .config import PipelineConfig
 from .errors import ConfigError, PluginError
 from .imageio import check_image, load_image
-from .records import CoarseResult, Face, FaceReconstruction, Mesh, Reconstruction, Segmentation, StageResult
+from .records import (
+    CoarseResult,
+    Face,
+    FaceReconstruction,
+    Mesh,
+    Reconstruction,
+    Refinement,
+    Segmentation,
+    StageResult,
+)
 from .registry import PluginHost
 from .stages import Detector, Refiner, Regressor, Segmenter
 
@@ -174,13 +183,19 @@ class Pipeline:
         mesh = coarse.mesh
         for name, refiner in self.refiners:
             start = time.perf_counter()
-            mesh = refiner.refine(image, face, mesh, segmentation)
-            if not isinstance(mesh, Mesh):
-                raise self._broken("refiner", name, "refine() must return a Mesh")
+            output = refiner.refine(image, face, mesh, segmentation)
+            refinement = output if isinstance(output, Refinement) else Refinement(output)
+            if not isinstance(refinement.mesh, Mesh):
+                raise self._broken("refiner", name, "refine() must return a Mesh or a Refinement")
+            mesh = refinement.mesh
             elapsed = _ms_since(start)
             _accumulate(timings, f"refiner:{name}", elapsed)
             spec = self.host.spec("refiner", name)
-            stages.append(StageResult(refiner.stage, spec.name, spec.version, mesh, elapsed))
+            stages.append(
+                StageResult(
+                    refiner.stage, spec.name, spec.version, mesh, elapsed, refinement.maps, dict(refinement.phases)
+                )
+            )
         return FaceReconstruction(face, index, coarse, tuple(stages), segmentation)
 
     def _broken(self, kind: str, name: str, what: str) -> PluginError:

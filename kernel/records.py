@@ -292,12 +292,45 @@ class Segmentation:
 
 
 @dataclass(frozen=True, eq=False)
+class ImageMaps:
+    """Per-pixel maps a stage made over a region of the image (e.g. the fine stage's depth and albedo).
+
+    origin: (x, y) image pixel of the maps' top-left pixel; every map has the same (h, w).
+    maps: name -> float32 (h, w) or (h, w, C) array. Conventions by name: "depth" (mesh-frame z, the mesh's
+        units, NaN outside the mask), "displacement" (z minus the previous stage's z), "normal" (unit
+        mesh-frame normals, (h, w, 3)), colour maps ("albedo", "shading", "specular", "rendering") RGB in
+        [0, 1], "mask" (1 inside the refined region).
+    """
+
+    origin: tuple[int, int]
+    maps: Mapping[str, np.ndarray]
+
+    def __post_init__(self) -> None:
+        shapes = {np.asarray(m).shape[:2] for m in self.maps.values()}
+        _check(len(shapes) <= 1, f"image maps must share one (h, w), got {sorted(shapes)}")
+        object.__setattr__(
+            self, "maps", MappingProxyType({k: _readonly(np.asarray(v, np.float32)) for k, v in self.maps.items()})
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class Refinement:
+    """What a refiner may return instead of a bare Mesh: the mesh, image maps, and intermediate meshes
+    (e.g. one per optimisation phase, written with ``--save-phases``)."""
+
+    mesh: Mesh
+    maps: ImageMaps | None = None
+    phases: Mapping[str, Mesh] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, eq=False)
 class StageResult:
     """One stage's output mesh for one face, with provenance.
 
     stage: "coarse" for the regressor, else the refiner's stage name (e.g. "medium", "fine").
     plugin, version: which plugin made it.
     elapsed_ms: wall time of the stage for this face.
+    maps, phases: what a refiner returned besides its mesh (see :class:`Refinement`).
     """
 
     stage: str
@@ -305,6 +338,8 @@ class StageResult:
     version: str
     mesh: Mesh
     elapsed_ms: float
+    maps: ImageMaps | None = None
+    phases: Mapping[str, Mesh] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, eq=False)

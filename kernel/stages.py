@@ -10,7 +10,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-from .records import CoarseResult, Face, Mesh, Segmentation
+from .records import CoarseResult, Face, Mesh, Refinement, Segmentation
 
 StageKind = Literal["detector", "regressor", "segmenter", "refiner"]
 STAGE_KINDS: tuple[StageKind, ...] = ("detector", "regressor", "segmenter", "refiner")
@@ -43,8 +43,9 @@ class Refiner(Protocol):
     stage: str
     """The stage this refiner produces, e.g. "medium" or "fine" (names the output mesh file)."""
 
-    def refine(self, image: np.ndarray, face: Face, mesh: Mesh, segmentation: Segmentation | None) -> Mesh:
-        """A better mesh. Keep the mesh frame; change the topology id if the triangles change."""
+    def refine(self, image: np.ndarray, face: Face, mesh: Mesh, segmentation: Segmentation | None) -> Mesh | Refinement:
+        """A better mesh (or a Refinement: the mesh plus image maps and per-phase meshes). Keep the mesh
+        frame; change the topology id if the triangles change."""
         ...
 
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import numpy as np
 
 from .errors import InputError
-from .records import IBUG68, CoarseResult, Face, Landmarks, Mesh, Segmentation
+from .records import IBUG68, CoarseResult, Face, Landmarks, Mesh, Refinement, Segmentation
 from .stages import Detector, Refiner, Regressor, Segmenter
 
 BAD_IMAGES: dict[str, np.ndarray] = {
@@ -157,8 +157,12 @@ def check_refiner(
     assert isinstance(refiner, Refiner), "refiner does not implement refine(...) and stage"
     assert isinstance(refiner.stage, str) and refiner.stage.isidentifier(), "refiner.stage must be a plain name"
     height, width = image.shape[:2]
-    refined = refiner.refine(image, face, mesh, segmentation)
+    output = refiner.refine(image, face, mesh, segmentation)
+    refined = output.mesh if isinstance(output, Refinement) else output
     _check_mesh(refined, face, width, height)
+    if isinstance(output, Refinement) and output.maps is not None:
+        for name, value in output.maps.maps.items():
+            assert np.isfinite(value[~np.isnan(value)]).all(), f"map {name!r} holds infinities"
     before = np.asarray(mesh.vertices).mean(0)
     after = np.asarray(refined.vertices).mean(0)
     size = float(np.ptp(np.asarray(mesh.vertices)[:, 0]))

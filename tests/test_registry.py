@@ -155,9 +155,9 @@ def test_allow_list_applies_to_third_party_only(monkeypatch, tmp_path):
     loaded = PluginHost()
     assert loaded.spec("refiner", "acme-same").distribution == "acme-facerecon"
     assert loaded.spec("refiner", "acme-same").version == "1.0"
-    assert PluginHost(allow=["acme"]).names("refiner") == ["acme-same"]
+    assert "acme-same" in PluginHost(allow=["acme"]).names("refiner")
     restricted = PluginHost(allow=[])
-    assert restricted.names("refiner") == []
+    assert "acme-same" not in restricted.names("refiner")
     assert restricted.names("detector") == ["mediapipe"]  # built-ins always load
     sys.modules.pop("acme_refiner", None)
 
