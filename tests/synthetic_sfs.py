@@ -1,0 +1,94 @@
+"""A synthetic face-like scene with known multi-scale geometry, textured albedo, SH light and a specular
+highlight, for testing the fine stage against ground truth (tests/test_sfs.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Scene:
+    image: np.ndarray  # (3, H, W) 0-255
+    smooth: np.ndarray  # (H, W) height towards the viewer, pixels
+    detail: np.ndarray  # (H, W) wrinkles + pores added to smooth
+    wrinkles: np.ndarray  # (H, W) the coarse detail band alone
+    pores: np.ndarray  # (H, W) the fine detail band alone
+    albedo: np.ndarray  # (3, H, W) 0-255, with its own texture
+    texture: np.ndarray  # (H, W) the albedo's high-frequency pattern (freckles, brow hair), 0..1
+    albedo_avg: np.ndarray  # (3, H, W) the flat skin colour a segmenter would report
+    mask: np.ndarray  # (H, W) bool, the face
+    sh: np.ndarray  # (9, 3)
+
+
+def blobs(shape: tuple[int, int], centres: np.ndarray, sigma: float) -> np.ndarray:
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    out = np.zeros(shape)
+    for cy, cx in centres:
+        out += np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sigma**2))
+    return out
+
+
+def make_scene(size: int = 160, seed: int = 0) -> Scene:
+    import torch
+
+    from facerecon.plugins.sfs import normals_from_height, sh_basis
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size].astype(float)
+    cx, cy = size / 2, size / 2
+    r2 = ((xx - cx) / (0.42 * size)) ** 2 + ((yy - cy) / (0.47 * size)) ** 2
+    mask = r2 < 0.85
+    smooth = 0.4 * size * np.sqrt(np.clip(1 - r2, 0, None))
+    # Wrinkles: forehead creases, wavelength ~12 px, 0.5 px deep; pores: 0.2 px pits, sigma 0.8 px.
+    forehead = np.exp(-((yy - 0.22 * size) ** 2) / (2 * (0.05 * size) ** 2))
+    wrinkles = -0.5 * forehead * np.clip(np.sin(2 * np.pi * yy / 12.0), 0, None) ** 2
+    cheeks = (np.abs(xx - cx) > 0.15 * size) & (yy > 0.55 * size) & (yy < 0.78 * size)
+    pore_centres = np.column_stack([rng.uniform(0.55, 0.78, 500) * size, rng.uniform(0.1, 0.9, 500) * size])
+    pore_centres = pore_centres[cheeks[pore_centres[:, 0].astype(int), pore_centres[:, 1].astype(int)]]
+    pores = -0.2 * blobs((size, size), pore_centres, 0.8)
+    detail = wrinkles + pores
+    # Albedo: skin with freckles (dark spots) across the nose and brow hair (dark strokes), away from the
+    # wrinkles (forehead) and pores (cheeks) so that each effect can be measured in its own region.
+    freckle_centres = np.column_stack([rng.uniform(0.45, 0.6, 40) * size, rng.uniform(0.4, 0.6, 40) * size])
+    freckles = np.clip(blobs((size, size), freckle_centres, 1.0), 0, 1)
+    brows = np.zeros((size, size))
+    for side in (-1, 1):
+        for _ in range(25):
+            x0 = cx + side * rng.uniform(0.1, 0.3) * size
+            y0 = 0.4 * size + rng.uniform(-2, 2)
+            for t in np.linspace(0, 4, 9):
+                brows[int(y0 - t * 0.5), int(x0 + side * t)] = 1.0
+    texture = np.clip(freckles + brows, 0, 1)
+    skin = np.array([205.0, 150.0, 125.0])
+    albedo = skin[:, None, None] * (1 - 0.45 * texture)[None]
+    albedo_avg = np.broadcast_to(skin[:, None, None], albedo.shape).copy()
+    # Light: ambient + from the upper left; shading from the true normals.
+    sh = np.zeros((9, 3))
+    sh[0] = 2.4
+    sh[1] = 0.5  # from above (y up)
+    sh[3] = -0.4  # from the left
+    sh[2] = 0.9  # towards the viewer
+    sh[6] = -0.15
+    height = torch.as_tensor(smooth + detail, dtype=torch.float32)
+    normals = normals_from_height(height)
+    shading = (sh_basis(normals).numpy() @ sh).transpose(2, 0, 1)
+    # A specular highlight on the "nose": Blinn-Phong with the half vector between light and view.
+    half = np.array([-0.2, 0.3, 1.0])
+    half /= np.linalg.norm(half)
+    specular = 40.0 * np.clip(normals.numpy() @ half, 0, 1) ** 40
+    image = albedo * shading + specular[None]
+    image = image + rng.normal(0, 0.5, image.shape)
+    return Scene(
+        image=np.clip(image, 0, 255),
+        smooth=smooth,
+        detail=detail,
+        wrinkles=wrinkles,
+        pores=pores,
+        albedo=albedo,
+        texture=texture,
+        albedo_avg=albedo_avg,
+        mask=mask,
+        sh=sh,
+    )
