@@ -1,11 +1,13 @@
 """Landmark accuracy on the 112 LFPW photos with human iBUG-68 annotations.
 
 For each photo: the detector's face that matches the annotation, then the ``landmarks68`` that each
-stage's mesh re-projects into the image, scored by NME (mean error / outer-eye-corner distance).
+stage's mesh re-projects into the image, scored by NME (mean error / outer-eye-corner distance). A
+detector that outputs iBUG-68 landmarks itself (e.g. ``dlib``) is scored too, as the row ``"detector"``
+beside the stages' rows (``"coarse"``, ...).
 The iBUG-68 map of the landmark mesh was fitted on the even-numbered half (see calibrate_ibug68.py),
 so the odd half is reported separately as the held-out score.
 
-    python benchmarks/evaluate_lfpw.py [--config my.toml]
+    python benchmarks/evaluate_lfpw.py [--config my.toml]      # e.g. benchmarks/configs/dlib.toml
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from facerecon.kernel import IBUG68, Pipeline
 from facerecon.kernel.imageio import load_image
 
 
-def evaluate(pipe: Pipeline) -> dict[str, object]:
+def evaluate(pipe: Pipeline, reconstruct: bool = True) -> dict[str, object]:
+    """The scores of ``pipe`` (see the module docstring); ``reconstruct=False`` scores the detector only."""
     data = shared_data_dir()
     if data is None:
         raise SystemExit("shared data not found (set FACERECON_SHARED_DATA)")
@@ -37,8 +40,15 @@ def evaluate(pipe: Pipeline) -> dict[str, object]:
         if index is None:
             missed.append(photo.name)
             continue
-        face_rec = pipe.reconstruct_face(image, faces[index])
-        for stage in face_rec.stages:
+        face = faces[index]
+        if face.landmarks.scheme == IBUG68 and len(face.landmarks.points) == len(truth):
+            error = nme(face.landmarks.xy, truth)
+            defined.setdefault("detector", set()).add(len(truth))
+            errors.setdefault("detector", []).append(error)
+            if i % 2 == 1:
+                held_out.setdefault("detector", []).append(error)
+        stages = pipe.reconstruct_face(image, face).stages if reconstruct else ()
+        for stage in stages:
             marks = stage.mesh.landmarks(IBUG68)
             if marks is None:
                 continue
@@ -62,9 +72,10 @@ def evaluate(pipe: Pipeline) -> dict[str, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="pipeline TOML config")
+    parser.add_argument("--detector-only", action="store_true", help="score a 68-point detector alone (fast)")
     args = parser.parse_args()
     with Pipeline.from_config(args.config) as pipe:
-        print(json.dumps(evaluate(pipe), indent=1))
+        print(json.dumps(evaluate(pipe, reconstruct=not args.detector_only), indent=1))
 
 
 if __name__ == "__main__":

@@ -60,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--device", choices=DEVICES, help="where models run (default: from config, else auto)")
     rec.add_argument("--all-faces", action="store_true", help="reconstruct every face, not only the largest")
     rec.add_argument(
+        "--remote",
+        action="append",
+        metavar="STAGE=ADDRESS[,ADDRESS...]",
+        help="run that stage (detector, regressor, segmenter or a refiner's name) on `facerecon serve` servers",
+    )
+    rec.add_argument(
         "--formats", default="obj", help=f"comma-separated mesh formats ({', '.join(w[1:] for w in WRITERS)})"
     )
     rec.add_argument("--texture-size", type=int, default=1024, help="side of the unwrapped photo texture")
@@ -109,7 +115,12 @@ def load_config(args: argparse.Namespace) -> PipelineConfig:
         changes["refiners"] = tuple(name for name in args.refiners.split(",") if name.strip())
     if getattr(args, "all_faces", False):
         changes["all_faces"] = True
-    return replace(config, **changes) if changes else config
+    config = replace(config, **changes) if changes else config
+    if getattr(args, "remote", None):  # the `remote` stage plugin of facerecon.services (gRPC)
+        from facerecon.services.remote import apply_remote
+
+        config = apply_remote(config, args.remote)
+    return config
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
@@ -142,6 +153,13 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def stage_plugins(pipeline: Pipeline) -> dict[str, tuple[str, str]]:
+    """(plugin, version) of the detector, regressor and segmenter a pipeline runs, for result.json."""
+    config = pipeline.config
+    named = {"detector": config.detector, "regressor": config.regressor, "segmenter": config.segmenter}
+    return {kind: (name, pipeline.host.spec(kind, name).version) for kind, name in named.items() if name}
+
+
 def _output_names(paths: list[Path]) -> list[str]:
     """One folder name per input: the file stem, plus the suffix where two inputs share a stem."""
     stems = [p.stem for p in paths]
@@ -164,6 +182,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     pipeline = Pipeline.from_config(config)
     pipeline.warm_up()
+    plugins = stage_plugins(pipeline)
     summary: list[dict[str, object]] = []
 
     from tqdm import tqdm
@@ -183,7 +202,15 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
                 rec = pipeline(image)
                 if not rec.faces:
                     raise NoFaceError(f"{path}: no face found")
-                write_outputs(rec, image, out / name, source=str(path), formats=formats, texture_size=args.texture_size)
+                write_outputs(
+                    rec,
+                    image,
+                    out / name,
+                    source=str(path),
+                    formats=formats,
+                    texture_size=args.texture_size,
+                    plugins=plugins,
+                )
             except (InputError, NoFaceError) as exc:
                 failures.append({"input": str(path), "error": str(exc)})
                 log.error("%s", exc)

@@ -4,10 +4,14 @@ Layout of ``OUT/<stem>/`` (face 0 = the largest; other faces get a ``face<i>-`` 
 
 * ``<stage>.obj`` (+ ``.mtl`` and a ``.png`` texture unwrapped from the photo when the topology has
   UVs), one per stage that ran: ``coarse``, then each refiner's stage (``medium``, ``fine``...);
-* ``preview.png`` — the photo, the landmarks, and a shaded render of every stage over the photo;
-* ``result.json`` — image size, every face (box, score, landmarks), per stage: plugin, version, mesh
-  file, the 68 iBUG landmarks re-projected from that stage's mesh (``landmarks68``, 0-based pixels),
-  and wall times in milliseconds.
+* ``preview.png`` — the photo, the landmarks, the face parsing (when a segmenter ran: label colours
+  over the photo, with a swatch of each region's colour), and a shaded render of every stage over the
+  photo;
+* ``result.json`` — image size, every face (box, score, landmarks), the plugins that ran (``plugins``,
+  when the caller names them), per reconstructed face its ``segmentation`` (segmenter plugin, the label
+  ids present with their names and pixel counts, and each region's colour, sRGB in [0, 1]) or null, per
+  stage: plugin, version, mesh file, the 68 iBUG landmarks re-projected from that stage's mesh
+  (``landmarks68``, 0-based pixels), and wall times in milliseconds.
 
 The folder is built under a temporary name and renamed into place when complete, so an interrupted
 run never leaves a half-written result.
@@ -15,11 +19,12 @@ run never leaves a half-written result.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,17 +35,50 @@ from facerecon.geometry.raster import shade
 from facerecon.geometry.transforms import yaw_pitch_roll
 
 from .export import atomic_write, bake_texture, current_umask, png_bytes, write_mesh
-from .records import IBUG68, Face, Reconstruction
+from .records import IBUG68, Face, Reconstruction, Segmentation
 
 PREVIEW_HEIGHT = 512
+
+LABEL_COLORS: dict[str, tuple[int, int, int]] = {
+    "skin": (204, 0, 0),
+    "nose": (76, 153, 0),
+    "eye_g": (204, 204, 0),
+    "l_eye": (51, 51, 255),
+    "r_eye": (204, 0, 204),
+    "l_brow": (0, 255, 255),
+    "r_brow": (255, 204, 204),
+    "l_ear": (102, 51, 0),
+    "r_ear": (255, 0, 0),
+    "mouth": (102, 204, 0),
+    "u_lip": (255, 255, 0),
+    "l_lip": (0, 0, 153),
+    "hair": (0, 0, 204),
+    "hat": (255, 51, 153),
+    "ear_r": (0, 204, 204),
+    "neck_l": (0, 51, 0),
+    "neck": (255, 153, 51),
+    "cloth": (0, 204, 0),
+}
+"""Preview colour of each face-parsing label, by name: CelebAMask-HQ's own colour map (other names get a
+colour derived from the name)."""
+
+PluginIds = Mapping[str, tuple[str, str]]
+"""Stage kind ("detector", "segmenter", ...) -> (plugin name, version) of what ran."""
 
 
 def face_prefix(index: int) -> str:
     return "" if index == 0 else f"face{index}-"
 
 
-def result_dict(rec: Reconstruction, source: str, mesh_files: dict[tuple[int, str], str]) -> dict[str, Any]:
-    """The JSON-ready summary of a reconstruction (see the module docstring)."""
+def result_dict(
+    rec: Reconstruction,
+    source: str,
+    mesh_files: dict[tuple[int, str], str],
+    plugins: PluginIds | None = None,
+) -> dict[str, Any]:
+    """The JSON-ready summary of a reconstruction (see the module docstring); ``plugins`` names the
+    plugins that ran, by stage kind (the pipeline's config knows them; the records do not)."""
+    plugins = plugins or {}
     reconstructed = {r.face_index for r in rec.reconstructions}
     faces = [
         {
@@ -81,15 +119,34 @@ def result_dict(rec: Reconstruction, source: str, mesh_files: dict[tuple[int, st
                     "scale": round(r.coarse.scale, 6),
                 },
                 "parameters": {name: _round(value, 5) for name, value in r.coarse.parameters.items()},
+                "segmentation": _segmentation_dict(r.segmentation, plugins.get("segmenter")),
                 "stages": stages,
             }
         )
-    return {
+    result: dict[str, Any] = {
         "input": source,
         "image_size": {"width": rec.image_size[0], "height": rec.image_size[1]},
+    }
+    if plugins:
+        result["plugins"] = {kind: {"plugin": name, "version": version} for kind, (name, version) in plugins.items()}
+    return result | {
         "faces": faces,
         "reconstructions": reconstructions,
         "timings_ms": {k: round(v, 2) for k, v in rec.timings_ms.items()},
+    }
+
+
+def _segmentation_dict(seg: Segmentation | None, plugin: tuple[str, str] | None) -> dict[str, Any] | None:
+    if seg is None:
+        return None
+    ids, counts = np.unique(seg.labels, return_counts=True)
+    present = {int(i): int(n) for i, n in zip(ids, counts, strict=True) if i != 0}
+    return {
+        "plugin": plugin[0] if plugin else None,
+        "version": plugin[1] if plugin else None,
+        "labels": {str(i): seg.label_names.get(i, f"label{i}") for i in present},
+        "pixels": {seg.label_names.get(i, f"label{i}"): n for i, n in present.items()},
+        "region_colors": {name: _round(color, 4) for name, color in seg.region_colors.items()},
     }
 
 
@@ -110,9 +167,33 @@ def _round(array: np.ndarray, digits: int = 3) -> list[Any]:
     return np.round(np.asarray(array, np.float64), digits).tolist()
 
 
+def label_color(name: str) -> tuple[int, int, int]:
+    """The preview colour of a face-parsing label (see LABEL_COLORS)."""
+    if name in LABEL_COLORS:
+        return LABEL_COLORS[name]
+    digest = hashlib.sha256(name.encode()).digest()
+    return (64 + digest[0] % 192, 64 + digest[1] % 192, 64 + digest[2] % 192)
+
+
+def render_segmentation(image: np.ndarray, segmentations: Sequence[Segmentation]) -> np.ndarray:
+    """The photo with each labelled pixel tinted by its label's colour (60% colour, 40% photo)."""
+    panel = image.astype(np.float32)
+    for seg in segmentations:
+        if seg.labels.shape != image.shape[:2]:
+            continue
+        palette = np.zeros((256, 3), np.float32)
+        for label, name in seg.label_names.items():
+            if 0 < int(label) < 256 and name != "background":
+                palette[int(label)] = label_color(name)
+        mask = seg.labels > 0
+        panel[mask] = 0.4 * panel[mask] + 0.6 * palette[seg.labels[mask]]
+    return panel.astype(np.uint8)
+
+
 def render_preview(image: np.ndarray, rec: Reconstruction) -> np.ndarray:
-    """Panels side by side: photo | landmarks | one shaded render per stage (over the dimmed photo).
-    Panels are cropped around the reconstructed faces and scaled to PREVIEW_HEIGHT pixels."""
+    """Panels side by side: photo | landmarks | segmentation (when a segmenter ran) | one shaded render
+    per stage (over the dimmed photo). Panels are cropped around the reconstructed faces and scaled to
+    PREVIEW_HEIGHT pixels; the segmentation panel has a swatch of each region colour of the first face."""
     height, width = image.shape[:2]
     faces = [r.face for r in rec.reconstructions] or list(rec.faces)
     boxes = np.array([f.box for f in faces]) if faces else np.array([[0.0, 0.0, width, height]])
@@ -124,6 +205,9 @@ def render_preview(image: np.ndarray, rec: Reconstruction) -> np.ndarray:
     for face in rec.faces:
         _draw_face(draw, face, radius)
     panels.append(np.asarray(marks))
+    segmentations = [r.segmentation for r in rec.reconstructions if r.segmentation is not None]
+    if segmentations:
+        panels.append(render_segmentation(image, segmentations))
     n_stages = max((len(r.stages) for r in rec.reconstructions), default=0)
     for s in range(n_stages):
         panel = (image.astype(np.float32) * 0.35).astype(np.uint8)
@@ -141,13 +225,27 @@ def render_preview(image: np.ndarray, rec: Reconstruction) -> np.ndarray:
     sheet = Image.new("RGB", (size[0] * len(tiles), size[1]), "white")
     for i, tile in enumerate(tiles):
         sheet.paste(tile, (i * size[0], 0))
-    labels = ["input", "landmarks"] + [
-        next(r.stages[s].stage for r in rec.reconstructions if s < len(r.stages)) for s in range(n_stages)
-    ]
+    labels = ["input", "landmarks"] + ["segmentation"] * bool(segmentations)
+    labels += [next(r.stages[s].stage for r in rec.reconstructions if s < len(r.stages)) for s in range(n_stages)]
     draw = ImageDraw.Draw(sheet)
     for i, label in enumerate(labels):
         draw.text((i * size[0] + 6, 4), label, fill=(255, 255, 0))
+    if segmentations:
+        _draw_swatches(draw, segmentations[0], 2 * size[0], size)
     return np.asarray(sheet)
+
+
+def _draw_swatches(draw: ImageDraw.ImageDraw, seg: Segmentation, x: int, size: tuple[int, int]) -> None:
+    """Along the bottom of the tile at ``x``: one square per region colour, framed in the label's colour."""
+    colors = list(seg.region_colors.items())
+    if not colors:
+        return
+    side = max(6, min(28, (size[0] - 8) // len(colors) - 2))
+    y = size[1] - side - 4
+    for i, (name, color) in enumerate(colors):
+        x0 = x + 4 + i * (side + 2)
+        fill = tuple(int(round(float(c) * 255)) for c in np.clip(color, 0, 1))
+        draw.rectangle([x0, y, x0 + side, y + side], fill=fill, outline=label_color(name), width=2)
 
 
 def _image_frame(mesh: Any) -> np.ndarray:
@@ -179,8 +277,10 @@ def write_outputs(
     source: str,
     formats: Sequence[str] = ("obj",),
     texture_size: int = 1024,
+    plugins: PluginIds | None = None,
 ) -> dict[str, Any]:
-    """Write meshes, preview.png and result.json into ``out_dir`` (replaced whole, atomically)."""
+    """Write meshes, preview.png and result.json into ``out_dir`` (replaced whole, atomically).
+    ``plugins``: stage kind -> (plugin, version) that ran, recorded in result.json."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
@@ -196,7 +296,7 @@ def write_outputs(
                     if i == 0:
                         mesh_files[(r.face_index, stage.stage)] = name
         atomic_write(staging / "preview.png", png_bytes(render_preview(image, rec)))
-        result = result_dict(rec, source, mesh_files)
+        result = result_dict(rec, source, mesh_files, plugins)
         atomic_write(staging / "result.json", dumps(result).encode())
         _replace_dir(staging, out_dir)
     except BaseException:

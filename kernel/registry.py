@@ -241,13 +241,16 @@ class PluginHost:
         return max(candidates, key=lambda s: (s.priority, s.name)).name
 
     def spec(self, kind: str, name: str) -> StageSpec:
+        """The stage registered as ``name``. ``NAME@INSTANCE`` is another instance of ``NAME`` with its own
+        options table (e.g. two ``remote`` refiners: ``remote@medium``, ``remote@fine``)."""
         if kind not in STAGE_KINDS:
             raise ConfigError(f"unknown stage kind {kind!r} (known: {', '.join(STAGE_KINDS)})")
-        try:
-            return self.stages[(kind, name)]
-        except KeyError:
+        base, at, instance = name.partition("@")
+        found = self.stages.get((kind, name)) or (self.stages.get((kind, base)) if at and instance else None)
+        if found is None:
             known = ", ".join(self.names(kind)) or "none registered"
-            raise ConfigError(f"unknown {kind}: {name!r} (known: {known})") from None
+            raise ConfigError(f"unknown {kind}: {name!r} (known: {known})")
+        return found
 
     def create(self, kind: str, name: str, options: Mapping[str, Any] | None, device: str) -> object:
         """Build stage ``name`` of ``kind`` with its options table; checks it meets the protocol."""

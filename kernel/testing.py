@@ -147,8 +147,21 @@ def check_segmenter(segmenter: Segmenter, image: np.ndarray, face: Face) -> Segm
     assert set(np.unique(result.labels).tolist()) <= set(result.label_names) | {0}, "unnamed labels"
     x0, y0, x1, y1 = (int(v) for v in face.box)
     assert (result.labels[max(y0, 0) : y1, max(x0, 0) : x1] > 0).mean() > 0.3, "face box is mostly unlabelled"
+    # Region colours (the albedo prior): named regions, sRGB in [0, 1] (not 0..255), at least the skin's.
+    names = set(result.label_names.values())
+    assert set(result.region_colors) <= names, f"region colours for unknown regions {set(result.region_colors) - names}"
+    for name, color in result.region_colors.items():
+        assert bool(np.all((color >= 0) & (color <= 1))), f"region colour of {name!r} is not in [0, 1]: {color}"
+    if "skin" in names and (result.labels == _label_id(result, "skin")).sum() >= 100:
+        assert "skin" in result.region_colors, "no region colour for the skin"
+    again = segmenter.segment(image, face)
+    assert np.array_equal(again.labels, result.labels), "segment() is not deterministic"
     _assert_refuses(lambda bad: segmenter.segment(bad, face), "segment()")
     return result
+
+
+def _label_id(segmentation: Segmentation, name: str) -> int:
+    return next((int(i) for i, n in segmentation.label_names.items() if n == name), -1)
 
 
 def check_refiner(

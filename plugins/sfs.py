@@ -25,12 +25,16 @@ medium mesh's UVs and landmark maps carried over; maps and per-phase meshes come
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from facerecon.geometry.raster import interpolate, rasterize
 from facerecon.kernel import Face, ImageMaps, LandmarkMap, Mesh, Refinement, Segmentation, StageRegistrar, hookimpl
 from facerecon.kernel.imageio import check_image
+
+if TYPE_CHECKING:  # torch is imported lazily: `facerecon` starts without loading it
+    from torch import Tensor
 
 SKIN_LABELS = ("skin", "nose")
 """Regions whose colour is skin: the lighting is fitted there, and the albedo prior is trusted there."""
@@ -100,7 +104,7 @@ class SfsOptions:
 SH_CONSTANTS = (0.282095, 0.488603, 0.488603, 0.488603, 1.092548, 1.092548, 0.315392, 1.092548, 0.546274)
 
 
-def sh_basis(normals):  # type: ignore[no-untyped-def]
+def sh_basis(normals):
     """The 9 real SH basis functions of unit normals (..., 3) in the viewer frame (x right, y up, z to
     the viewer): Y00, Y1-1 (y), Y10 (z), Y11 (x), Y2-2 (xy), Y2-1 (yz), Y20 (3z²-1), Y21 (xz), Y22 (x²-y²)."""
     import torch
@@ -123,7 +127,7 @@ def sh_basis(normals):  # type: ignore[no-untyped-def]
     )
 
 
-def normals_from_height(height):  # type: ignore[no-untyped-def]
+def normals_from_height(height):
     """Unit normals (H, W, 3) in the viewer frame of a height map h (H, W) towards the viewer, image rows
     going down: n ∝ (−∂h/∂x, ∂h/∂y, 1) with central differences (one-sided at the border)."""
     import torch
@@ -135,7 +139,7 @@ def normals_from_height(height):  # type: ignore[no-untyped-def]
     return n / n.norm(dim=-1, keepdim=True)
 
 
-def laplacian(image):  # type: ignore[no-untyped-def]
+def laplacian(image):
     """5-point Laplacian of (..., H, W) with replicated borders."""
     import torch
 
@@ -145,7 +149,7 @@ def laplacian(image):  # type: ignore[no-untyped-def]
     return out.reshape(image.shape)
 
 
-def gaussian_blur(image, sigma: float):  # type: ignore[no-untyped-def]
+def gaussian_blur(image, sigma: float):
     """Separable Gaussian blur of (C, H, W)."""
     import torch
 
@@ -161,7 +165,7 @@ def gaussian_blur(image, sigma: float):  # type: ignore[no-untyped-def]
     return x[0]
 
 
-def relative_total_variation(image, sigma: float, eps: float = 1e-3):  # type: ignore[no-untyped-def]
+def relative_total_variation(image, sigma: float, eps: float = 1e-3):
     """Per-pixel RTV_x + RTV_y of (C, H, W) (Xu, Yan, Xia, Jia 2012, eq. 3-4): G*|∂γ| / (|G*∂γ| + e).
     Texture (many small gradients of mixed sign) scores high, structure (consistent edges) low."""
     import torch
@@ -182,29 +186,29 @@ class Problem:
     region), lit (H, W) bool (where the lighting is fitted), height0 (H, W) medium height (towards the
     viewer, samples), albedo_avg (3, H, W) 0-255."""
 
-    image: object
-    mask: object
-    lit: object
-    height0: object
-    albedo_avg: object
+    image: Tensor
+    mask: Tensor
+    lit: Tensor
+    height0: Tensor
+    albedo_avg: Tensor
 
 
 @dataclass
 class Solution:
-    height: object
-    albedo: object
-    specular: object
-    sh: object
-    phase_heights: dict
+    height: Tensor
+    albedo: Tensor
+    specular: Tensor
+    sh: Tensor
+    phase_heights: dict[str, Tensor]
 
 
-def shading(height, sh):  # type: ignore[no-untyped-def]
+def shading(height, sh):
     """S(n) (3, H, W) for SH coefficients sh (9, 3)."""
     basis = sh_basis(normals_from_height(height))  # (H, W, 9)
     return (basis @ sh).permute(2, 0, 1)
 
 
-def fit_lighting(problem: Problem, trim: float = 0.1):  # type: ignore[no-untyped-def]
+def fit_lighting(problem: Problem, trim: float = 0.1):
     """Step 2: r (9, 3) by least squares with γ = γ_avg, ε = 0, on the lit pixels; refitted once without
     the ``trim`` fraction of worst-fitting pixels (specular highlights, freckles, shadows cast by hair)."""
     import torch
@@ -243,10 +247,10 @@ def solve(problem: Problem, options: SfsOptions, use_priors: bool = True) -> Sol
     w_avg = options.albedo_weight * shading_scale if use_priors else 0.0
     w_rtv = options.albedo_rtv_weight * shading_scale if use_priors else 0.0
 
-    def masked_mean(value):  # type: ignore[no-untyped-def]
+    def masked_mean(value):
         return (value * m).sum() / count
 
-    def render(height, albedo, specular):  # type: ignore[no-untyped-def]
+    def render(height, albedo, specular):
         return albedo * shading(height, sh) + options.specular_scale * specular
 
     # Step 3: albedo, from the mean albedo.
@@ -255,7 +259,7 @@ def solve(problem: Problem, options: SfsOptions, use_priors: bool = True) -> Sol
     specular = torch.zeros_like(height0)[None]
     shade0 = shading(height0, sh).detach()
 
-    def albedo_loss(albedo, shade, specular, blur: float = 0.0):  # type: ignore[no-untyped-def]
+    def albedo_loss(albedo, shade, specular, blur: float = 0.0):
         residual = albedo * shade + options.specular_scale * specular - image
         if blur > 0:
             residual = gaussian_blur(residual * m, blur)
@@ -281,7 +285,7 @@ def solve(problem: Problem, options: SfsOptions, use_priors: bool = True) -> Sol
     specular = beta0.clone().requires_grad_(True)
     spec_optimiser = torch.optim.Adam([specular], lr=options.specular_lr)
 
-    def specular_steps(shade, steps: int) -> None:  # type: ignore[no-untyped-def]
+    def specular_steps(shade, steps: int) -> None:
         for _ in range(steps):
             spec_optimiser.zero_grad()
             data = masked_mean(((albedo.detach() * shade + options.specular_scale * specular - image) ** 2).sum(0))
@@ -309,7 +313,7 @@ def solve(problem: Problem, options: SfsOptions, use_priors: bool = True) -> Sol
     ):
         l1, l2, l3, l4 = weights
 
-        def depth_loss(l1: float = l1, l2: float = l2, l3: float = l3, l4: float = l4):  # type: ignore[no-untyped-def]
+        def depth_loss(l1: float = l1, l2: float = l2, l3: float = l3, l4: float = l4):
             height = height0 + delta * m
             rendered = render(height, albedo.detach(), specular.detach())
             data = masked_mean(_robust(rendered - image, options.robust_threshold).sum(0)) * unit
@@ -333,7 +337,7 @@ def solve(problem: Problem, options: SfsOptions, use_priors: bool = True) -> Sol
                 [delta], lr=1.0, max_iter=options.alternate_every, history_size=10, line_search_fn="strong_wolfe"
             )
 
-        def closure(depth_optimiser: torch.optim.Optimizer = depth_optimiser):  # type: ignore[no-untyped-def]
+        def closure(depth_optimiser: torch.optim.Optimizer = depth_optimiser):
             depth_optimiser.zero_grad()
             loss = depth_loss()
             loss.backward()
@@ -355,14 +359,14 @@ def solve(problem: Problem, options: SfsOptions, use_priors: bool = True) -> Sol
     return Solution(height0 + delta.detach() * m, albedo.detach(), specular.detach(), sh, phase_heights)
 
 
-def _robust(residual, threshold: float):  # type: ignore[no-untyped-def]
+def _robust(residual, threshold: float):
     """Huber's loss, in squared units: quadratic up to ``threshold`` grey levels, linear beyond, so that
     albedo features no surface can shade (dark hairs, freckles) do not pull the depth into spikes."""
     a = residual.abs()
     return torch_where(a <= threshold, residual**2, 2 * threshold * a - threshold**2)
 
 
-def torch_where(condition, x, y):  # type: ignore[no-untyped-def]
+def torch_where(condition, x, y):
     import torch
 
     return torch.where(condition, x, y)
@@ -411,7 +415,7 @@ class SfsRefiner:
         maps = self._maps(grid, problem, solution, depth0, height, covered, mask)
         return Refinement(fine, maps, phases)
 
-    def _maps(self, grid, problem, solution, depth0, height, covered, mask) -> ImageMaps:  # type: ignore[no-untyped-def]
+    def _maps(self, grid, problem, solution, depth0, height, covered, mask) -> ImageMaps:
         import torch
 
         with torch.no_grad():
@@ -437,7 +441,7 @@ class SfsRefiner:
         )
 
 
-def _regions(crop, covered, labels, segmentation):  # type: ignore[no-untyped-def]
+def _regions(crop, covered, labels, segmentation):
     """The refined mask, the pixels the lighting is fitted on, and γ_avg (h, w, 3) in 0-255."""
     mask = covered.copy()
     lit = covered.copy()
@@ -470,7 +474,7 @@ class Grid:
     width: int
 
     @classmethod
-    def around(cls, face: Face, mesh: Mesh, image_shape, options: SfsOptions) -> Grid:  # type: ignore[no-untyped-def]
+    def around(cls, face: Face, mesh: Mesh, image_shape, options: SfsOptions) -> Grid:
         xy = mesh.project(np.asarray(mesh.vertices, np.float64))
         lo = np.maximum(np.minimum(xy.min(0), face.box[:2]), 0)
         hi = np.minimum(np.maximum(xy.max(0), face.box[2:]), [image_shape[1] - 1, image_shape[0] - 1])
@@ -485,12 +489,12 @@ class Grid:
     def to_grid(self, xy: np.ndarray) -> np.ndarray:
         return (xy - [self.x0, self.y0]) / self.step
 
-    def render(self, mesh: Mesh):  # type: ignore[no-untyped-def]
+    def render(self, mesh: Mesh):
         vertices = np.asarray(mesh.vertices, np.float64)
         screen = np.column_stack([self.to_grid(mesh.project(vertices)), vertices[:, 2]])
         return rasterize(screen, mesh.triangles, self.height, self.width)
 
-    def depth_in_samples(self, mesh: Mesh, raster) -> np.ndarray:  # type: ignore[no-untyped-def]
+    def depth_in_samples(self, mesh: Mesh, raster) -> np.ndarray:
         """Camera depth per sample in grid units (pixels / step; millimetre meshes scaled to pixels at
         their mean depth, a local orthographic approximation)."""
         depth = np.where(raster.mask, raster.depth, 0.0).astype(np.float64)
@@ -520,7 +524,7 @@ class Grid:
         y = np.clip(np.rint(self.y0 + ii * self.step).astype(int), 0, segmentation.labels.shape[0] - 1)
         return segmentation.labels[y, x]
 
-    def mesh(self, medium: Mesh, raster, z_samples: np.ndarray, covered: np.ndarray, name: str) -> Mesh:  # type: ignore[no-untyped-def]
+    def mesh(self, medium: Mesh, raster, z_samples: np.ndarray, covered: np.ndarray, name: str) -> Mesh:
         """A pixel-grid mesh of the covered samples, z from ``z_samples`` (grid units, away from the camera),
         UVs and landmark maps carried over from the medium mesh."""
         h, w = covered.shape

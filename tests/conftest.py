@@ -16,14 +16,22 @@ from facerecon.kernel.imageio import load_image
 REPO = Path(__file__).resolve().parents[1]
 
 
+def under_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def missing(message: str) -> None:
+    """Skip with the reason on a user's machine; FAIL under CI, where everything must be installed."""
+    if under_ci():
+        pytest.fail(message + " (CI must have it)")
+    pytest.skip(message)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     data = shared_data_dir(REPO)
     if data is None:
-        message = "shared test data not found: set FACERECON_SHARED_DATA or place it at ../shared/data"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(message + " (CI must have it)")
-        pytest.skip(message)
+        missing("shared test data not found: set FACERECON_SHARED_DATA or place it at ../shared/data")
     return data
 
 
@@ -47,3 +55,28 @@ def pipeline() -> Pipeline:
     pipe.warm_up()
     yield pipe
     pipe.close()
+
+
+@pytest.fixture(scope="session")
+def dlib_detector():
+    """The dlib detector with its defaults, loaded once (needs the extra: pip install 'facerecon[dlib]')."""
+    from facerecon.kernel.errors import ModelFileError, PluginError
+    from facerecon.plugins.dlib_detector import DlibDetector
+
+    try:
+        return DlibDetector()
+    except (PluginError, ModelFileError) as exc:
+        missing(f"dlib detector unavailable: {exc}")
+
+
+@pytest.fixture(scope="session")
+def tiny_parser(tmp_path_factory) -> Path:
+    """A 19-class nearest-colour face parser exported to ONNX (64 x 64 input, CelebAMask-HQ order)."""
+    for module in ("torch", "onnx", "onnxruntime"):
+        try:
+            __import__(module)
+        except ImportError:
+            missing(f"{module} is not installed (dev dependency)")
+    from onnx_models import export_nearest_colour
+
+    return export_nearest_colour(tmp_path_factory.mktemp("parser") / "nearest.onnx")

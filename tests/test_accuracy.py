@@ -78,3 +78,26 @@ def test_medium_stage_does_not_worsen_the_landmark_mesh(pipeline, shared_data):
     with Pipeline(PipelineConfig(regressor="landmark-mesh", refiners=("laplace",), device="cpu")) as pipe:
         result = evaluate(pipe)
     assert result["nme_mean"]["medium"] <= result["nme_mean"]["coarse"] + 0.0005
+
+
+@pytest.fixture(scope="module")
+def dlib_scores(shared_data, dlib_detector):
+    """dlib's own 68 points over all 112 photos (the detector alone: the pipeline behind it is tested on a
+    few photos in test_dlib.py; benchmarks/configs/dlib.toml measures it on all)."""
+    from facerecon.kernel import Pipeline, PipelineConfig
+
+    with Pipeline(PipelineConfig(detector="dlib", device="cpu")) as pipe:
+        return evaluate(pipe, reconstruct=False)
+
+
+def test_dlib_detector_nme(dlib_scores):
+    """The "detector" row scores a 68-point detector's own landmarks (README: mean 0.026)."""
+    assert dlib_scores["missed"] == []
+    assert dlib_scores["landmarks_defined"] == {"detector": [68]}
+    assert dlib_scores["nme_mean"]["detector"] < 0.032
+    assert dlib_scores["nme_mean_held_out_odd_half"]["detector"] < 0.032
+    assert dlib_scores["failure_rate_nme_over_0.1"]["detector"] == 0.0
+
+
+def test_no_detector_row_for_other_schemes(scores):
+    assert "detector" not in scores["nme_mean"]  # MediaPipe's 478 points are not iBUG-68: no such row

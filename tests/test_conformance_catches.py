@@ -93,3 +93,22 @@ def test_detector_that_crashes_on_bad_input_is_caught(pipeline, face_photo):
 
     with pytest.raises(AssertionError, match="expected InputError"):
         conformance.check_detector(Fragile(), face_photo)
+
+
+def test_segmenter_colours_on_the_wrong_scale_are_caught(face_photo, detected):
+    from facerecon.kernel import Segmentation
+    from facerecon.plugins.landmark_regions import LandmarkRegions
+
+    class Bytes:
+        """Reports region colours in 0..255 instead of [0, 1]."""
+
+        def __init__(self) -> None:
+            self.inner = LandmarkRegions()
+
+        def segment(self, image, face):
+            seg = self.inner.segment(image, face)
+            return Segmentation(seg.labels, seg.label_names, {k: v * 255 for k, v in seg.region_colors.items()})
+
+    conformance.check_segmenter(LandmarkRegions(), face_photo, detected)
+    with pytest.raises(AssertionError, match=r"not in \[0, 1\]"):
+        conformance.check_segmenter(Bytes(), face_photo, detected)

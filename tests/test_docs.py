@@ -52,5 +52,8 @@ def test_readme_numbers_come_from_the_benchmarks():
         "benchmarks/bench_stages.py",
         "benchmarks/evaluate_lfpw.py",
         "benchmarks/calibrate_ibug68.py",
+        "benchmarks/bench_fit.py",
+        "benchmarks/bench_medium.py",
+        "benchmarks/bench_grpc.py",
     ):
         assert script in README and (REPO / script).is_file()

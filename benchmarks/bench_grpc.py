@@ -1,0 +1,254 @@
+"""The cost of running stages as gRPC services on loopback.
+
+    python benchmarks/bench_grpc.py [--photos 40] [--refiners laplace] [--clients 4] [--images-per-client 20]
+
+1. Per-image latency over the shared LFPW photos: the pipeline in-process against the same pipeline with
+   every stage `remote` (one `facerecon serve` subprocess per stage on 127.0.0.1), runs interleaved;
+   medians, 90th percentiles and the relative overhead.
+2. Bytes on the wire per stage and call: serialized request and response messages (HTTP/2 framing and
+   headers not included).
+3. Throughput: N concurrent clients (threads, each with its own pipeline; channels shared) against 1 and 2
+   replicas of the heaviest stage (round_robin), other stages one replica each.
+
+Prints JSON. Servers and clients share this machine's CPUs, so the numbers are a floor for the overhead of
+the transport, not a model of a real multi-machine deployment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from contextlib import ExitStack
+from typing import Any
+
+import numpy as np
+
+from facerecon.evaluation import shared_data_dir
+from facerecon.kernel import Pipeline, PipelineConfig, PluginHost
+from facerecon.kernel.imageio import load_image
+from facerecon.services import remote
+from facerecon.services.remote import apply_remote
+
+
+class ServerProcess:
+    """`python -m facerecon.services serve KIND --plugin NAME --port 0` on 127.0.0.1."""
+
+    def __init__(self, kind: str, plugin: str) -> None:
+        command = [sys.executable, "-m", "facerecon.services", "serve", kind, "--plugin", plugin]
+        command += ["--port", "0", "--device", "cpu"]
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        line = self.process.stdout.readline() if self.process.stdout else ""
+        if " on " not in line:
+            raise SystemExit(f"{kind} server did not start: {line!r}")
+        self.address = line.strip().rsplit(" ", 1)[-1]
+        self.wait_serving()
+
+    def wait_serving(self, timeout: float = 120.0) -> None:
+        """Until Health says SERVING (the model is loaded and warmed)."""
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        deadline = time.monotonic() + timeout
+        with grpc.insecure_channel(self.address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while True:
+                try:
+                    status = stub.Check(health_pb2.HealthCheckRequest(), timeout=5, wait_for_ready=True).status
+                    if status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"server at {self.address} not ready after {timeout} s")
+                time.sleep(0.1)
+
+    def close(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def host() -> PluginHost:
+    plugins = PluginHost()
+    if not plugins.pm.has_plugin("remote"):  # until the `remote` entry point is installed
+        plugins.register_plugin(remote, name="remote")
+    return plugins
+
+
+def stage_list(config: PipelineConfig) -> list[tuple[str, str, str]]:
+    """(key for --remote, kind, plugin) of every stage of a config."""
+    stages = [("detector", "detector", config.detector), ("regressor", "regressor", config.regressor)]
+    if config.segmenter:
+        stages.append(("segmenter", "segmenter", config.segmenter))
+    return stages + [(name, "refiner", name) for name in config.refiners]
+
+
+def count_bytes(pipe: Pipeline, wire: dict[str, list[tuple[int, int]]]) -> None:
+    """Wrap every remote stage's stub so each call records (request bytes, response bytes)."""
+    for (kind, name), stage in pipe._stages.items():
+        stub = stage.stub
+        for method in ("Detect", "Regress", "Segment", "Refine"):
+            call = getattr(stub, method, None)
+            if call is None:
+                continue
+
+            def counted(
+                request: Any,
+                *args: Any,
+                _call: Any = call,
+                _key: str = name.removeprefix("remote@") if kind == "refiner" else kind,
+                **kw: Any,
+            ) -> Any:
+                response = _call(request, *args, **kw)
+                wire[_key].append((request.ByteSize(), response.ByteSize()))
+                return response
+
+            setattr(stub, method, counted)
+
+
+def latency(config: PipelineConfig, images: list[np.ndarray], servers: dict[str, ServerProcess]) -> dict[str, Any]:
+    entries = [f"{key}={servers[key].address}" for key, _, _ in stage_list(config)]
+    remote_config = apply_remote(config, entries)
+    local_ms: list[float] = []
+    remote_ms: list[float] = []
+    wire: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    with Pipeline(config, host()) as local, Pipeline(remote_config, host()) as far:
+        local.warm_up()
+        far.warm_up()
+        for image in images[:3]:  # one-off initialisation (JIT, caches) on both sides
+            local(image)
+            far(image)
+        count_bytes(far, wire)
+        for image in images:
+            for pipe, times in ((local, local_ms), (far, remote_ms)):
+                start = time.perf_counter()
+                pipe(image)
+                times.append((time.perf_counter() - start) * 1000)
+    lo, re_ = float(np.median(local_ms)), float(np.median(remote_ms))
+    return {
+        "in_process_ms": {"median": round(lo, 2), "p90": round(float(np.percentile(local_ms, 90)), 2)},
+        "all_remote_ms": {"median": round(re_, 2), "p90": round(float(np.percentile(remote_ms, 90)), 2)},
+        "overhead_ms": round(re_ - lo, 2),
+        "overhead_percent": round(100 * (re_ / lo - 1), 1),
+        "bytes_per_call": {
+            stage: {
+                "calls": len(calls),
+                "request": int(np.median([c[0] for c in calls])),
+                "response": int(np.median([c[1] for c in calls])),
+            }
+            for stage, calls in wire.items()
+        },
+    }
+
+
+def throughput(
+    config: PipelineConfig,
+    images: list[np.ndarray],
+    servers: dict[str, ServerProcess],
+    heaviest: str,
+    replicas: int,
+    clients: int,
+    per_client: int,
+) -> dict[str, Any]:
+    with ExitStack() as stack:
+        addresses = {key: s.address for key, s in servers.items()}
+        extra = []
+        for _ in range(replicas - 1):
+            kind_plugin = {key: (kind, plugin) for key, kind, plugin in stage_list(config)}[heaviest]
+            replica = ServerProcess(*kind_plugin)
+            stack.callback(replica.close)
+            extra.append(replica.address)
+        addresses[heaviest] = ",".join([addresses[heaviest], *extra])
+        remote_config = apply_remote(config, [f"{k}={addresses[k]}" for k, _, _ in stage_list(config)])
+        pipes = [stack.enter_context(Pipeline(remote_config, host())) for _ in range(clients)]
+        for pipe in pipes:
+            pipe.warm_up()
+            for image in images[:2]:
+                pipe(image)  # every replica initialised
+        done = [0] * clients
+        errors: list[str] = []
+
+        def work(i: int) -> None:
+            for j in range(per_client):
+                try:
+                    pipes[i](images[(i * per_client + j) % len(images)])
+                    done[i] += 1
+                except Exception as exc:  # noqa: BLE001 - counted and reported
+                    errors.append(f"{type(exc).__name__}: {exc}")
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(clients)]
+        start = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        seconds = time.perf_counter() - start
+    return {
+        "replicas": replicas,
+        "clients": clients,
+        "images": sum(done),
+        "errors": len(errors),
+        "images_per_s": round(sum(done) / seconds, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--photos", type=int, default=40, help="LFPW photos for the latency comparison")
+    parser.add_argument("--regressor", default="landmark-mesh")
+    parser.add_argument("--refiners", default="", help="comma-separated refiners, e.g. laplace")
+    parser.add_argument("--clients", type=int, default=4, help="concurrent clients for the throughput test")
+    parser.add_argument("--images-per-client", type=int, default=20)
+    args = parser.parse_args()
+    data = shared_data_dir()
+    if data is None:
+        raise SystemExit("shared data not found (set FACERECON_SHARED_DATA)")
+    photos = sorted((data / "faces" / "lfpw-68").glob("*.png"))[: args.photos]
+    images = [load_image(p) for p in photos]
+    refiners = tuple(r for r in args.refiners.split(",") if r)
+    config = PipelineConfig(detector="mediapipe", regressor=args.regressor, refiners=refiners, device="cpu")
+
+    with Pipeline(config, host()) as pipe:  # which stage is heaviest, in-process
+        pipe.warm_up()
+        for image in images[:3]:
+            pipe(image)
+        stage_ms: dict[str, list[float]] = defaultdict(list)
+        for image in images[:10]:
+            for key, value in pipe(image).timings_ms.items():
+                stage_ms[key].append(value)
+    medians = {key.removeprefix("refiner:"): float(np.median(v)) for key, v in stage_ms.items()}
+    heaviest = max(medians, key=lambda k: medians[k])
+
+    with ExitStack() as stack:
+        servers = {}
+        for key, kind, plugin in stage_list(config):
+            servers[key] = ServerProcess(kind, plugin)
+            stack.callback(servers[key].close)
+        result: dict[str, Any] = {
+            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+            "pipeline": [f"{kind} {plugin}" for _, kind, plugin in stage_list(config)],
+            "photos": len(images),
+            "in_process_stage_median_ms": {k: round(v, 2) for k, v in medians.items()},
+            "latency": latency(config, images, servers),
+            "heaviest_stage": heaviest,
+            "throughput": [
+                throughput(config, images, servers, heaviest, replicas, clients, args.images_per_client)
+                for replicas in (1, 2)
+                for clients in (1, args.clients)
+            ],
+        }
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,430 @@
+"""The ``remote`` stage plugin: a detector, regressor, segmenter or refiner that runs on a stage server
+(``facerecon serve KIND --plugin NAME``) somewhere else. The pipeline treats it exactly like a local stage:
+it is registered under every kind with the name ``remote`` and implements the same protocol.
+
+    [pipeline]
+    detector = "remote"
+    refiners = ["laplace", "remote@sfs"]        # NAME@INSTANCE: another instance of plugin NAME
+
+    [options.detector.remote]
+    address = "10.0.0.5:50051,10.0.0.6:50051"   # several replicas: round_robin between them
+    plugin = "mediapipe"                        # optional: the plugin the server must run
+
+    [options.refiner."remote@sfs"]
+    address = "dns:///sfs.facerecon.svc.cluster.local:50051"
+
+or on the command line ``--remote detector=HOST:PORT[,HOST:PORT...]`` (:func:`apply_remote`).
+
+gRPC's own machinery does the work: one channel per address list, reused by every call and every stage
+that names it; ``round_robin`` load balancing; a deadline per call; retries on UNAVAILABLE through the
+channel's service config (a replica that dies or is still loading is skipped); message-size limits on both
+sides. Errors come back as the kernel's: INVALID_ARGUMENT -> InputError (the batch records the input as
+failed and goes on), NOT_FOUND -> ConfigError, anything else -> :class:`RemoteError`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from facerecon.kernel import PipelineConfig, StageRegistrar, hookimpl
+from facerecon.kernel.errors import ConfigError, FaceReconError, InputError
+from facerecon.kernel.records import CoarseResult, Face, Mesh, Refinement, Segmentation
+from facerecon.kernel.stages import STAGE_KINDS
+from facerecon.v1 import stages_pb2, stages_pb2_grpc
+
+from . import convert
+
+NAME = "remote"
+SERVICES = {
+    "detector": ("facerecon.v1.Detector", stages_pb2_grpc.DetectorStub),
+    "regressor": ("facerecon.v1.Regressor", stages_pb2_grpc.RegressorStub),
+    "segmenter": ("facerecon.v1.Segmenter", stages_pb2_grpc.SegmenterStub),
+    "refiner": ("facerecon.v1.Refiner", stages_pb2_grpc.RefinerStub),
+}
+MAX_ATTEMPTS = 5
+"""gRPC caps a retry policy at 5 attempts (the first call and 4 retries)."""
+
+
+class RemoteError(FaceReconError):
+    """A remote stage failed: unreachable, overloaded, past its deadline, or failing on its side."""
+
+    def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class RemoteOptions:
+    """Options of a ``remote`` stage (``[options.<kind>.remote]``; ``--remote KIND=ADDRESS``).
+
+    address: where the stage server is: ``host:port``; several replicas as ``host:port,host:port``
+        (round_robin; host names are resolved once, when the stage is built); or any gRPC target such as
+        ``dns:///name:port`` (every address the name resolves to, re-resolved when connections close) or
+        ``unix:/path``.
+    plugin: the plugin the server must run (checked when the stage is built and sent with every call,
+        NOT_FOUND otherwise); default: whatever it runs.
+    deadline_s: the deadline of each call.
+    connect_timeout_s: how long building the stage waits for a server to be up and its model loaded.
+    retries: extra attempts of a call that fails with UNAVAILABLE (0..4), with exponential backoff.
+    tls_ca: PEM root certificates: use TLS and trust these (``tls = true`` trusts the system's roots).
+    tls_cert, tls_key: a client certificate for servers that verify clients (mutual TLS).
+    tls_server_name: the name the server's certificate must carry, when it differs from the address.
+    token_file: a file holding a bearer token sent with every call.
+    max_message_mb: largest message sent or received.
+    """
+
+    address: str = ""
+    plugin: str | None = None
+    deadline_s: float = 30.0
+    connect_timeout_s: float = 60.0
+    retries: int = 4
+    tls: bool = False
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_server_name: str | None = None
+    token_file: Path | None = None
+    max_message_mb: int = 64
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.retries <= MAX_ATTEMPTS - 1:
+            raise ValueError(f"retries must be in 0..{MAX_ATTEMPTS - 1}, got {self.retries}")
+        if self.deadline_s <= 0 or self.connect_timeout_s < 0:
+            raise ValueError("deadline_s must be > 0 and connect_timeout_s >= 0")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("a client certificate needs both tls_cert and tls_key")
+        if self.max_message_mb < 1:
+            raise ValueError("max_message_mb must be >= 1")
+
+    @property
+    def secure(self) -> bool:
+        return self.tls or self.tls_ca is not None or self.tls_cert is not None
+
+
+# -- targets and channels ----------------------------------------------------------------------
+
+
+def grpc_target(address: str) -> str:
+    """A gRPC target for an address option: one ``host:port`` as is; a comma-separated list of replicas as
+    an ``ipv4:``/``ipv6:`` address list (host names resolved now); a target with a scheme unchanged."""
+    address = address.strip()
+    if not address:
+        raise ConfigError("a remote stage needs an address (HOST:PORT)")
+    if "," not in address:
+        return address
+    import socket
+
+    v4: list[str] = []
+    v6: list[str] = []
+    for item in (a.strip() for a in address.split(",") if a.strip()):
+        host, sep, port = item.rpartition(":")
+        if not sep or not port.isdigit() or "://" in item:
+            raise ConfigError(f"replica address {item!r} must be HOST:PORT")
+        host = host.strip("[]")
+        try:
+            ips = [ipaddress.ip_address(host)]
+        except ValueError:
+            try:
+                infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+            except OSError as exc:
+                raise ConfigError(f"cannot resolve replica {item!r}: {exc}") from None
+            ips = list(dict.fromkeys(ipaddress.ip_address(info[4][0]) for info in infos))
+        for ip in ips:
+            (v4 if ip.version == 4 else v6).append(f"{ip}:{port}" if ip.version == 4 else f"[{ip}]:{port}")
+    if v4 and v6:
+        v6 = []  # gRPC address lists are one family; prefer IPv4 when a name has both
+    return f"ipv4:{','.join(v4)}" if v4 else f"ipv6:{','.join(v6)}"
+
+
+def service_config(service: str, retries: int) -> dict[str, Any]:
+    """round_robin over every address, and a retry policy for UNAVAILABLE (server down or loading)."""
+    config: dict[str, Any] = {"loadBalancingConfig": [{"round_robin": {}}]}
+    if retries:
+        config["methodConfig"] = [
+            {
+                "name": [{"service": service}],
+                "retryPolicy": {
+                    "maxAttempts": retries + 1,
+                    "initialBackoff": "0.05s",
+                    "maxBackoff": "1s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    return config
+
+
+def channel_options(service: str, options: RemoteOptions) -> list[tuple[str, Any]]:
+    limit = options.max_message_mb * 1024 * 1024
+    result: list[tuple[str, Any]] = [
+        ("grpc.max_send_message_length", limit),
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.service_config", json.dumps(service_config(service, options.retries))),
+        ("grpc.enable_retries", 1 if options.retries else 0),
+        # A call is only retried while its request is still buffered: images are bigger than the
+        # 256 KiB default, so buffer whole messages.
+        ("grpc.per_rpc_retry_buffer_size", limit),
+        ("grpc.retry_buffer_size", 4 * limit),
+    ]
+    if options.tls_server_name:
+        result.append(("grpc.ssl_target_name_override", options.tls_server_name))
+    return result
+
+
+def _credentials(options: RemoteOptions) -> grpc.ChannelCredentials | None:
+    if not options.secure:
+        return None
+    try:
+        return grpc.ssl_channel_credentials(
+            root_certificates=options.tls_ca.read_bytes() if options.tls_ca else None,
+            private_key=options.tls_key.read_bytes() if options.tls_key else None,
+            certificate_chain=options.tls_cert.read_bytes() if options.tls_cert else None,
+        )
+    except OSError as exc:
+        raise ConfigError(f"cannot read a TLS file of a remote stage: {exc}") from None
+
+
+class _ChannelCache:
+    """One channel per (target, service, options): every stage and call naming the same servers shares it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._channels: dict[tuple[Any, ...], list[Any]] = {}
+
+    def acquire(self, target: str, service: str, options: RemoteOptions) -> tuple[tuple[Any, ...], grpc.Channel]:
+        key = (target, service, replace(options, plugin=None, deadline_s=1.0, connect_timeout_s=0.0))
+        with self._lock:
+            entry = self._channels.get(key)
+            if entry is None:
+                creds = _credentials(options)
+                opts = channel_options(service, options)
+                channel = (
+                    grpc.secure_channel(target, creds, opts)
+                    if creds is not None
+                    else grpc.insecure_channel(target, opts)
+                )
+                entry = self._channels[key] = [channel, 0]
+            entry[1] += 1
+            return key, entry[0]
+
+    def release(self, key: tuple[Any, ...]) -> None:
+        with self._lock:
+            entry = self._channels.get(key)
+            if entry is None:
+                return
+            entry[1] -= 1
+            if entry[1] <= 0:
+                del self._channels[key]
+                entry[0].close()
+
+
+CHANNELS = _ChannelCache()
+
+
+# -- the stages ------------------------------------------------------------------------------------
+
+
+class RemoteStage:
+    """What every remote stage shares: the channel, the stub, calls with deadline and error mapping."""
+
+    kind = ""
+
+    def __init__(self, options: RemoteOptions | None, device: str = "cpu") -> None:
+        options = options or RemoteOptions()
+        if not options.address:
+            raise ConfigError(
+                f"the remote {self.kind} needs an address: --remote {self.kind}=HOST:PORT or "
+                f'[options.{self.kind}.remote] address = "HOST:PORT"'
+            )
+        self.options = options
+        self.target = grpc_target(options.address)
+        service, stub_type = SERVICES[self.kind]
+        self._key, self.channel = CHANNELS.acquire(self.target, service, options)
+        self._closed = False
+        self.stub: Any = stub_type(self.channel)
+        token = options.token_file.read_text().strip() if options.token_file else None
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else None
+        try:
+            self.info = self._wait_for_info()
+        except BaseException:
+            self.close()
+            raise
+        if options.plugin and self.info.plugin != options.plugin:
+            self.close()
+            raise ConfigError(
+                f"the {self.kind} server at {options.address} runs {self.info.plugin!r}, not {options.plugin!r}"
+            )
+
+    def _wait_for_info(self) -> stages_pb2.StageInfo:
+        """Info from the server, waiting up to connect_timeout_s for it to start and load its model."""
+        deadline = time.monotonic() + self.options.connect_timeout_s
+        while True:
+            remaining = max(deadline - time.monotonic(), 0.05)
+            try:
+                return self.stub.Info(
+                    stages_pb2.InfoRequest(), timeout=remaining, wait_for_ready=True, metadata=self._metadata
+                )
+            except grpc.RpcError as exc:
+                code = exc.code()
+                if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    if time.monotonic() < deadline:
+                        time.sleep(0.1)
+                        continue
+                    raise RemoteError(
+                        f"remote {self.kind} at {self.options.address} not ready after "
+                        f"{self.options.connect_timeout_s:g} s: {exc.details()}",
+                        code,
+                    ) from None
+                raise self._error(exc) from None
+
+    def _error(self, exc: grpc.RpcError) -> FaceReconError:
+        code, details = exc.code(), exc.details()
+        where = f"remote {self.kind} at {self.options.address}"
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            return InputError(f"{where}: {details}")
+        if code == grpc.StatusCode.NOT_FOUND:
+            return ConfigError(f"{where}: {details}")
+        return RemoteError(f"{where}: {code.name}: {details}", code)
+
+    def _call(self, method: Callable[..., Any], request: Any) -> Any:
+        try:
+            return method(request, timeout=self.options.deadline_s, metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise self._error(exc) from None
+
+    @property
+    def plugin(self) -> str:
+        """The plugin the server runs."""
+        return self.info.plugin
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            CHANNELS.release(self._key)
+
+    def __del__(self) -> None:  # pragma: no cover - a safety net; pipelines call close()
+        if not getattr(self, "_closed", True):
+            self.close()
+
+
+class RemoteDetector(RemoteStage):
+    kind = "detector"
+
+    def detect(self, image: np.ndarray) -> list[Face]:
+        request = stages_pb2.DetectRequest(plugin=self.options.plugin or "")
+        convert.image_to_proto(image, request.image)
+        response = self._call(self.stub.Detect, request)
+        return [convert.face_from_proto(f, f"faces[{i}]") for i, f in enumerate(response.faces)]
+
+
+class RemoteRegressor(RemoteStage):
+    kind = "regressor"
+
+    def regress(self, image: np.ndarray, face: Face) -> CoarseResult:
+        request = stages_pb2.RegressRequest(plugin=self.options.plugin or "")
+        convert.image_to_proto(image, request.image)
+        convert.face_to_proto(face, request.face)
+        return convert.coarse_from_proto(self._call(self.stub.Regress, request).result)
+
+
+class RemoteSegmenter(RemoteStage):
+    kind = "segmenter"
+
+    def segment(self, image: np.ndarray, face: Face) -> Segmentation:
+        request = stages_pb2.SegmentRequest(plugin=self.options.plugin or "")
+        convert.image_to_proto(image, request.image)
+        convert.face_to_proto(face, request.face)
+        return convert.segmentation_from_proto(self._call(self.stub.Segment, request).segmentation)
+
+
+class RemoteRefiner(RemoteStage):
+    kind = "refiner"
+
+    def __init__(self, options: RemoteOptions | None, device: str = "cpu") -> None:
+        super().__init__(options, device)
+        self.stage = self.info.stage or "refined"
+
+    def refine(self, image: np.ndarray, face: Face, mesh: Mesh, segmentation: Segmentation | None) -> Mesh | Refinement:
+        request = stages_pb2.RefineRequest(plugin=self.options.plugin or "")
+        convert.image_to_proto(image, request.image)
+        convert.face_to_proto(face, request.face)
+        convert.mesh_to_proto(mesh, request.mesh)
+        if segmentation is not None:
+            convert.segmentation_to_proto(segmentation, request.segmentation)
+        refinement = convert.refinement_from_proto(self._call(self.stub.Refine, request).refinement)
+        return refinement if refinement.maps is not None or refinement.phases else refinement.mesh
+
+
+REMOTE_STAGES: dict[str, type[RemoteStage]] = {
+    "detector": RemoteDetector,
+    "regressor": RemoteRegressor,
+    "segmenter": RemoteSegmenter,
+    "refiner": RemoteRefiner,
+}
+
+
+@hookimpl
+def facerecon_register_stages(registry: StageRegistrar) -> None:
+    for kind in STAGE_KINDS:
+        registry.register(
+            kind,
+            NAME,
+            REMOTE_STAGES[kind],
+            options=RemoteOptions,
+            summary=f"a {kind} served by `facerecon serve {kind}` on another machine (gRPC)",
+            priority=-100,
+            available=lambda: False,  # never chosen by "auto": it needs an address
+        )
+
+
+# -- configuration ---------------------------------------------------------------------------------
+
+
+def apply_remote(config: PipelineConfig, entries: Iterable[str]) -> PipelineConfig:
+    """Apply ``--remote STAGE=ADDRESS[,ADDRESS...]`` flags to a config.
+
+    STAGE is ``detector``, ``regressor`` or ``segmenter`` (that stage becomes ``remote``, asking the server
+    for the plugin configured locally, if one was named), or the name of a configured refiner (it becomes
+    ``remote@NAME``; ``refiner`` alone means the only configured one).
+    """
+    for entry in entries:
+        key, sep, address = entry.partition("=")
+        key, address = key.strip(), address.strip()
+        if not sep or not key or not address:
+            raise ConfigError(f"--remote takes STAGE=HOST:PORT[,HOST:PORT...], got {entry!r}")
+        if key in ("detector", "regressor", "segmenter"):
+            current = getattr(config, key)
+            table: dict[str, Any] = {"address": address}
+            if current not in (None, "auto", NAME):
+                table["plugin"] = current
+            config = replace(config, **{key: NAME}).with_options(key, NAME, table)
+            continue
+        refiners = list(config.refiners)
+        if key == "refiner":
+            if len(refiners) != 1:
+                raise ConfigError(
+                    f"--remote refiner=... needs exactly one configured refiner, there are {len(refiners)} "
+                    f"({', '.join(refiners) or 'none'}): name the one to run remotely, e.g. --remote NAME=HOST:PORT"
+                )
+            key = refiners[0]
+        if key not in refiners:
+            known = ", ".join(["detector", "regressor", "segmenter", *refiners])
+            raise ConfigError(f"--remote {key}=...: no such stage configured (known: {known})")
+        instance = f"{NAME}@{key}"
+        table = {"address": address}
+        if not key.startswith(f"{NAME}@") and key != NAME:
+            table["plugin"] = key
+        refiners[refiners.index(key)] = instance
+        config = replace(config, refiners=tuple(refiners)).with_options("refiner", instance, table)
+    return config

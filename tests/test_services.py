@@ -1,0 +1,561 @@
+"""gRPC stage services on loopback: a pipeline with every stage remote equals the in-process one; status
+codes, health, reflection, tokens, TLS, round_robin with retries, graceful shutdown, the serve command.
+
+Servers run in threads of this process (real grpc servers on 127.0.0.1, started once per module), except
+the shutdown test, which signals a `python -m facerecon.services serve`-style subprocess."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from services_support import Slow, SlowOptions, differences, serving, subprocess_env, toy_host
+
+from facerecon.kernel import ConfigError, Face, InputError, Landmarks, Mesh, Pipeline, PipelineConfig
+from facerecon.services import commands, convert
+from facerecon.services.remote import RemoteError, RemoteOptions, RemoteRefiner, RemoteSegmenter, apply_remote
+from facerecon.services.server import ServeError, Server, ServerSettings
+from facerecon.v1 import pipeline_pb2, pipeline_pb2_grpc, stages_pb2, stages_pb2_grpc
+
+LOCAL = PipelineConfig(
+    detector="mediapipe",
+    regressor="landmark-mesh",
+    segmenter="toy-seg",
+    refiners=("toy-smooth", "toy-maps"),
+    device="cpu",
+)
+ANY_PORT = ServerSettings(port=0)
+
+
+@pytest.fixture(scope="module")
+def host():
+    return toy_host()
+
+
+@pytest.fixture(scope="module")
+def servers(host):
+    """One server per stage of LOCAL, and a pipeline server running LOCAL in-process."""
+    specs = {
+        "detector": ("detector", "mediapipe"),
+        "regressor": ("regressor", "landmark-mesh"),
+        "segmenter": ("segmenter", "toy-seg"),
+        "toy-smooth": ("refiner", "toy-smooth"),
+        "toy-maps": ("refiner", "toy-maps"),
+    }
+    started = {
+        key: Server.for_stage(kind, name, host=host, device="cpu", settings=ANY_PORT)
+        for key, (kind, name) in specs.items()
+    }
+    started["pipeline"] = Server.for_pipeline(LOCAL, host=host, settings=ANY_PORT)
+    addresses = {key: f"127.0.0.1:{server.start()}" for key, server in started.items()}
+    for server in started.values():
+        assert server.wait_ready(60)
+    yield addresses
+    for server in started.values():
+        server.stop(0)
+
+
+@pytest.fixture(scope="module")
+def local_pipeline(host):
+    with Pipeline(LOCAL, host) as pipe:
+        yield pipe
+
+
+def remote_config(servers) -> PipelineConfig:
+    entries = [f"{key}={servers[key]}" for key in ("detector", "regressor", "segmenter", "toy-smooth", "toy-maps")]
+    return apply_remote(LOCAL, entries)
+
+
+# Timings and provenance differ by design: a remote stage's StageResult names the `remote` plugin.
+NOT_COMPARED = frozenset({"elapsed_ms", "timings_ms", "plugin", "version"})
+
+
+def test_every_stage_remote_equals_in_process(servers, host, local_pipeline, face_photo):
+    config = remote_config(servers)
+    assert (config.detector, config.regressor, config.segmenter) == ("remote", "remote", "remote")
+    assert config.refiners == ("remote@toy-smooth", "remote@toy-maps")
+    expected = local_pipeline(face_photo)
+    with Pipeline(config, host) as remote:
+        got = remote(face_photo)
+        assert [stage.stage for _, stage in remote.refiners] == ["medium", "fine"]  # learnt from Info
+    assert len(got.faces) == 1 and len(got.reconstructions) == 1
+    assert differences(expected, got, skip=NOT_COMPARED) == []
+    final = got.reconstructions[0].stages
+    assert [s.stage for s in final] == ["coarse", "medium", "fine"] and {s.plugin for s in final} == {"remote"}
+    assert final[2].maps is not None and list(final[2].phases) == ["half"]
+    assert list(got.timings_ms) == [
+        "detector",
+        "segmenter",
+        "regressor",
+        "refiner:remote@toy-smooth",
+        "refiner:remote@toy-maps",
+    ]
+
+
+def test_pipeline_service_equals_in_process_and_returns_files(servers, local_pipeline, face_photo, lfpw):
+    big = [("grpc.max_receive_message_length", 64 * 2**20)]  # meshes, textures and previews: ~20 MB
+    with grpc.insecure_channel(servers["pipeline"], options=big) as channel:
+        stub = pipeline_pb2_grpc.PipelineStub(channel)
+        info = stub.Info(stages_pb2.InfoRequest(), timeout=10)
+        assert info.kind == "pipeline"
+        assert [(s.kind, s.plugin, s.stage) for s in info.stages] == [
+            ("detector", "mediapipe", ""),
+            ("segmenter", "toy-seg", ""),
+            ("regressor", "landmark-mesh", "coarse"),
+            ("refiner", "toy-smooth", "medium"),
+            ("refiner", "toy-maps", "fine"),
+        ]
+        request = pipeline_pb2.ReconstructRequest(formats=["obj"], source="image_0001.png")
+        request.image.encoded = lfpw[0].read_bytes()  # an encoded file: decoded by the server
+        response = stub.Reconstruct(request, timeout=60)
+    got = convert.from_proto(response.reconstruction)
+    assert differences(local_pipeline(face_photo), got, skip=frozenset({"elapsed_ms", "timings_ms"})) == []
+    result = json.loads(response.result_json)
+    assert result["input"] == "image_0001.png" and result["reconstructions"][0]["stages"][0]["mesh"] == "coarse.obj"
+    names = {f.name for f in response.files}
+    assert {"coarse.obj", "coarse.mtl", "coarse.png", "medium.obj", "fine.obj", "preview.png", "result.json"} <= names
+
+
+def test_status_codes_and_a_bad_request_never_takes_the_server_down(servers, face_photo):
+    with grpc.insecure_channel(servers["detector"]) as channel:
+        stub = stages_pb2_grpc.DetectorStub(channel)
+
+        def code_of(request):
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Detect(request, timeout=10)
+            return err.value.code(), err.value.details()
+
+        garbage = stages_pb2.DetectRequest()
+        garbage.image.encoded = b"\x89PNG but not really"
+        assert code_of(garbage)[0] == grpc.StatusCode.INVALID_ARGUMENT
+        wrong_shape = stages_pb2.DetectRequest()
+        wrong_shape.image.pixels.CopyFrom(convert.tensor(np.zeros((32, 32, 4), np.uint8)))
+        assert code_of(wrong_shape) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "raw pixels must be DTYPE_UINT8 of shape (height, width, 3), got DTYPE_UINT8 [32, 32, 4]",
+        )
+        short = stages_pb2.DetectRequest()
+        short.image.pixels.CopyFrom(convert.tensor(np.zeros((32, 32, 3), np.uint8)))
+        short.image.pixels.data = b"\0" * 100
+        assert code_of(short)[0] == grpc.StatusCode.INVALID_ARGUMENT
+        assert code_of(stages_pb2.DetectRequest())[0] == grpc.StatusCode.INVALID_ARGUMENT  # no image
+        other = stages_pb2.DetectRequest(plugin="dlib")
+        convert.image_to_proto(face_photo, other.image)
+        code, details = code_of(other)
+        assert code == grpc.StatusCode.NOT_FOUND and "runs detector 'mediapipe', not 'dlib'" in details
+        # "No face" is OK with an empty list; then the server still answers real photos.
+        blank = stages_pb2.DetectRequest()
+        convert.image_to_proto(np.full((200, 300, 3), 128, np.uint8), blank.image)
+        assert len(stub.Detect(blank, timeout=10).faces) == 0
+        good = stages_pb2.DetectRequest(plugin="mediapipe")
+        convert.image_to_proto(face_photo, good.image)
+        assert len(stub.Detect(good, timeout=10).faces) == 1
+    # A face the plugin cannot use: the plugin's InputError becomes INVALID_ARGUMENT, then an InputError again.
+    with RemoteOptionsStage(servers["regressor"], "regressor") as regressor:
+        face = Face([10, 10, 50, 50], 0.9, Landmarks("ibug68", np.full((68, 3), 20.0)))
+        with pytest.raises(InputError, match="landmark-mesh needs MediaPipe landmarks"):
+            regressor.regress(face_photo, face)
+    with pytest.raises(ConfigError, match="runs 'mediapipe', not 'dlib'"):
+        from facerecon.services.remote import RemoteDetector
+
+        RemoteDetector(RemoteOptions(address=servers["detector"], plugin="dlib"))
+
+
+class RemoteOptionsStage:
+    """A remote stage of ``kind`` at ``address``, closed on exit."""
+
+    def __init__(self, address: str, kind: str, **options) -> None:
+        from facerecon.services.remote import REMOTE_STAGES
+
+        self.stage = REMOTE_STAGES[kind](RemoteOptions(address=address, **options))
+
+    def __enter__(self):
+        return self.stage
+
+    def __exit__(self, *exc):
+        self.stage.close()
+
+
+def small_refine_request() -> stages_pb2.RefineRequest:
+    request = stages_pb2.RefineRequest()
+    convert.image_to_proto(np.zeros((32, 32, 3), np.uint8), request.image)
+    convert.face_to_proto(Face([1, 1, 20, 20], 0.9, Landmarks("s", np.ones((3, 3)))), request.face)
+    convert.mesh_to_proto(Mesh(np.eye(3), [[0, 1, 2]], "t"), request.mesh)
+    return request
+
+
+def test_concurrency_limit_deadline_and_message_size(host):
+    settings = replace(ANY_PORT, max_concurrent=2, max_message_bytes=200_000)
+    server = Server.for_stage("refiner", "slow", host=host, options={"seconds": 1.2}, settings=settings)
+    with serving(server) as address, grpc.insecure_channel(address) as channel:
+        stub = stages_pb2_grpc.RefinerStub(channel)
+        slow: Slow = server.loader.objects[0]
+        calls = []
+        original = slow.refine
+        slow.refine = lambda *a: calls.append(1) or original(*a)  # type: ignore[method-assign]
+        first = stub.Refine.future(small_refine_request(), timeout=10)
+        time.sleep(0.15)
+        # The second call waits for the only model past its deadline: refused without running.
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Refine(small_refine_request(), timeout=0.3)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        second = stub.Refine.future(small_refine_request(), timeout=10)
+        time.sleep(0.1)
+        with pytest.raises(grpc.RpcError) as err:  # a third simultaneous call: over maximum_concurrent_rpcs
+            stub.Refine(small_refine_request(), timeout=10)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert first.result().refinement.mesh.topology == "t" and second.result().refinement.mesh.topology == "t"
+        time.sleep(0.35)  # the call that timed out while queued must not have run the model
+        assert len(calls) == 2
+        big = small_refine_request()
+        convert.image_to_proto(np.zeros((300, 300, 3), np.uint8), big.image)  # 270 kB > 200 kB limit
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Refine(big, timeout=10)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        small_pixels = replace(settings, max_image_pixels=500)
+    server = Server.for_stage("refiner", "slow", host=host, options={"seconds": 0}, settings=small_pixels)
+    with serving(server) as address, grpc.insecure_channel(address) as channel:
+        with pytest.raises(grpc.RpcError) as err:
+            stages_pb2_grpc.RefinerStub(channel).Refine(small_refine_request(), timeout=10)
+        assert (
+            err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "above the server's limit" in err.value.details()
+        )
+
+
+def test_health_not_serving_and_unavailable_until_loaded(host):
+    server = Server.for_stage(
+        "refiner", "slow", host=host, options={"seconds": 0, "load_seconds": 1.0}, settings=ANY_PORT
+    )
+    port = server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            for service in ("", "facerecon.v1.Refiner"):
+                status = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+                assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+            with pytest.raises(grpc.RpcError) as err:
+                stages_pb2_grpc.RefinerStub(channel).Refine(small_refine_request(), timeout=5)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "loading" in err.value.details()
+            # A remote stage built now waits for the model, then works.
+            with RemoteOptionsStage(f"127.0.0.1:{port}", "refiner", connect_timeout_s=20) as refiner:
+                assert refiner.stage == "slow"
+            assert (
+                health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
+                == health_pb2.HealthCheckResponse.SERVING
+            )
+            from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+                ProtoReflectionDescriptorDatabase,
+            )
+
+            services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
+            assert {
+                "facerecon.v1.Refiner",
+                "grpc.health.v1.Health",
+                "grpc.reflection.v1alpha.ServerReflection",
+            } <= services
+        server.stop(0)
+    finally:
+        server.stop(0)
+
+
+def test_bearer_token(host, tmp_path):
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    server = Server.for_stage(
+        "refiner", "slow", host=host, options={"seconds": 0}, settings=replace(ANY_PORT, token="s3cret")
+    )
+    with serving(server) as address:
+        with grpc.insecure_channel(address) as channel:
+            with pytest.raises(grpc.RpcError) as err:
+                stages_pb2_grpc.RefinerStub(channel).Info(stages_pb2.InfoRequest(), timeout=5)
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            wrong = (("authorization", "Bearer nope"),)
+            with pytest.raises(grpc.RpcError) as err:
+                stages_pb2_grpc.RefinerStub(channel).Refine(small_refine_request(), timeout=5, metadata=wrong)
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert health.status == health_pb2.HealthCheckResponse.SERVING  # probes need no token
+        with RemoteOptionsStage(address, "refiner", token_file=token) as refiner:
+            image = np.zeros((32, 32, 3), np.uint8)
+            face = Face([1, 1, 20, 20], 0.9, Landmarks("s", np.ones((3, 3))))
+            assert refiner.refine(image, face, Mesh(np.eye(3), [[0, 1, 2]], "t"), None).topology == "t"
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory):
+    """A throw-away CA, a server certificate for localhost/127.0.0.1 and a client certificate (openssl)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed: cannot make test certificates")
+    d = tmp_path_factory.mktemp("tls")
+
+    def run(*args):
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=facerecon test CA")
+    for name, san in (("server", "DNS:localhost,IP:127.0.0.1"), ("client", "DNS:client")):
+        run("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}")
+        (d / f"{name}.ext").write_text(f"subjectAltName={san}\n")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext")  # fmt: skip
+    return d
+
+
+def test_tls_with_client_certificates(host, certificates):
+    d = certificates
+    settings = replace(ANY_PORT, tls_cert=d / "server.pem", tls_key=d / "server.key", tls_client_ca=d / "ca.pem")
+    server = Server.for_stage("refiner", "slow", host=host, options={"seconds": 0}, settings=settings)
+    with serving(server) as address:
+        with RemoteOptionsStage(
+            address, "refiner", tls_ca=d / "ca.pem", tls_cert=d / "client.pem", tls_key=d / "client.key"
+        ) as refiner:
+            assert refiner.info.plugin == "slow"
+        with pytest.raises(RemoteError, match="not ready"):  # no client certificate: the handshake fails
+            RemoteRefiner(RemoteOptions(address=address, tls_ca=d / "ca.pem", connect_timeout_s=1))
+        with pytest.raises(RemoteError):  # plaintext against a TLS port
+            RemoteRefiner(RemoteOptions(address=address, connect_timeout_s=1))
+
+
+def test_only_loopback_without_tls():
+    with pytest.raises(ServeError, match="refusing to serve plaintext on 0.0.0.0"):
+        ServerSettings(host="0.0.0.0")
+    assert ServerSettings(host="0.0.0.0", insecure=True).insecure
+    assert ServerSettings(host="::1").host == "::1" and ServerSettings(host="localhost").host == "localhost"
+    with pytest.raises(ServeError, match="both a certificate and a key"):
+        ServerSettings(tls_cert=Path("c.pem"))
+
+
+def test_round_robin_over_replicas_survives_one_going_away(host, face_photo):
+    replicas = [Server.for_stage("segmenter", "toy-seg", host=host, settings=ANY_PORT) for _ in range(2)]
+    ports = [server.start() for server in replicas]
+    try:
+        for server in replicas:
+            assert server.wait_ready(20)
+        counts = [0, 0]
+        for i, server in enumerate(replicas):
+            stage = server.loader.objects[0]
+            original = stage.segment
+            stage.segment = lambda *a, _i=i, _f=original: counts.__setitem__(_i, counts[_i] + 1) or _f(*a)
+        face = Face([100, 100, 300, 400], 0.9, Landmarks("s", np.ones((3, 3)) * 150))
+        address = ",".join(f"127.0.0.1:{port}" for port in ports)
+        with RemoteOptionsStage(address, "segmenter", deadline_s=10) as segmenter:
+            assert isinstance(segmenter, RemoteSegmenter) and segmenter.target.startswith("ipv4:")
+            for _ in range(8):
+                segmenter.segment(face_photo, face)
+            assert counts[0] >= 2 and counts[1] >= 2, f"round_robin should spread calls, got {counts}"
+            replicas[0].stop(0)
+            for _ in range(8):  # retried on UNAVAILABLE, then only the live replica is picked
+                assert segmenter.segment(face_photo, face).labels.shape == face_photo.shape[:2]
+    finally:
+        for server in replicas:
+            server.stop(0)
+
+
+def test_apply_remote_flags():
+    config = PipelineConfig(detector="mediapipe", regressor="auto", refiners=("laplace", "sfs"))
+    out = apply_remote(config, ["detector=a:1,b:2", "regressor=c:3", "sfs=d:4", "segmenter=e:5"])
+    assert (out.detector, out.regressor, out.segmenter, out.refiners) == (
+        "remote",
+        "remote",
+        "remote",
+        ("laplace", "remote@sfs"),
+    )
+    assert out.options_for("detector", "remote") == {"address": "a:1,b:2", "plugin": "mediapipe"}
+    assert out.options_for("regressor", "remote") == {"address": "c:3"}  # "auto": whatever the server runs
+    assert out.options_for("refiner", "remote@sfs") == {"address": "d:4", "plugin": "sfs"}
+    one = apply_remote(PipelineConfig(refiners=("laplace",)), ["refiner=x:1"])
+    assert one.refiners == ("remote@laplace",)
+    for bad, message in (
+        ("detector", "STAGE=HOST:PORT"),
+        ("fine=x:1", "no such stage"),
+        ("refiner=x:1", "exactly one"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            apply_remote(config, [bad])
+
+
+def test_serve_command_errors(capsys):
+    assert commands.main(["serve", "detector", "--plugin", "nope", "--port", "0"]) == 2
+    assert "unknown detector: 'nope'" in capsys.readouterr().err
+    assert commands.main(["serve", "detector", "--plugin", "mediapipe", "--host", "0.0.0.0"]) == 2
+    assert "refusing to serve plaintext" in capsys.readouterr().err
+    assert commands.main(["serve", "refiner", "--port", "0"]) == 2
+    assert "needs --plugin NAME" in capsys.readouterr().err
+
+
+def test_serve_is_a_facerecon_command(host):
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="facerecon")
+    sub = parser.add_subparsers(dest="command")
+    host.pm.hook.facerecon_register_commands(subcommands=sub)
+    args = parser.parse_args(["serve", "pipeline", "--remote", "detector=h:1", "--port", "50050"])
+    assert args.handler is commands.cmd_serve and args.remote == ["detector=h:1"]
+
+
+LAUNCHER = """
+import logging, sys
+logging.basicConfig(level=logging.INFO)
+from services_support import toy_host
+from facerecon.services.server import Server, ServerSettings
+server = Server.for_stage("refiner", "slow", host=toy_host(), options={"seconds": 1.0},
+                          settings=ServerSettings(port=0, grace_s=5))
+server.start()
+print(f"facerecon: serving on {server.endpoint}", flush=True)
+sys.exit(server.serve_until_signal())
+"""
+
+
+def test_sigterm_lets_running_calls_finish():
+    process = subprocess.Popen(
+        [sys.executable, "-c", LAUNCHER],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=subprocess_env(),
+    )
+    try:
+        address = process.stdout.readline().strip().rsplit(" ", 1)[-1]
+        with grpc.insecure_channel(address) as channel:
+            grpc.channel_ready_future(channel).result(timeout=20)
+            health = health_pb2_grpc.HealthStub(channel)
+            deadline = time.monotonic() + 20
+            while (
+                health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
+                != health_pb2.HealthCheckResponse.SERVING
+            ):
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            running = stages_pb2_grpc.RefinerStub(channel).Refine.future(small_refine_request(), timeout=20)
+            time.sleep(0.3)
+            process.send_signal(signal.SIGTERM)
+            assert running.result().refinement.mesh.topology == "t"  # finished within the grace period
+        assert process.wait(timeout=20) == 0
+        assert "shutting down" in process.stderr.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_result_threads_share_one_channel(servers):
+    from facerecon.services.remote import CHANNELS
+
+    with (
+        RemoteOptionsStage(servers["segmenter"], "segmenter") as a,
+        RemoteOptionsStage(servers["segmenter"], "segmenter") as b,
+    ):
+        assert a.channel is b.channel
+    errors: list[BaseException] = []
+    face = Face([10, 10, 60, 60], 0.9, Landmarks("s", np.ones((3, 3)) * 20))
+
+    def work():
+        try:
+            with RemoteOptionsStage(servers["segmenter"], "segmenter") as stage:
+                for _ in range(5):
+                    stage.segment(np.zeros((80, 80, 3), np.uint8), face)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and not CHANNELS._channels
+    assert isinstance(SlowOptions(), SlowOptions)
+
+
+def test_reconstruct_command_with_remote_stages(servers, lfpw, tmp_path, monkeypatch):
+    from services_support import install_entry_points
+
+    from facerecon.cli import build_parser, main
+
+    install_entry_points(monkeypatch, tmp_path)
+    assert "serve" in build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    out = tmp_path / "out"
+    argv = ["reconstruct", str(lfpw[0]), str(lfpw[1]), "-o", str(out), "-q", "--regressor", "landmark-mesh"]
+    argv += ["--remote", f"detector={servers['detector']}", "--remote", f"regressor={servers['regressor']}"]
+    assert main(argv) == 0
+    result = json.loads((out / "image_0001" / "result.json").read_text())
+    assert result["reconstructions"][0]["stages"][0]["plugin"] == "remote"
+    assert (out / lfpw[1].stem / "coarse.obj").stat().st_size > 100_000
+
+
+def test_calls_answered_unavailable_are_retried_on_another_replica(host):
+    """One replica still loading (UNAVAILABLE), one ready: gRPC's retry policy moves every call to the
+    ready one; without retries, the calls the loading replica got would fail."""
+    loading = Server.for_stage(
+        "refiner", "slow", host=host, options={"seconds": 0, "load_seconds": 30}, settings=ANY_PORT
+    )
+    ready = Server.for_stage("refiner", "slow", host=host, options={"seconds": 0}, settings=ANY_PORT)
+    address = f"127.0.0.1:{loading.start()},127.0.0.1:{ready.start()}"
+    try:
+        assert ready.wait_ready(20)
+        image = np.zeros((600, 800, 3), np.uint8)  # 1.4 MB: retried only because the channel buffers it whole
+        face = Face([1, 1, 20, 20], 0.9, Landmarks("s", np.ones((3, 3))))
+        mesh = Mesh(np.eye(3), [[0, 1, 2]], "t")
+        with RemoteOptionsStage(address, "refiner", connect_timeout_s=10) as refiner:
+            for _ in range(10):
+                assert refiner.refine(image, face, mesh, None).topology == "t"
+        failures = 0
+        with RemoteOptionsStage(address, "refiner", connect_timeout_s=10, retries=0) as refiner:
+            for _ in range(10):
+                try:
+                    refiner.refine(image, face, mesh, None)
+                except RemoteError as exc:
+                    assert exc.code == grpc.StatusCode.UNAVAILABLE and "loading" in str(exc)
+                    failures += 1
+        assert failures >= 3, "round_robin should have sent some calls to the loading replica"
+    finally:
+        loading.stop(0)
+        ready.stop(0)
+
+
+def test_remote_stages_pass_the_conformance_battery(servers, face_photo, local_pipeline):
+    """The `remote` plugin is a stage like any other: the same battery as every local plugin."""
+    from facerecon.kernel import testing as conformance
+
+    with (
+        RemoteOptionsStage(servers["detector"], "detector") as detector,
+        RemoteOptionsStage(servers["regressor"], "regressor") as regressor,
+        RemoteOptionsStage(servers["segmenter"], "segmenter") as segmenter,
+        RemoteOptionsStage(servers["toy-smooth"], "refiner") as smooth,
+        RemoteOptionsStage(servers["toy-maps"], "refiner") as maps,
+    ):
+        (face,) = conformance.check_detector(detector, face_photo)[:1]
+        coarse = conformance.check_regressor(regressor, face_photo, face)
+        segmentation = conformance.check_segmenter(segmenter, face_photo, face)
+        for refiner in (smooth, maps):
+            conformance.check_refiner(refiner, face_photo, face, coarse.mesh, segmentation)
+
+
+def test_a_failing_plugin_gives_internal_and_the_server_keeps_serving(host):
+    server = Server.for_stage("refiner", "broken", host=host, settings=ANY_PORT)
+    with serving(server) as address, grpc.insecure_channel(address) as channel:
+        stub = stages_pb2_grpc.RefinerStub(channel)
+        for expected in ("RuntimeError: boom", "refine() must return a Mesh", "RuntimeError: boom"):
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Refine(small_refine_request(), timeout=5)
+            assert err.value.code() == grpc.StatusCode.INTERNAL and expected in err.value.details()
+        assert stub.Info(stages_pb2.InfoRequest(), timeout=5).plugin == "broken"
+
+
+def test_name_at_instance_is_another_instance_of_a_plugin(host):
+    assert host.spec("refiner", "toy-smooth@second").name == "toy-smooth"
+    assert host.spec("refiner", "remote@sfs").name == "remote"
+    with pytest.raises(ConfigError, match="unknown refiner: 'nothing@x'"):
+        host.spec("refiner", "nothing@x")
+    with pytest.raises(ConfigError, match="unknown refiner: 'toy-smooth@'"):
+        host.spec("refiner", "toy-smooth@")
