@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--formats", default="obj", help=f"comma-separated mesh formats ({', '.join(w[1:] for w in WRITERS)})"
     )
     rec.add_argument("--texture-size", type=int, default=1024, help="side of the unwrapped photo texture")
+    rec.add_argument(
+        "--save-phases", action="store_true", help="also write refiners' intermediate meshes (the fine stage's phases)"
+    )
     rec.add_argument("-q", "--quiet", action="store_true", help="no progress bar, only errors")
 
     plugins = sub.add_parser(
@@ -209,6 +212,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
                     source=str(path),
                     formats=formats,
                     texture_size=args.texture_size,
+                    save_phases=args.save_phases,
                     plugins=plugins,
                 )
             except (InputError, NoFaceError) as exc:

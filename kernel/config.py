@@ -5,7 +5,7 @@ A TOML file holds everything (every key optional)::
     [pipeline]
     detector = "mediapipe"
     regressor = "auto"          # 3dmm-fit once a morphable model is configured, else landmark-mesh
-    segmenter = "none"          # "none" (or "") runs no segmenter
+    segmenter = "landmark-regions"  # "none" (or "") runs no segmenter
     refiners = []               # in order, e.g. ["laplace", "sfs"]
     device = "auto"             # "cpu", "cuda" or "auto"
     all_faces = false           # reconstruct every face, not only the largest
@@ -49,7 +49,7 @@ class PipelineConfig:
 
     detector: str = "mediapipe"
     regressor: str = "auto"
-    segmenter: str | None = None
+    segmenter: str | None = "landmark-regions"
     refiners: tuple[str, ...] = ()
     device: str = "auto"
     all_faces: bool = False

@@ -20,6 +20,7 @@ run never leaves a half-written result.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import re
 import shutil
@@ -35,7 +36,7 @@ from facerecon.geometry.raster import shade
 from facerecon.geometry.transforms import yaw_pitch_roll
 
 from .export import atomic_write, bake_texture, current_umask, png_bytes, write_mesh
-from .records import IBUG68, Face, Reconstruction, Segmentation
+from .records import IBUG68, Face, ImageMaps, Reconstruction, Segmentation
 
 PREVIEW_HEIGHT = 512
 
@@ -278,9 +279,12 @@ def write_outputs(
     formats: Sequence[str] = ("obj",),
     texture_size: int = 1024,
     plugins: PluginIds | None = None,
+    save_phases: bool = False,
 ) -> dict[str, Any]:
     """Write meshes, preview.png and result.json into ``out_dir`` (replaced whole, atomically).
-    ``plugins``: stage kind -> (plugin, version) that ran, recorded in result.json."""
+    ``plugins``: stage kind -> (plugin, version) that ran, recorded in result.json.
+    A stage's image maps go to ``<stage>_<map>.png`` (+ ``.npy`` for depth and displacement); its
+    intermediate meshes (e.g. the fine stage's phases) to ``<stage>_<phase>.<fmt>`` with ``save_phases``."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
@@ -295,6 +299,14 @@ def write_outputs(
                     write_mesh(stage.mesh, staging / name, texture)
                     if i == 0:
                         mesh_files[(r.face_index, stage.stage)] = name
+                if stage.maps is not None:
+                    write_maps(stage.maps, staging, f"{face_prefix(r.face_index)}{stage.stage}")
+                if save_phases:
+                    for phase, mesh in stage.phases.items():
+                        phase_texture = bake_texture(mesh, image, texture_size) if mesh.uvs is not None else None
+                        for fmt in formats:
+                            name = f"{face_prefix(r.face_index)}{stage.stage}_{phase}.{fmt}"
+                            write_mesh(mesh, staging / name, phase_texture)
         atomic_write(staging / "preview.png", png_bytes(render_preview(image, rec)))
         result = result_dict(rec, source, mesh_files, plugins)
         atomic_write(staging / "result.json", dumps(result).encode())
@@ -303,6 +315,52 @@ def write_outputs(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return result
+
+
+def write_maps(maps: ImageMaps, folder: Path, prefix: str) -> list[Path]:
+    """Save a stage's image maps for people and tools:
+
+    * depth, displacement: ``.npy`` (float32, the mesh frame's z in its units, NaN outside the refined
+      region) and a 16-bit greyscale PNG (``.png``; depth: near = bright, displacement: 32768 = none,
+      one grey level = 1/256 of the mesh unit, i.e. 1/256 pixel for pixel-unit meshes);
+    * normal: an 8-bit RGB normal map in the OpenGL convention (x right, y up, z to the viewer: what
+      Blender expects), (n + 1) / 2;
+    * colour maps (albedo, shading, specular, rendering, input) and mask: 8-bit PNGs.
+    The maps' top-left pixel sits at image pixel ``maps.origin``; a ``<prefix>_maps.json`` says so."""
+    written = []
+    for name, value in maps.maps.items():
+        path = folder / f"{prefix}_{name}.png"
+        if name in ("depth", "displacement"):
+            np_path = folder / f"{prefix}_{name}.npy"
+            buffer = io.BytesIO()
+            np.save(buffer, value.astype(np.float32))
+            atomic_write(np_path, buffer.getvalue())
+            written.append(np_path)
+            finite = np.isfinite(value)
+            if name == "depth":
+                near, far = (float(np.min(value[finite])), float(np.max(value[finite]))) if finite.any() else (0, 1)
+                scaled = (far - value) / max(far - near, 1e-6) * 65535.0
+            else:
+                scaled = 32768.0 + value * 256.0
+            grey = np.clip(np.where(finite, scaled, 0), 0, 65535).astype(np.uint16)
+            atomic_write(path, _png16(grey))
+        elif name == "normal":
+            gl = np.nan_to_num(value * np.array([1.0, -1.0, -1.0]), nan=0.0)  # mesh frame -> y up, z to viewer
+            gl[~np.isfinite(value).all(-1)] = (0.0, 0.0, 1.0)
+            atomic_write(path, png_bytes(np.clip((gl + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8)))
+        else:
+            rgb = np.nan_to_num(value)
+            atomic_write(path, png_bytes(np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)))
+        written.append(path)
+    info = {"origin_xy": list(maps.origin), "shape_hw": list(next(iter(maps.maps.values())).shape[:2])}
+    atomic_write(folder / f"{prefix}_maps.json", (json.dumps(info) + "\n").encode())
+    return written
+
+
+def _png16(grey: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(grey).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def _replace_dir(new: Path, target: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from facerecon.kernel import ConfigError, Pipeline, PipelineConfig, PluginError, PluginHost, hookimpl
-from facerecon.plugins import landmark_mesh, mediapipe_detector
+from facerecon.plugins import landmark_mesh, landmark_regions, mediapipe_detector
 
 
 def plugin_module(name: str, body) -> types.ModuleType:  # type: ignore[no-untyped-def]
@@ -45,10 +45,11 @@ def register_shift(registry) -> None:
 
 @pytest.fixture
 def host() -> PluginHost:
-    """A host with only the built-ins, registered by hand (no entry points)."""
+    """A host with the default pipeline's built-ins only, registered by hand (no entry points)."""
     h = PluginHost(load_entrypoints=False)
     h.register_plugin(mediapipe_detector, name="mediapipe", distribution="facerecon", version="0.1.0")
     h.register_plugin(landmark_mesh, name="landmark-mesh", distribution="facerecon", version="0.1.0")
+    h.register_plugin(landmark_regions, name="landmark-regions", distribution="facerecon", version="0.1.0")
     return h
 
 

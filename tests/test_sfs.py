@@ -73,3 +73,32 @@ def test_refiner_conformance(refined, face_photo):
 
     face, medium, _ = refined
     testing.check_refiner(SfsRefiner(SfsOptions(max_side=128), "cpu"), face_photo, face, medium, None)
+
+
+def test_cli_writes_the_fine_maps_and_phases(tmp_path, lfpw):
+    from PIL import Image
+
+    from facerecon.cli import main
+
+    config = tmp_path / "fine.toml"
+    config.write_text('[pipeline]\nrefiners = ["laplace", "sfs"]\n[options.refiner.sfs]\nmax_side = 160\n')
+    out = tmp_path / "out"
+    assert main(["reconstruct", str(lfpw[0]), "-o", str(out), "-c", str(config), "--save-phases", "-q"]) == 0
+    folder = out / lfpw[0].stem
+    for name in ("coarse.obj", "medium.obj", "fine.obj", "fine.png", "fine_phase1.obj", "fine_phase2.obj"):
+        assert (folder / name).is_file(), name
+    depth = Image.open(folder / "fine_depth.png")
+    assert depth.mode.startswith("I;16") or depth.mode == "I"
+    displacement = np.load(folder / "fine_displacement.npy")
+    assert displacement.dtype == np.float32 and np.isfinite(displacement).any()
+    normal = np.asarray(Image.open(folder / "fine_normal.png"))
+    inside = np.load(folder / "fine_depth.npy")
+    assert normal.shape == (*inside.shape, 3)
+    assert normal[np.isfinite(inside)][:, 2].mean() > 180  # facing the viewer: blue in an OpenGL normal map
+    for name in ("albedo", "shading", "specular", "rendering", "mask"):
+        assert (folder / f"fine_{name}.png").is_file()
+    import json
+
+    result = json.loads((folder / "result.json").read_text())
+    stages = [s["stage"] for s in result["reconstructions"][0]["stages"]]
+    assert stages == ["coarse", "medium", "fine"]
