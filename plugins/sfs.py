@@ -66,18 +66,18 @@ class SfsOptions:
     albedo_weight: float = 0.3
     albedo_rtv_weight: float = 2.5
     albedo_lr: float = 1.5
-    albedo_iterations: int = 40
+    albedo_iterations: int = 20
     albedo_lr_depth: float = 0.05
     specular_weight: float = 0.5
     specular_lr: float = 0.25
-    specular_iterations: int = 20
+    specular_iterations: int = 10
     specular_scale: float = 1.0
     phase1_weights: tuple[float, ...] = (0.001, 0.05, 0.001, 0.001)
     phase1_lr: float = 0.015
-    phase1_iterations: int = 60
+    phase1_iterations: int = 30
     phase2_weights: tuple[float, ...] = (0.001, 0.03, 0.025, 2.5)
     phase2_lr: float = 0.05
-    phase2_iterations: int = 60
+    phase2_iterations: int = 30
     alternate_every: int = 10
     intensity_range: float = 1.0
     robust_threshold: float = 8.0
@@ -334,7 +334,12 @@ def solve(problem: Problem, options: SfsOptions, use_priors: bool = True) -> Sol
             # steps pixels with no shading evidence random-walk (a crumpled surface); L-BFGS with a line
             # search follows the energy's actual curvature.
             depth_optimiser = torch.optim.LBFGS(
-                [delta], lr=1.0, max_iter=options.alternate_every, history_size=10, line_search_fn="strong_wolfe"
+                [delta],
+                lr=1.0,
+                max_iter=options.alternate_every,
+                max_eval=options.alternate_every + 5,
+                history_size=10,
+                line_search_fn="strong_wolfe",
             )
 
         def closure(depth_optimiser: torch.optim.Optimizer = depth_optimiser):
