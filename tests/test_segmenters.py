@@ -391,7 +391,8 @@ def test_preview_and_result_show_the_segmentation(pipeline, face_photo):
     from dataclasses import replace
 
     with_seg = replace(rec, reconstructions=(replace(face, segmentation=seg),))
-    plain, shown = render_preview(face_photo, rec), render_preview(face_photo, with_seg)
+    without = replace(rec, reconstructions=(replace(face, segmentation=None),))
+    plain, shown = render_preview(face_photo, without), render_preview(face_photo, with_seg)
     assert shown.shape[0] == plain.shape[0] and shown.shape[1] * 3 == plain.shape[1] * 4  # one more panel
     result = result_dict(with_seg, "x.png", {}, {"segmenter": ("landmark-regions", "9.9")})
     block = result["reconstructions"][0]["segmentation"]
