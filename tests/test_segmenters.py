@@ -400,7 +400,7 @@ def test_preview_and_result_show_the_segmentation(pipeline, face_photo):
     assert block["labels"]["1"] == "skin" and block["pixels"]["skin"] == int(skin.sum())
     assert np.allclose(block["region_colors"]["skin"], seg.region_colors["skin"], atol=1e-4)
     assert result["plugins"] == {"segmenter": {"plugin": "landmark-regions", "version": "9.9"}}
-    assert result_dict(rec, "x.png", {})["reconstructions"][0]["segmentation"] is None
+    assert result_dict(without, "x.png", {})["reconstructions"][0]["segmentation"] is None
 
 
 def test_configuration_doc_options_are_valid():
