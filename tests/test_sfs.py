@@ -1,6 +1,8 @@
 """The fine stage (shape-from-shading). What is shown here, and what is not yet (see the README):
-detail is recovered when the albedo is known, the real-photo output is sane; the full albedo/specular
-disentangling does not yet beat the smooth surface on the synthetic scene with textured albedo."""
+detail is recovered when the albedo is known, phase 2 adds finer detail than phase 1, the real-photo
+output is sane and written out; the full albedo/specular disentangling does not yet beat the smooth
+surface on the synthetic scene with textured albedo and a highlight (5.0 vs 3.1 degrees), so that part
+of the issue's acceptance is not claimed."""
 
 from __future__ import annotations
 
@@ -34,8 +36,14 @@ def test_depth_phases_recover_multiscale_detail_under_known_albedo():
     region = scene.mask & (np.abs(scene.detail) > 0.02)
     before = angle(scene.smooth, truth, region)
     after = angle(solution.height.numpy(), truth, region)
-    assert after < before / 4, (before, after)  # measured: 3.12 -> 0.47 degrees
+    assert after < before / 4, (before, after)  # measured: 3.12 -> 0.48 degrees
     assert np.abs(solution.height.numpy() - scene.smooth).max() < 2.0
+    # Multi-scale: phase 2 (larger λd4) recovers more of the pore band than phase 1 (measured 0.53 -> 0.40).
+    import scipy.ndimage as nd
+
+    pores = scene.mask & (nd.maximum_filter(np.abs(scene.pores), 3) > 0.02)
+    phase1, phase2 = (solution.phase_heights[k].numpy() for k in ("phase1", "phase2"))
+    assert angle(phase2, truth, pores) < angle(phase1, truth, pores)
 
 
 @pytest.fixture(scope="module")
