@@ -156,13 +156,6 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def stage_plugins(pipeline: Pipeline) -> dict[str, tuple[str, str]]:
-    """(plugin, version) of the detector, regressor and segmenter a pipeline runs, for result.json."""
-    config = pipeline.config
-    named = {"detector": config.detector, "regressor": config.regressor, "segmenter": config.segmenter}
-    return {kind: (name, pipeline.host.spec(kind, name).version) for kind, name in named.items() if name}
-
-
 def _output_names(paths: list[Path]) -> list[str]:
     """One folder name per input: the file stem, plus the suffix where two inputs share a stem."""
     stems = [p.stem for p in paths]
@@ -185,7 +178,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     pipeline = Pipeline.from_config(config)
     pipeline.warm_up()
-    plugins = stage_plugins(pipeline)
+    plugins = pipeline.plugin_ids()
     summary: list[dict[str, object]] = []
 
     from tqdm import tqdm

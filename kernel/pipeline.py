@@ -111,6 +111,13 @@ class Pipeline:
     def refiners(self) -> list[tuple[str, Refiner]]:
         return [(name, self.stage("refiner", name)) for name in self.config.refiners]
 
+    def plugin_ids(self) -> dict[str, tuple[str, str]]:
+        """(plugin, version) of the detector, regressor and segmenter this pipeline runs (for result.json;
+        refiners are named per stage there)."""
+        config = self.config
+        named = {"detector": config.detector, "regressor": config.regressor, "segmenter": config.segmenter}
+        return {kind: (name, self.host.spec(kind, name).version) for kind, name in named.items() if name}
+
     def warm_up(self) -> None:
         """Build every configured stage now (loads the models) instead of on the first image."""
         _ = self.detector, self.regressor, self.segmenter, self.refiners

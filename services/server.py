@@ -397,6 +397,7 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServicer):
         all_faces = request.all_faces if request.HasField("all_faces") else self.config.all_faces
         with self.loader.borrow(context) as pipe:
             rec = run_pipeline(pipe, image, all_faces, context)
+            plugins = pipe.plugin_ids()
         source = request.source or "<request>"
         response = pipeline_pb2.ReconstructResponse()
         convert.reconstruction_to_proto(rec, response.reconstruction)
@@ -405,12 +406,12 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServicer):
         if formats and rec.reconstructions:
             with tempfile.TemporaryDirectory(prefix="facerecon-serve-") as tmp:
                 out = Path(tmp) / "out"
-                result = write_outputs(rec, image, out, source=source, formats=formats)
+                result = write_outputs(rec, image, out, source=source, formats=formats, plugins=plugins)
                 response.files.extend(
                     pipeline_pb2.OutputFile(name=p.name, data=p.read_bytes()) for p in sorted(out.iterdir())
                 )
         else:
-            result = result_dict(rec, source, {})
+            result = result_dict(rec, source, {}, plugins)
         response.result_json = dumps(result)
         return response
 
