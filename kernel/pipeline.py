@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -137,19 +137,28 @@ class Pipeline:
 
     # -- running ---------------------------------------------------------------------------------
 
-    def __call__(self, image: np.ndarray) -> Reconstruction:
-        """Reconstruct the largest face (every face with ``all_faces``) of a ``uint8 (H, W, 3)`` RGB image.
-
-        A face-less image gives a Reconstruction with no faces; it is not an error at this level.
+    def __call__(
+        self,
+        image: np.ndarray,
+        *,
+        all_faces: bool | None = None,
+        before_face: Callable[[], None] | None = None,
+    ) -> Reconstruction:
+        """Reconstruct the largest face (every face with ``all_faces``, default: the config's) of a
+        ``uint8 (H, W, 3)`` RGB image. ``before_face`` runs before each face's stages (a server checks its
+        deadline there). A face-less image gives a Reconstruction with no faces, not an error.
         """
         image = check_image(image)
         timings: dict[str, float] = {}
         start = time.perf_counter()
         faces = self.detect(image)
         timings["detector"] = _ms_since(start)
-        chosen = faces if self.config.all_faces else faces[:1]
+        every = self.config.all_faces if all_faces is None else all_faces
+        chosen = faces if every else faces[:1]
         results = []
         for index, face in enumerate(chosen):
+            if before_face is not None:
+                before_face()
             results.append(self.reconstruct_face(image, face, index, timings))
         return Reconstruction(
             image_size=(image.shape[1], image.shape[0]),

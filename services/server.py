@@ -25,7 +25,6 @@ import queue
 import signal
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
@@ -49,7 +48,6 @@ from facerecon.kernel.errors import (
 from facerecon.kernel.export import WRITERS
 from facerecon.kernel.records import (
     CoarseResult,
-    FaceReconstruction,
     Mesh,
     Reconstruction,
     Refinement,
@@ -417,22 +415,8 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServicer):
 
 
 def run_pipeline(pipe: Pipeline, image: Any, all_faces: bool, context: grpc.ServicerContext) -> Reconstruction:
-    """What ``Pipeline.__call__`` does, with a deadline check before each face."""
-    timings: dict[str, float] = {}
-    start = time.perf_counter()
-    faces = pipe.detect(image)
-    timings["detector"] = (time.perf_counter() - start) * 1000.0
-    chosen = faces if all_faces else faces[:1]
-    results: list[FaceReconstruction] = []
-    for index, face in enumerate(chosen):
-        check_deadline(context)
-        results.append(pipe.reconstruct_face(image, face, index, timings))
-    return Reconstruction(
-        image_size=(image.shape[1], image.shape[0]),
-        faces=tuple(faces),
-        reconstructions=tuple(results),
-        timings_ms=timings,
-    )
+    """The pipeline on one image, checking the call's deadline before each face."""
+    return pipe(image, all_faces=all_faces, before_face=lambda: check_deadline(context))
 
 
 # -- interceptors --------------------------------------------------------------------------------
