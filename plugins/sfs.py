@@ -80,7 +80,7 @@ class SfsOptions:
     phase2_iterations: int = 30
     alternate_every: int = 10
     intensity_range: float = 1.0
-    robust_threshold: float = 8.0
+    robust_threshold: float = 10.0
     depth_optimizer: str = "lbfgs"
     base_weight: float = 10.0
     base_sigma: float = 6.0
@@ -365,16 +365,12 @@ def solve(problem: Problem, options: SfsOptions, use_priors: bool = True) -> Sol
 
 
 def _robust(residual, threshold: float):
-    """Huber's loss, in squared units: quadratic up to ``threshold`` grey levels, linear beyond, so that
-    albedo features no surface can shade (dark hairs, freckles) do not pull the depth into spikes."""
-    a = residual.abs()
-    return torch_where(a <= threshold, residual**2, 2 * threshold * a - threshold**2)
-
-
-def torch_where(condition, x, y):
+    """Cauchy's loss c² log(1 + r²/c²), in squared grey levels: quadratic for small residuals, and
+    redescending beyond ``threshold`` so that what no surface can shade (dark hairs, freckles, a
+    highlight) is left to the albedo and specular maps instead of pulling the depth into spikes."""
     import torch
 
-    return torch.where(condition, x, y)
+    return threshold**2 * torch.log1p((residual / threshold) ** 2)
 
 
 # -- the stage ----------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The fine stage (shape-from-shading). What is shown here, and what is not yet (see the README):
 detail is recovered when the albedo is known, phase 2 adds finer detail than phase 1, the real-photo
 output is sane and written out; the full albedo/specular disentangling does not yet beat the smooth
-surface on the synthetic scene with textured albedo and a highlight (5.0 vs 3.1 degrees), so that part
+surface on the synthetic scene with textured albedo and a highlight (4.96 vs 3.12 degrees), so that part
 of the issue's acceptance is not claimed."""
 
 from __future__ import annotations
