@@ -110,3 +110,24 @@ def test_cli_writes_the_fine_maps_and_phases(tmp_path, lfpw):
     result = json.loads((folder / "result.json").read_text())
     stages = [s["stage"] for s in result["reconstructions"][0]["stages"]]
     assert stages == ["coarse", "medium", "fine"]
+
+
+def test_priors_keep_albedo_texture_out_of_the_geometry():
+    """The seed's Fig. 8 as a number: with the skin-colour and RTV terms off, more of the albedo's own
+    texture (freckles, brow hair) turns into geometry (measured 0.78 vs 0.73 px band-pass amplitude)."""
+    import scipy.ndimage as nd
+
+    scene = make_scene()
+    t = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32)  # noqa: E731
+    problem = Problem(
+        t(scene.image), torch.as_tensor(scene.mask), torch.as_tensor(scene.mask), t(scene.smooth), t(scene.albedo_avg)
+    )
+    textured = scene.mask & (scene.texture > 0.1)
+
+    def leak(use_priors: bool) -> float:
+        height = solve(problem, SfsOptions(), use_priors=use_priors).height.numpy()
+        detail = height - scene.smooth
+        band = nd.gaussian_filter(detail, 0.7) - nd.gaussian_filter(detail, 2.0)
+        return float(np.abs(band)[textured].mean())
+
+    assert leak(False) > leak(True)
