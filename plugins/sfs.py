@@ -31,6 +31,7 @@ import numpy as np
 
 from facerecon.geometry.raster import interpolate, rasterize
 from facerecon.kernel import Face, ImageMaps, LandmarkMap, Mesh, Refinement, Segmentation, StageRegistrar, hookimpl
+from facerecon.kernel.errors import PluginError
 from facerecon.kernel.imageio import check_image
 
 if TYPE_CHECKING:  # torch is imported lazily: `facerecon` starts without loading it
@@ -380,7 +381,10 @@ class SfsRefiner:
     stage = "fine"
 
     def __init__(self, options: SfsOptions, device: str = "cpu") -> None:
-        import torch
+        try:
+            import torch
+        except ImportError:
+            raise PluginError("the sfs refiner needs PyTorch: pip install 'facerecon[fine]'") from None
 
         self.options = options
         self.device = torch.device(device)
