@@ -82,6 +82,9 @@ class SfsOptions:
     alternate_every: int = 10
     intensity_range: float = 1.0
     robust_threshold: float = 10.0
+    chroma_tolerance: float = 0.02
+    skin_prior_boost: float = 100.0
+    saturation: float = 250.0
     depth_optimizer: str = "lbfgs"
     base_weight: float = 10.0
     base_sigma: float = 6.0
@@ -248,6 +251,16 @@ def solve(problem: Problem, options: SfsOptions, use_priors: bool = True) -> Sol
     w_avg = options.albedo_weight * shading_scale if use_priors else 0.0
     w_rtv = options.albedo_rtv_weight * shading_scale if use_priors else 0.0
 
+    # Skin-colour confidence: shading changes brightness, not chromaticity; pigment (freckles, hair) and
+    # highlights (white) change the chromaticity away from the region's skin colour. Pixels that do are
+    # trusted less as shading evidence, so their darkness or brightness stays in the albedo/specular.
+    chroma = image / image.sum(0, keepdim=True).clamp(min=1e-3)
+    skin_chroma = problem.albedo_avg / problem.albedo_avg.sum(0, keepdim=True).clamp(min=1e-3)
+    deviation = gaussian_blur(((chroma - skin_chroma) ** 2).sum(0, keepdim=True), 1.0)[0].sqrt()
+    confidence = torch.exp(-((deviation / options.chroma_tolerance) ** 2)) if use_priors else torch.ones_like(deviation)
+    # Clipped pixels carry no shading information at all.
+    confidence = confidence * (image.max(0).values < options.saturation).float()
+
     def masked_mean(value):
         return (value * m).sum() / count
 
@@ -265,7 +278,12 @@ def solve(problem: Problem, options: SfsOptions, use_priors: bool = True) -> Sol
         if blur > 0:
             residual = gaussian_blur(residual * m, blur)
         data = masked_mean((residual**2).sum(0)) * unit
-        prior = masked_mean(((albedo - problem.albedo_avg) ** 2).sum(0)) * unit
+        # Where the colour is the skin's, the albedo is the skin colour (shading explains the rest); where
+        # it is not (pigment), the albedo is free to follow the image.
+        prior = (
+            masked_mean((1 + options.skin_prior_boost * confidence) * ((albedo - problem.albedo_avg) ** 2).sum(0))
+            * unit
+        )
         rtv = masked_mean(relative_total_variation(albedo / 255.0, options.rtv_sigma) ** 2) if w_rtv else 0.0
         return data + w_avg * prior + w_rtv * rtv
 
@@ -282,14 +300,17 @@ def solve(problem: Problem, options: SfsOptions, use_priors: bool = True) -> Sol
     with torch.no_grad():
         # Highlights on skin are smooth at this scale: the initial specular is the blurred positive residual
         # (unblurred, it would swallow the bright side of every wrinkle).
+        # Highlights are whitish, so they also leave the skin's chromaticity: only there may β0 be non-zero.
         beta0 = gaussian_blur((image - albedo * shade0).mean(0, keepdim=True).clamp(min=0), options.specular_sigma)
+        beta0 = beta0 * (1 - confidence)
     specular = beta0.clone().requires_grad_(True)
     spec_optimiser = torch.optim.Adam([specular], lr=options.specular_lr)
 
     def specular_steps(shade, steps: int) -> None:
         for _ in range(steps):
             spec_optimiser.zero_grad()
-            data = masked_mean(((albedo.detach() * shade + options.specular_scale * specular - image) ** 2).sum(0))
+            residual = albedo.detach() * shade + options.specular_scale * specular - image
+            data = masked_mean((1 - confidence) * (residual**2).sum(0))
             (unit * (data + options.specular_weight * masked_mean(((specular - beta0) ** 2).sum(0)))).backward()
             spec_optimiser.step()
             with torch.no_grad():
@@ -301,6 +322,7 @@ def solve(problem: Problem, options: SfsOptions, use_priors: bool = True) -> Sol
     delta = torch.zeros_like(height0, requires_grad=True)
     luminance = image.mean(0)
     lap_image = laplacian(luminance) * unit**0.5
+
     albedo_optimiser = torch.optim.Adam([albedo], lr=options.albedo_lr_depth)
     phase_heights = {}
     face_width = float(mask.any(0).sum())
@@ -317,7 +339,7 @@ def solve(problem: Problem, options: SfsOptions, use_priors: bool = True) -> Sol
         def depth_loss(l1: float = l1, l2: float = l2, l3: float = l3, l4: float = l4):
             height = height0 + delta * m
             rendered = render(height, albedo.detach(), specular.detach())
-            data = masked_mean(_robust(rendered - image, options.robust_threshold).sum(0)) * unit
+            data = masked_mean(confidence * _robust(rendered - image, options.robust_threshold).sum(0)) * unit
             lap_height = laplacian(height)
             low = gaussian_blur((delta * m)[None], options.base_sigma)[0]
             return (
@@ -325,7 +347,7 @@ def solve(problem: Problem, options: SfsOptions, use_priors: bool = True) -> Sol
                 + options.base_weight * masked_mean(low**2)
                 + l1 * masked_mean(delta**2)
                 + l2 * masked_mean(lap_height**2)
-                + l3 * masked_mean((lap_image - l4 * lap_height) ** 2)
+                + l3 * masked_mean(confidence * (lap_image - l4 * lap_height) ** 2)
             )
 
         if options.depth_optimizer == "adam":

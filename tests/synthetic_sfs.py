@@ -62,15 +62,18 @@ def make_scene(size: int = 160, seed: int = 0) -> Scene:
                 brows[int(y0 - t * 0.5), int(x0 + side * t)] = 1.0
     texture = np.clip(freckles + brows, 0, 1)
     skin = np.array([205.0, 150.0, 125.0])
-    albedo = skin[:, None, None] * (1 - 0.45 * texture)[None]
+    # Freckles and hair are brown: they darken blue and green more than red (real pigment), so they
+    # change the skin's chromaticity as well as its brightness.
+    pigment = np.array([0.35, 0.5, 0.6])
+    albedo = skin[:, None, None] * (1 - pigment[:, None, None] * texture[None])
     albedo_avg = np.broadcast_to(skin[:, None, None], albedo.shape).copy()
     # Light: ambient + from the upper left; shading from the true normals.
     sh = np.zeros((9, 3))
-    sh[0] = 2.4
-    sh[1] = 0.5  # from above (y up)
-    sh[3] = -0.4  # from the left
-    sh[2] = 0.9  # towards the viewer
-    sh[6] = -0.15
+    sh[0] = 2.0
+    sh[1] = 0.4  # from above (y up)
+    sh[3] = -0.35  # from the left
+    sh[2] = 0.75  # towards the viewer
+    sh[6] = -0.12  # (bright enough to use the range, dim enough that the highlight does not clip)
     height = torch.as_tensor(smooth + detail, dtype=torch.float32)
     normals = normals_from_height(height)
     shading = (sh_basis(normals).numpy() @ sh).transpose(2, 0, 1)
