@@ -24,6 +24,7 @@ medium mesh's UVs and landmark maps carried over; maps and per-phase meshes come
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -85,6 +86,7 @@ class SfsOptions:
     chroma_tolerance: float = 0.02
     skin_prior_boost: float = 100.0
     saturation: float = 250.0
+    specular_model: str = "lobe"
     depth_optimizer: str = "lbfgs"
     base_weight: float = 10.0
     base_sigma: float = 6.0
@@ -97,6 +99,8 @@ class SfsOptions:
         for name in ("phase1_weights", "phase2_weights"):
             if len(getattr(self, name)) != 4:
                 raise ValueError(f"{name} needs 4 values (λd1..λd4)")
+        if self.specular_model not in ("lobe", "per-pixel"):
+            raise ValueError(f"specular_model must be 'lobe' or 'per-pixel', got {self.specular_model!r}")
         if self.depth_optimizer not in ("lbfgs", "adam"):
             raise ValueError(f"depth_optimizer must be 'lbfgs' or 'adam', got {self.depth_optimizer!r}")
         if self.max_side < 16 or self.alternate_every < 1 or self.margin < 0:
@@ -302,11 +306,13 @@ def solve(problem: Problem, options: SfsOptions, use_priors: bool = True) -> Sol
         # (unblurred, it would swallow the bright side of every wrinkle).
         # Highlights are whitish, so they also leave the skin's chromaticity: only there may β0 be non-zero.
         beta0 = gaussian_blur((image - albedo * shade0).mean(0, keepdim=True).clamp(min=0), options.specular_sigma)
-        beta0 = beta0 * (1 - confidence)
+        beta0 = beta0 * (1 - confidence) * (options.specular_model == "per-pixel")
     specular = beta0.clone().requires_grad_(True)
     spec_optimiser = torch.optim.Adam([specular], lr=options.specular_lr)
 
     def specular_steps(shade, steps: int) -> None:
+        if options.specular_model != "per-pixel":
+            return  # the lobe model has no per-pixel specular
         for _ in range(steps):
             spec_optimiser.zero_grad()
             residual = albedo.detach() * shade + options.specular_scale * specular - image
@@ -317,6 +323,7 @@ def solve(problem: Problem, options: SfsOptions, use_priors: bool = True) -> Sol
                 specular.clamp_(min=0)
 
     specular_steps(shade0, options.specular_iterations)
+    lobe = fit_specular_lobe(problem, albedo.detach() * shade0) if options.specular_model == "lobe" else None
 
     # Step 5: depth in two phases, alternating with albedo and specular.
     delta = torch.zeros_like(height0, requires_grad=True)
@@ -339,6 +346,8 @@ def solve(problem: Problem, options: SfsOptions, use_priors: bool = True) -> Sol
         def depth_loss(l1: float = l1, l2: float = l2, l3: float = l3, l4: float = l4):
             height = height0 + delta * m
             rendered = render(height, albedo.detach(), specular.detach())
+            if lobe is not None:  # the highlight follows the current normals instead of being carved
+                rendered = rendered + lobe(normals_from_height(height))
             data = masked_mean(confidence * _robust(rendered - image, options.robust_threshold).sum(0)) * unit
             lap_height = laplacian(height)
             low = gaussian_blur((delta * m)[None], options.base_sigma)[0]
@@ -394,6 +403,32 @@ def _robust(residual, threshold: float):
     import torch
 
     return threshold**2 * torch.log1p((residual / threshold) ** 2)
+
+
+def fit_specular_lobe(problem: Problem, diffuse: Tensor) -> Callable[[Tensor], Tensor]:
+    """A white Blinn-Phong lobe k·max(n·h, 0)^α fitted to the residual of the smooth surface's diffuse
+    rendering (h: a unit half-vector, viewer frame). Returned as a function of normals (H, W, 3) ->
+    (1, H, W), so that the depth phases render the highlight from their own normals instead of carving
+    it into the surface (a per-pixel specular, the seed's step 4, cannot tell a highlight from detail)."""
+    import torch
+
+    normals0 = normals_from_height(problem.height0)
+    target = (problem.image - diffuse).mean(0)[problem.mask]
+    params = torch.tensor([0.0, 0.0, 2.0, 3.0], device=problem.image.device, requires_grad=True)  # hx, hy, log k, log α
+
+    def lobe(normals):
+        h = torch.stack([params[0], params[1], torch.ones_like(params[0])])
+        h = h / h.norm()
+        cosine = (normals @ h).clamp(min=0)
+        return (params[2].exp() * cosine ** params[3].exp())[None]
+
+    optimiser = torch.optim.Adam([params], lr=0.05)
+    for _ in range(150):
+        optimiser.zero_grad()
+        ((lobe(normals0)[0][problem.mask] - target) ** 2).mean().backward()
+        optimiser.step()
+    params.requires_grad_(False)
+    return lobe
 
 
 # -- the stage ----------------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """The fine stage (shape-from-shading). What is shown here, and what is not yet (see the README):
 detail is recovered when the albedo is known, phase 2 adds finer detail than phase 1, the real-photo
-output is sane and written out, textured albedo stays out of the geometry; with a specular highlight
-over the detail the result is still worse than the smooth surface (3.77 vs 3.12 degrees on the full
-synthetic scene), so that part of the issue's acceptance is not claimed."""
+output is sane and written out, textured albedo stays out of the geometry, and on the full synthetic
+scene (texture and a highlight) the detail's normal error drops by a factor of 1.65 — less than the
+"large factor" the issue asks for, which is therefore not claimed."""
 
 from __future__ import annotations
 
@@ -130,7 +130,7 @@ def test_priors_keep_albedo_texture_out_of_the_geometry():
         band = nd.gaussian_filter(detail, 0.7) - nd.gaussian_filter(detail, 2.0)
         return float(np.abs(band)[textured].mean())
 
-    assert leak(False) > 3 * leak(True)  # measured 0.69 vs 0.12 px
+    assert leak(False) > 3 * leak(True)  # measured 0.65 vs 0.06 px
 
 
 def test_textured_albedo_stays_out_of_the_recovered_detail():
@@ -145,4 +145,18 @@ def test_textured_albedo_stays_out_of_the_recovered_detail():
     )
     height = solve(problem, SfsOptions()).height.numpy()
     region = scene.mask & (np.abs(scene.detail) > 0.02)
-    assert angle(height, truth, region) < angle(scene.smooth, truth, region) / 2.5  # measured 3.12 -> 1.05
+    assert angle(height, truth, region) < angle(scene.smooth, truth, region) / 2.5  # measured 3.12 -> 1.14
+
+
+def test_full_synthetic_scene_detail_is_recovered():
+    """The issue's scene: multi-scale detail, textured albedo and a specular highlight over the forehead
+    wrinkles, from the smooth surface. Measured: 3.12 -> 1.89 degrees (a factor of 1.65)."""
+    scene = make_scene()
+    truth = scene.smooth + scene.detail
+    t = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32)  # noqa: E731
+    problem = Problem(
+        t(scene.image), torch.as_tensor(scene.mask), torch.as_tensor(scene.mask), t(scene.smooth), t(scene.albedo_avg)
+    )
+    height = solve(problem, SfsOptions()).height.numpy()
+    region = scene.mask & (np.abs(scene.detail) > 0.02)
+    assert angle(height, truth, region) < angle(scene.smooth, truth, region) / 1.4
