@@ -36,3 +36,24 @@ def rotation_from_yaw_pitch_roll(yaw: float, pitch: float, roll: float) -> np.nd
     rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
     rz = np.array([[np.cos(c), -np.sin(c), 0], [np.sin(c), np.cos(c), 0], [0, 0, 1]])
     return ry @ rx @ rz @ FLIP_YZ
+
+
+def similarity_transform(
+    source: np.ndarray, target: np.ndarray, weights: np.ndarray | None = None
+) -> tuple[float, np.ndarray, np.ndarray]:
+    """Least-squares s, R, t with target ≈ s·R·source + t for (n, 3) point sets, optionally weighted
+    (Umeyama 1991); R is a proper rotation."""
+    source = np.asarray(source, np.float64)
+    target = np.asarray(target, np.float64)
+    w = (
+        np.full(len(source), 1.0 / len(source))
+        if weights is None
+        else np.asarray(weights, np.float64) / np.sum(weights)
+    )
+    mu_s, mu_t = w @ source, w @ target
+    a, b = source - mu_s, target - mu_t
+    u, sigma, vt = np.linalg.svd((b * w[:, None]).T @ a)
+    correction = np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))])
+    rotation = u @ correction @ vt
+    scale = float(np.trace(np.diag(sigma) @ correction) / (w @ (a**2).sum(1)))
+    return scale, rotation, mu_t - scale * rotation @ mu_s

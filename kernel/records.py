@@ -20,7 +20,7 @@ Frames and units, written down once (every stage uses them):
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 import numpy as np
@@ -228,15 +228,7 @@ class Mesh:
 
     def with_vertices(self, vertices: np.ndarray) -> Mesh:
         """The same topology, UVs and maps with new vertex positions (what most refiners return)."""
-        return Mesh(
-            vertices=vertices,
-            triangles=self.triangles,
-            topology=self.topology,
-            uvs=self.uvs,
-            landmark_maps=self.landmark_maps,
-            units=self.units,
-            camera_matrix=self.camera_matrix,
-        )
+        return replace(self, vertices=vertices)
 
 
 @dataclass(frozen=True, eq=False)

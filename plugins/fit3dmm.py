@@ -9,6 +9,7 @@ It is the ``auto`` regressor whenever a model is configured in the model catalog
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -173,7 +174,7 @@ class MorphableModelFitter:
             return mesh
         maps = dict(mesh.landmark_maps)
         maps[IBUG68] = LandmarkMap(IBUG68, ids, weights)
-        return Mesh(mesh.vertices, mesh.triangles, mesh.topology, mesh.uvs, maps, mesh.units, mesh.camera_matrix)
+        return dataclasses.replace(mesh, landmark_maps=maps)
 
 
 def _canonical_face(bundle_path: Path | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from facerecon.geometry.subdivision import Subdivider
-from facerecon.geometry.transforms import FLIP_YZ
+from facerecon.geometry.transforms import FLIP_YZ, similarity_transform
 from facerecon.kernel import IBUG68, CoarseResult, Face, LandmarkMap, Mesh, StageRegistrar, hookimpl
 from facerecon.kernel.errors import InputError
 from facerecon.kernel.imageio import check_image
@@ -94,20 +94,8 @@ class LandmarkMeshRegressor:
             landmark_maps=self.landmark_maps,
         )
         # Pose of MediaPipe's canonical face (its own frame: y up, z to the viewer, cm) in the mesh frame.
-        scale, rotation, translation = similarity(self.canonical, points)
+        scale, rotation, translation = similarity_transform(self.canonical, points)
         return CoarseResult(mesh=mesh, rotation=rotation @ FLIP_YZ, translation=translation, scale=scale)
-
-
-def similarity(source: np.ndarray, target: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    """Least-squares s, R, t with target ≈ s·R·source + t (Umeyama 1991), for (n, 3) point sets."""
-    mu_s, mu_t = source.mean(0), target.mean(0)
-    a, b = source - mu_s, target - mu_t
-    u, sigma, vt = np.linalg.svd(b.T @ a / len(source))
-    d = np.sign(np.linalg.det(u @ vt))
-    correction = np.diag([1.0, 1.0, d])
-    rotation = u @ correction @ vt
-    scale = float(np.trace(np.diag(sigma) @ correction) / (a**2).sum(1).mean())
-    return scale, rotation, mu_t - scale * rotation @ mu_s
 
 
 @hookimpl

@@ -35,6 +35,7 @@ or by 3DDFA_V2's own ``convert_to_onnx``). Model files are never downloaded: use
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import pickle
@@ -619,21 +620,7 @@ def _checked_model(model: MorphableModel) -> MorphableModel:
     normals = np.cross(mean[tri[:, 1]] - mean[tri[:, 0]], mean[tri[:, 2]] - mean[tri[:, 0]])
     if normals[:, 2].sum() < 0:  # MorphableModel promises counter-clockwise from the front (+z normals)
         log.warning("%s: triangles are clockwise seen from the front; reversing them for the mesh", where)
-        model = MorphableModel(
-            mean=model.mean,
-            identity_basis=model.identity_basis,
-            identity_std=model.identity_std,
-            expression_basis=model.expression_basis,
-            expression_std=model.expression_std,
-            triangles=tri[:, ::-1],
-            topology=model.topology,
-            name=model.name,
-            license=model.license,
-            colors=model.colors,
-            uvs=model.uvs,
-            landmark_maps=model.landmark_maps,
-            contours=model.contours,
-        )
+        model = dataclasses.replace(model, triangles=tri[:, ::-1])
     return model
 
 

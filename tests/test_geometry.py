@@ -141,3 +141,20 @@ def test_torch_rasteriser_matches_on_the_cpu():
     if torch.cuda.is_available():  # on a GPU machine the same check runs on the device
         gpu = rasterize_torch(v, s.faces, 120, 128, device="cuda")
         assert (gpu.mask == ref.mask).all()
+
+
+def test_similarity_transform_recovers_a_known_one():
+    from facerecon.geometry.transforms import rotation_from_yaw_pitch_roll, similarity_transform
+
+    rng = np.random.default_rng(3)
+    source = rng.normal(size=(50, 3))
+    rotation = rotation_from_yaw_pitch_roll(20, -10, 5)
+    target = 2.5 * source @ rotation.T + [1, 2, 3]
+    scale, r, t = similarity_transform(source, target)
+    assert scale == pytest.approx(2.5) and np.allclose(r, rotation) and np.allclose(t, [1, 2, 3])
+    # Weights: points with zero weight (here: wildly wrong) do not matter.
+    noisy = target.copy()
+    noisy[:5] += 100
+    weights = np.r_[np.zeros(5), np.ones(45)]
+    scale, r, t = similarity_transform(source, noisy, weights)
+    assert scale == pytest.approx(2.5) and np.allclose(r, rotation)

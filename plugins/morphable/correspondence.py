@@ -21,6 +21,7 @@ import numpy as np
 from scipy.interpolate import RBFInterpolator
 from scipy.spatial import cKDTree
 
+from facerecon.geometry.transforms import similarity_transform
 from facerecon.kernel.errors import ModelFileError
 from facerecon.kernel.records import IBUG68, LandmarkMap
 
@@ -142,7 +143,7 @@ def _derive_mediapipe_map(
     inner = INNER_IBUG[model_ibug.valid[INNER_IBUG]]
     if len(inner) < 20:
         raise ModelFileError(f"model {model.topology!r}: too few inner iBUG landmarks ({len(inner)}) to align")
-    scale, rotation, translation = _umeyama(source[inner], target[inner])
+    scale, rotation, translation = similarity_transform(source[inner], target[inner])
     moved = scale * canonical @ rotation.T + translation
     # Thin-plate warp through the inner landmarks: canonical features land on the model's features.
     warp = RBFInterpolator(
@@ -162,16 +163,6 @@ def _derive_mediapipe_map(
     out_ids[: len(ids)], out_weights[: len(ids)] = ids, weights
     out_weights /= np.where(out_weights.sum(1, keepdims=True) > 0, out_weights.sum(1, keepdims=True), 1.0)
     return LandmarkMap(MEDIAPIPE478, out_ids, out_weights)
-
-
-def _umeyama(source: np.ndarray, target: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    mu_s, mu_t = source.mean(0), target.mean(0)
-    a, b = source - mu_s, target - mu_t
-    u, sigma, vt = np.linalg.svd(b.T @ a / len(a))
-    correction = np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))])
-    rotation = u @ correction @ vt
-    scale = float(np.trace(np.diag(sigma) @ correction) / (a**2).sum(1).mean())
-    return scale, rotation, mu_t - scale * rotation @ mu_s
 
 
 def closest_surface_points(

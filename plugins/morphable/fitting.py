@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from facerecon.geometry.transforms import FLIP_YZ
+from facerecon.geometry.transforms import FLIP_YZ, similarity_transform
 
 from .model import MorphableModel
 
@@ -136,7 +136,7 @@ class LandmarkFitter:
             if settings.perspective:
                 rotation, translation = _pnp(shape_rows, target[:, :2], camera, rotation, translation, iteration)
             elif has_depth:
-                scale, rotation, translation = _similarity_3d(shape_rows, target, w[used])
+                scale, rotation, translation = similarity_transform(shape_rows, target, w[used])
             else:
                 scale, rotation, translation = _scaled_orthographic(shape_rows, target[:, :2], w[used])
             if corr.contour:
@@ -326,20 +326,6 @@ def _scaled_orthographic(model: np.ndarray, image: np.ndarray, w: np.ndarray) ->
     translation = np.zeros(3)
     translation[:2] = np.average(image - scale * model @ rotation[:2].T, axis=0, weights=w)
     return scale, rotation, translation
-
-
-def _similarity_3d(model: np.ndarray, target: np.ndarray, w: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    """Weighted Umeyama: target ≈ s R X + t in 3D (landmark z in image pixels, away from the camera)."""
-    wn = w / w.sum()
-    mu_x, mu_y = wn @ model, wn @ target
-    a, b = model - mu_x, target - mu_y
-    cov = (b * wn[:, None]).T @ a
-    u, sigma, vt = np.linalg.svd(cov)
-    d = np.sign(np.linalg.det(u @ vt))
-    correction = np.diag([1.0, 1.0, d])
-    rotation = u @ correction @ vt
-    scale = float(np.trace(np.diag(sigma) @ correction) / (wn @ (a**2).sum(1)))
-    return scale, rotation, mu_y - scale * rotation @ mu_x
 
 
 def _pnp(

@@ -11,7 +11,7 @@ counter-clockwise seen from the front, so their normals point to +z on the face.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 import numpy as np
@@ -128,18 +128,10 @@ class MorphableModel:
         """The same model keeping only the first components (the seed uses 80 identity, 64 expression)."""
         k_id = self.n_identity if n_identity is None else min(n_identity, self.n_identity)
         k_exp = self.n_expression if n_expression is None else min(n_expression, self.n_expression)
-        return MorphableModel(
-            mean=self.mean,
+        return replace(
+            self,
             identity_basis=self.identity_basis[:, :k_id],
             identity_std=self.identity_std[:k_id],
             expression_basis=self.expression_basis[:, :k_exp],
             expression_std=self.expression_std[:k_exp],
-            triangles=self.triangles,
-            topology=self.topology,
-            name=self.name,
-            license=self.license,
-            colors=self.colors,
-            uvs=self.uvs,
-            landmark_maps=self.landmark_maps,
-            contours=self.contours,
         )
