@@ -24,9 +24,7 @@ medium mesh's UVs and landmark maps carried over; maps and per-phase meshes come
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -34,9 +32,6 @@ from facerecon.geometry.raster import interpolate, rasterize
 from facerecon.kernel import Face, ImageMaps, LandmarkMap, Mesh, Refinement, Segmentation, StageRegistrar, hookimpl
 from facerecon.kernel.errors import PluginError
 from facerecon.kernel.imageio import check_image
-
-if TYPE_CHECKING:  # torch is imported lazily: `facerecon` starts without loading it
-    from torch import Tensor
 
 SKIN_LABELS = ("skin", "nose")
 """Regions whose colour is skin: the lighting is fitted there, and the albedo prior is trusted there."""
@@ -87,6 +82,7 @@ class SfsOptions:
     skin_prior_boost: float = 100.0
     saturation: float = 250.0
     specular_model: str = "lobe"
+    specular_min_peak: float = 8.0
     depth_optimizer: str = "lbfgs"
     base_weight: float = 10.0
     base_sigma: float = 6.0
@@ -107,330 +103,6 @@ class SfsOptions:
             raise ValueError("max_side must be >= 16, alternate_every >= 1, margin >= 0")
 
 
-# -- spherical harmonics ----------------------------------------------------------------------------
-
-SH_CONSTANTS = (0.282095, 0.488603, 0.488603, 0.488603, 1.092548, 1.092548, 0.315392, 1.092548, 0.546274)
-
-
-def sh_basis(normals):
-    """The 9 real SH basis functions of unit normals (..., 3) in the viewer frame (x right, y up, z to
-    the viewer): Y00, Y1-1 (y), Y10 (z), Y11 (x), Y2-2 (xy), Y2-1 (yz), Y20 (3z²-1), Y21 (xz), Y22 (x²-y²)."""
-    import torch
-
-    x, y, z = normals[..., 0], normals[..., 1], normals[..., 2]
-    c = SH_CONSTANTS
-    return torch.stack(
-        [
-            torch.full_like(x, c[0]),
-            c[1] * y,
-            c[2] * z,
-            c[3] * x,
-            c[4] * x * y,
-            c[5] * y * z,
-            c[6] * (3 * z * z - 1),
-            c[7] * x * z,
-            c[8] * (x * x - y * y),
-        ],
-        dim=-1,
-    )
-
-
-def normals_from_height(height):
-    """Unit normals (H, W, 3) in the viewer frame of a height map h (H, W) towards the viewer, image rows
-    going down: n ∝ (−∂h/∂x, ∂h/∂y, 1) with central differences (one-sided at the border)."""
-    import torch
-
-    padded = torch.nn.functional.pad(height[None, None], (1, 1, 1, 1), mode="replicate")[0, 0]
-    hx = (padded[1:-1, 2:] - padded[1:-1, :-2]) / 2
-    hy = (padded[2:, 1:-1] - padded[:-2, 1:-1]) / 2
-    n = torch.stack([-hx, hy, torch.ones_like(height)], dim=-1)
-    return n / n.norm(dim=-1, keepdim=True)
-
-
-def laplacian(image):
-    """5-point Laplacian of (..., H, W) with replicated borders."""
-    import torch
-
-    flat = image.reshape(-1, 1, *image.shape[-2:])
-    padded = torch.nn.functional.pad(flat, (1, 1, 1, 1), mode="replicate")
-    out = padded[..., :-2, 1:-1] + padded[..., 2:, 1:-1] + padded[..., 1:-1, :-2] + padded[..., 1:-1, 2:] - 4 * flat
-    return out.reshape(image.shape)
-
-
-def gaussian_blur(image, sigma: float):
-    """Separable Gaussian blur of (C, H, W)."""
-    import torch
-
-    radius = max(1, int(3 * sigma))
-    t = torch.arange(-radius, radius + 1, dtype=image.dtype, device=image.device)
-    kernel = torch.exp(-(t**2) / (2 * sigma**2))
-    kernel = kernel / kernel.sum()
-    c = image.shape[0]
-    x = torch.nn.functional.pad(image[None], (radius, radius, 0, 0), mode="replicate")
-    x = torch.nn.functional.conv2d(x, kernel.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
-    x = torch.nn.functional.pad(x, (0, 0, radius, radius), mode="replicate")
-    x = torch.nn.functional.conv2d(x, kernel.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
-    return x[0]
-
-
-def relative_total_variation(image, sigma: float, eps: float = 1e-3):
-    """Per-pixel RTV_x + RTV_y of (C, H, W) (Xu, Yan, Xia, Jia 2012, eq. 3-4): G*|∂γ| / (|G*∂γ| + e).
-    Texture (many small gradients of mixed sign) scores high, structure (consistent edges) low."""
-    import torch
-
-    dx = torch.nn.functional.pad(image[..., :, 1:] - image[..., :, :-1], (0, 1))
-    dy = torch.nn.functional.pad(image[..., 1:, :] - image[..., :-1, :], (0, 0, 0, 1))
-    rtv_x = gaussian_blur(dx.abs(), sigma) / (gaussian_blur(dx, sigma).abs() + eps)
-    rtv_y = gaussian_blur(dy.abs(), sigma) / (gaussian_blur(dy, sigma).abs() + eps)
-    return rtv_x + rtv_y
-
-
-# -- the optimisation ---------------------------------------------------------------------------------
-
-
-@dataclass
-class Problem:
-    """Everything on the depth-map grid (torch tensors): image (3, H, W) 0-255, mask (H, W) bool (refined
-    region), lit (H, W) bool (where the lighting is fitted), height0 (H, W) medium height (towards the
-    viewer, samples), albedo_avg (3, H, W) 0-255."""
-
-    image: Tensor
-    mask: Tensor
-    lit: Tensor
-    height0: Tensor
-    albedo_avg: Tensor
-
-
-@dataclass
-class Solution:
-    height: Tensor
-    albedo: Tensor
-    specular: Tensor
-    sh: Tensor
-    phase_heights: dict[str, Tensor]
-
-
-def shading(height, sh):
-    """S(n) (3, H, W) for SH coefficients sh (9, 3)."""
-    basis = sh_basis(normals_from_height(height))  # (H, W, 9)
-    return (basis @ sh).permute(2, 0, 1)
-
-
-def fit_lighting(problem: Problem, trim: float = 0.1):
-    """Step 2: r (9, 3) by least squares with γ = γ_avg, ε = 0, on the lit pixels; refitted once without
-    the ``trim`` fraction of worst-fitting pixels (specular highlights, freckles, shadows cast by hair)."""
-    import torch
-
-    basis = sh_basis(normals_from_height(problem.height0))[problem.lit]  # (P, 9)
-    albedo = problem.albedo_avg[:, problem.lit]  # (3, P)
-    target = problem.image[:, problem.lit]
-    keep = torch.ones(basis.shape[0], dtype=torch.bool, device=basis.device)
-    for _ in range(2):
-        coefficients = torch.stack(
-            [
-                torch.linalg.lstsq(basis[keep] * albedo[c][keep][:, None], target[c][keep][:, None]).solution[:, 0]
-                for c in range(3)
-            ],
-            dim=1,
-        )
-        residual = (albedo.T * (basis @ coefficients) - target.T).abs().sum(1)
-        keep = residual <= torch.quantile(residual, 1 - trim)
-    return coefficients
-
-
-def solve(problem: Problem, options: SfsOptions, use_priors: bool = True) -> Solution:
-    """Steps 2-4 (see the module docstring). ``use_priors=False`` drops the skin-colour and RTV terms
-    (the seed's Fig. 8 ablation)."""
-    import torch
-
-    unit = (1.0 / options.intensity_range) ** 2
-    mask = problem.mask
-    m = mask.float()
-    count = m.sum().clamp(min=1)
-    image = problem.image
-    sh = fit_lighting(problem)
-    # The albedo priors are weighed against the data term relative to the squared shading, so that a
-    # brighter light does not silently weaken them (γ·S: the data term scales with S²).
-    shading_scale = float((shading(problem.height0, sh)[:, mask] ** 2).mean())
-    w_avg = options.albedo_weight * shading_scale if use_priors else 0.0
-    w_rtv = options.albedo_rtv_weight * shading_scale if use_priors else 0.0
-
-    # Skin-colour confidence: shading changes brightness, not chromaticity; pigment (freckles, hair) and
-    # highlights (white) change the chromaticity away from the region's skin colour. Pixels that do are
-    # trusted less as shading evidence, so their darkness or brightness stays in the albedo/specular.
-    chroma = image / image.sum(0, keepdim=True).clamp(min=1e-3)
-    skin_chroma = problem.albedo_avg / problem.albedo_avg.sum(0, keepdim=True).clamp(min=1e-3)
-    deviation = gaussian_blur(((chroma - skin_chroma) ** 2).sum(0, keepdim=True), 1.0)[0].sqrt()
-    confidence = torch.exp(-((deviation / options.chroma_tolerance) ** 2)) if use_priors else torch.ones_like(deviation)
-    # Clipped pixels carry no shading information at all.
-    confidence = confidence * (image.max(0).values < options.saturation).float()
-
-    def masked_mean(value):
-        return (value * m).sum() / count
-
-    def render(height, albedo, specular):
-        return albedo * shading(height, sh) + options.specular_scale * specular
-
-    # Step 3: albedo, from the mean albedo.
-    height0 = problem.height0
-    albedo = problem.albedo_avg.clone().requires_grad_(True)
-    specular = torch.zeros_like(height0)[None]
-    shade0 = shading(height0, sh).detach()
-
-    def albedo_loss(albedo, shade, specular, blur: float = 0.0):
-        residual = albedo * shade + options.specular_scale * specular - image
-        if blur > 0:
-            residual = gaussian_blur(residual * m, blur)
-        data = masked_mean((residual**2).sum(0)) * unit
-        # Where the colour is the skin's, the albedo is the skin colour (shading explains the rest); where
-        # it is not (pigment), the albedo is free to follow the image.
-        prior = (
-            masked_mean((1 + options.skin_prior_boost * confidence) * ((albedo - problem.albedo_avg) ** 2).sum(0))
-            * unit
-        )
-        rtv = masked_mean(relative_total_variation(albedo / 255.0, options.rtv_sigma) ** 2) if w_rtv else 0.0
-        return data + w_avg * prior + w_rtv * rtv
-
-    # Before any depth step the normals are the smooth medium surface's, so at full resolution the albedo
-    # would take up every wrinkle's shading; it is fitted to the blurred residual here and refined at full
-    # resolution while the depth phases explain the detail.
-    optimiser = torch.optim.Adam([albedo], lr=options.albedo_lr)
-    for _ in range(options.albedo_iterations):
-        optimiser.zero_grad()
-        albedo_loss(albedo, shade0, specular, options.albedo_blur).backward()
-        optimiser.step()
-
-    # Step 4: specular, from the residual.
-    with torch.no_grad():
-        # Highlights on skin are smooth at this scale: the initial specular is the blurred positive residual
-        # (unblurred, it would swallow the bright side of every wrinkle).
-        # Highlights are whitish, so they also leave the skin's chromaticity: only there may β0 be non-zero.
-        beta0 = gaussian_blur((image - albedo * shade0).mean(0, keepdim=True).clamp(min=0), options.specular_sigma)
-        beta0 = beta0 * (1 - confidence) * (options.specular_model == "per-pixel")
-    specular = beta0.clone().requires_grad_(True)
-    spec_optimiser = torch.optim.Adam([specular], lr=options.specular_lr)
-
-    def specular_steps(shade, steps: int) -> None:
-        if options.specular_model != "per-pixel":
-            return  # the lobe model has no per-pixel specular
-        for _ in range(steps):
-            spec_optimiser.zero_grad()
-            residual = albedo.detach() * shade + options.specular_scale * specular - image
-            data = masked_mean((1 - confidence) * (residual**2).sum(0))
-            (unit * (data + options.specular_weight * masked_mean(((specular - beta0) ** 2).sum(0)))).backward()
-            spec_optimiser.step()
-            with torch.no_grad():
-                specular.clamp_(min=0)
-
-    specular_steps(shade0, options.specular_iterations)
-    lobe = fit_specular_lobe(problem, albedo.detach() * shade0) if options.specular_model == "lobe" else None
-
-    # Step 5: depth in two phases, alternating with albedo and specular.
-    delta = torch.zeros_like(height0, requires_grad=True)
-    luminance = image.mean(0)
-    lap_image = laplacian(luminance) * unit**0.5
-
-    albedo_optimiser = torch.optim.Adam([albedo], lr=options.albedo_lr_depth)
-    phase_heights = {}
-    face_width = float(mask.any(0).sum())
-    bound = options.max_displacement * face_width
-    for phase, (weights, lr, iterations) in enumerate(
-        (
-            (options.phase1_weights, options.phase1_lr, options.phase1_iterations),
-            (options.phase2_weights, options.phase2_lr, options.phase2_iterations),
-        ),
-        start=1,
-    ):
-        l1, l2, l3, l4 = weights
-
-        def depth_loss(l1: float = l1, l2: float = l2, l3: float = l3, l4: float = l4):
-            height = height0 + delta * m
-            rendered = render(height, albedo.detach(), specular.detach())
-            if lobe is not None:  # the highlight follows the current normals instead of being carved
-                rendered = rendered + lobe(normals_from_height(height))
-            data = masked_mean(confidence * _robust(rendered - image, options.robust_threshold).sum(0)) * unit
-            lap_height = laplacian(height)
-            low = gaussian_blur((delta * m)[None], options.base_sigma)[0]
-            return (
-                data
-                + options.base_weight * masked_mean(low**2)
-                + l1 * masked_mean(delta**2)
-                + l2 * masked_mean(lap_height**2)
-                + l3 * masked_mean(confidence * (lap_image - l4 * lap_height) ** 2)
-            )
-
-        if options.depth_optimizer == "adam":
-            depth_optimiser: torch.optim.Optimizer = torch.optim.Adam([delta], lr=lr)
-        else:
-            # Adam moves every pixel by about lr per step however weak its gradient, so over a hundred
-            # steps pixels with no shading evidence random-walk (a crumpled surface); L-BFGS with a line
-            # search follows the energy's actual curvature.
-            depth_optimiser = torch.optim.LBFGS(
-                [delta],
-                lr=1.0,
-                max_iter=options.alternate_every,
-                max_eval=options.alternate_every + 5,
-                history_size=10,
-                line_search_fn="strong_wolfe",
-            )
-
-        def closure(depth_optimiser: torch.optim.Optimizer = depth_optimiser):
-            depth_optimiser.zero_grad()
-            loss = depth_loss()
-            loss.backward()
-            return loss
-
-        steps = iterations if options.depth_optimizer == "adam" else -(-iterations // options.alternate_every)
-        for step in range(steps):
-            depth_optimiser.step(closure)
-            with torch.no_grad():
-                delta.clamp_(-bound, bound)
-            if options.depth_optimizer != "adam" or (step + 1) % options.alternate_every == 0:
-                shade = shading(height0 + delta.detach() * m, sh).detach()
-                for _ in range(2):
-                    albedo_optimiser.zero_grad()
-                    albedo_loss(albedo, shade, specular.detach()).backward()
-                    albedo_optimiser.step()
-                specular_steps(shade, 2)
-        phase_heights[f"phase{phase}"] = (height0 + delta.detach() * m).clone()
-    return Solution(height0 + delta.detach() * m, albedo.detach(), specular.detach(), sh, phase_heights)
-
-
-def _robust(residual, threshold: float):
-    """Cauchy's loss c² log(1 + r²/c²), in squared grey levels: quadratic for small residuals, and
-    redescending beyond ``threshold`` so that what no surface can shade (dark hairs, freckles, a
-    highlight) is left to the albedo and specular maps instead of pulling the depth into spikes."""
-    import torch
-
-    return threshold**2 * torch.log1p((residual / threshold) ** 2)
-
-
-def fit_specular_lobe(problem: Problem, diffuse: Tensor) -> Callable[[Tensor], Tensor]:
-    """A white Blinn-Phong lobe k·max(n·h, 0)^α fitted to the residual of the smooth surface's diffuse
-    rendering (h: a unit half-vector, viewer frame). Returned as a function of normals (H, W, 3) ->
-    (1, H, W), so that the depth phases render the highlight from their own normals instead of carving
-    it into the surface (a per-pixel specular, the seed's step 4, cannot tell a highlight from detail)."""
-    import torch
-
-    normals0 = normals_from_height(problem.height0)
-    target = (problem.image - diffuse).mean(0)[problem.mask]
-    params = torch.tensor([0.0, 0.0, 2.0, 3.0], device=problem.image.device, requires_grad=True)  # hx, hy, log k, log α
-
-    def lobe(normals):
-        h = torch.stack([params[0], params[1], torch.ones_like(params[0])])
-        h = h / h.norm()
-        cosine = (normals @ h).clamp(min=0)
-        return (params[2].exp() * cosine ** params[3].exp())[None]
-
-    optimiser = torch.optim.Adam([params], lr=0.05)
-    for _ in range(150):
-        optimiser.zero_grad()
-        ((lobe(normals0)[0][problem.mask] - target) ** 2).mean().backward()
-        optimiser.step()
-    params.requires_grad_(False)
-    return lobe
-
-
 # -- the stage ----------------------------------------------------------------------------------------
 
 
@@ -440,11 +112,14 @@ class SfsRefiner:
     def __init__(self, options: SfsOptions, device: str = "cpu") -> None:
         try:
             import torch
+
+            from facerecon.plugins import sfs_solver
         except ImportError:
             raise PluginError("the sfs refiner needs PyTorch: pip install 'facerecon[fine]'") from None
 
         self.options = options
         self.device = torch.device(device)
+        self.solver = sfs_solver
 
     def refine(self, image: np.ndarray, face: Face, mesh: Mesh, segmentation: Segmentation | None) -> Refinement:
         import torch
@@ -460,14 +135,14 @@ class SfsRefiner:
         labels = grid.sample_labels(segmentation)
         mask, lit, albedo_avg = _regions(crop, covered, labels, segmentation)
         t = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32, device=self.device)  # noqa: E731
-        problem = Problem(
+        problem = self.solver.Problem(
             image=t(crop.transpose(2, 0, 1)),
             mask=torch.as_tensor(mask, device=self.device),
             lit=torch.as_tensor(lit, device=self.device),
             height0=t(np.where(covered, -depth0, 0.0)),
             albedo_avg=t(albedo_avg.transpose(2, 0, 1)),
         )
-        solution = solve(problem, self.options)
+        solution = self.solver.solve(problem, self.options)
         height = solution.height.cpu().numpy().astype(np.float64)
         fine = grid.mesh(mesh, raster, -height, covered, "fine")
         phases = {
@@ -481,9 +156,9 @@ class SfsRefiner:
         import torch
 
         with torch.no_grad():
-            shade = shading(solution.height, solution.sh)
+            shade = self.solver.shading(solution.height, solution.sh)
             rendered = solution.albedo * shade + self.options.specular_scale * solution.specular
-            normals = normals_from_height(solution.height).cpu().numpy()
+            normals = self.solver.normals_from_height(solution.height).cpu().numpy()
         to_image = lambda x: np.clip(x.cpu().numpy().transpose(1, 2, 0) / 255.0, 0, 1)  # noqa: E731
         nan = np.where(covered, 1.0, np.nan)
         depth = -height * grid.step  # mesh-frame z in image pixels

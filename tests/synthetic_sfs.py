@@ -33,7 +33,7 @@ def blobs(shape: tuple[int, int], centres: np.ndarray, sigma: float) -> np.ndarr
 def make_scene(size: int = 160, seed: int = 0) -> Scene:
     import torch
 
-    from facerecon.plugins.sfs import normals_from_height, sh_basis
+    from facerecon.plugins.sfs_solver import normals_from_height, sh_basis
 
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:size, :size].astype(float)

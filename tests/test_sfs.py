@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from facerecon.kernel import Refinement
-from facerecon.plugins.sfs import Problem, SfsOptions, SfsRefiner, normals_from_height, shading, solve
+from facerecon.plugins.sfs import SfsOptions, SfsRefiner
+from facerecon.plugins.sfs_solver import Problem, normals_from_height, shading, solve
 from tests.synthetic_sfs import make_scene
 
 

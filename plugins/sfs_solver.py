@@ -1,0 +1,399 @@
+"""The fine stage's energies and their minimisation (seed section 3.4), in torch, on one depth-map grid.
+
+Images are (C, H, W) float tensors in 0-255, heights (H, W) in grid samples towards the viewer, normals
+(H, W, 3) in the viewer frame (x right, y up, z to the viewer). ``solve`` runs steps 2-5 of
+``facerecon.plugins.sfs`` (lighting, albedo, specular, two depth phases). Imported by the refiner when
+it is built, so that ``facerecon`` starts without loading torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from facerecon.plugins.sfs import SfsOptions
+
+# -- spherical harmonics ----------------------------------------------------------------------------
+
+SH_CONSTANTS = (0.282095, 0.488603, 0.488603, 0.488603, 1.092548, 1.092548, 0.315392, 1.092548, 0.546274)
+
+
+def sh_basis(normals):
+    """The 9 real SH basis functions of unit normals (..., 3) in the viewer frame (x right, y up, z to
+    the viewer): Y00, Y1-1 (y), Y10 (z), Y11 (x), Y2-2 (xy), Y2-1 (yz), Y20 (3z²-1), Y21 (xz), Y22 (x²-y²)."""
+    x, y, z = normals[..., 0], normals[..., 1], normals[..., 2]
+    c = SH_CONSTANTS
+    return torch.stack(
+        [
+            torch.full_like(x, c[0]),
+            c[1] * y,
+            c[2] * z,
+            c[3] * x,
+            c[4] * x * y,
+            c[5] * y * z,
+            c[6] * (3 * z * z - 1),
+            c[7] * x * z,
+            c[8] * (x * x - y * y),
+        ],
+        dim=-1,
+    )
+
+
+def normals_from_height(height):
+    """Unit normals (H, W, 3) in the viewer frame of a height map h (H, W) towards the viewer, image rows
+    going down: n ∝ (−∂h/∂x, ∂h/∂y, 1) with central differences (one-sided at the border)."""
+    padded = torch.nn.functional.pad(height[None, None], (1, 1, 1, 1), mode="replicate")[0, 0]
+    hx = (padded[1:-1, 2:] - padded[1:-1, :-2]) / 2
+    hy = (padded[2:, 1:-1] - padded[:-2, 1:-1]) / 2
+    n = torch.stack([-hx, hy, torch.ones_like(height)], dim=-1)
+    return n / n.norm(dim=-1, keepdim=True)
+
+
+def laplacian(image):
+    """5-point Laplacian of (..., H, W) with replicated borders."""
+    flat = image.reshape(-1, 1, *image.shape[-2:])
+    padded = torch.nn.functional.pad(flat, (1, 1, 1, 1), mode="replicate")
+    out = padded[..., :-2, 1:-1] + padded[..., 2:, 1:-1] + padded[..., 1:-1, :-2] + padded[..., 1:-1, 2:] - 4 * flat
+    return out.reshape(image.shape)
+
+
+def gaussian_kernel(sigma: float) -> list[float]:
+    """Normalised 1-D Gaussian taps, radius 3σ."""
+    radius = max(1, int(3 * sigma))
+    taps = torch.exp(-(torch.arange(-radius, radius + 1, dtype=torch.float64) ** 2) / (2 * sigma**2))
+    return (taps / taps.sum()).tolist()
+
+
+def _blur_axis(x: Tensor, taps: list[float], dim: int) -> Tensor:
+    """Correlate x with symmetric ``taps`` along ``dim``, borders replicated (sum of shifted slices:
+    on the CPU this is ~10x faster than a depthwise conv2d with a 1-D kernel, and its backward more)."""
+    n, radius = x.shape[dim], len(taps) // 2
+    edge = [x.narrow(dim, 0, 1), x.narrow(dim, n - 1, 1)]
+    size = list(x.shape)
+    size[dim] = radius
+    padded = torch.cat([edge[0].expand(size), x, edge[1].expand(size)], dim)
+    out = padded.narrow(dim, 0, n) * taps[0]
+    for i in range(1, len(taps)):
+        out.add_(padded.narrow(dim, i, n), alpha=taps[i])
+    return out
+
+
+def _blur_axis_adjoint(g: Tensor, taps: list[float], dim: int) -> Tensor:
+    """The transpose of ``_blur_axis``: scatter each output back onto its taps, then fold what landed
+    in the replicated border onto the edge samples."""
+    n, radius = g.shape[dim], len(taps) // 2
+    size = list(g.shape)
+    size[dim] = n + 2 * radius
+    padded = g.new_zeros(size)
+    for i, tap in enumerate(taps):
+        padded.narrow(dim, i, n).add_(g, alpha=tap)
+    out = padded.narrow(dim, radius, n).clone()
+    out.narrow(dim, 0, 1).add_(padded.narrow(dim, 0, radius).sum(dim, keepdim=True))
+    out.narrow(dim, n - 1, 1).add_(padded.narrow(dim, n + radius, radius).sum(dim, keepdim=True))
+    return out
+
+
+class _GaussianBlur(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, image: Tensor, taps: list[float]) -> Tensor:  # type: ignore[override]
+        ctx.taps = taps
+        return _blur_axis(_blur_axis(image, taps, -1), taps, -2)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        return _blur_axis_adjoint(_blur_axis_adjoint(grad, ctx.taps, -2), ctx.taps, -1), None
+
+
+def gaussian_blur(image: Tensor, sigma: float) -> Tensor:
+    """Separable Gaussian blur (radius 3σ, borders replicated) of (..., H, W), differentiable."""
+    return _GaussianBlur.apply(image, gaussian_kernel(sigma))
+
+
+def relative_total_variation(image, sigma: float, eps: float = 1e-3):
+    """Per-pixel RTV_x + RTV_y of (C, H, W) (Xu, Yan, Xia, Jia 2012, eq. 3-4): G*|∂γ| / (|G*∂γ| + e).
+    Texture (many small gradients of mixed sign) scores high, structure (consistent edges) low."""
+    dx = torch.nn.functional.pad(image[..., :, 1:] - image[..., :, :-1], (0, 1))
+    dy = torch.nn.functional.pad(image[..., 1:, :] - image[..., :-1, :], (0, 0, 0, 1))
+    rtv_x = gaussian_blur(dx.abs(), sigma) / (gaussian_blur(dx, sigma).abs() + eps)
+    rtv_y = gaussian_blur(dy.abs(), sigma) / (gaussian_blur(dy, sigma).abs() + eps)
+    return rtv_x + rtv_y
+
+
+# -- the optimisation ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Problem:
+    """Everything on the depth-map grid (torch tensors): image (3, H, W) 0-255, mask (H, W) bool (refined
+    region), lit (H, W) bool (where the lighting is fitted), height0 (H, W) medium height (towards the
+    viewer, samples), albedo_avg (3, H, W) 0-255."""
+
+    image: Tensor
+    mask: Tensor
+    lit: Tensor
+    height0: Tensor
+    albedo_avg: Tensor
+
+
+@dataclass
+class Solution:
+    height: Tensor
+    albedo: Tensor
+    specular: Tensor
+    sh: Tensor
+    phase_heights: dict[str, Tensor]
+
+
+def shading(height: Tensor, sh: Tensor) -> Tensor:
+    """S(n) (3, H, W) of a height map for SH coefficients sh (9, 3)."""
+    return shading_of_normals(normals_from_height(height), sh)
+
+
+def shading_of_normals(normals: Tensor, sh: Tensor) -> Tensor:
+    """S(n) (3, H, W) of unit normals (H, W, 3) for SH coefficients sh (9, 3)."""
+    return (sh_basis(normals) @ sh).permute(2, 0, 1)
+
+
+def fit_lighting(problem: Problem, specular: Tensor | None = None, trim: float = 0.1) -> Tensor:
+    """Step 2: r (9, 3) by least squares with γ = γ_avg on the lit pixels, the image less ``specular``
+    (1, H, W) if given (else ε = 0); refitted once without the ``trim`` fraction of worst-fitting pixels
+    (specular highlights, freckles, shadows cast by hair)."""
+    basis = sh_basis(normals_from_height(problem.height0))[problem.lit]  # (P, 9)
+    albedo = problem.albedo_avg[:, problem.lit]  # (3, P)
+    diffuse = problem.image if specular is None else problem.image - specular
+    target = diffuse[:, problem.lit]
+    keep = torch.ones(basis.shape[0], dtype=torch.bool, device=basis.device)
+    for _ in range(2):
+        coefficients = torch.stack(
+            [
+                torch.linalg.lstsq(basis[keep] * albedo[c][keep][:, None], target[c][keep][:, None]).solution[:, 0]
+                for c in range(3)
+            ],
+            dim=1,
+        )
+        residual = (albedo.T * (basis @ coefficients) - target.T).abs().sum(1)
+        keep = residual <= torch.quantile(residual, 1 - trim)
+    return coefficients
+
+
+def solve(problem: Problem, options: SfsOptions, use_priors: bool = True) -> Solution:
+    """Steps 2-4 (see the module docstring). ``use_priors=False`` drops the skin-colour and RTV terms
+    (the seed's Fig. 8 ablation)."""
+    unit = (1.0 / options.intensity_range) ** 2
+    mask = problem.mask
+    m = mask.float()
+    count = m.sum().clamp(min=1)
+    image = problem.image
+    sh = fit_lighting(problem)
+    lobe = None
+    if options.specular_model == "lobe" and options.specular_scale > 0:
+        # The highlight biases the lighting fit and a biased lighting biases the lobe: two rounds of
+        # lobe from the lighting's residual, then lighting without the lobe.
+        normals0 = normals_from_height(problem.height0)
+        lobe = SpecularLobe(image.device)
+        for _ in range(2):
+            residual = (image - problem.albedo_avg * shading_of_normals(normals0, sh)).mean(0) / options.specular_scale
+            sh = fit_lighting(problem, options.specular_scale * lobe.fit(normals0, residual, mask)(normals0))
+        if lobe.peak(normals0, mask) < options.specular_min_peak:
+            lobe = None  # no highlight worth modelling: a faint, sharp lobe would only add gradient noise
+    # The albedo priors are weighed against the data term relative to the squared shading, so that a
+    # brighter light does not silently weaken them (γ·S: the data term scales with S²).
+    shading_scale = float((shading(problem.height0, sh)[:, mask] ** 2).mean())
+    w_avg = options.albedo_weight * shading_scale if use_priors else 0.0
+    w_rtv = options.albedo_rtv_weight * shading_scale if use_priors else 0.0
+
+    def masked_mean(value):
+        return (value * m).sum() / count
+
+    height0 = problem.height0
+    shade0 = shading(height0, sh).detach()
+    # The chromaticity test sees the diffuse image: a white highlight over wrinkles must not make their
+    # shading untrusted where the lobe explains it.
+    with torch.no_grad():
+        highlight = lobe(normals_from_height(height0)) if lobe is not None else torch.zeros_like(height0)[None]
+    confidence = skin_confidence(image - options.specular_scale * highlight, problem.albedo_avg, options)
+    if not use_priors:
+        confidence = torch.ones_like(confidence)
+    # Clipped pixels carry no shading information at all.
+    confidence = confidence * (image.max(0).values < options.saturation).float()
+
+    # Step 3: albedo, from the mean albedo.
+    albedo = problem.albedo_avg.clone().requires_grad_(True)
+    specular = highlight
+
+    def albedo_loss(albedo, shade, specular, blur: float = 0.0):
+        residual = albedo * shade + options.specular_scale * specular - image
+        if blur > 0:
+            residual = gaussian_blur(residual * m, blur)
+        data = masked_mean((residual**2).sum(0)) * unit
+        # Where the colour is the skin's, the albedo is the skin colour (shading explains the rest); where
+        # it is not (pigment), the albedo is free to follow the image.
+        prior = (
+            masked_mean((1 + options.skin_prior_boost * confidence) * ((albedo - problem.albedo_avg) ** 2).sum(0))
+            * unit
+        )
+        rtv = masked_mean(relative_total_variation(albedo / 255.0, options.rtv_sigma) ** 2) if w_rtv else 0.0
+        return data + w_avg * prior + w_rtv * rtv
+
+    # Before any depth step the normals are the smooth medium surface's, so at full resolution the albedo
+    # would take up every wrinkle's shading; it is fitted to the blurred residual here and refined at full
+    # resolution while the depth phases explain the detail.
+    optimiser = torch.optim.Adam([albedo], lr=options.albedo_lr)
+    for _ in range(options.albedo_iterations):
+        optimiser.zero_grad()
+        albedo_loss(albedo, shade0, specular, options.albedo_blur).backward()
+        optimiser.step()
+
+    # Step 4: specular, from the residual.
+    with torch.no_grad():
+        # Highlights on skin are smooth at this scale: the initial specular is the blurred positive residual
+        # (unblurred, it would swallow the bright side of every wrinkle).
+        # Highlights are whitish, so they also leave the skin's chromaticity: only there may β0 be non-zero.
+        beta0 = gaussian_blur((image - albedo * shade0).mean(0, keepdim=True).clamp(min=0), options.specular_sigma)
+        beta0 = beta0 * (1 - confidence) * (options.specular_model == "per-pixel")
+    if options.specular_model == "per-pixel":
+        specular = beta0.clone().requires_grad_(True)
+        spec_optimiser = torch.optim.Adam([specular], lr=options.specular_lr)
+
+    def specular_steps(shade, steps: int) -> None:
+        if options.specular_model != "per-pixel":
+            return  # the lobe model has no per-pixel specular
+        for _ in range(steps):
+            spec_optimiser.zero_grad()
+            residual = albedo.detach() * shade + options.specular_scale * specular - image
+            data = masked_mean((1 - confidence) * (residual**2).sum(0))
+            (unit * (data + options.specular_weight * masked_mean(((specular - beta0) ** 2).sum(0)))).backward()
+            spec_optimiser.step()
+            with torch.no_grad():
+                specular.clamp_(min=0)
+
+    specular_steps(shade0, options.specular_iterations)
+
+    # Step 5: depth in two phases, alternating with albedo and specular.
+    delta = torch.zeros_like(height0, requires_grad=True)
+    luminance = image.mean(0)
+    lap_image = laplacian(luminance) * unit**0.5
+
+    albedo_optimiser = torch.optim.Adam([albedo], lr=options.albedo_lr_depth)
+    phase_heights = {}
+    face_width = float(mask.any(0).sum())
+    bound = options.max_displacement * face_width
+    for phase, (weights, lr, iterations) in enumerate(
+        (
+            (options.phase1_weights, options.phase1_lr, options.phase1_iterations),
+            (options.phase2_weights, options.phase2_lr, options.phase2_iterations),
+        ),
+        start=1,
+    ):
+        l1, l2, l3, l4 = weights
+
+        def depth_loss(l1: float = l1, l2: float = l2, l3: float = l3, l4: float = l4):
+            height = height0 + delta * m
+            normals = normals_from_height(height)
+            # The lobe's highlight follows the current normals instead of being carved into them.
+            highlight = lobe(normals) if lobe is not None else specular.detach()
+            rendered = albedo.detach() * shading_of_normals(normals, sh) + options.specular_scale * highlight
+            data = masked_mean(confidence * _robust(rendered - image, options.robust_threshold).sum(0)) * unit
+            lap_height = laplacian(height)
+            low = gaussian_blur((delta * m)[None], options.base_sigma)[0]
+            return (
+                data
+                + options.base_weight * masked_mean(low**2)
+                + l1 * masked_mean(delta**2)
+                + l2 * masked_mean(lap_height**2)
+                + l3 * masked_mean(confidence * (lap_image - l4 * lap_height) ** 2)
+            )
+
+        if options.depth_optimizer == "adam":
+            depth_optimiser: torch.optim.Optimizer = torch.optim.Adam([delta], lr=lr)
+        else:
+            # Adam moves every pixel by about lr per step however weak its gradient, so over a hundred
+            # steps pixels with no shading evidence random-walk (a crumpled surface); L-BFGS with a line
+            # search follows the energy's actual curvature.
+            depth_optimiser = torch.optim.LBFGS(
+                [delta],
+                lr=1.0,
+                max_iter=options.alternate_every,
+                max_eval=options.alternate_every + 5,
+                history_size=10,
+                line_search_fn="strong_wolfe",
+            )
+
+        def closure(depth_optimiser: torch.optim.Optimizer = depth_optimiser):
+            depth_optimiser.zero_grad()
+            loss = depth_loss()
+            loss.backward()
+            return loss
+
+        steps = iterations if options.depth_optimizer == "adam" else -(-iterations // options.alternate_every)
+        for step in range(steps):
+            depth_optimiser.step(closure)
+            with torch.no_grad():
+                delta.clamp_(-bound, bound)
+            if options.depth_optimizer != "adam" or (step + 1) % options.alternate_every == 0:
+                normals = normals_from_height(height0 + delta.detach() * m)
+                shade = shading_of_normals(normals, sh)
+                highlight = lobe(normals) if lobe is not None else specular.detach()
+                for _ in range(2):
+                    albedo_optimiser.zero_grad()
+                    albedo_loss(albedo, shade, highlight).backward()
+                    albedo_optimiser.step()
+                specular_steps(shade, 2)
+        phase_heights[f"phase{phase}"] = (height0 + delta.detach() * m).clone()
+    height = height0 + delta.detach() * m
+    with torch.no_grad():
+        specular = lobe(normals_from_height(height)) if lobe is not None else specular.detach()
+    return Solution(height, albedo.detach(), specular, sh, phase_heights)
+
+
+def skin_confidence(diffuse: Tensor, albedo_avg: Tensor, options: SfsOptions) -> Tensor:
+    """(H, W) in [0, 1]: how far a pixel's chromaticity stays the region's skin colour. Shading changes
+    brightness, not chromaticity; pigment (freckles, hair) and highlights (white) move it away from the
+    skin colour. Pixels that do are trusted less as shading evidence, so that their darkness or
+    brightness stays in the albedo (and specular) instead of turning into geometry."""
+    chroma = diffuse / diffuse.sum(0, keepdim=True).clamp(min=1e-3)
+    skin_chroma = albedo_avg / albedo_avg.sum(0, keepdim=True).clamp(min=1e-3)
+    deviation = gaussian_blur(((chroma - skin_chroma) ** 2).sum(0, keepdim=True), 1.0)[0].sqrt()
+    return torch.exp(-((deviation / options.chroma_tolerance) ** 2))
+
+
+def _robust(residual, threshold: float):
+    """Cauchy's loss c² log(1 + r²/c²), in squared grey levels: quadratic for small residuals, and
+    redescending beyond ``threshold`` so that what no surface can shade (dark hairs, freckles, a
+    highlight) is left to the albedo and specular maps instead of pulling the depth into spikes."""
+    return threshold**2 * torch.log1p((residual / threshold) ** 2)
+
+
+class SpecularLobe:
+    """A white Blinn-Phong highlight k·max(n·h, 0)^α (h: a unit half-vector in the viewer frame), rendered
+    from normals (..., 3) -> (1, ...). The depth phases render the highlight from their own normals
+    instead of carving it into the surface (a per-pixel specular, the seed's step 4, cannot tell a
+    highlight from detail); being smooth in the normals, it also keeps the energy differentiable."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.params = torch.tensor([0.0, 0.0, 2.0, 3.0], device=device)  # hx, hy, log k, log α
+
+    def __call__(self, normals: Tensor, params: Tensor | None = None) -> Tensor:
+        p = self.params if params is None else params
+        h = torch.stack([p[0], p[1], torch.ones_like(p[0])])
+        cosine = (normals @ (h / h.norm())).clamp(min=0)
+        return (p[2].exp() * cosine ** p[3].exp())[None]
+
+    def fit(self, normals: Tensor, residual: Tensor, mask: Tensor, steps: int = 150) -> SpecularLobe:
+        """Least-squares fit to ``residual`` (H, W), what the diffuse rendering leaves, over ``mask``,
+        from the current parameters; four parameters, so ~20k of the pixels determine them."""
+        stride = max(1, int(mask.sum()) // 20_000)
+        normals, residual = normals[mask][::stride], residual[mask][::stride]
+        params = self.params.clone().requires_grad_(True)
+        optimiser = torch.optim.Adam([params], lr=0.05)
+        for _ in range(steps):
+            optimiser.zero_grad()
+            ((self(normals, params)[0] - residual) ** 2).mean().backward()
+            optimiser.step()
+        self.params = params.detach()
+        return self
+
+    def peak(self, normals: Tensor, mask: Tensor) -> float:
+        return float(self(normals)[0][mask].max())
