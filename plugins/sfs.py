@@ -81,10 +81,12 @@ class SfsOptions:
     chroma_tolerance: float = 0.02
     skin_prior_boost: float = 100.0
     saturation: float = 250.0
+    dark: float = 5.0
+    detail_noise_threshold: float = 1.0
     specular_model: str = "lobe"
     specular_min_peak: float = 8.0
     depth_optimizer: str = "lbfgs"
-    base_weight: float = 10.0
+    base_weight: float = 1000.0
     base_sigma: float = 6.0
     rtv_sigma: float = 2.0
     specular_sigma: float = 3.0

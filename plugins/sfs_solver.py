@@ -8,7 +8,7 @@ it is built, so that ``facerecon`` starts without loading torch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -186,6 +186,12 @@ def solve(problem: Problem, options: SfsOptions, use_priors: bool = True) -> Sol
     m = mask.float()
     count = m.sum().clamp(min=1)
     image = problem.image
+    # Clipped pixels (saturated, or black: under-exposed, or holes where a registered RGB-D frame has no
+    # colour) carry no shading information at all; ΔI needs its whole 5-point stencil measured.
+    brightest = image.max(0).values
+    measured = (brightest < options.saturation) & (brightest > options.dark)
+    stencil_measured = -torch.nn.functional.max_pool2d(-measured[None].float(), 3, stride=1, padding=1)[0]
+    problem = replace(problem, lit=problem.lit & measured)
     sh = fit_lighting(problem)
     lobe = None
     if options.specular_model == "lobe" and options.specular_scale > 0:
@@ -216,8 +222,7 @@ def solve(problem: Problem, options: SfsOptions, use_priors: bool = True) -> Sol
     confidence = skin_confidence(image - options.specular_scale * highlight, problem.albedo_avg, options)
     if not use_priors:
         confidence = torch.ones_like(confidence)
-    # Clipped pixels carry no shading information at all.
-    confidence = confidence * (image.max(0).values < options.saturation).float()
+    confidence = confidence * measured.float()
 
     # Step 3: albedo, from the mean albedo.
     albedo = problem.albedo_avg.clone().requires_grad_(True)
@@ -275,6 +280,12 @@ def solve(problem: Problem, options: SfsOptions, use_priors: bool = True) -> Sol
     delta = torch.zeros_like(height0, requires_grad=True)
     luminance = image.mean(0)
     lap_image = laplacian(luminance) * unit**0.5
+    if options.detail_noise_threshold > 0:
+        # The phase-2 term copies ΔI into Δd, image noise included: ΔI is soft-thresholded at a multiple
+        # of its noise level (5-point Laplacian of white noise: std √20·σ), so that only contrast the
+        # noise cannot explain becomes detail. On a clean photo this removes almost nothing.
+        tau = options.detail_noise_threshold * 20**0.5 * noise_level(luminance, mask) * unit**0.5
+        lap_image = torch.sign(lap_image) * (lap_image.abs() - tau).clamp(min=0)
 
     albedo_optimiser = torch.optim.Adam([albedo], lr=options.albedo_lr_depth)
     phase_heights = {}
@@ -303,7 +314,7 @@ def solve(problem: Problem, options: SfsOptions, use_priors: bool = True) -> Sol
                 + options.base_weight * masked_mean(low**2)
                 + l1 * masked_mean(delta**2)
                 + l2 * masked_mean(lap_height**2)
-                + l3 * masked_mean(confidence * (lap_image - l4 * lap_height) ** 2)
+                + l3 * masked_mean(confidence * stencil_measured * (lap_image - l4 * lap_height) ** 2)
             )
 
         if options.depth_optimizer == "adam":
@@ -357,6 +368,18 @@ def skin_confidence(diffuse: Tensor, albedo_avg: Tensor, options: SfsOptions) ->
     skin_chroma = albedo_avg / albedo_avg.sum(0, keepdim=True).clamp(min=1e-3)
     deviation = gaussian_blur(((chroma - skin_chroma) ** 2).sum(0, keepdim=True), 1.0)[0].sqrt()
     return torch.exp(-((deviation / options.chroma_tolerance) ** 2))
+
+
+def noise_level(image: Tensor, mask: Tensor) -> float:
+    """σ of additive white noise in (H, W) over ``mask``: Immerkær's estimator (1996),
+    σ = √(π/2) · mean |I * N| / 6 with N = [[1,-2,1],[-2,4,-2],[1,-2,1]], which cancels smooth image
+    content up to second order."""
+    kernel = torch.tensor([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]], device=image.device)
+    response = torch.nn.functional.conv2d(image[None, None], kernel[None, None], padding=1)[0, 0]
+    inner = -torch.nn.functional.max_pool2d(-mask[None].float(), 3, stride=1, padding=1)[0] > 0
+    if int(inner.sum()) == 0:
+        return 0.0
+    return float((torch.pi / 2) ** 0.5 * response[inner].abs().mean() / 6)
 
 
 def _robust(residual, threshold: float):

@@ -1,5 +1,9 @@
 """A synthetic face-like scene with known multi-scale geometry, textured albedo, SH light and a specular
-highlight, for testing the fine stage against ground truth (tests/test_sfs.py)."""
+highlight, for testing the fine stage against ground truth (tests/test_sfs.py).
+
+The image is formed independently of the solver's operators (no "inverse crime"): the surface is
+evaluated on a 4x finer grid, its normals taken there by central differences, shaded, and each pixel
+is the mean over its 4x4 sub-samples, as a camera integrates over a pixel."""
 
 from __future__ import annotations
 
@@ -10,7 +14,9 @@ import numpy as np
 
 @dataclass
 class Scene:
-    image: np.ndarray  # (3, H, W) 0-255
+    image: np.ndarray  # (3, H, W) 0-255: albedo * shading + specular + noise
+    shading: np.ndarray  # (3, H, W) the true diffuse shading (pixel means of the 4x supersampled surface)
+    specular: np.ndarray  # (H, W) the true highlight, grey levels
     smooth: np.ndarray  # (H, W) height towards the viewer, pixels
     detail: np.ndarray  # (H, W) wrinkles + pores added to smooth
     wrinkles: np.ndarray  # (H, W) the coarse detail band alone
@@ -30,24 +36,70 @@ def blobs(shape: tuple[int, int], centres: np.ndarray, sigma: float) -> np.ndarr
     return out
 
 
+SUPERSAMPLING = 4
+
+
+def surface(yy: np.ndarray, xx: np.ndarray, size: int, pore_centres: np.ndarray):
+    """(smooth, wrinkles, pores) heights towards the viewer, in pixels, at pixel coordinates (yy, xx)."""
+    cx, cy = size / 2, size / 2
+    r2 = ((xx - cx) / (0.42 * size)) ** 2 + ((yy - cy) / (0.47 * size)) ** 2
+    smooth = 0.4 * size * np.sqrt(np.clip(1 - r2, 0, None))
+    # Wrinkles: forehead creases, wavelength ~12 px, 0.5 px deep; pores: 0.2 px pits, sigma 0.8 px.
+    forehead = np.exp(-((yy - 0.22 * size) ** 2) / (2 * (0.05 * size) ** 2))
+    wrinkles = -0.5 * forehead * np.clip(np.sin(2 * np.pi * yy / 12.0), 0, None) ** 2
+    pores = np.zeros_like(yy)
+    for py, px in pore_centres:
+        pores -= 0.2 * np.exp(-((yy - py) ** 2 + (xx - px) ** 2) / (2 * 0.8**2))
+    return smooth, wrinkles, pores
+
+
+def viewer_normals(height: np.ndarray, spacing: float = 1.0) -> np.ndarray:
+    """(H, W, 3) unit normals of a height map (rows going down) in the viewer frame, central differences."""
+    dy, dx = np.gradient(height, spacing)
+    n = np.stack([-dx, dy, np.ones_like(height)], axis=-1)
+    return n / np.linalg.norm(n, axis=-1, keepdims=True)
+
+
+def sh_shading(normals: np.ndarray, sh: np.ndarray) -> np.ndarray:
+    """(3, H, W) 2nd-order SH shading (same basis order as the solver's) of normals (H, W, 3)."""
+    x, y, z = normals[..., 0], normals[..., 1], normals[..., 2]
+    basis = np.stack(
+        [
+            np.full_like(x, 0.282095),
+            0.488603 * y,
+            0.488603 * z,
+            0.488603 * x,
+            1.092548 * x * y,
+            1.092548 * y * z,
+            0.315392 * (3 * z * z - 1),
+            1.092548 * x * z,
+            0.546274 * (x * x - y * y),
+        ],
+        axis=-1,
+    )
+    return (basis @ sh).transpose(2, 0, 1)
+
+
+def pixel_mean(fine: np.ndarray) -> np.ndarray:
+    """(..., H*k, W*k) -> (..., H, W): the mean over each pixel's k x k sub-samples."""
+    k = SUPERSAMPLING
+    return fine.reshape(*fine.shape[:-2], fine.shape[-2] // k, k, fine.shape[-1] // k, k).mean(axis=(-3, -1))
+
+
 def make_scene(size: int = 160, seed: int = 0) -> Scene:
-    import torch
-
-    from facerecon.plugins.sfs_solver import normals_from_height, sh_basis
-
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:size, :size].astype(float)
     cx, cy = size / 2, size / 2
     r2 = ((xx - cx) / (0.42 * size)) ** 2 + ((yy - cy) / (0.47 * size)) ** 2
     mask = r2 < 0.85
-    smooth = 0.4 * size * np.sqrt(np.clip(1 - r2, 0, None))
-    # Wrinkles: forehead creases, wavelength ~12 px, 0.5 px deep; pores: 0.2 px pits, sigma 0.8 px.
-    forehead = np.exp(-((yy - 0.22 * size) ** 2) / (2 * (0.05 * size) ** 2))
-    wrinkles = -0.5 * forehead * np.clip(np.sin(2 * np.pi * yy / 12.0), 0, None) ** 2
     cheeks = (np.abs(xx - cx) > 0.15 * size) & (yy > 0.55 * size) & (yy < 0.78 * size)
     pore_centres = np.column_stack([rng.uniform(0.55, 0.78, 500) * size, rng.uniform(0.1, 0.9, 500) * size])
     pore_centres = pore_centres[cheeks[pore_centres[:, 0].astype(int), pore_centres[:, 1].astype(int)]]
-    pores = -0.2 * blobs((size, size), pore_centres, 0.8)
+    # Each pixel's height is the mean over its area (what its image value can tell about).
+    k = SUPERSAMPLING
+    fine_y, fine_x = (np.mgrid[: size * k, : size * k] + 0.5) / k - 0.5
+    fine_surface = surface(fine_y, fine_x, size, pore_centres)
+    smooth, wrinkles, pores = (pixel_mean(h) for h in fine_surface)
     detail = wrinkles + pores
     # Albedo: skin with freckles (dark spots) across the nose and brow hair (dark strokes), away from the
     # wrinkles (forehead) and pores (cheeks) so that each effect can be measured in its own region.
@@ -74,17 +126,18 @@ def make_scene(size: int = 160, seed: int = 0) -> Scene:
     sh[3] = -0.35  # from the left
     sh[2] = 0.75  # towards the viewer
     sh[6] = -0.12  # (bright enough to use the range, dim enough that the highlight does not clip)
-    height = torch.as_tensor(smooth + detail, dtype=torch.float32)
-    normals = normals_from_height(height)
-    shading = (sh_basis(normals).numpy() @ sh).transpose(2, 0, 1)
-    # A specular highlight on the "nose": Blinn-Phong with the half vector between light and view.
+    normals = viewer_normals(sum(fine_surface), 1.0 / k)
+    shading = pixel_mean(sh_shading(normals, sh))
+    # A specular highlight over the forehead: Blinn-Phong with the half vector between light and view.
     half = np.array([-0.2, 0.3, 1.0])
     half /= np.linalg.norm(half)
-    specular = 40.0 * np.clip(normals.numpy() @ half, 0, 1) ** 40
+    specular = pixel_mean(40.0 * np.clip(normals @ half, 0, 1) ** 40)
     image = albedo * shading + specular[None]
     image = image + rng.normal(0, 0.5, image.shape)
     return Scene(
         image=np.clip(image, 0, 255),
+        shading=shading,
+        specular=specular,
         smooth=smooth,
         detail=detail,
         wrinkles=wrinkles,
