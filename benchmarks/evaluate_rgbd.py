@@ -8,23 +8,16 @@ the pixel grid is shared, so this is the similarity alignment the unknown intrin
 residual RMSE in mm is the stage's error. Lower is better; the fine stage should not be worse than the
 medium one.
 
-Two resolutions are reported: ``pixel`` compares every pixel as rendered; ``sensor`` first smooths each
-estimate with a Gaussian of ``--sensor-sigma`` pixels (default 2: ~5 mm at 0.8 m, the Kinect v2's depth
-resolution with its 4 mm steps), since relief finer than the sensor resolves is uncorrelated with its
-measurement and can only add to a pixel-wise error whatever its truth.
-
-    python benchmarks/evaluate_rgbd.py [--sensor-sigma 2]
+    python benchmarks/evaluate_rgbd.py
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import warnings
 from pathlib import Path
 
 import numpy as np
-import scipy.ndimage as ndimage
 from PIL import Image
 
 from facerecon.evaluation import shared_data_dir
@@ -53,14 +46,7 @@ def aligned_rmse(estimate: np.ndarray, measured: np.ndarray, mask: np.ndarray) -
     return float(np.sqrt(np.mean((a @ coef - measured[mask]) ** 2)))
 
 
-def smoothed(depth: np.ndarray, mask: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian smoothing of ``depth`` within ``mask`` (normalised convolution: no bleeding across it)."""
-    weight = ndimage.gaussian_filter(mask.astype(np.float64), sigma)
-    total = ndimage.gaussian_filter(np.where(mask, depth, 0.0), sigma)
-    return np.where(mask, total / np.maximum(weight, 1e-9), np.nan)
-
-
-def evaluate(pipe: Pipeline, folders: list[Path], sensor_sigma: float = 2.0) -> dict[str, object]:
+def evaluate(pipe: Pipeline, folders: list[Path]) -> dict[str, object]:
     rows = []
     for folder in folders:
         colour = np.asarray(Image.open(folder / "k1_box_xy.bmp").convert("RGB"))
@@ -85,22 +71,13 @@ def evaluate(pipe: Pipeline, folders: list[Path], sensor_sigma: float = 2.0) -> 
             rows.append({"subject": folder.name, "face": True, "pixels": int(mask.sum())})
             continue
         row = {"subject": folder.name, "face": True, "pixels": int(mask.sum())}
-        for name, depth in stages.items():
-            row[f"{name}_pixel_mm"] = round(aligned_rmse(depth, measured, mask), 3)
-            row[f"{name}_sensor_mm"] = round(aligned_rmse(smoothed(depth, mask, sensor_sigma), measured, mask), 3)
+        row.update({f"{name}_rmse_mm": round(aligned_rmse(d, measured, mask), 3) for name, d in stages.items()})
         rows.append(row)
-    scored = [r for r in rows if "fine_pixel_mm" in r]
+    scored = [r for r in rows if "fine_rmse_mm" in r]
     summary = {
-        resolution: {
-            name: round(float(np.mean([r[f"{name}_{resolution}_mm"] for r in scored])), 3)
-            for name in ("coarse", "medium", "fine")
-        }
-        for resolution in ("pixel", "sensor")
+        name: round(float(np.mean([r[f"{name}_rmse_mm"] for r in scored])), 3) for name in ("coarse", "medium", "fine")
     }
-    fine_worse = {
-        resolution: sum(r[f"fine_{resolution}_mm"] > r[f"medium_{resolution}_mm"] for r in scored)
-        for resolution in ("pixel", "sensor")
-    }
+    fine_worse = sum(r["fine_rmse_mm"] > r["medium_rmse_mm"] for r in scored)
     return {
         "subjects": len(folders),
         "scored": len(scored),
@@ -111,16 +88,13 @@ def evaluate(pipe: Pipeline, folders: list[Path], sensor_sigma: float = 2.0) -> 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sensor-sigma", type=float, default=2.0, help="pixels (see the module docstring)")
-    args = parser.parse_args()
     data = shared_data_dir()
     if data is None:
         raise SystemExit("shared data not found (set FACERECON_SHARED_DATA)")
     warnings.simplefilter("ignore")
     folders = sorted(p for p in (data / "rgbd" / "rap3df").iterdir() if p.is_dir())
     with Pipeline(PipelineConfig(refiners=("laplace", "sfs"), device="cpu")) as pipe:
-        result = evaluate(pipe, folders, args.sensor_sigma)
+        result = evaluate(pipe, folders)
     result.pop("rows")
     print(json.dumps(result, indent=1))
 
