@@ -71,10 +71,10 @@ class SfsOptions:
     specular_scale: float = 1.0
     phase1_weights: tuple[float, ...] = (0.001, 0.05, 0.001, 0.001)
     phase1_lr: float = 0.015
-    phase1_iterations: int = 30
+    phase1_iterations: int = 20
     phase2_weights: tuple[float, ...] = (0.001, 0.03, 0.025, 2.5)
     phase2_lr: float = 0.05
-    phase2_iterations: int = 30
+    phase2_iterations: int = 20
     alternate_every: int = 10
     intensity_range: float = 1.0
     robust_threshold: float = 10.0

@@ -15,6 +15,9 @@ from torch import Tensor
 
 from facerecon.plugins.sfs import SfsOptions
 
+MAX_FIT_SAMPLES = 10_000
+"""Pixels used to fit the few lighting and highlight parameters (a regular subsample of the face)."""
+
 # -- spherical harmonics ----------------------------------------------------------------------------
 
 SH_CONSTANTS = (0.282095, 0.488603, 0.488603, 0.488603, 1.092548, 1.092548, 0.315392, 1.092548, 0.546274)
@@ -111,6 +114,15 @@ def gaussian_blur(image: Tensor, sigma: float) -> Tensor:
     return _GaussianBlur.apply(image, gaussian_kernel(sigma))
 
 
+def low_pass(image: Tensor, sigma: float) -> Tensor:
+    """A Gaussian low-pass of (H, W) sampled at a reduced rate (⌈H/k⌉, ⌈W/k⌉), k = ⌊σ/2⌋: averaged
+    over k x k blocks, then blurred by σ/k. Being smooth, its mean square is the full-rate one's to
+    within the blocks' edge effects, at ~1/k² of the cost (it runs in every depth evaluation)."""
+    k = max(1, int(sigma / 2))
+    coarse = torch.nn.functional.avg_pool2d(image[None, None], k, ceil_mode=True)[0, 0]
+    return gaussian_blur(coarse, sigma / k)
+
+
 def relative_total_variation(image, sigma: float, eps: float = 1e-3):
     """Per-pixel RTV_x + RTV_y of (C, H, W) (Xu, Yan, Xia, Jia 2012, eq. 3-4): G*|∂γ| / (|G*∂γ| + e).
     Texture (many small gradients of mixed sign) scores high, structure (consistent edges) low."""
@@ -159,11 +171,13 @@ def shading_of_normals(normals: Tensor, sh: Tensor) -> Tensor:
 def fit_lighting(problem: Problem, specular: Tensor | None = None, trim: float = 0.1) -> Tensor:
     """Step 2: r (9, 3) by least squares with γ = γ_avg on the lit pixels, the image less ``specular``
     (1, H, W) if given (else ε = 0); refitted once without the ``trim`` fraction of worst-fitting pixels
-    (specular highlights, freckles, shadows cast by hair)."""
-    basis = sh_basis(normals_from_height(problem.height0))[problem.lit]  # (P, 9)
-    albedo = problem.albedo_avg[:, problem.lit]  # (3, P)
+    (specular highlights, freckles, shadows cast by hair). Nine coefficients per channel: a regular
+    subsample of at most ``MAX_FIT_SAMPLES`` lit pixels determines them."""
+    stride = max(1, int(problem.lit.sum()) // MAX_FIT_SAMPLES)
+    basis = sh_basis(normals_from_height(problem.height0))[problem.lit][::stride]  # (P, 9)
+    albedo = problem.albedo_avg[:, problem.lit][:, ::stride]  # (3, P)
     diffuse = problem.image if specular is None else problem.image - specular
-    target = diffuse[:, problem.lit]
+    target = diffuse[:, problem.lit][:, ::stride]
     keep = torch.ones(basis.shape[0], dtype=torch.bool, device=basis.device)
     for _ in range(2):
         coefficients = torch.stack(
@@ -199,9 +213,10 @@ def solve(problem: Problem, options: SfsOptions, use_priors: bool = True) -> Sol
         # lobe from the lighting's residual, then lighting without the lobe.
         normals0 = normals_from_height(problem.height0)
         lobe = SpecularLobe(image.device)
-        for _ in range(2):
+        for steps in (150, 50):  # the second round starts from the first's lobe
             residual = (image - problem.albedo_avg * shading_of_normals(normals0, sh)).mean(0) / options.specular_scale
-            sh = fit_lighting(problem, options.specular_scale * lobe.fit(normals0, residual, mask)(normals0))
+            lobe.fit(normals0, residual, mask, steps)
+            sh = fit_lighting(problem, options.specular_scale * lobe(normals0))
         if lobe.peak(normals0, mask) < options.specular_min_peak:
             lobe = None  # no highlight worth modelling: a faint, sharp lobe would only add gradient noise
     # The albedo priors are weighed against the data term relative to the squared shading, so that a
@@ -288,6 +303,7 @@ def solve(problem: Problem, options: SfsOptions, use_priors: bool = True) -> Sol
         lap_image = torch.sign(lap_image) * (lap_image.abs() - tau).clamp(min=0)
 
     albedo_optimiser = torch.optim.Adam([albedo], lr=options.albedo_lr_depth)
+    low_count = low_pass(m, options.base_sigma).gt(0.01).sum().clamp(min=1)  # low-pass samples of the mask
     phase_heights = {}
     face_width = float(mask.any(0).sum())
     bound = options.max_displacement * face_width
@@ -308,10 +324,10 @@ def solve(problem: Problem, options: SfsOptions, use_priors: bool = True) -> Sol
             rendered = albedo.detach() * shading_of_normals(normals, sh) + options.specular_scale * highlight
             data = masked_mean(confidence * _robust(rendered - image, options.robust_threshold).sum(0)) * unit
             lap_height = laplacian(height)
-            low = gaussian_blur((delta * m)[None], options.base_sigma)[0]
+            low = low_pass(delta * m, options.base_sigma)  # zero outside the mask, so a plain mean
             return (
                 data
-                + options.base_weight * masked_mean(low**2)
+                + options.base_weight * (low**2).sum() / low_count
                 + l1 * masked_mean(delta**2)
                 + l2 * masked_mean(lap_height**2)
                 + l3 * masked_mean(confidence * stencil_measured * (lap_image - l4 * lap_height) ** 2)
@@ -406,8 +422,8 @@ class SpecularLobe:
 
     def fit(self, normals: Tensor, residual: Tensor, mask: Tensor, steps: int = 150) -> SpecularLobe:
         """Least-squares fit to ``residual`` (H, W), what the diffuse rendering leaves, over ``mask``,
-        from the current parameters; four parameters, so ~20k of the pixels determine them."""
-        stride = max(1, int(mask.sum()) // 20_000)
+        from the current parameters; four parameters: a regular subsample of the pixels determines them."""
+        stride = max(1, int(mask.sum()) // MAX_FIT_SAMPLES)
         normals, residual = normals[mask][::stride], residual[mask][::stride]
         params = self.params.clone().requires_grad_(True)
         optimiser = torch.optim.Adam([params], lr=0.05)
