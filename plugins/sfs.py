@@ -56,6 +56,17 @@ class SfsOptions:
         base_sigma samples) of the depth change, so shading the lighting model cannot explain is not
         answered by bending the whole face (not in the seed, whose λd1 is too weak to stop that drift).
     max_displacement: safety bound on |d − d0| as a fraction of the face width (no spikes).
+    intensity_range: the intensity unit of the energies (1.0: 0-255 grey levels, as the seed's rates assume).
+    robust_threshold: grey levels where the depth's Cauchy data term starts to redescend.
+    chroma_tolerance, skin_prior_boost: the skin-chromaticity confidence (see sfs_solver.skin_confidence)
+        and how much more the albedo prior weighs where the colour is the skin's.
+    saturation, dark: pixels with a channel above ``saturation`` or a brightest channel at most ``dark``
+        (clipped, or holes in a registered RGB-D colour frame) carry no shading evidence.
+    specular_model: "lobe" (a white Blinn-Phong lobe rendered from the current normals; default) or
+        "per-pixel" (the seed's β map); specular_min_peak: a fitted lobe fainter than this (grey levels)
+        is dropped.
+    detail_noise_threshold: ΔI is soft-thresholded at this many of its noise std (Immerkær's estimate)
+        before the phase-2 term copies it into Δd; 0 disables.
     """
 
     max_side: int = 512

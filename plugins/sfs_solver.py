@@ -234,7 +234,7 @@ def solve(problem: Problem, options: SfsOptions, use_priors: bool = True) -> Sol
     # shading untrusted where the lobe explains it.
     with torch.no_grad():
         highlight = lobe(normals_from_height(height0)) if lobe is not None else torch.zeros_like(height0)[None]
-    confidence = skin_confidence(image - options.specular_scale * highlight, problem.albedo_avg, options)
+    confidence = skin_confidence(image - options.specular_scale * highlight, problem.albedo_avg, measured, options)
     if not use_priors:
         confidence = torch.ones_like(confidence)
     confidence = confidence * measured.float()
@@ -244,7 +244,7 @@ def solve(problem: Problem, options: SfsOptions, use_priors: bool = True) -> Sol
     specular = highlight
 
     def albedo_loss(albedo, shade, specular, blur: float = 0.0):
-        residual = albedo * shade + options.specular_scale * specular - image
+        residual = (albedo * shade + options.specular_scale * specular - image) * measured
         if blur > 0:
             residual = gaussian_blur(residual * m, blur)
         data = masked_mean((residual**2).sum(0)) * unit
@@ -282,7 +282,7 @@ def solve(problem: Problem, options: SfsOptions, use_priors: bool = True) -> Sol
             return  # the lobe model has no per-pixel specular
         for _ in range(steps):
             spec_optimiser.zero_grad()
-            residual = albedo.detach() * shade + options.specular_scale * specular - image
+            residual = (albedo.detach() * shade + options.specular_scale * specular - image) * measured
             data = masked_mean((1 - confidence) * (residual**2).sum(0))
             (unit * (data + options.specular_weight * masked_mean(((specular - beta0) ** 2).sum(0)))).backward()
             spec_optimiser.step()
@@ -375,14 +375,16 @@ def solve(problem: Problem, options: SfsOptions, use_priors: bool = True) -> Sol
     return Solution(height, albedo.detach(), specular, sh, phase_heights)
 
 
-def skin_confidence(diffuse: Tensor, albedo_avg: Tensor, options: SfsOptions) -> Tensor:
+def skin_confidence(diffuse: Tensor, albedo_avg: Tensor, measured: Tensor, options: SfsOptions) -> Tensor:
     """(H, W) in [0, 1]: how far a pixel's chromaticity stays the region's skin colour. Shading changes
     brightness, not chromaticity; pigment (freckles, hair) and highlights (white) move it away from the
     skin colour. Pixels that do are trusted less as shading evidence, so that their darkness or
     brightness stays in the albedo (and specular) instead of turning into geometry."""
     chroma = diffuse / diffuse.sum(0, keepdim=True).clamp(min=1e-3)
     skin_chroma = albedo_avg / albedo_avg.sum(0, keepdim=True).clamp(min=1e-3)
-    deviation = gaussian_blur(((chroma - skin_chroma) ** 2).sum(0, keepdim=True), 1.0)[0].sqrt()
+    # (Unmeasured pixels have no chromaticity: they are left out of the neighbourhood average.)
+    weight = gaussian_blur(measured.float()[None], 1.0)[0].clamp(min=1e-3)
+    deviation = (gaussian_blur(((chroma - skin_chroma) ** 2).sum(0, keepdim=True) * measured, 1.0)[0] / weight).sqrt()
     return torch.exp(-((deviation / options.chroma_tolerance) ** 2))
 
 
