@@ -100,12 +100,12 @@ def _blur_axis_adjoint(g: Tensor, taps: list[float], dim: int) -> Tensor:
 
 class _GaussianBlur(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, image: Tensor, taps: list[float]) -> Tensor:  # type: ignore[override]
+    def forward(ctx, image: Tensor, taps: list[float]) -> Tensor:
         ctx.taps = taps
         return _blur_axis(_blur_axis(image, taps, -1), taps, -2)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
         return _blur_axis_adjoint(_blur_axis_adjoint(grad, ctx.taps, -2), ctx.taps, -1), None
 
 
