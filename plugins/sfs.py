@@ -56,7 +56,9 @@ class SfsOptions:
         base_sigma samples) of the depth change, so shading the lighting model cannot explain is not
         answered by bending the whole face (not in the seed, whose λd1 is too weak to stop that drift).
     max_displacement: safety bound on |d − d0| as a fraction of the face width (no spikes).
-    intensity_range: the intensity unit of the energies (1.0: 0-255 grey levels, as the seed's rates assume).
+    depth_intensity_unit: grey levels per intensity unit in the depth energy, which sets the balance
+        between its data terms and the λd regularisers on depths in samples (calibrated on the synthetic
+        scene of tests/synthetic_sfs.py; the albedo and specular energies are in grey levels).
     robust_threshold: grey levels where the depth's Cauchy data term starts to redescend.
     chroma_tolerance, skin_prior_boost: the skin-chromaticity confidence (see sfs_solver.skin_confidence)
         and how much more the albedo prior weighs where the colour is the skin's.
@@ -87,7 +89,7 @@ class SfsOptions:
     phase2_lr: float = 0.05
     phase2_iterations: int = 20
     alternate_every: int = 10
-    intensity_range: float = 1.0
+    depth_intensity_unit: float = 10.0
     robust_threshold: float = 10.0
     chroma_tolerance: float = 0.02
     skin_prior_boost: float = 100.0
@@ -97,7 +99,7 @@ class SfsOptions:
     specular_model: str = "lobe"
     specular_min_peak: float = 8.0
     depth_optimizer: str = "lbfgs"
-    base_weight: float = 1000.0
+    base_weight: float = 10.0
     base_sigma: float = 6.0
     rtv_sigma: float = 2.0
     specular_sigma: float = 3.0

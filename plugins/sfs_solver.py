@@ -195,7 +195,6 @@ def fit_lighting(problem: Problem, specular: Tensor | None = None, trim: float =
 def solve(problem: Problem, options: SfsOptions, use_priors: bool = True) -> Solution:
     """Steps 2-4 (see the module docstring). ``use_priors=False`` drops the skin-colour and RTV terms
     (the seed's Fig. 8 ablation)."""
-    unit = (1.0 / options.intensity_range) ** 2
     mask = problem.mask
     m = mask.float()
     count = m.sum().clamp(min=1)
@@ -219,6 +218,7 @@ def solve(problem: Problem, options: SfsOptions, use_priors: bool = True) -> Sol
             sh = fit_lighting(problem, options.specular_scale * lobe(normals0))
         if lobe.peak(normals0, mask) < options.specular_min_peak:
             lobe = None  # no highlight worth modelling: a faint, sharp lobe would only add gradient noise
+            sh = fit_lighting(problem)
     # The albedo priors are weighed against the data term relative to the squared shading, so that a
     # brighter light does not silently weaken them (γ·S: the data term scales with S²).
     shading_scale = float((shading(problem.height0, sh)[:, mask] ** 2).mean())
@@ -247,13 +247,10 @@ def solve(problem: Problem, options: SfsOptions, use_priors: bool = True) -> Sol
         residual = (albedo * shade + options.specular_scale * specular - image) * measured
         if blur > 0:
             residual = gaussian_blur(residual * m, blur)
-        data = masked_mean((residual**2).sum(0)) * unit
+        data = masked_mean((residual**2).sum(0))
         # Where the colour is the skin's, the albedo is the skin colour (shading explains the rest); where
         # it is not (pigment), the albedo is free to follow the image.
-        prior = (
-            masked_mean((1 + options.skin_prior_boost * confidence) * ((albedo - problem.albedo_avg) ** 2).sum(0))
-            * unit
-        )
+        prior = masked_mean((1 + options.skin_prior_boost * confidence) * ((albedo - problem.albedo_avg) ** 2).sum(0))
         rtv = masked_mean(relative_total_variation(albedo / 255.0, options.rtv_sigma) ** 2) if w_rtv else 0.0
         return data + w_avg * prior + w_rtv * rtv
 
@@ -284,7 +281,7 @@ def solve(problem: Problem, options: SfsOptions, use_priors: bool = True) -> Sol
             spec_optimiser.zero_grad()
             residual = (albedo.detach() * shade + options.specular_scale * specular - image) * measured
             data = masked_mean((1 - confidence) * (residual**2).sum(0))
-            (unit * (data + options.specular_weight * masked_mean(((specular - beta0) ** 2).sum(0)))).backward()
+            (data + options.specular_weight * masked_mean(((specular - beta0) ** 2).sum(0))).backward()
             spec_optimiser.step()
             with torch.no_grad():
                 specular.clamp_(min=0)
@@ -293,6 +290,9 @@ def solve(problem: Problem, options: SfsOptions, use_priors: bool = True) -> Sol
 
     # Step 5: depth in two phases, alternating with albedo and specular.
     delta = torch.zeros_like(height0, requires_grad=True)
+    # The depth energy measures intensities in units of ``depth_intensity_unit`` grey levels: that sets
+    # the balance between its data terms and the λd regularisers on depths in samples.
+    unit = options.depth_intensity_unit**-2
     luminance = image.mean(0)
     lap_image = laplacian(luminance) * unit**0.5
     if options.detail_noise_threshold > 0:
@@ -419,21 +419,27 @@ class SpecularLobe:
     def __call__(self, normals: Tensor, params: Tensor | None = None) -> Tensor:
         p = self.params if params is None else params
         h = torch.stack([p[0], p[1], torch.ones_like(p[0])])
-        cosine = (normals @ (h / h.norm())).clamp(min=0)
-        return (p[2].exp() * cosine ** p[3].exp())[None]
+        # cos ≥ 1e-6 and 1 ≤ α ≤ 1100 keep cos^α and its derivatives finite (log 0, 0^(α-1) with α < 1).
+        cosine = (normals @ (h / h.norm())).clamp(min=1e-6)
+        return (p[2].exp() * cosine ** p[3].clamp(0.0, 7.0).exp())[None]
 
     def fit(self, normals: Tensor, residual: Tensor, mask: Tensor, steps: int = 150) -> SpecularLobe:
         """Least-squares fit to ``residual`` (H, W), what the diffuse rendering leaves, over ``mask``,
         from the current parameters; four parameters: a regular subsample of the pixels determines them."""
         stride = max(1, int(mask.sum()) // MAX_FIT_SAMPLES)
-        normals, residual = normals[mask][::stride], residual[mask][::stride]
+        # A highlight only brightens: darker-than-modelled pixels (pigment: freckles, brows) are not
+        # its business, and fitting their negative residual would narrow the lobe.
+        normals, residual = normals[mask][::stride], residual[mask][::stride].clamp(min=0)
         params = self.params.clone().requires_grad_(True)
         optimiser = torch.optim.Adam([params], lr=0.05)
         for _ in range(steps):
             optimiser.zero_grad()
             ((self(normals, params)[0] - residual) ** 2).mean().backward()
             optimiser.step()
-        self.params = params.detach()
+        if torch.isfinite(params).all():
+            self.params = params.detach()
+        else:  # a degenerate fit (nothing brighter than the model): a lobe too faint to be kept
+            self.params = torch.tensor([0.0, 0.0, -10.0, 3.0], device=params.device)
         return self
 
     def peak(self, normals: Tensor, mask: Tensor) -> float:

@@ -1,11 +1,9 @@
 """The fine stage (shape-from-shading). The synthetic scene is rendered independently of the solver's
 operators (4x supersampled, tests/synthetic_sfs.py). What is shown here, and what is not yet (see the
-README): the detail's normal error drops when the albedo is known (2.89 -> 1.43 degrees), with a
-textured albedo (-> 1.67) and on the full scene with a highlight (-> 1.68); phase 2 carves finer detail
-than phase 1 (but on this scene it does not make the pores more accurate); the priors keep the albedo's
-texture out of the geometry (the seed's Fig. 8); the real-photo output is sane and written out. The
-improvement factors (1.7-2.0) are less than the "large factor" the issue asks for, which is therefore
-not claimed."""
+README): the detail's normal error drops when the albedo is known (2.89 -> 1.00 degrees), with a
+textured albedo (-> 1.05) and on the full scene with a highlight and noise (-> 1.39); phase 2 recovers
+the pore band better than phase 1; the priors keep the albedo's texture out of the geometry (the
+seed's Fig. 8); black holes are not carved; the real-photo output is sane and written out."""
 
 from __future__ import annotations
 
@@ -41,19 +39,14 @@ def test_depth_phases_recover_multiscale_detail_under_known_albedo():
     region = scene.mask & (np.abs(scene.detail) > 0.02)
     before = angle(scene.smooth, truth, region)
     after = angle(solution.height.numpy(), truth, region)
-    assert after < before / 1.6, (before, after)  # measured: 2.89 -> 1.43 degrees
+    assert after < before / 2.5, (before, after)  # measured: 2.89 -> 1.00 degrees
     assert np.abs(solution.height.numpy() - scene.smooth).max() < 2.0
-    # Multi-scale: phase 2 (larger λd4) carves more detail at the pore scale than phase 1.
+    # Multi-scale: phase 2 (larger λd4) recovers the pore band better than phase 1.
     import scipy.ndimage as nd
 
     pores = scene.mask & (nd.maximum_filter(np.abs(scene.pores), 3) > 0.02)
-
-    def fine_band(height: np.ndarray) -> float:
-        detail = height - scene.smooth
-        return float(np.abs(nd.gaussian_filter(detail, 0.7) - nd.gaussian_filter(detail, 2.0))[pores].mean())
-
     phase1, phase2 = (solution.phase_heights[k].numpy() for k in ("phase1", "phase2"))
-    assert fine_band(phase2) > fine_band(phase1)  # measured 0.0416 -> 0.0431 px (truth 0.035)
+    assert angle(phase2, truth, pores) < 0.9 * angle(phase1, truth, pores)  # measured 1.29 -> 1.06 degrees
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +133,7 @@ def test_priors_keep_albedo_texture_out_of_the_geometry():
         band = nd.gaussian_filter(detail, 0.7) - nd.gaussian_filter(detail, 2.0)
         return float(np.abs(band)[textured].mean())
 
-    assert leak(False) > 3 * leak(True)  # measured 0.27 vs 0.02 px
+    assert leak(False) > 3 * leak(True)  # measured 0.28 vs 0.02 px
 
 
 def test_textured_albedo_stays_out_of_the_recovered_detail():
@@ -155,12 +148,12 @@ def test_textured_albedo_stays_out_of_the_recovered_detail():
     )
     height = solve(problem, SfsOptions()).height.numpy()
     region = scene.mask & (np.abs(scene.detail) > 0.02)
-    assert angle(height, truth, region) < angle(scene.smooth, truth, region) / 1.4  # measured 2.89 -> 1.67
+    assert angle(height, truth, region) < angle(scene.smooth, truth, region) / 2.3  # measured 2.89 -> 1.05
 
 
 def test_full_synthetic_scene_detail_is_recovered():
     """The issue's scene: multi-scale detail, textured albedo and a specular highlight over the forehead
-    wrinkles, from the smooth surface. Measured: 2.89 -> 1.68 degrees (a factor of 1.7)."""
+    wrinkles, from the smooth surface. Measured: 2.89 -> 1.39 degrees (a factor of 2.1)."""
     scene = make_scene()
     truth = scene.smooth + scene.detail
     t = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32)  # noqa: E731
@@ -169,7 +162,7 @@ def test_full_synthetic_scene_detail_is_recovered():
     )
     height = solve(problem, SfsOptions()).height.numpy()
     region = scene.mask & (np.abs(scene.detail) > 0.02)
-    assert angle(height, truth, region) < angle(scene.smooth, truth, region) / 1.5
+    assert angle(height, truth, region) < angle(scene.smooth, truth, region) / 1.8
 
 
 def test_gaussian_blur_has_the_exact_adjoint_and_matches_a_convolution():
@@ -188,6 +181,16 @@ def test_gaussian_blur_has_the_exact_adjoint_and_matches_a_convolution():
     smooth = torch.sin(xx / 15) * torch.cos(yy / 20) + 0.3 * torch.randn(120, 100)
     full = (gaussian_blur(smooth[None], 6.0) ** 2).mean()
     assert abs(float((low_pass(smooth, 6.0) ** 2).mean() / full) - 1) < 0.1
+
+
+def test_a_degenerate_highlight_fit_is_dropped_not_propagated():
+    from facerecon.plugins.sfs_solver import SpecularLobe, normals_from_height
+
+    height = torch.as_tensor(make_scene().smooth, dtype=torch.float32)
+    mask = height > 1
+    lobe = SpecularLobe(torch.device("cpu")).fit(normals_from_height(height), torch.zeros_like(height), mask)
+    peak = lobe.peak(normals_from_height(height), mask)
+    assert torch.isfinite(lobe.params).all() and peak < SfsOptions().specular_min_peak  # so solve() drops it
 
 
 def test_noise_level_estimates_white_noise():
@@ -217,4 +220,4 @@ def test_unmeasured_pixels_do_not_become_creases():
         )
         return angle(solve(problem, SfsOptions()).height.numpy(), truth, region)
 
-    assert error(image) < 1.15 * error(scene.image)  # measured 1.68 -> 1.83 degrees
+    assert error(image) < 1.15 * error(scene.image)  # measured 1.39 -> 1.44 degrees
