@@ -59,6 +59,8 @@ class SfsOptions:
     depth_intensity_unit: grey levels per intensity unit in the depth energy, which sets the balance
         between its data terms and the λd regularisers on depths in samples (calibrated on the synthetic
         scene of tests/synthetic_sfs.py; the albedo and specular energies are in grey levels).
+    noise_weighting: the unit is at least this many times the image's noise std (Immerkær's estimate),
+        so that a noisy image leans more on the priors; 0 disables.
     robust_threshold: grey levels where the depth's Cauchy data term starts to redescend.
     chroma_tolerance, skin_prior_boost: the skin-chromaticity confidence (see sfs_solver.skin_confidence)
         and how much more the albedo prior weighs where the colour is the skin's.
@@ -90,6 +92,7 @@ class SfsOptions:
     phase2_iterations: int = 20
     alternate_every: int = 10
     depth_intensity_unit: float = 10.0
+    noise_weighting: float = 8.0
     robust_threshold: float = 10.0
     chroma_tolerance: float = 0.02
     skin_prior_boost: float = 100.0
@@ -99,7 +102,7 @@ class SfsOptions:
     specular_model: str = "lobe"
     specular_min_peak: float = 8.0
     depth_optimizer: str = "lbfgs"
-    base_weight: float = 10.0
+    base_weight: float = 1.0
     base_sigma: float = 6.0
     rtv_sigma: float = 2.0
     specular_sigma: float = 3.0

@@ -290,16 +290,19 @@ def solve(problem: Problem, options: SfsOptions, use_priors: bool = True) -> Sol
 
     # Step 5: depth in two phases, alternating with albedo and specular.
     delta = torch.zeros_like(height0, requires_grad=True)
-    # The depth energy measures intensities in units of ``depth_intensity_unit`` grey levels: that sets
-    # the balance between its data terms and the λd regularisers on depths in samples.
-    unit = options.depth_intensity_unit**-2
+    # The depth energy measures intensities in units of ``depth_intensity_unit`` grey levels, or of
+    # ``noise_weighting`` times the image's noise std where that is larger (a noisy image weighs its data
+    # less against the priors, as a MAP estimate would): that sets the balance between its data terms and
+    # the λd regularisers on depths in samples.
     luminance = image.mean(0)
+    noise = noise_level(luminance, mask & measured)
+    unit = max(options.depth_intensity_unit, options.noise_weighting * noise) ** -2
     lap_image = laplacian(luminance) * unit**0.5
     if options.detail_noise_threshold > 0:
         # The phase-2 term copies ΔI into Δd, image noise included: ΔI is soft-thresholded at a multiple
         # of its noise level (5-point Laplacian of white noise: std √20·σ), so that only contrast the
         # noise cannot explain becomes detail. On a clean photo this removes almost nothing.
-        tau = options.detail_noise_threshold * 20**0.5 * noise_level(luminance, mask) * unit**0.5
+        tau = options.detail_noise_threshold * 20**0.5 * noise * unit**0.5
         lap_image = torch.sign(lap_image) * (lap_image.abs() - tau).clamp(min=0)
 
     albedo_optimiser = torch.optim.Adam([albedo], lr=options.albedo_lr_depth)
@@ -324,12 +327,15 @@ def solve(problem: Problem, options: SfsOptions, use_priors: bool = True) -> Sol
             rendered = albedo.detach() * shading_of_normals(normals, sh) + options.specular_scale * highlight
             data = masked_mean(confidence * _robust(rendered - image, options.robust_threshold).sum(0)) * unit
             lap_height = laplacian(height)
+            # Smoothness is asked of the detail added (d − d0), not of the whole surface: ||∇²d||² would
+            # also flatten the medium surface's own curvature (nose, eye sockets), a mid-scale bend.
+            lap_delta = laplacian(delta * m)
             low = low_pass(delta * m, options.base_sigma)  # zero outside the mask, so a plain mean
             return (
                 data
                 + options.base_weight * (low**2).sum() / low_count
                 + l1 * masked_mean(delta**2)
-                + l2 * masked_mean(lap_height**2)
+                + l2 * masked_mean(lap_delta**2)
                 + l3 * masked_mean(confidence * stencil_measured * (lap_image - l4 * lap_height) ** 2)
             )
 
