@@ -114,23 +114,27 @@ def gaussian_blur(image: Tensor, sigma: float) -> Tensor:
     return _GaussianBlur.apply(image, gaussian_kernel(sigma))
 
 
-def low_pass(image: Tensor, sigma: float) -> Tensor:
-    """A Gaussian low-pass of (H, W) sampled at a reduced rate (⌈H/k⌉, ⌈W/k⌉), k = ⌊σ/2⌋: averaged
-    over k x k blocks, then blurred by σ/k. Being smooth, its mean square is the full-rate one's to
-    within the blocks' edge effects, at ~1/k² of the cost (it runs in every depth evaluation)."""
-    k = max(1, int(sigma / 2))
-    coarse = torch.nn.functional.avg_pool2d(image[None, None], k, ceil_mode=True)[0, 0]
-    return gaussian_blur(coarse, sigma / k)
+def low_pass(image: Tensor, sigma: float, factor: int) -> Tensor:
+    """A Gaussian low-pass of (..., H, W) sampled at 1/``factor`` of the rate, (..., ⌈H/k⌉, ⌈W/k⌉):
+    averaged over k x k blocks, then blurred by σ/k. Being smooth, it loses nothing at the reduced rate
+    (its mean square is the full-rate one's to within the blocks' edge effects), at ~1/k² of the cost:
+    the energies evaluate it at every step."""
+    shape = image.shape
+    flat = image.reshape(-1, 1, *shape[-2:])
+    coarse = torch.nn.functional.avg_pool2d(flat, factor, ceil_mode=True)[:, 0] if factor > 1 else flat[:, 0]
+    coarse = gaussian_blur(coarse, sigma / factor)
+    return coarse.reshape(*shape[:-2], *coarse.shape[-2:])
 
 
-def relative_total_variation(image, sigma: float, eps: float = 1e-3):
-    """Per-pixel RTV_x + RTV_y of (C, H, W) (Xu, Yan, Xia, Jia 2012, eq. 3-4): G*|∂γ| / (|G*∂γ| + e).
-    Texture (many small gradients of mixed sign) scores high, structure (consistent edges) low."""
+def relative_total_variation(image: Tensor, sigma: float, eps: float = 1e-3, factor: int = 2) -> Tensor:
+    """Per-pixel RTV_x + RTV_y of (C, H, W) (Xu, Yan, Xia, Jia 2012, eq. 3-4): G*|∂γ| / (|G*∂γ| + e),
+    sampled at 1/``factor`` of the rate (the windowed sums are smooth; see ``low_pass``). Texture (many
+    small gradients of mixed sign) scores high, structure (consistent edges) low."""
     dx = torch.nn.functional.pad(image[..., :, 1:] - image[..., :, :-1], (0, 1))
     dy = torch.nn.functional.pad(image[..., 1:, :] - image[..., :-1, :], (0, 0, 0, 1))
-    rtv_x = gaussian_blur(dx.abs(), sigma) / (gaussian_blur(dx, sigma).abs() + eps)
-    rtv_y = gaussian_blur(dy.abs(), sigma) / (gaussian_blur(dy, sigma).abs() + eps)
-    return rtv_x + rtv_y
+    # The four windowed sums in one call (fewer, larger operations).
+    abs_dx, sum_dx, abs_dy, sum_dy = low_pass(torch.stack([dx.abs(), dx, dy.abs(), dy]), sigma, factor)
+    return abs_dx / (sum_dx.abs() + eps) + abs_dy / (sum_dy.abs() + eps)
 
 
 # -- the optimisation ---------------------------------------------------------------------------------
@@ -228,6 +232,13 @@ def solve(problem: Problem, options: SfsOptions, use_priors: bool = True) -> Sol
     def masked_mean(value):
         return (value * m).sum() / count
 
+    coarse_m = torch.nn.functional.avg_pool2d(m[None], 2, ceil_mode=True)[0]  # mask coverage at half rate
+    coarse_count = coarse_m.sum().clamp(min=1)
+
+    def coarse_mean(value):
+        """The masked mean of a half-rate map (``low_pass(..., factor=2)``)."""
+        return (value * coarse_m).sum() / coarse_count
+
     height0 = problem.height0
     shade0 = shading(height0, sh).detach()
     # The chromaticity test sees the diffuse image: a white highlight over wrinkles must not make their
@@ -246,12 +257,13 @@ def solve(problem: Problem, options: SfsOptions, use_priors: bool = True) -> Sol
     def albedo_loss(albedo, shade, specular, blur: float = 0.0):
         residual = (albedo * shade + options.specular_scale * specular - image) * measured
         if blur > 0:
-            residual = gaussian_blur(residual * m, blur)
-        data = masked_mean((residual**2).sum(0))
+            data = coarse_mean((low_pass(residual * m, blur, 2) ** 2).sum(0))
+        else:
+            data = masked_mean((residual**2).sum(0))
         # Where the colour is the skin's, the albedo is the skin colour (shading explains the rest); where
         # it is not (pigment), the albedo is free to follow the image.
         prior = masked_mean((1 + options.skin_prior_boost * confidence) * ((albedo - problem.albedo_avg) ** 2).sum(0))
-        rtv = masked_mean(relative_total_variation(albedo / 255.0, options.rtv_sigma) ** 2) if w_rtv else 0.0
+        rtv = coarse_mean(relative_total_variation(albedo / 255.0, options.rtv_sigma) ** 2) if w_rtv else 0.0
         return data + w_avg * prior + w_rtv * rtv
 
     # Before any depth step the normals are the smooth medium surface's, so at full resolution the albedo
@@ -306,7 +318,10 @@ def solve(problem: Problem, options: SfsOptions, use_priors: bool = True) -> Sol
         lap_image = torch.sign(lap_image) * (lap_image.abs() - tau).clamp(min=0)
 
     albedo_optimiser = torch.optim.Adam([albedo], lr=options.albedo_lr_depth)
-    low_count = low_pass(m, options.base_sigma).gt(0.01).sum().clamp(min=1)  # low-pass samples of the mask
+    base_factor = max(1, int(options.base_sigma / 2))
+    low_count = low_pass(m, options.base_sigma, base_factor).gt(0.01).sum().clamp(min=1)  # its samples in the mask
+    lap_height0 = laplacian(height0)  # ∇²d = ∇²d0 + ∇²(d − d0)
+    lap_weight = confidence * stencil_measured
     phase_heights = {}
     face_width = float(mask.any(0).sum())
     bound = options.max_displacement * face_width
@@ -320,23 +335,22 @@ def solve(problem: Problem, options: SfsOptions, use_priors: bool = True) -> Sol
         l1, l2, l3, l4 = weights
 
         def depth_loss(l1: float = l1, l2: float = l2, l3: float = l3, l4: float = l4):
-            height = height0 + delta * m
-            normals = normals_from_height(height)
+            detail = delta * m
+            normals = normals_from_height(height0 + detail)
             # The lobe's highlight follows the current normals instead of being carved into them.
             highlight = lobe(normals) if lobe is not None else specular.detach()
             rendered = albedo.detach() * shading_of_normals(normals, sh) + options.specular_scale * highlight
             data = masked_mean(confidence * _robust(rendered - image, options.robust_threshold).sum(0)) * unit
-            lap_height = laplacian(height)
             # Smoothness is asked of the detail added (d − d0), not of the whole surface: ||∇²d||² would
             # also flatten the medium surface's own curvature (nose, eye sockets), a mid-scale bend.
-            lap_delta = laplacian(delta * m)
-            low = low_pass(delta * m, options.base_sigma)  # zero outside the mask, so a plain mean
+            lap_detail = laplacian(detail)
+            low = low_pass(detail, options.base_sigma, base_factor)  # zero outside the mask: a plain mean
             return (
                 data
                 + options.base_weight * (low**2).sum() / low_count
                 + l1 * masked_mean(delta**2)
-                + l2 * masked_mean(lap_delta**2)
-                + l3 * masked_mean(confidence * stencil_measured * (lap_image - l4 * lap_height) ** 2)
+                + l2 * masked_mean(lap_detail**2)
+                + l3 * masked_mean(lap_weight * (lap_image - l4 * (lap_height0 + lap_detail)) ** 2)
             )
 
         if options.depth_optimizer == "adam":

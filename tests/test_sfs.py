@@ -180,7 +180,7 @@ def test_gaussian_blur_has_the_exact_adjoint_and_matches_a_convolution():
     yy, xx = torch.meshgrid(torch.arange(120.0), torch.arange(100.0), indexing="ij")
     smooth = torch.sin(xx / 15) * torch.cos(yy / 20) + 0.3 * torch.randn(120, 100)
     full = (gaussian_blur(smooth[None], 6.0) ** 2).mean()
-    assert abs(float((low_pass(smooth, 6.0) ** 2).mean() / full) - 1) < 0.1
+    assert abs(float((low_pass(smooth, 6.0, 3) ** 2).mean() / full) - 1) < 0.1
 
 
 def test_a_degenerate_highlight_fit_is_dropped_not_propagated():
