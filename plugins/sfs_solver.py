@@ -249,6 +249,10 @@ def solve(problem: Problem, options: SfsOptions, use_priors: bool = True) -> Sol
     if not use_priors:
         confidence = torch.ones_like(confidence)
     confidence = confidence * measured.float()
+    # Foreshortening: towards the silhouette a sample covers ever more surface seen at a grazing angle,
+    # where the depth map is poorly sampled and the shading least reliable; weighed by cos = n_z, the
+    # rim no longer bends towards the displacement bound.
+    confidence = confidence * normals_from_height(height0)[..., 2].clamp(min=0)
 
     # Step 3: albedo, from the mean albedo.
     albedo = problem.albedo_avg.clone().requires_grad_(True)

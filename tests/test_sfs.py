@@ -70,7 +70,9 @@ def test_real_photo_output_is_sane(refined):
     assert {"depth", "displacement", "normal", "albedo", "shading", "specular", "rendering"} <= set(maps.maps)
     width = float(np.ptp(np.asarray(medium.vertices)[:, 0]))
     displacement = maps.maps["displacement"]
-    assert np.nanmax(np.abs(displacement)) <= 0.06 * width  # bounded (max_displacement 5 %): no spikes
+    # No spikes: well inside the safety clamp (max_displacement, 5 % of the width), which a drifting
+    # region would reach (measured 2.7 % here, without a segmenter).
+    assert np.nanmax(np.abs(displacement)) <= 0.04 * width, np.nanmax(np.abs(displacement)) / width
     mask = maps.maps["mask"] > 0
     error = maps.maps["rendering"][mask] - maps.maps["input"][mask]
     psnr = 10 * np.log10(1.0 / float((error**2).mean()))
@@ -221,3 +223,17 @@ def test_unmeasured_pixels_do_not_become_creases():
         return angle(solve(problem, SfsOptions()).height.numpy(), truth, region)
 
     assert error(image) < 1.15 * error(scene.image)  # measured 1.39 -> 1.44 degrees
+
+
+def test_fine_stage_does_not_worsen_measured_depth(shared_data):
+    """The issue's real-depth acceptance: on the 20 RAP3DF Kinect faces, after the similarity fit,
+    the fine stage's depth error is not above the medium stage's (benchmarks/evaluate_rgbd.py)."""
+    from benchmarks.evaluate_rgbd import evaluate
+    from facerecon.kernel import Pipeline, PipelineConfig
+
+    folders = sorted(p for p in (shared_data / "rgbd" / "rap3df").iterdir() if p.is_dir())
+    with Pipeline(PipelineConfig(refiners=("laplace", "sfs"), device="cpu")) as pipe:
+        result = evaluate(pipe, folders)
+    assert result["scored"] == len(folders) == 20
+    error = result["mean_rmse_mm"]
+    assert error["fine"] <= error["medium"], error  # measured 8.749 vs 8.756 mm
