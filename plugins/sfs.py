@@ -187,13 +187,19 @@ class SfsRefiner:
                 "displacement": (depth - depth0 * grid.step) * nan,
                 "normal": normals * np.array([1.0, -1.0, -1.0]) * nan[..., None],  # viewer -> mesh frame
                 "albedo": to_image(solution.albedo),
-                "shading": np.clip(shade.cpu().numpy().transpose(1, 2, 0) / 255.0, 0, 1),
+                "shading": _normalised(shade.cpu().numpy().transpose(1, 2, 0), mask),
                 "specular": to_image(solution.specular.expand(3, -1, -1)),
                 "rendering": to_image(rendered),
                 "input": to_image(problem.image),
                 "mask": mask.astype(np.float32),
             },
         )
+
+
+def _normalised(shading: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The SH shading (h, w, 3), dimensionless, scaled to 0-1 with its 99th percentile in the mask at 1."""
+    top = float(np.percentile(shading[mask], 99)) if mask.any() else 1.0
+    return np.clip(shading / max(top, 1e-6), 0, 1)
 
 
 def _regions(crop, covered, labels, segmentation):

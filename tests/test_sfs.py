@@ -76,6 +76,9 @@ def test_real_photo_output_is_sane(refined):
     mask = maps.maps["mask"] > 0
     error = maps.maps["rendering"][mask] - maps.maps["input"][mask]
     psnr = 10 * np.log10(1.0 / float((error**2).mean()))
+    # The maps are images a user can look at: shading scaled to 0-1 (not black), albedo near the photo.
+    assert 0.3 < float(maps.maps["shading"][mask].mean()) <= 1.0
+    assert abs(float(maps.maps["albedo"][mask].mean() - maps.maps["input"][mask].mean())) < 0.1
     assert psnr > 20.0, psnr  # the re-rendered face reproduces the photo (measured ~24 dB)
     marks = mesh.landmarks("ibug68")
     assert marks is not None and (marks.visibility > 0).sum() >= 60
