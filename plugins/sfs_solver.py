@@ -11,6 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import torch
+
+# torch.optim imports torch._dynamo at its first step (~0.9 s): done here, when the refiner is built,
+# rather than by the first face.
+import torch._dynamo  # noqa: F401
 from torch import Tensor
 
 from facerecon.plugins.sfs import SfsOptions
