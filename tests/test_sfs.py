@@ -1,9 +1,10 @@
-"""The fine stage (shape-from-shading). The synthetic scene is rendered independently of the solver's
-operators (4x supersampled, tests/synthetic_sfs.py). What is shown here, and what is not yet (see the
-README): the detail's normal error drops when the albedo is known (2.89 -> 1.00 degrees), with a
-textured albedo (-> 1.05) and on the full scene with a highlight and noise (-> 1.39); phase 2 recovers
-the pore band better than phase 1; the priors keep the albedo's texture out of the geometry (the
-seed's Fig. 8); black holes are not carved; the real-photo output is sane and written out."""
+"""The fine stage (shape-from-shading), against the issue's acceptance. The synthetic scene is rendered
+independently of the solver's operators (4x supersampled, tests/synthetic_sfs.py): the detail's normal
+error drops when the albedo is known (2.89 -> 1.02 degrees), with a textured albedo (-> 1.09) and on
+the full scene with a highlight and noise (-> 1.44); phase 2 recovers the pore band better than phase 1;
+the priors keep the albedo's texture out of the geometry (the seed's Fig. 8); black holes are not
+carved; the real-photo output is sane and written out; on the RAP3DF Kinect faces the fine stage does
+not worsen the error against measured depth. (Speed is a benchmark: benchmarks/bench_sfs.py.)"""
 
 from __future__ import annotations
 
@@ -39,14 +40,14 @@ def test_depth_phases_recover_multiscale_detail_under_known_albedo():
     region = scene.mask & (np.abs(scene.detail) > 0.02)
     before = angle(scene.smooth, truth, region)
     after = angle(solution.height.numpy(), truth, region)
-    assert after < before / 2.5, (before, after)  # measured: 2.89 -> 1.00 degrees
+    assert after < before / 2.5, (before, after)  # measured: 2.89 -> 1.02 degrees
     assert np.abs(solution.height.numpy() - scene.smooth).max() < 2.0
     # Multi-scale: phase 2 (larger λd4) recovers the pore band better than phase 1.
     import scipy.ndimage as nd
 
     pores = scene.mask & (nd.maximum_filter(np.abs(scene.pores), 3) > 0.02)
     phase1, phase2 = (solution.phase_heights[k].numpy() for k in ("phase1", "phase2"))
-    assert angle(phase2, truth, pores) < 0.9 * angle(phase1, truth, pores)  # measured 1.29 -> 1.06 degrees
+    assert angle(phase2, truth, pores) < 0.9 * angle(phase1, truth, pores)  # measured 1.24 -> 1.05 degrees
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +139,7 @@ def test_priors_keep_albedo_texture_out_of_the_geometry():
         band = nd.gaussian_filter(detail, 0.7) - nd.gaussian_filter(detail, 2.0)
         return float(np.abs(band)[textured].mean())
 
-    assert leak(False) > 3 * leak(True)  # measured 0.28 vs 0.02 px
+    assert leak(False) > 3 * leak(True)  # measured 0.27 vs 0.02 px
 
 
 def test_textured_albedo_stays_out_of_the_recovered_detail():
@@ -153,12 +154,12 @@ def test_textured_albedo_stays_out_of_the_recovered_detail():
     )
     height = solve(problem, SfsOptions()).height.numpy()
     region = scene.mask & (np.abs(scene.detail) > 0.02)
-    assert angle(height, truth, region) < angle(scene.smooth, truth, region) / 2.3  # measured 2.89 -> 1.05
+    assert angle(height, truth, region) < angle(scene.smooth, truth, region) / 2.3  # measured 2.89 -> 1.09
 
 
 def test_full_synthetic_scene_detail_is_recovered():
     """The issue's scene: multi-scale detail, textured albedo and a specular highlight over the forehead
-    wrinkles, from the smooth surface. Measured: 2.89 -> 1.39 degrees (a factor of 2.1)."""
+    wrinkles, from the smooth surface. Measured: 2.89 -> 1.44 degrees (a factor of 2.0)."""
     scene = make_scene()
     truth = scene.smooth + scene.detail
     t = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32)  # noqa: E731
@@ -225,7 +226,7 @@ def test_unmeasured_pixels_do_not_become_creases():
         )
         return angle(solve(problem, SfsOptions()).height.numpy(), truth, region)
 
-    assert error(image) < 1.15 * error(scene.image)  # measured 1.39 -> 1.44 degrees
+    assert error(image) < 1.15 * error(scene.image)  # measured 1.44 -> 1.50 degrees
 
 
 def test_fine_stage_does_not_worsen_measured_depth(shared_data):
