@@ -15,9 +15,13 @@ image pixel up to ``max_side``), in torch:
    λd2 ||∇²d||² + λd3 ||ΔI − λd4 Δd||², I' rendered from the normals of d. Phase 1 (wrinkles):
    λd = (0.001, 0.05, 0.001, 0.001), lr 0.015; phase 2 (pores): λd = (0.001, 0.03, 0.025, 2.5), lr 0.05.
 
-Intensities are in 0-255 and depths in pixels (the seed's learning rates assume that scale); the
-optimised depth is the height towards the camera (h = −z), so that a dark crease (ΔI > 0) asks for a
-dip (Δh > 0). The fine mesh is the depth map as a pixel grid over everything the medium mesh covers in
+Intensities are in 0-255 and depths in samples; the depth energy measures intensity in units of
+``depth_intensity_unit`` grey levels (or of ``noise_weighting`` noise std), which sets the balance of its
+λd weights, and its smoothness λd2 acts on the detail added, ∇²(d − d0) (on d it would also flatten the
+medium face). The solver (``sfs_solver``, imported when the refiner is built) documents the other
+deviations: L-BFGS, a skin-chromaticity confidence, a Blinn-Phong highlight lobe, unmeasured pixels.
+The optimised depth is the height towards the camera (h = −z), so that a dark crease (ΔI > 0) asks for
+a dip (Δh > 0). The fine mesh is the depth map as a pixel grid over everything the medium mesh covers in
 the region (detail inside the face mask, the medium surface outside it: one welded surface), with the
 medium mesh's UVs and landmark maps carried over; maps and per-phase meshes come back in a Refinement.
 """
