@@ -28,6 +28,7 @@ medium mesh's UVs and landmark maps carried over; maps and per-phase meshes come
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +37,14 @@ from facerecon.geometry.raster import interpolate, rasterize
 from facerecon.kernel import Face, ImageMaps, LandmarkMap, Mesh, Refinement, Segmentation, StageRegistrar, hookimpl
 from facerecon.kernel.errors import PluginError
 from facerecon.kernel.imageio import check_image
+
+MIN_MEASURED_SAMPLES = 256
+"""Fewer unclipped face samples than this and there is no shading to refine from."""
+
+
+class ShadingWarning(UserWarning):
+    """The photo has no usable shading in the face (clipped to black or white): nothing was refined."""
+
 
 SKIN_LABELS = ("skin", "nose")
 """Regions whose colour is skin: the lighting is fitted there, and the albedo prior is trusted there."""
@@ -156,6 +165,16 @@ class SfsRefiner:
         crop = grid.sample_image(image)  # (h, w, 3) 0-255
         labels = grid.sample_labels(segmentation)
         mask, lit, albedo_avg = _regions(crop, covered, labels, segmentation)
+        brightest = crop.max(axis=2)
+        measured = (brightest < self.options.saturation) & (brightest > self.options.dark)
+        if (measured & lit).sum() < MIN_MEASURED_SAMPLES:
+            warnings.warn(
+                f"sfs: only {int((measured & lit).sum())} face samples are neither clipped nor black; "
+                "no shading to refine from, the fine mesh is the medium one",
+                ShadingWarning,
+                stacklevel=2,
+            )
+            return Refinement(mesh)
         t = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32, device=self.device)  # noqa: E731
         problem = self.solver.Problem(
             image=t(crop.transpose(2, 0, 1)),

@@ -213,6 +213,8 @@ def solve(problem: Problem, options: SfsOptions, use_priors: bool = True) -> Sol
     measured = (brightest < options.saturation) & (brightest > options.dark)
     stencil_measured = -torch.nn.functional.max_pool2d(-measured[None].float(), 3, stride=1, padding=1)[0]
     problem = replace(problem, lit=problem.lit & measured)
+    if int(problem.lit.sum()) < len(SH_CONSTANTS):
+        raise ValueError("no unclipped pixels to fit the lighting on (the refiner checks this first)")
     sh = fit_lighting(problem)
     lobe = None
     if options.specular_model == "lobe" and options.specular_scale > 0:

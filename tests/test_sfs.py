@@ -241,3 +241,14 @@ def test_fine_stage_does_not_worsen_measured_depth(shared_data):
     assert result["scored"] == len(folders) == 20
     error = result["mean_rmse_mm"]
     assert error["fine"] <= error["medium"], error  # measured 8.749 vs 8.756 mm
+
+
+@pytest.mark.parametrize("value", [0, 255])
+def test_a_clipped_photo_keeps_the_medium_mesh_with_a_warning(refined, face_photo, value):
+    from facerecon.plugins.sfs import ShadingWarning
+
+    face, medium, _ = refined
+    clipped = np.full_like(face_photo, value)
+    with pytest.warns(ShadingWarning, match="no shading"):
+        result = SfsRefiner(SfsOptions(max_side=128), "cpu").refine(clipped, face, medium, None)
+    assert result.mesh is medium and result.maps is None
