@@ -251,17 +251,21 @@ def solve(problem: Problem, options: SfsOptions, use_priors: bool = True) -> Sol
     # shading untrusted where the lobe explains it.
     with torch.no_grad():
         highlight = lobe(normals_from_height(height0)) if lobe is not None else torch.zeros_like(height0)[None]
-    confidence = skin_confidence(image - options.specular_scale * highlight, problem.albedo_avg, measured, options)
+    skin = skin_confidence(image - options.specular_scale * highlight, problem.albedo_avg, measured, options)
     if not use_priors:
-        confidence = torch.ones_like(confidence)
-    confidence = confidence * measured.float()
-    # Foreshortening: towards the silhouette a sample covers ever more surface seen at a grazing angle,
-    # where the depth map is poorly sampled and the shading least reliable; weighed by cos = n_z, the
-    # rim no longer bends towards the displacement bound.
-    confidence = confidence * normals_from_height(height0)[..., 2].clamp(min=0)
+        skin = torch.ones_like(skin)
+    # The depth's data weight: skin-coloured, measured, and weighed by foreshortening: towards the
+    # silhouette a sample covers ever more surface seen at a grazing angle, where the depth map is poorly
+    # sampled and the shading least reliable (weighed by cos = n_z, the rim no longer drifts).
+    confidence = skin * measured.float() * normals_from_height(height0)[..., 2].clamp(min=0)
 
-    # Step 3: albedo, from the mean albedo.
-    albedo = problem.albedo_avg.clone().requires_grad_(True)
+    # Step 3: albedo, from the mean albedo (the skin's colour) where the colour is the skin's.
+    # Where the colour is not the skin's (pigment, hair over the forehead), the albedo starts from the
+    # image over the smooth shading: Adam's steps (~lr grey levels each) would not get that far.
+    with torch.no_grad():
+        ratio = ((image - options.specular_scale * highlight) / shade0.clamp(min=0.05)).clamp(0, 255)
+        start = skin * problem.albedo_avg + (1 - skin) * torch.where(measured, ratio, problem.albedo_avg)
+    albedo = start.clone().requires_grad_(True)
     specular = highlight
 
     def albedo_loss(albedo, shade, specular, blur: float = 0.0):
@@ -272,7 +276,7 @@ def solve(problem: Problem, options: SfsOptions, use_priors: bool = True) -> Sol
             data = masked_mean((residual**2).sum(0))
         # Where the colour is the skin's, the albedo is the skin colour (shading explains the rest); where
         # it is not (pigment), the albedo is free to follow the image.
-        prior = masked_mean((1 + options.skin_prior_boost * confidence) * ((albedo - problem.albedo_avg) ** 2).sum(0))
+        prior = masked_mean((1 + options.skin_prior_boost * skin) * ((albedo - problem.albedo_avg) ** 2).sum(0))
         rtv = coarse_mean(relative_total_variation(albedo / 255.0, options.rtv_sigma) ** 2) if w_rtv else 0.0
         return data + w_avg * prior + w_rtv * rtv
 
@@ -291,7 +295,7 @@ def solve(problem: Problem, options: SfsOptions, use_priors: bool = True) -> Sol
         # (unblurred, it would swallow the bright side of every wrinkle).
         # Highlights are whitish, so they also leave the skin's chromaticity: only there may β0 be non-zero.
         beta0 = gaussian_blur((image - albedo * shade0).mean(0, keepdim=True).clamp(min=0), options.specular_sigma)
-        beta0 = beta0 * (1 - confidence) * (options.specular_model == "per-pixel")
+        beta0 = beta0 * (1 - skin) * (options.specular_model == "per-pixel")
     if options.specular_model == "per-pixel":
         specular = beta0.clone().requires_grad_(True)
         spec_optimiser = torch.optim.Adam([specular], lr=options.specular_lr)
@@ -302,7 +306,7 @@ def solve(problem: Problem, options: SfsOptions, use_priors: bool = True) -> Sol
         for _ in range(steps):
             spec_optimiser.zero_grad()
             residual = (albedo.detach() * shade + options.specular_scale * specular - image) * measured
-            data = masked_mean((1 - confidence) * (residual**2).sum(0))
+            data = masked_mean((1 - skin) * (residual**2).sum(0))
             (data + options.specular_weight * masked_mean(((specular - beta0) ** 2).sum(0))).backward()
             spec_optimiser.step()
             with torch.no_grad():
