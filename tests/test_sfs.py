@@ -1,7 +1,7 @@
 """The fine stage (shape-from-shading), against the issue's acceptance. The synthetic scene is rendered
 independently of the solver's operators (4x supersampled, tests/synthetic_sfs.py): the detail's normal
 error drops when the albedo is known (2.89 -> 1.02 degrees), with a textured albedo (-> 1.10) and on
-the full scene with a highlight and noise (-> 1.44); phase 2 recovers the pore band better than phase 1;
+the full scene with a highlight and noise (-> 1.46); phase 2 recovers the pore band better than phase 1;
 the priors keep the albedo's texture out of the geometry (the seed's Fig. 8); black holes are not
 carved; the real-photo output is sane and written out; on the RAP3DF Kinect faces the fine stage does
 not worsen the error against measured depth. (Speed is a benchmark: benchmarks/bench_sfs.py.)"""
