@@ -1,19 +1,21 @@
 """Refiner ``sfs`` (stage "fine", seed section 3.4 with the hyper-parameters of section 4.1): multi-scale
 details carved into the medium mesh by shape-from-shading, with the albedo kept free of detail.
 
-On a depth map of the face region (the medium mesh rendered by the shared rasteriser, one sample per
-image pixel up to ``max_side``), in torch:
+In torch, numbered as the issue numbers them:
 
-1. Lighting: Lambertian with 2nd-order spherical harmonics, I = γ·S(n) + ε·β, S(n) = Σ_k r_k Y_k(n);
+1. Depth map d0: the medium mesh rendered by the shared rasteriser over the face region, one sample per
+   image pixel up to ``max_side`` (``Grid``).
+2. Lighting: Lambertian with 2nd-order spherical harmonics, I = γ·S(n) + ε·β, S(n) = Σ_k r_k Y_k(n);
    with the mean albedo γ_avg (the segmenter's per-region skin colours, else the face's median colour)
    and the normals of d0 (ε = 0), r is one linear least-squares solve per colour channel.
-2. Albedo: min E(γ) = ||I − I'||² + λγ1 ||γ − γ_avg||² + λγ2 ||RTV(γ)||², RTV of Xu et al. 2012
+3. Albedo: min E(γ) = ||I − I'||² + λγ1 ||γ − γ_avg||² + λγ2 ||RTV(γ)||², RTV of Xu et al. 2012
    (windowed total variation over windowed inherent variation: G * |∂γ| / (|G * ∂γ| + e), per axis),
    Adam (lr 1.5).
-3. Specular: β0 = I − I', min E(β) = ||I' − I||² + λβ ||β − β0||², ε = 1, Adam (lr 0.25).
-4. Depth, alternating with albedo (lr 0.05) and specular: E(d) = ||I' − I||² + λd1 ||d − d0||² +
+4. Specular: β0 = I − I', min E(β) = ||I' − I||² + λβ ||β − β0||², ε = 1, Adam (lr 0.25).
+5. Depth, alternating with albedo (lr 0.05) and specular: E(d) = ||I' − I||² + λd1 ||d − d0||² +
    λd2 ||∇²d||² + λd3 ||ΔI − λd4 Δd||², I' rendered from the normals of d. Phase 1 (wrinkles):
    λd = (0.001, 0.05, 0.001, 0.001), lr 0.015; phase 2 (pores): λd = (0.001, 0.03, 0.025, 2.5), lr 0.05.
+6. Output: the fine mesh and the maps (``SfsRefiner._maps``).
 
 Intensities are in 0-255 and depths in samples; the depth energy measures intensity in units of
 ``depth_intensity_unit`` grey levels (or of ``noise_weighting`` noise std), which sets the balance of its

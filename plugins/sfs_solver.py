@@ -200,9 +200,28 @@ def fit_lighting(problem: Problem, specular: Tensor | None = None, trim: float =
     return coefficients
 
 
+def fit_light_and_highlight(problem: Problem, options: SfsOptions) -> tuple[Tensor, SpecularLobe | None]:
+    """Step 2 with the lobe model's highlight: SH coefficients (9, 3), and the lobe, or None when there is
+    no highlight worth modelling. The highlight biases the lighting fit and a biased lighting biases the
+    lobe: two rounds of lobe from the lighting's residual, then lighting without the lobe."""
+    sh = fit_lighting(problem)
+    if options.specular_model != "lobe" or options.specular_scale <= 0:
+        return sh, None
+    normals0 = normals_from_height(problem.height0)
+    lobe = SpecularLobe(problem.image.device)
+    for steps in (150, 50):  # the second round starts from the first's lobe
+        diffuse = problem.albedo_avg * shading_of_normals(normals0, sh)
+        lobe.fit(normals0, (problem.image - diffuse).mean(0) / options.specular_scale, problem.mask, steps)
+        sh = fit_lighting(problem, options.specular_scale * lobe(normals0))
+    if lobe.peak(normals0, problem.mask) < options.specular_min_peak:
+        # No highlight worth modelling: a faint, sharp lobe would only add gradient noise.
+        return fit_lighting(problem), None
+    return sh, lobe
+
+
 def solve(problem: Problem, options: SfsOptions, use_priors: bool = True) -> Solution:
-    """Steps 2-4 (see the module docstring). ``use_priors=False`` drops the skin-colour and RTV terms
-    (the seed's Fig. 8 ablation)."""
+    """Steps 2-5 of ``facerecon.plugins.sfs`` (lighting, albedo, specular, two depth phases) on one
+    depth-map grid. ``use_priors=False`` drops the skin-colour and RTV terms (the seed's Fig. 8 ablation)."""
     mask = problem.mask
     m = mask.float()
     count = m.sum().clamp(min=1)
@@ -215,20 +234,7 @@ def solve(problem: Problem, options: SfsOptions, use_priors: bool = True) -> Sol
     problem = replace(problem, lit=problem.lit & measured)
     if int(problem.lit.sum()) < len(SH_CONSTANTS):
         raise ValueError("no unclipped pixels to fit the lighting on (the refiner checks this first)")
-    sh = fit_lighting(problem)
-    lobe = None
-    if options.specular_model == "lobe" and options.specular_scale > 0:
-        # The highlight biases the lighting fit and a biased lighting biases the lobe: two rounds of
-        # lobe from the lighting's residual, then lighting without the lobe.
-        normals0 = normals_from_height(problem.height0)
-        lobe = SpecularLobe(image.device)
-        for steps in (150, 50):  # the second round starts from the first's lobe
-            residual = (image - problem.albedo_avg * shading_of_normals(normals0, sh)).mean(0) / options.specular_scale
-            lobe.fit(normals0, residual, mask, steps)
-            sh = fit_lighting(problem, options.specular_scale * lobe(normals0))
-        if lobe.peak(normals0, mask) < options.specular_min_peak:
-            lobe = None  # no highlight worth modelling: a faint, sharp lobe would only add gradient noise
-            sh = fit_lighting(problem)
+    sh, lobe = fit_light_and_highlight(problem, options)
     # The albedo priors are weighed against the data term relative to the squared shading, so that a
     # brighter light does not silently weaken them (γ·S: the data term scales with S²).
     shading_scale = float((shading(problem.height0, sh)[:, mask] ** 2).mean())
