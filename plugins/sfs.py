@@ -40,9 +40,6 @@ from facerecon.kernel import Face, ImageMaps, LandmarkMap, Mesh, Refinement, Seg
 from facerecon.kernel.errors import PluginError
 from facerecon.kernel.imageio import check_image
 
-MIN_MEASURED_SAMPLES = 256
-"""Fewer unclipped face samples than this and there is no shading to refine from."""
-
 
 class ShadingWarning(UserWarning):
     """The photo has no usable shading in the face (clipped to black or white): nothing was refined."""
@@ -167,16 +164,6 @@ class SfsRefiner:
         crop = grid.sample_image(image)  # (h, w, 3) 0-255
         labels = grid.sample_labels(segmentation)
         mask, lit, albedo_avg = _regions(crop, covered, labels, segmentation)
-        brightest = crop.max(axis=2)
-        measured = (brightest < self.options.saturation) & (brightest > self.options.dark)
-        if (measured & lit).sum() < MIN_MEASURED_SAMPLES:
-            warnings.warn(
-                f"sfs: only {int((measured & lit).sum())} face samples are neither clipped nor black; "
-                "no shading to refine from, the fine mesh is the medium one",
-                ShadingWarning,
-                stacklevel=2,
-            )
-            return Refinement(mesh)
         t = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32, device=self.device)  # noqa: E731
         problem = self.solver.Problem(
             image=t(crop.transpose(2, 0, 1)),
@@ -185,7 +172,11 @@ class SfsRefiner:
             height0=t(np.where(covered, -depth0, 0.0)),
             albedo_avg=t(albedo_avg.transpose(2, 0, 1)),
         )
-        solution = self.solver.solve(problem, self.options)
+        try:
+            solution = self.solver.solve(problem, self.options)
+        except self.solver.NoShading as error:
+            warnings.warn(f"sfs: {error}; the fine mesh is the medium one", ShadingWarning, stacklevel=2)
+            return Refinement(mesh)
         height = solution.height.cpu().numpy().astype(np.float64)
         fine = grid.mesh(mesh, raster, -height, covered, "fine")
         phases = {

@@ -19,6 +19,9 @@ from torch import Tensor
 
 from facerecon.plugins.sfs import SfsOptions
 
+MIN_MEASURED_SAMPLES = 256
+"""Fewer unclipped face samples than this and there is no shading to refine from (``NoShading``)."""
+
 MAX_FIT_SAMPLES = 10_000
 """Pixels used to fit the few lighting and highlight parameters (a regular subsample of the face)."""
 
@@ -144,6 +147,10 @@ def relative_total_variation(image: Tensor, sigma: float, eps: float = 1e-3, fac
 # -- the optimisation ---------------------------------------------------------------------------------
 
 
+class NoShading(ValueError):
+    """The face has (almost) no pixels that are neither clipped nor black: nothing to refine from."""
+
+
 @dataclass
 class Problem:
     """Everything on the depth-map grid (torch tensors): image (3, H, W) 0-255, mask (H, W) bool (refined
@@ -232,12 +239,15 @@ def solve(problem: Problem, options: SfsOptions, use_priors: bool = True) -> Sol
     measured = (brightest < options.saturation) & (brightest > options.dark)
     stencil_measured = -torch.nn.functional.max_pool2d(-measured[None].float(), 3, stride=1, padding=1)[0]
     problem = replace(problem, lit=problem.lit & measured)
-    if int(problem.lit.sum()) < len(SH_CONSTANTS):
-        raise ValueError("no unclipped pixels to fit the lighting on (the refiner checks this first)")
+    if int(problem.lit.sum()) < MIN_MEASURED_SAMPLES:
+        raise NoShading(f"only {int(problem.lit.sum())} face samples are neither clipped nor black")
     sh, lobe = fit_light_and_highlight(problem, options)
+    height0 = problem.height0
+    normals0 = normals_from_height(height0)
+    shade0 = shading_of_normals(normals0, sh)
     # The albedo priors are weighed against the data term relative to the squared shading, so that a
     # brighter light does not silently weaken them (γ·S: the data term scales with S²).
-    shading_scale = float((shading(problem.height0, sh)[:, mask] ** 2).mean())
+    shading_scale = float((shade0[:, mask] ** 2).mean())
     w_avg = options.albedo_weight * shading_scale if use_priors else 0.0
     w_rtv = options.albedo_rtv_weight * shading_scale if use_priors else 0.0
 
@@ -251,19 +261,17 @@ def solve(problem: Problem, options: SfsOptions, use_priors: bool = True) -> Sol
         """The masked mean of a half-rate map (``low_pass(..., factor=2)``)."""
         return (value * coarse_m).sum() / coarse_count
 
-    height0 = problem.height0
-    shade0 = shading(height0, sh).detach()
     # The chromaticity test sees the diffuse image: a white highlight over wrinkles must not make their
     # shading untrusted where the lobe explains it.
     with torch.no_grad():
-        highlight = lobe(normals_from_height(height0)) if lobe is not None else torch.zeros_like(height0)[None]
+        highlight = lobe(normals0) if lobe is not None else torch.zeros_like(height0)[None]
     skin = skin_confidence(image - options.specular_scale * highlight, problem.albedo_avg, measured, options)
     if not use_priors:
         skin = torch.ones_like(skin)
     # The depth's data weight: skin-coloured, measured, and weighed by foreshortening: towards the
     # silhouette a sample covers ever more surface seen at a grazing angle, where the depth map is poorly
     # sampled and the shading least reliable (weighed by cos = n_z, the rim no longer drifts).
-    confidence = skin * measured.float() * normals_from_height(height0)[..., 2].clamp(min=0)
+    confidence = skin * measured.float() * normals0[..., 2].clamp(min=0)
 
     # Step 3: albedo, from the mean albedo (the skin's colour) where the colour is the skin's.
     # Where the colour is not the skin's (pigment, hair over the forehead), the albedo starts from the

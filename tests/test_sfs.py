@@ -249,6 +249,6 @@ def test_a_clipped_photo_keeps_the_medium_mesh_with_a_warning(refined, face_phot
 
     face, medium, _ = refined
     clipped = np.full_like(face_photo, value)
-    with pytest.warns(ShadingWarning, match="no shading"):
+    with pytest.warns(ShadingWarning, match="neither clipped nor black"):
         result = SfsRefiner(SfsOptions(max_side=128), "cpu").refine(clipped, face, medium, None)
     assert result.mesh is medium and result.maps is None
