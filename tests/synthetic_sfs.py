@@ -28,9 +28,9 @@ class Scene:
     sh: np.ndarray  # (9, 3)
 
 
-def blobs(shape: tuple[int, int], centres: np.ndarray, sigma: float) -> np.ndarray:
-    yy, xx = np.mgrid[: shape[0], : shape[1]]
-    out = np.zeros(shape)
+def blobs(yy: np.ndarray, xx: np.ndarray, centres: np.ndarray, sigma: float) -> np.ndarray:
+    """The sum of unit Gaussian bumps at ``centres`` (row, column), evaluated at coordinates (yy, xx)."""
+    out = np.zeros(yy.shape)
     for cy, cx in centres:
         out += np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sigma**2))
     return out
@@ -47,9 +47,7 @@ def surface(yy: np.ndarray, xx: np.ndarray, size: int, pore_centres: np.ndarray)
     # Wrinkles: forehead creases, wavelength ~12 px, 0.5 px deep; pores: 0.2 px pits, sigma 0.8 px.
     forehead = np.exp(-((yy - 0.22 * size) ** 2) / (2 * (0.05 * size) ** 2))
     wrinkles = -0.5 * forehead * np.clip(np.sin(2 * np.pi * yy / 12.0), 0, None) ** 2
-    pores = np.zeros_like(yy)
-    for py, px in pore_centres:
-        pores -= 0.2 * np.exp(-((yy - py) ** 2 + (xx - px) ** 2) / (2 * 0.8**2))
+    pores = -0.2 * blobs(yy, xx, pore_centres, 0.8)
     return smooth, wrinkles, pores
 
 
@@ -104,7 +102,7 @@ def make_scene(size: int = 160, seed: int = 0) -> Scene:
     # Albedo: skin with freckles (dark spots) across the nose and brow hair (dark strokes), away from the
     # wrinkles (forehead) and pores (cheeks) so that each effect can be measured in its own region.
     freckle_centres = np.column_stack([rng.uniform(0.45, 0.6, 40) * size, rng.uniform(0.4, 0.6, 40) * size])
-    freckles = np.clip(blobs((size, size), freckle_centres, 1.0), 0, 1)
+    freckles = np.clip(blobs(yy, xx, freckle_centres, 1.0), 0, 1)
     brows = np.zeros((size, size))
     for side in (-1, 1):
         for _ in range(25):
