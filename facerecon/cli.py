@@ -4,7 +4,9 @@
     facerecon plugins [--json]
 
 Exit codes: 0 every input succeeded, 1 some inputs failed (see OUT/failures.json), 2 usage or
-configuration error, 130 interrupted.
+configuration error, 130 interrupted (OUT/summary.json and failures.json still cover what was done).
+
+Photos run in a worker process (facerecon.batch), so a crash in native code costs one photo.
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ from dataclasses import replace
 from pathlib import Path
 
 from facerecon import __version__
-from facerecon.kernel import FaceReconError, Pipeline, PipelineConfig, PluginHost
+from facerecon.batch import BatchWorker, WriteOptions
+from facerecon.kernel import PipelineConfig, PluginHost
 from facerecon.kernel.config import DEVICES
-from facerecon.kernel.errors import ConfigError, InputError, ModelFileError, NoFaceError, PluginError
+from facerecon.kernel.errors import ConfigError, InputError, ModelFileError, PluginError
 from facerecon.kernel.export import WRITERS, atomic_write
-from facerecon.kernel.imageio import find_images, load_image
-from facerecon.kernel.outputs import write_outputs
+from facerecon.kernel.imageio import find_images
+from facerecon.kernel.outputs import remove_stale_partials
 
 log = logging.getLogger("facerecon")
 
@@ -163,79 +166,81 @@ def _output_names(paths: list[Path]) -> list[str]:
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
-    formats = [f.strip().lower().lstrip(".") for f in args.formats.split(",") if f.strip()]
+    formats = tuple(f.strip().lower().lstrip(".") for f in args.formats.split(",") if f.strip())
     unknown = [f for f in formats if f".{f}" not in WRITERS]
     if unknown or not formats:
         raise ConfigError(f"unknown mesh format(s) {', '.join(unknown) or '(none)'}; known: obj, ply, glb")
     if args.texture_size < 16 or args.texture_size > 8192:
         raise ConfigError(f"--texture-size must be in 16..8192, got {args.texture_size}")
     config = load_config(args)
-    paths, missing = find_images(args.inputs)
-    failures: list[dict[str, str]] = [{"input": m, "error": "no such file or no images matched"} for m in missing]
-    for item in missing:
-        log.error("%s: no such file or no images matched", item)
     out: Path = args.output
-    out.mkdir(parents=True, exist_ok=True)
-    pipeline = Pipeline.from_config(config)
-    pipeline.warm_up()
-    plugins = pipeline.plugin_ids()
-    summary: list[dict[str, object]] = []
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"-o {out}: exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"-o {out}: cannot create the folder ({exc.strerror or exc})") from None
+    remove_stale_partials(out)  # what a killed earlier run left
+    paths, problems = find_images(args.inputs)
+    failures: list[dict[str, str]] = [{"input": item, "error": reason} for item, reason in problems]
+    for item, reason in problems:
+        log.error("%s: %s", item, reason)
+    succeeded: list[dict[str, object]] = []
+    jobs = list(zip(paths, _output_names(paths), strict=True))
+    done = 0
+    interrupted = False
+    start = time.perf_counter()
 
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     show_bar = not args.quiet and sys.stderr.isatty() and len(paths) > 1
-    with logging_redirect_tqdm(), pipeline:
-        for path, name in tqdm(
-            list(zip(paths, _output_names(paths), strict=True)),
-            disable=not show_bar,
-            unit="image",
-            desc="reconstruct",
-        ):
-            start = time.perf_counter()
-            try:
-                image = load_image(path, max_pixels=config.max_image_pixels)
-                rec = pipeline(image)
-                if not rec.faces:
-                    raise NoFaceError(f"{path}: no face found")
-                write_outputs(
-                    rec,
-                    image,
-                    out / name,
-                    source=str(path),
-                    formats=formats,
-                    texture_size=args.texture_size,
-                    save_phases=args.save_phases,
-                    plugins=plugins,
+    write = WriteOptions(formats=formats, texture_size=args.texture_size, save_phases=args.save_phases)
+    worker = BatchWorker(config, write)
+    try:
+        with logging_redirect_tqdm():
+            worker.start()
+            for path, name in tqdm(jobs, disable=not show_bar, unit="image", desc="reconstruct"):
+                outcome = worker.run(path, out / name)
+                done += 1
+                if outcome.error is not None:
+                    failures.append({"input": outcome.input, "error": outcome.error})
+                    if outcome.output is None and "worker process died" in outcome.error:
+                        log.error("%s: %s", path, outcome.error)
+                    continue
+                succeeded.append(
+                    {
+                        "input": outcome.input,
+                        "output": outcome.output,
+                        "faces": outcome.faces,
+                        "seconds": outcome.seconds,
+                    }
                 )
-            except (InputError, NoFaceError) as exc:
-                failures.append({"input": str(path), "error": str(exc)})
-                log.error("%s", exc)
-                continue
-            except Exception as exc:  # a plugin bug on one image must not end the batch
-                failures.append({"input": str(path), "error": f"{type(exc).__name__}: {exc}"})
-                log.error("%s: %s: %s", path, type(exc).__name__, exc, exc_info=not isinstance(exc, FaceReconError))
-                continue
-            summary.append(
-                {
-                    "input": str(path),
-                    "output": str(out / name),
-                    "faces": len(rec.faces),
-                    "seconds": round(time.perf_counter() - start, 3),
-                }
-            )
-            if not args.quiet and not show_bar:
-                print(f"{path} -> {out / name} ({len(rec.faces)} face(s))")
+                if not args.quiet and not show_bar:
+                    print(f"{path} -> {outcome.output} ({outcome.faces} face(s))")
+    except KeyboardInterrupt:
+        interrupted = True
+        worker.kill()
+        print(f"facerecon: interrupted after {done} of {len(jobs)} input(s)", file=sys.stderr)
+    finally:
+        worker.close()
+        remove_stale_partials(out)  # a worker killed mid-write (a crash, Ctrl-C)
     failures_file = out / "failures.json"
     if failures:
         atomic_write(failures_file, (json.dumps({"failures": failures}, indent=1) + "\n").encode())
         print(f"facerecon: {len(failures)} input(s) failed, see {failures_file}", file=sys.stderr)
     else:
         failures_file.unlink(missing_ok=True)
-    atomic_write(
-        out / "summary.json",
-        (json.dumps({"succeeded": summary, "failed": len(failures)}, indent=1) + "\n").encode(),
-    )
+    summary = {
+        "succeeded": succeeded,
+        "failed": len(failures),
+        "not_processed": [str(path) for path, _ in jobs[done:]],
+        "interrupted": interrupted,
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+    atomic_write(out / "summary.json", (json.dumps(summary, indent=1) + "\n").encode())
+    if interrupted:
+        return EXIT_INTERRUPTED
     return EXIT_FAILURES if failures else EXIT_OK
 
 

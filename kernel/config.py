@@ -10,6 +10,7 @@ A TOML file holds everything (every key optional)::
     device = "auto"             # "cpu", "cuda" or "auto"
     all_faces = false           # reconstruct every face, not only the largest
     max_image_pixels = 80000000 # larger images are refused before decoding
+    detect_max_side = 2048      # the detector sees the photo shrunk to this longer side (0: never shrunk)
 
     [plugins]
     allow = ["my-detector"]     # only these third-party plugins load (omit: all)
@@ -54,6 +55,7 @@ class PipelineConfig:
     device: str = "auto"
     all_faces: bool = False
     max_image_pixels: int = 80_000_000
+    detect_max_side: int = 2048
     options: Mapping[tuple[str, str], Mapping[str, Any]] = field(default_factory=dict)
     allow_plugins: tuple[str, ...] | None = None
     block_plugins: tuple[str, ...] = ()
@@ -69,7 +71,14 @@ class PipelineConfig:
                 raise ConfigError(f"stage plugin names must be non-empty strings, got {name!r}")
         if not isinstance(self.max_image_pixels, int) or self.max_image_pixels <= 0:
             raise ConfigError(f"max_image_pixels must be a positive integer, got {self.max_image_pixels!r}")
+        if not isinstance(self.detect_max_side, int) or not (self.detect_max_side == 0 or self.detect_max_side >= 64):
+            raise ConfigError(f"detect_max_side must be 0 (never shrink) or at least 64, got {self.detect_max_side!r}")
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """Picklable (a batch sends its config to worker processes), the options as plain dicts."""
+        values = [getattr(self, f.name) for f in fields(self)]
+        return type(self), tuple(dict(v) if isinstance(v, MappingProxyType) else v for v in values)
 
     def options_for(self, kind: str, name: str) -> Mapping[str, Any]:
         return self.options.get((kind, name), {})
@@ -106,7 +115,9 @@ class PipelineConfig:
         _only_keys(pipeline, simple, "[pipeline]")
         kwargs: dict[str, Any] = {}
         for key, value in pipeline.items():
-            expected = {"refiners": list, "all_faces": bool, "max_image_pixels": int}.get(key, str)
+            expected = {"refiners": list, "all_faces": bool, "max_image_pixels": int, "detect_max_side": int}.get(
+                key, str
+            )
             if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
                 raise ConfigError(f"[pipeline] {key} must be a {expected.__name__}, got {value!r}")
             kwargs[key] = tuple(value) if isinstance(value, list) else value

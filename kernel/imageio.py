@@ -1,9 +1,13 @@
 """Reading photos into the pipeline's image format: ``uint8 (H, W, 3)`` RGB, upright.
 
 Every way a file can be unusable becomes an :class:`InputError` with a message that says which:
-missing, empty, not an image, truncated, too large, too small. Greyscale, 16-bit, palette and RGBA
-images are converted (16-bit scaled to 8-bit, alpha composited over white); EXIF orientation is
-applied so phone photos are upright.
+missing, unreadable, empty, not an image, truncated, too large, too small, a side too long. Greyscale,
+16-bit, palette and RGBA images are converted (16-bit scaled to 8-bit, alpha composited over white);
+EXIF orientation is applied so phone photos are upright; an animation gives its first frame.
+
+Limits, checked from the file's header before any pixel is decoded: ``max_pixels`` (the config's
+``max_image_pixels``) and :data:`MAX_SIDE` on either side (native image code such as OpenCV's ``remap``
+aborts the process on a side of 32767 px or more; the limit leaves room for padding).
 """
 
 from __future__ import annotations
@@ -17,9 +21,38 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import InputError
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
+_PHOTO_SUFFIXES = [
+    ".jpg",
+    ".jpeg",
+    ".jpe",
+    ".jfif",
+    ".png",
+    ".apng",
+    ".bmp",
+    ".dib",
+    ".webp",
+    ".tif",
+    ".tiff",
+    ".ppm",
+    ".pgm",
+    ".pbm",
+    ".pnm",
+    ".gif",
+    ".avif",
+    ".avifs",
+    ".jp2",
+    ".j2k",
+    ".jpx",
+    ".tga",
+    ".qoi",
+    ".mpo",
+]
+IMAGE_SUFFIXES = frozenset(s for s in _PHOTO_SUFFIXES if s in Image.registered_extensions())
+"""Suffixes a folder input picks up: the photo formats this Pillow build can open."""
 MIN_SIDE = 16
 """Images smaller than this on either side cannot hold a detectable face."""
+MAX_SIDE = 16384
+"""Images longer than this on either side are refused (see the module docstring)."""
 
 
 def load_image(source: str | Path | bytes, *, max_pixels: int = 80_000_000) -> np.ndarray:
@@ -30,7 +63,10 @@ def load_image(source: str | Path | bytes, *, max_pixels: int = 80_000_000) -> n
         name = str(path)
         if not path.is_file():
             raise InputError(f"{name}: no such file")
-        data = path.read_bytes()
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise InputError(f"{name}: cannot read the file ({exc.strerror or exc})") from None
     else:
         data = bytes(source)
     if not data:
@@ -42,6 +78,7 @@ def load_image(source: str | Path | bytes, *, max_pixels: int = 80_000_000) -> n
             opened = Image.open(io.BytesIO(data))
         with opened:
             width, height = opened.size
+            check_sides(width, height, name)
             if width * height > max_pixels:
                 raise InputError(
                     f"{name}: image is {width}x{height} = {width * height / 1e6:.0f} MP, above the limit of "
@@ -62,10 +99,20 @@ def load_image(source: str | Path | bytes, *, max_pixels: int = 80_000_000) -> n
     return to_rgb8(image, name=name)
 
 
+def check_sides(width: int, height: int, name: str | None = None) -> None:
+    """InputError unless both sides are in ``MIN_SIDE..MAX_SIDE``; ``name`` starts the message."""
+    where = f"{name}: " if name else ""
+    if width < MIN_SIDE or height < MIN_SIDE:
+        raise InputError(f"{where}image is {width}x{height}, too small to contain a face")
+    if width > MAX_SIDE or height > MAX_SIDE:
+        raise InputError(
+            f"{where}image is {width}x{height}; sides above {MAX_SIDE} px are not supported (downscale or crop it)"
+        )
+
+
 def to_rgb8(image: Image.Image, *, name: str = "<image>") -> np.ndarray:
     """Convert any Pillow image mode to ``uint8 (H, W, 3)`` RGB."""
-    if image.width < MIN_SIDE or image.height < MIN_SIDE:
-        raise InputError(f"{name}: image is {image.width}x{image.height}, too small to contain a face")
+    check_sides(image.width, image.height, name)
     mode = image.mode
     if mode in ("I;16", "I;16B", "I;16L", "I"):
         array = np.asarray(image, dtype=np.float64)
@@ -92,24 +139,42 @@ def check_image(image: np.ndarray) -> np.ndarray:
         raise InputError(f"image must be uint8, got {image.dtype} (scale and convert it first)")
     if image.ndim != 3 or image.shape[2] != 3:
         raise InputError(f"image must be (H, W, 3) RGB, got shape {image.shape}")
-    if image.shape[0] < MIN_SIDE or image.shape[1] < MIN_SIDE:
-        raise InputError(f"image is {image.shape[1]}x{image.shape[0]}, too small to contain a face")
+    check_sides(image.shape[1], image.shape[0])
     return np.ascontiguousarray(image)
 
 
-def find_images(inputs: list[str]) -> tuple[list[Path], list[str]]:
-    """Expand files, folders (non-recursive, image suffixes) and glob patterns.
+def fit_within(image: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
+    """``image`` shrunk (area-averaged) so its longer side is at most ``max_side``; returns it and the
+    factor from its pixels to the original's (1.0: returned unchanged). Pixel centres map as
+    ``x_original = (x + 0.5) * factor - 0.5``."""
+    height, width = image.shape[:2]
+    longest = max(height, width)
+    if max_side <= 0 or longest <= max_side:
+        return image, 1.0
+    factor = longest / max_side
+    size = (max(1, round(width / factor)), max(1, round(height / factor)))
+    small = Image.fromarray(image).resize(size, Image.Resampling.BOX, reducing_gap=3.0)
+    return np.asarray(small), factor
 
-    Returns the image paths in a stable order and the inputs that matched nothing.
+
+def find_images(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Expand files, folders (non-recursive, :data:`IMAGE_SUFFIXES`) and glob patterns.
+
+    Returns the image paths in a stable order, and ``(input, reason)`` for each input that gave none
+    (matched nothing, or a folder that cannot be read).
     """
     import glob
 
     found: list[Path] = []
-    missing: list[str] = []
+    problems: list[tuple[str, str]] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            matches = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            try:
+                matches = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            except OSError as exc:
+                problems.append((item, f"cannot read the folder ({exc.strerror or exc})"))
+                continue
         elif path.exists():
             matches = [path]
         else:
@@ -117,6 +182,6 @@ def find_images(inputs: list[str]) -> tuple[list[Path], list[str]]:
         if matches:
             found.extend(matches)
         else:
-            missing.append(item)
+            problems.append((item, "no such file or no images matched"))
     unique = list(dict.fromkeys(found))
-    return unique, missing
+    return unique, problems

@@ -13,8 +13,9 @@ Layout of ``OUT/<stem>/`` (face 0 = the largest; other faces get a ``face<i>-`` 
   stage: plugin, version, mesh file, the 68 iBUG landmarks re-projected from that stage's mesh
   (``landmarks68``, 0-based pixels), and wall times in milliseconds.
 
-The folder is built under a temporary name and renamed into place when complete, so an interrupted
-run never leaves a half-written result.
+The folder is built under a temporary name (``.<stem>.<pid>.<random>.partial``) and renamed into place
+when complete, so an interrupted run never leaves a half-written result; :func:`remove_stale_partials`
+clears what a killed process left behind.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -287,7 +289,7 @@ def write_outputs(
     intermediate meshes (e.g. the fine stage's phases) to ``<stage>_<phase>.<fmt>`` with ``save_phases``."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.{os.getpid()}.", suffix=".partial", dir=out_dir.parent))
     staging.chmod(0o777 & ~current_umask())
     try:
         mesh_files: dict[tuple[int, str], str] = {}
@@ -361,6 +363,40 @@ def _png16(grey: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(grey).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def remove_stale_partials(folder: str | Path) -> list[Path]:
+    """Remove the staging folders in ``folder`` whose writing process is gone (killed mid-write), and put
+    back a previous result that a kill between the two renames of :func:`_replace_dir` left aside.
+    Staging folders of live processes are kept. Returns what was removed."""
+    removed: list[Path] = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for path in folder.glob(".*.partial"):
+        parts = path.name.rsplit(".", 3)  # ["", "<stem>", "<pid>", "<random>", "partial"] once rejoined
+        pid = int(parts[1]) if len(parts) == 4 and parts[1].isdigit() else None
+        if pid is None or not _process_alive(pid):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    for old in folder.glob(".*.old"):
+        target = old.with_name(old.name[1:-4])
+        if target.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            removed.append(old)
+        else:
+            old.rename(target)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _replace_dir(new: Path, target: Path) -> None:

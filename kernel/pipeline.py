@@ -20,7 +20,7 @@ import numpy as np
 
 from .config import PipelineConfig
 from .errors import ConfigError, PluginError
-from .imageio import check_image, load_image
+from .imageio import check_image, fit_within, load_image
 from .records import (
     CoarseResult,
     Face,
@@ -171,10 +171,15 @@ class Pipeline:
         return self(load_image(path, max_pixels=self.config.max_image_pixels))
 
     def detect(self, image: np.ndarray) -> list[Face]:
-        """Every face, largest box first."""
-        faces = self.detector.detect(image)
+        """Every face, largest box first, in ``image``'s frame. The detector sees the image shrunk to
+        ``config.detect_max_side`` (memory, speed, and native code's own size limits); its faces are
+        scaled back."""
+        small, factor = fit_within(image, self.config.detect_max_side)
+        faces = self.detector.detect(small)
         if not isinstance(faces, list) or not all(isinstance(f, Face) for f in faces):
             raise self._broken("detector", self.config.detector, "detect() must return a list of Face")
+        if factor != 1.0:
+            faces = [_scaled_face(face, factor) for face in faces]
         return sorted(faces, key=lambda f: -f.area)
 
     def reconstruct_face(
@@ -217,6 +222,15 @@ class Pipeline:
     def _broken(self, kind: str, name: str, what: str) -> PluginError:
         plugin = self.host.spec(kind, name).plugin
         return PluginError(f"{kind} {name!r} (plugin {plugin!r}) broke the stage contract: {what}")
+
+
+def _scaled_face(face: Face, factor: float) -> Face:
+    """``face`` found in an image shrunk by ``factor`` (see fit_within), in the original image's frame:
+    pixel centres map as x -> (x + 0.5) * factor - 0.5; landmark depth (pixels) scales by the factor."""
+    points = np.asarray(face.landmarks.points, np.float64)
+    points = np.column_stack([(points[:, :2] + 0.5) * factor - 0.5, points[:, 2] * factor])
+    box = (np.asarray(face.box, np.float64) + 0.5) * factor - 0.5
+    return replace(face, box=box, landmarks=replace(face.landmarks, points=points))
 
 
 def _ms_since(start: float) -> float:

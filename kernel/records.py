@@ -30,6 +30,10 @@ from .errors import RecordError
 IBUG68 = "ibug68"
 """Scheme name of the 68 iBUG 300-W landmarks (0-based order 0..67, jaw first)."""
 
+SCHEME_SIZES: Mapping[str, int] = MappingProxyType({IBUG68: 68, "mediapipe478": 478, "mediapipe468": 468})
+"""Point counts of the well-known landmark schemes; Landmarks of these schemes must have exactly this many
+points (other scheme names are free)."""
+
 
 def _readonly(array: np.ndarray) -> np.ndarray:
     array = np.ascontiguousarray(array)
@@ -61,6 +65,11 @@ class Landmarks:
         if points.ndim == 2 and points.shape[1] == 2:
             points = np.concatenate([points, np.zeros((len(points), 1), np.float32)], axis=1)
         _check(points.ndim == 2 and points.shape[1] == 3, f"landmarks must be (K, 3), got {points.shape}")
+        expected = SCHEME_SIZES.get(self.scheme)
+        _check(
+            expected is None or len(points) == expected,
+            f"{self.scheme!r} landmarks must be {expected} points, got {len(points)}",
+        )
         _check(bool(np.isfinite(points).all()), "landmarks contain NaN or infinity")
         object.__setattr__(self, "points", _readonly(points))
         if self.visibility is not None:

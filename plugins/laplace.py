@@ -13,13 +13,21 @@ Sparse coarse meshes (e.g. the Surrey model's 3,448 vertices) are first subdivid
 UVs kept) to at least ``target_vertices``. Landmarks that fall off the rendered mesh, or whose pixel shows
 another part of the face (occluded in a profile), pin their surface point where it is instead of pulling
 it, and a :class:`DeformationWarning` says how many there were.
+
+The subdivision and factorisation caches are keyed by what they depend on (the vertex count and a hash of
+the triangles), never by the mesh's topology name, which a gRPC client chooses: a mesh that borrows a
+name cannot poison the cache for others. Both are LRU-bounded by ``cached_topologies``.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import warnings
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import numpy as np
 
@@ -47,6 +55,8 @@ class LaplaceOptions:
     outlier_tolerance: a landmark whose depth cannot be read (off the mesh, occluded) still pulls its
         point sideways (keeping the point's own depth) if it lies within this fraction of the face width
         of where the point is seen now; farther ones are ignored (their point stays put) with a warning.
+    cached_topologies: how many mesh layouts keep their subdivision and factorisations (least recently
+        used dropped first; ~85 MB each at 29k vertices).
     """
 
     eye_weight: float = 0.6
@@ -58,6 +68,7 @@ class LaplaceOptions:
     target_vertices: int = 25_000
     occlusion_tolerance: float = 0.03
     outlier_tolerance: float = 0.15
+    cached_topologies: int = 4
 
     def __post_init__(self) -> None:
         weights = (
@@ -72,6 +83,8 @@ class LaplaceOptions:
             raise ValueError("region weights must be >= 0")
         if self.target_vertices < 0 or self.occlusion_tolerance <= 0 or self.outlier_tolerance <= 0:
             raise ValueError("target_vertices must be >= 0 and the tolerances > 0")
+        if self.cached_topologies < 1:
+            raise ValueError("cached_topologies must be at least 1")
 
 
 REGIONS = ("eye", "nose", "eyebrow", "mouth", "contour", "other")
@@ -108,6 +121,36 @@ def region_of_landmarks(scheme: str, count: int) -> tuple[str, ...]:
     return ("other",) * count
 
 
+T = TypeVar("T")
+
+
+class LayoutCache(Generic[T]):
+    """Objects built from a mesh layout (vertex count + triangles), keyed by a hash of that layout and
+    dropped least recently used first."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[tuple[int, str], T] = OrderedDict()
+
+    @staticmethod
+    def key(n_vertices: int, triangles: np.ndarray) -> tuple[int, str]:
+        digest = hashlib.blake2b(np.ascontiguousarray(triangles, np.int32).data, digest_size=16).hexdigest()
+        return n_vertices, digest
+
+    def get(self, n_vertices: int, triangles: np.ndarray, build: Callable[[], T]) -> T:
+        key = self.key(n_vertices, triangles)
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
+        item = self._items[key] = build()
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+        return item
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
 class LaplaceRefiner:
     stage = "medium"
 
@@ -115,8 +158,8 @@ class LaplaceRefiner:
         self.options = options
         self.device = device  # "cuda": the index map is rendered on the GPU (the sparse solve stays on the CPU)
         self.region_weight = {region: getattr(options, f"{region}_weight") for region in REGIONS}
-        self._deformers: dict[str, LaplacianDeformer] = {}
-        self._subdividers: dict[str, Subdivider] = {}
+        self._deformers: LayoutCache[LaplacianDeformer] = LayoutCache(options.cached_topologies)
+        self._subdividers: LayoutCache[Subdivider] = LayoutCache(options.cached_topologies)
 
     # -- dense topology ----------------------------------------------------------------------------
 
@@ -125,13 +168,14 @@ class LaplaceRefiner:
         n = len(mesh.vertices)
         if n >= self.options.target_vertices:
             return mesh
-        subdivider = self._subdividers.get(mesh.topology)
-        if subdivider is None:
+
+        def build() -> Subdivider:
             levels = 0
             while n * 4**levels < self.options.target_vertices and levels < 4:
                 levels += 1
-            subdivider = Subdivider.build(n, mesh.triangles, levels)
-            self._subdividers[mesh.topology] = subdivider
+            return Subdivider.build(n, mesh.triangles, levels)
+
+        subdivider = self._subdividers.get(n, mesh.triangles, build)
         vertices = subdivider.interpolating(np.asarray(mesh.vertices, np.float64))
         uvs = None if mesh.uvs is None else subdivider.midpoint(np.asarray(mesh.uvs, np.float64))
         return Mesh(
@@ -145,9 +189,8 @@ class LaplaceRefiner:
         )
 
     def _deformer(self, mesh: Mesh) -> LaplacianDeformer:
-        if mesh.topology not in self._deformers:
-            self._deformers[mesh.topology] = LaplacianDeformer(len(mesh.vertices), mesh.triangles)
-        return self._deformers[mesh.topology]
+        n = len(mesh.vertices)
+        return self._deformers.get(n, mesh.triangles, lambda: LaplacianDeformer(n, mesh.triangles))
 
     # -- the stage ----------------------------------------------------------------------------------
 

@@ -8,3 +8,7 @@
 
 The protocol and its status codes are documented in ``protos/facerecon/v1/*.proto`` and docs/services.md.
 """
+
+MAX_IMAGE_PIXELS = 25_000_000
+"""A server's default limit on decoded pixels per request (the CLI's is 80 MP; 6000x4000 photos pass). Kept
+here, without grpc's import, for the ``serve`` command's flags."""

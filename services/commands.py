@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -22,6 +23,8 @@ from facerecon.kernel import PipelineConfig, PluginHost, hookimpl
 from facerecon.kernel.config import DEVICES
 from facerecon.kernel.errors import ConfigError, FaceReconError
 from facerecon.kernel.stages import STAGE_KINDS
+
+from . import MAX_IMAGE_PIXELS
 
 log = logging.getLogger("facerecon.services")
 
@@ -47,6 +50,12 @@ def add_serve_parser(subcommands: Any) -> argparse.ArgumentParser:
     net.add_argument("--max-concurrent", type=int, default=16, help="simultaneous calls; more: RESOURCE_EXHAUSTED")
     net.add_argument("--workers", type=int, default=1, help="copies of the model serving calls in parallel")
     net.add_argument("--max-message-mb", type=int, default=64, help="largest message received or sent")
+    net.add_argument(
+        "--max-image-mp",
+        type=float,
+        default=MAX_IMAGE_PIXELS / 1e6,
+        help="largest image in megapixels, checked before decoding (docs/services.md: memory per call)",
+    )
     net.add_argument("--grace", type=float, default=10.0, help="seconds running calls get on SIGTERM")
     net.add_argument(
         "--max-connection-age", type=float, help="close connections after this many seconds so clients re-resolve"
@@ -124,7 +133,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_concurrent=args.max_concurrent,
         workers=args.workers,
         max_message_bytes=args.max_message_mb * 1024 * 1024,
-        max_image_pixels=config.max_image_pixels,
+        max_image_pixels=int(args.max_image_mp * 1e6),
         grace_s=args.grace,
         max_connection_age_s=args.max_connection_age,
     )
@@ -148,7 +157,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server.start()
     # One line on stdout, so scripts (and tests) learn the port when --port 0 chose it.
     print(f"facerecon: serving {server.describe} on {server.endpoint}", flush=True)
-    return server.serve_until_signal()
+    code = server.serve_until_signal()
+    if server.loader.borrowed:
+        # Calls still running after the grace period were cancelled for their clients, but Python cannot stop
+        # their threads, and interpreter exit would wait for them: leave now (their models stay open).
+        log.warning("%d call(s) still running after the grace period abandoned", server.loader.borrowed)
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def cmd_health(args: argparse.Namespace) -> int:

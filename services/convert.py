@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from facerecon.kernel.errors import InputError, RecordError
-from facerecon.kernel.imageio import MIN_SIDE, check_image, load_image
+from facerecon.kernel.imageio import check_image, check_sides, load_image
 from facerecon.kernel.records import (
     CoarseResult,
     Face,
@@ -75,8 +75,8 @@ def array(
     if dtype is None:
         raise RecordError(f"{field}: unknown or unset dtype {message.dtype}")
     if dtypes is not None and message.dtype not in dtypes:
-        names = ", ".join(pb.DType.Name(d) for d in dtypes)
-        raise RecordError(f"{field}: dtype must be {names}, got {pb.DType.Name(message.dtype)}")
+        names = ", ".join(dtype_name(d) for d in dtypes)
+        raise RecordError(f"{field}: dtype must be {names}, got {dtype_name(message.dtype)}")
     shape = tuple(int(n) for n in message.shape)
     if ndim is not None and len(shape) != ndim:
         raise RecordError(f"{field}: expected {ndim} dimensions, got shape {list(shape)}")
@@ -88,6 +88,15 @@ def array(
             f"{field}: shape {list(shape)} of {dtype.name} needs {expected} bytes, got {len(message.data)}"
         )
     return np.frombuffer(message.data, dtype=dtype).reshape(shape)
+
+
+def dtype_name(code: int) -> str:
+    """The DType's name, or the bare number for a value the protocol does not define (a client's enum may
+    be newer or wrong; proto3 keeps unknown enum values)."""
+    try:
+        return pb.DType.Name(code)
+    except ValueError:
+        return f"unknown dtype {code}"
 
 
 def _optional_tensor(message: Any, name: str) -> pb.Tensor | None:
@@ -129,11 +138,10 @@ def image_from_proto(message: pb.Image, *, max_pixels: int) -> np.ndarray:
         shape = [int(n) for n in t.shape]
         if t.dtype != pb.DTYPE_UINT8 or len(shape) != 3 or shape[2] != 3:
             raise InputError(
-                f"raw pixels must be DTYPE_UINT8 of shape (height, width, 3), got {pb.DType.Name(t.dtype)} {shape}"
+                f"raw pixels must be DTYPE_UINT8 of shape (height, width, 3), got {dtype_name(t.dtype)} {shape}"
             )
         height, width = shape[0], shape[1]
-        if height < MIN_SIDE or width < MIN_SIDE:
-            raise InputError(f"image is {width}x{height}, too small to contain a face")
+        check_sides(width, height)
         if height * width > max_pixels:
             raise InputError(
                 f"image is {width}x{height} = {width * height / 1e6:.0f} MP, above the server's limit of "

@@ -55,12 +55,13 @@ from facerecon.kernel.records import (
 )
 from facerecon.v1 import pipeline_pb2, pipeline_pb2_grpc, stages_pb2, stages_pb2_grpc
 
-from . import convert
+from . import MAX_IMAGE_PIXELS, convert
 
 log = logging.getLogger("facerecon.services")
 
 DEFAULT_PORT = 50051
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 SERVICE_NAMES = {
     "detector": "facerecon.v1.Detector",
@@ -103,7 +104,7 @@ class ServerSettings:
     max_concurrent: int = 16
     workers: int = 1
     max_message_bytes: int = MAX_MESSAGE_BYTES
-    max_image_pixels: int = 80_000_000
+    max_image_pixels: int = MAX_IMAGE_PIXELS
     grace_s: float = 10.0
     max_connection_age_s: float | None = None
 
@@ -160,6 +161,10 @@ class StageLoader:
         self.ready = threading.Event()
         self.done = threading.Event()
         self.error: BaseException | None = None
+        self.borrowed = 0
+        """Stage objects lent to calls now."""
+        self._lock = threading.Lock()
+        self._closing = False
         self._thread = threading.Thread(target=self._load, name="facerecon-loader", daemon=True)
 
     def start(self) -> None:
@@ -190,17 +195,36 @@ class StageLoader:
             obj = self._pool.get(timeout=None if remaining is None else max(remaining, 0.0))
         except queue.Empty:
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed while waiting for a free model")
+        with self._lock:
+            self.borrowed += 1
         try:
             check_deadline(context)
             yield obj
         finally:
-            self._pool.put(obj)
+            with self._lock:
+                self.borrowed -= 1
+                closing = self._closing
+            if closing:  # the server stopped while this call ran past its grace: close what it held
+                _close(obj)
+            else:
+                self._pool.put(obj)
 
     def close(self) -> None:
-        for obj in self.objects:
-            close = getattr(obj, "close", None)
-            if callable(close):
-                close()
+        """Close the models no call holds now; those still lent (a call abandoned after the grace period)
+        close when their call returns them, never under it."""
+        with self._lock:
+            self._closing = True
+        while True:
+            try:
+                _close(self._pool.get_nowait())
+            except queue.Empty:
+                return
+
+
+def _close(stage: Any) -> None:
+    close = getattr(stage, "close", None)
+    if callable(close):
+        close()
 
 
 def check_deadline(context: grpc.ServicerContext) -> None:
@@ -247,14 +271,18 @@ class _StageServicer:
             server_version=__version__,
         )
 
-    def _begin(self, request: Any, context: grpc.ServicerContext) -> Any:
-        """Checks common to every call; returns the decoded image."""
+    def _begin(self, request: Any, context: grpc.ServicerContext) -> None:
+        """Checks common to every call, before it waits for a model."""
         if request.plugin and request.plugin != self.spec.name:
             context.abort(
                 grpc.StatusCode.NOT_FOUND,
                 f"this server runs {self.kind} {self.spec.name!r}, not {request.plugin!r}",
             )
         check_deadline(context)
+
+    def _image(self, request: Any, context: grpc.ServicerContext) -> Any:
+        """The request's image, decoded. Called while holding a model, so at most ``workers`` decoded
+        images exist at once, however many calls wait."""
         return _decode(context, lambda: convert.image_from_proto(request.image, max_pixels=self.max_image_pixels))
 
     def _face(self, request: Any, context: grpc.ServicerContext) -> Face:
@@ -276,9 +304,9 @@ class DetectorServicer(_StageServicer, stages_pb2_grpc.DetectorServicer):
     kind = "detector"
 
     def Detect(self, request: stages_pb2.DetectRequest, context: grpc.ServicerContext) -> stages_pb2.DetectResponse:
-        image = self._begin(request, context)
+        self._begin(request, context)
         with self.loader.borrow(context) as stage:
-            faces = stage.detect(image)
+            faces = stage.detect(self._image(request, context))
         if not isinstance(faces, list) or not all(isinstance(f, Face) for f in faces):
             raise PluginContractError(f"detector {self.spec.name!r}: detect() must return a list of Face")
         response = stages_pb2.DetectResponse()
@@ -291,9 +319,10 @@ class RegressorServicer(_StageServicer, stages_pb2_grpc.RegressorServicer):
     kind = "regressor"
 
     def Regress(self, request: stages_pb2.RegressRequest, context: grpc.ServicerContext) -> stages_pb2.RegressResponse:
-        image = self._begin(request, context)
+        self._begin(request, context)
         face = self._face(request, context)
         with self.loader.borrow(context) as stage:
+            image = self._image(request, context)
             result = self._returned(stage.regress(image, face), CoarseResult, "regress() must return a CoarseResult")
         response = stages_pb2.RegressResponse()
         convert.coarse_to_proto(result, response.result)
@@ -304,9 +333,10 @@ class SegmenterServicer(_StageServicer, stages_pb2_grpc.SegmenterServicer):
     kind = "segmenter"
 
     def Segment(self, request: stages_pb2.SegmentRequest, context: grpc.ServicerContext) -> stages_pb2.SegmentResponse:
-        image = self._begin(request, context)
+        self._begin(request, context)
         face = self._face(request, context)
         with self.loader.borrow(context) as stage:
+            image = self._image(request, context)
             seg = self._returned(stage.segment(image, face), Segmentation, "segment() must return a Segmentation")
         response = stages_pb2.SegmentResponse()
         convert.segmentation_to_proto(seg, response.segmentation)
@@ -317,7 +347,7 @@ class RefinerServicer(_StageServicer, stages_pb2_grpc.RefinerServicer):
     kind = "refiner"
 
     def Refine(self, request: stages_pb2.RefineRequest, context: grpc.ServicerContext) -> stages_pb2.RefineResponse:
-        image = self._begin(request, context)
+        self._begin(request, context)
         face = self._face(request, context)
         if not request.HasField("mesh"):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the request carries no mesh")
@@ -328,6 +358,7 @@ class RefinerServicer(_StageServicer, stages_pb2_grpc.RefinerServicer):
             else None
         )
         with self.loader.borrow(context) as stage:
+            image = self._image(request, context)
             refined = self._returned(
                 stage.refine(image, face, mesh, segmentation), (Mesh, Refinement), "refine() must return a Mesh"
             )
@@ -391,9 +422,9 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServicer):
         unknown = [f for f in formats if f".{f}" not in WRITERS]
         if unknown:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown mesh format(s) {', '.join(unknown)}")
-        image = _decode(context, lambda: convert.image_from_proto(request.image, max_pixels=self.max_image_pixels))
         all_faces = request.all_faces if request.HasField("all_faces") else self.config.all_faces
-        with self.loader.borrow(context) as pipe:
+        with self.loader.borrow(context) as pipe:  # decoded only once a pipeline is free (memory bound)
+            image = _decode(context, lambda: convert.image_from_proto(request.image, max_pixels=self.max_image_pixels))
             rec = run_pipeline(pipe, image, all_faces, context)
             plugins = pipe.plugin_ids()
         source = request.source or "<request>"
@@ -479,15 +510,16 @@ class TokenInterceptor(grpc.ServerInterceptor):
     exempt (Kubernetes and compose probes send no metadata; they reveal only SERVING/NOT_SERVING)."""
 
     def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}".encode()
+        self._expected = token.encode()
 
     def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
         handler = continuation(handler_call_details)
         if handler is None or handler_call_details.method.startswith(HEALTH_PREFIX):
             return handler
         metadata = dict(handler_call_details.invocation_metadata or ())
-        given = str(metadata.get("authorization", "")).encode()
-        if hmac.compare_digest(given, self._expected):
+        scheme, _, given = str(metadata.get("authorization", "")).strip().partition(" ")
+        # RFC 6750 / RFC 7235: the scheme name is case-insensitive; the token is compared exactly.
+        if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self._expected):
             return handler
 
         def refuse(request: Any, context: grpc.ServicerContext) -> Any:
@@ -594,7 +626,7 @@ class Server:
     ) -> Server:
         """A server for the whole pipeline as ``config`` describes it (its stages may be ``remote``)."""
         config = config or PipelineConfig()
-        settings = settings or ServerSettings(max_image_pixels=config.max_image_pixels)
+        settings = settings or ServerSettings()
         Pipeline(config, host)  # unknown plugin names fail here, before binding a port
 
         def build() -> Pipeline:

@@ -136,23 +136,6 @@ def test_missing_inputs_are_failures(tmp_path, lfpw):
     assert failures[0]["error"] == "no such file or no images matched"
 
 
-def test_interrupted_write_leaves_no_half_result(tmp_path, lfpw, monkeypatch):
-    from facerecon.kernel import outputs
-
-    out = tmp_path / "o"
-    assert main(["reconstruct", str(lfpw[1]), "-o", str(out), "-q"]) == 0
-    before = (out / lfpw[1].stem / "result.json").read_bytes()
-
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(outputs, "render_preview", interrupted)  # after the meshes, before result.json
-    assert main(["reconstruct", str(lfpw[1]), str(lfpw[2]), "-o", str(out), "-q"]) == 130
-    assert (out / lfpw[1].stem / "result.json").read_bytes() == before  # the old result is intact
-    assert not (out / lfpw[2].stem).exists()
-    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
-
-
 def test_all_faces_and_same_stems(tmp_path, shared_data):
     group = shared_data / "faces" / "samples" / "multi-face" / "trump_hillary.jpg"
     copy = tmp_path / "trump_hillary.png"

@@ -1,0 +1,209 @@
+"""A batch of photos through the pipeline in a worker process, so one photo that crashes native code (an
+abort or a segfault inside OpenCV, MediaPipe, dlib, ...) costs that photo, not the batch.
+
+    with BatchWorker(config, WriteOptions(formats=("obj",))) as worker:   # loads the models once
+        outcome = worker.run(Path("photo.jpg"), Path("out/photo"))        # -> Outcome (never raises for a photo)
+
+The worker is a fresh interpreter (``spawn``: no locks or threads inherited from the caller), built once
+and reused for every photo; when it dies on a photo, that photo's Outcome says how, and the next photo gets
+a new worker. Ctrl-C in a terminal reaches the worker too: it ignores SIGINT and the caller decides
+(:meth:`BatchWorker.kill`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import signal
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from facerecon.kernel import Pipeline, PipelineConfig
+from facerecon.kernel.errors import (
+    ConfigError,
+    FaceReconError,
+    InputError,
+    ModelFileError,
+    NoFaceError,
+    PluginError,
+)
+
+log = logging.getLogger("facerecon")
+
+_FATAL = {cls.__name__: cls for cls in (ConfigError, PluginError, ModelFileError, InputError)}
+"""Errors building the pipeline that the caller re-raises as they are (a usage error, exit 2)."""
+
+
+@dataclass(frozen=True)
+class WriteOptions:
+    """What each photo's output folder holds (see facerecon.kernel.outputs.write_outputs)."""
+
+    formats: tuple[str, ...] = ("obj",)
+    texture_size: int = 1024
+    save_phases: bool = False
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One photo's result: ``error`` is None when its folder was written."""
+
+    input: str
+    output: str | None
+    faces: int
+    seconds: float
+    error: str | None = None
+
+
+class BatchWorker:
+    """One worker process holding a built pipeline; see the module docstring."""
+
+    def __init__(self, config: PipelineConfig, write: WriteOptions, *, start_timeout_s: float = 600.0) -> None:
+        self.config = config
+        self.write = write
+        self.start_timeout_s = start_timeout_s
+        self._context = multiprocessing.get_context("spawn")
+        self._process: Any = None
+        self._conn: Connection | None = None
+
+    def __enter__(self) -> BatchWorker:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self) -> None:
+        """Start the worker and wait until its pipeline is built; a bad config or model file raises here
+        (ConfigError, PluginError, ModelFileError), as building the pipeline in this process would."""
+        parent, child = self._context.Pipe()
+        process = self._context.Process(
+            target=_serve, args=(child, self.config, self.write), name="facerecon-worker", daemon=True
+        )
+        process.start()
+        child.close()
+        self._process, self._conn = process, parent
+        if not parent.poll(self.start_timeout_s):
+            self.kill()
+            raise PluginError(f"the pipeline did not load within {self.start_timeout_s:g} s")
+        try:
+            message = parent.recv()
+        except (EOFError, OSError):
+            reason = self._death()
+            raise PluginError(f"the worker process died while loading the pipeline ({reason})") from None
+        if message[0] == "fatal":
+            _, kind, text = message
+            self.close()
+            raise _FATAL.get(kind, PluginError)(text)
+
+    def run(self, path: Path, out_dir: Path) -> Outcome:
+        """Reconstruct ``path`` into ``out_dir``. Every failure, a crash of the worker included, is the
+        Outcome's ``error``."""
+        if self._conn is None:
+            self.start()
+        assert self._conn is not None
+        start = time.perf_counter()
+        try:
+            self._conn.send((str(path), str(out_dir)))
+            return self._conn.recv()
+        except (EOFError, OSError):
+            reason = self._death()
+            return Outcome(
+                str(path),
+                None,
+                0,
+                round(time.perf_counter() - start, 3),
+                f"the worker process died ({reason}) on this input, in native code; the batch went on "
+                "with a new worker",
+            )
+
+    def _death(self) -> str:
+        """Reap a dead worker; says how it ended."""
+        process, self._process, self._conn = self._process, None, None
+        process.join(5.0)
+        if process.is_alive():
+            process.kill()
+            process.join()
+        code = process.exitcode
+        if code is not None and code < 0:
+            try:
+                return f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                return f"killed by signal {-code}"
+        return f"exit code {code}"
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
+
+    def kill(self) -> None:
+        """Stop the worker now, mid-photo if need be (its half-written folder is a stale ``.partial``)."""
+        if self._process is not None:
+            self._process.kill()
+            self._death()
+
+    def close(self) -> None:
+        """Ask the worker to finish and wait for it (the pipeline closes its models there)."""
+        if self._conn is None:
+            return
+        with contextlib.suppress(OSError):
+            self._conn.send(None)
+        self._process.join(30.0)
+        self.kill()
+
+
+def _serve(conn: Connection, config: PipelineConfig, write: WriteOptions) -> None:
+    """The worker: build the pipeline, then reconstruct each (path, out_dir) received until None."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller handles Ctrl-C
+    logging.basicConfig(format="facerecon: %(levelname)s: %(message)s", level=logging.WARNING)
+    try:
+        pipeline = Pipeline.from_config(config)
+        pipeline.warm_up()
+    except Exception as exc:
+        kind = type(exc).__name__ if type(exc).__name__ in _FATAL else "PluginError"
+        text = str(exc) if kind != "PluginError" or isinstance(exc, PluginError) else f"{type(exc).__name__}: {exc}"
+        conn.send(("fatal", kind, text))
+        return
+    conn.send(("ready",))
+    with pipeline:
+        while True:
+            try:
+                job = conn.recv()
+            except EOFError:  # the caller is gone
+                return
+            if job is None:
+                return
+            conn.send(reconstruct_one(pipeline, Path(job[0]), Path(job[1]), write))
+
+
+def reconstruct_one(pipeline: Pipeline, path: Path, out_dir: Path, write: WriteOptions) -> Outcome:
+    """Load, reconstruct and write one photo; every exception becomes the Outcome's error."""
+    from facerecon.kernel.imageio import load_image
+    from facerecon.kernel.outputs import write_outputs
+
+    start = time.perf_counter()
+    try:
+        image = load_image(path, max_pixels=pipeline.config.max_image_pixels)
+        rec = pipeline(image)
+        if not rec.faces:
+            raise NoFaceError(f"{path}: no face found")
+        write_outputs(
+            rec,
+            image,
+            out_dir,
+            source=str(path),
+            formats=write.formats,
+            texture_size=write.texture_size,
+            save_phases=write.save_phases,
+            plugins=pipeline.plugin_ids(),
+        )
+    except (InputError, NoFaceError) as exc:
+        log.error("%s", exc)
+        return Outcome(str(path), None, 0, round(time.perf_counter() - start, 3), str(exc))
+    except Exception as exc:  # a plugin bug on one image must not end the batch
+        log.error("%s: %s: %s", path, type(exc).__name__, exc, exc_info=not isinstance(exc, FaceReconError))
+        return Outcome(str(path), None, 0, round(time.perf_counter() - start, 3), f"{type(exc).__name__}: {exc}")
+    return Outcome(str(path), str(out_dir), len(rec.faces), round(time.perf_counter() - start, 3))
