@@ -158,8 +158,9 @@ class LaplaceRefiner:
         self.options = options
         self.device = device  # "cuda": the index map is rendered on the GPU (the sparse solve stays on the CPU)
         self.region_weight = {region: getattr(options, f"{region}_weight") for region in REGIONS}
-        self._deformers: LayoutCache[LaplacianDeformer] = LayoutCache(options.cached_topologies)
-        self._subdividers: LayoutCache[Subdivider] = LayoutCache(options.cached_topologies)
+        # Per mesh layout: the Laplacian factorisations and the subdivision operators (see the module docstring).
+        self.deformers: LayoutCache[LaplacianDeformer] = LayoutCache(options.cached_topologies)
+        self.subdividers: LayoutCache[Subdivider] = LayoutCache(options.cached_topologies)
 
     # -- dense topology ----------------------------------------------------------------------------
 
@@ -175,7 +176,7 @@ class LaplaceRefiner:
                 levels += 1
             return Subdivider.build(n, mesh.triangles, levels)
 
-        subdivider = self._subdividers.get(n, mesh.triangles, build)
+        subdivider = self.subdividers.get(n, mesh.triangles, build)
         vertices = subdivider.interpolating(np.asarray(mesh.vertices, np.float64))
         uvs = None if mesh.uvs is None else subdivider.midpoint(np.asarray(mesh.uvs, np.float64))
         return Mesh(
@@ -190,7 +191,7 @@ class LaplaceRefiner:
 
     def _deformer(self, mesh: Mesh) -> LaplacianDeformer:
         n = len(mesh.vertices)
-        return self._deformers.get(n, mesh.triangles, lambda: LaplacianDeformer(n, mesh.triangles))
+        return self.deformers.get(n, mesh.triangles, lambda: LaplacianDeformer(n, mesh.triangles))
 
     # -- the stage ----------------------------------------------------------------------------------
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -157,16 +156,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server.start()
     # One line on stdout, so scripts (and tests) learn the port when --port 0 chose it.
     print(f"facerecon: serving {server.describe} on {server.endpoint}", flush=True)
-    code = server.serve_until_signal()
-    if server.loader.borrowed:
-        # Calls still running after the grace period were cancelled for their clients, but Python cannot stop
-        # their threads, and interpreter exit would wait for them: leave now (their models stay open).
-        log.warning("%d call(s) still running after the grace period abandoned", server.loader.borrowed)
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    return code
+    return server.serve_until_signal()
 
 
 def cmd_health(args: argparse.Namespace) -> int:

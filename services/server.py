@@ -21,8 +21,10 @@ import contextlib
 import hmac
 import ipaddress
 import logging
+import os
 import queue
 import signal
+import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -704,7 +706,12 @@ class Server:
         self.loader.close()
 
     def serve_until_signal(self) -> int:
-        """Block until SIGTERM/SIGINT (graceful stop, exit 0) or a model that fails to load (exit 1)."""
+        """Block until SIGTERM/SIGINT (graceful stop, exit 0) or a model that fails to load (exit 1).
+
+        This is a server process's main loop: calls still running when the grace period ends are cancelled
+        for their clients, but Python cannot stop their threads and interpreter exit would wait for them, so
+        the process then ends at once (``os._exit``) with their models left open, never closed under them.
+        """
         stop = threading.Event()
         previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
@@ -715,10 +722,16 @@ class Server:
                 stop.wait(0.2)
             log.info("shutting down %s (health: NOT_SERVING, grace %g s)", self.describe, self.settings.grace_s)
             self.stop()
-            return 0
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+        if self.loader.borrowed:
+            log.warning("%d call(s) still running after the grace period abandoned; exiting", self.loader.borrowed)
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
+        return 0
 
 
 def _warm_detector(detector: Any) -> None:
