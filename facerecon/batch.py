@@ -139,6 +139,19 @@ class BatchWorker:
     def pid(self) -> int | None:
         return None if self._process is None else self._process.pid
 
+    def interrupt(self, wait_s: float = 0.5) -> Outcome | None:
+        """Stop the worker for Ctrl-C: the outcome of the photo it was on when that photo had just been
+        finished (its folder written, the message on its way), else None; then :meth:`kill`."""
+        outcome = None
+        if self._conn is not None:
+            try:
+                if self._conn.poll(wait_s):
+                    outcome = self._conn.recv()
+            except (EOFError, OSError):
+                pass
+        self.kill()
+        return outcome
+
     def kill(self) -> None:
         """Stop the worker now, mid-photo if need be (its half-written folder is a stale ``.partial``)."""
         if self._process is not None:

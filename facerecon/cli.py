@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from facerecon import __version__
-from facerecon.batch import BatchWorker, WriteOptions
+from facerecon.batch import BatchWorker, Outcome, WriteOptions
 from facerecon.kernel import PipelineConfig, PluginHost
 from facerecon.kernel.config import DEVICES
 from facerecon.kernel.errors import ConfigError, InputError, ModelFileError, PluginError
@@ -197,30 +197,31 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     show_bar = not args.quiet and sys.stderr.isatty() and len(paths) > 1
     write = WriteOptions(formats=formats, texture_size=args.texture_size, save_phases=args.save_phases)
     worker = BatchWorker(config, write)
+
+    def record(outcome: Outcome) -> None:
+        if outcome.error is not None:
+            failures.append({"input": outcome.input, "error": outcome.error})
+            if "worker process died" in outcome.error:
+                log.error("%s: %s", outcome.input, outcome.error)
+            return
+        succeeded.append(
+            {"input": outcome.input, "output": outcome.output, "faces": outcome.faces, "seconds": outcome.seconds}
+        )
+        if not args.quiet and not show_bar:
+            print(f"{outcome.input} -> {outcome.output} ({outcome.faces} face(s))")
+
     try:
         with logging_redirect_tqdm():
             worker.start()
             for path, name in tqdm(jobs, disable=not show_bar, unit="image", desc="reconstruct"):
-                outcome = worker.run(path, out / name)
+                record(worker.run(path, out / name))
                 done += 1
-                if outcome.error is not None:
-                    failures.append({"input": outcome.input, "error": outcome.error})
-                    if outcome.output is None and "worker process died" in outcome.error:
-                        log.error("%s: %s", path, outcome.error)
-                    continue
-                succeeded.append(
-                    {
-                        "input": outcome.input,
-                        "output": outcome.output,
-                        "faces": outcome.faces,
-                        "seconds": outcome.seconds,
-                    }
-                )
-                if not args.quiet and not show_bar:
-                    print(f"{path} -> {outcome.output} ({outcome.faces} face(s))")
     except KeyboardInterrupt:
         interrupted = True
-        worker.kill()
+        late = worker.interrupt()  # the photo in flight, if it was just finished
+        if late is not None:
+            record(late)
+            done += 1
         print(f"facerecon: interrupted after {done} of {len(jobs)} input(s)", file=sys.stderr)
     finally:
         worker.close()

@@ -85,9 +85,12 @@ def _bilinear(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     y = np.clip(y, 0, h - 1.001)
     x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
     fx, fy = (x - x0)[..., None], (y - y0)[..., None]
-    img = image.astype(np.float32)
-    top = img[y0, x0] * (1 - fx) + img[y0, x0 + 1] * fx
-    bottom = img[y0 + 1, x0] * (1 - fx) + img[y0 + 1, x0 + 1] * fx
+
+    def at(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:  # only the sampled pixels become float
+        return image[rows, cols].astype(np.float32)
+
+    top = at(y0, x0) * (1 - fx) + at(y0, x0 + 1) * fx
+    bottom = at(y0 + 1, x0) * (1 - fx) + at(y0 + 1, x0 + 1) * fx
     return np.clip(top * (1 - fy) + bottom * fy + 0.5, 0, 255).astype(np.uint8)
 
 

@@ -28,6 +28,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ from facerecon.geometry.raster import shade
 from facerecon.geometry.transforms import yaw_pitch_roll
 
 from .export import atomic_write, bake_texture, current_umask, png_bytes, write_mesh
-from .records import IBUG68, Face, ImageMaps, Reconstruction, Segmentation
+from .records import IBUG68, ImageMaps, Reconstruction, Segmentation
 
 PREVIEW_HEIGHT = 512
 
@@ -196,38 +197,52 @@ def render_segmentation(image: np.ndarray, segmentations: Sequence[Segmentation]
 def render_preview(image: np.ndarray, rec: Reconstruction) -> np.ndarray:
     """Panels side by side: photo | landmarks | segmentation (when a segmenter ran) | one shaded render
     per stage (over the dimmed photo). Panels are cropped around the reconstructed faces and scaled to
-    PREVIEW_HEIGHT pixels; the segmentation panel has a swatch of each region colour of the first face."""
+    PREVIEW_HEIGHT pixels; the segmentation panel has a swatch of each region colour of the first face.
+
+    Everything is drawn on the crop already scaled to the preview's size (the meshes rendered straight into
+    it), so the cost and memory do not grow with the photo's resolution."""
     height, width = image.shape[:2]
     faces = [r.face for r in rec.reconstructions] or list(rec.faces)
     boxes = np.array([f.box for f in faces]) if faces else np.array([[0.0, 0.0, width, height]])
-    crop = _crop_box(boxes, width, height)
-    panels = [image]
-    marks = Image.fromarray(image.copy())
+    x0, y0, x1, y1 = _crop_box(boxes, width, height)
+    scale = PREVIEW_HEIGHT / max(1, y1 - y0)
+    size = (max(1, round((x1 - x0) * scale)), PREVIEW_HEIGHT)
+    photo = np.asarray(Image.fromarray(image[y0:y1, x0:x1]).resize(size, Image.Resampling.BILINEAR))
+
+    def to_tile(xy: np.ndarray) -> np.ndarray:
+        """Photo pixels -> tile pixels (pixel centres at integers in both)."""
+        return (np.asarray(xy, np.float64) - [x0 - 0.5, y0 - 0.5]) * scale - 0.5
+
+    panels = [photo]
+    marks = Image.fromarray(photo.copy())
     draw = ImageDraw.Draw(marks)
-    radius = max(1.0, (crop[2] - crop[0]) / 250)
+    radius = max(1.0, size[0] / 250)
     for face in rec.faces:
-        _draw_face(draw, face, radius)
+        box = to_tile(np.reshape(face.box, (2, 2))).ravel()
+        _draw_face(draw, box, to_tile(face.landmarks.xy), radius)
     panels.append(np.asarray(marks))
-    segmentations = [r.segmentation for r in rec.reconstructions if r.segmentation is not None]
+    segmentations = [
+        replace(r.segmentation, labels=_resized_labels(r.segmentation.labels, (x0, y0, x1, y1), size))
+        for r in rec.reconstructions
+        if r.segmentation is not None and r.segmentation.labels.shape == image.shape[:2]
+    ]
     if segmentations:
-        panels.append(render_segmentation(image, segmentations))
+        panels.append(render_segmentation(photo, segmentations))
     n_stages = max((len(r.stages) for r in rec.reconstructions), default=0)
     for s in range(n_stages):
-        panel = (image.astype(np.float32) * 0.35).astype(np.uint8)
+        panel = (photo.astype(np.float32) * 0.35).astype(np.uint8)
         for r in rec.reconstructions:
             if s >= len(r.stages):
                 continue
             mesh = r.stages[s].mesh
-            grey, mask = shade(_image_frame(mesh), mesh.triangles, height, width)
+            frame = _image_frame(mesh)
+            tile = np.column_stack([to_tile(frame[:, :2]), frame[:, 2] * scale])  # uniform: normals unchanged
+            grey, mask = shade(tile, mesh.triangles, size[1], size[0])
             panel[mask] = (np.array([235, 225, 210]) * grey[mask, None]).astype(np.uint8)
         panels.append(panel)
-    x0, y0, x1, y1 = crop
-    scale = PREVIEW_HEIGHT / max(1, y1 - y0)
-    size = (max(1, round((x1 - x0) * scale)), PREVIEW_HEIGHT)
-    tiles = [Image.fromarray(p[y0:y1, x0:x1]).resize(size, Image.Resampling.BILINEAR) for p in panels]
-    sheet = Image.new("RGB", (size[0] * len(tiles), size[1]), "white")
-    for i, tile in enumerate(tiles):
-        sheet.paste(tile, (i * size[0], 0))
+    sheet = Image.new("RGB", (size[0] * len(panels), size[1]), "white")
+    for i, tile_image in enumerate(panels):
+        sheet.paste(Image.fromarray(tile_image), (i * size[0], 0))
     labels = ["input", "landmarks"] + ["segmentation"] * bool(segmentations)
     labels += [next(r.stages[s].stage for r in rec.reconstructions if s < len(r.stages)) for s in range(n_stages)]
     draw = ImageDraw.Draw(sheet)
@@ -236,6 +251,11 @@ def render_preview(image: np.ndarray, rec: Reconstruction) -> np.ndarray:
     if segmentations:
         _draw_swatches(draw, segmentations[0], 2 * size[0], size)
     return np.asarray(sheet)
+
+
+def _resized_labels(labels: np.ndarray, crop: tuple[int, int, int, int], size: tuple[int, int]) -> np.ndarray:
+    x0, y0, x1, y1 = crop
+    return np.asarray(Image.fromarray(labels[y0:y1, x0:x1]).resize(size, Image.Resampling.NEAREST))
 
 
 def _draw_swatches(draw: ImageDraw.ImageDraw, seg: Segmentation, x: int, size: tuple[int, int]) -> None:
@@ -265,10 +285,10 @@ def _crop_box(boxes: np.ndarray, width: int, height: int) -> tuple[int, int, int
     return int(x0), int(y0), int(max(x1, x0 + 1)), int(max(y1, y0 + 1))
 
 
-def _draw_face(draw: ImageDraw.ImageDraw, face: Face, radius: float) -> None:
-    x0, y0, x1, y1 = (float(v) for v in face.box)
+def _draw_face(draw: ImageDraw.ImageDraw, box: np.ndarray, xy: np.ndarray, radius: float) -> None:
+    x0, y0, x1, y1 = (float(v) for v in box)
     draw.rectangle([x0, y0, x1, y1], outline=(0, 200, 255), width=max(1, round(radius)))
-    for x, y in face.landmarks.xy:
+    for x, y in xy:
         draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=(0, 255, 0))
 
 

@@ -134,7 +134,13 @@ class LandmarkMap:
     weights: np.ndarray
 
     def __post_init__(self) -> None:
-        ids = np.asarray(self.vertex_ids, dtype=np.int32)
+        given = np.asarray(self.vertex_ids)
+        _check(given.dtype.kind in "iu" or given.size == 0, f"landmark map ids must be integers, got {given.dtype}")
+        _check(
+            given.size == 0 or (int(given.min()) >= 0 and int(given.max()) <= np.iinfo(np.int32).max),
+            f"landmark map {self.scheme!r}: vertex ids must be in 0..2**31-1",
+        )
+        ids = given.astype(np.int32)
         weights = np.asarray(self.weights, dtype=np.float32)
         _check(ids.ndim == 2 and ids.shape[1] == 3, f"landmark map ids must be (K, 3), got {ids.shape}")
         _check(weights.shape == ids.shape, f"landmark map weights {weights.shape} != ids {ids.shape}")
@@ -183,7 +189,14 @@ class Mesh:
 
     def __post_init__(self) -> None:
         vertices = np.asarray(self.vertices, dtype=np.float32)
-        triangles = np.asarray(self.triangles, dtype=np.int32)
+        given = np.asarray(self.triangles)
+        _check(given.dtype.kind in "iu" or given.size == 0, f"triangles must be integers, got {given.dtype}")
+        # Range checked before the cast to int32, which would wrap 2**32 + 2 to 2.
+        _check(
+            given.size == 0 or (int(given.min()) >= 0 and int(given.max()) < len(vertices)),
+            "triangle indices out of range",
+        )
+        triangles = given.astype(np.int32)
         _check(vertices.ndim == 2 and vertices.shape[1] == 3, f"vertices must be (N, 3), got {vertices.shape}")
         _check(
             triangles.ndim == 2 and triangles.shape[1] == 3,

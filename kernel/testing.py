@@ -104,7 +104,7 @@ def _check_mesh(mesh: Mesh, face: Face, width: int, height: int) -> None:
     assert marks is not None and marks.visibility is not None
     valid = marks.visibility > 0
     assert valid.sum() >= 60, "fewer than 60 of the 68 iBUG landmarks lie on the mesh"
-    check_landmarks(Landmarks(IBUG68, marks.points[valid]), width, height)
+    check_landmarks(Landmarks(f"{IBUG68}-on-mesh", marks.points[valid]), width, height)
     x0, y0, x1, y1 = face.box
     pad = 0.3 * max(x1 - x0, y1 - y0)
     xy = marks.xy[valid]

@@ -43,6 +43,10 @@ DTYPES: dict[pb.DType, np.dtype] = {
     pb.DTYPE_FLOAT32: np.dtype("<f4"),
     pb.DTYPE_FLOAT64: np.dtype("<f8"),
 }
+MAX_DIMENSIONS = 32
+MAX_EXTENT = 2**31 - 1
+"""Limits on a Tensor's shape: rank, and each dimension's size (numpy's own limits are 64 and the address
+space; a zero-size array with a huge dimension passes the byte count but not numpy)."""
 _CODES: dict[tuple[str, int], pb.DType] = {(dtype.kind, dtype.itemsize): code for code, dtype in DTYPES.items()}
 
 
@@ -80,8 +84,12 @@ def array(
     shape = tuple(int(n) for n in message.shape)
     if ndim is not None and len(shape) != ndim:
         raise RecordError(f"{field}: expected {ndim} dimensions, got shape {list(shape)}")
+    if len(shape) > MAX_DIMENSIONS:
+        raise RecordError(f"{field}: {len(shape)} dimensions, more than the {MAX_DIMENSIONS} allowed")
     if any(n < 0 for n in shape):
         raise RecordError(f"{field}: negative size in shape {list(shape)}")
+    if any(n > MAX_EXTENT for n in shape):  # even with a zero elsewhere (no bytes), numpy refuses such shapes
+        raise RecordError(f"{field}: size above {MAX_EXTENT} in shape {list(shape)}")
     expected = math.prod(shape) * dtype.itemsize  # Python ints: no overflow on absurd shapes
     if expected != len(message.data):
         raise RecordError(

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -60,6 +60,7 @@ from facerecon.v1 import pipeline_pb2, pipeline_pb2_grpc, stages_pb2, stages_pb2
 from . import MAX_IMAGE_PIXELS, convert
 
 log = logging.getLogger("facerecon.services")
+T = TypeVar("T")
 
 DEFAULT_PORT = 50051
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -165,6 +166,7 @@ class StageLoader:
         self.error: BaseException | None = None
         self.borrowed = 0
         """Stage objects lent to calls now."""
+        self._threads: dict[int, futures.ThreadPoolExecutor] = {}
         self._lock = threading.Lock()
         self._closing = False
         self._thread = threading.Thread(target=self._load, name="facerecon-loader", daemon=True)
@@ -176,8 +178,9 @@ class StageLoader:
         try:
             for _ in range(self._copies):
                 obj = self._build()
+                self._threads[id(obj)] = futures.ThreadPoolExecutor(1, thread_name_prefix="facerecon-model")
                 if self._warm is not None:
-                    self._warm(obj)
+                    self._threads[id(obj)].submit(self._warm, obj).result()
                 self.objects.append(obj)
                 self._pool.put(obj)
             self.ready.set()
@@ -211,6 +214,13 @@ class StageLoader:
             else:
                 self._pool.put(obj)
 
+    def run(self, context: grpc.ServicerContext, work: Callable[[Any], T]) -> T:
+        """``work(stage)`` with a borrowed stage object, on that object's own thread. All heavy work (decoding,
+        the model, writing outputs) thus happens on ``copies`` threads, not on the RPC threads: freed memory
+        is reused by the next call instead of piling up in one malloc arena per RPC thread."""
+        with self.borrow(context) as obj:
+            return self._threads[id(obj)].submit(work, obj).result()
+
     def close(self) -> None:
         """Close the models no call holds now; those still lent (a call abandoned after the grace period)
         close when their call returns them, never under it."""
@@ -218,9 +228,12 @@ class StageLoader:
             self._closing = True
         while True:
             try:
-                _close(self._pool.get_nowait())
+                obj = self._pool.get_nowait()
             except queue.Empty:
-                return
+                break
+            _close(obj)
+        for thread in self._threads.values():
+            thread.shutdown(wait=False)
 
 
 def _close(stage: Any) -> None:
@@ -307,8 +320,7 @@ class DetectorServicer(_StageServicer, stages_pb2_grpc.DetectorServicer):
 
     def Detect(self, request: stages_pb2.DetectRequest, context: grpc.ServicerContext) -> stages_pb2.DetectResponse:
         self._begin(request, context)
-        with self.loader.borrow(context) as stage:
-            faces = stage.detect(self._image(request, context))
+        faces = self.loader.run(context, lambda stage: stage.detect(self._image(request, context)))
         if not isinstance(faces, list) or not all(isinstance(f, Face) for f in faces):
             raise PluginContractError(f"detector {self.spec.name!r}: detect() must return a list of Face")
         response = stages_pb2.DetectResponse()
@@ -323,9 +335,11 @@ class RegressorServicer(_StageServicer, stages_pb2_grpc.RegressorServicer):
     def Regress(self, request: stages_pb2.RegressRequest, context: grpc.ServicerContext) -> stages_pb2.RegressResponse:
         self._begin(request, context)
         face = self._face(request, context)
-        with self.loader.borrow(context) as stage:
-            image = self._image(request, context)
-            result = self._returned(stage.regress(image, face), CoarseResult, "regress() must return a CoarseResult")
+        result = self._returned(
+            self.loader.run(context, lambda stage: stage.regress(self._image(request, context), face)),
+            CoarseResult,
+            "regress() must return a CoarseResult",
+        )
         response = stages_pb2.RegressResponse()
         convert.coarse_to_proto(result, response.result)
         return response
@@ -337,9 +351,11 @@ class SegmenterServicer(_StageServicer, stages_pb2_grpc.SegmenterServicer):
     def Segment(self, request: stages_pb2.SegmentRequest, context: grpc.ServicerContext) -> stages_pb2.SegmentResponse:
         self._begin(request, context)
         face = self._face(request, context)
-        with self.loader.borrow(context) as stage:
-            image = self._image(request, context)
-            seg = self._returned(stage.segment(image, face), Segmentation, "segment() must return a Segmentation")
+        seg = self._returned(
+            self.loader.run(context, lambda stage: stage.segment(self._image(request, context), face)),
+            Segmentation,
+            "segment() must return a Segmentation",
+        )
         response = stages_pb2.SegmentResponse()
         convert.segmentation_to_proto(seg, response.segmentation)
         return response
@@ -359,11 +375,13 @@ class RefinerServicer(_StageServicer, stages_pb2_grpc.RefinerServicer):
             if request.HasField("segmentation")
             else None
         )
-        with self.loader.borrow(context) as stage:
-            image = self._image(request, context)
-            refined = self._returned(
-                stage.refine(image, face, mesh, segmentation), (Mesh, Refinement), "refine() must return a Mesh"
-            )
+        refined = self._returned(
+            self.loader.run(
+                context, lambda stage: stage.refine(self._image(request, context), face, mesh, segmentation)
+            ),
+            (Mesh, Refinement),
+            "refine() must return a Mesh",
+        )
         response = stages_pb2.RefineResponse()
         convert.refinement_to_proto(refined, response.refinement)
         return response
@@ -425,24 +443,29 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServicer):
         if unknown:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown mesh format(s) {', '.join(unknown)}")
         all_faces = request.all_faces if request.HasField("all_faces") else self.config.all_faces
-        with self.loader.borrow(context) as pipe:  # decoded only once a pipeline is free (memory bound)
+        from facerecon.kernel.outputs import dumps, result_dict, write_outputs
+
+        source = request.source or "<request>"
+        response = pipeline_pb2.ReconstructResponse()
+
+        # The whole call's working set (decoded photo, records, output files) exists only while it holds a
+        # pipeline, on that pipeline's thread: at most `workers` of them at once (docs/services.md).
+        def work(pipe: Pipeline) -> dict[str, Any]:
             image = _decode(context, lambda: convert.image_from_proto(request.image, max_pixels=self.max_image_pixels))
             rec = run_pipeline(pipe, image, all_faces, context)
             plugins = pipe.plugin_ids()
-        source = request.source or "<request>"
-        response = pipeline_pb2.ReconstructResponse()
-        convert.reconstruction_to_proto(rec, response.reconstruction)
-        from facerecon.kernel.outputs import dumps, result_dict, write_outputs
-
-        if formats and rec.reconstructions:
+            convert.reconstruction_to_proto(rec, response.reconstruction)
+            if not (formats and rec.reconstructions):
+                return result_dict(rec, source, {}, plugins)
             with tempfile.TemporaryDirectory(prefix="facerecon-serve-") as tmp:
                 out = Path(tmp) / "out"
                 result = write_outputs(rec, image, out, source=source, formats=formats, plugins=plugins)
                 response.files.extend(
                     pipeline_pb2.OutputFile(name=p.name, data=p.read_bytes()) for p in sorted(out.iterdir())
                 )
-        else:
-            result = result_dict(rec, source, {}, plugins)
+            return result
+
+        result = self.loader.run(context, work)
         response.result_json = dumps(result)
         return response
 

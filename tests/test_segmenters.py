@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from onnx_models import IMAGENET_MEAN, IMAGENET_STD, PROTOTYPES, export_nearest_colour, nearest_class
 
-from facerecon.kernel import Face, InputError, Landmarks, ModelFileError, Segmentation
+from facerecon.kernel import Face, InputError, Landmarks, ModelFileError, RecordError, Segmentation
 from facerecon.kernel.imageio import load_image
 from facerecon.plugins import landmark_regions as lr
 from facerecon.plugins.face_parsing import CELEBAMASK_HQ, LABEL_IDS, LABEL_ORDERS, region_colors, robust_color
@@ -111,9 +111,8 @@ def test_unknown_scheme_and_short_landmarks_are_refused(face_photo):
     odd = Face(box, 0.9, Landmarks("aflw21", np.full((21, 2), 200.0)))
     with pytest.raises(InputError, match=r"'aflw21'.*ibug68"):
         segmenter.segment(face_photo, odd)
-    short = Face(box, 0.9, Landmarks("ibug68", np.full((5, 2), 200.0)))
-    with pytest.raises(InputError, match="expected 68 points, got 5"):
-        segmenter.segment(face_photo, short)
+    with pytest.raises(RecordError, match="'ibug68' landmarks must be 68 points, got 5"):
+        Landmarks("ibug68", np.full((5, 2), 200.0))  # the record refuses it before any stage sees it
 
 
 def test_polygons_fill_pixel_centres():
