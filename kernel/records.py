@@ -41,6 +41,15 @@ def _readonly(array: np.ndarray) -> np.ndarray:
     return array
 
 
+def _whole_numbers(array: np.ndarray) -> bool:
+    """Integers, or floats that hold whole numbers (index arrays built with numpy's float defaults)."""
+    if array.dtype.kind in "iub" or array.size == 0:
+        return True
+    if array.dtype.kind != "f":
+        return False
+    return bool(np.isfinite(array).all() and (array == np.round(array)).all())
+
+
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise RecordError(message)
@@ -135,7 +144,7 @@ class LandmarkMap:
 
     def __post_init__(self) -> None:
         given = np.asarray(self.vertex_ids)
-        _check(given.dtype.kind in "iu" or given.size == 0, f"landmark map ids must be integers, got {given.dtype}")
+        _check(_whole_numbers(given), f"landmark map {self.scheme!r}: vertex ids must be whole numbers")
         _check(
             given.size == 0 or (int(given.min()) >= 0 and int(given.max()) <= np.iinfo(np.int32).max),
             f"landmark map {self.scheme!r}: vertex ids must be in 0..2**31-1",
@@ -190,7 +199,7 @@ class Mesh:
     def __post_init__(self) -> None:
         vertices = np.asarray(self.vertices, dtype=np.float32)
         given = np.asarray(self.triangles)
-        _check(given.dtype.kind in "iu" or given.size == 0, f"triangles must be integers, got {given.dtype}")
+        _check(_whole_numbers(given), "triangle indices must be whole numbers")
         # Range checked before the cast to int32, which would wrap 2**32 + 2 to 2.
         _check(
             given.size == 0 or (int(given.min()) >= 0 and int(given.max()) < len(vertices)),
