@@ -25,7 +25,7 @@ from facerecon.kernel import Pipeline, PipelineConfig
 from facerecon.kernel.imageio import load_image
 
 DEFAULT = PipelineConfig(segmenter="landmark-regions", refiners=("laplace", "sfs"), device="cpu")
-SCORES = ("r_D", "g_D", "r_w", "r_p", "leak_T", "leak_R", "n_det")
+SCORES = ("r_D", "g_D", "r_w", "r_p", "leak_T", "leak_R", "n_det_mean")
 
 
 def place(maps_origin: tuple[int, int], values: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
