@@ -56,6 +56,8 @@ class Outcome:
     faces: int
     seconds: float
     error: str | None = None
+    crashed: bool = False
+    """The worker process died on this input (the error says how)."""
 
 
 class BatchWorker:
@@ -118,6 +120,7 @@ class BatchWorker:
                 round(time.perf_counter() - start, 3),
                 f"the worker process died ({reason}) on this input, in native code; the batch went on "
                 "with a new worker",
+                crashed=True,
             )
 
     def _death(self) -> str:
@@ -176,9 +179,8 @@ def _serve(conn: Connection, config: PipelineConfig, write: WriteOptions) -> Non
         pipeline = Pipeline.from_config(config)
         pipeline.warm_up()
     except Exception as exc:
-        kind = type(exc).__name__ if type(exc).__name__ in _FATAL else "PluginError"
-        text = str(exc) if kind != "PluginError" or isinstance(exc, PluginError) else f"{type(exc).__name__}: {exc}"
-        conn.send(("fatal", kind, text))
+        kind = type(exc).__name__
+        conn.send(("fatal", kind, str(exc)) if kind in _FATAL else ("fatal", "PluginError", f"{kind}: {exc}"))
         return
     conn.send(("ready",))
     with pipeline:

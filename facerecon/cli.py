@@ -201,7 +201,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     def record(outcome: Outcome) -> None:
         if outcome.error is not None:
             failures.append({"input": outcome.input, "error": outcome.error})
-            if "worker process died" in outcome.error:
+            if outcome.crashed:  # the worker could not log it itself
                 log.error("%s: %s", outcome.input, outcome.error)
             return
         succeeded.append(

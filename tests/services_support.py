@@ -17,6 +17,7 @@ import numpy as np
 from facerecon.kernel import (
     Face,
     ImageMaps,
+    Landmarks,
     Mesh,
     PluginHost,
     Refinement,
@@ -25,6 +26,8 @@ from facerecon.kernel import (
     hookimpl,
 )
 from facerecon.kernel.imageio import check_image
+from facerecon.services import convert
+from facerecon.v1 import stages_pb2
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -156,6 +159,31 @@ def serving(server: Any, timeout: float = 60.0) -> Iterator[str]:
         yield f"127.0.0.1:{port}"
     finally:
         server.stop(0)
+
+
+def slow_server_script(seconds: float, grace_s: float) -> str:
+    """Python source of a server process for the "slow" refiner (``seconds`` per call, ``grace_s`` on
+    SIGTERM) on a free port: prints "facerecon: serving on HOST:PORT", then serves until a signal."""
+    return f"""
+import logging, sys
+logging.basicConfig(level=logging.INFO)
+from services_support import toy_host
+from facerecon.services.server import Server, ServerSettings
+server = Server.for_stage("refiner", "slow", host=toy_host(), options={{"seconds": {seconds!r}}},
+                          settings=ServerSettings(port=0, grace_s={grace_s!r}))
+server.start()
+print(f"facerecon: serving on {{server.endpoint}}", flush=True)
+sys.exit(server.serve_until_signal())
+"""
+
+
+def small_refine_request() -> stages_pb2.RefineRequest:
+    """A valid RefineRequest: a 32x32 black image, a 3-point face and a one-triangle mesh ("t")."""
+    request = stages_pb2.RefineRequest()
+    convert.image_to_proto(np.zeros((32, 32, 3), np.uint8), request.image)
+    convert.face_to_proto(Face([1, 1, 20, 20], 0.9, Landmarks("s", np.ones((3, 3)))), request.face)
+    convert.mesh_to_proto(Mesh(np.eye(3), [[0, 1, 2]], "t"), request.mesh)
+    return request
 
 
 def subprocess_env() -> dict[str, str]:

@@ -16,7 +16,7 @@ import grpc
 import numpy as np
 import pytest
 from PIL import Image
-from services_support import serving, subprocess_env, toy_host
+from services_support import serving, slow_server_script, small_refine_request, subprocess_env, toy_host
 
 from facerecon.kernel import Face, Landmarks, Mesh, Pipeline, PipelineConfig
 from facerecon.services import MAX_IMAGE_PIXELS, convert
@@ -135,8 +135,7 @@ def test_images_are_decoded_only_once_a_model_is_free(host):
     """One model (workers=1) busy for 1.2 s: requests waiting behind it hold their encoded bytes, not
     decoded pixels, so even a corrupt image is found out only when the model comes free."""
     server = Server.for_stage("refiner", "slow", host=host, options={"seconds": 1.2}, settings=ANY_PORT)
-    valid = refine_request(np.zeros((32, 32, 3), np.uint8), Face([1, 1, 20, 20], 0.9, Landmarks("s", np.ones((3, 3)))),
-                           Mesh(np.eye(3), [[0, 1, 2]], "t"))  # fmt: skip
+    valid = small_refine_request()
     corrupt = stages_pb2.RefineRequest()
     corrupt.CopyFrom(valid)
     corrupt.image.encoded = jpeg_bytes(64, 64)[:200]
@@ -200,35 +199,22 @@ def test_the_bearer_scheme_is_case_insensitive_the_token_is_not(host):
             assert got == expected, header
 
 
-ABANDONING = """
-import logging, sys
-logging.basicConfig(level=logging.INFO)
-from services_support import toy_host
-from facerecon.services.server import Server, ServerSettings
-server = Server.for_stage("refiner", "slow", host=toy_host(), options={"seconds": 8.0},
-                          settings=ServerSettings(port=0, grace_s=0.5))
-server.start()
-print(f"facerecon: serving on {server.endpoint}", flush=True)
-sys.exit(server.serve_until_signal())
-"""
-
-
 def test_a_call_running_past_the_grace_period_does_not_hold_the_exit(tmp_path):
     """--grace 0.5 with an 8 s call: the server used to exit only when the call ended (6.7 s after SIGTERM
     in the issue), after closing models the call was still using."""
     process = subprocess.Popen(
-        [sys.executable, "-c", ABANDONING], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-c", slow_server_script(seconds=8.0, grace_s=0.5)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         env=subprocess_env(),
-    )  # fmt: skip
+    )
     try:
         address = process.stdout.readline().strip().rsplit(" ", 1)[-1]
         with grpc.insecure_channel(address) as channel:
             grpc.channel_ready_future(channel).result(timeout=20)
             stub = stages_pb2_grpc.RefinerStub(channel)
-            request = stages_pb2.RefineRequest()
-            convert.image_to_proto(np.zeros((32, 32, 3), np.uint8), request.image)
-            convert.face_to_proto(Face([1, 1, 20, 20], 0.9, Landmarks("s", np.ones((3, 3)))), request.face)
-            convert.mesh_to_proto(Mesh(np.eye(3), [[0, 1, 2]], "t"), request.mesh)
+            request = small_refine_request()
             deadline = time.monotonic() + 30
             while status_of(lambda: stub.Info(stages_pb2.InfoRequest(), timeout=5)) != grpc.StatusCode.OK:
                 assert time.monotonic() < deadline

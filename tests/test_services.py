@@ -20,7 +20,16 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from services_support import Slow, SlowOptions, differences, serving, subprocess_env, toy_host
+from services_support import (
+    Slow,
+    SlowOptions,
+    differences,
+    serving,
+    slow_server_script,
+    small_refine_request,
+    subprocess_env,
+    toy_host,
+)
 
 from facerecon.kernel import ConfigError, Face, InputError, Landmarks, Mesh, Pipeline, PipelineConfig
 from facerecon.services import commands, convert
@@ -185,14 +194,6 @@ class RemoteOptionsStage:
 
     def __exit__(self, *exc):
         self.stage.close()
-
-
-def small_refine_request() -> stages_pb2.RefineRequest:
-    request = stages_pb2.RefineRequest()
-    convert.image_to_proto(np.zeros((32, 32, 3), np.uint8), request.image)
-    convert.face_to_proto(Face([1, 1, 20, 20], 0.9, Landmarks("s", np.ones((3, 3)))), request.face)
-    convert.mesh_to_proto(Mesh(np.eye(3), [[0, 1, 2]], "t"), request.mesh)
-    return request
 
 
 def test_concurrency_limit_deadline_and_message_size(host):
@@ -404,22 +405,9 @@ def test_serve_is_a_facerecon_command(host):
     assert args.handler is commands.cmd_serve and args.remote == ["detector=h:1"]
 
 
-LAUNCHER = """
-import logging, sys
-logging.basicConfig(level=logging.INFO)
-from services_support import toy_host
-from facerecon.services.server import Server, ServerSettings
-server = Server.for_stage("refiner", "slow", host=toy_host(), options={"seconds": 1.0},
-                          settings=ServerSettings(port=0, grace_s=5))
-server.start()
-print(f"facerecon: serving on {server.endpoint}", flush=True)
-sys.exit(server.serve_until_signal())
-"""
-
-
 def test_sigterm_lets_running_calls_finish():
     process = subprocess.Popen(
-        [sys.executable, "-c", LAUNCHER],
+        [sys.executable, "-c", slow_server_script(seconds=1.0, grace_s=5)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
