@@ -5,8 +5,9 @@
 Runs the pipeline (default: mediapipe, landmark-regions, landmark-mesh, laplace, sfs; a --config replaces
 it) on every sample's image.png, places the fine stage's depth map at its maps' origin on the sample's
 pixel grid (NaN elsewhere) and the medium surface beside it (fine depth - displacement, as the issue
-defines it), and prints the scorer's mean rows for both as JSON, with the seconds per face. Nothing is
-fitted to the samples: this is a measurement.
+defines it), and prints the scorer's mean rows for both as JSON, with the seconds per face; the depth
+after each of the refiner's phases too (its phase meshes' vertex z at their pixels: the sfs grid mesh of
+a pixel-unit medium mesh). Nothing is fitted to the samples: this is a measurement.
 """
 
 from __future__ import annotations
@@ -40,6 +41,19 @@ def place(maps_origin: tuple[int, int], values: np.ndarray, shape: tuple[int, in
     return grid
 
 
+def phase_depth(mesh, shape: tuple[int, int]) -> np.ndarray | None:
+    """A phase's depth on the image grid: the sfs grid mesh has one vertex per pixel (x, y, z in pixels)
+    when the medium mesh is in pixel units; None otherwise (a camera-frame mesh)."""
+    if mesh.camera_matrix is not None:
+        return None
+    vertices = np.asarray(mesh.vertices, np.float64)
+    x, y = np.rint(vertices[:, 0]).astype(int), np.rint(vertices[:, 1]).astype(int)
+    inside = (x >= 0) & (y >= 0) & (x < shape[1]) & (y < shape[0])
+    grid = np.full(shape, np.nan, np.float32)
+    grid[y[inside], x[inside]] = vertices[inside, 2]
+    return grid
+
+
 def score(scorer: Path, data: Path, predictions: Path) -> dict[str, float]:
     report = predictions.with_suffix(".json")
     done = subprocess.run(
@@ -66,7 +80,8 @@ def main() -> None:
     config = PipelineConfig.load(args.config) if args.config else DEFAULT
     samples = sorted(p for p in data.iterdir() if (p / "image.png").is_file())[: args.samples]
     fine_dir, medium_dir = args.out / "fine", args.out / "medium"
-    for folder in (fine_dir, medium_dir):
+    phase_dirs: dict[str, Path] = {}
+    for folder in (fine_dir, medium_dir, *(p for p in args.out.glob("phase*") if p.is_dir())):
         folder.mkdir(parents=True, exist_ok=True)
         for old in folder.glob("*.npy"):
             old.unlink()
@@ -86,12 +101,19 @@ def main() -> None:
             medium = depth - np.asarray(maps.maps["displacement"], np.float32)
             np.save(fine_dir / f"{sample.name}.npy", place(maps.origin, depth, image.shape[:2]))
             np.save(medium_dir / f"{sample.name}.npy", place(maps.origin, medium, image.shape[:2]))
+            for name, mesh in rec.reconstructions[0].final.phases.items():
+                depth_of_phase = phase_depth(mesh, image.shape[:2])
+                if depth_of_phase is not None:
+                    folder = phase_dirs.setdefault(name, args.out / name)
+                    folder.mkdir(exist_ok=True)
+                    np.save(folder / f"{sample.name}.npy", depth_of_phase)
     report = {
         "samples": len(samples),
         "not_reconstructed": missed,
         "seconds_per_face_median": round(float(np.median(seconds)), 3),
         "fine": score(scorer, data, fine_dir),
         "medium": score(scorer, data, medium_dir),
+        **{name: score(scorer, data, folder) for name, folder in sorted(phase_dirs.items())},
     }
     print(json.dumps(report, indent=1))
 

@@ -96,16 +96,16 @@ class SfsOptions:
     specular_lr: float = 0.25
     specular_iterations: int = 10
     specular_scale: float = 1.0
-    phase1_weights: tuple[float, ...] = (0.001, 0.05, 0.001, 0.001)
+    phase1_weights: tuple[float, ...] = (0.001, 1000.0, 0.0, 0.0)
     phase1_lr: float = 0.015
     phase1_iterations: int = 20
-    phase2_weights: tuple[float, ...] = (0.001, 0.03, 0.025, 2.5)
+    phase2_weights: tuple[float, ...] = (0.001, 100.0, 0.0, 2.5)
     phase2_lr: float = 0.05
     phase2_iterations: int = 20
     alternate_every: int = 10
-    depth_intensity_unit: float = 10.0
-    noise_weighting: float = 8.0
-    robust_threshold: float = 10.0
+    depth_intensity_unit: float = 1.0
+    noise_weighting: float = 1.0
+    robust_threshold: float = 3.0
     chroma_tolerance: float = 0.02
     skin_prior_boost: float = 100.0
     saturation: float = 250.0
@@ -119,6 +119,11 @@ class SfsOptions:
     rtv_sigma: float = 2.0
     specular_sigma: float = 3.0
     albedo_blur: float = 3.0
+    albedo_sigma: float = 4.0
+    skin_colour_sigma: float = 8.0
+    medium_smoothing: float = 6.0
+    lighting_rounds: int = 3
+    lighting_albedo_sigma: float = 12.0
     max_displacement: float = 0.05
 
     def __post_init__(self) -> None:
@@ -161,6 +166,10 @@ class SfsRefiner:
         if covered.sum() < 64:
             return Refinement(mesh)  # the face is too small or off the image: nothing to refine
         depth0 = grid.depth_in_samples(mesh, raster)  # z away from the camera, in samples
+        # The rasterised mesh is piecewise planar: the creases between its facets' normals would be read
+        # as shading to explain, and are not the face's. The fine surface is carved on a smoothed copy
+        # that keeps the medium surface's curvature (a local quadric fit).
+        depth0 = smooth_within(depth0, covered, self.options.medium_smoothing)
         crop = grid.sample_image(image)  # (h, w, 3) 0-255
         labels = grid.sample_labels(segmentation)
         mask, lit, albedo_avg = _regions(crop, covered, labels, segmentation)
@@ -177,11 +186,11 @@ class SfsRefiner:
         except self.solver.NoShading as error:
             warnings.warn(f"sfs: {error}; the fine mesh is the medium one", ShadingWarning, stacklevel=2)
             return Refinement(mesh)
-        height = solution.height.cpu().numpy().astype(np.float64)
+        on_medium = lambda h: h.cpu().numpy().astype(np.float64)  # noqa: E731
+        height = on_medium(solution.height)
         fine = grid.mesh(mesh, raster, -height, covered, "fine")
         phases = {
-            name: grid.mesh(mesh, raster, -h.cpu().numpy().astype(np.float64), covered, name)
-            for name, h in solution.phase_heights.items()
+            name: grid.mesh(mesh, raster, -on_medium(h), covered, name) for name, h in solution.phase_heights.items()
         }
         maps = self._maps(grid, problem, solution, depth0, height, covered, mask)
         return Refinement(fine, maps, phases)
@@ -201,7 +210,8 @@ class SfsRefiner:
             maps={
                 "depth": depth * nan,
                 "displacement": (depth - depth0 * grid.step) * nan,
-                "normal": normals * np.array([1.0, -1.0, -1.0]) * nan[..., None],  # viewer -> mesh frame
+                # viewer -> mesh frame
+                "normal": normals * np.array([1.0, -1.0, -1.0]) * nan[..., None],
                 "albedo": to_image(solution.albedo),
                 "shading": _normalised(shade.cpu().numpy().transpose(1, 2, 0), mask),
                 "specular": to_image(solution.specular.expand(3, -1, -1)),
@@ -210,6 +220,42 @@ class SfsRefiner:
                 "mask": mask.astype(np.float32),
             },
         )
+
+
+def smooth_within(values: np.ndarray, region: np.ndarray, sigma: float) -> np.ndarray:
+    """``values`` (h, w) smoothed inside ``region`` (h, w) bool by a Gaussian-weighted (σ in samples)
+    local quadratic fit (each sample: the value at its own position of the weighted least-squares
+    quadric over the region's samples around it); unchanged outside the region, or everywhere for σ = 0.
+    A quadric reproduces a surface's curvature, so a nose tip or a chin is not flattened as a plain blur
+    would flatten it (by millimetres on a Kinect face), and the cut-off at the region's border does not
+    bias the mean; what it removes is the piecewise-planar facets of a rasterised mesh."""
+    import cv2
+
+    if sigma <= 0 or not region.any():
+        return values
+    radius = int(np.ceil(3 * sigma))
+    offsets = np.arange(-radius, radius + 1, dtype=np.float64)
+    gauss = np.exp(-0.5 * (offsets / sigma) ** 2)
+    taps = [gauss * (offsets / sigma) ** k for k in range(5)]  # g(t)·t^k, scaled offsets
+
+    def moment(image: np.ndarray, a: int, b: int) -> np.ndarray:
+        """Σ_t g(t) t_x^a t_y^b image(p + t) at every p (cv2 filters correlate)."""
+        return cv2.sepFilter2D(image, cv2.CV_64F, taps[a], taps[b], borderType=cv2.BORDER_CONSTANT)
+
+    weight = region.astype(np.float64)
+    data = np.where(region, values, 0.0).astype(np.float64)
+    powers = [(0, 0), (1, 0), (0, 1), (2, 0), (1, 1), (0, 2)]
+    normal = np.empty((*values.shape, 6, 6))
+    for i, (a1, b1) in enumerate(powers):
+        for j, (a2, b2) in enumerate(powers[i:], i):
+            normal[..., i, j] = normal[..., j, i] = moment(weight, a1 + a2, b1 + b2)
+    rhs = np.stack([moment(data, a, b) for a, b in powers], -1)
+    rows = region & (normal[..., 0, 0] > 1e-6)
+    ridge = np.diag([0.0] + [1e-3] * 5)  # keeps thin strips (a quadric badly determined) near a plain mean
+    fitted = np.linalg.solve(normal[rows] + ridge, rhs[rows][..., None])[:, 0, 0]
+    out = np.array(values, np.float64, copy=True)
+    out[rows] = fitted
+    return out
 
 
 def _normalised(shading: np.ndarray, mask: np.ndarray) -> np.ndarray:

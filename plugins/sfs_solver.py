@@ -121,6 +121,13 @@ def gaussian_blur(image: Tensor, sigma: float) -> Tensor:
     return _GaussianBlur.apply(image, gaussian_kernel(sigma))
 
 
+def masked_blur(image: Tensor, weight: Tensor, sigma: float) -> Tensor:
+    """Normalised convolution: the ``weight``-ed Gaussian mean of (C, H, W) around every sample,
+    weights (H, W) >= 0 (what lies outside the weighted region does not bleed in)."""
+    total = gaussian_blur(weight[None], sigma).clamp(min=1e-6)
+    return gaussian_blur(image * weight, sigma) / total
+
+
 def low_pass(image: Tensor, sigma: float, factor: int) -> Tensor:
     """A Gaussian low-pass of (..., H, W) sampled at 1/``factor`` of the rate, (..., ⌈H/k⌉, ⌈W/k⌉):
     averaged over k x k blocks, then blurred by σ/k. Being smooth, it loses nothing at the reduced rate
@@ -183,16 +190,37 @@ def shading_of_normals(normals: Tensor, sh: Tensor) -> Tensor:
     return (sh_basis(normals) @ sh).permute(2, 0, 1)
 
 
-def fit_lighting(problem: Problem, specular: Tensor | None = None, trim: float = 0.1) -> Tensor:
+def fit_lighting(
+    problem: Problem, specular: Tensor | None = None, trim: float = 0.1, rounds: int = 0, albedo_sigma: float = 12.0
+) -> tuple[Tensor, Tensor]:
     """Step 2: r (9, 3) by least squares with γ = γ_avg on the lit pixels, the image less ``specular``
-    (1, H, W) if given (else ε = 0); refitted once without the ``trim`` fraction of worst-fitting pixels
-    (specular highlights, freckles, shadows cast by hair). Nine coefficients per channel: a regular
-    subsample of at most ``MAX_FIT_SAMPLES`` lit pixels determines them."""
-    stride = max(1, int(problem.lit.sum()) // MAX_FIT_SAMPLES)
-    basis = sh_basis(normals_from_height(problem.height0))[problem.lit][::stride]  # (P, 9)
-    albedo = problem.albedo_avg[:, problem.lit][:, ::stride]  # (3, P)
+    (1, H, W) if given (else ε = 0); each fit refitted once without the ``trim`` fraction of worst-fitting
+    pixels (specular highlights, freckles, shadows cast by hair). Nine coefficients per channel: a regular
+    subsample of at most ``MAX_FIT_SAMPLES`` lit pixels determines them.
+
+    A region's single colour γ_avg is not the skin's: a tan, a flush or make-up change it slowly across
+    the face, and the least squares then bend the light to explain them. ``rounds`` times, γ is replaced
+    by the image over the current shading, averaged (σ ``albedo_sigma``) over the lit pixels, and r is
+    refitted: the albedo takes the slow colour changes, the light what the normals explain. Returns r
+    and the albedo (3, H, W) it was fitted with."""
     diffuse = problem.image if specular is None else problem.image - specular
-    target = diffuse[:, problem.lit][:, ::stride]
+    albedo = problem.albedo_avg
+    shading_basis = sh_basis(normals_from_height(problem.height0))
+    sh = _least_squares_lighting(shading_basis, albedo, diffuse, problem.lit, trim)
+    for _ in range(rounds):
+        shade = (shading_basis @ sh).permute(2, 0, 1)
+        albedo = masked_blur((diffuse / shade.clamp(min=0.05)).clamp(0, 255), problem.lit.float(), albedo_sigma)
+        sh = _least_squares_lighting(shading_basis, albedo, diffuse, problem.lit, trim)
+    return sh, albedo
+
+
+def _least_squares_lighting(shading_basis: Tensor, albedo: Tensor, diffuse: Tensor, lit: Tensor, trim: float) -> Tensor:
+    """r (9, 3) minimising Σ (γ·(Y(n)·r) − I)² over (a regular subsample of) the lit pixels, then refitted
+    without the ``trim`` fraction of worst-fitting ones; basis (H, W, 9), albedo and diffuse (3, H, W)."""
+    stride = max(1, int(lit.sum()) // MAX_FIT_SAMPLES)
+    basis = shading_basis[lit][::stride]  # (P, 9)
+    albedo = albedo[:, lit][:, ::stride]  # (3, P)
+    target = diffuse[:, lit][:, ::stride]
     keep = torch.ones(basis.shape[0], dtype=torch.bool, device=basis.device)
     for _ in range(2):
         coefficients = torch.stack(
@@ -211,18 +239,19 @@ def fit_light_and_highlight(problem: Problem, options: SfsOptions) -> tuple[Tens
     """Step 2 with the lobe model's highlight: SH coefficients (9, 3), and the lobe, or None when there is
     no highlight worth modelling. The highlight biases the lighting fit and a biased lighting biases the
     lobe: two rounds of lobe from the lighting's residual, then lighting without the lobe."""
-    sh = fit_lighting(problem)
+    rounds, sigma = options.lighting_rounds, options.lighting_albedo_sigma
+    sh, albedo = fit_lighting(problem, None, 0.1, rounds, sigma)
     if options.specular_model != "lobe" or options.specular_scale <= 0:
         return sh, None
     normals0 = normals_from_height(problem.height0)
     lobe = SpecularLobe(problem.image.device)
     for steps in (150, 50):  # the second round starts from the first's lobe
-        diffuse = problem.albedo_avg * shading_of_normals(normals0, sh)
+        diffuse = albedo * shading_of_normals(normals0, sh)
         lobe.fit(normals0, (problem.image - diffuse).mean(0) / options.specular_scale, problem.mask, steps)
-        sh = fit_lighting(problem, options.specular_scale * lobe(normals0))
+        sh, albedo = fit_lighting(problem, options.specular_scale * lobe(normals0), 0.1, rounds, sigma)
     if lobe.peak(normals0, problem.mask) < options.specular_min_peak:
         # No highlight worth modelling: a faint, sharp lobe would only add gradient noise.
-        return fit_lighting(problem), None
+        return fit_lighting(problem, None, 0.1, rounds, sigma)[0], None
     return sh, lobe
 
 
@@ -265,7 +294,11 @@ def solve(problem: Problem, options: SfsOptions, use_priors: bool = True) -> Sol
     # shading untrusted where the lobe explains it.
     with torch.no_grad():
         highlight = lobe(normals0) if lobe is not None else torch.zeros_like(height0)[None]
-    skin = skin_confidence(image - options.specular_scale * highlight, problem.albedo_avg, measured, options)
+    diffuse_image = image - options.specular_scale * highlight
+    # The skin's colour here: the face's colours around each sample (σ ``skin_colour_sigma``); a region's
+    # single mean colour (γ_avg) would mistrust whole cheeks whose tone differs from the region's.
+    local_skin = masked_blur(diffuse_image, (mask & measured).float(), options.skin_colour_sigma)
+    skin = skin_confidence(diffuse_image, local_skin, measured, options)
     if not use_priors:
         skin = torch.ones_like(skin)
     # The depth's data weight: skin-coloured, measured, and weighed by foreshortening: towards the
@@ -273,12 +306,15 @@ def solve(problem: Problem, options: SfsOptions, use_priors: bool = True) -> Sol
     # sampled and the shading least reliable (weighed by cos = n_z, the rim no longer drifts).
     confidence = skin * measured.float() * normals0[..., 2].clamp(min=0)
 
-    # Step 3: albedo, from the mean albedo (the skin's colour) where the colour is the skin's.
-    # Where the colour is not the skin's (pigment, hair over the forehead), the albedo starts from the
-    # image over the smooth shading: Adam's steps (~lr grey levels each) would not get that far.
+    # Step 3: albedo. Its prior γ_avg is the skin's own colour around each sample: the image over the
+    # smooth shading, averaged (σ ``albedo_sigma``) over the skin-coloured samples. That mean cannot hold
+    # detail finer than σ, and it follows the albedo's slow changes (a tan, a flush, make-up) that a
+    # region's single colour would leave to the depth as false creases. Where the colour is not the
+    # skin's (pigment, hair over the forehead), the albedo starts from the image over the smooth shading.
     with torch.no_grad():
         ratio = ((image - options.specular_scale * highlight) / shade0.clamp(min=0.05)).clamp(0, 255)
-        start = skin * problem.albedo_avg + (1 - skin) * torch.where(measured, ratio, problem.albedo_avg)
+        skin_albedo = masked_blur(ratio, skin * (mask & measured).float(), options.albedo_sigma)
+        start = skin * skin_albedo + (1 - skin) * torch.where(measured, ratio, skin_albedo)
     albedo = start.clone().requires_grad_(True)
     specular = highlight
 
@@ -290,7 +326,7 @@ def solve(problem: Problem, options: SfsOptions, use_priors: bool = True) -> Sol
             data = masked_mean((residual**2).sum(0))
         # Where the colour is the skin's, the albedo is the skin colour (shading explains the rest); where
         # it is not (pigment), the albedo is free to follow the image.
-        prior = masked_mean((1 + options.skin_prior_boost * skin) * ((albedo - problem.albedo_avg) ** 2).sum(0))
+        prior = masked_mean((1 + options.skin_prior_boost * skin) * ((albedo - skin_albedo) ** 2).sum(0))
         rtv = coarse_mean(relative_total_variation(albedo / 255.0, options.rtv_sigma) ** 2) if w_rtv else 0.0
         return data + w_avg * prior + w_rtv * rtv
 
