@@ -75,13 +75,18 @@ def main() -> None:
     args = parser.parse_args()
     shared = shared_data_dir(Path(__file__).resolve().parents[1])
     assert shared is not None, "needs ../shared/data"
+    config = PipelineConfig.load(args.config) if args.config else DEFAULT
+    print(json.dumps(evaluate(config, shared, args.samples, args.out), indent=1))
+
+
+def evaluate(config: PipelineConfig, shared: Path, count: int | None, out: Path) -> dict[str, object]:
+    """The report of ``main`` for the first ``count`` samples (all for None), predictions under ``out``."""
     data = shared / "synth-detail"
     scorer = shared.parent / "tools" / "detail_eval.py"
-    config = PipelineConfig.load(args.config) if args.config else DEFAULT
-    samples = sorted(p for p in data.iterdir() if (p / "image.png").is_file())[: args.samples]
-    fine_dir, medium_dir = args.out / "fine", args.out / "medium"
+    samples = sorted(p for p in data.iterdir() if (p / "image.png").is_file())[:count]
+    fine_dir, medium_dir = out / "fine", out / "medium"
     phase_dirs: dict[str, Path] = {}
-    for folder in (fine_dir, medium_dir, *(p for p in args.out.glob("phase*") if p.is_dir())):
+    for folder in (fine_dir, medium_dir, *(p for p in out.glob("phase*") if p.is_dir())):
         folder.mkdir(parents=True, exist_ok=True)
         for old in folder.glob("*.npy"):
             old.unlink()
@@ -104,10 +109,10 @@ def main() -> None:
             for name, mesh in rec.reconstructions[0].final.phases.items():
                 depth_of_phase = phase_depth(mesh, image.shape[:2])
                 if depth_of_phase is not None:
-                    folder = phase_dirs.setdefault(name, args.out / name)
+                    folder = phase_dirs.setdefault(name, out / name)
                     folder.mkdir(exist_ok=True)
                     np.save(folder / f"{sample.name}.npy", depth_of_phase)
-    report = {
+    return {
         "samples": len(samples),
         "not_reconstructed": missed,
         "seconds_per_face_median": round(float(np.median(seconds)), 3),
@@ -115,7 +120,6 @@ def main() -> None:
         "medium": score(scorer, data, medium_dir),
         **{name: score(scorer, data, folder) for name, folder in sorted(phase_dirs.items())},
     }
-    print(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -138,6 +139,20 @@ class SfsOptions:
             raise ValueError("max_side must be >= 16, alternate_every >= 1, margin >= 0")
 
 
+@dataclass
+class Prepared:
+    """Step 1's output: the ``grid`` and the medium mesh's ``raster`` on it, the samples it ``covered``
+    (h, w) bool, its smoothed depth ``depth0`` (h, w) float64 in samples (away from the camera), the
+    refined ``mask`` (h, w) bool, and the solver's ``problem`` (``sfs_solver.Problem``)."""
+
+    grid: Grid
+    raster: Any
+    covered: np.ndarray
+    depth0: np.ndarray
+    mask: np.ndarray
+    problem: Any
+
+
 # -- the stage ----------------------------------------------------------------------------------------
 
 
@@ -157,6 +172,27 @@ class SfsRefiner:
         self.solver = sfs_solver
 
     def refine(self, image: np.ndarray, face: Face, mesh: Mesh, segmentation: Segmentation | None) -> Refinement:
+        setup = self.prepare(image, face, mesh, segmentation)
+        if setup is None:
+            return Refinement(mesh)  # the face is too small or off the image: nothing to refine
+        grid, raster, covered, problem = setup.grid, setup.raster, setup.covered, setup.problem
+        try:
+            solution = self.solver.solve(problem, self.options)
+        except self.solver.NoShading as error:
+            warnings.warn(f"sfs: {error}; the fine mesh is the medium one", ShadingWarning, stacklevel=2)
+            return Refinement(mesh)
+        height = solution.height.cpu().numpy().astype(np.float64)
+        fine = grid.mesh(mesh, raster, -height, covered, "fine")
+        phases = {
+            name: grid.mesh(mesh, raster, -h.cpu().numpy().astype(np.float64), covered, name)
+            for name, h in solution.phase_heights.items()
+        }
+        maps = self._maps(grid, problem, solution, setup.depth0, height, covered, setup.mask)
+        return Refinement(fine, maps, phases)
+
+    def prepare(self, image: np.ndarray, face: Face, mesh: Mesh, segmentation: Segmentation | None) -> Prepared | None:
+        """Step 1: the depth-map grid around the face and the solver's ``Problem`` on it; None when the
+        mesh covers fewer than 64 samples."""
         import torch
 
         image = check_image(image)
@@ -164,12 +200,11 @@ class SfsRefiner:
         raster = grid.render(mesh)
         covered = raster.mask
         if covered.sum() < 64:
-            return Refinement(mesh)  # the face is too small or off the image: nothing to refine
-        depth0 = grid.depth_in_samples(mesh, raster)  # z away from the camera, in samples
-        # The rasterised mesh is piecewise planar: the creases between its facets' normals would be read
-        # as shading to explain, and are not the face's. The fine surface is carved on a smoothed copy
-        # that keeps the medium surface's curvature (a local quadric fit).
-        depth0 = smooth_within(depth0, covered, self.options.medium_smoothing)
+            return None
+        # The medium mesh's depth (z away from the camera, in samples), smoothed by a local quadric fit:
+        # its mid-scale bumps (landmark-mesh wobble finer than a few percent of the face) would be read
+        # as shading to explain; a quadric keeps its curvature (a nose tip) where a blur would flatten it.
+        depth0 = smooth_within(grid.depth_in_samples(mesh, raster), covered, self.options.medium_smoothing)
         crop = grid.sample_image(image)  # (h, w, 3) 0-255
         labels = grid.sample_labels(segmentation)
         mask, lit, albedo_avg = _regions(crop, covered, labels, segmentation)
@@ -181,19 +216,7 @@ class SfsRefiner:
             height0=t(np.where(covered, -depth0, 0.0)),
             albedo_avg=t(albedo_avg.transpose(2, 0, 1)),
         )
-        try:
-            solution = self.solver.solve(problem, self.options)
-        except self.solver.NoShading as error:
-            warnings.warn(f"sfs: {error}; the fine mesh is the medium one", ShadingWarning, stacklevel=2)
-            return Refinement(mesh)
-        on_medium = lambda h: h.cpu().numpy().astype(np.float64)  # noqa: E731
-        height = on_medium(solution.height)
-        fine = grid.mesh(mesh, raster, -height, covered, "fine")
-        phases = {
-            name: grid.mesh(mesh, raster, -on_medium(h), covered, name) for name, h in solution.phase_heights.items()
-        }
-        maps = self._maps(grid, problem, solution, depth0, height, covered, mask)
-        return Refinement(fine, maps, phases)
+        return Prepared(grid, raster, covered, depth0, mask, problem)
 
     def _maps(self, grid, problem, solution, depth0, height, covered, mask) -> ImageMaps:
         import torch

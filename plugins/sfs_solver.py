@@ -162,13 +162,15 @@ class NoShading(ValueError):
 class Problem:
     """Everything on the depth-map grid (torch tensors): image (3, H, W) 0-255, mask (H, W) bool (refined
     region), lit (H, W) bool (where the lighting is fitted), height0 (H, W) medium height (towards the
-    viewer, samples), albedo_avg (3, H, W) 0-255."""
+    viewer, samples), albedo_avg (3, H, W) 0-255; lighting (9, 3) SH shading coefficients when the light
+    is known (a calibrated capture, or a benchmark's oracle): step 2 is then skipped, no highlight lobe."""
 
     image: Tensor
     mask: Tensor
     lit: Tensor
     height0: Tensor
     albedo_avg: Tensor
+    lighting: Tensor | None = None
 
 
 @dataclass
@@ -270,7 +272,10 @@ def solve(problem: Problem, options: SfsOptions, use_priors: bool = True) -> Sol
     problem = replace(problem, lit=problem.lit & measured)
     if int(problem.lit.sum()) < MIN_MEASURED_SAMPLES:
         raise NoShading(f"only {int(problem.lit.sum())} face samples are neither clipped nor black")
-    sh, lobe = fit_light_and_highlight(problem, options)
+    if problem.lighting is None:
+        sh, lobe = fit_light_and_highlight(problem, options)
+    else:
+        sh, lobe = problem.lighting.to(image), None
     height0 = problem.height0
     normals0 = normals_from_height(height0)
     shade0 = shading_of_normals(normals0, sh)

@@ -1,0 +1,103 @@
+"""Each estimate of the fine stage measured on its own, on ../shared/data/synth-detail (issue 12).
+
+    python -m benchmarks.ablate_synth_detail [--samples 8] [--out out/synth-ablation]
+
+The sfs solver runs on the refiner's own problem (the medium mesh of mediapipe + landmark-regions +
+landmark-mesh + laplace), then again with one estimate replaced by the sample's truth:
+
+- ``estimated``: everything estimated (the default fine stage);
+- ``true-light``: the renderer's SH shading coefficients from meta.json (they apply to linear RGB, so
+  the image is linearised from sRGB for this row), no highlight lobe;
+- ``true-start``: the start surface is the sample's smooth depth d_smooth (the medium stage's error
+  removed), lighting estimated;
+- ``true-both``: both.
+
+Every row is scored by ../shared/tools/detail_eval.py like benchmarks/evaluate_synth_detail.py. The
+truth only replaces an input: nothing is fitted to the samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.evaluate_synth_detail import place, score
+from facerecon.evaluation import shared_data_dir
+from facerecon.kernel import Pipeline, PipelineConfig
+from facerecon.kernel.imageio import load_image
+from facerecon.plugins import sfs_solver
+from facerecon.plugins.sfs import SfsOptions, SfsRefiner
+
+MEDIUM = PipelineConfig(segmenter="landmark-regions", refiners=("laplace",), device="cpu")
+ROWS = ("estimated", "true-light", "true-start", "true-both")
+
+
+def srgb_to_linear(image: torch.Tensor) -> torch.Tensor:
+    """sRGB-encoded 0-255 -> linear 0-255 (IEC 61966-2-1)."""
+    x = image / 255.0
+    return 255.0 * torch.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
+
+
+def variant(problem: sfs_solver.Problem, row: str, sample: Path, origin: tuple[int, int]) -> sfs_solver.Problem:
+    """``problem`` with the row's inputs replaced by the sample's truth (see the module docstring)."""
+    if row in ("true-light", "true-both"):
+        meta = json.loads((sample / "meta.json").read_text())
+        sh = torch.tensor(meta["lighting"]["sh_shading_coeffs_rgb"], dtype=torch.float32)
+        problem = replace(problem, image=srgb_to_linear(problem.image), lighting=sh)
+    if row in ("true-start", "true-both"):
+        h, w = problem.height0.shape
+        x0, y0 = origin
+        smooth = np.full((h, w), np.nan, np.float32)
+        d_smooth = np.load(sample / "d_smooth.npy")[y0 : y0 + h, x0 : x0 + w]
+        smooth[: d_smooth.shape[0], : d_smooth.shape[1]] = d_smooth
+        known = np.isfinite(smooth)
+        mask = problem.mask & torch.as_tensor(known)
+        height0 = torch.where(torch.as_tensor(known), -torch.as_tensor(np.nan_to_num(smooth)), problem.height0)
+        problem = replace(problem, height0=height0, mask=mask, lit=problem.lit & mask)
+    return problem
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=8, help="the first N samples")
+    parser.add_argument("--out", type=Path, default=Path("out/synth-ablation"))
+    args = parser.parse_args()
+    shared = shared_data_dir(Path(__file__).resolve().parents[1])
+    assert shared is not None, "needs ../shared/data"
+    data = shared / "synth-detail"
+    scorer = shared.parent / "tools" / "detail_eval.py"
+    samples = sorted(p for p in data.iterdir() if (p / "image.png").is_file())[: args.samples]
+    folders = {row: args.out / row for row in ROWS}
+    for folder in folders.values():
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.glob("*.npy"):
+            old.unlink()
+    options = SfsOptions()
+    refiner = SfsRefiner(options, "cpu")
+    with Pipeline(MEDIUM) as pipe:
+        for sample in samples:
+            image = load_image(sample / "image.png")
+            faces = pipe.detect(image)
+            if not faces:
+                continue
+            medium = pipe.reconstruct_face(image, faces[0])
+            setup = refiner.prepare(image, faces[0], medium.final.mesh, medium.segmentation)
+            if setup is None:
+                continue
+            origin = (int(setup.grid.x0), int(setup.grid.y0))
+            assert setup.grid.step == 1.0, "the renders are small enough for one sample per pixel"
+            for row in ROWS:
+                height = sfs_solver.solve(variant(setup.problem, row, sample, origin), options).height
+                depth = np.where(setup.covered, -height.numpy(), np.nan)
+                np.save(folders[row] / f"{sample.name}.npy", place(origin, depth, image.shape[:2]))
+    report = {"samples": len(samples), **{row: score(scorer, data, folder) for row, folder in folders.items()}}
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
