@@ -1,7 +1,7 @@
 """The fine stage (shape-from-shading), against the issue's acceptance. The synthetic scene is rendered
 independently of the solver's operators (4x supersampled, tests/synthetic_sfs.py): the detail's normal
-error drops when the albedo is known (2.89 -> 1.20 degrees), with a textured albedo (-> 1.63) and on
-the full scene with a highlight and noise (-> 1.62); phase 2 recovers the pore band better than phase 1;
+error drops when the albedo is known (2.89 -> 1.28 degrees), with a textured albedo (-> 1.70) and on
+the full scene with a highlight and noise (-> 1.79); phase 2 recovers the pore band better than phase 1;
 the priors keep the albedo's texture out of the geometry (the seed's Fig. 8); black holes are not
 carved; the real-photo output is sane and written out; on the RAP3DF Kinect faces the fine stage does
 not worsen the error against measured depth. (Speed is a benchmark: benchmarks/bench_sfs.py.)"""
@@ -40,14 +40,14 @@ def test_depth_phases_recover_multiscale_detail_under_known_albedo():
     region = scene.mask & (np.abs(scene.detail) > 0.02)
     before = angle(scene.smooth, truth, region)
     after = angle(solution.height.numpy(), truth, region)
-    assert after < before / 2.2, (before, after)  # measured: 2.89 -> 1.20 degrees
+    assert after < before / 2.0, (before, after)  # measured: 2.89 -> 1.28 degrees
     assert np.abs(solution.height.numpy() - scene.smooth).max() < 2.0
     # Multi-scale: phase 2 (larger λd4) recovers the pore band better than phase 1.
     import scipy.ndimage as nd
 
     pores = scene.mask & (nd.maximum_filter(np.abs(scene.pores), 3) > 0.02)
     phase1, phase2 = (solution.phase_heights[k].numpy() for k in ("phase1", "phase2"))
-    assert angle(phase2, truth, pores) < 0.9 * angle(phase1, truth, pores)  # measured 1.24 -> 1.05 degrees
+    assert angle(phase2, truth, pores) < 0.8 * angle(phase1, truth, pores)  # measured 1.83 -> 1.07 degrees
 
 
 @pytest.fixture(scope="module")
@@ -72,15 +72,15 @@ def test_real_photo_output_is_sane(refined):
     width = float(np.ptp(np.asarray(medium.vertices)[:, 0]))
     displacement = maps.maps["displacement"]
     # No spikes: well inside the safety clamp (max_displacement, 5 % of the width), which a drifting
-    # region would reach (measured 2.9 % here, without a segmenter).
-    assert np.nanmax(np.abs(displacement)) <= 0.04 * width, np.nanmax(np.abs(displacement)) / width
+    # region would reach (measured 0.5 % here, without a segmenter).
+    assert np.nanmax(np.abs(displacement)) <= 0.02 * width, np.nanmax(np.abs(displacement)) / width
     mask = maps.maps["mask"] > 0
     error = maps.maps["rendering"][mask] - maps.maps["input"][mask]
     psnr = 10 * np.log10(1.0 / float((error**2).mean()))
     # The maps are images a user can look at: shading scaled to 0-1 (not black), albedo near the photo.
     assert 0.3 < float(maps.maps["shading"][mask].mean()) <= 1.0
     assert abs(float(maps.maps["albedo"][mask].mean() - maps.maps["input"][mask].mean())) < 0.1
-    assert psnr > 25.0, psnr  # the re-rendered face reproduces the photo (measured 27.6 dB)
+    assert psnr > 28.0, psnr  # the re-rendered face reproduces the photo (measured 31.1 dB)
     marks = mesh.landmarks("ibug68")
     assert marks is not None and (marks.visibility > 0).sum() >= 60
 
@@ -139,7 +139,7 @@ def test_priors_keep_albedo_texture_out_of_the_geometry():
         band = nd.gaussian_filter(detail, 0.7) - nd.gaussian_filter(detail, 2.0)
         return float(np.abs(band)[textured].mean())
 
-    assert leak(False) > 3 * leak(True)  # measured 0.27 vs 0.02 px
+    assert leak(False) > 3 * leak(True)  # measured 0.078 vs 0.008 px
 
 
 def test_textured_albedo_stays_out_of_the_recovered_detail():
@@ -154,12 +154,12 @@ def test_textured_albedo_stays_out_of_the_recovered_detail():
     )
     height = solve(problem, SfsOptions()).height.numpy()
     region = scene.mask & (np.abs(scene.detail) > 0.02)
-    assert angle(height, truth, region) < angle(scene.smooth, truth, region) / 1.6  # measured 2.89 -> 1.63
+    assert angle(height, truth, region) < angle(scene.smooth, truth, region) / 1.5  # measured 2.89 -> 1.70
 
 
 def test_full_synthetic_scene_detail_is_recovered():
     """The issue's scene: multi-scale detail, textured albedo and a specular highlight over the forehead
-    wrinkles, from the smooth surface. Measured: 2.89 -> 1.62 degrees (a factor of 1.8)."""
+    wrinkles, from the smooth surface. Measured: 2.89 -> 1.79 degrees (a factor of 1.6)."""
     scene = make_scene()
     truth = scene.smooth + scene.detail
     t = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32)  # noqa: E731
@@ -168,7 +168,7 @@ def test_full_synthetic_scene_detail_is_recovered():
     )
     height = solve(problem, SfsOptions()).height.numpy()
     region = scene.mask & (np.abs(scene.detail) > 0.02)
-    assert angle(height, truth, region) < angle(scene.smooth, truth, region) / 1.6
+    assert angle(height, truth, region) < angle(scene.smooth, truth, region) / 1.45
 
 
 def test_gaussian_blur_has_the_exact_adjoint_and_matches_a_convolution():
@@ -226,7 +226,7 @@ def test_unmeasured_pixels_do_not_become_creases():
         )
         return angle(solve(problem, SfsOptions()).height.numpy(), truth, region)
 
-    assert error(image) < 1.15 * error(scene.image)  # measured 1.46 -> 1.51 degrees
+    assert error(image) < 1.15 * error(scene.image)  # measured 1.79 -> 1.79 degrees
 
 
 def test_fine_stage_does_not_worsen_measured_depth(shared_data):
@@ -240,7 +240,7 @@ def test_fine_stage_does_not_worsen_measured_depth(shared_data):
         result = evaluate(pipe, folders)
     assert result["scored"] == len(folders) == 20
     error = result["mean_rmse_mm"]
-    assert error["fine"] <= error["medium"], error  # measured 8.747 vs 8.756 mm
+    assert error["fine"] <= error["medium"], error  # measured 8.663 vs 8.756 mm
 
 
 @pytest.mark.parametrize("value", [0, 255])
