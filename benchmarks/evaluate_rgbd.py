@@ -8,13 +8,15 @@ the pixel grid is shared, so this is the similarity alignment the unknown intrin
 residual RMSE in mm is the stage's error. Lower is better; the fine stage should not be worse than the
 medium one.
 
-    python benchmarks/evaluate_rgbd.py
+    python benchmarks/evaluate_rgbd.py [--config facerecon.toml]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -88,12 +90,16 @@ def evaluate(pipe: Pipeline, folders: list[Path]) -> dict[str, object]:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, help="pipeline config (default: laplace + sfs, defaults)")
+    args = parser.parse_args()
+    config = PipelineConfig.load(args.config) if args.config else PipelineConfig(refiners=("laplace", "sfs"))
     data = shared_data_dir()
     if data is None:
         raise SystemExit("shared data not found (set FACERECON_SHARED_DATA)")
     warnings.simplefilter("ignore")
     folders = sorted(p for p in (data / "rgbd" / "rap3df").iterdir() if p.is_dir())
-    with Pipeline(PipelineConfig(refiners=("laplace", "sfs"), device="cpu")) as pipe:
+    with Pipeline(replace(config, device="cpu")) as pipe:
         result = evaluate(pipe, folders)
     result.pop("rows")
     print(json.dumps(result, indent=1))

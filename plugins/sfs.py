@@ -1,20 +1,26 @@
-"""Refiner ``sfs`` (stage "fine", seed section 3.4 with the hyper-parameters of section 4.1): multi-scale
+"""Refiner ``sfs`` (stage "fine", seed section 3.4; hyper-parameters section 4.1's where they hold): multi-scale
 details carved into the medium mesh by shape-from-shading, with the albedo kept free of detail.
 
 In torch, numbered as the issue numbers them:
 
 1. Depth map d0: the medium mesh rendered by the shared rasteriser over the face region, one sample per
-   image pixel up to ``max_side`` (``Grid``).
+   image pixel up to ``max_side`` (``Grid``), smoothed by a local quadric fit (``smooth_within``: the
+   mesh's mid-scale bumps are not shading to explain; a quadric keeps the face's curvature).
 2. Lighting: Lambertian with 2nd-order spherical harmonics, I = γ·S(n) + ε·β, S(n) = Σ_k r_k Y_k(n);
    with the mean albedo γ_avg (the segmenter's per-region skin colours, else the face's median colour)
-   and the normals of d0 (ε = 0), r is one linear least-squares solve per colour channel.
-3. Albedo: min E(γ) = ||I − I'||² + λγ1 ||γ − γ_avg||² + λγ2 ||RTV(γ)||², RTV of Xu et al. 2012
+   and the normals of d0 (ε = 0), r is one linear least-squares solve per colour channel, refitted
+   ``lighting_rounds`` times with the albedo the current light implies (``sfs_solver.fit_lighting``).
+3. Albedo: min E(γ) = ||I − I'||² + λγ1 ||γ − γ_avg||² + λγ2 ||RTV(γ)||², γ_avg here the skin's local
+   colour (image over shading, masked Gaussian σ ``albedo_sigma``), RTV of Xu et al. 2012
    (windowed total variation over windowed inherent variation: G * |∂γ| / (|G * ∂γ| + e), per axis),
    Adam (lr 1.5).
 4. Specular: β0 = I − I', min E(β) = ||I' − I||² + λβ ||β − β0||², ε = 1, Adam (lr 0.25).
 5. Depth, alternating with albedo (lr 0.05) and specular: E(d) = ||I' − I||² + λd1 ||d − d0||² +
    λd2 ||∇²d||² + λd3 ||ΔI − λd4 Δd||², I' rendered from the normals of d. Phase 1 (wrinkles):
-   λd = (0.001, 0.05, 0.001, 0.001), lr 0.015; phase 2 (pores): λd = (0.001, 0.03, 0.025, 2.5), lr 0.05.
+   λd = (0.001, 1000, 0, 0); phase 2 (pores): λd = (0.001, 100, 0, 2.5). (The seed's: (0.001, 0.05,
+   0.001, 0.001) and (0.001, 0.03, 0.025, 2.5) with Adam, lr 0.015 / 0.05, for its intensity units;
+   measured on the known-detail renders, the ΔI term copied texture and noise into the depth, and the
+   data term needs weighing in noise units — README, "The fine stage".)
 6. Output: the fine mesh and the maps (``SfsRefiner._maps``).
 
 Intensities are in 0-255 and depths in samples; the depth energy measures intensity in units of
@@ -70,8 +76,9 @@ class SfsOptions:
         answered by bending the whole face (not in the seed, whose λd1 is too weak to stop that drift).
     max_displacement: safety bound on |d − d0| as a fraction of the face width (no spikes).
     depth_intensity_unit: grey levels per intensity unit in the depth energy, which sets the balance
-        between its data terms and the λd regularisers on depths in samples (calibrated on the synthetic
-        scene of tests/synthetic_sfs.py; the albedo and specular energies are in grey levels).
+        between its data terms and the λd regularisers on depths in samples (chosen on the first 8
+        known-detail renders of ../shared/data/synth-detail; the albedo and specular energies are in grey
+        levels).
     noise_weighting: the unit is at least this many times the image's noise std (Immerkær's estimate),
         so that a noisy image leans more on the priors; 0 disables.
     robust_threshold: grey levels where the depth's Cauchy data term starts to redescend.
@@ -83,7 +90,12 @@ class SfsOptions:
         "per-pixel" (the seed's β map); specular_min_peak: a fitted lobe fainter than this (grey levels)
         is dropped.
     detail_noise_threshold: ΔI is soft-thresholded at this many of its noise std (Immerkær's estimate)
-        before the phase-2 term copies it into Δd; 0 disables.
+        before the λd3 term copies it into Δd; 0 disables.
+    albedo_sigma: the Gaussian σ (samples) of the local skin colour that is the albedo prior γ_avg;
+        skin_colour_sigma: that of the colour the chromaticity confidence compares with.
+    medium_smoothing: σ (samples) of the local quadric fit that smooths the medium depth (0: none).
+    lighting_rounds, lighting_albedo_sigma: how many times the lighting is refitted with the albedo the
+        current light implies (masked Gaussian σ of image / shading).
     """
 
     max_side: int = 512
