@@ -16,7 +16,6 @@ import json
 import logging
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from facerecon import __version__
@@ -111,17 +110,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def load_config(args: argparse.Namespace) -> PipelineConfig:
-    config = PipelineConfig.load(args.config) if args.config else PipelineConfig()
-    changes: dict[str, object] = {}
-    for key in ("detector", "regressor", "segmenter", "device"):
-        value = getattr(args, key, None)
-        if value is not None:
-            changes[key] = value
-    if getattr(args, "refiners", None) is not None:
-        changes["refiners"] = tuple(name for name in args.refiners.split(",") if name.strip())
-    if getattr(args, "all_faces", False):
-        changes["all_faces"] = True
-    config = replace(config, **changes) if changes else config
+    config = (PipelineConfig.load(args.config) if args.config else PipelineConfig()).with_stage_flags(args)
     if getattr(args, "remote", None):  # the `remote` stage plugin of facerecon.services (gRPC)
         from facerecon.services.remote import apply_remote
 

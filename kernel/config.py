@@ -89,6 +89,23 @@ class PipelineConfig:
         merged[(kind, name)] = {**self.options_for(kind, name), **table}
         return replace(self, options=merged)
 
+    def with_stage_flags(self, flags: Any) -> PipelineConfig:
+        """A copy with the stage choices of parsed command-line flags applied: the attributes
+        ``detector``, ``regressor``, ``segmenter``, ``device`` (None or absent: keep), ``refiners`` (a
+        comma-separated list, names stripped, '' for none) and ``all_faces`` (True: every face). One
+        reading of these flags for every command (``reconstruct``, ``plugins``, ``serve pipeline``)."""
+        changes: dict[str, Any] = {}
+        for key in ("detector", "regressor", "segmenter", "device"):
+            value = getattr(flags, key, None)
+            if value is not None:
+                changes[key] = value
+        refiners = getattr(flags, "refiners", None)
+        if refiners is not None:
+            changes["refiners"] = tuple(name.strip() for name in refiners.split(",") if name.strip())
+        if getattr(flags, "all_faces", False):
+            changes["all_faces"] = True
+        return replace(self, **changes) if changes else self
+
     @classmethod
     def load(cls, path: str | Path) -> PipelineConfig:
         """Read a TOML config file; every problem is a :class:`ConfigError` naming the file and key."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -88,17 +87,7 @@ def facerecon_register_commands(subcommands: argparse._SubParsersAction) -> None
 
 
 def _config(args: argparse.Namespace) -> PipelineConfig:
-    config = PipelineConfig.load(args.config) if args.config else PipelineConfig()
-    changes: dict[str, Any] = {}
-    for key in ("detector", "regressor", "segmenter", "device"):
-        value = getattr(args, key, None)
-        if value is not None:
-            changes[key] = value
-    if args.refiners is not None:
-        changes["refiners"] = tuple(name.strip() for name in args.refiners.split(",") if name.strip())
-    if args.all_faces:
-        changes["all_faces"] = True
-    config = replace(config, **changes) if changes else config
+    config = (PipelineConfig.load(args.config) if args.config else PipelineConfig()).with_stage_flags(args)
     if args.remote:
         from .remote import apply_remote
 

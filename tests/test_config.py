@@ -56,3 +56,22 @@ def test_bad_config_names_file_and_key(tmp_path, text, message):
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         PipelineConfig.load(tmp_path / "none.toml")
+
+
+def test_stage_flags_read_the_same_for_every_command():
+    """`reconstruct`, `plugins` and `serve pipeline` read their stage flags through one function: a
+    spaced refiner list gives plugin names, not " sfs" (which one command used to pass on)."""
+    import argparse
+
+    from facerecon.cli import build_parser, load_config
+    from facerecon.services.commands import _config
+
+    flags = ["--detector", "dlib", "--refiners", "laplace, sfs ,", "--all-faces"]
+    cli = build_parser().parse_args(["reconstruct", "photo.jpg", *flags])
+    serve = build_parser().parse_args(["serve", "pipeline", *flags])
+    for config in (load_config(cli), _config(serve)):
+        assert config.detector == "dlib" and config.all_faces
+        assert config.refiners == ("laplace", "sfs")
+    base = PipelineConfig(refiners=("laplace",))
+    assert base.with_stage_flags(argparse.Namespace(refiners="")).refiners == ()
+    assert base.with_stage_flags(argparse.Namespace()) is base  # nothing given: nothing changed
