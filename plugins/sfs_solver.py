@@ -243,6 +243,7 @@ def fit_light_and_highlight(problem: Problem, options: SfsOptions) -> tuple[Tens
     lobe: two rounds of lobe from the lighting's residual, then lighting without the lobe."""
     rounds, sigma = options.lighting_rounds, options.lighting_albedo_sigma
     sh, albedo = fit_lighting(problem, None, 0.1, rounds, sigma)
+    without_lobe = sh
     if options.specular_model != "lobe" or options.specular_scale <= 0:
         return sh, None
     normals0 = normals_from_height(problem.height0)
@@ -253,7 +254,7 @@ def fit_light_and_highlight(problem: Problem, options: SfsOptions) -> tuple[Tens
         sh, albedo = fit_lighting(problem, options.specular_scale * lobe(normals0), 0.1, rounds, sigma)
     if lobe.peak(normals0, problem.mask) < options.specular_min_peak:
         # No highlight worth modelling: a faint, sharp lobe would only add gradient noise.
-        return fit_lighting(problem, None, 0.1, rounds, sigma)[0], None
+        return without_lobe, None
     return sh, lobe
 
 
