@@ -29,8 +29,8 @@ import torch
 from benchmarks.evaluate_synth_detail import place, score
 from facerecon.evaluation import shared_data_dir
 from facerecon.kernel import Pipeline, PipelineConfig
-from facerecon.kernel.imageio import load_image
-from facerecon.plugins import sfs_solver
+from facerecon.kernel.host.imageio import load_image
+from facerecon.plugins.sfs import solver as sfs_solver
 from facerecon.plugins.sfs import SfsOptions, SfsRefiner
 
 MEDIUM = PipelineConfig(segmenter="landmark-regions", refiners=("laplace",), device="cpu")

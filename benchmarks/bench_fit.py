@@ -16,8 +16,8 @@ import time
 
 import numpy as np
 
-from facerecon.plugins.morphable.fitting import Correspondence, FitSettings, LandmarkFitter
-from facerecon.plugins.morphable.model import MorphableModel
+from facerecon.facelib.morphable.fitting import Correspondence, FitSettings, LandmarkFitter
+from facerecon.facelib.morphable.model import MorphableModel
 
 
 def synthetic_model(n_vertices: int, n_id: int = 80, n_exp: int = 64, seed: int = 0) -> MorphableModel:

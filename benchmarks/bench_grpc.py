@@ -33,7 +33,7 @@ import numpy as np
 
 from facerecon.evaluation import shared_data_dir
 from facerecon.kernel import Pipeline, PipelineConfig, PluginHost
-from facerecon.kernel.imageio import load_image
+from facerecon.kernel.host.imageio import load_image
 from facerecon.services import remote
 from facerecon.services.remote import apply_remote
 

@@ -21,7 +21,7 @@ import numpy as np
 from facerecon.evaluation import shared_data_dir
 from facerecon.geometry.raster import rasterize
 from facerecon.kernel import Pipeline, PipelineConfig
-from facerecon.kernel.imageio import load_image
+from facerecon.kernel.host.imageio import load_image
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ constrained least-squares problem (errors normalised by the outer-eye-corner dis
 with the smallest residual, weights kept inside it, wins. Calibration uses the even-numbered half of
 the LFPW photos (sorted by name) so the odd half stays an honest test set.
 
-    python benchmarks/calibrate_ibug68.py   # rewrites plugins/data/mediapipe468_ibug68.json
+    python benchmarks/calibrate_ibug68.py   # rewrites facelib/data/mediapipe468_ibug68.json
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from facerecon.evaluation import annotated_face_index, nme, read_pts, shared_data_dir
+from facerecon.facelib.mediapipe_bundle import canonical_face, locate_bundle
 from facerecon.kernel import Pipeline
-from facerecon.kernel.imageio import load_image
-from facerecon.plugins.mediapipe_bundle import canonical_face, locate_bundle
+from facerecon.kernel.host.imageio import load_image
 
 OUT = Path(__file__).resolve().parents[1] / "plugins" / "data" / "mediapipe468_ibug68.json"
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from facerecon.evaluation import annotated_face_index, nme, read_pts, shared_data_dir
 from facerecon.kernel import IBUG68, Pipeline
-from facerecon.kernel.imageio import load_image
+from facerecon.kernel.host.imageio import load_image
 
 
 def evaluate(pipe: Pipeline, reconstruct: bool = True) -> dict[str, object]:

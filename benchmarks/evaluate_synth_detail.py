@@ -23,7 +23,7 @@ import numpy as np
 
 from facerecon.evaluation import shared_data_dir
 from facerecon.kernel import Pipeline, PipelineConfig
-from facerecon.kernel.imageio import load_image
+from facerecon.kernel.host.imageio import load_image
 
 DEFAULT = PipelineConfig(segmenter="landmark-regions", refiners=("laplace", "sfs"), device="cpu")
 SCORES = ("r_D", "g_D", "r_w", "r_p", "leak_T", "leak_R", "n_det_mean")

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from facerecon.kernel import Pipeline, PipelineConfig
-from facerecon.kernel.errors import (
+from facerecon.kernel.contract.errors import (
     ConfigError,
     FaceReconError,
     InputError,
@@ -40,7 +40,7 @@ _FATAL = {cls.__name__: cls for cls in (ConfigError, PluginError, ModelFileError
 
 @dataclass(frozen=True)
 class WriteOptions:
-    """What each photo's output folder holds (see facerecon.kernel.outputs.write_outputs)."""
+    """What each photo's output folder holds (see facerecon.outputs.folder.write_outputs)."""
 
     formats: tuple[str, ...] = ("obj",)
     texture_size: int = 1024
@@ -196,8 +196,8 @@ def _serve(conn: Connection, config: PipelineConfig, write: WriteOptions) -> Non
 
 def reconstruct_one(pipeline: Pipeline, path: Path, out_dir: Path, write: WriteOptions) -> Outcome:
     """Load, reconstruct and write one photo; every exception becomes the Outcome's error."""
-    from facerecon.kernel.imageio import load_image
-    from facerecon.kernel.outputs import write_outputs
+    from facerecon.kernel.host.imageio import load_image
+    from facerecon.outputs.folder import write_outputs
 
     start = time.perf_counter()
     try:

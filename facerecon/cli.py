@@ -21,11 +21,11 @@ from pathlib import Path
 from facerecon import __version__
 from facerecon.batch import BatchWorker, Outcome, WriteOptions
 from facerecon.kernel import PipelineConfig, PluginHost
-from facerecon.kernel.config import DEVICES
-from facerecon.kernel.errors import ConfigError, InputError, ModelFileError, PluginError
-from facerecon.kernel.export import WRITERS, atomic_write
-from facerecon.kernel.imageio import find_images
-from facerecon.kernel.outputs import remove_stale_partials
+from facerecon.kernel.contract.errors import ConfigError, InputError, ModelFileError, PluginError
+from facerecon.kernel.host.config import DEVICES
+from facerecon.kernel.host.imageio import find_images
+from facerecon.outputs.folder import remove_stale_partials
+from facerecon.outputs.meshes import WRITERS, atomic_write
 
 log = logging.getLogger("facerecon")
 
@@ -62,12 +62,6 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--device", choices=DEVICES, help="where models run (default: from config, else auto)")
     rec.add_argument("--all-faces", action="store_true", help="reconstruct every face, not only the largest")
     rec.add_argument(
-        "--remote",
-        action="append",
-        metavar="STAGE=ADDRESS[,ADDRESS...]",
-        help="run that stage (detector, regressor, segmenter or a refiner's name) on `facerecon serve` servers",
-    )
-    rec.add_argument(
         "--formats", default="obj", help=f"comma-separated mesh formats ({', '.join(w[1:] for w in WRITERS)})"
     )
     rec.add_argument("--texture-size", type=int, default=1024, help="side of the unwrapped photo texture")
@@ -83,8 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
     plugins.add_argument("-c", "--config", type=Path, help="TOML config (its allow/block lists apply)")
+    host = PluginHost()
+    host.add_pipeline_flags(rec)  # e.g. --remote, from the `remote` stage plugin
     # Plugins add their own sub-commands (e.g. `facerecon models`), each with a handler(args) -> int.
-    PluginHost().pm.hook.facerecon_register_commands(subcommands=sub)
+    host.pm.hook.facerecon_register_commands(subcommands=sub)
     return parser
 
 
@@ -111,11 +107,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def load_config(args: argparse.Namespace) -> PipelineConfig:
     config = (PipelineConfig.load(args.config) if args.config else PipelineConfig()).with_stage_flags(args)
-    if getattr(args, "remote", None):  # the `remote` stage plugin of facerecon.services (gRPC)
-        from facerecon.services.remote import apply_remote
-
-        config = apply_remote(config, args.remote)
-    return config
+    return PluginHost(allow=config.allow_plugins, block=config.block_plugins).apply_pipeline_flags(config, args)
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:

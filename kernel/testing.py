@@ -8,7 +8,7 @@ registered plugin; a third-party plugin runs them in its own tests:
     def test_my_detector(face_photo):
         testing.check_detector(MyDetector(MyOptions(), "cpu"), face_photo)
 
-The frames being checked are those of :mod:`facerecon.kernel.records`: x right, y down, pixel centres
+The frames being checked are those of :mod:`facerecon.kernel.contract.records`: x right, y down, pixel centres
 at integers, z away from the camera.
 """
 
@@ -18,9 +18,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .errors import InputError
-from .records import IBUG68, CoarseResult, Face, Landmarks, Mesh, Refinement, Segmentation
-from .stages import Detector, Refiner, Regressor, Segmenter
+from facerecon.kernel.contract.errors import InputError
+from facerecon.kernel.contract.records import IBUG68, CoarseResult, Face, Landmarks, Mesh, Refinement, Segmentation
+from facerecon.kernel.contract.stages import Detector, Refiner, Regressor, Segmenter
 
 BAD_IMAGES: dict[str, np.ndarray] = {
     "float image": np.zeros((64, 64, 3), np.float32),

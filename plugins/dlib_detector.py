@@ -39,10 +39,10 @@ from typing import Any
 
 import numpy as np
 
-from facerecon.kernel import Face, Landmarks, StageRegistrar, hookimpl
-from facerecon.kernel.errors import ModelFileError, PluginError
-from facerecon.kernel.imageio import check_image
-from facerecon.kernel.records import IBUG68
+from facerecon.kernel.contract import Face, Landmarks, Registrar, hookimpl
+from facerecon.kernel.contract.errors import ModelFileError, PluginError
+from facerecon.kernel.contract.images import check_image
+from facerecon.kernel.contract.records import IBUG68
 
 PREDICTOR_NAME = "shape_predictor_68_face_landmarks.dat"
 ENV_VAR = "FACERECON_DLIB_PREDICTOR"
@@ -192,7 +192,7 @@ def available() -> bool:
 
 
 @hookimpl
-def facerecon_register_stages(registry: StageRegistrar) -> None:
+def facerecon_register_stages(registry: Registrar) -> None:
     registry.register(
         "detector",
         "dlib",

@@ -1,9 +1,9 @@
 """Regressor ``3dmm-fit``: fits a morphable model (pose + identity + expression) to the detector's
-landmarks by alternating regularised linear least squares (:mod:`facerecon.plugins.morphable.fitting`).
+landmarks by alternating regularised linear least squares (:mod:`facerecon.facelib.morphable.fitting`).
 
 Works with any detector scheme the model has a correspondence for: iBUG-68 through the model's own
 map (jaw line sliding on the contour), MediaPipe-478 through a map derived automatically per model
-(:mod:`facerecon.plugins.morphable.correspondence`), using MediaPipe's landmark depth as well.
+(:mod:`facerecon.facelib.morphable.correspondence`), using MediaPipe's landmark depth as well.
 It is the ``auto`` regressor whenever a model is configured in the model catalogue.
 """
 
@@ -15,13 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from facerecon.kernel import IBUG68, CoarseResult, Face, LandmarkMap, Mesh, StageRegistrar, hookimpl
-from facerecon.kernel.errors import InputError
-from facerecon.kernel.imageio import check_image
-
-from .morphable import catalog, correspondence
-from .morphable.fitting import Correspondence, FitResult, FitSettings, LandmarkFitter
-from .morphable.model import MorphableModel
+from facerecon.facelib.morphable import catalog, correspondence
+from facerecon.facelib.morphable.fitting import Correspondence, FitResult, FitSettings, LandmarkFitter
+from facerecon.facelib.morphable.model import MorphableModel
+from facerecon.kernel.contract import IBUG68, CoarseResult, Face, LandmarkMap, Mesh, Registrar, hookimpl
+from facerecon.kernel.contract.errors import InputError
+from facerecon.kernel.contract.images import check_image
 
 CAMERAS = ("orthographic", "perspective")
 
@@ -179,8 +178,9 @@ class MorphableModelFitter:
 
 def _canonical_face(bundle_path: Path | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """MediaPipe's canonical face (y up, z to the viewer, cm) and the iBUG-68 points on it."""
+    from facerecon.facelib.mediapipe_bundle import canonical_face, locate_bundle
+
     from .landmark_mesh import ibug68_on_canonical
-    from .mediapipe_bundle import canonical_face, locate_bundle
 
     canonical = canonical_face(locate_bundle(bundle_path))
     ids, weights = ibug68_on_canonical()
@@ -192,7 +192,7 @@ def _model_configured() -> bool:
 
 
 @hookimpl
-def facerecon_register_stages(registry: StageRegistrar) -> None:
+def facerecon_register_stages(registry: Registrar) -> None:
     registry.register(
         "regressor",
         "3dmm-fit",

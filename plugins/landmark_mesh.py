@@ -17,13 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
+from facerecon.facelib import mediapipe_bundle
 from facerecon.geometry.subdivision import Subdivider
 from facerecon.geometry.transforms import FLIP_YZ, similarity_transform
-from facerecon.kernel import IBUG68, CoarseResult, Face, LandmarkMap, Mesh, StageRegistrar, hookimpl
-from facerecon.kernel.errors import InputError
-from facerecon.kernel.imageio import check_image
-
-from . import mediapipe_bundle
+from facerecon.kernel.contract import IBUG68, CoarseResult, Face, LandmarkMap, Mesh, Registrar, hookimpl
+from facerecon.kernel.contract.errors import InputError
+from facerecon.kernel.contract.images import check_image
 
 MESH_VERTICES = 468
 ACCEPTED_SCHEMES = ("mediapipe478", "mediapipe468")
@@ -50,7 +49,7 @@ class LandmarkMeshOptions:
 def ibug68_on_canonical() -> tuple[np.ndarray, np.ndarray]:
     """iBUG-68 landmarks as barycentric points of the canonical mesh: (ids int (68, 3), weights (68, 3)).
     Fitted to human annotations by ``benchmarks/calibrate_ibug68.py`` (see the JSON's provenance)."""
-    text = resources.files("facerecon.plugins.data").joinpath("mediapipe468_ibug68.json").read_text()
+    text = resources.files("facerecon.facelib.data").joinpath("mediapipe468_ibug68.json").read_text()
     data = json.loads(text)
     return np.asarray(data["vertex_ids"], np.int32), np.asarray(data["weights"], np.float32)
 
@@ -99,7 +98,7 @@ class LandmarkMeshRegressor:
 
 
 @hookimpl
-def facerecon_register_stages(registry: StageRegistrar) -> None:
+def facerecon_register_stages(registry: Registrar) -> None:
     registry.register(
         "regressor",
         "landmark-mesh",

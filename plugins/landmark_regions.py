@@ -1,7 +1,7 @@
 """Segmenter ``landmark-regions``: face parsing from the detector's own landmarks, no model needed.
 
 Each region is a polygon through landmarks of the face's scheme, filled into a label map the size of the
-image with CelebAMask-HQ's label ids (:mod:`facerecon.plugins.face_parsing`), so this segmenter and a
+image with CelebAMask-HQ's label ids (:mod:`facerecon.facelib.face_parsing`), so this segmenter and a
 learned parser (``onnx-parsing``) are interchangeable:
 
 * ``skin`` (1): the face oval, minus every region below;
@@ -19,7 +19,7 @@ Schemes:
   the hull of the bridge (27-30) and base (31-35), widened to the nostril wings.
 
 ``l_``/``r_`` are the person's left and right. Region colours (the seed's γ_avg) come from
-:func:`facerecon.plugins.face_parsing.region_colors`. Other schemes are refused with an InputError that
+:func:`facerecon.facelib.face_parsing.region_colors`. Other schemes are refused with an InputError that
 names them.
 """
 
@@ -30,11 +30,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from facerecon.kernel import Face, Segmentation, StageRegistrar, hookimpl
-from facerecon.kernel.errors import InputError
-from facerecon.kernel.imageio import check_image
-
-from .face_parsing import CELEBAMASK_HQ, LABEL_IDS, region_colors
+from facerecon.facelib.face_parsing import CELEBAMASK_HQ, LABEL_IDS, region_colors
+from facerecon.kernel.contract import Face, Registrar, Segmentation, hookimpl
+from facerecon.kernel.contract.errors import InputError
+from facerecon.kernel.contract.images import check_image
 
 SUBPIXEL_BITS = 4
 """Polygons are filled with 1/16-pixel vertex precision (cv2.fillPoly's ``shift``)."""
@@ -223,7 +222,7 @@ class LandmarkRegions:
 
 
 @hookimpl
-def facerecon_register_stages(registry: StageRegistrar) -> None:
+def facerecon_register_stages(registry: Registrar) -> None:
     registry.register(
         "segmenter",
         "landmark-regions",

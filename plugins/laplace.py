@@ -34,8 +34,8 @@ import numpy as np
 from facerecon.geometry.laplacian import LaplacianDeformer
 from facerecon.geometry.raster import rasterize
 from facerecon.geometry.subdivision import Subdivider
-from facerecon.kernel import Face, Mesh, Segmentation, StageRegistrar, hookimpl
-from facerecon.kernel.imageio import check_image
+from facerecon.kernel.contract import Face, Mesh, Registrar, Segmentation, hookimpl
+from facerecon.kernel.contract.images import check_image
 
 
 class DeformationWarning(UserWarning):
@@ -280,7 +280,7 @@ def _unproject(mesh: Mesh, xy: np.ndarray, depth: np.ndarray) -> np.ndarray:
 
 
 @hookimpl
-def facerecon_register_stages(registry: StageRegistrar) -> None:
+def facerecon_register_stages(registry: Registrar) -> None:
     registry.register(
         "refiner",
         "laplace",

@@ -1,6 +1,6 @@
 """Detector ``mediapipe``: Google's MediaPipe Face Landmarker — 478 3D landmarks per face (468 face-mesh
 points + 10 iris points), 52 blendshape scores and a head pose, from the offline ``face_landmarker``
-task bundle (see :mod:`facerecon.plugins.mediapipe_bundle` for where the bundle is found).
+task bundle (see :mod:`facerecon.facelib.mediapipe_bundle` for where the bundle is found).
 
 Face boxes and scores come from the bundle's own BlazeFace detector, matched to the landmark sets by
 overlap; the box reported is the extent of the landmarks (tighter and steadier than BlazeFace's).
@@ -22,11 +22,10 @@ from typing import BinaryIO
 
 import numpy as np
 
-from facerecon.kernel import Face, Landmarks, StageRegistrar, hookimpl
-from facerecon.kernel.errors import ModelFileError
-from facerecon.kernel.imageio import check_image
-
-from . import mediapipe_bundle
+from facerecon.facelib import mediapipe_bundle
+from facerecon.kernel.contract import Face, Landmarks, Registrar, hookimpl
+from facerecon.kernel.contract.errors import ModelFileError
+from facerecon.kernel.contract.images import check_image
 
 SCHEME = "mediapipe478"
 TILE_DETECTION_CONFIDENCE = 0.3
@@ -262,7 +261,7 @@ def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 
 
 @hookimpl
-def facerecon_register_stages(registry: StageRegistrar) -> None:
+def facerecon_register_stages(registry: Registrar) -> None:
     registry.register(
         "detector",
         "mediapipe",

@@ -15,7 +15,7 @@ Per face: a square crop ``crop_scale`` times the face box's longer side around t
 ``crop_shift`` box heights; parts outside the image are black) is resized to S x S (area averaging when
 shrinking), parsed, and the logits are resampled bilinearly back onto the crop's image pixels; the
 class with the highest logit wins, and is mapped by *name* to CelebAMask-HQ's ids
-(:mod:`facerecon.plugins.face_parsing`), so the result means the same as ``landmark-regions``'.
+(:mod:`facerecon.facelib.face_parsing`), so the result means the same as ``landmark-regions``'.
 Pixels outside the crop are background. Pixel centres are at integers on both sides: image pixel x
 sits at crop pixel ``(x - x0 + 0.5) * S / side - 0.5``.
 
@@ -31,11 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-from facerecon.kernel import Face, Segmentation, StageRegistrar, hookimpl
-from facerecon.kernel.errors import ConfigError, InputError, ModelFileError, PluginError
-from facerecon.kernel.imageio import check_image
-
-from .face_parsing import CELEBAMASK_HQ, LABEL_IDS, LABEL_ORDERS, region_colors
+from facerecon.facelib.face_parsing import CELEBAMASK_HQ, LABEL_IDS, LABEL_ORDERS, region_colors
+from facerecon.kernel.contract import Face, Registrar, Segmentation, hookimpl
+from facerecon.kernel.contract.errors import ConfigError, InputError, ModelFileError, PluginError
+from facerecon.kernel.contract.images import check_image
 
 log = logging.getLogger(__name__)
 
@@ -273,7 +272,7 @@ def _configured() -> bool:
 
 
 @hookimpl
-def facerecon_register_stages(registry: StageRegistrar) -> None:
+def facerecon_register_stages(registry: Registrar) -> None:
     registry.register(
         "segmenter",
         "onnx-parsing",

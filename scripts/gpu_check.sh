@@ -10,7 +10,7 @@ import numpy as np, torch
 sys.path.insert(0, "tests")
 from synthetic_sfs import make_scene
 from facerecon.plugins.sfs import SfsOptions
-from facerecon.plugins.sfs_solver import Problem, solve
+from facerecon.plugins.sfs.solver import Problem, solve
 from facerecon.geometry.raster import rasterize_numpy
 from facerecon.geometry.raster_torch import rasterize_torch
 report = {"torch": torch.__version__, "gpu": torch.cuda.get_device_name(0)}

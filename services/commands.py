@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from facerecon.kernel import PipelineConfig, PluginHost, hookimpl
-from facerecon.kernel.config import DEVICES
-from facerecon.kernel.errors import ConfigError, FaceReconError
-from facerecon.kernel.stages import STAGE_KINDS
+from facerecon.kernel.contract.errors import ConfigError, FaceReconError
+from facerecon.kernel.contract.stages import STAGE_KINDS
+from facerecon.kernel.host.config import DEVICES
 
 from . import MAX_IMAGE_PIXELS
 
@@ -70,13 +70,7 @@ def add_serve_parser(subcommands: Any) -> argparse.ArgumentParser:
     pipe.add_argument("--segmenter", help="segmenter plugin, or 'none'")
     pipe.add_argument("--refiners", help="comma-separated refiner plugins, in order")
     pipe.add_argument("--all-faces", action="store_true", help="reconstruct every face by default")
-    pipe.add_argument(
-        "--remote",
-        action="append",
-        default=[],
-        metavar="STAGE=ADDRESS[,ADDRESS...]",
-        help="run that stage on stage servers (repeatable)",
-    )
+    PluginHost().add_pipeline_flags(pipe)  # e.g. --remote, from the `remote` stage plugin
     parser.set_defaults(handler=cmd_serve)
     return parser
 
@@ -88,18 +82,14 @@ def facerecon_register_commands(subcommands: argparse._SubParsersAction) -> None
 
 def _config(args: argparse.Namespace) -> PipelineConfig:
     config = (PipelineConfig.load(args.config) if args.config else PipelineConfig()).with_stage_flags(args)
-    if args.remote:
-        from .remote import apply_remote
-
-        config = apply_remote(config, args.remote)
-    return config
+    return PluginHost(allow=config.allow_plugins, block=config.block_plugins).apply_pipeline_flags(config, args)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from .server import Server, ServerSettings
 
     logging.getLogger("facerecon.services").setLevel(logging.INFO)  # start-up, ready, shutdown
-    if args.kind != "pipeline" and (args.remote or args.detector or args.regressor or args.refiners):
+    if args.kind != "pipeline" and (getattr(args, "remote", None) or args.detector or args.regressor or args.refiners):
         raise ConfigError("--detector/--regressor/--refiners/--remote only apply to `serve pipeline`")
     config = _config(args)
     token = None

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from facerecon.kernel.errors import InputError, RecordError
-from facerecon.kernel.imageio import check_image, check_sides, load_image
-from facerecon.kernel.records import (
+from facerecon.kernel.contract.errors import InputError, RecordError
+from facerecon.kernel.contract.images import check_image, check_sides
+from facerecon.kernel.contract.records import (
     CoarseResult,
     Face,
     FaceReconstruction,
@@ -34,6 +34,7 @@ from facerecon.kernel.records import (
     Segmentation,
     StageResult,
 )
+from facerecon.kernel.host.imageio import load_image
 from facerecon.v1 import records_pb2 as pb
 
 DTYPES: dict[pb.DType, np.dtype] = {

@@ -24,6 +24,7 @@ failed and goes on), NOT_FOUND -> ConfigError, anything else -> :class:`RemoteEr
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
 import json
 import threading
@@ -36,10 +37,11 @@ from typing import Any
 import grpc
 import numpy as np
 
-from facerecon.kernel import PipelineConfig, StageRegistrar, hookimpl
-from facerecon.kernel.errors import ConfigError, FaceReconError, InputError
-from facerecon.kernel.records import CoarseResult, Face, Mesh, Refinement, Segmentation
-from facerecon.kernel.stages import STAGE_KINDS
+from facerecon.kernel.contract import Registrar, hookimpl
+from facerecon.kernel.contract.errors import ConfigError, FaceReconError, InputError
+from facerecon.kernel.contract.records import CoarseResult, Face, Mesh, Refinement, Segmentation
+from facerecon.kernel.contract.stages import STAGE_KINDS
+from facerecon.kernel.host.config import PipelineConfig
 from facerecon.v1 import stages_pb2, stages_pb2_grpc
 
 from . import convert
@@ -375,7 +377,7 @@ REMOTE_STAGES: dict[str, type[RemoteStage]] = {
 
 
 @hookimpl
-def facerecon_register_stages(registry: StageRegistrar) -> None:
+def facerecon_register_stages(registry: Registrar) -> None:
     for kind in STAGE_KINDS:
         registry.register(
             kind,
@@ -389,6 +391,24 @@ def facerecon_register_stages(registry: StageRegistrar) -> None:
 
 
 # -- configuration ---------------------------------------------------------------------------------
+
+
+@hookimpl
+def facerecon_add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--remote",
+        action="append",
+        default=[],
+        metavar="STAGE=ADDRESS[,ADDRESS...]",
+        help="run that stage (detector, regressor, segmenter or a refiner's name) on `facerecon serve` servers "
+        "(repeatable)",
+    )
+
+
+@hookimpl
+def facerecon_apply_pipeline_flags(config: PipelineConfig, args: argparse.Namespace) -> PipelineConfig | None:
+    entries = getattr(args, "remote", None)
+    return apply_remote(config, entries) if entries else None
 
 
 def apply_remote(config: PipelineConfig, entries: Iterable[str]) -> PipelineConfig:

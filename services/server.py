@@ -39,7 +39,7 @@ from grpc_reflection.v1alpha import reflection
 
 from facerecon import __version__
 from facerecon.kernel import Face, Pipeline, PipelineConfig, PluginHost
-from facerecon.kernel.errors import (
+from facerecon.kernel.contract.errors import (
     ConfigError,
     FaceReconError,
     InputError,
@@ -47,14 +47,14 @@ from facerecon.kernel.errors import (
     NoFaceError,
     RecordError,
 )
-from facerecon.kernel.export import WRITERS
-from facerecon.kernel.records import (
+from facerecon.kernel.contract.records import (
     CoarseResult,
     Mesh,
     Reconstruction,
     Refinement,
     Segmentation,
 )
+from facerecon.outputs.meshes import WRITERS
 from facerecon.v1 import pipeline_pb2, pipeline_pb2_grpc, stages_pb2, stages_pb2_grpc
 
 from . import MAX_IMAGE_PIXELS, convert
@@ -443,7 +443,8 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServicer):
         if unknown:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown mesh format(s) {', '.join(unknown)}")
         all_faces = request.all_faces if request.HasField("all_faces") else self.config.all_faces
-        from facerecon.kernel.outputs import dumps, result_dict, write_outputs
+        from facerecon.outputs.folder import write_outputs
+        from facerecon.outputs.result import dumps, result_dict
 
         source = request.source or "<request>"
         response = pipeline_pb2.ReconstructResponse()
@@ -621,7 +622,7 @@ class Server:
         settings: ServerSettings | None = None,
     ) -> Server:
         """A server for stage plugin ``name`` of ``kind`` (ConfigError for an unknown kind or plugin)."""
-        from facerecon.kernel.pipeline import resolve_device
+        from facerecon.kernel.host.devices import resolve_device
 
         settings = settings or ServerSettings()
         if kind not in STAGE_SERVICERS:

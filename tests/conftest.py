@@ -11,7 +11,7 @@ import pytest
 
 from facerecon.evaluation import shared_data_dir
 from facerecon.kernel import Pipeline, PipelineConfig
-from facerecon.kernel.imageio import load_image
+from facerecon.kernel.host.imageio import load_image
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,7 +60,7 @@ def pipeline() -> Pipeline:
 @pytest.fixture(scope="session")
 def dlib_detector():
     """The dlib detector with its defaults, loaded once (needs the extra: pip install 'facerecon[dlib]')."""
-    from facerecon.kernel.errors import ModelFileError, PluginError
+    from facerecon.kernel.contract.errors import ModelFileError, PluginError
     from facerecon.plugins.dlib_detector import DlibDetector
 
     try:

@@ -25,7 +25,7 @@ from facerecon.kernel import (
     StageRegistrar,
     hookimpl,
 )
-from facerecon.kernel.imageio import check_image
+from facerecon.kernel.contract.images import check_image
 from facerecon.services import convert
 from facerecon.v1 import stages_pb2
 

@@ -31,7 +31,7 @@ def test_coarse_landmarks68_nme(scores):
 def test_nme_detects_a_frame_mix_up(pipeline, lfpw):
     """The metric itself: swapping x and y on a good prediction must blow the error up."""
     from facerecon.evaluation import nme, read_pts
-    from facerecon.kernel.imageio import load_image
+    from facerecon.kernel.host.imageio import load_image
 
     image = load_image(lfpw[3])
     truth = read_pts(lfpw[3].with_suffix(".pts"))

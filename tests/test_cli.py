@@ -13,7 +13,7 @@ from skimage import data as skdata
 from facerecon.cli import main
 from facerecon.evaluation import nme, read_pts
 from facerecon.kernel import InputError
-from facerecon.kernel.imageio import load_image
+from facerecon.kernel.host.imageio import load_image
 
 
 @pytest.fixture(scope="module")

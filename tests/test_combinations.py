@@ -11,7 +11,7 @@ from conftest import missing
 
 from facerecon.evaluation import nme, read_pts
 from facerecon.kernel import InputError, Pipeline, PipelineConfig, PluginHost
-from facerecon.kernel.errors import ModelFileError, PluginError
+from facerecon.kernel.contract.errors import ModelFileError, PluginError
 
 DETECTORS = ("mediapipe", "dlib")
 REGRESSORS = ("landmark-mesh", "3dmm-fit")

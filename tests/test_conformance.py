@@ -10,7 +10,7 @@ from conftest import missing
 
 from facerecon.kernel import PluginHost
 from facerecon.kernel import testing as conformance
-from facerecon.kernel.errors import ModelFileError, PluginError
+from facerecon.kernel.contract.errors import ModelFileError, PluginError
 
 HOST = PluginHost()
 OPTIONAL = {"dlib": "pip install 'facerecon[dlib]'"}

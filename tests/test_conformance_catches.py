@@ -29,7 +29,7 @@ class MeshRegressor:
         self.result, self.transform = result, transform
 
     def regress(self, image, face):
-        from facerecon.kernel.imageio import check_image
+        from facerecon.kernel.contract.images import check_image
 
         check_image(image)
         return replace(self.result, mesh=self.result.mesh.with_vertices(self.transform(self.result.mesh.vertices)))

@@ -13,7 +13,7 @@ import pytest
 from facerecon.cli import main
 from facerecon.evaluation import annotated_face_index, nme, read_pts
 from facerecon.kernel import InputError, ModelFileError, Pipeline, PipelineConfig, PluginError
-from facerecon.kernel.imageio import load_image
+from facerecon.kernel.host.imageio import load_image
 from facerecon.plugins import dlib_detector as dd
 
 # iBUG-68 index of each point's mirror image (jaw, brows, nose, eyes, mouth reflected left-right).

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from facerecon.cli import build_parser
 from facerecon.kernel import PipelineConfig
-from facerecon.kernel.config import tomllib
+from facerecon.kernel.host.config import tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
@@ -25,7 +25,7 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
 
 
 def test_config_examples_parse(tmp_path):
-    from facerecon.plugins.morphable.catalog import read_catalogue
+    from facerecon.facelib.morphable.catalog import read_catalogue
 
     for text in blocks("toml") + blocks("toml", (REPO / "docs" / "configuration.md").read_text()):
         data = tomllib.loads(text)

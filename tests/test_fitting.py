@@ -5,15 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from facerecon.facelib.morphable import correspondence
+from facerecon.facelib.morphable.fitting import FitSettings, LandmarkFitter
 from facerecon.geometry.transforms import rotation_from_yaw_pitch_roll, yaw_pitch_roll
 from facerecon.kernel import Pipeline, PipelineConfig
-from facerecon.plugins.morphable import correspondence
-from facerecon.plugins.morphable.fitting import FitSettings, LandmarkFitter
 
 
 @pytest.fixture(scope="module")
 def sfm(shared_data):
-    from facerecon.plugins.morphable.formats import load_model
+    from facerecon.facelib.morphable.formats import load_model
 
     return load_model(shared_data / "models" / "sfm" / "sfm_shape_3448.bin")
 
@@ -72,7 +72,7 @@ def test_recovers_shape_better_from_dense_landmarks_with_depth(sfm):
     # Dense: every 7th vertex as a landmark, with depth (as MediaPipe gives), 1 px noise.
     ids = np.arange(0, sfm.n_vertices, 7)
     corr_ids = np.column_stack([ids, ids, ids])
-    from facerecon.plugins.morphable.fitting import Correspondence
+    from facerecon.facelib.morphable.fitting import Correspondence
 
     corr = Correspondence(corr_ids, np.tile([1.0, 0, 0], (len(ids), 1)), np.ones(len(ids)))
     points = image[ids] + np.random.default_rng(7).normal(scale=1.0, size=(len(ids), 3)) + [0, 0, 55.0]

@@ -25,9 +25,9 @@ from hypothesis import strategies as st
 from PIL import Image
 from services_support import serving, toy_host
 
-from facerecon.kernel.errors import InputError, RecordError
-from facerecon.kernel.imageio import load_image
-from facerecon.kernel.records import Face, Landmarks, Mesh, Segmentation
+from facerecon.kernel.contract.errors import InputError, RecordError
+from facerecon.kernel.contract.records import Face, Landmarks, Mesh, Segmentation
+from facerecon.kernel.host.imageio import load_image
 from facerecon.services import convert
 from facerecon.services.server import Server, ServerSettings
 from facerecon.v1 import records_pb2 as pb
@@ -52,7 +52,7 @@ def fuzz(examples: int) -> settings:
     )
 
 
-# The limits, written down here independently of facerecon.kernel.imageio.
+# The limits, written down here independently of facerecon.kernel.host.imageio.
 MIN_SIDE, MAX_SIDE, DEFAULT_MAX_PIXELS = 16, 16384, 80_000_000
 SCHEME_POINTS = {"ibug68": 68, "mediapipe478": 478, "mediapipe468": 468}
 DTYPES: dict[int, np.dtype] = {
@@ -919,7 +919,7 @@ def small_mesh(triangles: np.ndarray, ids: np.ndarray | None = None) -> pb.Mesh:
 
 
 # Regression (a bug this module found, fixed): int64 triangle indices are cast to int32 without a range check
-# (kernel/records.py Mesh.__post_init__: np.asarray(self.triangles, dtype=np.int32)), so 2**32 + 2 wraps to
+# (kernel/contract/records.py Mesh.__post_init__: np.asarray(self.triangles, dtype=np.int32)), so 2**32 + 2 wraps to
 # 2 and passes the "triangle indices out of range" check: the decoder returns a mesh that is not the one sent.
 def test_int64_triangle_indices_past_32_bits_are_refused():
     with pytest.raises(RecordError):
@@ -927,7 +927,7 @@ def test_int64_triangle_indices_past_32_bits_are_refused():
 
 
 # Regression (a bug this module found, fixed): landmark-map vertex ids are only checked against the top of the range
-# (kernel/records.py Mesh.__post_init__: lmap.vertex_ids.max(initial=0) < len(vertices)); a negative id is
+# (kernel/contract/records.py Mesh.__post_init__: lmap.vertex_ids.max(initial=0) < len(vertices)); a negative id is
 # accepted, and LandmarkMap.locate then silently reads vertices[-1]. int64 ids past 32 bits wrap the same way.
 @pytest.mark.parametrize("ids", [[[-1, 0, 0]], [[2**32, 0, 0]]])
 def test_landmark_map_ids_outside_the_mesh_are_refused(ids):

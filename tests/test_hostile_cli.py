@@ -24,8 +24,9 @@ from PIL import Image
 from facerecon.cli import main
 from facerecon.evaluation import nme, read_pts
 from facerecon.kernel import Pipeline, PipelineConfig
-from facerecon.kernel.imageio import IMAGE_SUFFIXES, MAX_SIDE, find_images, load_image
-from facerecon.kernel.outputs import remove_stale_partials
+from facerecon.kernel.contract.images import MAX_SIDE
+from facerecon.kernel.host.imageio import IMAGE_SUFFIXES, find_images, load_image
+from facerecon.outputs.folder import remove_stale_partials
 
 CLI = [sys.executable, "-m", "facerecon.cli"]
 

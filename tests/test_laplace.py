@@ -124,7 +124,7 @@ def test_landmarks_off_the_mesh_and_at_the_border_give_a_warning_not_an_exceptio
 def test_profile_with_occluded_landmarks(refiner, shared_data):
     """A large-pose AFLW2000 photo: far-side landmarks are hidden behind the face."""
     from facerecon.kernel import Pipeline, PipelineConfig
-    from facerecon.kernel.imageio import load_image
+    from facerecon.kernel.host.imageio import load_image
 
     model = shared_data / "models" / "sfm" / "sfm_shape_3448.bin"
     config = PipelineConfig(regressor="3dmm-fit").with_options("regressor", "3dmm-fit", {"model": str(model)})

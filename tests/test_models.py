@@ -9,9 +9,9 @@ import pytest
 
 from facerecon.cli import main
 from facerecon.evaluation import nme, read_pts
+from facerecon.facelib.morphable import catalog
 from facerecon.kernel import IBUG68, Face, Landmarks, ModelFileError, Pipeline, PipelineConfig
-from facerecon.kernel.imageio import load_image
-from facerecon.plugins.morphable import catalog
+from facerecon.kernel.host.imageio import load_image
 
 
 @pytest.fixture

@@ -11,10 +11,8 @@ import numpy as np
 import pytest
 import scipy.io
 
-from facerecon.kernel.errors import ModelFileError
-from facerecon.kernel.records import LandmarkMap
-from facerecon.plugins.morphable import formats
-from facerecon.plugins.morphable.formats import (
+from facerecon.facelib.morphable import formats
+from facerecon.facelib.morphable.formats import (
     KNOWN_FILES,
     LOADERS,
     frame_problems,
@@ -24,7 +22,9 @@ from facerecon.plugins.morphable.formats import (
     save_npz,
     sha256_of,
 )
-from facerecon.plugins.morphable.model import MorphableModel
+from facerecon.facelib.morphable.model import MorphableModel
+from facerecon.kernel.contract.errors import ModelFileError
+from facerecon.kernel.contract.records import LandmarkMap
 
 COLS, ROWS = 5, 10  # a 5 x 10 grid of vertices = 50
 N = COLS * ROWS

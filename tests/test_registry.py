@@ -233,7 +233,7 @@ def test_stage_breaking_the_contract_at_run_time_is_named(host, face_photo):
 def test_device_resolution(monkeypatch):
     import importlib.util
 
-    from facerecon.kernel.pipeline import resolve_device
+    from facerecon.kernel.host.devices import resolve_device
 
     assert resolve_device("cpu") == "cpu"
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)  # as on a machine without torch

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from onnx_models import IMAGENET_MEAN, IMAGENET_STD, PROTOTYPES, export_nearest_colour, nearest_class
 
+from facerecon.facelib.face_parsing import CELEBAMASK_HQ, LABEL_IDS, LABEL_ORDERS, region_colors, robust_color
 from facerecon.kernel import Face, InputError, Landmarks, ModelFileError, RecordError, Segmentation
-from facerecon.kernel.imageio import load_image
+from facerecon.kernel.host.imageio import load_image
 from facerecon.plugins import landmark_regions as lr
-from facerecon.plugins.face_parsing import CELEBAMASK_HQ, LABEL_IDS, LABEL_ORDERS, region_colors, robust_color
 from facerecon.plugins.onnx_parsing import OnnxParser, OnnxParsingOptions, crop_window
 
 REGIONS = ("skin", "nose", "l_eye", "r_eye", "l_brow", "r_brow", "u_lip", "l_lip")
@@ -377,7 +377,8 @@ def test_options_from_toml_types(tiny_parser):
 
 
 def test_preview_and_result_show_the_segmentation(pipeline, face_photo):
-    from facerecon.kernel.outputs import LABEL_COLORS, render_preview, render_segmentation, result_dict
+    from facerecon.outputs.preview import LABEL_COLORS, render_preview, render_segmentation
+    from facerecon.outputs.result import result_dict
 
     rec = pipeline(face_photo)
     face = rec.reconstructions[0]
@@ -406,7 +407,7 @@ def test_configuration_doc_options_are_valid():
     """docs/configuration.md's option tables for the new stages build their options dataclasses."""
     import re
 
-    from facerecon.kernel.config import tomllib
+    from facerecon.kernel.host.config import tomllib
     from facerecon.plugins import dlib_detector, onnx_parsing
 
     text = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
@@ -415,7 +416,7 @@ def test_configuration_doc_options_are_valid():
         ("segmenter", "landmark-regions"): lr.LandmarkRegionsOptions,
         ("segmenter", "onnx-parsing"): onnx_parsing.OnnxParsingOptions,
     }
-    from facerecon.kernel.registry import parse_options
+    from facerecon.kernel.host.registry import parse_options
 
     seen = set()
     for block in re.findall(r"```toml\n(.*?)```", text, flags=re.S):

@@ -136,7 +136,7 @@ def test_services_doc_examples_parse(serve, host):
 
     from facerecon.cli import build_parser
     from facerecon.kernel import PipelineConfig
-    from facerecon.kernel.config import tomllib as toml
+    from facerecon.kernel.host.config import tomllib as toml
 
     text = (REPO / "docs" / "services.md").read_text()
     (config_text,) = re.findall(r"```toml\n(.*?)```", text, flags=re.S)

@@ -16,7 +16,7 @@ import torch
 
 from facerecon.kernel import Refinement
 from facerecon.plugins.sfs import SfsOptions, SfsRefiner
-from facerecon.plugins.sfs_solver import Problem, solve
+from facerecon.plugins.sfs.solver import Problem, solve
 from tests.synthetic_sfs import make_scene, viewer_normals
 
 
@@ -172,7 +172,7 @@ def test_full_synthetic_scene_detail_is_recovered():
 
 
 def test_gaussian_blur_has_the_exact_adjoint_and_matches_a_convolution():
-    from facerecon.plugins.sfs_solver import gaussian_blur, gaussian_kernel, low_pass
+    from facerecon.plugins.sfs.solver import gaussian_blur, gaussian_kernel, low_pass
 
     x = torch.randn(2, 13, 17, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda v: gaussian_blur(v, 1.5), (x,))
@@ -190,7 +190,7 @@ def test_gaussian_blur_has_the_exact_adjoint_and_matches_a_convolution():
 
 
 def test_a_degenerate_highlight_fit_is_dropped_not_propagated():
-    from facerecon.plugins.sfs_solver import SpecularLobe, normals_from_height
+    from facerecon.plugins.sfs.solver import SpecularLobe, normals_from_height
 
     height = torch.as_tensor(make_scene().smooth, dtype=torch.float32)
     mask = height > 1
@@ -200,7 +200,7 @@ def test_a_degenerate_highlight_fit_is_dropped_not_propagated():
 
 
 def test_noise_level_estimates_white_noise():
-    from facerecon.plugins.sfs_solver import noise_level
+    from facerecon.plugins.sfs.solver import noise_level
 
     rng = np.random.default_rng(1)
     yy, xx = np.mgrid[:200, :200]

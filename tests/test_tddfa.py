@@ -15,14 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from facerecon.facelib.morphable.model import MorphableModel
 from facerecon.geometry import transforms
 from facerecon.geometry.transforms import rotation_from_yaw_pitch_roll
 from facerecon.kernel import IBUG68, ConfigError, Face, InputError, LandmarkMap, Landmarks, ModelFileError
 from facerecon.kernel import testing as conformance
-from facerecon.kernel.imageio import load_image
-from facerecon.kernel.registry import PluginHost
+from facerecon.kernel.host.imageio import load_image
+from facerecon.kernel.host.registry import PluginHost
 from facerecon.plugins import tddfa
-from facerecon.plugins.morphable.model import MorphableModel
 
 torch = pytest.importorskip("torch")
 scipy_io = pytest.importorskip("scipy.io")
@@ -556,7 +556,7 @@ def test_factory_with_the_3ddfa_loader(
     """Once ``morphable.formats`` exists: a file in bfm_noneck_v3.pkl's layout (micrometres, (3N, 1) u,
     (3N, 40) w_shp, (3N, 10) w_exp, flat keypoint rows, tri as 3 x M) through ``load_model`` gives the same
     mesh as the model built by hand here. Guards the loader's units, axes and keypoints."""
-    pytest.importorskip("facerecon.plugins.morphable.formats")
+    pytest.importorskip("facerecon.facelib.morphable.formats")
     _, triangles, landmark_ids = _v1_noneck(tddfa_dir)
     data = {
         "u": (model.mean.astype(np.float64) * 1000).reshape(-1, 1).astype(np.float32),

@@ -16,7 +16,7 @@ from PIL import Image
 
 from facerecon.cli import build_parser, main
 from facerecon.kernel import PipelineConfig
-from facerecon.kernel.config import tomllib
+from facerecon.kernel.host.config import tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 PAGE = (REPO / "docs" / "writing-plugins.md").read_text()

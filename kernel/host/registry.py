@@ -8,28 +8,28 @@ refused with a warning that names it, and the rest keep working.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import importlib.metadata
 import logging
-import types
-import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pluggy
 
-from . import hookspecs
-from .errors import ConfigError, PluginError
-from .stages import STAGE_KINDS, STAGE_PROTOCOLS
+from facerecon.kernel.contract import hookspecs
+from facerecon.kernel.contract.errors import ConfigError, PluginError
+from facerecon.kernel.contract.hookspecs import StageFactory
+from facerecon.kernel.contract.stages import STAGE_KINDS, STAGE_PROTOCOLS
+from facerecon.kernel.host import hookspecs as host_hookspecs
+from facerecon.kernel.host.config import PipelineConfig
+from facerecon.kernel.host.options import parse_options
 
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "facerecon"
 BUILTIN_DISTRIBUTION = "facerecon"
-
-StageFactory = Callable[[Any, str], object]
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,8 @@ class StageSpec:
 
 @dataclass
 class StageRegistrar:
-    """What a plugin's ``facerecon_register_stages`` hook receives: call :meth:`register`."""
+    """The host's :class:`~facerecon.kernel.contract.hookspecs.Registrar`: what a plugin's
+    ``facerecon_register_stages`` hook receives; it collects the :class:`StageSpec` s."""
 
     plugin: str
     distribution: str
@@ -139,6 +140,7 @@ class PluginHost:
     ) -> None:
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
+        self.pm.add_hookspecs(host_hookspecs)
         self.allow = None if allow is None else frozenset(allow)
         self.block = frozenset(block)
         self.plugins: dict[str, LoadedPlugin] = {}
@@ -195,6 +197,20 @@ class PluginHost:
         message = f"plugin {name!r} {reason}"
         self.failures[name] = message
         log.warning("%s; it was not loaded", message)
+
+    # -- command-line extensions (host hookspecs) -------------------------------------------------
+
+    def add_pipeline_flags(self, parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+        """Let plugins add their flags to a command that builds a pipeline."""
+        self.pm.hook.facerecon_add_pipeline_flags(parser=parser)
+
+    def apply_pipeline_flags(self, config: PipelineConfig, args: argparse.Namespace) -> PipelineConfig:
+        """``config`` with every plugin's pipeline flags applied, each plugin given the previous result."""
+        for impl in self.pm.hook.facerecon_apply_pipeline_flags.get_hookimpls():
+            changed = impl.function(config=config, args=args)
+            if changed is not None:
+                config = changed
+        return config
 
     # -- stages --------------------------------------------------------------------------------
 
@@ -273,64 +289,3 @@ def _builtin_first(ep: importlib.metadata.EntryPoint) -> tuple[int, str]:
 
 def _protocol_members(protocol: type) -> list[str]:
     return sorted(n for n in vars(protocol) if not n.startswith("_"))
-
-
-# -- options ---------------------------------------------------------------------------------
-
-
-def parse_options(options_type: type | None, table: Mapping[str, Any], *, where: str) -> Any:
-    """Build a plugin's options dataclass from a TOML table: unknown keys and wrong types are refused
-    with a message naming the stage, the key and the expected type."""
-    if options_type is None:
-        if table:
-            raise ConfigError(f"{where} takes no options, got {', '.join(sorted(table))}")
-        return None
-    fields = {f.name: f for f in dataclasses.fields(options_type) if f.init}
-    hints = typing.get_type_hints(options_type)
-    unknown = sorted(set(table) - set(fields))
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown option(s) {', '.join(unknown)} (known: {', '.join(sorted(fields)) or 'none'})"
-        )
-    values = {key: _coerce(value, hints[key], where=f"{where} option {key!r}") for key, value in table.items()}
-    try:
-        return options_type(**values)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-
-
-def _coerce(value: Any, hint: Any, *, where: str) -> Any:
-    """Check ``value`` (from TOML/CLI) against a simple type hint; convert str -> Path, list -> tuple."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, where=where)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
-    if origin in (tuple, list):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where} must be a list, got {value!r}")
-        item = args[0] if args else Any
-        items = [_coerce(v, item, where=where) for v in value]
-        return tuple(items) if origin is tuple else items
-    if hint is Any:
-        return value
-    if hint is Path:
-        if not isinstance(value, (str, Path)):
-            raise ConfigError(f"{where} must be a path string, got {value!r}")
-        return Path(value).expanduser()
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint in (int, float) and isinstance(value, bool):
-        raise ConfigError(f"{where} must be a number, got {value!r}")
-    if isinstance(hint, type) and not isinstance(value, hint):
-        raise ConfigError(f"{where} must be {hint.__name__}, got {type(value).__name__} {value!r}")
-    return value

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from facerecon.kernel.errors import ModelFileError
+from facerecon.kernel.contract.errors import ModelFileError
 
 BUNDLE_NAME = "face_landmarker_v2.task"
 ENV_VAR = "FACERECON_FACE_LANDMARKER"

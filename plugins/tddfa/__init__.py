@@ -16,7 +16,7 @@ expression coefficients of BFM "noneck v3" (``bfm_noneck_v3.pkl``, 38,365 vertic
 * Vertices: 3DDFA computes ``c = P[:, :3] @ S_um + P[:, 3]`` in the crop (y up, 1-based, BFM in
   micrometres) and maps it to the image with their ``similar_transform``: ``x = (c_x - 1)·σx + x0``,
   ``y = (120 - c_y)·σy + y0``, ``z = (c_z - 1)·σ`` (σ = crop side / 120). Here the model is a
-  :class:`~facerecon.plugins.morphable.model.MorphableModel` in millimetres and the mesh frame has
+  :class:`~facerecon.facelib.morphable.model.MorphableModel` in millimetres and the mesh frame has
   z away from the camera, so ``vertex = A @ S_mm + b`` with ``A = 1000 · diag(σx, -σy, -σ) @ P[:, :3]``
   and ``b = ((t_x - 1)·σx + x0, (120 - t_y)·σy + y0, 0)``: x and y are exactly 3DDFA_V2's; depth is
   theirs negated, with the model origin at depth 0 (an orthographic camera has no absolute depth).
@@ -47,12 +47,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from facerecon.facelib.morphable.model import MorphableModel
 from facerecon.geometry.transforms import FLIP_YZ, yaw_pitch_roll
-from facerecon.kernel import IBUG68, CoarseResult, Face, Mesh, StageRegistrar, hookimpl
-from facerecon.kernel.errors import InputError, ModelFileError, PluginError
-from facerecon.kernel.imageio import check_image
-
-from .morphable.model import MorphableModel
+from facerecon.kernel.contract import IBUG68, CoarseResult, Face, Mesh, Registrar, hookimpl
+from facerecon.kernel.contract.errors import InputError, ModelFileError, PluginError
+from facerecon.kernel.contract.images import check_image
 
 if TYPE_CHECKING:
     import torch
@@ -632,13 +631,13 @@ def factory(options: TddfaOptions, device: str = "cpu") -> TddfaRegressor:
             "[options.regressor.3ddfa] model = path to bfm_noneck_v3.pkl (from 3DDFA_V2's configs/)"
         )
     model_path = _existing_file(options.model, "3DDFA BFM model, bfm_noneck_v3.pkl")
-    from facerecon.plugins.morphable.formats import load_model
+    from facerecon.facelib.morphable.formats import load_model
 
     return TddfaRegressor(options, device, model=load_model(model_path, format="3ddfa"))
 
 
 @hookimpl
-def facerecon_register_stages(registry: StageRegistrar) -> None:
+def facerecon_register_stages(registry: Registrar) -> None:
     registry.register(
         "regressor",
         "3ddfa",

@@ -2,7 +2,7 @@
 
 ``load_model(path)`` detects the format (file signature first, then the suffix) and dispatches to one
 loader per format (``LOADERS``). Every failure — missing, empty, truncated, wrong format, missing keys,
-wrong shapes — raises :class:`~facerecon.kernel.errors.ModelFileError` with one message that names the
+wrong shapes — raises :class:`~facerecon.kernel.contract.errors.ModelFileError` with one message that names the
 file and the problem.
 
 Every loader returns the model frame of ``model.py``: millimetres, y up, z towards the viewer, x to the
@@ -94,6 +94,7 @@ import hashlib
 import json
 import pickle
 import struct
+import sys
 import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -102,10 +103,14 @@ from typing import Any, TypeVar, cast
 
 import numpy as np
 
-from facerecon.kernel.config import tomllib
-from facerecon.kernel.errors import FaceReconError, ModelFileError
-from facerecon.kernel.records import IBUG68, LandmarkMap
-from facerecon.plugins.morphable.model import MorphableModel
+from facerecon.facelib.morphable.model import MorphableModel
+from facerecon.kernel.contract.errors import FaceReconError, ModelFileError
+from facerecon.kernel.contract.records import IBUG68, LandmarkMap
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 __all__ = [
     "KNOWN_FILES",

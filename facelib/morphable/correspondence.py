@@ -22,8 +22,8 @@ from scipy.interpolate import RBFInterpolator
 from scipy.spatial import cKDTree
 
 from facerecon.geometry.transforms import similarity_transform
-from facerecon.kernel.errors import ModelFileError
-from facerecon.kernel.records import IBUG68, LandmarkMap
+from facerecon.kernel.contract.errors import ModelFileError
+from facerecon.kernel.contract.records import IBUG68, LandmarkMap
 
 from .fitting import Correspondence
 from .model import MorphableModel

@@ -25,7 +25,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-from .errors import RecordError
+from facerecon.kernel.contract.errors import RecordError
 
 IBUG68 = "ibug68"
 """Scheme name of the 68 iBUG 300-W landmarks (0-based order 0..67, jaw first)."""

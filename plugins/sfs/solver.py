@@ -17,7 +17,7 @@ import torch
 import torch._dynamo  # noqa: F401
 from torch import Tensor
 
-from facerecon.plugins.sfs import SfsOptions
+from facerecon.plugins.sfs.options import SfsOptions
 
 MIN_MEASURED_SAMPLES = 256
 """Fewer unclipped face samples than this and there is no shading to refine from (``NoShading``)."""

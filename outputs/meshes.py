@@ -21,8 +21,7 @@ import numpy as np
 from PIL import Image
 
 from facerecon.geometry.raster import interpolate, rasterize
-
-from .records import Mesh
+from facerecon.kernel.contract.records import Mesh
 
 Y_UP = np.array([1.0, -1.0, -1.0])
 

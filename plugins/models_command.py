@@ -12,14 +12,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from facerecon.kernel import hookimpl
-
-from . import catalog
+from facerecon.facelib.morphable import catalog
+from facerecon.kernel.contract import hookimpl
 
 
 def describe(entry: catalog.ModelEntry) -> dict[str, Any]:
     """What ``models info`` prints: sizes, landmark schemes, checksum recognition, licence."""
-    from .formats import KNOWN_FILES, sha256_of
+    from facerecon.facelib.morphable.formats import KNOWN_FILES, sha256_of
 
     model = catalog.load(entry)
     digest = sha256_of(entry.path)
@@ -56,7 +55,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from .formats import load_model, save_npz
+    from facerecon.facelib.morphable.formats import load_model, save_npz
 
     if args.output.suffix != ".npz":
         print("facerecon: error: the converted model must be an .npz file")
@@ -81,7 +80,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         mark = "*" if name == cat.default else " "
         state = "ok" if entry.path.is_file() else "MISSING"
         if args.verify and entry.path.is_file() and entry.sha256:
-            from .formats import sha256_of
+            from facerecon.facelib.morphable.formats import sha256_of
 
             state = "ok, sha256 verified" if sha256_of(entry.path) == entry.sha256.lower() else "SHA256 MISMATCH"
         if state not in ("ok", "ok, sha256 verified"):

@@ -1,7 +1,7 @@
 """The protocol of each stage kind. Stage objects are built by the factories plugins register
-(see :mod:`facerecon.kernel.hookspecs`); they hold their models and are reused for every image.
+(see :mod:`facerecon.kernel.contract.hookspecs`); they hold their models and are reused for every image.
 
-All images are ``uint8 (H, W, 3)`` RGB in the image frame; see :mod:`facerecon.kernel.records`.
+All images are ``uint8 (H, W, 3)`` RGB in the image frame; see :mod:`facerecon.kernel.contract.records`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-from .records import CoarseResult, Face, Mesh, Refinement, Segmentation
+from facerecon.kernel.contract.records import CoarseResult, Face, Mesh, Refinement, Segmentation
 
 StageKind = Literal["detector", "regressor", "segmenter", "refiner"]
 STAGE_KINDS: tuple[StageKind, ...] = ("detector", "regressor", "segmenter", "refiner")
@@ -20,7 +20,7 @@ STAGE_KINDS: tuple[StageKind, ...] = ("detector", "regressor", "segmenter", "ref
 class Detector(Protocol):
     def detect(self, image: np.ndarray) -> list[Face]:
         """Every face in ``image``, any order (the pipeline sorts them largest first); [] when none.
-        Raise :class:`~facerecon.kernel.errors.InputError` for an image it cannot process."""
+        Raise :class:`~facerecon.kernel.contract.errors.InputError` for an image it cannot process."""
         ...
 
 
@@ -55,3 +55,21 @@ STAGE_PROTOCOLS: dict[str, type] = {
     "segmenter": Segmenter,
     "refiner": Refiner,
 }
+
+
+def check_result(kind: str, result: object) -> str | None:
+    """What is wrong with ``result`` as the return value of a ``kind`` stage's call, or None when it
+    keeps the contract. Both the pipeline and the gRPC server check every stage's return with this."""
+    if kind == "detector":
+        if isinstance(result, list) and all(isinstance(face, Face) for face in result):
+            return None
+        return "detect() must return a list of Face"
+    if kind == "regressor":
+        return None if isinstance(result, CoarseResult) else "regress() must return a CoarseResult"
+    if kind == "segmenter":
+        return None if isinstance(result, Segmentation) else "segment() must return a Segmentation"
+    if kind == "refiner":
+        if isinstance(result, Mesh) or (isinstance(result, Refinement) and isinstance(result.mesh, Mesh)):
+            return None
+        return "refine() must return a Mesh or a Refinement"
+    raise ValueError(f"unknown stage kind {kind!r} (known: {', '.join(STAGE_KINDS)})")

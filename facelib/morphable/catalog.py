@@ -24,13 +24,18 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from facerecon.kernel.config import tomllib
-from facerecon.kernel.errors import ConfigError, ModelFileError
+from facerecon.kernel.contract.errors import ConfigError, ModelFileError
 
 from .model import MorphableModel
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 ENV_VAR = "FACERECON_MODELS"
 

@@ -29,8 +29,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from .errors import ConfigError
-from .stages import STAGE_KINDS
+from facerecon.kernel.contract.errors import ConfigError
+from facerecon.kernel.contract.stages import STAGE_KINDS
 
 if sys.version_info >= (3, 11):
     import tomllib

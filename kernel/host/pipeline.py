@@ -9,7 +9,6 @@ Stages are built on first use and kept for the life of the pipeline (models load
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -18,37 +17,20 @@ from typing import Any
 
 import numpy as np
 
-from .config import PipelineConfig
-from .errors import ConfigError, PluginError
-from .imageio import check_image, fit_within, load_image
-from .records import (
-    CoarseResult,
+from facerecon.kernel.contract.errors import PluginError
+from facerecon.kernel.contract.images import check_image
+from facerecon.kernel.contract.records import (
     Face,
     FaceReconstruction,
-    Mesh,
     Reconstruction,
     Refinement,
-    Segmentation,
     StageResult,
 )
-from .registry import PluginHost
-from .stages import Detector, Refiner, Regressor, Segmenter
-
-
-def resolve_device(device: str) -> str:
-    """Resolve "auto": "cuda" when PyTorch is installed and sees a GPU, else "cpu". An explicit "cuda" is
-    refused when PyTorch is installed and sees none (a clear error now, not a crash in a plugin later)."""
-    if device == "cpu":
-        return device
-    if importlib.util.find_spec("torch") is None:
-        return "cpu" if device == "auto" else device
-    import torch
-
-    if torch.cuda.is_available():
-        return "cuda"
-    if device == "cuda":
-        raise ConfigError("device 'cuda' requested but PyTorch sees no CUDA GPU (use --device cpu or auto)")
-    return "cpu"
+from facerecon.kernel.contract.stages import Detector, Refiner, Regressor, Segmenter, check_result
+from facerecon.kernel.host.config import PipelineConfig
+from facerecon.kernel.host.devices import resolve_device
+from facerecon.kernel.host.imageio import fit_within, load_image
+from facerecon.kernel.host.registry import PluginHost
 
 
 class Pipeline:
@@ -175,9 +157,7 @@ class Pipeline:
         ``config.detect_max_side`` (memory, speed, and native code's own size limits); its faces are
         scaled back."""
         small, factor = fit_within(image, self.config.detect_max_side)
-        faces = self.detector.detect(small)
-        if not isinstance(faces, list) or not all(isinstance(f, Face) for f in faces):
-            raise self._broken("detector", self.config.detector, "detect() must return a list of Face")
+        faces = self._checked("detector", self.config.detector, self.detector.detect(small))
         if factor != 1.0:
             faces = [_scaled_face(face, factor) for face in faces]
         return sorted(faces, key=lambda f: -f.area)
@@ -189,14 +169,10 @@ class Pipeline:
         segmentation = None
         if self.segmenter is not None:
             start = time.perf_counter()
-            segmentation = self.segmenter.segment(image, face)
-            if not isinstance(segmentation, Segmentation):
-                raise self._broken("segmenter", str(self.config.segmenter), "segment() must return a Segmentation")
+            segmentation = self._checked("segmenter", str(self.config.segmenter), self.segmenter.segment(image, face))
             _accumulate(timings, "segmenter", _ms_since(start))
         start = time.perf_counter()
-        coarse = self.regressor.regress(image, face)
-        if not isinstance(coarse, CoarseResult):
-            raise self._broken("regressor", self.config.regressor, "regress() must return a CoarseResult")
+        coarse = self._checked("regressor", self.config.regressor, self.regressor.regress(image, face))
         elapsed = _ms_since(start)
         _accumulate(timings, "regressor", elapsed)
         spec = self.host.spec("regressor", self.config.regressor)
@@ -204,10 +180,8 @@ class Pipeline:
         mesh = coarse.mesh
         for name, refiner in self.refiners:
             start = time.perf_counter()
-            output = refiner.refine(image, face, mesh, segmentation)
+            output = self._checked("refiner", name, refiner.refine(image, face, mesh, segmentation))
             refinement = output if isinstance(output, Refinement) else Refinement(output)
-            if not isinstance(refinement.mesh, Mesh):
-                raise self._broken("refiner", name, "refine() must return a Mesh or a Refinement")
             mesh = refinement.mesh
             elapsed = _ms_since(start)
             _accumulate(timings, f"refiner:{name}", elapsed)
@@ -219,9 +193,13 @@ class Pipeline:
             )
         return FaceReconstruction(face, index, coarse, tuple(stages), segmentation)
 
-    def _broken(self, kind: str, name: str, what: str) -> PluginError:
-        plugin = self.host.spec(kind, name).plugin
-        return PluginError(f"{kind} {name!r} (plugin {plugin!r}) broke the stage contract: {what}")
+    def _checked(self, kind: str, name: str, result: Any) -> Any:
+        """``result`` of stage ``name``, or a PluginError when it breaks the stage contract."""
+        problem = check_result(kind, result)
+        if problem is not None:
+            plugin = self.host.spec(kind, name).plugin
+            raise PluginError(f"{kind} {name!r} (plugin {plugin!r}) broke the stage contract: {problem}")
+        return result
 
 
 def _scaled_face(face: Face, factor: float) -> Face:

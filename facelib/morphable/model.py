@@ -16,8 +16,8 @@ from types import MappingProxyType
 
 import numpy as np
 
-from facerecon.kernel.errors import ModelFileError
-from facerecon.kernel.records import LandmarkMap
+from facerecon.kernel.contract.errors import ModelFileError
+from facerecon.kernel.contract.records import LandmarkMap
 
 
 @dataclass(frozen=True, eq=False)

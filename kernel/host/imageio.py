@@ -7,7 +7,8 @@ EXIF orientation is applied so phone photos are upright; an animation gives its 
 
 Limits, checked from the file's header before any pixel is decoded: ``max_pixels`` (the config's
 ``max_image_pixels``) and :data:`MAX_SIDE` on either side (native image code such as OpenCV's ``remap``
-aborts the process on a side of 32767 px or more; the limit leaves room for padding).
+aborts the process on a side of 32767 px or more; the limit leaves room for padding; see
+:mod:`facerecon.kernel.contract.images`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import InputError
+from facerecon.kernel.contract.errors import InputError
+from facerecon.kernel.contract.images import check_sides
 
 _PHOTO_SUFFIXES = [
     ".jpg",
@@ -49,10 +51,6 @@ _PHOTO_SUFFIXES = [
 ]
 IMAGE_SUFFIXES = frozenset(s for s in _PHOTO_SUFFIXES if s in Image.registered_extensions())
 """Suffixes a folder input picks up: the photo formats this Pillow build can open."""
-MIN_SIDE = 16
-"""Images smaller than this on either side cannot hold a detectable face."""
-MAX_SIDE = 16384
-"""Images longer than this on either side are refused (see the module docstring)."""
 
 
 def load_image(source: str | Path | bytes, *, max_pixels: int = 80_000_000) -> np.ndarray:
@@ -99,17 +97,6 @@ def load_image(source: str | Path | bytes, *, max_pixels: int = 80_000_000) -> n
     return to_rgb8(image, name=name)
 
 
-def check_sides(width: int, height: int, name: str | None = None) -> None:
-    """InputError unless both sides are in ``MIN_SIDE..MAX_SIDE``; ``name`` starts the message."""
-    where = f"{name}: " if name else ""
-    if width < MIN_SIDE or height < MIN_SIDE:
-        raise InputError(f"{where}image is {width}x{height}, too small to contain a face")
-    if width > MAX_SIDE or height > MAX_SIDE:
-        raise InputError(
-            f"{where}image is {width}x{height}; sides above {MAX_SIDE} px are not supported (downscale or crop it)"
-        )
-
-
 def to_rgb8(image: Image.Image, *, name: str = "<image>") -> np.ndarray:
     """Convert any Pillow image mode to ``uint8 (H, W, 3)`` RGB."""
     check_sides(image.width, image.height, name)
@@ -129,18 +116,6 @@ def to_rgb8(image: Image.Image, *, name: str = "<image>") -> np.ndarray:
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
     return np.asarray(image.convert("RGB"))
-
-
-def check_image(image: np.ndarray) -> np.ndarray:
-    """Validate an in-memory image for the pipeline; returns it C-contiguous."""
-    if not isinstance(image, np.ndarray):
-        raise InputError(f"image must be a numpy array, got {type(image).__name__}")
-    if image.dtype != np.uint8:
-        raise InputError(f"image must be uint8, got {image.dtype} (scale and convert it first)")
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise InputError(f"image must be (H, W, 3) RGB, got shape {image.shape}")
-    check_sides(image.shape[1], image.shape[0])
-    return np.ascontiguousarray(image)
 
 
 def fit_within(image: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:

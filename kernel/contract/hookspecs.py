@@ -1,0 +1,75 @@
+"""The stage hook: the contract between facerecon and a plugin that offers stages.
+
+A plugin is any module or object with functions marked ``@facerecon.kernel.contract.hookimpl`` whose
+names and arguments match the specs here (and, for command-line extensions, in
+:mod:`facerecon.kernel.host.hookspecs`). Plugins are found through the ``facerecon`` entry-point group
+(the built-in stages use it too) or registered by hand with ``PluginHost.register_plugin``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import pluggy
+
+PROJECT = "facerecon"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+StageFactory = Callable[[Any, str], object]
+"""``factory(options, device) -> stage``: options is the plugin's options dataclass (or None), device
+``"cpu"`` or ``"cuda"``."""
+
+
+class Registrar(Protocol):
+    """What :func:`facerecon_register_stages` receives (the host implements it)."""
+
+    def register(
+        self,
+        kind: str,
+        name: str,
+        factory: StageFactory,
+        *,
+        options: type | None = None,
+        summary: str = "",
+        version: str | None = None,
+        license_note: str = "",
+        priority: int = 0,
+        available: Callable[[], bool] | None = None,
+    ) -> None:
+        """Offer stage ``name`` of ``kind``.
+
+        :param kind: ``"detector"``, ``"regressor"``, ``"segmenter"`` or ``"refiner"``.
+        :param name: what users type after ``--detector`` etc.
+        :param factory: ``factory(options, device)`` builds the stage object, once per process, when the
+            pipeline first needs it: load models there, not at import time.
+        :param options: the stage's options dataclass, filled from the user's TOML table (unknown keys
+            and wrong types refused); None when it takes none.
+        :param summary: one line for ``facerecon plugins``.
+        :param version: the stage's version (default: its distribution's).
+        :param license_note: the licence of the model it runs, when it is not the code's.
+        :param priority: when the config asks for ``"auto"``, the available stage of that kind with the
+            highest priority runs.
+        :param available: whether the stage can run with no options given (e.g. its model file is found).
+        """
+        ...
+
+
+@hookspec
+def facerecon_register_stages(registry: Registrar) -> None:
+    """Register the stage implementations this plugin provides.
+
+    :param registry: call ``registry.register(kind, name, factory, ...)`` once per stage.
+
+    The stage object must satisfy the protocol of its kind in :mod:`facerecon.kernel.contract.stages`:
+
+    * detector: ``detect(image) -> list[Face]``
+    * regressor: ``regress(image, face) -> CoarseResult``
+    * segmenter: ``segment(image, face) -> Segmentation``
+    * refiner: ``refine(image, face, mesh, segmentation) -> Mesh | Refinement`` and a ``stage`` name
+      (e.g. "medium")
+
+    Registering a name that another plugin registered replaces it (with a warning), so a pip-installed
+    package can override a built-in stage.
+    """

@@ -1,0 +1,39 @@
+"""Host hooks: how a plugin extends the ``facerecon`` command line (not needed to offer a stage; see
+:mod:`facerecon.kernel.contract.hookspecs` for that).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from facerecon.kernel.contract.hookspecs import hookspec
+from facerecon.kernel.host.config import PipelineConfig
+
+
+@hookspec
+def facerecon_register_commands(subcommands: argparse._SubParsersAction) -> None:
+    """Add sub-commands to the ``facerecon`` command line (e.g. ``facerecon models``).
+
+    :param subcommands: call ``parser = subcommands.add_parser(name, help=...)``, add arguments, and
+        ``parser.set_defaults(handler=function)``; ``function(args) -> int`` returns the exit code
+        (0 success, 1 failure, 2 usage error) and may raise ``FaceReconError`` for a clear message.
+    """
+
+
+@hookspec
+def facerecon_add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
+    """Add flags to every command that builds a pipeline (``reconstruct``, ``serve pipeline``, ...).
+
+    :param parser: the command's parser (or argument group); add arguments with defaults that mean
+        "not given", and read them back in :func:`facerecon_apply_pipeline_flags`.
+    """
+
+
+@hookspec
+def facerecon_apply_pipeline_flags(config: PipelineConfig, args: argparse.Namespace) -> PipelineConfig | None:
+    """The config with this plugin's flags applied (e.g. ``--remote``), or None when they change nothing.
+
+    :param config: the config so far: the TOML file, the stage flags, and the flags of the plugins
+        called before this one (:meth:`PluginHost.apply_pipeline_flags` passes each result on).
+    :param args: the parsed command line.
+    """

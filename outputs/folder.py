@@ -1,0 +1,181 @@
+"""The per-input output folder: meshes, ``preview.png`` and ``result.json``.
+
+Layout of ``OUT/<stem>/`` (face 0 = the largest; other faces get a ``face<i>-`` prefix):
+
+* ``<stage>.obj`` (+ ``.mtl`` and a ``.png`` texture unwrapped from the photo when the topology has
+  UVs), one per stage that ran: ``coarse``, then each refiner's stage (``medium``, ``fine``...);
+* ``preview.png`` — the photo, the landmarks, the face parsing (when a segmenter ran: label colours
+  over the photo, with a swatch of each region's colour), and a shaded render of every stage over the
+  photo;
+* ``result.json`` — image size, every face (box, score, landmarks), the plugins that ran (``plugins``,
+  when the caller names them), per reconstructed face its ``segmentation`` (segmenter plugin, the label
+  ids present with their names and pixel counts, and each region's colour, sRGB in [0, 1]) or null, per
+  stage: plugin, version, mesh file, the 68 iBUG landmarks re-projected from that stage's mesh
+  (``landmarks68``, 0-based pixels), and wall times in milliseconds.
+
+The folder is built under a temporary name (``.<stem>.<pid>.<random>.partial``) and renamed into place
+when complete, so an interrupted run never leaves a half-written result; :func:`remove_stale_partials`
+clears what a killed process left behind.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from facerecon.kernel.contract.records import ImageMaps, Reconstruction
+from facerecon.outputs.meshes import atomic_write, bake_texture, current_umask, png_bytes, write_mesh
+from facerecon.outputs.preview import render_preview
+from facerecon.outputs.result import PluginIds, dumps, result_dict
+
+
+def face_prefix(index: int) -> str:
+    return "" if index == 0 else f"face{index}-"
+
+
+def write_outputs(
+    rec: Reconstruction,
+    image: np.ndarray,
+    out_dir: str | Path,
+    *,
+    source: str,
+    formats: Sequence[str] = ("obj",),
+    texture_size: int = 1024,
+    plugins: PluginIds | None = None,
+    save_phases: bool = False,
+) -> dict[str, Any]:
+    """Write meshes, preview.png and result.json into ``out_dir`` (replaced whole, atomically).
+    ``plugins``: stage kind -> (plugin, version) that ran, recorded in result.json.
+    A stage's image maps go to ``<stage>_<map>.png`` (+ ``.npy`` for depth and displacement); its
+    intermediate meshes (e.g. the fine stage's phases) to ``<stage>_<phase>.<fmt>`` with ``save_phases``."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.{os.getpid()}.", suffix=".partial", dir=out_dir.parent))
+    staging.chmod(0o777 & ~current_umask())
+    try:
+        mesh_files: dict[tuple[int, str], str] = {}
+        for r in rec.reconstructions:
+            for stage in r.stages:
+                texture = bake_texture(stage.mesh, image, texture_size) if stage.mesh.uvs is not None else None
+                for i, fmt in enumerate(formats):
+                    name = f"{face_prefix(r.face_index)}{stage.stage}.{fmt}"
+                    write_mesh(stage.mesh, staging / name, texture)
+                    if i == 0:
+                        mesh_files[(r.face_index, stage.stage)] = name
+                if stage.maps is not None:
+                    write_maps(stage.maps, staging, f"{face_prefix(r.face_index)}{stage.stage}")
+                if save_phases:
+                    for phase, mesh in stage.phases.items():
+                        phase_texture = bake_texture(mesh, image, texture_size) if mesh.uvs is not None else None
+                        for fmt in formats:
+                            name = f"{face_prefix(r.face_index)}{stage.stage}_{phase}.{fmt}"
+                            write_mesh(mesh, staging / name, phase_texture)
+        atomic_write(staging / "preview.png", png_bytes(render_preview(image, rec)))
+        result = result_dict(rec, source, mesh_files, plugins)
+        atomic_write(staging / "result.json", dumps(result).encode())
+        _replace_dir(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return result
+
+
+def write_maps(maps: ImageMaps, folder: Path, prefix: str) -> list[Path]:
+    """Save a stage's image maps for people and tools:
+
+    * depth, displacement: ``.npy`` (float32, the mesh frame's z in its units, NaN outside the refined
+      region) and a 16-bit greyscale PNG (``.png``; depth: near = bright, displacement: 32768 = none,
+      one grey level = 1/256 of the mesh unit, i.e. 1/256 pixel for pixel-unit meshes);
+    * normal: an 8-bit RGB normal map in the OpenGL convention (x right, y up, z to the viewer: what
+      Blender expects), (n + 1) / 2;
+    * colour maps (albedo, shading, specular, rendering, input) and mask: 8-bit PNGs.
+    The maps' top-left pixel sits at image pixel ``maps.origin``; a ``<prefix>_maps.json`` says so."""
+    written = []
+    for name, value in maps.maps.items():
+        path = folder / f"{prefix}_{name}.png"
+        if name in ("depth", "displacement"):
+            np_path = folder / f"{prefix}_{name}.npy"
+            buffer = io.BytesIO()
+            np.save(buffer, value.astype(np.float32))
+            atomic_write(np_path, buffer.getvalue())
+            written.append(np_path)
+            finite = np.isfinite(value)
+            if name == "depth":
+                near, far = (float(np.min(value[finite])), float(np.max(value[finite]))) if finite.any() else (0, 1)
+                scaled = (far - value) / max(far - near, 1e-6) * 65535.0
+            else:
+                scaled = 32768.0 + value * 256.0
+            grey = np.clip(np.where(finite, scaled, 0), 0, 65535).astype(np.uint16)
+            atomic_write(path, _png16(grey))
+        elif name == "normal":
+            gl = np.nan_to_num(value * np.array([1.0, -1.0, -1.0]), nan=0.0)  # mesh frame -> y up, z to viewer
+            gl[~np.isfinite(value).all(-1)] = (0.0, 0.0, 1.0)
+            atomic_write(path, png_bytes(np.clip((gl + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8)))
+        else:
+            rgb = np.nan_to_num(value)
+            atomic_write(path, png_bytes(np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)))
+        written.append(path)
+    info = {"origin_xy": list(maps.origin), "shape_hw": list(next(iter(maps.maps.values())).shape[:2])}
+    atomic_write(folder / f"{prefix}_maps.json", (json.dumps(info) + "\n").encode())
+    return written
+
+
+def _png16(grey: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(grey).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def remove_stale_partials(folder: str | Path) -> list[Path]:
+    """Remove the staging folders in ``folder`` whose writing process is gone (killed mid-write), and put
+    back a previous result that a kill between the two renames of :func:`_replace_dir` left aside.
+    Staging folders of live processes are kept. Returns what was removed."""
+    removed: list[Path] = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for path in folder.glob(".*.partial"):
+        parts = path.name.rsplit(".", 3)  # ["", "<stem>", "<pid>", "<random>", "partial"] once rejoined
+        pid = int(parts[1]) if len(parts) == 4 and parts[1].isdigit() else None
+        if pid is None or not _process_alive(pid):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    for old in folder.glob(".*.old"):
+        target = old.with_name(old.name[1:-4])
+        if target.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            removed.append(old)
+        else:
+            old.rename(target)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Move the finished folder into place; an older result there goes only once the new one is ready."""
+    if target.exists():
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        target.rename(old)
+        new.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        new.rename(target)

@@ -1,0 +1,178 @@
+"""Refiner ``sfs`` (stage "fine", seed section 3.4; hyper-parameters section 4.1's where they hold): multi-scale
+details carved into the medium mesh by shape-from-shading, with the albedo kept free of detail.
+
+In torch, numbered as the issue numbers them:
+
+1. Depth map d0: the medium mesh rendered by the shared rasteriser over the face region, one sample per
+   image pixel up to ``max_side`` (``Grid``), smoothed by a local quadric fit (``smooth_within``: the
+   mesh's mid-scale bumps are not shading to explain; a quadric keeps the face's curvature).
+2. Lighting: Lambertian with 2nd-order spherical harmonics, I = γ·S(n) + ε·β, S(n) = Σ_k r_k Y_k(n);
+   with the mean albedo γ_avg (the segmenter's per-region skin colours, else the face's median colour)
+   and the normals of d0 (ε = 0), r is one linear least-squares solve per colour channel, refitted
+   ``lighting_rounds`` times with the albedo the current light implies (``solver.fit_lighting``).
+3. Albedo: min E(γ) = ||I − I'||² + λγ1 ||γ − γ_avg||² + λγ2 ||RTV(γ)||², γ_avg here the skin's local
+   colour (image over shading, masked Gaussian σ ``albedo_sigma``), RTV of Xu et al. 2012
+   (windowed total variation over windowed inherent variation: G * |∂γ| / (|G * ∂γ| + e), per axis),
+   Adam (lr 1.5).
+4. Specular: β0 = I − I', min E(β) = ||I' − I||² + λβ ||β − β0||², ε = 1, Adam (lr 0.25).
+5. Depth, alternating with albedo (lr 0.05) and specular: E(d) = ||I' − I||² + λd1 ||d − d0||² +
+   λd2 ||∇²d||² + λd3 ||ΔI − λd4 Δd||², I' rendered from the normals of d. Phase 1 (wrinkles):
+   λd = (0.001, 1000, 0, 0); phase 2 (pores): λd = (0.001, 100, 0, 2.5). (The seed's: (0.001, 0.05,
+   0.001, 0.001) and (0.001, 0.03, 0.025, 2.5) with Adam, lr 0.015 / 0.05, for its intensity units;
+   measured on the known-detail renders, the ΔI term copied texture and noise into the depth, and the
+   data term needs weighing in noise units — README, "The fine stage".)
+6. Output: the fine mesh and the maps (``SfsRefiner._maps``).
+
+Intensities are in 0-255 and depths in samples; the depth energy measures intensity in units of
+``depth_intensity_unit`` grey levels (or of ``noise_weighting`` noise std), which sets the balance of its
+λd weights, and its smoothness λd2 acts on the detail added, ∇²(d − d0) (on d it would also flatten the
+medium face). The solver (``solver``, imported when the refiner is built) documents the other
+deviations: L-BFGS, a skin-chromaticity confidence, a Blinn-Phong highlight lobe, unmeasured pixels.
+The optimised depth is the height towards the camera (h = −z), so that a dark crease (ΔI > 0) asks for
+a dip (Δh > 0). The fine mesh is the depth map as a pixel grid over everything the medium mesh covers in
+the region (detail inside the face mask, the medium surface outside it: one welded surface), with the
+medium mesh's UVs and landmark maps carried over; maps and per-phase meshes come back in a Refinement.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from facerecon.kernel.contract import Face, ImageMaps, Mesh, Refinement, Registrar, Segmentation, hookimpl
+from facerecon.kernel.contract.errors import PluginError
+from facerecon.kernel.contract.images import check_image
+from facerecon.plugins.sfs.grid import Grid, regions, smooth_within
+from facerecon.plugins.sfs.options import SfsOptions
+
+__all__ = ["Grid", "Prepared", "SfsOptions", "SfsRefiner", "ShadingWarning", "smooth_within"]
+
+
+class ShadingWarning(UserWarning):
+    """The photo has no usable shading in the face (clipped to black or white): nothing was refined."""
+
+
+@dataclass
+class Prepared:
+    """Step 1's output: the ``grid`` and the medium mesh's ``raster`` on it, the samples it ``covered``
+    (h, w) bool, its smoothed depth ``depth0`` (h, w) float64 in samples (away from the camera), the
+    refined ``mask`` (h, w) bool, and the solver's ``problem`` (``solver.Problem``)."""
+
+    grid: Grid
+    raster: Any
+    covered: np.ndarray
+    depth0: np.ndarray
+    mask: np.ndarray
+    problem: Any
+
+
+# -- the stage ----------------------------------------------------------------------------------------
+
+
+class SfsRefiner:
+    stage = "fine"
+
+    def __init__(self, options: SfsOptions, device: str = "cpu") -> None:
+        try:
+            import torch
+
+            from facerecon.plugins.sfs import solver
+        except ImportError:
+            raise PluginError("the sfs refiner needs PyTorch: pip install 'facerecon[fine]'") from None
+
+        self.options = options
+        self.device = torch.device(device)
+        self.solver = solver
+
+    def refine(self, image: np.ndarray, face: Face, mesh: Mesh, segmentation: Segmentation | None) -> Refinement:
+        setup = self.prepare(image, face, mesh, segmentation)
+        if setup is None:
+            return Refinement(mesh)  # the face is too small or off the image: nothing to refine
+        grid, raster, covered, problem = setup.grid, setup.raster, setup.covered, setup.problem
+        try:
+            solution = self.solver.solve(problem, self.options)
+        except self.solver.NoShading as error:
+            warnings.warn(f"sfs: {error}; the fine mesh is the medium one", ShadingWarning, stacklevel=2)
+            return Refinement(mesh)
+        height = solution.height.cpu().numpy().astype(np.float64)
+        fine = grid.mesh(mesh, raster, -height, covered, "fine")
+        phases = {
+            name: grid.mesh(mesh, raster, -h.cpu().numpy().astype(np.float64), covered, name)
+            for name, h in solution.phase_heights.items()
+        }
+        maps = self._maps(grid, problem, solution, setup.depth0, height, covered, setup.mask)
+        return Refinement(fine, maps, phases)
+
+    def prepare(self, image: np.ndarray, face: Face, mesh: Mesh, segmentation: Segmentation | None) -> Prepared | None:
+        """Step 1: the depth-map grid around the face and the solver's ``Problem`` on it; None when the
+        mesh covers fewer than 64 samples."""
+        import torch
+
+        image = check_image(image)
+        grid = Grid.around(face, mesh, image.shape[:2], self.options)
+        raster = grid.render(mesh)
+        covered = raster.mask
+        if covered.sum() < 64:
+            return None
+        # The medium mesh's depth (z away from the camera, in samples), smoothed by a local quadric fit:
+        # its mid-scale bumps (landmark-mesh wobble finer than a few percent of the face) would be read
+        # as shading to explain; a quadric keeps its curvature (a nose tip) where a blur would flatten it.
+        depth0 = smooth_within(grid.depth_in_samples(mesh, raster), covered, self.options.medium_smoothing)
+        crop = grid.sample_image(image)  # (h, w, 3) 0-255
+        labels = grid.sample_labels(segmentation)
+        mask, lit, albedo_avg = regions(crop, covered, labels, segmentation)
+        t = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32, device=self.device)  # noqa: E731
+        problem = self.solver.Problem(
+            image=t(crop.transpose(2, 0, 1)),
+            mask=torch.as_tensor(mask, device=self.device),
+            lit=torch.as_tensor(lit, device=self.device),
+            height0=t(np.where(covered, -depth0, 0.0)),
+            albedo_avg=t(albedo_avg.transpose(2, 0, 1)),
+        )
+        return Prepared(grid, raster, covered, depth0, mask, problem)
+
+    def _maps(self, grid, problem, solution, depth0, height, covered, mask) -> ImageMaps:
+        import torch
+
+        with torch.no_grad():
+            shade = self.solver.shading(solution.height, solution.sh)
+            rendered = solution.albedo * shade + self.options.specular_scale * solution.specular
+            normals = self.solver.normals_from_height(solution.height).cpu().numpy()
+        to_image = lambda x: np.clip(x.cpu().numpy().transpose(1, 2, 0) / 255.0, 0, 1)  # noqa: E731
+        nan = np.where(covered, 1.0, np.nan)
+        depth = -height * grid.step  # mesh-frame z in image pixels
+        return ImageMaps(
+            origin=(int(round(grid.x0)), int(round(grid.y0))),
+            maps={
+                "depth": depth * nan,
+                "displacement": (depth - depth0 * grid.step) * nan,
+                # viewer -> mesh frame
+                "normal": normals * np.array([1.0, -1.0, -1.0]) * nan[..., None],
+                "albedo": to_image(solution.albedo),
+                "shading": _normalised(shade.cpu().numpy().transpose(1, 2, 0), mask),
+                "specular": to_image(solution.specular.expand(3, -1, -1)),
+                "rendering": to_image(rendered),
+                "input": to_image(problem.image),
+                "mask": mask.astype(np.float32),
+            },
+        )
+
+
+def _normalised(shading: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The SH shading (h, w, 3), dimensionless, scaled to 0-1 with its 99th percentile in the mask at 1."""
+    top = float(np.percentile(shading[mask], 99)) if mask.any() else 1.0
+    return np.clip(shading / max(top, 1e-6), 0, 1)
+
+
+@hookimpl
+def facerecon_register_stages(registry: Registrar) -> None:
+    registry.register(
+        "refiner",
+        "sfs",
+        SfsRefiner,
+        options=SfsOptions,
+        summary="fine stage: shape-from-shading details (SH lighting, RTV-regularised albedo, specular, 2 phases)",
+    )

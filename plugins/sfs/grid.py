@@ -1,0 +1,197 @@
+"""Step 1 of the fine stage, in numpy: the depth-map grid around the face (one sample per image pixel,
+the crop taken without resampling), the medium mesh rendered and smoothed on it, the regions the solver
+may carve, and the fine mesh built back from the solved depth."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from facerecon.geometry.raster import interpolate, rasterize
+from facerecon.kernel.contract import Face, LandmarkMap, Mesh, Segmentation
+from facerecon.plugins.sfs.options import SfsOptions
+
+SKIN_LABELS = ("skin", "nose")
+"""Regions whose colour is skin: the lighting is fitted there, and the albedo prior is trusted there."""
+
+
+EXCLUDED_LABELS = ("l_eye", "r_eye", "eye_g", "mouth", "hair", "hat", "l_brow", "r_brow")
+"""Regions left out of the depth refinement's mask (not skin-like; they would fake geometry)."""
+
+
+def smooth_within(values: np.ndarray, region: np.ndarray, sigma: float) -> np.ndarray:
+    """``values`` (h, w) smoothed inside ``region`` (h, w) bool by a Gaussian-weighted (σ in samples)
+    local quadratic fit (each sample: the value at its own position of the weighted least-squares
+    quadric over the region's samples around it); unchanged outside the region, or everywhere for σ = 0.
+    A quadric reproduces a surface's curvature, so a nose tip or a chin is not flattened as a plain blur
+    would flatten it (by millimetres on a Kinect face), and the cut-off at the region's border does not
+    bias the mean; what it removes is the piecewise-planar facets of a rasterised mesh."""
+    import cv2
+
+    if sigma <= 0 or not region.any():
+        return values
+    radius = int(np.ceil(3 * sigma))
+    offsets = np.arange(-radius, radius + 1, dtype=np.float64)
+    gauss = np.exp(-0.5 * (offsets / sigma) ** 2)
+    taps = [gauss * (offsets / sigma) ** k for k in range(5)]  # g(t)·t^k, scaled offsets
+
+    def moment(image: np.ndarray, a: int, b: int) -> np.ndarray:
+        """Σ_t g(t) t_x^a t_y^b image(p + t) at every p (cv2 filters correlate)."""
+        return cv2.sepFilter2D(image, cv2.CV_64F, taps[a], taps[b], borderType=cv2.BORDER_CONSTANT)
+
+    weight = region.astype(np.float64)
+    data = np.where(region, values, 0.0).astype(np.float64)
+    powers = [(0, 0), (1, 0), (0, 1), (2, 0), (1, 1), (0, 2)]
+    normal = np.empty((*values.shape, 6, 6))
+    for i, (a1, b1) in enumerate(powers):
+        for j, (a2, b2) in enumerate(powers[i:], i):
+            normal[..., i, j] = normal[..., j, i] = moment(weight, a1 + a2, b1 + b2)
+    rhs = np.stack([moment(data, a, b) for a, b in powers], -1)
+    rows = region & (normal[..., 0, 0] > 1e-6)
+    ridge = np.diag([0.0] + [1e-3] * 5)  # keeps thin strips (a quadric badly determined) near a plain mean
+    fitted = np.linalg.solve(normal[rows] + ridge, rhs[rows][..., None])[:, 0, 0]
+    out = np.array(values, np.float64, copy=True)
+    out[rows] = fitted
+    return out
+
+
+def regions(crop, covered, labels, segmentation):
+    """The refined mask, the pixels the lighting is fitted on, and γ_avg (h, w, 3) in 0-255."""
+    mask = covered.copy()
+    lit = covered.copy()
+    albedo = np.empty(crop.shape, np.float64)
+    median = np.median(crop[covered], axis=0) if covered.any() else np.full(3, 128.0)
+    albedo[:] = median
+    if segmentation is not None and labels is not None:
+        names = dict(segmentation.label_names)
+        for label, name in names.items():
+            region = labels == label
+            if name in EXCLUDED_LABELS:
+                mask &= ~region
+            colour = segmentation.region_colors.get(name)
+            if colour is not None:
+                albedo[region] = np.asarray(colour, np.float64) * 255.0
+        skin = np.isin(labels, [k for k, v in names.items() if v in SKIN_LABELS])
+        if (skin & covered).sum() > 100:
+            lit = skin & covered
+    return mask, lit, albedo
+
+
+@dataclass
+class Grid:
+    """The depth-map sampling grid: sample (i, j) sits at image pixel (x0 + j·step, y0 + i·step)."""
+
+    x0: float
+    y0: float
+    step: float
+    height: int
+    width: int
+
+    @classmethod
+    def around(cls, face: Face, mesh: Mesh, image_shape, options: SfsOptions) -> Grid:
+        xy = mesh.project(np.asarray(mesh.vertices, np.float64))
+        lo = np.maximum(np.minimum(xy.min(0), face.box[:2]), 0)
+        hi = np.minimum(np.maximum(xy.max(0), face.box[2:]), [image_shape[1] - 1, image_shape[0] - 1])
+        size = hi - lo
+        lo = np.maximum(lo - options.margin * size, 0)
+        hi = np.minimum(hi + options.margin * size, [image_shape[1] - 1, image_shape[0] - 1])
+        step = max(1.0, float((hi - lo).max()) / options.max_side)
+        width = int(np.floor((hi[0] - lo[0]) / step)) + 1
+        height = int(np.floor((hi[1] - lo[1]) / step)) + 1
+        return cls(float(np.ceil(lo[0])), float(np.ceil(lo[1])), step, height, width)
+
+    def to_grid(self, xy: np.ndarray) -> np.ndarray:
+        return (xy - [self.x0, self.y0]) / self.step
+
+    def render(self, mesh: Mesh):
+        vertices = np.asarray(mesh.vertices, np.float64)
+        screen = np.column_stack([self.to_grid(mesh.project(vertices)), vertices[:, 2]])
+        return rasterize(screen, mesh.triangles, self.height, self.width)
+
+    def depth_in_samples(self, mesh: Mesh, raster) -> np.ndarray:
+        """Camera depth per sample in grid units (pixels / step; millimetre meshes scaled to pixels at
+        their mean depth, a local orthographic approximation)."""
+        depth = np.where(raster.mask, raster.depth, 0.0).astype(np.float64)
+        if mesh.camera_matrix is not None:
+            focal = float(mesh.camera_matrix[0, 0])
+            mean_z = float(np.mean(depth[raster.mask])) if raster.mask.any() else 1.0
+            depth = depth * focal / mean_z
+        return depth / self.step
+
+    def sample_image(self, image: np.ndarray) -> np.ndarray:
+        import cv2
+
+        if self.step == 1.0:
+            y, x = int(self.y0), int(self.x0)
+            return image[y : y + self.height, x : x + self.width].astype(np.float64)
+        jj, ii = np.meshgrid(np.arange(self.width), np.arange(self.height))
+        map_x = (self.x0 + jj * self.step).astype(np.float32)
+        map_y = (self.y0 + ii * self.step).astype(np.float32)
+        blurred = cv2.GaussianBlur(image, (0, 0), sigmaX=0.5 * self.step)  # anti-alias before sampling
+        return cv2.remap(blurred, map_x, map_y, cv2.INTER_LINEAR).astype(np.float64)
+
+    def sample_labels(self, segmentation: Segmentation | None) -> np.ndarray | None:
+        if segmentation is None:
+            return None
+        jj, ii = np.meshgrid(np.arange(self.width), np.arange(self.height))
+        x = np.clip(np.rint(self.x0 + jj * self.step).astype(int), 0, segmentation.labels.shape[1] - 1)
+        y = np.clip(np.rint(self.y0 + ii * self.step).astype(int), 0, segmentation.labels.shape[0] - 1)
+        return segmentation.labels[y, x]
+
+    def mesh(self, medium: Mesh, raster, z_samples: np.ndarray, covered: np.ndarray, name: str) -> Mesh:
+        """A pixel-grid mesh of the covered samples, z from ``z_samples`` (grid units, away from the camera),
+        UVs and landmark maps carried over from the medium mesh."""
+        h, w = covered.shape
+        index = np.full((h, w), -1, np.int64)
+        index[covered] = np.arange(int(covered.sum()))
+        ii, jj = np.nonzero(covered)
+        x = self.x0 + jj * self.step
+        y = self.y0 + ii * self.step
+        z = z_samples[covered] * self.step
+        if medium.camera_matrix is not None:
+            depth_mm = np.where(raster.mask, raster.depth, np.nan)[covered]
+            mean_z = float(np.nanmean(depth_mm))
+            k = np.asarray(medium.camera_matrix, np.float64)
+            z_mm = z * mean_z / k[0, 0]
+            vertices = np.column_stack([(x - k[0, 2]) * z_mm / k[0, 0], (y - k[1, 2]) * z_mm / k[1, 1], z_mm])
+        else:
+            vertices = np.column_stack([x, y, z])
+        a, b, c, d = index[:-1, :-1], index[:-1, 1:], index[1:, :-1], index[1:, 1:]
+        full = (a >= 0) & (b >= 0) & (c >= 0) & (d >= 0)
+        # (a, c, b) and (b, c, d): normals towards the camera (-z) for a surface facing it.
+        triangles = np.concatenate([np.stack([a[full], c[full], b[full]], 1), np.stack([b[full], c[full], d[full]], 1)])
+        uvs = None
+        if medium.uvs is not None:
+            uvs = interpolate(raster, medium.triangles, np.asarray(medium.uvs))[covered]
+        maps = {scheme: self._carry_map(medium, lmap, index) for scheme, lmap in medium.landmark_maps.items()}
+        return Mesh(
+            vertices=vertices,
+            triangles=triangles,
+            topology=f"sfs-grid-{self.width}x{self.height}",
+            uvs=uvs,
+            landmark_maps=maps,
+            units=medium.units,
+            camera_matrix=medium.camera_matrix,
+        )
+
+    def _carry_map(self, medium: Mesh, lmap: LandmarkMap, index: np.ndarray) -> LandmarkMap:
+        """The landmarks' image positions on the medium mesh, located in the grid's triangles."""
+        points = lmap.locate(np.asarray(medium.vertices, np.float64))
+        ids = np.zeros((len(points), 3), np.int64)
+        weights = np.zeros((len(points), 3))
+        h, w = index.shape
+        for k in np.flatnonzero(lmap.valid):
+            gx, gy = self.to_grid(medium.project(points[k : k + 1]))[0]
+            j, i = int(np.floor(gx)), int(np.floor(gy))
+            if not (0 <= i < h - 1 and 0 <= j < w - 1):
+                continue
+            fx, fy = gx - j, gy - i
+            a, b, c, d = index[i, j], index[i, j + 1], index[i + 1, j], index[i + 1, j + 1]
+            if fx + fy <= 1:
+                corner, bary = (a, c, b), (1 - fx - fy, fy, fx)
+            else:
+                corner, bary = (d, c, b), (fx + fy - 1, 1 - fx, 1 - fy)
+            if min(corner) >= 0:
+                ids[k], weights[k] = corner, bary
+        return LandmarkMap(lmap.scheme, ids, weights)

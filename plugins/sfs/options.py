@@ -1,0 +1,98 @@
+"""The ``sfs`` refiner's options (the user's ``[refiner.sfs]`` TOML table); the solver reads them too."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SfsOptions:
+    """Options of the ``sfs`` refiner (``[options.refiner.sfs]``); defaults are the seed's section 4.1.
+
+    max_side: the depth map's longer side in samples (the face box at native resolution up to this).
+    margin: extra border around the face box, as a fraction of its size.
+    albedo_weight, albedo_rtv_weight, albedo_lr, albedo_iterations: λγ1, λγ2, Adam lr, steps (step 2).
+    specular_weight, specular_lr, specular_iterations, specular_scale: λβ, lr, steps, ε (step 3).
+    phase1_weights / phase2_weights: λd1..λd4 of each depth phase; phase*_lr, phase*_iterations.
+    alternate_every: depth steps between albedo (lr albedo_lr_depth) and specular updates.
+    rtv_sigma: the RTV window's Gaussian sigma in samples; specular_sigma: blur of the initial specular β0;
+    albedo_blur: blur of the residual the initial albedo is fitted to (see solve()).
+    depth_optimizer: "lbfgs" (default; phase*_lr unused) or "adam" (the seed's, with phase*_lr).
+    base_weight, base_sigma: keep the medium mesh's shape: a penalty on the low-pass (Gaussian sigma
+        base_sigma samples) of the depth change, so shading the lighting model cannot explain is not
+        answered by bending the whole face (not in the seed, whose λd1 is too weak to stop that drift).
+    max_displacement: safety bound on |d − d0| as a fraction of the face width (no spikes).
+    depth_intensity_unit: grey levels per intensity unit in the depth energy, which sets the balance
+        between its data terms and the λd regularisers on depths in samples (chosen on the first 8
+        known-detail renders of ../shared/data/synth-detail; the albedo and specular energies are in grey
+        levels).
+    noise_weighting: the unit is at least this many times the image's noise std (Immerkær's estimate),
+        so that a noisy image leans more on the priors; 0 disables.
+    robust_threshold: grey levels where the depth's Cauchy data term starts to redescend.
+    chroma_tolerance, skin_prior_boost: the skin-chromaticity confidence (see solver.skin_confidence)
+        and how much more the albedo prior weighs where the colour is the skin's.
+    saturation, dark: pixels with a channel above ``saturation`` or a brightest channel at most ``dark``
+        (clipped, or holes in a registered RGB-D colour frame) carry no shading evidence.
+    specular_model: "lobe" (a white Blinn-Phong lobe rendered from the current normals; default) or
+        "per-pixel" (the seed's β map); specular_min_peak: a fitted lobe fainter than this (grey levels)
+        is dropped.
+    detail_noise_threshold: ΔI is soft-thresholded at this many of its noise std (Immerkær's estimate)
+        before the λd3 term copies it into Δd; 0 disables.
+    albedo_sigma: the Gaussian σ (samples) of the local skin colour that is the albedo prior γ_avg;
+        skin_colour_sigma: that of the colour the chromaticity confidence compares with.
+    medium_smoothing: σ (samples) of the local quadric fit that smooths the medium depth (0: none).
+    lighting_rounds, lighting_albedo_sigma: how many times the lighting is refitted with the albedo the
+        current light implies (masked Gaussian σ of image / shading).
+    """
+
+    max_side: int = 512
+    margin: float = 0.05
+    albedo_weight: float = 0.3
+    albedo_rtv_weight: float = 2.5
+    albedo_lr: float = 1.5
+    albedo_iterations: int = 20
+    albedo_lr_depth: float = 0.05
+    specular_weight: float = 0.5
+    specular_lr: float = 0.25
+    specular_iterations: int = 10
+    specular_scale: float = 1.0
+    phase1_weights: tuple[float, ...] = (0.001, 1000.0, 0.0, 0.0)
+    phase1_lr: float = 0.015
+    phase1_iterations: int = 20
+    phase2_weights: tuple[float, ...] = (0.001, 100.0, 0.0, 2.5)
+    phase2_lr: float = 0.05
+    phase2_iterations: int = 20
+    alternate_every: int = 10
+    depth_intensity_unit: float = 1.0
+    noise_weighting: float = 1.0
+    robust_threshold: float = 3.0
+    chroma_tolerance: float = 0.02
+    skin_prior_boost: float = 100.0
+    saturation: float = 250.0
+    dark: float = 5.0
+    detail_noise_threshold: float = 1.0
+    specular_model: str = "lobe"
+    specular_min_peak: float = 8.0
+    depth_optimizer: str = "lbfgs"
+    base_weight: float = 1.0
+    base_sigma: float = 6.0
+    rtv_sigma: float = 2.0
+    specular_sigma: float = 3.0
+    albedo_blur: float = 3.0
+    albedo_sigma: float = 4.0
+    skin_colour_sigma: float = 8.0
+    medium_smoothing: float = 6.0
+    lighting_rounds: int = 3
+    lighting_albedo_sigma: float = 12.0
+    max_displacement: float = 0.05
+
+    def __post_init__(self) -> None:
+        for name in ("phase1_weights", "phase2_weights"):
+            if len(getattr(self, name)) != 4:
+                raise ValueError(f"{name} needs 4 values (λd1..λd4)")
+        if self.specular_model not in ("lobe", "per-pixel"):
+            raise ValueError(f"specular_model must be 'lobe' or 'per-pixel', got {self.specular_model!r}")
+        if self.depth_optimizer not in ("lbfgs", "adam"):
+            raise ValueError(f"depth_optimizer must be 'lbfgs' or 'adam', got {self.depth_optimizer!r}")
+        if self.max_side < 16 or self.alternate_every < 1 or self.margin < 0:
+            raise ValueError("max_side must be >= 16, alternate_every >= 1, margin >= 0")
