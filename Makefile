@@ -24,7 +24,8 @@ test: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy kernel services geometry plugins facerecon
+	$(BIN)/mypy kernel services geometry plugins facelib outputs facerecon
+	$(BIN)/python scripts/lint_imports.py
 
 check: lint test
 

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import json
 import os
 import sys
 import zipfile
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -173,3 +175,12 @@ def _packed_varints(data: bytes) -> list[int]:
         value, i = _varint(data, i)
         values.append(value)
     return values
+
+
+@functools.lru_cache(maxsize=1)
+def ibug68_on_canonical() -> tuple[np.ndarray, np.ndarray]:
+    """iBUG-68 landmarks as barycentric points of the canonical mesh: (ids int (68, 3), weights (68, 3)).
+    Fitted to human annotations by ``benchmarks/calibrate_ibug68.py`` (see the JSON's provenance)."""
+    text = resources.files("facerecon.facelib.data").joinpath("mediapipe468_ibug68.json").read_text()
+    data = json.loads(text)
+    return np.asarray(data["vertex_ids"], np.int32), np.asarray(data["weights"], np.float32)

@@ -150,7 +150,7 @@ class MorphableModelFitter:
         if scheme == IBUG68 and fit.vertex_ids is not None and fit.weights is not None:
             ids[jaw], weights[jaw] = fit.vertex_ids[jaw], fit.weights[jaw]
         elif scheme.startswith("mediapipe"):
-            from .landmark_mesh import ibug68_on_canonical
+            from facerecon.facelib.mediapipe_bundle import ibug68_on_canonical
 
             # iBUG jaw point k is a blend of three MediaPipe points (the landmark-mesh map); each of those
             # sits on this model's surface (the derived MediaPipe map): blend their main vertices. Where
@@ -178,9 +178,7 @@ class MorphableModelFitter:
 
 def _canonical_face(bundle_path: Path | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """MediaPipe's canonical face (y up, z to the viewer, cm) and the iBUG-68 points on it."""
-    from facerecon.facelib.mediapipe_bundle import canonical_face, locate_bundle
-
-    from .landmark_mesh import ibug68_on_canonical
+    from facerecon.facelib.mediapipe_bundle import canonical_face, ibug68_on_canonical, locate_bundle
 
     canonical = canonical_face(locate_bundle(bundle_path))
     ids, weights = ibug68_on_canonical()

@@ -9,10 +9,7 @@ the camera). The head pose reported is the similarity transform that best maps t
 
 from __future__ import annotations
 
-import functools
-import json
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -45,15 +42,6 @@ class LandmarkMeshOptions:
             raise ValueError(f"subdivisions must be in 0..5, got {self.subdivisions}")
 
 
-@functools.lru_cache(maxsize=1)
-def ibug68_on_canonical() -> tuple[np.ndarray, np.ndarray]:
-    """iBUG-68 landmarks as barycentric points of the canonical mesh: (ids int (68, 3), weights (68, 3)).
-    Fitted to human annotations by ``benchmarks/calibrate_ibug68.py`` (see the JSON's provenance)."""
-    text = resources.files("facerecon.facelib.data").joinpath("mediapipe468_ibug68.json").read_text()
-    data = json.loads(text)
-    return np.asarray(data["vertex_ids"], np.int32), np.asarray(data["weights"], np.float32)
-
-
 class LandmarkMeshRegressor:
     def __init__(self, options: LandmarkMeshOptions, device: str = "cpu") -> None:
         bundle = mediapipe_bundle.locate_bundle(options.model_path)
@@ -66,7 +54,7 @@ class LandmarkMeshRegressor:
         uvs = np.column_stack([canonical.uvs[:, 0], 1.0 - canonical.uvs[:, 1]])
         self.uvs = self.subdivider.midpoint(uvs).astype(np.float32)
         self.topology = f"mediapipe468-loop{options.subdivisions}"
-        ids, weights = ibug68_on_canonical()
+        ids, weights = mediapipe_bundle.ibug68_on_canonical()
         identity = np.zeros((478, 3), np.int32)
         identity[:MESH_VERTICES, 0] = np.arange(MESH_VERTICES)
         identity_weights = np.zeros((478, 3), np.float32)

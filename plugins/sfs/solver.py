@@ -9,6 +9,7 @@ it is built, so that ``facerecon`` starts without loading torch.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 
@@ -261,140 +262,10 @@ def fit_light_and_highlight(problem: Problem, options: SfsOptions) -> tuple[Tens
 def solve(problem: Problem, options: SfsOptions, use_priors: bool = True) -> Solution:
     """Steps 2-5 of ``facerecon.plugins.sfs`` (lighting, albedo, specular, two depth phases) on one
     depth-map grid. ``use_priors=False`` drops the skin-colour and RTV terms (the seed's Fig. 8 ablation)."""
-    mask = problem.mask
-    m = mask.float()
-    count = m.sum().clamp(min=1)
-    image = problem.image
-    # Clipped pixels (saturated, or black: under-exposed, or holes where a registered RGB-D frame has no
-    # colour) carry no shading information at all; ΔI needs its whole 5-point stencil measured.
-    brightest = image.max(0).values
-    measured = (brightest < options.saturation) & (brightest > options.dark)
-    stencil_measured = -torch.nn.functional.max_pool2d(-measured[None].float(), 3, stride=1, padding=1)[0]
-    problem = replace(problem, lit=problem.lit & measured)
-    if int(problem.lit.sum()) < MIN_MEASURED_SAMPLES:
-        raise NoShading(f"only {int(problem.lit.sum())} face samples are neither clipped nor black")
-    if problem.lighting is None:
-        sh, lobe = fit_light_and_highlight(problem, options)
-    else:
-        sh, lobe = problem.lighting.to(image), None
-    height0 = problem.height0
-    normals0 = normals_from_height(height0)
-    shade0 = shading_of_normals(normals0, sh)
-    # The albedo priors are weighed against the data term relative to the squared shading, so that a
-    # brighter light does not silently weaken them (γ·S: the data term scales with S²).
-    shading_scale = float((shade0[:, mask] ** 2).mean())
-    w_avg = options.albedo_weight * shading_scale if use_priors else 0.0
-    w_rtv = options.albedo_rtv_weight * shading_scale if use_priors else 0.0
-
-    def masked_mean(value):
-        return (value * m).sum() / count
-
-    coarse_m = torch.nn.functional.avg_pool2d(m[None], 2, ceil_mode=True)[0]  # mask coverage at half rate
-    coarse_count = coarse_m.sum().clamp(min=1)
-
-    def coarse_mean(value):
-        """The masked mean of a half-rate map (``low_pass(..., factor=2)``)."""
-        return (value * coarse_m).sum() / coarse_count
-
-    # The chromaticity test sees the diffuse image: a white highlight over wrinkles must not make their
-    # shading untrusted where the lobe explains it.
-    with torch.no_grad():
-        highlight = lobe(normals0) if lobe is not None else torch.zeros_like(height0)[None]
-    diffuse_image = image - options.specular_scale * highlight
-    # The skin's colour here: the face's colours around each sample (σ ``skin_colour_sigma``); a region's
-    # single mean colour (γ_avg) would mistrust whole cheeks whose tone differs from the region's.
-    local_skin = masked_blur(diffuse_image, (mask & measured).float(), options.skin_colour_sigma)
-    skin = skin_confidence(diffuse_image, local_skin, measured, options)
-    if not use_priors:
-        skin = torch.ones_like(skin)
-    # The depth's data weight: skin-coloured, measured, and weighed by foreshortening: towards the
-    # silhouette a sample covers ever more surface seen at a grazing angle, where the depth map is poorly
-    # sampled and the shading least reliable (weighed by cos = n_z, the rim no longer drifts).
-    confidence = skin * measured.float() * normals0[..., 2].clamp(min=0)
-
-    # Step 3: albedo. Its prior γ_avg is the skin's own colour around each sample: the image over the
-    # smooth shading, averaged (σ ``albedo_sigma``) over the skin-coloured samples. That mean cannot hold
-    # detail finer than σ, and it follows the albedo's slow changes (a tan, a flush, make-up) that a
-    # region's single colour would leave to the depth as false creases. Where the colour is not the
-    # skin's (pigment, hair over the forehead), the albedo starts from the image over the smooth shading.
-    with torch.no_grad():
-        ratio = ((image - options.specular_scale * highlight) / shade0.clamp(min=0.05)).clamp(0, 255)
-        skin_albedo = masked_blur(ratio, skin * (mask & measured).float(), options.albedo_sigma)
-        start = skin * skin_albedo + (1 - skin) * torch.where(measured, ratio, skin_albedo)
-    albedo = start.clone().requires_grad_(True)
-    specular = highlight
-
-    def albedo_loss(albedo, shade, specular, blur: float = 0.0):
-        residual = (albedo * shade + options.specular_scale * specular - image) * measured
-        if blur > 0:
-            data = coarse_mean((low_pass(residual * m, blur, 2) ** 2).sum(0))
-        else:
-            data = masked_mean((residual**2).sum(0))
-        # Where the colour is the skin's, the albedo is the skin colour (shading explains the rest); where
-        # it is not (pigment), the albedo is free to follow the image.
-        prior = masked_mean((1 + options.skin_prior_boost * skin) * ((albedo - skin_albedo) ** 2).sum(0))
-        rtv = coarse_mean(relative_total_variation(albedo / 255.0, options.rtv_sigma) ** 2) if w_rtv else 0.0
-        return data + w_avg * prior + w_rtv * rtv
-
-    # Before any depth step the normals are the smooth medium surface's, so at full resolution the albedo
-    # would take up every wrinkle's shading; it is fitted to the blurred residual here and refined at full
-    # resolution while the depth phases explain the detail.
-    optimiser = torch.optim.Adam([albedo], lr=options.albedo_lr)
-    for _ in range(options.albedo_iterations):
-        optimiser.zero_grad()
-        albedo_loss(albedo, shade0, specular, options.albedo_blur).backward()
-        optimiser.step()
-
-    # Step 4: specular, from the residual.
-    with torch.no_grad():
-        # Highlights on skin are smooth at this scale: the initial specular is the blurred positive residual
-        # (unblurred, it would swallow the bright side of every wrinkle).
-        # Highlights are whitish, so they also leave the skin's chromaticity: only there may β0 be non-zero.
-        beta0 = gaussian_blur((image - albedo * shade0).mean(0, keepdim=True).clamp(min=0), options.specular_sigma)
-        beta0 = beta0 * (1 - skin) * (options.specular_model == "per-pixel")
-    if options.specular_model == "per-pixel":
-        specular = beta0.clone().requires_grad_(True)
-        spec_optimiser = torch.optim.Adam([specular], lr=options.specular_lr)
-
-    def specular_steps(shade, steps: int) -> None:
-        if options.specular_model != "per-pixel":
-            return  # the lobe model has no per-pixel specular
-        for _ in range(steps):
-            spec_optimiser.zero_grad()
-            residual = (albedo.detach() * shade + options.specular_scale * specular - image) * measured
-            data = masked_mean((1 - skin) * (residual**2).sum(0))
-            (data + options.specular_weight * masked_mean(((specular - beta0) ** 2).sum(0))).backward()
-            spec_optimiser.step()
-            with torch.no_grad():
-                specular.clamp_(min=0)
-
-    specular_steps(shade0, options.specular_iterations)
-
-    # Step 5: depth in two phases, alternating with albedo and specular.
-    delta = torch.zeros_like(height0, requires_grad=True)
-    # The depth energy measures intensities in units of ``depth_intensity_unit`` grey levels, or of
-    # ``noise_weighting`` times the image's noise std where that is larger (a noisy image weighs its data
-    # less against the priors, as a MAP estimate would): that sets the balance between its data terms and
-    # the λd regularisers on depths in samples.
-    luminance = image.mean(0)
-    noise = noise_level(luminance, mask & measured)
-    unit = max(options.depth_intensity_unit, options.noise_weighting * noise) ** -2
-    lap_image = laplacian(luminance) * unit**0.5
-    if options.detail_noise_threshold > 0:
-        # The phase-2 term copies ΔI into Δd, image noise included: ΔI is soft-thresholded at a multiple
-        # of its noise level (5-point Laplacian of white noise: std √20·σ), so that only contrast the
-        # noise cannot explain becomes detail. On a clean photo this removes almost nothing.
-        tau = options.detail_noise_threshold * 20**0.5 * noise * unit**0.5
-        lap_image = torch.sign(lap_image) * (lap_image.abs() - tau).clamp(min=0)
-
-    albedo_optimiser = torch.optim.Adam([albedo], lr=options.albedo_lr_depth)
-    base_factor = max(1, int(options.base_sigma / 2))
-    low_count = low_pass(m, options.base_sigma, base_factor).gt(0.01).sum().clamp(min=1)  # its samples in the mask
-    lap_height0 = laplacian(height0)  # ∇²d = ∇²d0 + ∇²(d − d0)
-    lap_weight = confidence * stencil_measured
+    scene = Scene.of(problem, options, use_priors)  # step 2 and what every later step weighs with
+    surface = Reflectance(scene)  # steps 3-4
+    depth = DepthEnergy(scene, surface)  # step 5
     phase_heights = {}
-    face_width = float(mask.any(0).sum())
-    bound = options.max_displacement * face_width
     for phase, (weights, lr, iterations) in enumerate(
         (
             (options.phase1_weights, options.phase1_lr, options.phase1_iterations),
@@ -402,67 +273,291 @@ def solve(problem: Problem, options: SfsOptions, use_priors: bool = True) -> Sol
         ),
         start=1,
     ):
-        l1, l2, l3, l4 = weights
+        depth.run_phase(weights, lr, iterations)
+        phase_heights[f"phase{phase}"] = depth.height().clone()
+    height = depth.height()
+    with torch.no_grad():
+        specular = scene.lobe(normals_from_height(height)) if scene.lobe is not None else surface.specular.detach()
+    return Solution(height, surface.albedo.detach(), specular, scene.sh, phase_heights)
 
-        def depth_loss(l1: float = l1, l2: float = l2, l3: float = l3, l4: float = l4):
-            detail = delta * m
-            normals = normals_from_height(height0 + detail)
-            # The lobe's highlight follows the current normals instead of being carved into them.
-            highlight = lobe(normals) if lobe is not None else specular.detach()
-            rendered = albedo.detach() * shading_of_normals(normals, sh) + options.specular_scale * highlight
-            data = masked_mean(confidence * _robust(rendered - image, options.robust_threshold).sum(0)) * unit
-            # Smoothness is asked of the detail added (d − d0), not of the whole surface: ||∇²d||² would
-            # also flatten the medium surface's own curvature (nose, eye sockets), a mid-scale bend.
-            lap_detail = laplacian(detail)
-            low = low_pass(detail, options.base_sigma, base_factor)  # zero outside the mask: a plain mean
-            return (
-                data
-                + options.base_weight * (low**2).sum() / low_count
-                + l1 * masked_mean(delta**2)
-                + l2 * masked_mean(lap_detail**2)
-                + l3 * masked_mean(lap_weight * (lap_image - l4 * (lap_height0 + lap_detail)) ** 2)
-            )
 
-        if options.depth_optimizer == "adam":
-            depth_optimiser: torch.optim.Optimizer = torch.optim.Adam([delta], lr=lr)
+@dataclass
+class Scene:
+    """One solve's fixed quantities on the grid: the measured pixels, the lighting (step 2) and the
+    highlight lobe, the medium surface's normals and shading, and the confidences every term weighs with."""
+
+    options: SfsOptions
+    image: Tensor  # (3, H, W) 0-255
+    mask: Tensor  # (H, W) bool, the refined region
+    m: Tensor  # mask as float
+    count: Tensor  # its samples
+    coarse_m: Tensor  # mask coverage at half rate, and its sum
+    coarse_count: Tensor
+    measured: Tensor  # (H, W) bool: neither clipped nor black
+    stencil_measured: Tensor  # (H, W) float: ΔI's whole 5-point stencil measured
+    sh: Tensor  # (9, 3)
+    lobe: SpecularLobe | None
+    height0: Tensor
+    normals0: Tensor
+    shade0: Tensor
+    highlight0: Tensor  # (1, H, W) the lobe's highlight on the medium surface (0 without a lobe)
+    skin: Tensor  # (H, W) skin-chromaticity confidence
+    confidence: Tensor  # (H, W) the depth's data weight
+    w_avg: float
+    w_rtv: float
+
+    @classmethod
+    def of(cls, problem: Problem, options: SfsOptions, use_priors: bool) -> Scene:
+        mask = problem.mask
+        m = mask.float()
+        image = problem.image
+        # Clipped pixels (saturated, or black: under-exposed, or holes where a registered RGB-D frame has
+        # no colour) carry no shading information at all; ΔI needs its whole 5-point stencil measured.
+        brightest = image.max(0).values
+        measured = (brightest < options.saturation) & (brightest > options.dark)
+        stencil_measured = -torch.nn.functional.max_pool2d(-measured[None].float(), 3, stride=1, padding=1)[0]
+        problem = replace(problem, lit=problem.lit & measured)
+        if int(problem.lit.sum()) < MIN_MEASURED_SAMPLES:
+            raise NoShading(f"only {int(problem.lit.sum())} face samples are neither clipped nor black")
+        if problem.lighting is None:
+            sh, lobe = fit_light_and_highlight(problem, options)
         else:
-            # Adam moves every pixel by about lr per step however weak its gradient, so over a hundred
-            # steps pixels with no shading evidence random-walk (a crumpled surface); L-BFGS with a line
-            # search follows the energy's actual curvature.
-            depth_optimiser = torch.optim.LBFGS(
-                [delta],
-                lr=1.0,
-                max_iter=options.alternate_every,
-                max_eval=options.alternate_every + 5,
-                history_size=10,
-                line_search_fn="strong_wolfe",
-            )
+            sh, lobe = problem.lighting.to(image), None
+        height0 = problem.height0
+        normals0 = normals_from_height(height0)
+        shade0 = shading_of_normals(normals0, sh)
+        # The albedo priors are weighed against the data term relative to the squared shading, so that a
+        # brighter light does not silently weaken them (γ·S: the data term scales with S²).
+        shading_scale = float((shade0[:, mask] ** 2).mean())
+        coarse_m = torch.nn.functional.avg_pool2d(m[None], 2, ceil_mode=True)[0]
+        # The chromaticity test sees the diffuse image: a white highlight over wrinkles must not make their
+        # shading untrusted where the lobe explains it.
+        with torch.no_grad():
+            highlight = lobe(normals0) if lobe is not None else torch.zeros_like(height0)[None]
+        diffuse_image = image - options.specular_scale * highlight
+        # The skin's colour here: the face's colours around each sample (σ ``skin_colour_sigma``); a
+        # region's single mean colour (γ_avg) would mistrust whole cheeks whose tone differs from the region's.
+        local_skin = masked_blur(diffuse_image, (mask & measured).float(), options.skin_colour_sigma)
+        skin = skin_confidence(diffuse_image, local_skin, measured, options)
+        if not use_priors:
+            skin = torch.ones_like(skin)
+        # The depth's data weight: skin-coloured, measured, and weighed by foreshortening: towards the
+        # silhouette a sample covers ever more surface seen at a grazing angle, where the depth map is poorly
+        # sampled and the shading least reliable (weighed by cos = n_z, the rim no longer drifts).
+        confidence = skin * measured.float() * normals0[..., 2].clamp(min=0)
+        return cls(
+            options=options,
+            image=image,
+            mask=mask,
+            m=m,
+            count=m.sum().clamp(min=1),
+            coarse_m=coarse_m,
+            coarse_count=coarse_m.sum().clamp(min=1),
+            measured=measured,
+            stencil_measured=stencil_measured,
+            sh=sh,
+            lobe=lobe,
+            height0=height0,
+            normals0=normals0,
+            shade0=shade0,
+            highlight0=highlight,
+            skin=skin,
+            confidence=confidence,
+            w_avg=options.albedo_weight * shading_scale if use_priors else 0.0,
+            w_rtv=options.albedo_rtv_weight * shading_scale if use_priors else 0.0,
+        )
 
-        def closure(depth_optimiser: torch.optim.Optimizer = depth_optimiser):
-            depth_optimiser.zero_grad()
-            loss = depth_loss()
+    def masked_mean(self, value: Tensor) -> Tensor:
+        return (value * self.m).sum() / self.count
+
+    def coarse_mean(self, value: Tensor) -> Tensor:
+        """The masked mean of a half-rate map (``low_pass(..., factor=2)``)."""
+        return (value * self.coarse_m).sum() / self.coarse_count
+
+    def highlight(self, normals: Tensor, specular: Tensor) -> Tensor:
+        """The specular term for these normals: the lobe's highlight follows them (instead of being carved
+        into them); without a lobe, the per-pixel β."""
+        return self.lobe(normals) if self.lobe is not None else specular.detach()
+
+
+class Reflectance:
+    """Steps 3-4: the albedo γ (with its skin-colour and RTV priors) and the per-pixel specular β, fitted
+    once on the medium surface and then a few steps after each depth update."""
+
+    def __init__(self, scene: Scene) -> None:
+        self.scene = scene
+        options, image, shade0 = scene.options, scene.image, scene.shade0
+        # Step 3: albedo. Its prior γ_avg is the skin's own colour around each sample: the image over the
+        # smooth shading, averaged (σ ``albedo_sigma``) over the skin-coloured samples. That mean cannot
+        # hold detail finer than σ, and it follows the albedo's slow changes (a tan, a flush, make-up) that
+        # a region's single colour would leave to the depth as false creases. Where the colour is not the
+        # skin's (pigment, hair over the forehead), the albedo starts from the image over the smooth shading.
+        with torch.no_grad():
+            ratio = ((image - options.specular_scale * scene.highlight0) / shade0.clamp(min=0.05)).clamp(0, 255)
+            self.skin_albedo = masked_blur(
+                ratio, scene.skin * (scene.mask & scene.measured).float(), options.albedo_sigma
+            )
+            start = scene.skin * self.skin_albedo + (1 - scene.skin) * torch.where(
+                scene.measured, ratio, self.skin_albedo
+            )
+        self.albedo = start.clone().requires_grad_(True)
+        self.specular = scene.highlight0
+        # Before any depth step the normals are the smooth medium surface's, so at full resolution the
+        # albedo would take up every wrinkle's shading; it is fitted to the blurred residual here and
+        # refined at full resolution while the depth phases explain the detail.
+        optimiser = torch.optim.Adam([self.albedo], lr=options.albedo_lr)
+        for _ in range(options.albedo_iterations):
+            optimiser.zero_grad()
+            self.albedo_loss(shade0, self.specular, options.albedo_blur).backward()
+            optimiser.step()
+        # Step 4: specular, from the residual.
+        with torch.no_grad():
+            # Highlights on skin are smooth at this scale: the initial specular is the blurred positive
+            # residual (unblurred, it would swallow the bright side of every wrinkle). Highlights are
+            # whitish, so they also leave the skin's chromaticity: only there may β0 be non-zero.
+            residual = (image - self.albedo * shade0).mean(0, keepdim=True).clamp(min=0)
+            self.beta0 = gaussian_blur(residual, options.specular_sigma)
+            self.beta0 = self.beta0 * (1 - scene.skin) * (options.specular_model == "per-pixel")
+        if options.specular_model == "per-pixel":
+            self.specular = self.beta0.clone().requires_grad_(True)
+            self.specular_optimiser = torch.optim.Adam([self.specular], lr=options.specular_lr)
+        self.specular_steps(shade0, options.specular_iterations)
+        self.depth_optimiser = torch.optim.Adam([self.albedo], lr=options.albedo_lr_depth)
+
+    def albedo_loss(self, shade: Tensor, specular: Tensor, blur: float = 0.0) -> Tensor:
+        scene, options = self.scene, self.scene.options
+        residual = (self.albedo * shade + options.specular_scale * specular - scene.image) * scene.measured
+        if blur > 0:
+            data = scene.coarse_mean((low_pass(residual * scene.m, blur, 2) ** 2).sum(0))
+        else:
+            data = scene.masked_mean((residual**2).sum(0))
+        # Where the colour is the skin's, the albedo is the skin colour (shading explains the rest); where
+        # it is not (pigment), the albedo is free to follow the image.
+        weight = 1 + options.skin_prior_boost * scene.skin
+        prior = scene.masked_mean(weight * ((self.albedo - self.skin_albedo) ** 2).sum(0))
+        rtv: Tensor | float = 0.0
+        if scene.w_rtv:
+            rtv = scene.coarse_mean(relative_total_variation(self.albedo / 255.0, options.rtv_sigma) ** 2)
+        return data + scene.w_avg * prior + scene.w_rtv * rtv
+
+    def specular_steps(self, shade: Tensor, steps: int) -> None:
+        scene, options = self.scene, self.scene.options
+        if options.specular_model != "per-pixel":
+            return  # the lobe model has no per-pixel specular
+        for _ in range(steps):
+            self.specular_optimiser.zero_grad()
+            residual = (
+                self.albedo.detach() * shade + options.specular_scale * self.specular - scene.image
+            ) * scene.measured
+            data = scene.masked_mean((1 - scene.skin) * (residual**2).sum(0))
+            prior = scene.masked_mean(((self.specular - self.beta0) ** 2).sum(0))
+            (data + options.specular_weight * prior).backward()
+            self.specular_optimiser.step()
+            with torch.no_grad():
+                self.specular.clamp_(min=0)
+
+    def follow(self, normals: Tensor) -> None:
+        """A few albedo and specular steps for the current normals (the depth phases alternate with them)."""
+        scene = self.scene
+        shade = shading_of_normals(normals, scene.sh)
+        highlight = scene.highlight(normals, self.specular)
+        for _ in range(2):
+            self.depth_optimiser.zero_grad()
+            self.albedo_loss(shade, highlight).backward()
+            self.depth_optimiser.step()
+        self.specular_steps(shade, 2)
+
+
+class DepthEnergy:
+    """Step 5: the detail δ = d − d0 added to the medium height, and its energy
+    E = data + base + λd1‖δ‖² + λd2‖∇²δ‖² + λd3‖ΔI − λd4∇²d‖² (seed eq. for the two depth phases)."""
+
+    def __init__(self, scene: Scene, surface: Reflectance) -> None:
+        self.scene, self.surface = scene, surface
+        options, mask, measured = scene.options, scene.mask, scene.measured
+        self.delta = torch.zeros_like(scene.height0, requires_grad=True)
+        # The depth energy measures intensities in units of ``depth_intensity_unit`` grey levels, or of
+        # ``noise_weighting`` times the image's noise std where that is larger (a noisy image weighs its
+        # data less against the priors, as a MAP estimate would): that sets the balance between its data
+        # terms and the λd regularisers on depths in samples.
+        luminance = scene.image.mean(0)
+        noise = noise_level(luminance, mask & measured)
+        self.unit = max(options.depth_intensity_unit, options.noise_weighting * noise) ** -2
+        lap_image = laplacian(luminance) * self.unit**0.5
+        if options.detail_noise_threshold > 0:
+            # The phase-2 term copies ΔI into Δd, image noise included: ΔI is soft-thresholded at a
+            # multiple of its noise level (5-point Laplacian of white noise: std √20·σ), so that only
+            # contrast the noise cannot explain becomes detail. On a clean photo this removes almost nothing.
+            tau = options.detail_noise_threshold * 20**0.5 * noise * self.unit**0.5
+            lap_image = torch.sign(lap_image) * (lap_image.abs() - tau).clamp(min=0)
+        self.lap_image = lap_image
+        self.base_factor = max(1, int(options.base_sigma / 2))
+        # the low-pass anchor's samples in the mask
+        self.low_count = low_pass(scene.m, options.base_sigma, self.base_factor).gt(0.01).sum().clamp(min=1)
+        self.lap_height0 = laplacian(scene.height0)  # ∇²d = ∇²d0 + ∇²(d − d0)
+        self.lap_weight = scene.confidence * scene.stencil_measured
+        self.bound = options.max_displacement * float(mask.any(0).sum())  # of the face's width
+
+    def height(self) -> Tensor:
+        return self.scene.height0 + self.delta.detach() * self.scene.m
+
+    def loss(self, l1: float, l2: float, l3: float, l4: float) -> Tensor:
+        scene, options = self.scene, self.scene.options
+        detail = self.delta * scene.m
+        normals = normals_from_height(scene.height0 + detail)
+        highlight = scene.highlight(normals, self.surface.specular)
+        rendered = self.surface.albedo.detach() * shading_of_normals(normals, scene.sh)
+        rendered = rendered + options.specular_scale * highlight
+        residual = _robust(rendered - scene.image, options.robust_threshold).sum(0)
+        data = scene.masked_mean(scene.confidence * residual) * self.unit
+        # Smoothness is asked of the detail added (d − d0), not of the whole surface: ||∇²d||² would also
+        # flatten the medium surface's own curvature (nose, eye sockets), a mid-scale bend.
+        lap_detail = laplacian(detail)
+        low = low_pass(detail, options.base_sigma, self.base_factor)  # zero outside the mask: a plain mean
+        transfer = self.lap_weight * (self.lap_image - l4 * (self.lap_height0 + lap_detail)) ** 2
+        return (
+            data
+            + options.base_weight * (low**2).sum() / self.low_count
+            + l1 * scene.masked_mean(self.delta**2)
+            + l2 * scene.masked_mean(lap_detail**2)
+            + l3 * scene.masked_mean(transfer)
+        )
+
+    def run_phase(self, weights: tuple[float, float, float, float], lr: float, iterations: int) -> None:
+        """One depth phase, alternating with the albedo and specular every ``alternate_every`` steps."""
+        options = self.scene.options
+        optimiser = self._optimiser(lr)
+
+        def closure() -> Any:  # the loss tensor (torch's stubs say float)
+            optimiser.zero_grad()
+            loss = self.loss(*weights)
             loss.backward()
             return loss
 
-        steps = iterations if options.depth_optimizer == "adam" else -(-iterations // options.alternate_every)
+        adam = options.depth_optimizer == "adam"
+        steps = iterations if adam else -(-iterations // options.alternate_every)
         for step in range(steps):
-            depth_optimiser.step(closure)
+            optimiser.step(closure)
             with torch.no_grad():
-                delta.clamp_(-bound, bound)
-            if options.depth_optimizer != "adam" or (step + 1) % options.alternate_every == 0:
-                normals = normals_from_height(height0 + delta.detach() * m)
-                shade = shading_of_normals(normals, sh)
-                highlight = lobe(normals) if lobe is not None else specular.detach()
-                for _ in range(2):
-                    albedo_optimiser.zero_grad()
-                    albedo_loss(albedo, shade, highlight).backward()
-                    albedo_optimiser.step()
-                specular_steps(shade, 2)
-        phase_heights[f"phase{phase}"] = (height0 + delta.detach() * m).clone()
-    height = height0 + delta.detach() * m
-    with torch.no_grad():
-        specular = lobe(normals_from_height(height)) if lobe is not None else specular.detach()
-    return Solution(height, albedo.detach(), specular, sh, phase_heights)
+                self.delta.clamp_(-self.bound, self.bound)
+            if not adam or (step + 1) % options.alternate_every == 0:
+                self.surface.follow(normals_from_height(self.height()))
+
+    def _optimiser(self, lr: float) -> torch.optim.Optimizer:
+        options = self.scene.options
+        if options.depth_optimizer == "adam":
+            return torch.optim.Adam([self.delta], lr=lr)
+        # Adam moves every pixel by about lr per step however weak its gradient, so over a hundred steps
+        # pixels with no shading evidence random-walk (a crumpled surface); L-BFGS with a line search
+        # follows the energy's actual curvature.
+        return torch.optim.LBFGS(
+            [self.delta],
+            lr=1.0,
+            max_iter=options.alternate_every,
+            max_eval=options.alternate_every + 5,
+            history_size=10,
+            line_search_fn="strong_wolfe",
+        )
 
 
 def skin_confidence(diffuse: Tensor, albedo_avg: Tensor, measured: Tensor, options: SfsOptions) -> Tensor:
