@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from facerecon.facelib.face_parsing import CELEBAMASK_HQ, LABEL_IDS, LABEL_ORDERS, region_colors
+from facerecon.facelib.onnx import onnx_session
 from facerecon.kernel.contract import Face, Registrar, Segmentation, hookimpl
 from facerecon.kernel.contract.errors import ConfigError, InputError, ModelFileError, PluginError
 from facerecon.kernel.contract.images import check_image
@@ -149,21 +150,9 @@ class OnnxParser:
             raise ModelFileError(f"onnx-parsing: model file not found: {path}")
         self.model_path = path
         try:
-            import onnxruntime
+            self.session = onnx_session(path, device, threads=options.threads, warn=log, who="onnx-parsing")
         except ImportError:
             raise PluginError(f"onnx-parsing needs onnxruntime: {EXTRA_HINT}") from None
-        providers = ["CPUExecutionProvider"]
-        if device == "cuda":
-            if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
-                providers.insert(0, "CUDAExecutionProvider")
-            else:
-                log.warning("onnx-parsing: onnxruntime has no CUDA provider here; running on the CPU")
-        settings = onnxruntime.SessionOptions()
-        settings.log_severity_level = 3
-        if options.threads:
-            settings.intra_op_num_threads = options.threads
-        try:
-            self.session = onnxruntime.InferenceSession(str(path), sess_options=settings, providers=providers)
         except Exception as exc:
             raise ModelFileError(f"{path}: not a readable ONNX model ({str(exc).splitlines()[0][:300]})") from None
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()

@@ -4,6 +4,7 @@ model (50 vertices), the real Surrey Face Model from the shared data, bad files,
 from __future__ import annotations
 
 import pickle
+import re
 import struct
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from facerecon.facelib.morphable.formats import (
     sha256_of,
 )
 from facerecon.facelib.morphable.model import MorphableModel
+from facerecon.facelib.unpickle import safe_load
 from facerecon.kernel.contract.errors import ModelFileError
 from facerecon.kernel.contract.records import LandmarkMap
 
@@ -559,6 +561,38 @@ def test_pickles_cannot_run_code(tmp_path):
     (tmp_path / "evil.pkl").write_bytes(pickle.dumps({"u": Evil()}))
     with pytest.raises(ModelFileError, match=r"evil\.pkl: not a readable pickle .*refusing to load builtins\.print"):
         load_model(tmp_path / "evil.pkl")
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 5])
+def test_one_safe_unpickler_guards_both_entry_points(tmp_path, protocol):
+    """facelib.unpickle is the one allow-list: the model loader and 3ddfa's parameter statistics both
+    refuse a pickle that names os.system or builtins.eval, before anything runs, with the same words."""
+    from facerecon.plugins.tddfa import load_param_stats
+
+    marker = tmp_path / "pwned"
+    attacks = {
+        "os.system": b"cos\nsystem\n(S'touch " + str(marker).encode() + b"'\ntR.",
+        "builtins.eval": b"cbuiltins\neval\n(S'open(" + repr(str(marker)).encode() + b', "w")\'\ntR.',
+    }
+    for name, payload in attacks.items():
+        refusal = rf"refusing to load {re.escape(name)} \(only numpy arrays are allowed\)"
+        with pytest.raises(pickle.UnpicklingError, match=refusal):
+            safe_load(payload)
+        evil = tmp_path / f"{name}.pkl"
+        evil.write_bytes(payload)
+        with pytest.raises(ModelFileError, match=rf"not a readable pickle of numpy arrays \({refusal}\)"):
+            load_model(evil)
+        stats_refusal = rf"not a 3DDFA parameter-statistics pickle \(UnpicklingError: {refusal}"
+        with pytest.raises(ModelFileError, match=stats_refusal):
+            load_param_stats(evil)
+    assert not marker.exists()
+    # ... while numpy arrays, dtypes and scalars in plain containers load at every protocol.
+    stats = {"mean": np.arange(62, dtype=np.float32), "std": np.ones(62, np.float32), "n": np.int64(62)}
+    loaded = safe_load(pickle.dumps(stats, protocol=protocol))
+    assert loaded["n"] == 62 and np.array_equal(loaded["mean"], stats["mean"])
+    (tmp_path / "stats.pkl").write_bytes(pickle.dumps(stats, protocol=protocol))
+    mean, std = load_param_stats(tmp_path / "stats.pkl")
+    assert np.array_equal(mean, stats["mean"]) and np.array_equal(std, stats["std"])
 
 
 def test_format_argument_and_registry(tmp_path, face):

@@ -416,7 +416,7 @@ def test_configuration_doc_options_are_valid():
         ("segmenter", "landmark-regions"): lr.LandmarkRegionsOptions,
         ("segmenter", "onnx-parsing"): onnx_parsing.OnnxParsingOptions,
     }
-    from facerecon.kernel.host.registry import parse_options
+    from facerecon.kernel.host.options import parse_options
 
     seen = set()
     for block in re.findall(r"```toml\n(.*?)```", text, flags=re.S):

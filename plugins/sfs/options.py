@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 
 @dataclass(frozen=True)
@@ -71,9 +72,9 @@ class SfsOptions:
     saturation: float = 250.0
     dark: float = 5.0
     detail_noise_threshold: float = 1.0
-    specular_model: str = "lobe"
+    specular_model: Literal["lobe", "per-pixel"] = "lobe"
     specular_min_peak: float = 8.0
-    depth_optimizer: str = "lbfgs"
+    depth_optimizer: Literal["lbfgs", "adam"] = "lbfgs"
     base_weight: float = 1.0
     base_sigma: float = 6.0
     rtv_sigma: float = 2.0
