@@ -30,8 +30,8 @@ from benchmarks.evaluate_synth_detail import place, score
 from facerecon.evaluation import shared_data_dir
 from facerecon.kernel import Pipeline, PipelineConfig
 from facerecon.kernel.host.imageio import load_image
-from facerecon.plugins.sfs import solver as sfs_solver
 from facerecon.plugins.sfs import SfsOptions, SfsRefiner
+from facerecon.plugins.sfs import solver as sfs_solver
 
 MEDIUM = PipelineConfig(segmenter="landmark-regions", refiners=("laplace",), device="cpu")
 ROWS = ("estimated", "true-light", "true-start", "true-both")

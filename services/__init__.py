@@ -1,7 +1,11 @@
 """gRPC stage services: any stage on any machine, clients in any language.
 
 * :mod:`.convert` — records <-> ``facerecon.v1`` protobuf messages (generated code in ``facerecon.v1``);
-* :mod:`.server` — stage and pipeline servers (health, reflection, TLS, tokens, status codes);
+* :mod:`.kinds` — the gRPC facts of each stage kind and the pipeline (service name, stub, servicer registration);
+* :mod:`.server` — stage and pipeline servers: settings, ports, TLS, health, reflection, graceful shutdown;
+* :mod:`.servicers` — the four stage servicers and the Pipeline servicer (requests in, stage contract checked);
+* :mod:`.interceptors` — the bearer token, and exceptions -> status codes;
+* :mod:`.loader` — the stage objects a server builds in the background and lends to one call at a time;
 * :mod:`.remote` — the ``remote`` stage plugin: a stage served elsewhere, used like a local one;
 * :mod:`.commands` — ``facerecon serve``;
 * :mod:`.codegen` — regenerates ``facerecon/v1`` from ``protos/facerecon/v1/*.proto``.

@@ -42,17 +42,12 @@ from facerecon.kernel.contract.errors import ConfigError, FaceReconError, InputE
 from facerecon.kernel.contract.records import CoarseResult, Face, Mesh, Refinement, Segmentation
 from facerecon.kernel.contract.stages import STAGE_KINDS
 from facerecon.kernel.host.config import PipelineConfig
-from facerecon.v1 import stages_pb2, stages_pb2_grpc
+from facerecon.v1 import stages_pb2
 
 from . import convert
+from .kinds import STAGE_SERVICES
 
 NAME = "remote"
-SERVICES = {
-    "detector": ("facerecon.v1.Detector", stages_pb2_grpc.DetectorStub),
-    "regressor": ("facerecon.v1.Regressor", stages_pb2_grpc.RegressorStub),
-    "segmenter": ("facerecon.v1.Segmenter", stages_pb2_grpc.SegmenterStub),
-    "refiner": ("facerecon.v1.Refiner", stages_pb2_grpc.RefinerStub),
-}
 MAX_ATTEMPTS = 5
 """gRPC caps a retry policy at 5 attempts (the first call and 4 retries)."""
 
@@ -251,10 +246,10 @@ class RemoteStage:
             )
         self.options = options
         self.target = grpc_target(options.address)
-        service, stub_type = SERVICES[self.kind]
-        self._key, self.channel = CHANNELS.acquire(self.target, service, options)
+        service = STAGE_SERVICES[self.kind]
+        self._key, self.channel = CHANNELS.acquire(self.target, service.service, options)
         self._closed = False
-        self.stub: Any = stub_type(self.channel)
+        self.stub: Any = service.stub(self.channel)
         token = options.token_file.read_text().strip() if options.token_file else None
         self._metadata = (("authorization", f"Bearer {token}"),) if token else None
         try:
@@ -369,11 +364,9 @@ class RemoteRefiner(RemoteStage):
 
 
 REMOTE_STAGES: dict[str, type[RemoteStage]] = {
-    "detector": RemoteDetector,
-    "regressor": RemoteRegressor,
-    "segmenter": RemoteSegmenter,
-    "refiner": RemoteRefiner,
+    stage.kind: stage for stage in (RemoteDetector, RemoteRegressor, RemoteSegmenter, RemoteRefiner)
 }
+"""The remote stage of each kind (its gRPC service: :data:`~.kinds.STAGE_SERVICES`)."""
 
 
 @hookimpl
