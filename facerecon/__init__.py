@@ -1,9 +1,10 @@
 """facerecon: one photo of a face in, a detailed 3D mesh out.
 
 import facerecon
+from facerecon.outputs.meshes import write_mesh
 pipe = facerecon.Pipeline.from_config()          # MediaPipe landmarks -> dense landmark mesh
 rec = pipe(image)                                 # image: uint8 (H, W, 3) RGB
-facerecon.export.write_mesh(rec.reconstructions[0].final.mesh, "face.obj")
+write_mesh(rec.reconstructions[0].final.mesh, "face.obj")
 """
 
 from importlib.metadata import PackageNotFoundError, version
