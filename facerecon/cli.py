@@ -122,18 +122,31 @@ def cmd_plugins(args: argparse.Namespace) -> int:
             "version": spec.version,
             "summary": spec.summary,
             "license": spec.license_note,
+            "accepts": None if spec.accepts is None else list(spec.accepts),
+            "produces": None if spec.produces is None else list(spec.produces),
+            "devices": list(spec.devices),
         }
         for spec in sorted(host.stages.values(), key=lambda s: (s.kind, s.name))
     ]
     if args.json:
         print(json.dumps({"stages": rows, "refused": host.failures}, indent=1))
         return EXIT_OK
-    widths = [max([len(k)] + [len(str(r[k])) for r in rows]) for k in ("kind", "name", "distribution")]
-    print(f"{'KIND':<{widths[0]}}  {'NAME':<{widths[1]}}  {'DISTRIBUTION':<{widths[2]}}  VERSION  SUMMARY")
+    for r in rows:  # what a stage takes (landmark schemes) or, for a detector, gives
+        schemes = r["produces"] if r["kind"] == "detector" else r["accepts"]
+        r["landmarks"] = ("gives " if r["kind"] == "detector" else "takes ") + (
+            ",".join(schemes) if schemes else ("any" if r["kind"] != "detector" else "(not known)")
+        )
+    keys = ("kind", "name", "distribution", "landmarks")
+    widths = [max([len(k)] + [len(str(r[k])) for r in rows]) for k in keys]
+    print(
+        f"{'KIND':<{widths[0]}}  {'NAME':<{widths[1]}}  {'DISTRIBUTION':<{widths[2]}}  VERSION  "
+        f"{'LANDMARKS':<{widths[3]}}  SUMMARY"
+    )
     for r in rows:
         print(
             f"{r['kind']:<{widths[0]}}  {r['name']:<{widths[1]}}  {r['distribution']:<{widths[2]}}  "
-            f"{r['version']:<7}  {r['summary']}" + (f" [{r['license']}]" if r["license"] else "")
+            f"{r['version']:<7}  {r['landmarks']:<{widths[3]}}  {r['summary']}"
+            + (f" [{r['license']}]" if r["license"] else "")
         )
     for message in host.failures.values():
         print(f"refused: {message}")

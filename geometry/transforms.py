@@ -57,3 +57,30 @@ def similarity_transform(
     rotation = u @ correction @ vt
     scale = float(np.trace(np.diag(sigma) @ correction) / (w @ (a**2).sum(1)))
     return scale, rotation, mu_t - scale * rotation @ mu_s
+
+
+def orthographic_pose(
+    source: np.ndarray, target_xy: np.ndarray, weights: np.ndarray | None = None, iterations: int = 20
+) -> tuple[float, np.ndarray, np.ndarray]:
+    """Least-squares s, R, t with target_xy ≈ (s·R·source + t)[:, :2] (scaled orthographic projection) for
+    (n, 3) model points and (n, 2) image points; t's z is 0 for the points' weighted centre.
+
+    Starts from the best affine camera's nearest scaled rotation, then alternates: the targets' unknown
+    depths are set to the posed model's, and s, R, t refitted in 3D (``similarity_transform``); each round
+    lowers the image-plane error, which the depths never add to."""
+    source = np.asarray(source, np.float64)
+    xy = np.asarray(target_xy, np.float64)[:, :2]
+    w = np.full(len(source), 1.0) if weights is None else np.asarray(weights, np.float64)
+    mu_s, mu_t = (w @ source) / w.sum(), (w @ xy) / w.sum()
+    a, b = source - mu_s, xy - mu_t
+    affine = np.linalg.lstsq(a * np.sqrt(w)[:, None], b * np.sqrt(w)[:, None], rcond=None)[0].T  # (2, 3)
+    u, sigma, vt = np.linalg.svd(affine, full_matrices=False)
+    rows = u @ vt
+    rotation = np.vstack([rows, np.cross(rows[0], rows[1])])
+    scale = float(sigma.mean())
+    translation = np.append(mu_t - scale * (rotation @ mu_s)[:2], -scale * (rotation @ mu_s)[2])
+    for _ in range(iterations):
+        depth = (scale * source @ rotation.T + translation)[:, 2]
+        scale, rotation, translation = similarity_transform(source, np.column_stack([xy, depth]), w)
+    translation[2] -= (w @ (scale * source @ rotation.T + translation)[:, 2]) / w.sum()
+    return scale, rotation, translation

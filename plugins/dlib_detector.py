@@ -201,4 +201,6 @@ def facerecon_register_stages(registry: Registrar) -> None:
         summary="dlib HOG face detector + 68-point shape predictor: iBUG-68 landmarks (extra: facerecon[dlib])",
         license_note=LICENSE_NOTE,
         available=available,
+        produces=("ibug68",),
+        devices=("cpu",),
     )

@@ -200,4 +200,5 @@ def facerecon_register_stages(registry: Registrar) -> None:
         license_note="the model's own licence (BFM, SFM: non-commercial)",
         priority=10,
         available=_model_configured,
+        devices=("cpu",),  # any scheme the model has a correspondence for (known when it loads)
     )

@@ -14,14 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from facerecon.facelib import mediapipe_bundle
-from facerecon.geometry.subdivision import Subdivider
+from facerecon.facelib.canonical import MESH_VERTICES, CanonicalTopology
 from facerecon.geometry.transforms import FLIP_YZ, similarity_transform
-from facerecon.kernel.contract import IBUG68, CoarseResult, Face, LandmarkMap, Mesh, Registrar, hookimpl
+from facerecon.kernel.contract import CoarseResult, Face, Registrar, hookimpl
 from facerecon.kernel.contract.errors import InputError
 from facerecon.kernel.contract.images import check_image
 
-MESH_VERTICES = 468
 ACCEPTED_SCHEMES = ("mediapipe478", "mediapipe468")
 
 
@@ -44,25 +42,7 @@ class LandmarkMeshOptions:
 
 class LandmarkMeshRegressor:
     def __init__(self, options: LandmarkMeshOptions, device: str = "cpu") -> None:
-        bundle = mediapipe_bundle.locate_bundle(options.model_path)
-        canonical = mediapipe_bundle.canonical_face(bundle)
-        self.options = options
-        # MediaPipe's metric frame is y up, z towards the viewer; the mesh frame is y down, z away.
-        self.canonical = canonical.vertices @ FLIP_YZ
-        self.subdivider = Subdivider.build(MESH_VERTICES, canonical.triangles, options.subdivisions)
-        # The bundle stores v downwards (image rows); meshes carry OBJ's v upwards.
-        uvs = np.column_stack([canonical.uvs[:, 0], 1.0 - canonical.uvs[:, 1]])
-        self.uvs = self.subdivider.midpoint(uvs).astype(np.float32)
-        self.topology = f"mediapipe468-loop{options.subdivisions}"
-        ids, weights = mediapipe_bundle.ibug68_on_canonical()
-        identity = np.zeros((478, 3), np.int32)
-        identity[:MESH_VERTICES, 0] = np.arange(MESH_VERTICES)
-        identity_weights = np.zeros((478, 3), np.float32)
-        identity_weights[:MESH_VERTICES, 0] = 1.0  # the 10 iris points are not on the face mesh
-        self.landmark_maps = {
-            IBUG68: LandmarkMap(IBUG68, ids, weights),
-            "mediapipe478": LandmarkMap("mediapipe478", identity, identity_weights),
-        }
+        self.canonical = CanonicalTopology.load(options.model_path, options.subdivisions)
 
     def regress(self, image: np.ndarray, face: Face) -> CoarseResult:
         check_image(image)
@@ -72,16 +52,9 @@ class LandmarkMeshRegressor:
                 f"{face.landmarks.scheme!r}; use the mediapipe detector or a 3DMM regressor"
             )
         points = np.asarray(face.landmarks.points[:MESH_VERTICES], np.float64)
-        vertices = self.subdivider.interpolating(points)
-        mesh = Mesh(
-            vertices=vertices,
-            triangles=self.subdivider.faces,
-            topology=self.topology,
-            uvs=self.uvs,
-            landmark_maps=self.landmark_maps,
-        )
+        mesh = self.canonical.mesh(points)
         # Pose of MediaPipe's canonical face (its own frame: y up, z to the viewer, cm) in the mesh frame.
-        scale, rotation, translation = similarity_transform(self.canonical, points)
+        scale, rotation, translation = similarity_transform(self.canonical.vertices, points)
         return CoarseResult(mesh=mesh, rotation=rotation @ FLIP_YZ, translation=translation, scale=scale)
 
 
@@ -94,4 +67,6 @@ def facerecon_register_stages(registry: Registrar) -> None:
         options=LandmarkMeshOptions,
         summary="MediaPipe's 468 landmarks on the canonical face topology, Loop-subdivided (no 3DMM needed)",
         license_note="canonical mesh: Apache-2.0 (Google MediaPipe)",
+        accepts=("mediapipe478", "mediapipe468"),
+        devices=("cpu",),
     )

@@ -229,4 +229,6 @@ def facerecon_register_stages(registry: Registrar) -> None:
         LandmarkRegions,
         options=LandmarkRegionsOptions,
         summary="face regions (skin, brows, eyes, nose, lips, mouth) from the landmarks; CelebAMask-HQ ids",
+        accepts=("ibug68", "mediapipe478", "mediapipe468"),
+        devices=("cpu",),
     )

@@ -269,4 +269,6 @@ def facerecon_register_stages(registry: Registrar) -> None:
         options=MediaPipeOptions,
         summary="MediaPipe Face Landmarker: 478 3D landmarks, blendshapes, head pose (Apache-2.0)",
         license_note="model: Apache-2.0 (Google MediaPipe)",
+        produces=("mediapipe478",),
+        devices=("cpu",),
     )

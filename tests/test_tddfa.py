@@ -538,8 +538,8 @@ def test_registered_as_a_regressor(weights: Path, param_stats: Path, tmp_path: P
     assert options == tddfa.TddfaOptions(weights=weights, param_stats=param_stats, two_pass=False)
     with pytest.raises(ConfigError, match="unknown option"):
         spec.make_options({"weights": str(weights), "bfm": "x.pkl"})
-    with pytest.raises(ConfigError):
-        spec.make_options({})  # weights is required
+    with pytest.raises(ModelFileError, match=r"needs its network: set \[options.regressor.3ddfa\] weights"):
+        host.create("regressor", "3ddfa", {}, "cpu")  # a clear error, not a missing positional argument
     with pytest.raises(ConfigError, match="width"):
         spec.make_options({"weights": str(weights), "width": -1.0})
     with pytest.raises(ModelFileError, match="needs the BFM model"):

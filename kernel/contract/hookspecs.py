@@ -37,6 +37,9 @@ class Registrar(Protocol):
         license_note: str = "",
         priority: int = 0,
         available: Callable[[], bool] | None = None,
+        accepts: tuple[str, ...] | None = None,
+        produces: tuple[str, ...] | None = None,
+        devices: tuple[str, ...] = ("cpu", "cuda"),
     ) -> None:
         """Offer stage ``name`` of ``kind``.
 
@@ -52,6 +55,14 @@ class Registrar(Protocol):
         :param priority: when the config asks for ``"auto"``, the available stage of that kind with the
             highest priority runs.
         :param available: whether the stage can run with no options given (e.g. its model file is found).
+        :param accepts: the landmark schemes (``Landmarks.scheme``) the stage can use, None = any. The
+            pipeline checks the chain when it is built: a regressor, segmenter or refiner that cannot use
+            the detector's landmarks is refused before any photo is read, and ``"auto"`` picks a regressor
+            that can.
+        :param produces: for a detector, the landmark schemes it gives (None = not known in advance, e.g. a
+            remote one).
+        :param devices: where it runs (a CPU-only stage runs on the CPU in a CUDA pipeline); shown by
+            ``facerecon plugins``.
         """
         ...
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from facerecon.kernel.contract.errors import PluginError
+from facerecon.kernel.contract.errors import ConfigError, PluginError
 from facerecon.kernel.contract.images import check_image
 from facerecon.kernel.contract.records import (
     Face,
@@ -39,21 +39,40 @@ class Pipeline:
     def __init__(self, config: PipelineConfig | None = None, host: PluginHost | None = None) -> None:
         config = config or PipelineConfig()
         self.host = host or PluginHost(allow=config.allow_plugins, block=config.block_plugins)
-        # "auto" picks the highest-priority available stage of its kind (see StageRegistrar.register).
+        # "auto" picks the highest-priority available stage of its kind (see StageRegistrar.register); a
+        # regressor that takes the detector's landmarks.
         if config.detector == "auto":
             config = replace(config, detector=self.host.auto("detector"))
+        schemes = self.host.spec("detector", config.detector).produces
         if config.regressor == "auto":
-            config = replace(config, regressor=self.host.auto("regressor"))
+            config = replace(config, regressor=self.host.auto("regressor", schemes))
         self.config = config
         self.device = resolve_device(self.config.device)
         self._stages: dict[tuple[str, str], Any] = {}
-        # Fail fast on unknown plugin names, before any model loads.
-        self.host.spec("detector", self.config.detector)
-        self.host.spec("regressor", self.config.regressor)
-        if self.config.segmenter:
-            self.host.spec("segmenter", self.config.segmenter)
-        for name in self.config.refiners:
-            self.host.spec("refiner", name)
+        # Fail fast on unknown plugin names and stages that cannot use the detector's landmarks, before any
+        # model loads or photo is read.
+        self._check_chain(schemes)
+
+    def _check_chain(self, schemes: tuple[str, ...] | None) -> None:
+        config = self.config
+        stages = [("regressor", config.regressor)] + [("segmenter", config.segmenter)] * bool(config.segmenter)
+        stages += [("refiner", name) for name in config.refiners]
+        for kind, name in stages:
+            spec = self.host.spec(kind, str(name))
+            if spec.takes(schemes):
+                continue
+            given = " or ".join(schemes or ())
+            fix = [s.name for (k, _), s in self.host.stages.items() if k == kind and s.takes(schemes)]
+            detectors = [
+                s.name
+                for (k, _), s in self.host.stages.items()
+                if k == "detector" and s.produces and spec.takes(s.produces)
+            ]
+            raise ConfigError(
+                f"{kind} {name!r} takes {spec.accepts_text()} landmarks, but detector {config.detector!r} gives "
+                f"{given}: use a {kind} that takes them ({', '.join(sorted(fix)) or 'none is registered'}) or a "
+                f"detector whose landmarks it takes ({', '.join(sorted(detectors)) or 'none is registered'})"
+            )
 
     @classmethod
     def from_config(

@@ -51,10 +51,20 @@ class StageSpec:
     license_note: str = ""
     priority: int = 0
     available: Callable[[], bool] | None = None
+    accepts: tuple[str, ...] | None = None
+    produces: tuple[str, ...] | None = None
+    devices: tuple[str, ...] = ("cpu", "cuda")
 
     def is_available(self) -> bool:
         """Whether the stage can run with no options given (e.g. its model files are configured)."""
         return True if self.available is None else bool(self.available())
+
+    def takes(self, schemes: tuple[str, ...] | None) -> bool:
+        """Whether this stage can use landmarks of every scheme in ``schemes`` (None: not known, assumed)."""
+        return schemes is None or self.accepts is None or all(s in self.accepts for s in schemes)
+
+    def accepts_text(self) -> str:
+        return "any landmarks" if self.accepts is None else " or ".join(self.accepts)
 
     def make_options(self, table: Mapping[str, Any] | None) -> Any:
         """Options for this stage from a config table, with unknown keys and wrong types refused."""
@@ -83,8 +93,11 @@ class StageRegistrar:
         license_note: str = "",
         priority: int = 0,
         available: Callable[[], bool] | None = None,
+        accepts: tuple[str, ...] | None = None,
+        produces: tuple[str, ...] | None = None,
+        devices: tuple[str, ...] = ("cpu", "cuda"),
     ) -> None:
-        """Offer a stage ``name`` of ``kind``; see the hookspec for the factory's contract.
+        """Offer a stage ``name`` of ``kind``; see the hookspec (``Registrar.register``) for the arguments.
 
         priority, available: when the config asks for ``"auto"``, the available stage of that kind with
         the highest priority runs (e.g. a 3DMM fitter once a model is configured, else a fallback).
@@ -97,6 +110,9 @@ class StageRegistrar:
             raise PluginError(f"plugin {self.plugin!r}: options of {kind} {name!r} must be a dataclass")
         if not callable(factory):
             raise PluginError(f"plugin {self.plugin!r}: factory of {kind} {name!r} is not callable")
+        for what, value in (("accepts", accepts), ("produces", produces), ("devices", devices)):
+            if value is not None and (isinstance(value, str) or not all(isinstance(v, str) and v for v in value)):
+                raise PluginError(f"plugin {self.plugin!r}: {what} of {kind} {name!r} must be a tuple of names")
         self.collected.append(
             StageSpec(
                 kind=kind,
@@ -110,6 +126,9 @@ class StageRegistrar:
                 license_note=license_note,
                 priority=priority,
                 available=available,
+                accepts=None if accepts is None else tuple(accepts),
+                produces=None if produces is None else tuple(produces),
+                devices=tuple(devices),
             )
         )
 
@@ -249,12 +268,20 @@ class PluginHost:
     def names(self, kind: str) -> list[str]:
         return sorted(name for (k, name) in self.stages if k == kind)
 
-    def auto(self, kind: str) -> str:
-        """The name ``"auto"`` resolves to: the available stage of ``kind`` with the highest priority."""
+    def auto(self, kind: str, schemes: tuple[str, ...] | None = None) -> str:
+        """The name ``"auto"`` resolves to: the available stage of ``kind`` with the highest priority, among
+        those that accept every landmark scheme in ``schemes`` (the detector's; None = not known)."""
         candidates = [s for (k, _), s in self.stages.items() if k == kind and s.is_available()]
         if not candidates:
             raise ConfigError(f"no available {kind} for 'auto' (registered: {', '.join(self.names(kind)) or 'none'})")
-        return max(candidates, key=lambda s: (s.priority, s.name)).name
+        fitting = [s for s in candidates if s.takes(schemes)]
+        if not fitting:
+            raise ConfigError(
+                f"no available {kind} takes {' or '.join(schemes or ())} landmarks (available: "
+                + ", ".join(f"{s.name} takes {s.accepts_text()}" for s in candidates)
+                + ")"
+            )
+        return max(fitting, key=lambda s: (s.priority, s.name)).name
 
     def spec(self, kind: str, name: str) -> StageSpec:
         """The stage registered as ``name``. ``NAME@INSTANCE`` is another instance of ``NAME`` with its own

@@ -129,7 +129,7 @@ class TddfaOptions:
     two_pass: run the network a second time on a crop made from the first pass's 68 landmarks.
     """
 
-    weights: Path
+    weights: Path | None = None
     param_stats: Path | None = None
     model: Path | None = None
     width: float | None = None
@@ -169,7 +169,7 @@ class TddfaRegressor:
 
     def __init__(self, options: TddfaOptions, device: str = "cpu", model: MorphableModel | None = None) -> None:
         self.options = options
-        weights = existing_file(options.weights, "3DDFA weights")
+        weights = existing_file(_required_weights(options), "3DDFA weights")
         stats = options.param_stats if options.param_stats is not None else locate_param_stats(weights)
         self.param_mean, self.param_std = load_param_stats(stats)
         self.runner: Callable[[np.ndarray], np.ndarray]
@@ -295,8 +295,18 @@ def _checked_model(model: MorphableModel) -> MorphableModel:
     return model
 
 
+def _required_weights(options: TddfaOptions) -> Path:
+    if options.weights is None:
+        raise ModelFileError(
+            "the 3ddfa regressor needs its network: set [options.regressor.3ddfa] weights = path to "
+            "mb1_120x120.pth or mb05_120x120.pth (3DDFA_V2's weights/), or an .onnx export of one"
+        )
+    return options.weights
+
+
 def factory(options: TddfaOptions, device: str = "cpu") -> TddfaRegressor:
     """The stage factory: loads the network, its statistics and the BFM model (required for meshes)."""
+    _required_weights(options)
     if options.model is None:
         raise ModelFileError(
             "the 3ddfa regressor needs the BFM model its coefficients refer to: set "
@@ -318,6 +328,7 @@ def facerecon_register_stages(registry: Registrar) -> None:
         summary="3DDFA_V2: a MobileNet regresses pose + 40 identity + 10 expression BFM coefficients "
         "from a 120x120 crop (needs its weights and bfm_noneck_v3.pkl)",
         license_note="3DDFA_V2 code MIT; BFM-derived bases: BFM licence (non-commercial)",
+        available=lambda: False,  # never chosen by "auto": it needs its weights and model configured
     )
 
 
