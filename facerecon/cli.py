@@ -22,6 +22,7 @@ from facerecon import __version__
 from facerecon.batch import BatchWorker, Outcome, WriteOptions
 from facerecon.kernel import PipelineConfig, PluginHost
 from facerecon.kernel.contract.errors import ConfigError, InputError, ModelFileError, PluginError
+from facerecon.kernel.host.commands import DefaultsHelpFormatter
 from facerecon.kernel.host.config import DEVICES
 from facerecon.kernel.host.imageio import find_images
 from facerecon.outputs.folder import remove_stale_partials
@@ -36,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="facerecon",
         description="Turn photos of faces into 3D meshes (coarse 3DMM -> medium -> fine detail).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"facerecon {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -46,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="reconstruct faces from images",
         description="Reconstruct the face in each input image into OUT/<stem>/: one mesh per stage, "
         "preview.png and result.json. Inputs that fail are listed in OUT/failures.json; the rest go on.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     rec.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     rec.add_argument("-o", "--output", type=Path, default=Path("out"), help="output folder")
@@ -54,8 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--detector", help="detector plugin (default: from config, else mediapipe)")
     rec.add_argument(
         "--regressor",
-        help="regressor plugin (default: from config, else auto: 3dmm-fit once a model is configured, "
-        "else landmark-mesh)",
+        help="regressor plugin (default: from config, else auto: 3dmm-fit once a model is configured, else "
+        "one that takes the detector's landmarks with no model file: landmark-mesh, canonical-fit)",
     )
     rec.add_argument("--segmenter", help="segmenter plugin, or 'none'")
     rec.add_argument("--refiners", help="comma-separated refiner plugins, in order; '' for none")
@@ -86,7 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and getattr(args, "command", None) == "reconstruct" and not any(e.startswith("-") for e in extra):
+        args.inputs += extra  # inputs after the options: `reconstruct a.jpg -o out b.jpg`
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(format="facerecon: %(levelname)s: %(message)s", level=logging.WARNING)
     if args.command is None:
         parser.print_help()
@@ -227,6 +232,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     else:
         failures_file.unlink(missing_ok=True)
     summary = {
+        # two inputs with one stem get <stem>_<suffix> folders: said here, not only in the folder names
+        "renamed": [{"input": str(path), "output": str(out / name)} for path, name in jobs if name != path.stem],
         "succeeded": succeeded,
         "failed": len(failures),
         "not_processed": [str(path) for path, _ in jobs[done:]],

@@ -20,6 +20,7 @@ from typing import Any
 from facerecon.kernel import PipelineConfig, PluginHost, hookimpl
 from facerecon.kernel.contract.errors import ConfigError, FaceReconError
 from facerecon.kernel.contract.stages import STAGE_KINDS
+from facerecon.kernel.host.commands import DefaultsHelpFormatter
 from facerecon.kernel.host.config import DEVICES
 
 from . import MAX_IMAGE_PIXELS
@@ -36,7 +37,7 @@ def add_serve_parser(subcommands: Any) -> argparse.ArgumentParser:
         description="Serve one stage plugin (detector, regressor, segmenter, refiner) or the whole pipeline as a "
         "gRPC service (protocol: protos/facerecon/v1, docs/services.md). Listens on loopback unless --host says "
         "otherwise; another interface needs TLS or --insecure. Stops gracefully on SIGTERM.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument("kind", choices=KINDS, metavar="STAGE", help=f"what to serve: {', '.join(KINDS)}")
     parser.add_argument("--plugin", help="the stage plugin to serve (default: the config's, for detector/regressor)")

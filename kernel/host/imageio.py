@@ -153,7 +153,10 @@ def find_images(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
         elif path.exists():
             matches = [path]
         else:
-            matches = sorted(Path(p) for p in glob.glob(item) if Path(p).is_file())
+            # a glob over a folder of photos and their annotations (.pts) picks up the photos
+            matches = sorted(
+                Path(p) for p in glob.glob(item) if Path(p).is_file() and Path(p).suffix.lower() in IMAGE_SUFFIXES
+            )
         if matches:
             found.extend(matches)
         else:

@@ -9,6 +9,7 @@ Stages are built on first use and kept for the life of the pipeline (models load
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -32,6 +33,8 @@ from facerecon.kernel.host.devices import resolve_device
 from facerecon.kernel.host.imageio import fit_within, load_image
 from facerecon.kernel.host.registry import PluginHost
 
+log = logging.getLogger(__name__)
+
 
 class Pipeline:
     """Runs the configured stages. Thread-compatible, not thread-safe: one pipeline per thread."""
@@ -52,6 +55,18 @@ class Pipeline:
         # Fail fast on unknown plugin names and stages that cannot use the detector's landmarks, before any
         # model loads or photo is read.
         self._check_chain(schemes)
+        self._check_options()
+
+    def _check_options(self) -> None:
+        """Every options table is checked now, also of stages this pipeline does not run: a typo in a key
+        fails here instead of passing silently until the stage is enabled."""
+        for (kind, name), table in self.config.options.items():
+            try:
+                spec = self.host.spec(kind, name)
+            except ConfigError as exc:  # maybe a plugin installed on another machine: say so, go on
+                log.warning("[options.%s.%s] is for no registered stage (%s)", kind, name, exc)
+                continue
+            spec.make_options(table)
 
     def _check_chain(self, schemes: tuple[str, ...] | None) -> None:
         config = self.config

@@ -1,0 +1,16 @@
+"""What the ``facerecon`` command and the sub-commands plugins add share: the help formatter."""
+
+from __future__ import annotations
+
+import argparse
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" once: not to options without a default (None, False, empty) nor to those
+    whose help already says what the default is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False, (), []) or action.default is argparse.SUPPRESS or "default" in text:
+            return text
+        return super()._get_help_string(action) or text
