@@ -113,7 +113,9 @@ class MorphableModelFitter:
                 f"{marks.scheme!r} landmarks: expected {len(corr.vertex_ids)} points, got {len(marks.points)}"
             )
         height, width = image.shape[:2]
-        fit = self.fitter.fit(marks.points, corr, (width, height))
+        # A detector without depth (dlib) gives z = 0: fitting to those zeros flattened the face (depth /
+        # width 0.10-0.20 instead of the model's ~0.8); only measured depth is fitted.
+        fit = self.fitter.fit(marks.points if marks.has_depth else marks.xy, corr, (width, height))
         perspective = fit.camera_matrix is not None
         mesh = Mesh(
             vertices=fit.vertices,

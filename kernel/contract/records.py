@@ -91,6 +91,12 @@ class Landmarks:
         """float32 (K, 2) image-frame pixel positions."""
         return self.points[:, :2]
 
+    @property
+    def has_depth(self) -> bool:
+        """Whether z was measured: False when every z is 0, as detectors without depth (dlib) set it. A
+        stage must not fit a face to those zeros (a flat face)."""
+        return bool(np.any(self.points[:, 2] != 0))
+
 
 @dataclass(frozen=True, eq=False)
 class Face:

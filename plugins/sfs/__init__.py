@@ -120,7 +120,7 @@ class SfsRefiner:
         # The medium mesh's depth (z away from the camera, in samples), smoothed by a local quadric fit:
         # its mid-scale bumps (landmark-mesh wobble finer than a few percent of the face) would be read
         # as shading to explain; a quadric keeps its curvature (a nose tip) where a blur would flatten it.
-        depth0 = smooth_within(grid.depth_in_samples(mesh, raster), covered, self.options.medium_smoothing)
+        depth0 = smooth_within(grid.depth_in_samples(mesh, raster), covered, self.medium_sigma(covered))
         crop = grid.sample_image(image)  # (h, w, 3) 0-255
         labels = grid.sample_labels(segmentation)
         mask, lit, albedo_avg = regions(crop, covered, labels, segmentation)
@@ -133,6 +133,12 @@ class SfsRefiner:
             albedo_avg=t(albedo_avg.transpose(2, 0, 1)),
         )
         return Prepared(grid, raster, covered, depth0, mask, problem)
+
+    def medium_sigma(self, covered: np.ndarray) -> float:
+        """σ (samples) of the medium depth's local quadric smoothing (step 1)."""
+        if self.options.medium_smoothing_fraction > 0:
+            return self.options.medium_smoothing_fraction * float(covered.any(0).sum())
+        return self.options.medium_smoothing
 
     def _maps(self, grid, problem, solution, depth0, height, covered, mask) -> ImageMaps:
         import torch

@@ -42,6 +42,8 @@ class SfsOptions:
     albedo_sigma: the Gaussian σ (samples) of the local skin colour that is the albedo prior γ_avg;
         skin_colour_sigma: that of the colour the chromaticity confidence compares with.
     medium_smoothing: σ (samples) of the local quadric fit that smooths the medium depth (0: none).
+    medium_smoothing_fraction: when > 0, that σ is this fraction of the face's width in samples instead
+        (the medium mesh's wobble is a fraction of the face, whatever its size in pixels).
     lighting_rounds, lighting_albedo_sigma: how many times the lighting is refitted with the albedo the
         current light implies (masked Gaussian σ of image / shading).
     """
@@ -83,6 +85,7 @@ class SfsOptions:
     albedo_sigma: float = 4.0
     skin_colour_sigma: float = 8.0
     medium_smoothing: float = 6.0
+    medium_smoothing_fraction: float = 0.05
     lighting_rounds: int = 3
     lighting_albedo_sigma: float = 12.0
     max_displacement: float = 0.05
