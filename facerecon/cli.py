@@ -179,23 +179,14 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"-o {out}: cannot create the folder ({exc.strerror or exc})") from None
-    remove_stale_partials(out)  # what a killed earlier run left
-    paths, problems = find_images(args.inputs)
-    failures: list[dict[str, str]] = [{"input": item, "error": reason} for item, reason in problems]
-    for item, reason in problems:
-        log.error("%s: %s", item, reason)
+    failures: list[dict[str, str]] = []
     succeeded: list[dict[str, object]] = []
-    jobs = list(zip(paths, _output_names(paths), strict=True))
+    jobs: list[tuple[Path, str]] = []
     done = 0
     interrupted = False
     start = time.perf_counter()
-
-    from tqdm import tqdm
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
-    show_bar = not args.quiet and sys.stderr.isatty() and len(paths) > 1
-    write = WriteOptions(formats=formats, texture_size=args.texture_size, save_phases=args.save_phases)
-    worker = BatchWorker(config, write)
+    worker: BatchWorker | None = None
+    show_bar = False
 
     def record(outcome: Outcome) -> None:
         if outcome.error is not None:
@@ -209,7 +200,21 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         if not args.quiet and not show_bar:
             print(f"{outcome.input} -> {outcome.output} ({outcome.faces} face(s))")
 
+    # From here on a Ctrl-C, however early, still writes summary.json (what was done and what was not).
     try:
+        remove_stale_partials(out)  # what a killed earlier run left
+        paths, problems = find_images(args.inputs)
+        failures += [{"input": item, "error": reason} for item, reason in problems]
+        for item, reason in problems:
+            log.error("%s: %s", item, reason)
+        jobs = list(zip(paths, _output_names(paths), strict=True))
+
+        from tqdm import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        show_bar = not args.quiet and sys.stderr.isatty() and len(paths) > 1
+        write = WriteOptions(formats=formats, texture_size=args.texture_size, save_phases=args.save_phases)
+        worker = BatchWorker(config, write)
         with logging_redirect_tqdm():
             worker.start()
             for path, name in tqdm(jobs, disable=not show_bar, unit="image", desc="reconstruct"):
@@ -217,13 +222,14 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
                 done += 1
     except KeyboardInterrupt:
         interrupted = True
-        late = worker.interrupt()  # the photo in flight, if it was just finished
+        late = worker.interrupt() if worker is not None else None  # the photo in flight, if just finished
         if late is not None:
             record(late)
             done += 1
         print(f"facerecon: interrupted after {done} of {len(jobs)} input(s)", file=sys.stderr)
     finally:
-        worker.close()
+        if worker is not None:
+            worker.close()
         remove_stale_partials(out)  # a worker killed mid-write (a crash, Ctrl-C)
     failures_file = out / "failures.json"
     if failures:
@@ -236,7 +242,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         "renamed": [{"input": str(path), "output": str(out / name)} for path, name in jobs if name != path.stem],
         "succeeded": succeeded,
         "failed": len(failures),
-        "not_processed": [str(path) for path, _ in jobs[done:]],
+        # interrupted before the inputs were even listed: the inputs as given
+        "not_processed": [str(path) for path, _ in jobs[done:]] if jobs or not interrupted else list(args.inputs),
         "interrupted": interrupted,
         "seconds": round(time.perf_counter() - start, 3),
     }

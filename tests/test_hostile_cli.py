@@ -283,3 +283,21 @@ def test_stale_partials_go_live_ones_stay_and_a_set_aside_result_comes_back(tmp_
     assert removed == {f".photo.{gone.pid}.abc123.partial", ".legacy.x1y2z3.partial", ".kept.old"}
     assert live.is_dir()
     assert (tmp_path / "lost" / "result.json").is_file()
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.3])
+def test_ctrl_c_while_the_models_load_still_writes_the_summary(tmp_path, lfpw, delay):
+    """Ctrl-C before the first photo is done (the inputs being listed, or the worker loading its
+    models) is a run that did nothing: exit 130 and a summary.json that lists every input. A Ctrl-C at
+    once (delay 0) used to leave no summary.json."""
+    out = tmp_path / "out"
+    photos = [str(p) for p in lfpw[:3]]
+    process = _start(["reconstruct", *photos, "-o", str(out), "-q"])
+    assert _wait_for(lambda: out.is_dir()), process.communicate()
+    time.sleep(delay)
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    summary = read_json(out / "summary.json")
+    assert summary["interrupted"] is True
+    assert len(summary["succeeded"]) + len(summary["not_processed"]) + summary["failed"] == 3
