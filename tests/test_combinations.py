@@ -1,5 +1,6 @@
 """The whole pipeline with every detector x regressor x segmenter on a real photo: any landmark scheme
-reaches every later stage, which either uses it or refuses it by name (landmark-mesh needs MediaPipe's)."""
+reaches every later stage, which either uses it or is refused when the pipeline is built (landmark-mesh
+needs MediaPipe's: the chain check names the scheme before any photo is read)."""
 
 from __future__ import annotations
 
@@ -10,14 +11,14 @@ import pytest
 from conftest import missing
 
 from facerecon.evaluation import nme, read_pts
-from facerecon.kernel import InputError, Pipeline, PipelineConfig, PluginHost
+from facerecon.kernel import ConfigError, Pipeline, PipelineConfig, PluginHost
 from facerecon.kernel.contract.errors import ModelFileError, PluginError
 
 DETECTORS = ("mediapipe", "dlib")
-REGRESSORS = ("landmark-mesh", "3dmm-fit")
+REGRESSORS = ("landmark-mesh", "canonical-fit", "3dmm-fit")
 SEGMENTERS = (None, "landmark-regions", "onnx-parsing")
 REFUSED = {("dlib", "landmark-mesh")}
-"""Combinations that must fail with an InputError naming the landmark scheme."""
+"""Combinations refused when the pipeline is built, with a ConfigError naming the landmark scheme."""
 
 
 class CachingHost(PluginHost):
@@ -49,15 +50,17 @@ def test_combination(detector, regressor, segmenter, host, face_photo, lfpw, sha
     config = PipelineConfig(detector=detector, regressor=regressor, segmenter=segmenter, device="cpu")
     config = config.with_options("regressor", "3dmm-fit", {"model": str(shared_data / "models/sfm/sfm_shape_3448.bin")})
     config = config.with_options("segmenter", "onnx-parsing", {"model_path": str(tiny_parser)})
+    if (detector, regressor) in REFUSED:
+        with pytest.raises(
+            ConfigError, match=f"takes mediapipe478 or mediapipe468 landmarks, but detector {detector!r} gives ibug68"
+        ):
+            Pipeline(config, host)
+        return
     pipe = Pipeline(config, host)
     try:
         _ = pipe.detector
     except (PluginError, ModelFileError) as exc:
         missing(f"detector {detector!r} unavailable: {exc}")
-    if (detector, regressor) in REFUSED:
-        with pytest.raises(InputError, match="ibug68"):
-            pipe(face_photo)
-        return
     rec = pipe(face_photo)
     (face,) = rec.reconstructions
     scheme = {"mediapipe": "mediapipe478", "dlib": "ibug68"}[detector]

@@ -12,7 +12,7 @@ import pytest
 
 from facerecon.cli import main
 from facerecon.evaluation import annotated_face_index, nme, read_pts
-from facerecon.kernel import InputError, ModelFileError, Pipeline, PipelineConfig, PluginError
+from facerecon.kernel import ConfigError, InputError, ModelFileError, Pipeline, PipelineConfig, PluginError
 from facerecon.kernel.host.imageio import load_image
 from facerecon.plugins import dlib_detector as dd
 
@@ -161,9 +161,15 @@ def test_full_pipeline_with_dlib_and_the_surrey_model(dlib_sfm, lfpw):
 
 
 def test_landmark_mesh_refuses_ibug68_by_name(dlib_detector, face_photo):
+    """Refused when the pipeline is built (the chain check), and by the stage itself when called directly."""
+    from facerecon.plugins.landmark_mesh import LandmarkMeshOptions, LandmarkMeshRegressor
+
     config = PipelineConfig(detector="dlib", regressor="landmark-mesh", device="cpu")
-    with Pipeline(config) as pipe, pytest.raises(InputError, match=r"landmark-mesh needs MediaPipe.*'ibug68'"):
-        pipe(face_photo)
+    with pytest.raises(ConfigError, match=r"regressor 'landmark-mesh' takes .* detector 'dlib' gives ibug68"):
+        Pipeline(config)
+    face = dlib_detector.detect(face_photo)[0]
+    with pytest.raises(InputError, match=r"landmark-mesh needs MediaPipe.*'ibug68'"):
+        LandmarkMeshRegressor(LandmarkMeshOptions()).regress(face_photo, face)
 
 
 def test_cli_with_dlib(tmp_path, lfpw, shared_data, dlib_detector):
@@ -181,9 +187,10 @@ def test_cli_with_dlib(tmp_path, lfpw, shared_data, dlib_detector):
     assert len(result["faces"][0]["landmarks"]["points"]) == 68
     segmentation = result["reconstructions"][0]["segmentation"]
     assert segmentation["plugin"] == "landmark-regions" and "skin" in segmentation["region_colors"]
-    # landmark-mesh cannot use dlib's points: the input fails with the reason, the run says so.
+    # landmark-mesh cannot use dlib's points: refused once, before any photo, as a usage error (exit 2).
+    refused = tmp_path / "refused"
     assert (
-        main(["reconstruct", str(lfpw[0]), "-o", str(out), "--detector", "dlib", "--regressor", "landmark-mesh"]) == 1
+        main(["reconstruct", str(lfpw[0]), "-o", str(refused), "--detector", "dlib", "--regressor", "landmark-mesh"])
+        == 2
     )
-    failure = json.loads((out / "failures.json").read_text())["failures"][0]["error"]
-    assert "ibug68" in failure and "landmark-mesh" in failure
+    assert not (refused / "failures.json").exists() and not (refused / lfpw[0].stem).exists()
