@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from facerecon.evaluation import annotated_face_index, nme, read_pts
-from facerecon.kernel import ConfigError, Face, Landmarks, Pipeline, PipelineConfig, PluginHost
+from facerecon.kernel import ConfigError, Face, InputError, Landmarks, Pipeline, PipelineConfig, PluginHost
 from facerecon.kernel import testing as conformance
 from facerecon.kernel.contract import hookimpl
 from facerecon.kernel.host.imageio import load_image
@@ -75,7 +75,7 @@ def test_conformance_with_dlib_and_mediapipe_faces(fitter, dlib_detector, face_p
 
 def test_unknown_scheme_is_refused_with_a_clear_error(fitter, face_photo):
     face = Face(box=np.array([10.0, 10.0, 90.0, 90.0]), score=1.0, landmarks=Landmarks("five", np.ones((5, 2))))
-    with pytest.raises(Exception, match=r"canonical-fit takes ibug68, mediapipe478, mediapipe468 landmarks"):
+    with pytest.raises(InputError, match=r"canonical-fit takes ibug68, mediapipe478, mediapipe468 landmarks"):
         fitter.regress(face_photo, face)
 
 
