@@ -130,6 +130,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
             "accepts": None if spec.accepts is None else list(spec.accepts),
             "produces": None if spec.produces is None else list(spec.produces),
             "devices": list(spec.devices),
+            "mesh_units": spec.units_text() if spec.kind in ("regressor", "refiner") else None,
         }
         for spec in sorted(host.stages.values(), key=lambda s: (s.kind, s.name))
     ]
@@ -141,16 +142,17 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         r["landmarks"] = ("gives " if r["kind"] == "detector" else "takes ") + (
             ",".join(schemes) if schemes else ("any" if r["kind"] != "detector" else "(not known)")
         )
-    keys = ("kind", "name", "distribution", "landmarks")
+        r["mesh"] = r["mesh_units"] or "-"  # the mesh frames a regressor gives or a refiner takes
+    keys = ("kind", "name", "distribution", "landmarks", "mesh")
     widths = [max([len(k)] + [len(str(r[k])) for r in rows]) for k in keys]
     print(
         f"{'KIND':<{widths[0]}}  {'NAME':<{widths[1]}}  {'DISTRIBUTION':<{widths[2]}}  VERSION  "
-        f"{'LANDMARKS':<{widths[3]}}  SUMMARY"
+        f"{'LANDMARKS':<{widths[3]}}  {'MESH':<{widths[4]}}  SUMMARY"
     )
     for r in rows:
         print(
             f"{r['kind']:<{widths[0]}}  {r['name']:<{widths[1]}}  {r['distribution']:<{widths[2]}}  "
-            f"{r['version']:<7}  {r['landmarks']:<{widths[3]}}  {r['summary']}"
+            f"{r['version']:<7}  {r['landmarks']:<{widths[3]}}  {r['mesh']:<{widths[4]}}  {r['summary']}"
             + (f" [{r['license']}]" if r["license"] else "")
         )
     for message in host.failures.values():

@@ -191,6 +191,11 @@ def _model_configured() -> bool:
     return catalog.is_configured()
 
 
+def _mesh_units(options: FitOptions) -> tuple[str, ...]:
+    """Pixels for the scaled orthographic camera, millimetres + camera_matrix for the perspective one."""
+    return ("mm",) if options.camera == "perspective" else ("px",)
+
+
 @hookimpl
 def facerecon_register_stages(registry: Registrar) -> None:
     registry.register(
@@ -203,4 +208,5 @@ def facerecon_register_stages(registry: Registrar) -> None:
         priority=10,
         available=_model_configured,
         devices=("cpu",),  # any scheme the model has a correspondence for (known when it loads)
+        mesh_units=_mesh_units,
     )

@@ -18,6 +18,9 @@ hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
 StageFactory = Callable[[Any, str], object]
+# Mesh units a stage works in: a tuple of "px" / "mm", or (a regressor's) function of its options dataclass.
+MeshUnits = tuple[str, ...] | Callable[[Any], tuple[str, ...]]
+MESH_UNITS = ("px", "mm")
 """``factory(options, device) -> stage``: options is the plugin's options dataclass (or None), device
 ``"cpu"`` or ``"cuda"``."""
 
@@ -40,6 +43,7 @@ class Registrar(Protocol):
         accepts: tuple[str, ...] | None = None,
         produces: tuple[str, ...] | None = None,
         devices: tuple[str, ...] = ("cpu", "cuda"),
+        mesh_units: MeshUnits | None = None,
     ) -> None:
         """Offer stage ``name`` of ``kind``.
 
@@ -63,6 +67,11 @@ class Registrar(Protocol):
             remote one).
         :param devices: where it runs (a CPU-only stage runs on the CPU in a CUDA pipeline); shown by
             ``facerecon plugins``.
+        :param mesh_units: the mesh frames (``Mesh.units``) the stage works in: ``"px"`` (orthographic,
+            image pixels) or ``"mm"`` (millimetres seen through a ``camera_matrix``). For a regressor, what
+            it gives: a tuple, or a function of its options dataclass when an option decides (e.g. a
+            camera model); for a refiner, what it can refine. None = any (or not known in advance). The
+            pipeline refuses, when it is built, a refiner that cannot take the regressor's meshes.
         """
         ...
 

@@ -56,6 +56,7 @@ class Pipeline:
         # model loads or photo is read.
         self._check_chain(schemes)
         self._check_options()
+        self._mesh_units = self._check_mesh_units()
 
     def _check_options(self) -> None:
         """Every options table is checked now, also of stages this pipeline does not run: a typo in a key
@@ -88,6 +89,32 @@ class Pipeline:
                 f"{given}: use a {kind} that takes them ({', '.join(sorted(fix)) or 'none is registered'}) or a "
                 f"detector whose landmarks it takes ({', '.join(sorted(detectors)) or 'none is registered'})"
             )
+
+    def _check_mesh_units(self) -> dict[str, tuple[str, ...] | None]:
+        """Every refiner must take the mesh units ("px" or "mm" + camera) the regressor gives with its
+        options; returns what each refiner takes, checked again on every mesh it is handed."""
+        config = self.config
+        regressor = self.host.spec("regressor", config.regressor)
+        given = regressor.units_for(regressor.make_options(config.options_for("regressor", config.regressor)))
+        taken: dict[str, tuple[str, ...] | None] = {}
+        for name in config.refiners:
+            spec = self.host.spec("refiner", name)
+            taken[name] = units = spec.units_for(spec.make_options(config.options_for("refiner", name)))
+            if given is None or units is None or set(given) <= set(units):
+                continue
+            fix = [
+                s.name
+                for (k, _), s in self.host.stages.items()
+                if k == "refiner"
+                and (s.mesh_units is None or (isinstance(s.mesh_units, tuple) and set(given) <= set(s.mesh_units)))
+            ]
+            raise ConfigError(
+                f"refiner {name!r} takes meshes in {'|'.join(units)}, but regressor {config.regressor!r} gives "
+                f"{'|'.join(given)} with these options: use a refiner that takes them "
+                f"({', '.join(sorted(fix)) or 'none is registered'}) or change the regressor's options "
+                f"(e.g. its camera)"
+            )
+        return taken
 
     @classmethod
     def from_config(
@@ -213,6 +240,12 @@ class Pipeline:
         stages = [StageResult("coarse", spec.name, spec.version, coarse.mesh, elapsed)]
         mesh = coarse.mesh
         for name, refiner in self.refiners:
+            units = self._mesh_units.get(name)
+            if units is not None and mesh.units not in units:
+                raise PluginError(
+                    f"refiner {name!r} takes meshes in {'|'.join(units)}; the stage before it gave one in "
+                    f"{mesh.units!r} (a stage that declared other units, or none)"
+                )
             start = time.perf_counter()
             output = self._checked("refiner", name, refiner.refine(image, face, mesh, segmentation))
             refinement = output if isinstance(output, Refinement) else Refinement(output)

@@ -20,7 +20,7 @@ import pluggy
 
 from facerecon.kernel.contract import hookspecs
 from facerecon.kernel.contract.errors import ConfigError, PluginError
-from facerecon.kernel.contract.hookspecs import StageFactory
+from facerecon.kernel.contract.hookspecs import MESH_UNITS, MeshUnits, StageFactory
 from facerecon.kernel.contract.stages import STAGE_KINDS, STAGE_PROTOCOLS
 from facerecon.kernel.host import hookspecs as host_hookspecs
 from facerecon.kernel.host.config import PipelineConfig
@@ -54,6 +54,7 @@ class StageSpec:
     accepts: tuple[str, ...] | None = None
     produces: tuple[str, ...] | None = None
     devices: tuple[str, ...] = ("cpu", "cuda")
+    mesh_units: MeshUnits | None = None
 
     def is_available(self) -> bool:
         """Whether the stage can run with no options given (e.g. its model files are configured)."""
@@ -65,6 +66,21 @@ class StageSpec:
 
     def accepts_text(self) -> str:
         return "any landmarks" if self.accepts is None else " or ".join(self.accepts)
+
+    def units_for(self, options: Any) -> tuple[str, ...] | None:
+        """The mesh units this stage gives (regressor) or takes (refiner) with ``options``; None = any."""
+        units = self.mesh_units(options) if callable(self.mesh_units) else self.mesh_units
+        if units is not None and (isinstance(units, str) or not set(units) <= set(MESH_UNITS)):
+            raise PluginError(
+                f"plugin {self.plugin!r}: mesh_units of {self.kind} {self.name!r} gave {units!r}; "
+                f"expected a tuple of {', '.join(MESH_UNITS)}"
+            )
+        return None if units is None else tuple(units)
+
+    def units_text(self) -> str:
+        if callable(self.mesh_units):
+            return "px|mm (by its options)"
+        return "any" if self.mesh_units is None else "|".join(self.mesh_units)
 
     def make_options(self, table: Mapping[str, Any] | None) -> Any:
         """Options for this stage from a config table, with unknown keys and wrong types refused."""
@@ -96,6 +112,7 @@ class StageRegistrar:
         accepts: tuple[str, ...] | None = None,
         produces: tuple[str, ...] | None = None,
         devices: tuple[str, ...] = ("cpu", "cuda"),
+        mesh_units: MeshUnits | None = None,
     ) -> None:
         """Offer a stage ``name`` of ``kind``; see the hookspec (``Registrar.register``) for the arguments.
 
@@ -113,6 +130,13 @@ class StageRegistrar:
         for what, value in (("accepts", accepts), ("produces", produces), ("devices", devices)):
             if value is not None and (isinstance(value, str) or not all(isinstance(v, str) and v for v in value)):
                 raise PluginError(f"plugin {self.plugin!r}: {what} of {kind} {name!r} must be a tuple of names")
+        if mesh_units is not None and not callable(mesh_units):
+            if isinstance(mesh_units, str) or not set(mesh_units) <= set(MESH_UNITS):
+                raise PluginError(
+                    f"plugin {self.plugin!r}: mesh_units of {kind} {name!r} must be a tuple of "
+                    f"{', '.join(MESH_UNITS)} (or a function of the options), got {mesh_units!r}"
+                )
+            mesh_units = tuple(mesh_units)
         self.collected.append(
             StageSpec(
                 kind=kind,
@@ -129,6 +153,7 @@ class StageRegistrar:
                 accepts=None if accepts is None else tuple(accepts),
                 produces=None if produces is None else tuple(produces),
                 devices=tuple(devices),
+                mesh_units=mesh_units,
             )
         )
 

@@ -181,4 +181,5 @@ def facerecon_register_stages(registry: Registrar) -> None:
         SfsRefiner,
         options=SfsOptions,
         summary="fine stage: shape-from-shading details (SH lighting, RTV-regularised albedo, specular, 2 phases)",
+        mesh_units=("px", "mm"),
     )

@@ -329,6 +329,7 @@ def facerecon_register_stages(registry: Registrar) -> None:
         "from a 120x120 crop (needs its weights and bfm_noneck_v3.pkl)",
         license_note="3DDFA_V2 code MIT; BFM-derived bases: BFM licence (non-commercial)",
         available=lambda: False,  # never chosen by "auto": it needs its weights and model configured
+        mesh_units=("px",),
     )
 
 
