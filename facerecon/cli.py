@@ -23,7 +23,7 @@ from facerecon.batch import BatchWorker, Outcome, WriteOptions
 from facerecon.kernel import PipelineConfig, PluginHost
 from facerecon.kernel.contract.errors import ConfigError, InputError, ModelFileError, PluginError
 from facerecon.kernel.host.commands import DefaultsHelpFormatter
-from facerecon.kernel.host.config import DEVICES
+from facerecon.kernel.host.config import DEFAULT_REFINERS, DEVICES
 from facerecon.kernel.host.imageio import find_images
 from facerecon.outputs.folder import remove_stale_partials
 from facerecon.outputs.meshes import WRITERS, atomic_write
@@ -59,7 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
         "one that takes the detector's landmarks with no model file: landmark-mesh, canonical-fit)",
     )
     rec.add_argument("--segmenter", help="segmenter plugin, or 'none'")
-    rec.add_argument("--refiners", help="comma-separated refiner plugins, in order; '' for none")
+    rec.add_argument(
+        "--refiners",
+        help="comma-separated refiner plugins, in order; '' for the coarse stage alone (default: from config, "
+        "else laplace,sfs: the seed's medium + fine stages; without PyTorch, laplace)",
+    )
+    rec.add_argument(
+        "--fast",
+        action="store_true",
+        help="no fine stage: coarse + medium (laplace), tens of milliseconds per face instead of seconds",
+    )
     rec.add_argument("--device", choices=DEVICES, help="where models run (default: from config, else auto)")
     rec.add_argument("--all-faces", action="store_true", help="reconstruct every face, not only the largest")
     rec.add_argument(
@@ -111,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def load_config(args: argparse.Namespace) -> PipelineConfig:
+    if getattr(args, "fast", False):
+        if args.refiners is not None:
+            raise ConfigError("--fast and --refiners both choose the refiners: give one of them")
+        args = argparse.Namespace(**{**vars(args), "refiners": DEFAULT_REFINERS[0], "fast": False})  # medium
     config = (PipelineConfig.load(args.config) if args.config else PipelineConfig()).with_stage_flags(args)
     return PluginHost(allow=config.allow_plugins, block=config.block_plugins).apply_pipeline_flags(config, args)
 

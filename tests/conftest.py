@@ -50,8 +50,9 @@ def face_photo(lfpw: list[Path]) -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def pipeline() -> Pipeline:
-    """The default pipeline, models loaded once for the whole session."""
-    pipe = Pipeline(PipelineConfig(device="cpu"))
+    """The default detector, segmenter and coarse stage without refiners (tests of the refiners build
+    their own), models loaded once for the whole session."""
+    pipe = Pipeline(PipelineConfig(device="cpu", refiners=()))
     pipe.warm_up()
     yield pipe
     pipe.close()

@@ -44,6 +44,7 @@ class Registrar(Protocol):
         produces: tuple[str, ...] | None = None,
         devices: tuple[str, ...] = ("cpu", "cuda"),
         mesh_units: MeshUnits | None = None,
+        install_hint: str = "",
     ) -> None:
         """Offer stage ``name`` of ``kind``.
 
@@ -72,6 +73,8 @@ class Registrar(Protocol):
             it gives: a tuple, or a function of its options dataclass when an option decides (e.g. a
             camera model); for a refiner, what it can refine. None = any (or not known in advance). The
             pipeline refuses, when it is built, a refiner that cannot take the regressor's meshes.
+        :param install_hint: what makes the stage available where ``available`` says it is not (e.g.
+            ``pip install 'facerecon[fine]'``); said when the default pipeline runs without it.
         """
         ...
 

@@ -6,7 +6,9 @@ A TOML file holds everything (every key optional)::
     detector = "mediapipe"
     regressor = "auto"          # 3dmm-fit once a morphable model is configured, else landmark-mesh
     segmenter = "landmark-regions"  # "none" (or "") runs no segmenter
-    refiners = []               # in order, e.g. ["laplace", "sfs"]
+    refiners = ["laplace", "sfs"]  # in order; the default is the seed's medium + fine stages
+                                # ([] for the coarse stage alone; without PyTorch the default
+                                # skips the fine stage and says so once)
     device = "auto"             # "cpu", "cuda" or "auto"
     all_faces = false           # reconstruct every face, not only the largest
     max_image_pixels = 80000000 # larger images are refused before decoding
@@ -38,6 +40,9 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 DEVICES = ("auto", "cpu", "cuda")
+# The seed's pipeline: the medium (Laplacian) and fine (shape-from-shading) stages. Where a default refiner
+# is not available (the fine stage without PyTorch), the pipeline runs without it and says how to get it.
+DEFAULT_REFINERS = ("laplace", "sfs")
 
 
 @dataclass(frozen=True)
@@ -51,7 +56,7 @@ class PipelineConfig:
     detector: str = "mediapipe"
     regressor: str = "auto"
     segmenter: str | None = "landmark-regions"
-    refiners: tuple[str, ...] = ()
+    refiners: tuple[str, ...] = DEFAULT_REFINERS
     device: str = "auto"
     all_faces: bool = False
     max_image_pixels: int = 80_000_000

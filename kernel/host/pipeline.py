@@ -28,7 +28,7 @@ from facerecon.kernel.contract.records import (
     StageResult,
 )
 from facerecon.kernel.contract.stages import Detector, Refiner, Regressor, Segmenter, check_result
-from facerecon.kernel.host.config import PipelineConfig
+from facerecon.kernel.host.config import DEFAULT_REFINERS, PipelineConfig
 from facerecon.kernel.host.devices import resolve_device
 from facerecon.kernel.host.imageio import fit_within, load_image
 from facerecon.kernel.host.registry import PluginHost
@@ -49,6 +49,8 @@ class Pipeline:
         schemes = self.host.spec("detector", config.detector).produces
         if config.regressor == "auto":
             config = replace(config, regressor=self.host.auto("regressor", schemes))
+        if config.refiners == DEFAULT_REFINERS:
+            config = replace(config, refiners=self._available_default_refiners())
         self.config = config
         self.device = resolve_device(self.config.device)
         self._stages: dict[tuple[str, str], Any] = {}
@@ -57,6 +59,24 @@ class Pipeline:
         self._check_chain(schemes)
         self._check_options()
         self._mesh_units = self._check_mesh_units()
+
+    def _available_default_refiners(self) -> tuple[str, ...]:
+        """The default refiners this installation can run; one warning names each one skipped and how to
+        get it (its ``install_hint``)."""
+        kept = []
+        for name in DEFAULT_REFINERS:
+            spec = self.host.stages.get(("refiner", name))
+            if spec is not None and spec.is_available():
+                kept.append(name)
+                continue
+            hint = f": {spec.install_hint}" if spec is not None and spec.install_hint else ""
+            log.warning(
+                "the default pipeline runs without refiner %r (%s)%s; --refiners '' or --fast keeps the faster path",
+                name,
+                "not installed" if spec is None else "not available here",
+                hint,
+            )
+        return tuple(kept)
 
     def _check_options(self) -> None:
         """Every options table is checked now, also of stages this pipeline does not run: a typo in a key

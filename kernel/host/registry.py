@@ -55,6 +55,7 @@ class StageSpec:
     produces: tuple[str, ...] | None = None
     devices: tuple[str, ...] = ("cpu", "cuda")
     mesh_units: MeshUnits | None = None
+    install_hint: str = ""
 
     def is_available(self) -> bool:
         """Whether the stage can run with no options given (e.g. its model files are configured)."""
@@ -113,6 +114,7 @@ class StageRegistrar:
         produces: tuple[str, ...] | None = None,
         devices: tuple[str, ...] = ("cpu", "cuda"),
         mesh_units: MeshUnits | None = None,
+        install_hint: str = "",
     ) -> None:
         """Offer a stage ``name`` of ``kind``; see the hookspec (``Registrar.register``) for the arguments.
 
@@ -154,6 +156,7 @@ class StageRegistrar:
                 produces=None if produces is None else tuple(produces),
                 devices=tuple(devices),
                 mesh_units=mesh_units,
+                install_hint=install_hint,
             )
         )
 

@@ -173,6 +173,16 @@ def _normalised(shading: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.clip(shading / max(top, 1e-6), 0, 1)
 
 
+def _torch_installed() -> bool:
+    """The solver runs on PyTorch, an optional dependency (``facerecon[fine]``): whether it imports (the
+    stage imports it anyway when it is built; a broken install counts as missing)."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 @hookimpl
 def facerecon_register_stages(registry: Registrar) -> None:
     registry.register(
@@ -182,4 +192,6 @@ def facerecon_register_stages(registry: Registrar) -> None:
         options=SfsOptions,
         summary="fine stage: shape-from-shading details (SH lighting, RTV-regularised albedo, specular, 2 phases)",
         mesh_units=("px", "mm"),
+        available=_torch_installed,
+        install_hint="the fine stage needs PyTorch: pip install 'facerecon[fine]'",
     )
