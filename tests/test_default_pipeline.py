@@ -14,7 +14,7 @@ import pytest
 from facerecon.cli import main
 from facerecon.kernel import ConfigError, Pipeline, PipelineConfig, PluginHost, hookimpl
 from facerecon.kernel.host.config import DEFAULT_REFINERS
-from facerecon.plugins import laplace, landmark_mesh, landmark_regions, mediapipe_detector
+from facerecon.plugins import landmark_mesh, landmark_regions, laplace, mediapipe_detector
 
 # Hides torch from this interpreter and every process it spawns (sitecustomize), as if it were not installed.
 NO_TORCH = """
