@@ -86,7 +86,7 @@ def dlib_scores(shared_data, dlib_detector):
     few photos in test_dlib.py; benchmarks/configs/dlib.toml measures it on all)."""
     from facerecon.kernel import Pipeline, PipelineConfig
 
-    with Pipeline(PipelineConfig(detector="dlib", device="cpu")) as pipe:
+    with Pipeline(PipelineConfig(detector="dlib", device="cpu", refiners=())) as pipe:
         return evaluate(pipe, reconstruct=False)
 
 

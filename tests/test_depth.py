@@ -36,7 +36,7 @@ def _model_range(path) -> tuple[float, float]:
 @pytest.mark.parametrize("detector", ["dlib", "mediapipe"])
 def test_fitted_faces_are_as_deep_as_the_model_allows(detector, sfm, lfpw):
     low, high = _model_range(sfm)
-    config = PipelineConfig(detector=detector, regressor="3dmm-fit", segmenter=None).with_options(
+    config = PipelineConfig(detector=detector, regressor="3dmm-fit", segmenter=None, refiners=()).with_options(
         "regressor", "3dmm-fit", {"model": str(sfm)}
     )
     with Pipeline(config) as pipe:

@@ -141,7 +141,7 @@ def test_plugins_listing_shows_the_licence(capsys):
 def dlib_sfm(dlib_detector, shared_data):
     """dlib -> 3dmm-fit (the real Surrey model) -> landmark-regions, models loaded once."""
     config = PipelineConfig(
-        detector="dlib", regressor="3dmm-fit", segmenter="landmark-regions", device="cpu"
+        detector="dlib", regressor="3dmm-fit", segmenter="landmark-regions", device="cpu", refiners=()
     ).with_options("regressor", "3dmm-fit", {"model": str(shared_data / "models" / "sfm" / "sfm_shape_3448.bin")})
     with Pipeline(config) as pipe:
         yield pipe
@@ -180,7 +180,7 @@ def test_cli_with_dlib(tmp_path, lfpw, shared_data, dlib_detector):
         f'[options.regressor.3dmm-fit]\nmodel = "{model}"\n[options.detector.dlib]\nupsample = 0\n'
     )
     out = tmp_path / "out"
-    assert main(["reconstruct", str(lfpw[0]), "-o", str(out), "-c", str(config), "-q"]) == 0
+    assert main(["reconstruct", str(lfpw[0]), "-o", str(out), "-c", str(config), "-q", "--refiners", ""]) == 0
     result = json.loads((out / lfpw[0].stem / "result.json").read_text())
     assert result["plugins"]["detector"] == {"plugin": "dlib", "version": result["plugins"]["detector"]["version"]}
     assert result["faces"][0]["landmarks"]["scheme"] == "ibug68"

@@ -87,7 +87,7 @@ def test_recovers_shape_better_from_dense_landmarks_with_depth(sfm):
 def test_perspective_camera_mesh_in_millimetres(shared_data, lfpw, face_photo):
     from facerecon.evaluation import nme, read_pts
 
-    config = PipelineConfig(regressor="3dmm-fit", device="cpu").with_options(
+    config = PipelineConfig(regressor="3dmm-fit", device="cpu", refiners=()).with_options(
         "regressor",
         "3dmm-fit",
         {"model": str(shared_data / "models" / "sfm" / "sfm_shape_3448.bin"), "camera": "perspective"},

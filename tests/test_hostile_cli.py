@@ -48,7 +48,7 @@ def test_a_side_of_32767_px_is_a_clear_error_and_the_batch_goes_on(tmp_path, lfp
     Image.new("RGB", (32767, 100)).save(wide)
     assert wide.stat().st_size < 20_000  # a small file
     out = tmp_path / "out"
-    assert main(["reconstruct", str(wide), str(lfpw[0]), "-o", str(out), "-q"]) == 1
+    assert main(["reconstruct", str(wide), str(lfpw[0]), "-o", str(out), "-q", "--refiners", ""]) == 1
     failures = failures_by_name(out)
     assert set(failures) == {"wide.png"}
     assert f"sides above {MAX_SIDE} px are not supported" in failures["wide.png"]
@@ -64,7 +64,7 @@ def test_large_photos_are_shrunk_for_the_detector_and_faces_mapped_back(lfpw):
     factor = 3200 / max(photo.size)
     big = np.asarray(photo.resize((round(photo.width * factor), round(photo.height * factor)), Image.BICUBIC))
     scale = np.array([big.shape[1] / photo.width, big.shape[0] / photo.height])
-    with Pipeline(PipelineConfig(device="cpu", segmenter=None)) as pipe:
+    with Pipeline(PipelineConfig(device="cpu", segmenter=None, refiners=())) as pipe:
         small_rec = pipe(np.asarray(photo))
         big_rec = pipe(big)
     error_small = nme(small_rec.reconstructions[0].final.mesh.landmarks("ibug68").xy, truth)
@@ -131,7 +131,7 @@ def test_a_native_crash_on_one_photo_costs_that_photo_only(tmp_path, lfpw, crash
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(crashing_plugin), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run(
-        [*CLI, "reconstruct", str(photos), "-o", str(out), "-q", "--segmenter", "abort-on-333"],
+        [*CLI, "reconstruct", str(photos), "-o", str(out), "-q", "--refiners", "", "--segmenter", "abort-on-333"],
         capture_output=True,
         text=True,
         env=env,
@@ -188,7 +188,7 @@ def test_unreadable_folder_and_file_are_listed_failures(lfpw):
         readable.chmod(0o755)
         out = root / "out"
         done = subprocess.run(
-            [*prefix, *CLI, "reconstruct", str(locked), str(readable), "-o", str(out), "-q"],
+            [*prefix, *CLI, "reconstruct", str(locked), str(readable), "-o", str(out), "-q", "--refiners", ""],
             capture_output=True,
             text=True,
             timeout=300,
@@ -237,7 +237,7 @@ def _wait_for(condition, timeout: float = 120.0, step: float = 0.005) -> bool:
 def test_ctrl_c_writes_the_summary_of_what_was_done(tmp_path, lfpw):
     out = tmp_path / "out"
     photos = [str(p) for p in lfpw[:6]]
-    process = _start(["reconstruct", *photos, "-o", str(out), "-q"])
+    process = _start(["reconstruct", *photos, "-o", str(out), "-q", "--refiners", ""])
     assert _wait_for(lambda: (out / lfpw[0].stem / "result.json").is_file()), process.communicate()
     os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: the whole foreground group
     _, stderr = process.communicate(timeout=60)
@@ -256,14 +256,16 @@ def test_ctrl_c_writes_the_summary_of_what_was_done(tmp_path, lfpw):
 
 def test_sigkill_mid_write_leaves_a_partial_that_the_next_run_removes(tmp_path, lfpw):
     out = tmp_path / "out"
-    process = _start(["reconstruct", *(str(p) for p in lfpw[:4]), "-o", str(out), "-q", "--formats", "obj,glb,ply"])
+    process = _start(
+        ["reconstruct", *(str(p) for p in lfpw[:4]), "-o", str(out), "-q", "--refiners", "", "--formats", "obj,glb,ply"]
+    )
     assert _wait_for(lambda: bool(list(out.glob(".*.partial")))), process.communicate()
     os.killpg(process.pid, signal.SIGKILL)  # the parent and its worker, mid-write
     process.communicate(timeout=60)
     time.sleep(0.2)
     left = list(out.glob(".*.partial"))
     assert left, "the kill was meant to land while a result was being written"
-    assert main(["reconstruct", str(lfpw[5]), "-o", str(out), "-q"]) == 0
+    assert main(["reconstruct", str(lfpw[5]), "-o", str(out), "-q", "--refiners", ""]) == 0
     assert not list(out.glob(".*.partial"))
     assert (out / lfpw[5].stem / "result.json").is_file()
 
@@ -292,7 +294,7 @@ def test_ctrl_c_while_the_models_load_still_writes_the_summary(tmp_path, lfpw, d
     once (delay 0) used to leave no summary.json."""
     out = tmp_path / "out"
     photos = [str(p) for p in lfpw[:3]]
-    process = _start(["reconstruct", *photos, "-o", str(out), "-q"])
+    process = _start(["reconstruct", *photos, "-o", str(out), "-q", "--refiners", ""])
     assert _wait_for(lambda: out.is_dir()), process.communicate()
     time.sleep(delay)
     os.killpg(process.pid, signal.SIGINT)

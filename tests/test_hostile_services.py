@@ -45,7 +45,7 @@ def status_of(call) -> grpc.StatusCode:
 @pytest.fixture(scope="module")
 def coarse(face_photo):
     """A real face and its coarse mesh (MediaPipe -> landmark-mesh) on a real photo."""
-    with Pipeline(PipelineConfig(device="cpu", segmenter=None)) as pipe:
+    with Pipeline(PipelineConfig(device="cpu", segmenter=None, refiners=())) as pipe:
         face = pipe.detect(face_photo)[0]
         return face, pipe.regressor.regress(face_photo, face).mesh
 
@@ -104,7 +104,7 @@ def jpeg_bytes(width: int, height: int, *, claim: tuple[int, int] | None = None)
 
 @pytest.fixture(scope="module")
 def pipeline_server(host):
-    server = Server.for_pipeline(PipelineConfig(device="cpu"), host=host, settings=ANY_PORT)
+    server = Server.for_pipeline(PipelineConfig(device="cpu", refiners=()), host=host, settings=ANY_PORT)
     with serving(server) as address:
         yield server, address
 

@@ -35,7 +35,7 @@ def test_auto_regressor_is_landmark_mesh_without_a_model(monkeypatch, tmp_path):
 
 
 def test_auto_regressor_is_3dmm_fit_once_a_model_is_configured(catalogue, face_photo, lfpw):
-    with Pipeline(PipelineConfig(device="cpu")) as pipe:
+    with Pipeline(PipelineConfig(device="cpu", refiners=())) as pipe:
         assert pipe.config.regressor == "3dmm-fit"
         rec = pipe(face_photo)
     coarse = rec.reconstructions[0]
@@ -109,7 +109,9 @@ def test_regressor_with_a_bad_model_file_is_a_clear_error(tmp_path, face_photo):
 
 def test_fit_to_68_point_landmarks(sfm_file, lfpw):
     """Any detector scheme: human iBUG-68 annotations as a 68-point detector would give them."""
-    config = PipelineConfig(regressor="3dmm-fit").with_options("regressor", "3dmm-fit", {"model": str(sfm_file)})
+    config = PipelineConfig(regressor="3dmm-fit", refiners=()).with_options(
+        "regressor", "3dmm-fit", {"model": str(sfm_file)}
+    )
     errors = []
     with Pipeline(config) as pipe:
         for photo in lfpw[:20]:

@@ -473,7 +473,18 @@ def test_reconstruct_command_with_remote_stages(servers, lfpw, tmp_path, monkeyp
     install_entry_points(monkeypatch, tmp_path)
     assert "serve" in build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
     out = tmp_path / "out"
-    argv = ["reconstruct", str(lfpw[0]), str(lfpw[1]), "-o", str(out), "-q", "--regressor", "landmark-mesh"]
+    argv = [
+        "reconstruct",
+        str(lfpw[0]),
+        str(lfpw[1]),
+        "-o",
+        str(out),
+        "-q",
+        "--regressor",
+        "landmark-mesh",
+        "--refiners",
+        "",
+    ]
     argv += ["--remote", f"detector={servers['detector']}", "--remote", f"regressor={servers['regressor']}"]
     assert main(argv) == 0
     result = json.loads((out / "image_0001" / "result.json").read_text())

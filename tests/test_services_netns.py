@@ -104,7 +104,7 @@ from facerecon.kernel import Pipeline, PipelineConfig
 from facerecon.services.remote import apply_remote
 
 photos, victim, detector, regressors = sys.argv[1].split(","), int(sys.argv[2]), sys.argv[3], sys.argv[4]
-local_config = PipelineConfig(detector="mediapipe", regressor="landmark-mesh", device="cpu")
+local_config = PipelineConfig(detector="mediapipe", regressor="landmark-mesh", device="cpu", refiners=())
 config = apply_remote(local_config, [f"detector={detector}", f"regressor={regressors}"])
 rows = []
 with Pipeline(config, toy_host()) as remote, Pipeline(local_config) as local:

@@ -16,7 +16,7 @@ from facerecon.kernel import Pipeline, PipelineConfig
 from facerecon.services.server import Server, ServerSettings
 
 CLIENT = REPO / "clients" / "node"
-CONFIG = PipelineConfig(detector="mediapipe", regressor="landmark-mesh", device="cpu")
+CONFIG = PipelineConfig(detector="mediapipe", regressor="landmark-mesh", device="cpu", refiners=())
 
 
 def _need(tool: str) -> str:

@@ -108,9 +108,9 @@ def test_fresh_process_finds_it(installed):
 
 
 def test_reconstruct_runs_it_end_to_end(on_path, workdir):
-    assert main(["reconstruct", "photo.jpg", "-o", "out/", "--segmenter", "none", "-q"]) == 0
+    assert main(["reconstruct", "photo.jpg", "-o", "out/", "--segmenter", "none", "-q", "--refiners", ""]) == 0
     plain = Image.open(workdir / "out" / "photo" / "preview.png").size
-    assert main(["reconstruct", "photo.jpg", "-o", "out/", "--segmenter", "ellipse-skin", "-q"]) == 0
+    assert main(["reconstruct", "photo.jpg", "-o", "out/", "--segmenter", "ellipse-skin", "-q", "--refiners", ""]) == 0
     result = json.loads((workdir / "out" / "photo" / "result.json").read_text())
     assert result["plugins"]["segmenter"] == {"plugin": "ellipse-skin", "version": "1.0.0"}
     segmentation = result["reconstructions"][0]["segmentation"]
@@ -120,7 +120,7 @@ def test_reconstruct_runs_it_end_to_end(on_path, workdir):
     with_segmentation = Image.open(workdir / "out" / "photo" / "preview.png").size
     assert with_segmentation[0] * 3 == plain[0] * 4 and with_segmentation[1] == plain[1]
     # The page's config: scale 0.8 instead of 0.9 shrinks the ellipse by (8/9)^2.
-    assert main(["reconstruct", "photo.jpg", "-o", "small/", "-c", "ellipse.toml", "-q"]) == 0
+    assert main(["reconstruct", "photo.jpg", "-o", "small/", "-c", "ellipse.toml", "-q", "--refiners", ""]) == 0
     smaller = json.loads((workdir / "small" / "photo" / "result.json").read_text())
     ratio = smaller["reconstructions"][0]["segmentation"]["pixels"]["skin"] / segmentation["pixels"]["skin"]
     assert ratio == pytest.approx((0.8 / 0.9) ** 2, rel=0.03)
