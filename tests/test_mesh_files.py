@@ -45,7 +45,9 @@ def validate_gltf():
         npm = shutil.which("npm")
         if npm is None:
             missing("npm is not installed (it installs the glTF validator: make gltf-validator)")
-        subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=VALIDATOR, check=True, capture_output=True, timeout=300)
+        subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund"], cwd=VALIDATOR, check=True, capture_output=True, timeout=300
+        )
 
     def validate(paths: list[Path]) -> list[dict]:
         run = subprocess.run(
@@ -86,7 +88,13 @@ def written(tmp_path_factory, reconstruction, face_photo) -> Path:
     out = tmp_path_factory.mktemp("files")
     for frame in ("head", "image"):
         write_outputs(
-            reconstruction, face_photo, out / frame, source="image_0001", formats=FORMATS, texture_size=TEXTURE, frame=frame
+            reconstruction,
+            face_photo,
+            out / frame,
+            source="image_0001",
+            formats=FORMATS,
+            texture_size=TEXTURE,
+            frame=frame,
         )
     return out
 
@@ -213,7 +221,9 @@ def test_glb_without_uvs_is_untextured_with_a_warning(tmp_path, reconstruction):
     mesh = reconstruction.reconstructions[0].coarse.mesh
     bare = Mesh(mesh.vertices, mesh.triangles, "no-uvs")
     with pytest.warns(TextureWarning, match="no UVs; written without its texture and normal map"):
-        files = write_mesh(bare, tmp_path / "bare.glb", np.zeros((8, 8, 3), np.uint8), normal_map=np.zeros((8, 8, 3), np.uint8))
+        files = write_mesh(
+            bare, tmp_path / "bare.glb", np.zeros((8, 8, 3), np.uint8), normal_map=np.zeros((8, 8, 3), np.uint8)
+        )
     assert files == [tmp_path / "bare.glb"]
     gltf = glb_json(files[0])
     assert "images" not in gltf and "TEXCOORD_0" not in gltf["meshes"][0]["primitives"][0]["attributes"]
@@ -223,7 +233,9 @@ def test_glb_without_uvs_is_untextured_with_a_warning(tmp_path, reconstruction):
 def test_obj_mtl_and_ply_carry_material_normals_uvs_and_colours(written, tmp_path, reconstruction, face_photo):
     folder = written / "head"
     mtl = (folder / "coarse.mtl").read_text().splitlines()
-    assert {"Ka 0.000 0.000 0.000", "Kd 1.000 1.000 1.000", "Pm 0", f"Pr {ROUGHNESS:g}", "map_Kd coarse.png"} <= set(mtl)
+    assert {"Ka 0.000 0.000 0.000", "Kd 1.000 1.000 1.000", "Pm 0", f"Pr {ROUGHNESS:g}", "map_Kd coarse.png"} <= set(
+        mtl
+    )
     obj = (folder / "coarse.obj").read_text().splitlines()
     mesh = reconstruction.reconstructions[0].coarse.mesh
     assert sum(line.startswith("vn ") for line in obj) == len(mesh.vertices)
