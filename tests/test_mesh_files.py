@@ -157,6 +157,10 @@ def test_result_json_transforms_map_head_to_image_and_to_pixels(written, reconst
         valid = np.array([row is not None for row in rows])
         assert np.array_equal(valid, landmarks.valid)
         expected = np.array([row for row in rows if row is not None])
+        entry = next(s for s in result["reconstructions"][0]["stages"] if s["stage"] == stage.stage)
+        assert np.allclose(entry["bounds"], [in_head.min(axis=0), in_head.max(axis=0)], atol=2e-3)
+        on_file = landmarks.locate(np.asarray(in_head, np.float64))[valid]
+        assert np.allclose([row for row in entry["landmarks68_3d"] if row is not None], on_file, atol=2e-3)
         for key, vertices in (("head_to_pixels", in_head), ("image_to_pixels", in_image)):
             pixels = _project(frames[key], landmarks.locate(np.asarray(vertices, np.float64))[valid])
             assert np.abs(pixels - expected).max() < 0.01, (stage.stage, key)
