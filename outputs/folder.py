@@ -124,7 +124,11 @@ def write_maps(maps: ImageMaps, folder: Path, prefix: str) -> list[Path]:
             rgb = np.nan_to_num(value)
             atomic_write(path, png_bytes(np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)))
         written.append(path)
-    info = {"origin_xy": list(maps.origin), "step": maps.step, "shape_hw": list(next(iter(maps.maps.values())).shape[:2])}
+    info = {
+        "origin_xy": list(maps.origin),
+        "step": maps.step,
+        "shape_hw": list(next(iter(maps.maps.values())).shape[:2]),
+    }
     atomic_write(folder / f"{prefix}_maps.json", (json.dumps(info) + "\n").encode())
     return written
 
