@@ -19,6 +19,9 @@ from facerecon.kernel.contract import IBUG68, LandmarkMap, Mesh
 
 MESH_VERTICES = 468
 
+MM_PER_UNIT = 10.0
+"""The canonical face is in centimetres; poses (CoarseResult.scale) are reported per millimetre."""
+
 
 @dataclass(frozen=True)
 class CanonicalTopology:

@@ -40,11 +40,13 @@ _FATAL = {cls.__name__: cls for cls in (ConfigError, PluginError, ModelFileError
 
 @dataclass(frozen=True)
 class WriteOptions:
-    """What each photo's output folder holds (see facerecon.outputs.folder.write_outputs)."""
+    """What each photo's output folder holds (see facerecon.outputs.folder.write_outputs); ``frame``: the
+    mesh files' coordinates, "head" (pose removed, y up, mm) or "image" (as in the photo)."""
 
     formats: tuple[str, ...] = ("obj",)
     texture_size: int = 1024
     save_phases: bool = False
+    frame: str = "head"
 
 
 @dataclass(frozen=True)
@@ -213,6 +215,7 @@ def reconstruct_one(pipeline: Pipeline, path: Path, out_dir: Path, write: WriteO
             formats=write.formats,
             texture_size=write.texture_size,
             save_phases=write.save_phases,
+            frame=write.frame,
             plugins=pipeline.plugin_ids(),
         )
     except (InputError, NoFaceError) as exc:

@@ -25,7 +25,8 @@ from facerecon.kernel.contract.errors import ConfigError, InputError, ModelFileE
 from facerecon.kernel.host.commands import DefaultsHelpFormatter
 from facerecon.kernel.host.config import DEVICES
 from facerecon.kernel.host.imageio import find_images
-from facerecon.outputs.folder import remove_stale_partials
+from facerecon.outputs.folder import check_output_folder, remove_stale_partials
+from facerecon.outputs.frames import FRAMES
 from facerecon.outputs.meshes import WRITERS, atomic_write
 
 log = logging.getLogger("facerecon")
@@ -64,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--all-faces", action="store_true", help="reconstruct every face, not only the largest")
     rec.add_argument(
         "--formats", default="obj", help=f"comma-separated mesh formats ({', '.join(w[1:] for w in WRITERS)})"
+    )
+    rec.add_argument(
+        "--frame",
+        choices=FRAMES,
+        default="head",
+        help="the mesh files' coordinates: head (pose removed, centred, y up, millimetres) or image (pixels, "
+        "y up, placed and posed as in the photo); result.json has the transforms between them",
     )
     rec.add_argument("--texture-size", type=int, default=1024, help="side of the unwrapped photo texture")
     rec.add_argument(
@@ -208,12 +216,15 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         for item, reason in problems:
             log.error("%s: %s", item, reason)
         jobs = list(zip(paths, _output_names(paths), strict=True))
+        check_output_folder(out, [name for _, name in jobs])  # nothing of anyone else's is written over
 
         from tqdm import tqdm
         from tqdm.contrib.logging import logging_redirect_tqdm
 
         show_bar = not args.quiet and sys.stderr.isatty() and len(paths) > 1
-        write = WriteOptions(formats=formats, texture_size=args.texture_size, save_phases=args.save_phases)
+        write = WriteOptions(
+            formats=formats, texture_size=args.texture_size, save_phases=args.save_phases, frame=args.frame
+        )
         worker = BatchWorker(config, write)
         with logging_redirect_tqdm():
             worker.start()

@@ -2,8 +2,10 @@
 
 Layout of ``OUT/<stem>/`` (face 0 = the largest; other faces get a ``face<i>-`` prefix):
 
-* ``<stage>.obj`` (+ ``.mtl`` and a ``.png`` texture unwrapped from the photo when the topology has
-  UVs), one per stage that ran: ``coarse``, then each refiner's stage (``medium``, ``fine``...);
+* ``<stage>.obj`` (+ ``.mtl``, and a ``.png`` texture unwrapped from the photo when the topology has
+  UVs), one per stage that ran: ``coarse``, then each refiner's stage (``medium``, ``fine``...), in the
+  face's head frame (pose removed, y up, millimetres; ``frame="image"``: where the face sits in the photo,
+  see :mod:`facerecon.outputs.frames`);
 * ``preview.png`` — the photo, the landmarks, the face parsing (when a segmenter ran: label colours
   over the photo, with a swatch of each region's colour), and a shaded render of every stage over the
   photo;
@@ -11,11 +13,14 @@ Layout of ``OUT/<stem>/`` (face 0 = the largest; other faces get a ``face<i>-`` 
   when the caller names them), per reconstructed face its ``segmentation`` (segmenter plugin, the label
   ids present with their names and pixel counts, and each region's colour, sRGB in [0, 1]) or null, per
   stage: plugin, version, mesh file, the 68 iBUG landmarks re-projected from that stage's mesh
-  (``landmarks68``, 0-based pixels), and wall times in milliseconds.
+  (``landmarks68``, 0-based pixels), and wall times in milliseconds; per face its ``frames`` (the files'
+  frame, units and axes, and the transforms between the head frame, the image frame and image pixels).
 
 The folder is built under a temporary name (``.<stem>.<pid>.<random>.partial``) and renamed into place
 when complete, so an interrupted run never leaves a half-written result; :func:`remove_stale_partials`
-clears what a killed process left behind.
+clears what a killed process left behind. A folder is only ever replaced when facerecon wrote it (it holds
+facerecon's ``result.json``) or it is empty: anything else is an :class:`OutputError`
+(:func:`check_result_folder`, :func:`check_output_folder`).
 """
 
 from __future__ import annotations
@@ -32,7 +37,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from facerecon.kernel.contract.errors import OutputError
 from facerecon.kernel.contract.records import ImageMaps, Reconstruction
+from facerecon.outputs.frames import file_frame
 from facerecon.outputs.meshes import atomic_write, bake_texture, current_umask, png_bytes, write_mesh
 from facerecon.outputs.preview import render_preview
 from facerecon.outputs.result import PluginIds, dumps, result_dict
@@ -52,12 +59,17 @@ def write_outputs(
     texture_size: int = 1024,
     plugins: PluginIds | None = None,
     save_phases: bool = False,
+    frame: str = "head",
 ) -> dict[str, Any]:
-    """Write meshes, preview.png and result.json into ``out_dir`` (replaced whole, atomically).
+    """Write meshes, preview.png and result.json into ``out_dir`` (replaced whole, atomically; an existing
+    ``out_dir`` must be facerecon's or empty, else :class:`OutputError`).
     ``plugins``: stage kind -> (plugin, version) that ran, recorded in result.json.
+    ``frame``: the mesh files' coordinates, "head" (pose removed, y up, mm) or "image" (as in the photo).
     A stage's image maps go to ``<stage>_<map>.png`` (+ ``.npy`` for depth and displacement); its
     intermediate meshes (e.g. the fine stage's phases) to ``<stage>_<phase>.<fmt>`` with ``save_phases``."""
     out_dir = Path(out_dir)
+    check_result_folder(out_dir)
+    frames = {r.face_index: file_frame(r, frame) for r in rec.reconstructions}
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.{os.getpid()}.", suffix=".partial", dir=out_dir.parent))
     staging.chmod(0o777 & ~current_umask())
@@ -68,7 +80,7 @@ def write_outputs(
                 texture = bake_texture(stage.mesh, image, texture_size) if stage.mesh.uvs is not None else None
                 for i, fmt in enumerate(formats):
                     name = f"{face_prefix(r.face_index)}{stage.stage}.{fmt}"
-                    write_mesh(stage.mesh, staging / name, texture)
+                    write_mesh(stage.mesh, staging / name, texture, frame=frames[r.face_index])
                     if i == 0:
                         mesh_files[(r.face_index, stage.stage)] = name
                 if stage.maps is not None:
@@ -78,15 +90,72 @@ def write_outputs(
                         phase_texture = bake_texture(mesh, image, texture_size) if mesh.uvs is not None else None
                         for fmt in formats:
                             name = f"{face_prefix(r.face_index)}{stage.stage}_{phase}.{fmt}"
-                            write_mesh(mesh, staging / name, phase_texture)
+                            write_mesh(mesh, staging / name, phase_texture, frame=frames[r.face_index])
         atomic_write(staging / "preview.png", png_bytes(render_preview(image, rec)))
-        result = result_dict(rec, source, mesh_files, plugins)
+        result = result_dict(rec, source, mesh_files, plugins, frame=frame)
         atomic_write(staging / "result.json", dumps(result).encode())
         _replace_dir(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return result
+
+
+def is_result_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds a ``result.json`` that facerecon wrote (an object with its keys)."""
+    data = _json_object(folder / "result.json")
+    return data is not None and {"input", "image_size"} <= data.keys()
+
+
+def _json_object(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def check_result_folder(out_dir: Path) -> None:
+    """Raise :class:`OutputError` unless ``out_dir`` is absent, an empty folder, or a result facerecon wrote
+    (the only folders :func:`write_outputs` may replace whole)."""
+    if not out_dir.exists() and not out_dir.is_symlink():
+        return
+    if out_dir.is_symlink() or not out_dir.is_dir():
+        raise OutputError(f"{out_dir} exists and is not a folder; facerecon writes a result folder there")
+    if is_result_folder(out_dir):
+        return
+    try:
+        entries = sorted(p.name for p in out_dir.iterdir())
+    except OSError as exc:
+        raise OutputError(f"{out_dir}: cannot read the folder ({exc.strerror or exc})") from None
+    if entries:
+        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+        raise OutputError(
+            f"{out_dir} exists and is not a facerecon result (no result.json of facerecon's; it holds {shown}); "
+            "facerecon replaces its result folders whole, so it will not write there: move it away or choose "
+            "another output folder"
+        )
+
+
+OWN_FILES = {"summary.json": "succeeded", "failures.json": "failures"}
+"""The files ``facerecon reconstruct`` writes into OUT itself, with a key that marks them as its own."""
+
+
+def check_output_folder(out: Path, names: Sequence[str]) -> None:
+    """Before a batch writes into ``out``: each ``out/<name>`` result folder must be facerecon's or empty
+    (:func:`check_result_folder`), and a ``summary.json`` / ``failures.json`` already there must be
+    facerecon's; else :class:`OutputError` naming what is in the way."""
+    for file, key in OWN_FILES.items():
+        path = out / file
+        if path.exists() or path.is_symlink():
+            data = _json_object(path)
+            if path.is_symlink() or data is None or key not in data:
+                raise OutputError(
+                    f"{path} exists and was not written by facerecon, which writes its batch {file} there: "
+                    "move it away or choose another output folder"
+                )
+    for name in names:
+        check_result_folder(out / name)
 
 
 def write_maps(maps: ImageMaps, folder: Path, prefix: str) -> list[Path]:

@@ -1,9 +1,17 @@
-"""Writing meshes that open upright, textured, in Blender, MeshLab and web viewers.
+"""Writing meshes that open upright, textured and smooth-shaded in Blender, MeshLab and web viewers.
 
-Meshes live in the mesh frame (x right, y down, z away from the camera, see records.py); files use the
-y-up, z-towards-the-viewer convention, so exporters turn the mesh 180 degrees about x: (x, y, z) ->
-(x, -y, -z). A rotation, not a mirror: handedness and triangle winding stay right. Coordinates keep
-the mesh's units (pixels or millimetres).
+Meshes live in the mesh frame (x right, y down, z away from the camera, see records.py); a file's
+coordinates are a :class:`~facerecon.outputs.frames.FileFrame`'s: the head frame (pose removed, y up,
+millimetres; what ``write_outputs`` writes by default) or the image frame (the mesh frame turned 180 degrees
+about x: y up, z towards the viewer, the mesh's units; the writers' default for a bare mesh). Both are
+rotations (plus scale and offset), never mirrors: handedness and triangle winding stay right.
+
+Every format carries vertex normals (so viewers smooth-shade), UVs where the mesh has them, and a PBR
+skin material (metallic 0, base colour factor 1, roughness :data:`ROUGHNESS`): GLB's own
+``pbrMetallicRoughness`` (baseColorTexture, normalTexture), the MTL's ``Kd``/``Pr``/``Pm`` with ``map_Kd``
+and ``norm``/``map_Bump`` (what Blender's importer reads), PLY's per-vertex colours sampled from the
+texture plus ``comment TextureFile``. GLB coordinates are metres where the frame is in millimetres
+(glTF's unit is the metre).
 
 Every file is written atomically (a temporary file in the same folder, then renamed), so a crash or
 Ctrl-C never leaves half a mesh behind. Writers are looked up by suffix in :data:`WRITERS`.
@@ -14,21 +22,27 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from facerecon.geometry.raster import interpolate, rasterize
+from facerecon.geometry.raster import interpolate, rasterize, vertex_normals
 from facerecon.kernel.contract.records import Mesh
+from facerecon.outputs.frames import FileFrame, image_frame
 
-Y_UP = np.array([1.0, -1.0, -1.0])
+ROUGHNESS = 0.6
+"""PBR roughness of the skin material: skin is a dielectric (metallic 0), neither a mirror nor chalk."""
+
+SPECULAR = 0.25
+"""The MTL's Ks (Phong viewers' highlight; Blender reads it as its specular level)."""
 
 
-def to_y_up(vertices: np.ndarray) -> np.ndarray:
-    """Mesh-frame vertices (N, 3) -> file frame (y up, z towards the viewer)."""
-    return np.asarray(vertices, np.float64) * Y_UP
+class TextureWarning(UserWarning):
+    """A texture or normal map was given for a mesh without UVs: the file is written without it."""
 
 
 def atomic_write(path: str | Path, data: bytes) -> None:
@@ -93,66 +107,259 @@ def _bilinear(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.clip(top * (1 - fy) + bottom * fy + 0.5, 0, 255).astype(np.uint8)
 
 
-def write_obj(mesh: Mesh, path: str | Path, texture: np.ndarray | None = None) -> list[Path]:
-    """Wavefront OBJ (+ .mtl and .png when a texture is given). Returns the files written."""
+@dataclass(frozen=True)
+class FileMesh:
+    """A mesh as it goes into a file: float64 (N, 3) vertices and float32 (N, 3) unit normals in the frame's
+    coordinates, int32 (M, 3) triangles, the UVs (float32 (N, 2), v up) or None, and the images a file
+    may reference (uint8 (H, W, 3); None when not given or the mesh has no UVs)."""
+
+    vertices: np.ndarray
+    normals: np.ndarray
+    triangles: np.ndarray
+    uvs: np.ndarray | None
+    texture: np.ndarray | None
+    normal_map: np.ndarray | None
+    frame: FileFrame
+    header: str
+
+
+def file_mesh(
+    mesh: Mesh,
+    texture: np.ndarray | None = None,
+    normal_map: np.ndarray | None = None,
+    frame: FileFrame | None = None,
+    *,
+    path: str | Path = "mesh",
+) -> FileMesh:
+    """Check the images, move the mesh into ``frame`` (default: its image frame) and compute its normals."""
+    frame = frame if frame is not None else image_frame(mesh)
+    linear = np.asarray(frame.to_file, np.float64)[:3, :3]
+    if np.asarray(frame.to_file).shape != (4, 4) or not np.linalg.det(linear) > 0:
+        raise ValueError("a file frame must be a 4x4 similarity with a positive determinant (no mirror)")
+    images = {"texture": texture, "normal_map": normal_map}
+    for name, image in images.items():
+        if image is None:
+            continue
+        image = np.asarray(image)
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 1:
+            raise ValueError(f"{name} must be uint8 (H, W, 3), got {image.dtype} {image.shape}")
+        images[name] = image
+    if mesh.uvs is None and any(image is not None for image in images.values()):
+        given = " and ".join(name.replace("_", " ") for name, image in images.items() if image is not None)
+        warnings.warn(
+            f"{Path(path).name}: the mesh (topology {mesh.topology!r}) has no UVs; written without its {given}",
+            TextureWarning,
+            stacklevel=3,
+        )
+        images = {name: None for name in images}
+    vertices = frame.apply(mesh.vertices)
+    triangles = np.asarray(mesh.triangles, np.int32)
+    normals = vertex_normals(vertices, triangles) if len(triangles) else np.zeros_like(vertices)
+    # Vertices on no triangle (or only on degenerate ones) still need a unit normal (glTF requires it).
+    normals[np.linalg.norm(normals, axis=1) < 0.5] = (0.0, 0.0, 1.0)
+    header = f"facerecon mesh, topology {mesh.topology}, {frame.name} frame, units {frame.units}, y up"
+    return FileMesh(
+        vertices=vertices,
+        normals=normals.astype(np.float32),
+        triangles=triangles,
+        uvs=None if mesh.uvs is None else np.asarray(mesh.uvs, np.float32),
+        texture=images["texture"],
+        normal_map=images["normal_map"],
+        frame=frame,
+        header=header,
+    )
+
+
+def _write_images(shape: FileMesh, path: Path) -> tuple[list[Path], str | None, str | None]:
+    """The texture (``<stem>.png``) and normal map (``<stem>_uv_normal.png``) beside ``path``."""
+    written: list[Path] = []
+    names: list[str | None] = []
+    for image, file in ((shape.texture, path.with_suffix(".png")), (shape.normal_map, _normal_map_path(path))):
+        if image is None:
+            names.append(None)
+            continue
+        atomic_write(file, png_bytes(image))
+        written.append(file)
+        names.append(file.name)
+    return written, names[0], names[1]
+
+
+def _normal_map_path(path: Path) -> Path:
+    return path.with_name(f"{path.stem}_uv_normal.png")
+
+
+def mtl_text(texture: str | None, normal_map: str | None) -> str:
+    """The skin material as MTL, with the PBR extension Blender's importer reads (Pr roughness, Pm metallic;
+    Ka 0: Blender reads the ambient colour as metallic)."""
+    lines = [
+        "# facerecon skin material: PBR metallic 0, base colour factor 1, roughness " + f"{ROUGHNESS:g}",
+        "newmtl face",
+        "Ka 0.000 0.000 0.000",
+        "Kd 1.000 1.000 1.000",
+        f"Ks {SPECULAR:.3f} {SPECULAR:.3f} {SPECULAR:.3f}",
+        f"Ns {1000 * (1 - ROUGHNESS) ** 2:.1f}",  # Blender: roughness = 1 - sqrt(Ns / 1000)
+        "illum 2",
+        f"Pr {ROUGHNESS:g}",
+        "Pm 0",
+    ]
+    if texture is not None:
+        lines.append(f"map_Kd {texture}")
+    if normal_map is not None:  # tangent space, OpenGL convention (green = +v)
+        lines += [f"norm {normal_map}", f"map_Bump -bm 1 {normal_map}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_obj(
+    mesh: Mesh,
+    path: str | Path,
+    texture: np.ndarray | None = None,
+    *,
+    normal_map: np.ndarray | None = None,
+    frame: FileFrame | None = None,
+) -> list[Path]:
+    """Wavefront OBJ with vertex normals and UVs, its .mtl (the skin material) and, when given, the texture
+    ``<stem>.png`` and the tangent-space normal map ``<stem>_uv_normal.png`` (uint8 (H, W, 3), OpenGL
+    convention). ``frame``: the file's coordinates (default: the mesh's image frame). Returns the files."""
     path = Path(path)
-    vertices = to_y_up(mesh.vertices)
-    lines = [f"# facerecon mesh, topology {mesh.topology}, units {mesh.units}, y up"]
-    written = [path]
-    if texture is not None and mesh.uvs is not None:
-        material, picture = path.with_suffix(".mtl"), path.with_suffix(".png")
-        atomic_write(picture, png_bytes(texture))
-        mtl = f"newmtl face\nKa 1 1 1\nKd 1 1 1\nKs 0 0 0\nillum 1\nmap_Kd {picture.name}\n"
-        atomic_write(material, mtl.encode())
-        lines += [f"mtllib {material.name}", "usemtl face"]
-        written += [material, picture]
+    shape = file_mesh(mesh, texture, normal_map, frame, path=path)
+    written, texture_name, normal_name = _write_images(shape, path)
+    material = path.with_suffix(".mtl")
+    atomic_write(material, mtl_text(texture_name, normal_name).encode())
     body = io.StringIO()
-    body.write("\n".join(lines) + "\n")
-    np.savetxt(body, vertices, fmt="v %.6f %.6f %.6f")
-    faces = np.asarray(mesh.triangles) + 1
-    if mesh.uvs is not None:
-        np.savetxt(body, mesh.uvs, fmt="vt %.6f %.6f")
-        np.savetxt(body, np.repeat(faces, 2, axis=1), fmt="f %d/%d %d/%d %d/%d")
+    body.write(f"# {shape.header}\nmtllib {material.name}\nusemtl face\n")
+    np.savetxt(body, shape.vertices, fmt="v %.6f %.6f %.6f")
+    np.savetxt(body, shape.normals, fmt="vn %.5f %.5f %.5f")
+    faces = shape.triangles + 1
+    if shape.uvs is not None:
+        np.savetxt(body, shape.uvs, fmt="vt %.6f %.6f")
+        np.savetxt(body, np.repeat(faces, 3, axis=1), fmt="f %d/%d/%d %d/%d/%d %d/%d/%d")
     else:
-        np.savetxt(body, faces, fmt="f %d %d %d")
+        np.savetxt(body, np.repeat(faces, 2, axis=1), fmt="f %d//%d %d//%d %d//%d")
     atomic_write(path, body.getvalue().encode())
-    return written
+    return [path, material, *written]
 
 
-def _trimesh_export(mesh: Mesh, path: Path, file_type: str, texture: np.ndarray | None) -> list[Path]:
+def write_ply(
+    mesh: Mesh,
+    path: str | Path,
+    texture: np.ndarray | None = None,
+    *,
+    normal_map: np.ndarray | None = None,
+    frame: FileFrame | None = None,
+) -> list[Path]:
+    """Binary PLY: positions, normals, UVs (``s``, ``t``) and, with a texture, per-vertex colours sampled
+    from it, the texture written beside it and named by ``comment TextureFile`` (MeshLab's convention). PLY
+    has no normal-map reference: ``normal_map`` is only checked."""
+    path = Path(path)
+    shape = file_mesh(mesh, texture, normal_map, frame, path=path)
+    fields = [("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("nx", "<f4"), ("ny", "<f4"), ("nz", "<f4")]
+    if shape.uvs is not None:
+        fields += [("s", "<f4"), ("t", "<f4")]
+    if shape.texture is not None:
+        fields += [("red", "u1"), ("green", "u1"), ("blue", "u1")]
+    vertices = np.zeros(len(shape.vertices), dtype=fields)
+    for i, axis in enumerate("xyz"):
+        vertices[axis] = shape.vertices[:, i]
+        vertices[f"n{axis}"] = shape.normals[:, i]
+    written = []
+    header = ["ply", "format binary_little_endian 1.0", f"comment {shape.header}"]
+    if shape.uvs is not None:
+        vertices["s"], vertices["t"] = shape.uvs[:, 0], shape.uvs[:, 1]
+    if shape.texture is not None and shape.uvs is not None:
+        colours = _texels(shape.texture, shape.uvs)
+        for i, channel in enumerate(("red", "green", "blue")):
+            vertices[channel] = colours[:, i]
+        picture = path.with_suffix(".png")
+        atomic_write(picture, png_bytes(shape.texture))
+        written.append(picture)
+        header.append(f"comment TextureFile {picture.name}")
+    types = {"<f4": "float", "u1": "uchar"}
+    header.append(f"element vertex {len(vertices)}")
+    header += [f"property {types[kind]} {name}" for name, kind in fields]
+    header += [f"element face {len(shape.triangles)}", "property list uchar int vertex_indices", "end_header"]
+    faces = np.zeros(len(shape.triangles), dtype=[("n", "u1"), ("ids", "<i4", (3,))])
+    faces["n"], faces["ids"] = 3, shape.triangles
+    atomic_write(path, ("\n".join(header) + "\n").encode() + vertices.tobytes() + faces.tobytes())
+    return [path, *written]
+
+
+def _texels(texture: np.ndarray, uvs: np.ndarray) -> np.ndarray:
+    """uint8 (N, 3): the texel under each UV (nearest; rows top to bottom, v up)."""
+    height, width = texture.shape[:2]
+    cols = np.clip(np.round(uvs[:, 0] * width - 0.5), 0, width - 1).astype(int)
+    rows = np.clip(np.round((1.0 - uvs[:, 1]) * height - 0.5), 0, height - 1).astype(int)
+    return texture[rows, cols]
+
+
+def write_glb(
+    mesh: Mesh,
+    path: str | Path,
+    texture: np.ndarray | None = None,
+    *,
+    normal_map: np.ndarray | None = None,
+    frame: FileFrame | None = None,
+) -> list[Path]:
+    """Binary glTF (opens in Blender, three.js, Windows 3D Viewer): positions (metres where the frame is in
+    millimetres), normals, UVs, and the skin material as ``pbrMetallicRoughness`` (metallicFactor 0,
+    baseColorFactor 1, roughnessFactor :data:`ROUGHNESS`) with the texture as ``baseColorTexture`` and the
+    tangent-space normal map (OpenGL convention, glTF's own) as ``normalTexture``, both embedded. No
+    tangents are stored: viewers generate MikkTSpace ones, as glTF specifies."""
     import trimesh
 
-    visual = None
-    if texture is not None and mesh.uvs is not None:
-        visual = trimesh.visual.TextureVisuals(uv=np.asarray(mesh.uvs), image=Image.fromarray(texture))
-    shape = trimesh.Trimesh(to_y_up(mesh.vertices), np.asarray(mesh.triangles), visual=visual, process=False)
-    exported = shape.export(file_type=file_type)
+    path = Path(path)
+    shape = file_mesh(mesh, texture, normal_map, frame, path=path)
+    material = trimesh.visual.material.PBRMaterial(
+        name="face",
+        baseColorFactor=[1.0, 1.0, 1.0, 1.0],
+        metallicFactor=0.0,
+        roughnessFactor=ROUGHNESS,
+        baseColorTexture=None if shape.texture is None else Image.fromarray(shape.texture),
+        normalTexture=None if shape.normal_map is None else Image.fromarray(shape.normal_map),
+    )
+    metres = 1e-3 if shape.frame.units == "mm" else 1.0
+    visual = trimesh.visual.TextureVisuals(uv=shape.uvs, material=material)
+    exported = trimesh.Trimesh(
+        shape.vertices * metres,
+        shape.triangles,
+        vertex_normals=shape.normals,
+        visual=visual,
+        process=False,
+        validate=False,
+    ).export(file_type="glb", include_normals=True)
     atomic_write(path, exported if isinstance(exported, bytes) else str(exported).encode())
     return [path]
 
 
-def write_ply(mesh: Mesh, path: str | Path, texture: np.ndarray | None = None) -> list[Path]:
-    """Binary PLY (geometry only; PLY has no standard texture reference)."""
-    return _trimesh_export(mesh, Path(path), "ply", None)
+MeshWriter = Callable[..., list[Path]]
+"""``writer(mesh, path, texture=None, *, normal_map=None, frame=None) -> files written``."""
 
-
-def write_glb(mesh: Mesh, path: str | Path, texture: np.ndarray | None = None) -> list[Path]:
-    """Binary glTF with the texture embedded (opens in Blender, three.js, Windows 3D Viewer)."""
-    return _trimesh_export(mesh, Path(path), "glb", texture)
-
-
-WRITERS: dict[str, Callable[[Mesh, str | Path, np.ndarray | None], list[Path]]] = {
+WRITERS: dict[str, MeshWriter] = {
     ".obj": write_obj,
     ".ply": write_ply,
     ".glb": write_glb,
 }
 
 
-def write_mesh(mesh: Mesh, path: str | Path, texture: np.ndarray | None = None) -> list[Path]:
-    """Write ``mesh`` in the format its suffix names (.obj, .ply, .glb); returns the files written."""
+def write_mesh(
+    mesh: Mesh,
+    path: str | Path,
+    texture: np.ndarray | None = None,
+    *,
+    normal_map: np.ndarray | None = None,
+    frame: FileFrame | None = None,
+) -> list[Path]:
+    """Write ``mesh`` in the format its suffix names (.obj, .ply, .glb); returns the files written.
+
+    texture: uint8 (H, W, 3) RGB base colour in the mesh's UV layout (rows top to bottom, v up).
+    normal_map: uint8 (H, W, 3) tangent-space normal map in the UV layout, OpenGL convention (x along u,
+        y along v: green up, z out of the surface; (n + 1) / 2 * 255).
+    frame: the file's coordinates (:func:`facerecon.outputs.frames.head_frame` for a reconstructed face's
+        head frame); default: the mesh's image frame (y up, the mesh's units).
+    A texture or normal map for a mesh without UVs is left out with a :class:`TextureWarning`.
+    """
     suffix = Path(path).suffix.lower()
     try:
         writer = WRITERS[suffix]
     except KeyError:
         raise ValueError(f"unknown mesh format {suffix!r} (known: {', '.join(WRITERS)})") from None
-    return writer(mesh, path, texture)
+    return writer(mesh, path, texture, normal_map=normal_map, frame=frame)

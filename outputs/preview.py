@@ -1,5 +1,6 @@
 """``preview.png``: the photo, its landmarks, the face parsing and a shaded render of every stage, side by
-side; label colours by name (CelebAMask-HQ's palette)."""
+side, and under each stage its side view (the profile in the head frame, where depth errors show); label
+colours by name (CelebAMask-HQ's palette)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,13 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from facerecon.geometry.raster import shade
-from facerecon.kernel.contract.records import Reconstruction, Segmentation
+from facerecon.kernel.contract.records import Mesh, Reconstruction, Segmentation
+from facerecon.outputs.frames import FileFrame, head_frame
 
 PREVIEW_HEIGHT = 512
+"""Height of one row of panels; the sheet has a second row of side views when a stage ran."""
+
+SKIN_GREY = np.array([235, 225, 210])
 
 
 LABEL_COLORS: dict[str, tuple[int, int, int]] = {
@@ -66,8 +71,10 @@ def render_segmentation(image: np.ndarray, segmentations: Sequence[Segmentation]
 
 def render_preview(image: np.ndarray, rec: Reconstruction) -> np.ndarray:
     """Panels side by side: photo | landmarks | segmentation (when a segmenter ran) | one shaded render
-    per stage (over the dimmed photo). Panels are cropped around the reconstructed faces and scaled to
-    PREVIEW_HEIGHT pixels; the segmentation panel has a swatch of each region colour of the first face.
+    per stage (over the dimmed photo); under each stage's render its side view: every face turned to its
+    profile in its head frame (pose removed, nose to the right), at the front view's scale and place.
+    Panels are cropped around the reconstructed faces and scaled to PREVIEW_HEIGHT pixels; the segmentation
+    panel has a swatch of each region colour of the first face.
 
     Everything is drawn on the crop already scaled to the preview's size (the meshes rendered straight into
     it), so the cost and memory do not grow with the photo's resolution."""
@@ -99,25 +106,44 @@ def render_preview(image: np.ndarray, rec: Reconstruction) -> np.ndarray:
     if segmentations:
         panels.append(render_segmentation(photo, segmentations))
     n_stages = max((len(r.stages) for r in rec.reconstructions), default=0)
+    heads = {r.face_index: head_frame(r) for r in rec.reconstructions}
+    sides = []
     for s in range(n_stages):
         panel = (photo.astype(np.float32) * 0.35).astype(np.uint8)
+        side = np.full_like(photo, 48)
         for r in rec.reconstructions:
             if s >= len(r.stages):
                 continue
             mesh = r.stages[s].mesh
             frame = _image_frame(mesh)
             tile = np.column_stack([to_tile(frame[:, :2]), frame[:, 2] * scale])  # uniform: normals unchanged
-            grey, mask = shade(tile, mesh.triangles, size[1], size[0])
-            panel[mask] = (np.array([235, 225, 210]) * grey[mask, None]).astype(np.uint8)
+            _paint(panel, tile, mesh, size)
+            head = heads[r.face_index]
+            centre = to_tile(head.pixels(np.zeros((1, 3))))[0]
+            profile = head.apply(mesh.vertices) * (_pixels_per_mm(head, r.coarse.mesh) * scale)
+            # The head turned 90 degrees about its y axis (a rotation, no mirror): the nose (+z) to the right,
+            # up (+y) up; the face's x becomes the depth.
+            view = np.column_stack([centre[0] + profile[:, 2], centre[1] - profile[:, 1], profile[:, 0]])
+            _paint(side, view, mesh, size)
         panels.append(panel)
-    sheet = Image.new("RGB", (size[0] * len(panels), size[1]), "white")
+        sides.append(side)
+    rows = 2 if sides else 1
+    sheet = Image.new("RGB", (size[0] * len(panels), size[1] * rows), "white")
     for i, tile_image in enumerate(panels):
         sheet.paste(Image.fromarray(tile_image), (i * size[0], 0))
+    first_stage = len(panels) - len(sides)
+    for i, tile_image in enumerate(sides):
+        sheet.paste(Image.fromarray(tile_image), ((first_stage + i) * size[0], size[1]))
     labels = ["input", "landmarks"] + ["segmentation"] * bool(segmentations)
     labels += [next(r.stages[s].stage for r in rec.reconstructions if s < len(r.stages)) for s in range(n_stages)]
     draw = ImageDraw.Draw(sheet)
     for i, label in enumerate(labels):
         draw.text((i * size[0] + 6, 4), label, fill=(255, 255, 0))
+    for i, label in enumerate(labels[first_stage:]):
+        draw.text(((first_stage + i) * size[0] + 6, size[1] + 4), f"{label}, side view", fill=(255, 255, 0))
+    if sides:
+        draw.text((6, size[1] + 4), "side views (head frame, pose removed):", fill=(0, 0, 0))
+        draw.text((6, size[1] + 18), "depth errors show there", fill=(0, 0, 0))
     if segmentations:
         _draw_swatches(draw, segmentations[0], 2 * size[0], size)
     return np.asarray(sheet)
@@ -139,6 +165,21 @@ def _draw_swatches(draw: ImageDraw.ImageDraw, seg: Segmentation, x: int, size: t
         x0 = x + 4 + i * (side + 2)
         fill = tuple(int(round(float(c) * 255)) for c in np.clip(color, 0, 1))
         draw.rectangle([x0, y, x0 + side, y + side], fill=fill, outline=label_color(name), width=2)
+
+
+def _paint(panel: np.ndarray, tile: np.ndarray, mesh: Mesh, size: tuple[int, int]) -> None:
+    """Shade ``mesh`` at tile coordinates (x right, y down, z away: a z-buffer) into ``panel``."""
+    grey, mask = shade(tile, mesh.triangles, size[1], size[0])
+    panel[mask] = (SKIN_GREY * grey[mask, None]).astype(np.uint8)
+
+
+def _pixels_per_mm(head: FileFrame, mesh: Mesh) -> float:
+    """Image pixels per head-frame millimetre at the head's origin (its depth, for a perspective mesh)."""
+    to_mesh = np.linalg.inv(head.to_file)
+    units_per_mm = float(np.cbrt(abs(np.linalg.det(to_mesh[:3, :3]))))
+    if mesh.camera_matrix is None:
+        return units_per_mm
+    return units_per_mm * float(mesh.camera_matrix[0, 0]) / max(float(to_mesh[2, 3]), 1e-6)
 
 
 def _image_frame(mesh: Any) -> np.ndarray:

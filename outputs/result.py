@@ -12,6 +12,7 @@ import numpy as np
 
 from facerecon.geometry.transforms import yaw_pitch_roll
 from facerecon.kernel.contract.records import IBUG68, Reconstruction, Segmentation
+from facerecon.outputs.frames import frames_dict
 
 PluginIds = Mapping[str, tuple[str, str]]
 """Stage kind ("detector", "segmenter", ...) -> (plugin name, version) of what ran."""
@@ -22,9 +23,12 @@ def result_dict(
     source: str,
     mesh_files: dict[tuple[int, str], str],
     plugins: PluginIds | None = None,
+    *,
+    frame: str = "head",
 ) -> dict[str, Any]:
     """The JSON-ready summary of a reconstruction (see the module docstring); ``plugins`` names the
-    plugins that ran, by stage kind (the pipeline's config knows them; the records do not)."""
+    plugins that ran, by stage kind (the pipeline's config knows them; the records do not); ``frame`` the
+    frame the mesh files are in ("head" or "image", see :func:`facerecon.outputs.frames.frames_dict`)."""
     plugins = plugins or {}
     reconstructed = {r.face_index for r in rec.reconstructions}
     faces = [
@@ -67,6 +71,7 @@ def result_dict(
                 },
                 "parameters": {name: _round(value, 5) for name, value in r.coarse.parameters.items()},
                 "segmentation": _segmentation_dict(r.segmentation, plugins.get("segmenter")),
+                "frames": frames_dict(r, frame),
                 "stages": stages,
             }
         )

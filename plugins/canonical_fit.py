@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from scipy.interpolate import RBFInterpolator
 
-from facerecon.facelib.canonical import CanonicalTopology
+from facerecon.facelib.canonical import MM_PER_UNIT, CanonicalTopology
 from facerecon.geometry.transforms import FLIP_YZ, orthographic_pose
 from facerecon.kernel.contract import IBUG68, CoarseResult, Face, InputError, Registrar, check_image, hookimpl
 
@@ -98,7 +98,7 @@ class CanonicalFitRegressor:
             mesh=self.canonical.mesh(pulled),
             rotation=rotation @ FLIP_YZ,  # of the canonical face's own frame (y up, z to the viewer)
             translation=translation,
-            scale=scale,
+            scale=scale / MM_PER_UNIT,  # pixels per millimetre (the canonical face is in cm)
         )
 
 

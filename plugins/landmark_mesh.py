@@ -4,7 +4,7 @@ face topology (triangles and UVs from the task bundle), subdivided into a dense 
 No 3D morphable model is needed: the mesh passes exactly through every landmark (interpolating Loop
 subdivision, see :mod:`facerecon.geometry.subdivision`), in the image's mesh frame (pixels, z away from
 the camera). The head pose reported is the similarity transform that best maps the canonical face
-(centimetres) onto the landmarks (Umeyama 1991).
+(centimetres, reported per millimetre) onto the landmarks (Umeyama 1991).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facerecon.facelib.canonical import MESH_VERTICES, CanonicalTopology
+from facerecon.facelib.canonical import MESH_VERTICES, MM_PER_UNIT, CanonicalTopology
 from facerecon.geometry.transforms import FLIP_YZ, similarity_transform
 from facerecon.kernel.contract import CoarseResult, Face, Registrar, hookimpl
 from facerecon.kernel.contract.errors import InputError
@@ -55,7 +55,9 @@ class LandmarkMeshRegressor:
         mesh = self.canonical.mesh(points)
         # Pose of MediaPipe's canonical face (its own frame: y up, z to the viewer, cm) in the mesh frame.
         scale, rotation, translation = similarity_transform(self.canonical.vertices, points)
-        return CoarseResult(mesh=mesh, rotation=rotation @ FLIP_YZ, translation=translation, scale=scale)
+        return CoarseResult(
+            mesh=mesh, rotation=rotation @ FLIP_YZ, translation=translation, scale=scale / MM_PER_UNIT
+        )  # pixels per millimetre
 
 
 @hookimpl

@@ -10,6 +10,11 @@ class ConfigError(FaceReconError):
     """A bad configuration: unknown plugin, unknown option, wrong type, unreadable TOML."""
 
 
+class OutputError(ConfigError):
+    """The output location cannot be used: e.g. a folder there exists and was not written by facerecon
+    (facerecon replaces its result folders whole, so it never writes over anyone else's)."""
+
+
 class PluginError(FaceReconError):
     """A plugin failed to load or to register, or broke the stage contract."""
 

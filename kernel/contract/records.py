@@ -274,10 +274,12 @@ class CoarseResult:
 
     mesh: the coarse mesh in the mesh frame.
     rotation: float32 (3, 3) head rotation, model frame -> mesh frame, where the model frame is the
-        face model's own: y up, z towards the viewer (so a frontal face has diag(1, -1, -1); see
-        facerecon.geometry.transforms.yaw_pitch_roll for head angles).
+        face model's own: y up, z towards the viewer, in millimetres (so a frontal face has
+        diag(1, -1, -1); see facerecon.geometry.transforms.yaw_pitch_roll for head angles).
     translation: float32 (3,) model frame -> mesh frame, in the mesh's units.
-    scale: model units -> mesh units (e.g. pixels per millimetre; 1 for a perspective camera).
+    scale: model millimetres -> mesh units (pixels per millimetre; 1 for a perspective camera in mm).
+        The mesh files' head frame (pose removed, millimetres) is built from rotation, translation and
+        scale; a regressor that reports no pose (these defaults) gets an average face's scale.
     parameters: named float32 vectors (e.g. "identity", "expression") — empty for non-parametric stages.
     """
 
