@@ -38,11 +38,20 @@ import numpy as np
 from PIL import Image
 
 from facerecon.kernel.contract.errors import OutputError
-from facerecon.kernel.contract.records import ImageMaps, Reconstruction
+from facerecon.kernel.contract.records import (
+    FaceReconstruction,
+    ImageMaps,
+    Mesh,
+    Reconstruction,
+    Segmentation,
+    StageResult,
+)
+from facerecon.outputs.final_stage import base_colour_image, decimated, detail_stages, same_layout, write_final
 from facerecon.outputs.frames import file_frame
-from facerecon.outputs.meshes import atomic_write, bake_texture, current_umask, png_bytes, write_mesh
+from facerecon.outputs.meshes import atomic_write, current_umask, png_bytes, write_mesh
 from facerecon.outputs.preview import render_preview
 from facerecon.outputs.result import PluginIds, dumps, result_dict
+from facerecon.outputs.texture import bake_texture, with_atlas_uvs
 
 
 def face_prefix(index: int) -> str:
@@ -75,30 +84,61 @@ def write_outputs(
     staging.chmod(0o777 & ~current_umask())
     try:
         mesh_files: dict[tuple[int, str], str] = {}
+        detail_maps: dict[int, dict[str, Any]] = {}
         for r in rec.reconstructions:
+            prefix, file_frame_ = face_prefix(r.face_index), frames[r.face_index]
+            final = write_final(r, image, staging, prefix, tuple(formats), file_frame_, texture_size)
+            if final is not None:
+                detail_maps[r.face_index] = final[0]
             for stage in r.stages:
-                texture = bake_texture(stage.mesh, image, texture_size) if stage.mesh.uvs is not None else None
+                mesh, texture = _stage_mesh(r, stage, final, image, texture_size)
                 for i, fmt in enumerate(formats):
-                    name = f"{face_prefix(r.face_index)}{stage.stage}.{fmt}"
-                    write_mesh(stage.mesh, staging / name, texture, frame=frames[r.face_index])
+                    name = f"{prefix}{stage.stage}.{fmt}"
+                    write_mesh(mesh, staging / name, texture, frame=file_frame_)
                     if i == 0:
                         mesh_files[(r.face_index, stage.stage)] = name
                 if stage.maps is not None:
-                    write_maps(stage.maps, staging, f"{face_prefix(r.face_index)}{stage.stage}")
+                    write_maps(stage.maps, staging, f"{prefix}{stage.stage}")
                 if save_phases:
-                    for phase, mesh in stage.phases.items():
-                        phase_texture = bake_texture(mesh, image, texture_size) if mesh.uvs is not None else None
+                    for phase, phase_mesh in stage.phases.items():
+                        phase_mesh = with_atlas_uvs(phase_mesh)
+                        phase_texture = _texture(phase_mesh, image, texture_size, r.segmentation)
                         for fmt in formats:
-                            name = f"{face_prefix(r.face_index)}{stage.stage}_{phase}.{fmt}"
-                            write_mesh(mesh, staging / name, phase_texture, frame=frames[r.face_index])
+                            name = f"{prefix}{stage.stage}_{phase}.{fmt}"
+                            write_mesh(phase_mesh, staging / name, phase_texture, frame=file_frame_)
         atomic_write(staging / "preview.png", png_bytes(render_preview(image, rec)))
         result = result_dict(rec, source, mesh_files, plugins, frame=frame)
+        for entry in result["reconstructions"]:
+            entry["detail_maps"] = detail_maps.get(entry["face_index"])
         atomic_write(staging / "result.json", dumps(result).encode())
         _replace_dir(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return result
+
+
+def _stage_mesh(
+    face: FaceReconstruction,
+    stage: StageResult,
+    final: tuple[dict[str, Any], np.ndarray] | None,
+    image: np.ndarray,
+    size: int,
+) -> tuple[Mesh, np.ndarray | None]:
+    """A stage's mesh as written (UVs from xatlas where it has none; the detailed stage decimated to a
+    vertex budget) and its texture (the detailed stage shares the final base colour when it carries the
+    base mesh's UV layout)."""
+    mesh = with_atlas_uvs(stage.mesh)
+    stages = detail_stages(face)
+    if stages is not None and stage is stages[1]:
+        mesh = decimated(mesh)
+        if final is not None and same_layout(stages[0].mesh, mesh):
+            return mesh, final[1]
+    return mesh, _texture(mesh, base_colour_image(image, stage.maps), size, face.segmentation)
+
+
+def _texture(mesh: Mesh, image: np.ndarray, size: int, segmentation: Segmentation | None) -> np.ndarray | None:
+    return bake_texture(mesh, image, size, segmentation) if mesh.uvs is not None else None
 
 
 def is_result_folder(folder: Path) -> bool:

@@ -63,6 +63,7 @@ class ImageSurface:
     x0: float
     y0: float
     scale: float
+    xy: np.ndarray  # float64 (V, 2) the vertices' image positions
 
     @classmethod
     def of(cls, mesh: Mesh, max_side: int = MAX_SIDE) -> ImageSurface:
@@ -72,7 +73,7 @@ class ImageSurface:
         scale = min(1.0, max_side / float((hi - lo).max()))
         w, h = (np.ceil((hi - lo) * scale).astype(int) + 1).tolist()
         screen = np.column_stack([(xy - lo) * scale, vertices[:, 2]])
-        return cls(mesh, rasterize(screen, mesh.triangles, h, w), float(lo[0]), float(lo[1]), scale)
+        return cls(mesh, rasterize(screen, mesh.triangles, h, w), float(lo[0]), float(lo[1]), scale, xy)
 
     def _cells(self, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         h, w = self.raster.triangle.shape
@@ -95,14 +96,14 @@ class ImageSurface:
         out = np.zeros((len(xy), values.shape[1]))
         tri = self.raster.triangle[i[hit], j[hit]]
         corners = np.asarray(self.mesh.triangles)[tri]  # (K', 3)
-        vertices = np.asarray(self.mesh.vertices, np.float64)
-        a, b, c = (self.mesh.project(vertices[corners[:, k]]) for k in range(3))
+        a, b, c = (self.xy[corners[:, k]] for k in range(3))
         p = xy[hit]
         area = _cross2(b - a, c - a)
         area = np.where(np.abs(area) > 1e-12, area, 1e-12)
         la, lb = _cross2(b - p, c - p) / area, _cross2(c - p, a - p) / area
         bary = np.column_stack([la, lb, 1.0 - la - lb])
-        out[hit] = np.einsum("kc,kcd->kd", bary, np.asarray(values, np.float64)[corners])
+        values = np.asarray(values, np.float64)
+        out[hit] = sum(bary[:, k : k + 1] * values[corners[:, k]] for k in range(3))
         return out, hit
 
 
@@ -205,6 +206,15 @@ def skin_colour(segmentation: Segmentation | None, colours: np.ndarray, weights:
         return np.asarray(segmentation.region_colors["skin"], np.float64) * 255.0
     good = weights > 0.9
     return np.median(colours[good], axis=0) if good.any() else np.full(3, 128.0)
+
+
+def photo_unwrap(mesh: Mesh, image: np.ndarray, size: int = 1024) -> np.ndarray:
+    """The plain unwrap, blind to visibility: every covered texel samples the photo where its surface point
+    projects (hidden and grazing texels included: the smears :func:`bake_texture` avoids); uint8."""
+    texels = TexelSurface.of(mesh, size)
+    texture = np.zeros((size, size, 3))
+    texture[texels.mask] = _bilinear(image, texels.xy[:, 0], texels.xy[:, 1])
+    return pad(texture, texels.mask)
 
 
 def bake_texture(

@@ -32,7 +32,7 @@ from facerecon.geometry.raster import interpolate, vertex_normals
 from facerecon.kernel.contract.records import Mesh
 from facerecon.outputs.texture import GRAZING, ImageSurface, TexelSurface, facing, feathered
 
-NEWTON_STEPS = 5
+NEWTON_STEPS = 4
 MAX_DISPLACEMENT = 0.05
 """Largest |h| taken as detail, as a fraction of the medium mesh's extent (beyond: another surface)."""
 
@@ -73,21 +73,26 @@ def bake_detail(medium: Mesh, fine: Mesh, size: int = 1024) -> DetailMaps:
 
     surface = ImageSurface.of(fine)
     fine_vertices = np.asarray(fine.vertices, np.float64)
-    h = np.zeros(len(texels.points))
-    hit = np.zeros(len(h), bool)
+    candidates = np.flatnonzero(seen & facing_camera)
+    points, normals = texels.points[candidates], texels.normals[candidates]
+    h = np.zeros(len(candidates))
     for _ in range(NEWTON_STEPS):
-        q = texels.points + h[:, None] * texels.normals
+        q = points + h[:, None] * normals
         on_fine, hit = surface.at(medium.project(q), fine_vertices)
-        h = np.where(hit, h + np.sum((on_fine - q) * texels.normals, axis=1), h)
-    q = texels.points + h[:, None] * texels.normals
+        h = np.where(hit, h + np.sum((on_fine - q) * normals, axis=1), h)
+    q = points + h[:, None] * normals
     fine_normals, hit = surface.at(medium.project(q), vertex_normals(fine_vertices, fine.triangles))
-    valid = hit & seen & facing_camera & (np.abs(h) < MAX_DISPLACEMENT * extent)
+    keep = hit & (np.abs(h) < MAX_DISPLACEMENT * extent)
+    valid = np.zeros(len(texels.points), bool)
+    valid[candidates[keep]] = True
+    heights = np.zeros(len(texels.points))
+    heights[candidates[keep]] = h[keep]
+    local = np.zeros((len(heights), 3))
+    local[:, 2] = 1.0
+    local[candidates[keep]] = tangents.encode(fine_normals[keep], tbn[candidates[keep]])
 
     weight = feathered(valid.astype(np.float32), mask, size).astype(np.float64)
-    h = np.where(valid, h, 0.0) * weight
-    local = np.zeros((len(h), 3))
-    local[:, 2] = 1.0
-    local[valid] = tangents.encode(fine_normals[valid], tbn[valid])
+    h = heights * weight
     local = local * weight[:, None] + (1 - weight[:, None]) * [0.0, 0.0, 1.0]
     local /= np.linalg.norm(local, axis=1, keepdims=True)
 
