@@ -134,3 +134,24 @@ def test_tangents_follow_u_and_v():
     centre = np.argmin(np.linalg.norm(medium.vertices[:, :2] - CENTRE[:2], axis=1))
     assert tbn[centre, :, 0] @ [1, 0, 0] > 0.99  # T: +x (u grows to the right)
     assert tbn[centre, :, 1] @ [0, -1, 0] > 0.99  # B: -y in the mesh frame (y down), i.e. image up
+
+
+def test_the_fine_mesh_is_decimated_to_its_budget_keeping_surface_and_uvs():
+    pytest.importorskip("fast_simplification")
+    from facerecon.outputs.final_stage import FINE_VERTEX_BUDGET, decimated
+
+    fine = grid_mesh(400, detail=True)  # 160,000 vertices
+    small = decimated(fine)
+    assert len(small.vertices) <= FINE_VERTEX_BUDGET < len(fine.vertices)
+    assert len(small.vertices) > 0.8 * FINE_VERTEX_BUDGET
+    # UVs read back from the surface: on the smooth cap they are exactly the planar map of the image position
+    # (as grid_mesh made them).
+    smooth = decimated(grid_mesh(400, detail=False))
+    x, y = smooth.vertices[:, 0], smooth.vertices[:, 1]
+    expected = np.column_stack([x - CENTRE[0] + HALF_WIDTH, HALF_WIDTH - (y - CENTRE[1])]) / (2 * HALF_WIDTH)
+    assert np.abs(smooth.uvs - expected).max() < 1e-4
+    # Vertices stay on the bumpy surface (their distance to the centre is the bumped radius).
+    direction = (small.vertices - CENTRE) / np.linalg.norm(small.vertices - CENTRE, axis=1, keepdims=True)
+    off = np.abs(np.linalg.norm(small.vertices - CENTRE, axis=1) - RADIUS - bump(direction))
+    assert np.median(off) < 0.01 and np.percentile(off, 99) < 0.1
+    assert decimated(small) is small  # within budget: unchanged
