@@ -268,8 +268,8 @@ def pad(texture: np.ndarray, mask: np.ndarray) -> np.ndarray:
     filtering at a chart's border blends with like colours."""
     import cv2
 
-    colour = np.where(mask[..., None], texture, 0.0).astype(np.float32)
-    weight = mask.astype(np.float32)
+    colour: np.ndarray = np.where(mask[..., None], texture, 0.0).astype(np.float32)
+    weight: np.ndarray = mask.astype(np.float32)
     pyramid = []
     while min(weight.shape) > 1:
         pyramid.append((colour, weight))
