@@ -5,7 +5,10 @@ Layout of ``OUT/<stem>/`` (face 0 = the largest; other faces get a ``face<i>-`` 
 * ``<stage>.obj`` (+ ``.mtl``, and a ``.png`` texture unwrapped from the photo when the topology has
   UVs), one per stage that ran: ``coarse``, then each refiner's stage (``medium``, ``fine``...), in the
   face's head frame (pose removed, y up, millimetres; ``frame="image"``: where the face sits in the photo,
-  see :mod:`facerecon.outputs.frames`);
+  see :mod:`facerecon.outputs.frames`); textures are visibility-aware (:mod:`.texture`), a mesh without
+  UVs gets xatlas's, and the fine mesh is decimated to a vertex budget (:mod:`.final_stage`);
+* ``final.*`` — with a fine stage: the medium mesh with the fine detail baked into its UV layout
+  (``final.png`` base colour, ``final_uv_normal.png``, ``final_uv_displacement.png``; :mod:`.final_stage`);
 * ``preview.png`` — the photo, the landmarks, the face parsing (when a segmenter ran: label colours
   over the photo, with a swatch of each region's colour), and a shaded render of every stage over the
   photo;
