@@ -16,8 +16,9 @@ Layout of ``OUT/<stem>/`` (face 0 = the largest; other faces get a ``face<i>-`` 
   when the caller names them), per reconstructed face its ``segmentation`` (segmenter plugin, the label
   ids present with their names and pixel counts, and each region's colour, sRGB in [0, 1]) or null, per
   stage: plugin, version, mesh file, the 68 iBUG landmarks re-projected from that stage's mesh
-  (``landmarks68``, 0-based pixels), and wall times in milliseconds; per face its ``frames`` (the files'
-  frame, units and axes, and the transforms between the head frame, the image frame and image pixels).
+  (``landmarks68``, 0-based pixels) and on the mesh in 3D in the files' frame (``landmarks68_3d``), the
+  mesh's ``bounds`` in the files' frame, and wall times in milliseconds; per face its ``frames`` (the
+  files' frame, units and axes, and the transforms between the head frame, the image frame and pixels).
 
 The folder is built under a temporary name (``.<stem>.<pid>.<random>.partial``) and renamed into place
 when complete, so an interrupted run never leaves a half-written result; :func:`remove_stale_partials`

@@ -23,9 +23,9 @@ import io
 import os
 import tempfile
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from PIL import Image
@@ -97,8 +97,8 @@ def file_mesh(
 ) -> FileMesh:
     """Check the images, move the mesh into ``frame`` (default: its image frame) and compute its normals."""
     frame = frame if frame is not None else image_frame(mesh)
-    linear = np.asarray(frame.to_file, np.float64)[:3, :3]
-    if np.asarray(frame.to_file).shape != (4, 4) or not np.linalg.det(linear) > 0:
+    to_file = np.asarray(frame.to_file, np.float64)
+    if to_file.shape != (4, 4) or not np.linalg.det(to_file[:3, :3]) > 0:
         raise ValueError("a file frame must be a 4x4 similarity with a positive determinant (no mirror)")
     images = {"texture": texture, "normal_map": normal_map}
     for name, image in images.items():
@@ -294,8 +294,20 @@ def write_glb(
     return [path]
 
 
-MeshWriter = Callable[..., list[Path]]
-"""``writer(mesh, path, texture=None, *, normal_map=None, frame=None) -> files written``."""
+class MeshWriter(Protocol):
+    """A writer of one format: ``writer(mesh, path, texture=None, *, normal_map=None, frame=None)`` -> the
+    files written (see :func:`write_mesh` for the arguments)."""
+
+    def __call__(
+        self,
+        mesh: Mesh,
+        path: str | Path,
+        texture: np.ndarray | None = None,
+        *,
+        normal_map: np.ndarray | None = None,
+        frame: FileFrame | None = None,
+    ) -> list[Path]: ...
+
 
 WRITERS: dict[str, MeshWriter] = {
     ".obj": write_obj,

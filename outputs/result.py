@@ -12,7 +12,7 @@ import numpy as np
 
 from facerecon.geometry.transforms import yaw_pitch_roll
 from facerecon.kernel.contract.records import IBUG68, Reconstruction, Segmentation
-from facerecon.outputs.frames import frames_dict
+from facerecon.outputs.frames import file_frame, frames_dict
 
 PluginIds = Mapping[str, tuple[str, str]]
 """Stage kind ("detector", "segmenter", ...) -> (plugin name, version) of what ran."""
@@ -44,8 +44,11 @@ def result_dict(
     reconstructions = []
     for r in rec.reconstructions:
         stages = []
+        files = file_frame(r, frame)
         for stage in r.stages:
             marks = stage.mesh.landmarks(IBUG68)
+            in_file = files.apply(stage.mesh.vertices)
+            lmap = stage.mesh.landmark_maps.get(IBUG68)
             stages.append(
                 {
                     "stage": stage.stage,
@@ -57,6 +60,9 @@ def result_dict(
                     "vertices": len(stage.mesh.vertices),
                     "triangles": len(stage.mesh.triangles),
                     "landmarks68": None if marks is None else _landmark_rows(marks),
+                    # the same points on the mesh in 3D, in the mesh files' frame and units
+                    "landmarks68_3d": None if lmap is None else _point_rows(lmap.locate(in_file)),
+                    "bounds": [_round(in_file.min(axis=0)), _round(in_file.max(axis=0))],
                     "elapsed_ms": round(stage.elapsed_ms, 2),
                 }
             )
@@ -113,6 +119,11 @@ def _landmark_rows(marks: Any) -> list[Any]:
     rows = _round(marks.xy)
     visible = marks.visibility if marks.visibility is not None else np.ones(len(rows))
     return [row if v > 0 else None for row, v in zip(rows, visible, strict=True)]
+
+
+def _point_rows(points: np.ndarray) -> list[Any]:
+    """(K, 3) points as rows, null for NaN rows (landmarks not on the mesh)."""
+    return [None if np.isnan(row).any() else row for row in _round(points)]
 
 
 def _round(array: np.ndarray, digits: int = 3) -> list[Any]:

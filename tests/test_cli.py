@@ -76,7 +76,7 @@ def test_result_json_and_meshes(batch, lfpw):
     for name in ("coarse.obj", "coarse.mtl", "coarse.png", "coarse.glb", "preview.png"):
         assert (out / "good" / name).is_file(), name
     preview = Image.open(out / "good" / "preview.png")
-    assert preview.height == 512 and preview.width > 2 * 512  # input, landmarks, coarse
+    assert preview.height == 2 * 512 and preview.width > 2 * 512  # input, landmarks, coarse; side views below
 
 
 def test_obj_opens_upright_with_texture(batch):
@@ -88,12 +88,19 @@ def test_obj_opens_upright_with_texture(batch):
     stage = result["reconstructions"][0]["stages"][0]
     assert len(mesh.vertices) == stage["vertices"]
     assert isinstance(mesh.visual, trimesh.visual.TextureVisuals) and mesh.visual.material.image is not None
-    # y up: the forehead (MediaPipe point 10) is above the chin (152); z towards the viewer: nose in front.
+    # The head frame (the default): y up, the forehead (MediaPipe point 10) above the chin (152); z towards
+    # the viewer, the nose (1) in front; millimetres, centred. Vertices found through result.json's
+    # head_to_pixels, which puts them back on the photo.
+    frames = result["reconstructions"][0]["frames"]
+    assert frames["files"] == "head" and frames["head"]["units"] == "mm"
     lm = np.array(result["faces"][0]["landmarks"]["points"])
     v = np.asarray(mesh.vertices)
-    forehead, chin, nose = (np.argmin(np.linalg.norm(v[:, :2] - [lm[i, 0], -lm[i, 1]], axis=1)) for i in (10, 152, 1))
-    assert v[forehead, 1] > v[chin, 1]
-    assert v[nose, 2] > v[:, 2].mean()
+    uvw = np.column_stack([v, np.ones(len(v))]) @ np.array(frames["head_to_pixels"]).T
+    pixels = uvw[:, :2] / uvw[:, 2:]
+    forehead, chin, nose = (np.argmin(np.linalg.norm(pixels - lm[i, :2], axis=1)) for i in (10, 152, 1))
+    assert v[forehead, 1] - v[chin, 1] > 100  # millimetres: a forehead-to-chin distance
+    assert v[nose, 2] > v[:, 2].mean() + 20
+    assert np.allclose(v.min(axis=0) + v.max(axis=0), 0.0, atol=1e-3)
     # Front faces point at the viewer (+z) in the file frame.
     assert np.average(mesh.face_normals[:, 2], weights=mesh.area_faces) > 0.3
     glb = trimesh.load(out / "good" / "coarse.glb")

@@ -1,0 +1,76 @@
+"""Where results go: a folder facerecon did not write is never written over (a clear error instead), and
+``--frame image`` keeps the photo's placement in the mesh files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import trimesh
+
+from facerecon.cli import main
+from facerecon.kernel.contract.errors import OutputError
+from facerecon.outputs.folder import write_outputs
+
+
+@pytest.fixture(scope="module")
+def reconstruction(pipeline, face_photo):
+    return pipeline(face_photo)
+
+
+def test_write_outputs_never_replaces_a_folder_it_did_not_write(tmp_path, reconstruction, face_photo):
+    theirs = tmp_path / "holiday"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("mine\n")
+    with pytest.raises(OutputError, match=r"holiday exists and is not a facerecon result .*it holds notes\.txt"):
+        write_outputs(reconstruction, face_photo, theirs, source="photo")
+    assert [p.name for p in theirs.iterdir()] == ["notes.txt"] and (theirs / "notes.txt").read_text() == "mine\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["holiday"]  # no staging folder left
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(OutputError, match="exists and is not a folder"):
+        write_outputs(reconstruction, face_photo, a_file, source="photo")
+    # An empty folder, and then facerecon's own result, are replaced.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    write_outputs(reconstruction, face_photo, empty, source="first", texture_size=64)
+    write_outputs(reconstruction, face_photo, empty, source="second", texture_size=64)
+    assert json.loads((empty / "result.json").read_text())["input"] == "second"
+
+
+def test_cli_refuses_an_output_folder_that_is_not_facerecon_s(tmp_path, lfpw, capsys):
+    photo = lfpw[0]
+    out = tmp_path / "out"
+    (out / photo.stem).mkdir(parents=True)
+    (out / photo.stem / "thesis.tex").write_text("\\begin{document}\n")
+    assert main(["reconstruct", str(photo), "-o", str(out), "-q"]) == 2
+    error = capsys.readouterr().err
+    assert f"{out / photo.stem} exists and is not a facerecon result" in error and "thesis.tex" in error
+    assert sorted(p.name for p in out.iterdir()) == [photo.stem]  # nothing written, not even summary.json
+    assert (out / photo.stem / "thesis.tex").read_text() == "\\begin{document}\n"
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "summary.json").write_text('{"my": "numbers"}\n')
+    assert main(["reconstruct", str(photo), "-o", str(mine), "-q"]) == 2
+    assert "summary.json exists and was not written by facerecon" in capsys.readouterr().err
+    assert (mine / "summary.json").read_text() == '{"my": "numbers"}\n' and len(list(mine.iterdir())) == 1
+
+
+def test_cli_rewrites_its_own_results_in_the_image_frame(tmp_path, lfpw):
+    photo = lfpw[0]
+    out = tmp_path / "out"
+    assert main(["reconstruct", str(photo), "-o", str(out), "-q", "--texture-size", "64"]) == 0
+    assert json.loads((out / photo.stem / "result.json").read_text())["reconstructions"][0]["frames"]["files"] == "head"
+    # the second run replaces the first (facerecon's own folder and summary.json)
+    assert main(["reconstruct", str(photo), "-o", str(out), "-q", "--frame", "image", "--texture-size", "64"]) == 0
+    result = json.loads((out / photo.stem / "result.json").read_text())
+    assert result["reconstructions"][0]["frames"]["files"] == "image"
+    vertices = np.asarray(trimesh.load(out / photo.stem / "coarse.obj", process=False).vertices)
+    header = (out / photo.stem / "coarse.obj").read_text().splitlines()[0]
+    assert "image frame, units px, y up" in header
+    # The image frame: a file vertex (x, y, z) is seen at pixel (x, -y), so the mesh covers the face's box.
+    x0, y0, x1, y1 = result["faces"][0]["box"]
+    assert abs(vertices[:, 0].min() - x0) < 0.15 * (x1 - x0) and abs(vertices[:, 0].max() - x1) < 0.15 * (x1 - x0)
+    assert abs(-vertices[:, 1].max() - y0) < 0.25 * (y1 - y0) and abs(-vertices[:, 1].min() - y1) < 0.15 * (y1 - y0)
