@@ -89,16 +89,19 @@ def write_outputs(
     try:
         mesh_files: dict[tuple[int, str], str] = {}
         detail_maps: dict[int, dict[str, Any]] = {}
+        file_vertices: dict[tuple[int, str], int] = {}
         for r in rec.reconstructions:
-            prefix, file_frame_ = face_prefix(r.face_index), frames[r.face_index]
-            final = write_final(r, image, staging, prefix, tuple(formats), file_frame_, texture_size)
+            prefix, face_frame = face_prefix(r.face_index), frames[r.face_index]
+            final = write_final(r, image, staging, prefix, tuple(formats), face_frame, texture_size)
             if final is not None:
                 detail_maps[r.face_index] = final[0]
             for stage in r.stages:
                 mesh, texture = _stage_mesh(r, stage, final, image, texture_size)
+                if len(mesh.vertices) != len(stage.mesh.vertices):  # decimated, or split at xatlas seams
+                    file_vertices[(r.face_index, stage.stage)] = len(mesh.vertices)
                 for i, fmt in enumerate(formats):
                     name = f"{prefix}{stage.stage}.{fmt}"
-                    write_mesh(mesh, staging / name, texture, frame=file_frame_)
+                    write_mesh(mesh, staging / name, texture, frame=face_frame)
                     if i == 0:
                         mesh_files[(r.face_index, stage.stage)] = name
                 if stage.maps is not None:
@@ -109,11 +112,14 @@ def write_outputs(
                         phase_texture = _texture(phase_mesh, image, texture_size, r.segmentation)
                         for fmt in formats:
                             name = f"{prefix}{stage.stage}_{phase}.{fmt}"
-                            write_mesh(phase_mesh, staging / name, phase_texture, frame=file_frame_)
+                            write_mesh(phase_mesh, staging / name, phase_texture, frame=face_frame)
         atomic_write(staging / "preview.png", png_bytes(render_preview(image, rec)))
         result = result_dict(rec, source, mesh_files, plugins, frame=frame)
         for entry in result["reconstructions"]:
             entry["detail_maps"] = detail_maps.get(entry["face_index"])
+            for stage_entry in entry["stages"]:
+                if (entry["face_index"], stage_entry["stage"]) in file_vertices:
+                    stage_entry["file_vertices"] = file_vertices[(entry["face_index"], stage_entry["stage"])]
         atomic_write(staging / "result.json", dumps(result).encode())
         _replace_dir(staging, out_dir)
     except BaseException:

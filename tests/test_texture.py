@@ -126,3 +126,7 @@ def test_a_mesh_without_uvs_gets_an_xatlas_layout_and_a_texture(pipeline, face_p
     write_outputs(bare_rec, face_photo, tmp_path / "out", source="photo", texture_size=256)
     obj = (tmp_path / "out" / "coarse.obj").read_text()
     assert (tmp_path / "out" / "coarse.png").is_file() and "\nvt " in obj
+    import json
+
+    (entry,) = json.loads((tmp_path / "out" / "result.json").read_text())["reconstructions"][0]["stages"]
+    assert entry["vertices"] == len(bare.vertices) and entry["file_vertices"] == len(atlas.vertices)
