@@ -5,7 +5,10 @@ Layout of ``OUT/<stem>/`` (face 0 = the largest; other faces get a ``face<i>-`` 
 * ``<stage>.obj`` (+ ``.mtl``, and a ``.png`` texture unwrapped from the photo when the topology has
   UVs), one per stage that ran: ``coarse``, then each refiner's stage (``medium``, ``fine``...), in the
   face's head frame (pose removed, y up, millimetres; ``frame="image"``: where the face sits in the photo,
-  see :mod:`facerecon.outputs.frames`);
+  see :mod:`facerecon.outputs.frames`); textures are visibility-aware (:mod:`.texture`), a mesh without
+  UVs gets xatlas's, and the fine mesh is decimated to a vertex budget (:mod:`.final_stage`);
+* ``final.*`` — with a fine stage: the medium mesh with the fine detail baked into its UV layout
+  (``final.png`` base colour, ``final_uv_normal.png``, ``final_uv_displacement.png``; :mod:`.final_stage`);
 * ``preview.png`` — the photo, the landmarks, the face parsing (when a segmenter ran: label colours
   over the photo, with a swatch of each region's colour), and a shaded render of every stage over the
   photo;
@@ -39,11 +42,20 @@ import numpy as np
 from PIL import Image
 
 from facerecon.kernel.contract.errors import OutputError
-from facerecon.kernel.contract.records import ImageMaps, Reconstruction
+from facerecon.kernel.contract.records import (
+    FaceReconstruction,
+    ImageMaps,
+    Mesh,
+    Reconstruction,
+    Segmentation,
+    StageResult,
+)
+from facerecon.outputs.final_stage import base_colour_image, decimated, detail_stages, same_layout, write_final
 from facerecon.outputs.frames import file_frame
-from facerecon.outputs.meshes import atomic_write, bake_texture, current_umask, png_bytes, write_mesh
+from facerecon.outputs.meshes import atomic_write, current_umask, png_bytes, write_mesh
 from facerecon.outputs.preview import render_preview
 from facerecon.outputs.result import PluginIds, dumps, result_dict
+from facerecon.outputs.texture import bake_texture, with_atlas_uvs
 
 
 def face_prefix(index: int) -> str:
@@ -76,30 +88,67 @@ def write_outputs(
     staging.chmod(0o777 & ~current_umask())
     try:
         mesh_files: dict[tuple[int, str], str] = {}
+        detail_maps: dict[int, dict[str, Any]] = {}
+        file_vertices: dict[tuple[int, str], int] = {}
         for r in rec.reconstructions:
+            prefix, face_frame = face_prefix(r.face_index), frames[r.face_index]
+            final = write_final(r, image, staging, prefix, tuple(formats), face_frame, texture_size)
+            if final is not None:
+                detail_maps[r.face_index] = final[0]
             for stage in r.stages:
-                texture = bake_texture(stage.mesh, image, texture_size) if stage.mesh.uvs is not None else None
+                mesh, texture = _stage_mesh(r, stage, final, image, texture_size)
+                if len(mesh.vertices) != len(stage.mesh.vertices):  # decimated, or split at xatlas seams
+                    file_vertices[(r.face_index, stage.stage)] = len(mesh.vertices)
                 for i, fmt in enumerate(formats):
-                    name = f"{face_prefix(r.face_index)}{stage.stage}.{fmt}"
-                    write_mesh(stage.mesh, staging / name, texture, frame=frames[r.face_index])
+                    name = f"{prefix}{stage.stage}.{fmt}"
+                    write_mesh(mesh, staging / name, texture, frame=face_frame)
                     if i == 0:
                         mesh_files[(r.face_index, stage.stage)] = name
                 if stage.maps is not None:
-                    write_maps(stage.maps, staging, f"{face_prefix(r.face_index)}{stage.stage}")
+                    write_maps(stage.maps, staging, f"{prefix}{stage.stage}")
                 if save_phases:
-                    for phase, mesh in stage.phases.items():
-                        phase_texture = bake_texture(mesh, image, texture_size) if mesh.uvs is not None else None
+                    for phase, phase_mesh in stage.phases.items():
+                        phase_mesh = with_atlas_uvs(phase_mesh)
+                        phase_texture = _texture(phase_mesh, image, texture_size, r.segmentation)
                         for fmt in formats:
-                            name = f"{face_prefix(r.face_index)}{stage.stage}_{phase}.{fmt}"
-                            write_mesh(mesh, staging / name, phase_texture, frame=frames[r.face_index])
+                            name = f"{prefix}{stage.stage}_{phase}.{fmt}"
+                            write_mesh(phase_mesh, staging / name, phase_texture, frame=face_frame)
         atomic_write(staging / "preview.png", png_bytes(render_preview(image, rec)))
         result = result_dict(rec, source, mesh_files, plugins, frame=frame)
+        for entry in result["reconstructions"]:
+            entry["detail_maps"] = detail_maps.get(entry["face_index"])
+            for stage_entry in entry["stages"]:
+                if (entry["face_index"], stage_entry["stage"]) in file_vertices:
+                    stage_entry["file_vertices"] = file_vertices[(entry["face_index"], stage_entry["stage"])]
         atomic_write(staging / "result.json", dumps(result).encode())
         _replace_dir(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return result
+
+
+def _stage_mesh(
+    face: FaceReconstruction,
+    stage: StageResult,
+    final: tuple[dict[str, Any], np.ndarray] | None,
+    image: np.ndarray,
+    size: int,
+) -> tuple[Mesh, np.ndarray | None]:
+    """A stage's mesh as written (UVs from xatlas where it has none; the detailed stage decimated to a
+    vertex budget) and its texture (the detailed stage shares the final base colour when it carries the
+    base mesh's UV layout)."""
+    mesh = with_atlas_uvs(stage.mesh)
+    stages = detail_stages(face)
+    if stages is not None and stage is stages[1]:
+        mesh = decimated(mesh)
+        if final is not None and same_layout(stages[0].mesh, mesh):
+            return mesh, final[1]
+    return mesh, _texture(mesh, base_colour_image(image, stage.maps), size, face.segmentation)
+
+
+def _texture(mesh: Mesh, image: np.ndarray, size: int, segmentation: Segmentation | None) -> np.ndarray | None:
+    return bake_texture(mesh, image, size, segmentation) if mesh.uvs is not None else None
 
 
 def is_result_folder(folder: Path) -> bool:
@@ -194,7 +243,11 @@ def write_maps(maps: ImageMaps, folder: Path, prefix: str) -> list[Path]:
             rgb = np.nan_to_num(value)
             atomic_write(path, png_bytes(np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)))
         written.append(path)
-    info = {"origin_xy": list(maps.origin), "shape_hw": list(next(iter(maps.maps.values())).shape[:2])}
+    info = {
+        "origin_xy": list(maps.origin),
+        "step": maps.step,
+        "shape_hw": list(next(iter(maps.maps.values())).shape[:2]),
+    }
     atomic_write(folder / f"{prefix}_maps.json", (json.dumps(info) + "\n").encode())
     return written
 

@@ -30,7 +30,7 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
-from facerecon.geometry.raster import interpolate, rasterize, vertex_normals
+from facerecon.geometry.raster import vertex_normals
 from facerecon.kernel.contract.records import Mesh
 from facerecon.outputs.frames import FileFrame, image_frame
 
@@ -69,42 +69,6 @@ def png_bytes(image: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(image)).save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def bake_texture(mesh: Mesh, image: np.ndarray, size: int = 1024) -> np.ndarray:
-    """Unwrap the photo into the mesh's UV layout: uint8 (size, size, 3) RGB, v up as OBJ expects.
-
-    Each texel finds its surface point by rasterising the mesh in UV space, then samples the photo where
-    that point projects (bilinear). Texels not covered by the UV layout stay the mean face colour.
-    """
-    if mesh.uvs is None:
-        raise ValueError(f"mesh of topology {mesh.topology!r} has no UVs to bake a texture into")
-    uv = np.asarray(mesh.uvs, np.float64)
-    # Texture rows go top to bottom while v goes up: row = (1 - v) * size - 0.5.
-    flat = np.column_stack([uv[:, 0] * size - 0.5, (1.0 - uv[:, 1]) * size - 0.5, np.zeros(len(uv))])
-    raster = rasterize(flat, mesh.triangles, size, size)
-    pixels = interpolate(raster, mesh.triangles, mesh.project(np.asarray(mesh.vertices)))
-    colours = _bilinear(image, pixels[..., 0], pixels[..., 1])
-    mask = raster.mask
-    texture = np.empty((size, size, 3), np.uint8)
-    texture[:] = colours[mask].mean(axis=0).astype(np.uint8) if mask.any() else 128
-    texture[mask] = colours[mask]
-    return texture
-
-
-def _bilinear(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    h, w = image.shape[:2]
-    x = np.clip(x, 0, w - 1.001)
-    y = np.clip(y, 0, h - 1.001)
-    x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
-    fx, fy = (x - x0)[..., None], (y - y0)[..., None]
-
-    def at(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:  # only the sampled pixels become float
-        return image[rows, cols].astype(np.float32)
-
-    top = at(y0, x0) * (1 - fx) + at(y0, x0 + 1) * fx
-    bottom = at(y0 + 1, x0) * (1 - fx) + at(y0 + 1, x0 + 1) * fx
-    return np.clip(top * (1 - fy) + bottom * fy + 0.5, 0, 255).astype(np.uint8)
 
 
 @dataclass(frozen=True)

@@ -314,6 +314,7 @@ def segmentation_from_proto(message: pb.Segmentation, field: str = "segmentation
 def image_maps_to_proto(maps: ImageMaps, into: pb.ImageMaps | None = None) -> pb.ImageMaps:
     message = pb.ImageMaps() if into is None else into
     message.origin_x, message.origin_y = (int(v) for v in maps.origin)
+    message.step = maps.step
     for name, value in maps.maps.items():
         tensor(value, message.maps.add(name=name).value)
     return message
@@ -323,6 +324,7 @@ def image_maps_from_proto(message: pb.ImageMaps, field: str = "maps") -> ImageMa
     return ImageMaps(
         origin=(message.origin_x, message.origin_y),
         maps={m.name: array(m.value, f"{field}[{m.name!r}]") for m in message.maps},
+        step=message.step or 1.0,
     )
 
 

@@ -133,7 +133,7 @@ def segmentation() -> Segmentation:
 def image_maps() -> ImageMaps:
     depth = RNG.random((4, 5)).astype(np.float32)
     depth[0, 0] = np.nan
-    return ImageMaps((3, 7), {"depth": depth, "albedo": RNG.random((4, 5, 3))})
+    return ImageMaps((3, 7), {"depth": depth, "albedo": RNG.random((4, 5, 3))}, step=2.5)
 
 
 def stage_result(extras: bool = True) -> StageResult:

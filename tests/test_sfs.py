@@ -119,6 +119,35 @@ def test_cli_writes_the_fine_maps_and_phases(tmp_path, lfpw):
     result = json.loads((folder / "result.json").read_text())
     stages = [s["stage"] for s in result["reconstructions"][0]["stages"]]
     assert stages == ["coarse", "medium", "fine"]
+    _check_final_files(folder, result["reconstructions"][0]["detail_maps"])
+
+
+def _check_final_files(folder, detail):
+    """final.*: the medium mesh with the base colour, the tangent-space normal map and the 16-bit
+    displacement (its strength in result.json, the MTL and the GLB's material extras)."""
+    import json
+    import struct
+
+    from PIL import Image
+
+    assert detail["base_stage"] == "medium" and detail["detail_stage"] == "fine"
+    assert detail["files"] == ["final.obj", "final.glb"]
+    displacement = detail["displacement"]
+    assert displacement["units"] == "mm" and 0 < displacement["strength"] < 50 and displacement["midlevel"] == 0.5
+    assert Image.open(folder / "final_uv_displacement.png").mode.startswith("I;16")
+    normal = np.asarray(Image.open(folder / "final_uv_normal.png"))
+    assert normal.shape[2] == 3 and normal[..., 2].mean() > 200  # mostly flat: (128, 128, 255)
+    assert 0.3 < detail["coverage"] <= 1.0
+    mtl = (folder / "final.mtl").read_text()
+    for line in ("map_Kd final.png", "norm final_uv_normal.png", "final_uv_displacement.png"):
+        assert line in mtl
+    data = (folder / "final.glb").read_bytes()
+    (length,) = struct.unpack_from("<I", data, 12)
+    material = json.loads(data[20 : 20 + length])["materials"][0]
+    assert "baseColorTexture" in material["pbrMetallicRoughness"] and "normalTexture" in material
+    assert material["extras"]["displacement"]["units"] == "m"
+    fine_vertices = sum(1 for line in (folder / "fine.obj").open() if line.startswith("v "))
+    assert 1000 < fine_vertices <= 100_000
 
 
 def test_priors_keep_albedo_texture_out_of_the_geometry():

@@ -157,14 +157,16 @@ class NamedMesh(_message.Message):
     def __init__(self, name: _Optional[str] = ..., mesh: _Optional[_Union[Mesh, _Mapping]] = ...) -> None: ...
 
 class ImageMaps(_message.Message):
-    __slots__ = ("origin_x", "origin_y", "maps")
+    __slots__ = ("origin_x", "origin_y", "maps", "step")
     ORIGIN_X_FIELD_NUMBER: _ClassVar[int]
     ORIGIN_Y_FIELD_NUMBER: _ClassVar[int]
     MAPS_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
     origin_x: int
     origin_y: int
     maps: _containers.RepeatedCompositeFieldContainer[NamedTensor]
-    def __init__(self, origin_x: _Optional[int] = ..., origin_y: _Optional[int] = ..., maps: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ...) -> None: ...
+    step: float
+    def __init__(self, origin_x: _Optional[int] = ..., origin_y: _Optional[int] = ..., maps: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ..., step: _Optional[float] = ...) -> None: ...
 
 class Refinement(_message.Message):
     __slots__ = ("mesh", "maps", "phases")

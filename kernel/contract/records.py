@@ -327,6 +327,8 @@ class ImageMaps:
     """Per-pixel maps a stage made over a region of the image (e.g. the fine stage's depth and albedo).
 
     origin: (x, y) image pixel of the maps' top-left pixel; every map has the same (h, w).
+    step: image pixels per map sample: map pixel (i, j) sits at image pixel (x0 + j·step, y0 + i·step)
+        (1 for maps at the photo's resolution; more where a stage sampled a large face more coarsely).
     maps: name -> float32 (h, w) or (h, w, C) array. Conventions by name: "depth" (mesh-frame z, the mesh's
         units, NaN outside the mask), "displacement" (z minus the previous stage's z), "normal" (unit
         mesh-frame normals, (h, w, 3)), colour maps ("albedo", "shading", "specular", "rendering") RGB in
@@ -335,8 +337,11 @@ class ImageMaps:
 
     origin: tuple[int, int]
     maps: Mapping[str, np.ndarray]
+    step: float = 1.0
 
     def __post_init__(self) -> None:
+        _check(bool(np.isfinite(self.step) and self.step > 0), f"image maps step must be > 0, got {self.step}")
+        object.__setattr__(self, "step", float(self.step))
         shapes = {np.asarray(m).shape[:2] for m in self.maps.values()}
         _check(len(shapes) <= 1, f"image maps must share one (h, w), got {sorted(shapes)}")
         object.__setattr__(

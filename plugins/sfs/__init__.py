@@ -152,6 +152,7 @@ class SfsRefiner:
         depth = -height * grid.step  # mesh-frame z in image pixels
         return ImageMaps(
             origin=(int(round(grid.x0)), int(round(grid.y0))),
+            step=grid.step,
             maps={
                 "depth": depth * nan,
                 "displacement": (depth - depth0 * grid.step) * nan,

@@ -1,0 +1,333 @@
+"""The photo unwrapped into a mesh's UV layout, visibility-aware, and UVs for meshes that have none.
+
+:func:`bake_texture` gives each texel the photo's colour where its surface point is seen frontally enough,
+and elsewhere — the far cheek of a turned face, under the chin, behind the nose — the colour of the
+mirrored texel (the face's left-right symmetry, :func:`mirror_vertices`) where that one is seen, else the
+skin's mean colour (the segmenter's, else the visible skin's median), blended over a few texels at every
+seam. A texel seen at a grazing angle samples a narrow strip of the photo: copying it gives the
+stretched smears that a plain unwrap shows on a turned face. Texels outside the UV layout are padded with
+the nearest texel's colour (no dark seams when a viewer filters the texture).
+
+Frames and arrays: meshes in the mesh frame (records.py); textures uint8 (size, size, 3) RGB with row 0
+at v = 1 (OBJ's v up: row = (1 - v) · size - 0.5); weights float32 (size, size) in [0, 1].
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from facerecon.geometry.raster import Raster, interpolate, rasterize, vertex_normals
+from facerecon.kernel.contract.records import IBUG68, LandmarkMap, Mesh, Segmentation
+
+GRAZING = (0.2, 0.5)
+"""cos(angle between the surface normal and the view ray): texels below the first are not trusted at all
+(a texel there spans 5+ photo pixels in one direction), above the second fully; smooth between."""
+
+SEAM_SIGMA = 1 / 256
+"""The blur (a fraction of the texture size) that feathers visibility seams over a few texels."""
+
+MAX_SIDE = 2048
+"""Longest side of the image-space depth buffer (visibility tests) of a large face."""
+
+IBUG68_MIRROR = [(i, 16 - i) for i in range(8)] + [(17 + i, 26 - i) for i in range(5)]
+IBUG68_MIRROR += [(31, 35), (32, 34), (36, 45), (37, 44), (38, 43), (39, 42), (40, 47), (41, 46)]
+IBUG68_MIRROR += [(48, 54), (49, 53), (50, 52), (55, 59), (56, 58), (60, 64), (61, 63), (65, 67)]
+"""Left-right pairs of the 68 iBUG points (0-based), for the face's plane of symmetry."""
+
+
+class UVWarning(UserWarning):
+    """A mesh has no UVs and none could be made (``pip install 'facerecon[uv]'`` for xatlas)."""
+
+
+def uv_raster(mesh: Mesh, size: int) -> Raster:
+    """The mesh rasterised in its UV layout: which triangle and barycentrics each texel of a (size, size)
+    texture lies in."""
+    if mesh.uvs is None:
+        raise ValueError(f"mesh of topology {mesh.topology!r} has no UVs to bake a texture into")
+    uv = np.asarray(mesh.uvs, np.float64)
+    flat = np.column_stack([uv[:, 0] * size - 0.5, (1.0 - uv[:, 1]) * size - 0.5, np.zeros(len(uv))])
+    return rasterize(flat, mesh.triangles, size, size)
+
+
+@dataclass(frozen=True)
+class ImageSurface:
+    """A mesh z-buffered in image space (over its bounding box, at most :data:`MAX_SIDE` samples a side):
+    for an image point, the nearest surface there. Sample (i, j) sits at image pixel
+    (x0 + j / scale, y0 + i / scale)."""
+
+    mesh: Mesh
+    raster: Raster
+    x0: float
+    y0: float
+    scale: float
+    xy: np.ndarray  # float64 (V, 2) the vertices' image positions
+
+    @classmethod
+    def of(cls, mesh: Mesh, max_side: int = MAX_SIDE) -> ImageSurface:
+        vertices = np.asarray(mesh.vertices, np.float64)
+        xy = mesh.project(vertices)
+        lo, hi = np.floor(xy.min(0)) - 1, np.ceil(xy.max(0)) + 1
+        scale = min(1.0, max_side / float((hi - lo).max()))
+        w, h = (np.ceil((hi - lo) * scale).astype(int) + 1).tolist()
+        screen = np.column_stack([(xy - lo) * scale, vertices[:, 2]])
+        return cls(mesh, rasterize(screen, mesh.triangles, h, w), float(lo[0]), float(lo[1]), scale, xy)
+
+    def _cells(self, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        h, w = self.raster.triangle.shape
+        j = np.rint((xy[:, 0] - self.x0) * self.scale).astype(np.int64)
+        i = np.rint((xy[:, 1] - self.y0) * self.scale).astype(np.int64)
+        inside = (i >= 0) & (i < h) & (j >= 0) & (j < w)
+        i, j = np.clip(i, 0, h - 1), np.clip(j, 0, w - 1)
+        return i, j, inside & self.raster.mask[i, j]
+
+    def depth_at(self, xy: np.ndarray) -> np.ndarray:
+        """float64 (K,) the nearest surface's z at image points (K, 2); inf where the mesh is not."""
+        i, j, hit = self._cells(xy)
+        return np.where(hit, self.raster.depth[i, j], np.inf)
+
+    def at(self, xy: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-vertex ``values`` (V, C) interpolated on the nearest surface at image points (K, 2), and
+        bool (K,) where there is one; the point is located in its triangle (exact barycentrics), not
+        rounded to a sample."""
+        i, j, hit = self._cells(xy)
+        out = np.zeros((len(xy), values.shape[1]))
+        tri = self.raster.triangle[i[hit], j[hit]]
+        corners = np.asarray(self.mesh.triangles)[tri]  # (K', 3)
+        a, b, c = (self.xy[corners[:, k]] for k in range(3))
+        p = xy[hit]
+        area = _cross2(b - a, c - a)
+        area = np.where(np.abs(area) > 1e-12, area, 1e-12)
+        la, lb = _cross2(b - p, c - p) / area, _cross2(c - p, a - p) / area
+        bary = np.column_stack([la, lb, 1.0 - la - lb])
+        values = np.asarray(values, np.float64)
+        out[hit] = sum(bary[:, k : k + 1] * values[corners[:, k]] for k in range(3))
+        return out, hit
+
+
+def _cross2(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    return u[:, 0] * v[:, 1] - u[:, 1] * v[:, 0]
+
+
+@dataclass(frozen=True)
+class TexelSurface:
+    """The mesh's surface at every covered texel: ``mask`` bool (size, size), and for the covered texels
+    (K = mask.sum(), row-major) the mesh-frame ``points`` (K, 3), unit ``normals`` (K, 3, outwards, towards
+    the camera on a face that faces it), image positions ``xy`` (K, 2) and the ``raster``."""
+
+    raster: Raster
+    mask: np.ndarray
+    points: np.ndarray
+    normals: np.ndarray
+    xy: np.ndarray
+
+    @classmethod
+    def of(cls, mesh: Mesh, size: int, normals: np.ndarray | None = None) -> TexelSurface:
+        raster = uv_raster(mesh, size)
+        mask = raster.mask
+        vertices = np.asarray(mesh.vertices, np.float64)
+        if normals is None:
+            normals = vertex_normals(vertices, mesh.triangles)
+        points = interpolate(raster, mesh.triangles, vertices)[mask].astype(np.float64)
+        n = interpolate(raster, mesh.triangles, normals)[mask].astype(np.float64)
+        n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
+        return cls(raster, mask, points, n, mesh.project(points))
+
+
+def visibility(mesh: Mesh, texels: TexelSurface, image_shape: tuple[int, ...]) -> np.ndarray:
+    """float32 (K,) how far each covered texel's colour can be trusted: 0 where its surface point is hidden
+    behind the mesh, off the photo or seen edge-on, 1 where it faces the camera (see :data:`GRAZING`)."""
+    surface = ImageSurface.of(mesh)
+    extent = float(np.ptp(np.asarray(mesh.vertices, np.float64), axis=0).max())
+    seen = texels.points[:, 2] <= surface.depth_at(texels.xy) + 0.01 * extent
+    h, w = image_shape[:2]
+    on_photo = (texels.xy[:, 0] >= 0) & (texels.xy[:, 0] <= w - 1) & (texels.xy[:, 1] >= 0) & (texels.xy[:, 1] <= h - 1)
+    cos = facing(mesh, texels)
+    lo, hi = GRAZING
+    t = np.clip((cos - lo) / (hi - lo), 0.0, 1.0)
+    return (t * t * (3 - 2 * t) * seen * on_photo).astype(np.float32)
+
+
+def facing(mesh: Mesh, texels: TexelSurface) -> np.ndarray:
+    """float64 (K,) cos of the angle between each texel's normal and the ray to the camera (orthographic:
+    -z; perspective: towards the camera centre)."""
+    if mesh.camera_matrix is None:
+        return -texels.normals[:, 2]
+    rays = -texels.points / np.maximum(np.linalg.norm(texels.points, axis=1, keepdims=True), 1e-12)
+    return np.sum(texels.normals * rays, axis=1)
+
+
+def mirror_vertices(mesh: Mesh) -> np.ndarray | None:
+    """int (V,): each vertex's mirror image across the face's plane of symmetry, or None if unknown.
+
+    A layout symmetric about u = 0.5 (MediaPipe's canonical face) gives it exactly: the vertex at
+    (1 - u, v). Otherwise the vertices are reflected across the plane that best swaps the mesh's iBUG-68
+    left-right landmark pairs, and each takes the nearest vertex to its reflection."""
+    from scipy.spatial import cKDTree
+
+    if mesh.uvs is not None:
+        uv = np.asarray(mesh.uvs, np.float64)
+        distance, index = cKDTree(uv).query(np.column_stack([1.0 - uv[:, 0], uv[:, 1]]))
+        if np.mean(distance < 2e-3) > 0.98:
+            return index
+    lmap = mesh.landmark_maps.get(IBUG68)
+    if lmap is None:
+        return None
+    plane = symmetry_plane(mesh.vertices, lmap)
+    if plane is None:
+        return None
+    normal, offset = plane
+    vertices = np.asarray(mesh.vertices, np.float64)
+    reflected = vertices - 2.0 * (vertices @ normal - offset)[:, None] * normal
+    return cKDTree(vertices).query(reflected)[1]
+
+
+def symmetry_plane(vertices: np.ndarray, lmap: LandmarkMap) -> tuple[np.ndarray, float] | None:
+    """(unit normal n, offset d) of the plane n·p = d that best swaps the iBUG-68 left-right pairs on the
+    mesh, or None where too few pairs lie on it."""
+    points = lmap.locate(np.asarray(vertices, np.float64))
+    pairs = np.array([(a, b) for a, b in IBUG68_MIRROR if lmap.valid[a] and lmap.valid[b]])
+    if len(pairs) < 4:
+        return None
+    left, right = points[pairs[:, 0]], points[pairs[:, 1]]
+    normal = (left - right).sum(axis=0)
+    length = float(np.linalg.norm(normal))
+    if length == 0:
+        return None
+    normal /= length
+    return normal, float(np.mean((left + right) @ normal) / 2)
+
+
+def skin_colour(segmentation: Segmentation | None, colours: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """float (3,) 0-255: the segmenter's mean skin colour, else the median of the well-seen texels."""
+    if segmentation is not None and "skin" in segmentation.region_colors:
+        return np.asarray(segmentation.region_colors["skin"], np.float64) * 255.0
+    good = weights > 0.9
+    return np.median(colours[good], axis=0) if good.any() else np.full(3, 128.0)
+
+
+def photo_unwrap(mesh: Mesh, image: np.ndarray, size: int = 1024) -> np.ndarray:
+    """The plain unwrap, blind to visibility: every covered texel samples the photo where its surface point
+    projects (hidden and grazing texels included: the smears :func:`bake_texture` avoids); uint8."""
+    texels = TexelSurface.of(mesh, size)
+    texture = np.zeros((size, size, 3))
+    texture[texels.mask] = _bilinear(image, texels.xy[:, 0], texels.xy[:, 1])
+    return pad(texture, texels.mask)
+
+
+def bake_texture(
+    mesh: Mesh, image: np.ndarray, size: int = 1024, segmentation: Segmentation | None = None
+) -> np.ndarray:
+    """Unwrap the photo (or any image-frame colour image, e.g. an albedo) into the mesh's UV layout:
+    uint8 (size, size, 3) RGB, visibility-aware (see the module docstring)."""
+    texels = TexelSurface.of(mesh, size)
+    mask = texels.mask
+    if not mask.any():
+        return np.full((size, size, 3), 128, np.uint8)
+    own = _bilinear(image, texels.xy[:, 0], texels.xy[:, 1])
+    weight = feathered(visibility(mesh, texels, image.shape), mask, size)
+    skin = skin_colour(segmentation, own, weight)
+    colour_map = np.zeros((size, size, 3))
+    weight_map = np.zeros((size, size))
+    colour_map[mask], weight_map[mask] = own, weight
+    fill = np.broadcast_to(skin, own.shape)
+    mirror = mirror_vertices(mesh)
+    if mirror is not None:
+        uv = np.asarray(mesh.uvs, np.float64)[mirror]
+        mirror_uv = interpolate(texels.raster, mesh.triangles, uv)[mask].astype(np.float64)
+        col, row = mirror_uv[:, 0] * size - 0.5, (1.0 - mirror_uv[:, 1]) * size - 0.5
+        mirror_weight = _bilinear(weight_map[..., None], col, row)[:, 0]
+        mirror_colour = _bilinear(colour_map * weight_map[..., None], col, row) / np.maximum(
+            mirror_weight[:, None], 1e-6
+        )
+        fill = mirror_weight[:, None] * mirror_colour + (1 - mirror_weight[:, None]) * skin
+    blended = weight[:, None] * own + (1 - weight[:, None]) * fill
+    texture = np.zeros((size, size, 3))
+    texture[mask] = blended
+    return pad(texture, mask)
+
+
+def feathered(weight: np.ndarray, mask: np.ndarray, size: int) -> np.ndarray:
+    """The texels' weights (K,) lowered near every drop (min of itself and its blur within the layout),
+    so that a seam between photo and fill is a gradual blend, never an edge."""
+    import cv2
+
+    sigma = max(1.0, SEAM_SIGMA * size)
+    full = np.zeros(mask.shape, np.float32)
+    full[mask] = weight
+    inside = mask.astype(np.float32)
+    blurred = cv2.GaussianBlur(full, (0, 0), sigma) / np.maximum(cv2.GaussianBlur(inside, (0, 0), sigma), 1e-6)
+    return np.minimum(weight, blurred[mask])
+
+
+def pad(texture: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """uint8 texture with the texels outside ``mask`` filled smoothly from the covered ones (push-pull: a
+    pyramid of coverage-weighted means, each level filling the holes of the finer one), so that a viewer's
+    filtering at a chart's border blends with like colours."""
+    import cv2
+
+    colour: np.ndarray = np.where(mask[..., None], texture, 0.0).astype(np.float32)
+    weight: np.ndarray = mask.astype(np.float32)
+    pyramid = []
+    while min(weight.shape) > 1:
+        pyramid.append((colour, weight))
+        size = (max(1, weight.shape[1] // 2), max(1, weight.shape[0] // 2))
+        colour = cv2.resize(colour, size, interpolation=cv2.INTER_AREA)
+        weight = cv2.resize(weight, size, interpolation=cv2.INTER_AREA)
+    filled = colour / np.maximum(weight, 1e-6)[..., None]
+    for colour, weight in reversed(pyramid):
+        up = cv2.resize(filled, (weight.shape[1], weight.shape[0]), interpolation=cv2.INTER_LINEAR)
+        share = np.clip(weight, 0, 1)[..., None]
+        filled = share * colour / np.maximum(weight, 1e-6)[..., None] + (1 - share) * up
+    filled[mask] = texture[mask]
+    return np.clip(np.rint(filled), 0, 255).astype(np.uint8)
+
+
+def _bilinear(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """float32 (K, C) bilinear samples of an (H, W, C) image at pixel positions x, y (K,), clamped."""
+    h, w = image.shape[:2]
+    x = np.clip(x, 0, w - 1.001)
+    y = np.clip(y, 0, h - 1.001)
+    x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
+    fx, fy = (x - x0)[..., None], (y - y0)[..., None]
+
+    def at(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:  # only the sampled pixels become float
+        return image[rows, cols].astype(np.float32)
+
+    top = at(y0, x0) * (1 - fx) + at(y0, x0 + 1) * fx
+    bottom = at(y0 + 1, x0) * (1 - fx) + at(y0 + 1, x0 + 1) * fx
+    return top * (1 - fy) + bottom * fy
+
+
+def with_atlas_uvs(mesh: Mesh) -> Mesh:
+    """The mesh with UVs: its own, else an automatic atlas by xatlas (vertices on chart seams are split, so
+    the result may have more vertices; triangles, landmark maps and the topology id follow). Without
+    xatlas installed, the mesh unchanged and a :class:`UVWarning`."""
+    if mesh.uvs is not None:
+        return mesh
+    try:
+        import xatlas
+    except ImportError:
+        warnings.warn(
+            f"the {mesh.topology!r} mesh has no UVs: written untextured (pip install 'facerecon[uv]' for xatlas)",
+            UVWarning,
+            stacklevel=2,
+        )
+        return mesh
+    original, triangles, uvs = xatlas.parametrize(np.asarray(mesh.vertices), np.asarray(mesh.triangles))
+    first = np.full(len(mesh.vertices), -1, np.int64)  # an old vertex -> one of its copies
+    first[original[::-1]] = np.arange(len(original))[::-1]
+    maps = {
+        scheme: LandmarkMap(scheme, np.maximum(first[lmap.vertex_ids], 0), lmap.weights)
+        for scheme, lmap in mesh.landmark_maps.items()
+    }
+    return replace(
+        mesh,
+        vertices=np.asarray(mesh.vertices)[original],
+        triangles=triangles,
+        uvs=uvs,
+        landmark_maps=maps,
+        topology=f"{mesh.topology}-xatlas",
+    )
