@@ -3,11 +3,22 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: setup demo test lint check clean
+.PHONY: setup viewer demo test lint check clean
 
-setup: $(VENV)/.installed
+setup: viewer $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml scripts/install_landmarker.py
+# The viewer's JavaScript (`facerecon view`): three.js from npm + outputs/viewer/app.js, one bundle (esbuild)
+# that the Python package carries as data. Needs Node.js 18+; never committed.
+VIEWER_BUNDLE = outputs/viewer/static/viewer.bundle.js
+viewer: $(VIEWER_BUNDLE)
+
+node_modules/.package-lock.json: package.json package-lock.json
+	npm ci --no-audit --no-fund
+
+$(VIEWER_BUNDLE): node_modules/.package-lock.json outputs/viewer/app.js
+	npm run build --silent
+
+$(VENV)/.installed: pyproject.toml setup.py scripts/install_landmarker.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
@@ -30,4 +41,4 @@ lint: setup
 check: lint test
 
 clean:
-	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache node_modules outputs/viewer/static
