@@ -12,8 +12,9 @@ setup: viewer $(VENV)/.installed
 VIEWER_BUNDLE = outputs/viewer/static/viewer.bundle.js
 viewer: $(VIEWER_BUNDLE)
 
+# --ignore-scripts: no package needs one (esbuild finds its binary in its @esbuild/<platform> package).
 node_modules/.package-lock.json: package.json package-lock.json
-	npm ci --no-audit --no-fund
+	npm ci --no-audit --no-fund --ignore-scripts
 
 $(VIEWER_BUNDLE): node_modules/.package-lock.json outputs/viewer/app.js
 	npm run build --silent

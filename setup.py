@@ -34,7 +34,7 @@ def build_viewer(required: bool) -> None:
         print(f"warning: {message}; {keeping}")
         return
     if not (ROOT / "node_modules" / "three").is_dir():
-        subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=ROOT, check=True)
+        subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts"], cwd=ROOT, check=True)
     subprocess.run([npm, "run", "build"], cwd=ROOT, check=True)
 
 
