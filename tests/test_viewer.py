@@ -29,7 +29,7 @@ from PIL import Image
 
 from facerecon.cli import main
 from facerecon.outputs.viewer import ViewerAssetsMissing, assets, find_entries
-from facerecon.outputs.viewer.page import mesh_bytes
+from facerecon.outputs.viewer.page import mesh_bytes, pixel_to_file
 
 CHROMIUM = Path("/usr/bin/chromium")
 DRIVER = REPO / "tests" / "viewer_browser.mjs"
@@ -238,3 +238,43 @@ def test_wheel_build_bundles_the_viewer(tmp_path):
     assert not any("node_modules" in n or n.endswith("app.js") for n in names)
     bundle = zipfile.ZipFile(wheel).read("facerecon/outputs/viewer/static/viewer.bundle.js")
     assert b"Three.js Authors" in bundle and b"facereconViewer" in bundle
+
+
+def test_landmark_rays_follow_the_frames_of_result_json():
+    """With result.json's `frames` (files in the head frame, a GLB in metres), the viewer's ray of pixel (u, v)
+    holds the file points that `head_to_pixels` projects back to (u, v), and goes away from the camera."""
+    yaw = np.radians(30.0)
+    head_to_image = np.eye(4)  # a posed head, 2.5 px per mm, somewhere in the photo
+    head_to_image[:3, :3] = 2.5 * np.array([[np.cos(yaw), 0, np.sin(yaw)], [0, 1, 0], [-np.sin(yaw), 0, np.cos(yaw)]])
+    head_to_image[:3, 3] = (300.0, -400.0, -50.0)
+    image_to_pixels = np.array([[1.0, 0, 0, 0], [0, -1.0, 0, 0], [0, 0, 0, 1.0]])  # pixel (x, -y)
+    head_to_pixels = image_to_pixels @ head_to_image
+    frames = {
+        "files": "head",
+        "head": {"units": "mm", "glb_units": "m (glTF's unit: a GLB's coordinates are these / 1000)"},
+        "image": {"units": "px", "glb_units": "px"},
+        "head_to_image": head_to_image.tolist(),
+        "image_to_head": np.linalg.inv(head_to_image).tolist(),
+        "head_to_pixels": head_to_pixels.tolist(),
+        "image_to_pixels": image_to_pixels.tolist(),
+    }
+    to_glb = np.reshape(pixel_to_file({}, frames, glb=True), (4, 4))
+    to_obj = np.reshape(pixel_to_file({}, frames, glb=False), (4, 4))
+    for u, v in [(310.5, 402.0), (250.0, 380.0)]:
+        for depth in (-100.0, 0.0, 100.0):
+            metres = to_glb @ [u, v, depth, 1.0]
+            np.testing.assert_allclose(metres[:3] * 1000, (to_obj @ [u, v, depth, 1.0])[:3])
+            uvw = head_to_pixels @ [*(metres[:3] * 1000), 1.0]
+            np.testing.assert_allclose(uvw[:2] / uvw[2], (u, v), atol=1e-9)
+        step = (to_obj @ [u, v, 1.0, 1.0] - to_obj @ [u, v, 0.0, 1.0])[:3]
+        assert (head_to_image[:3, :3] @ step)[2] < 0  # image-frame files: the camera looks along -z
+    # Image-frame files in pixels (and results from before `frames`): the writers' y-up turn only.
+    assert pixel_to_file({}, frames | {"files": "image"}, glb=True) == np.diag([1.0, -1, -1, 1]).ravel().tolist()
+    assert pixel_to_file({"units": "px"}, None, glb=True) == np.diag([1.0, -1, -1, 1]).ravel().tolist()
+    # A perspective camera (millimetres): no affine ray, landmarks on the photo only.
+    perspective = frames | {
+        "image": {"units": "mm"},
+        "image_to_pixels": [[800, 0, 320, 0], [0, 800, 240, 0], [0, 0, 1, 0]],
+    }
+    assert pixel_to_file({}, perspective, glb=True) is None
+    assert pixel_to_file({"units": "mm"}, None, glb=True) is None

@@ -101,7 +101,8 @@ def _folder_entries(folder: Path, out: Path) -> list[Entry]:
     entries = []
     for r in reconstructions:
         face = int(r.get("face_index", 0))
-        stages = tuple(s for s in (_stage_view(folder, face, stage) for stage in r.get("stages", [])) if s)
+        frames = r.get("frames")
+        stages = tuple(filter(None, (_stage_view(folder, face, stage, frames) for stage in r.get("stages", []))))
         if not stages:
             continue
         name = folder.name if folder != out else out.resolve().name
@@ -111,16 +112,39 @@ def _folder_entries(folder: Path, out: Path) -> list[Entry]:
     return entries
 
 
-def _stage_view(folder: Path, face: int, stage: dict[str, Any]) -> StageView | None:
+def _stage_view(folder: Path, face: int, stage: dict[str, Any], frames: dict[str, Any] | None) -> StageView | None:
     name = str(stage.get("stage", ""))
     base = f"{face_prefix(face)}{name}"
     mesh = next((folder / f"{base}{s}" for s in MESH_SUFFIXES if (folder / f"{base}{s}").is_file()), None)
     if not name or mesh is None:
         return None
-    to_file = None
-    if stage.get("units", "px") == "px":  # orthographic in pixels: the writers' y-up turn, nothing else
-        to_file = np.diag([*Y_UP, 1.0]).ravel().tolist()
+    to_file = pixel_to_file(stage, frames, glb=mesh.suffix == ".glb")
     return StageView(name, str(stage.get("plugin", "")), mesh, stage.get("landmarks68"), to_file)
+
+
+def pixel_to_file(stage: dict[str, Any], frames: dict[str, Any] | None, *, glb: bool) -> list[float] | None:
+    """The row-major 4x4 taking an image-frame point (pixel (u, v) at depth s along the camera's view, the
+    mesh frame of records.py) into the coordinates of the stage's mesh as the viewer loads it, or None where
+    that is not affine (a perspective camera in millimetres).
+
+    ``frames`` is the face's ``result.json`` ``frames`` (the frame the files are in, ``image_to_head``,
+    the GLB units); without it (older results) the files are in the image frame in the stage's units.
+    """
+    y_up = np.diag([*Y_UP, 1.0])  # mesh frame -> image-frame file coordinates: (u, v, s) -> (u, -v, -s)
+    if frames is None:
+        return y_up.ravel().tolist() if stage.get("units", "px") == "px" else None
+    try:
+        files = str(frames["files"])
+        to_pixels = np.asarray(frames["image_to_pixels"], np.float64)
+        if frames["image"]["units"] != "px" or not np.allclose(to_pixels[2], [0, 0, 0, 1]):
+            return None  # a perspective camera: no affine map from pixels to the surface
+        to_file = y_up if files == "image" else np.asarray(frames["image_to_head"], np.float64) @ y_up
+        if glb and str(frames[files].get("glb_units", "")).split()[:1] == ["m"]:
+            to_file = np.diag([1e-3, 1e-3, 1e-3, 1.0]) @ to_file  # the GLB holds metres, the frame millimetres
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        log.warning("result.json frames not understood (%s): landmarks on the photo only", exc)
+        return None
+    return to_file.ravel().tolist()
 
 
 def _find_photo(source: str, out: Path, size: tuple[int, int]) -> Path | None:
