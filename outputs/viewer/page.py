@@ -26,13 +26,16 @@ from PIL import Image, ImageOps
 
 from facerecon.kernel.contract.errors import InputError
 from facerecon.outputs.folder import face_prefix
-from facerecon.outputs.meshes import Y_UP, atomic_write
+from facerecon.outputs.meshes import atomic_write
 from facerecon.outputs.viewer.assets import bundle_js, page_template
 
 log = logging.getLogger("facerecon.viewer")
 
 PHOTO_MAX_SIDE = 1600
 """The photo beside the mesh is shrunk to this side (JPEG); landmarks stay in the original's pixels."""
+
+IMAGE_TO_FILE = np.diag([1.0, -1.0, -1.0, 1.0])
+"""The writers' image frame: the mesh frame (records.py) turned 180 degrees about x, to y up, z to the viewer."""
 
 MESH_SUFFIXES = (".glb", ".obj", ".ply")
 """A stage's mesh files, in order of preference (glTF loads directly; the others are converted)."""
@@ -130,7 +133,7 @@ def pixel_to_file(stage: dict[str, Any], frames: dict[str, Any] | None, *, glb: 
     ``frames`` is the face's ``result.json`` ``frames`` (the frame the files are in, ``image_to_head``,
     the GLB units); without it (older results) the files are in the image frame in the stage's units.
     """
-    y_up = np.diag([*Y_UP, 1.0])  # mesh frame -> image-frame file coordinates: (u, v, s) -> (u, -v, -s)
+    y_up = IMAGE_TO_FILE  # mesh frame -> image-frame file coordinates: (u, v, s) -> (u, -v, -s)
     if frames is None:
         return y_up.ravel().tolist() if stage.get("units", "px") == "px" else None
     try:
