@@ -36,9 +36,9 @@ scene.background = new THREE.Color(0x20242b);
 // plus a light at the camera for shading that follows the orbit.
 const pmrem = new THREE.PMREMGenerator(renderer);
 scene.environment = pmrem.fromScene(new RoomEnvironment(), 0.04).texture;
-scene.environmentIntensity = 0.6;
+scene.environmentIntensity = 0.35;
 const camera = new THREE.PerspectiveCamera(30, 1, 0.1, 1000);
-const headlight = new THREE.DirectionalLight(0xffffff, 1.6);
+const headlight = new THREE.DirectionalLight(0xffffff, 0.9);
 headlight.position.set(0.3, 0.4, 1);
 camera.add(headlight);
 scene.add(camera);
@@ -135,9 +135,23 @@ function frame(root) {
 // Each 68-point landmark (image pixels) is found on the surface by a ray along the photo's viewing
 // direction: `rays` is the 4x4 matrix (row-major) taking image-frame points (x right, y down in pixels,
 // z away from the camera) into the mesh file's frame; without it the landmarks show on the photo only.
+const landmarkCache = new Map(); // stage -> its landmarks' surface points and sphere radius (rays cost)
+
 function placeLandmarks(root, stage) {
   landmarkRoot.clear();
   if (!stage.landmarks68 || !stage.pixel_to_file) return;
+  if (!landmarkCache.has(stage)) landmarkCache.set(stage, castLandmarks(root, stage));
+  const { points, radius } = landmarkCache.get(stage);
+  const dots = new THREE.InstancedMesh(
+    new THREE.SphereGeometry(radius, 12, 8),
+    new THREE.MeshBasicMaterial({ color: 0x3df58a }),
+    points.length,
+  );
+  points.forEach((p, i) => dots.setMatrixAt(i, new THREE.Matrix4().makeTranslation(p.x, p.y, p.z)));
+  landmarkRoot.add(dots);
+}
+
+function castLandmarks(root, stage) {
   const matrix = new THREE.Matrix4().set(...stage.pixel_to_file);
   const box = new THREE.Box3().setFromObject(root);
   const size = box.getSize(new THREE.Vector3()).length();
@@ -157,13 +171,7 @@ function placeLandmarks(root, stage) {
     const hit = raycaster.intersectObject(root, true)[0];
     if (hit) points.push(hit.point.addScaledVector(direction, -radius * 0.5));
   }
-  const dots = new THREE.InstancedMesh(
-    new THREE.SphereGeometry(radius, 12, 8),
-    new THREE.MeshBasicMaterial({ color: 0x3df58a }),
-    points.length,
-  );
-  points.forEach((p, i) => dots.setMatrixAt(i, new THREE.Matrix4().makeTranslation(p.x, p.y, p.z)));
-  landmarkRoot.add(dots);
+  return { points, radius };
 }
 
 function drawPhotoLandmarks(entry, stage) {
