@@ -8,9 +8,12 @@ BIN     = $(VENV)/bin
 setup: viewer $(VENV)/.installed
 
 # The viewer's JavaScript (`facerecon view`): three.js from npm + outputs/viewer/app.js, one bundle (esbuild)
-# that the Python package carries as data. Needs Node.js 18+; never committed.
+# that the Python package carries as data; never committed. Needs Node.js 18+: without npm it is skipped
+# with a warning (the rest of facerecon works; `facerecon view` then says how to build it).
 VIEWER_BUNDLE = outputs/viewer/static/viewer.bundle.js
-viewer: $(VIEWER_BUNDLE)
+viewer:
+	@if command -v npm >/dev/null 2>&1; then $(MAKE) -s --no-print-directory $(VIEWER_BUNDLE); \
+	else echo "make viewer: npm (Node.js 18+) not found, the viewer's JavaScript is not built"; fi
 
 # --ignore-scripts: no package needs one (esbuild finds its binary in its @esbuild/<platform> package).
 node_modules/.package-lock.json: package.json package-lock.json

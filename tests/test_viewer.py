@@ -170,6 +170,13 @@ def test_view_of_a_folder_without_results_is_a_usage_error(tmp_path, capsys):
     assert "no such folder" in capsys.readouterr().err
     assert main(["view", str(tmp_path / "photos"), "--static"]) == 2
     assert not (tmp_path / "photos" / "index.html").exists()
+    # result.json files that are broken, or not facerecon's: skipped with a warning, then the same error
+    for name, text in [("broken", "{not json"), ("odd", '{"image_size": {"width": 9, "height": 9}, '
+                       '"reconstructions": [{"stages": 7}, "x"]}')]:  # fmt: skip
+        (tmp_path / "photos" / name).mkdir()
+        (tmp_path / "photos" / name / "result.json").write_text(text)
+    assert main(["view", str(tmp_path / "photos")]) == 2
+    assert "no reconstruction results here" in capsys.readouterr().err
 
 
 def test_view_on_a_port_in_use_is_a_usage_error(results, capsys):

@@ -44,9 +44,10 @@ MESH_SUFFIXES = (".glb", ".obj", ".ply")
 @dataclass(frozen=True)
 class StageView:
     """One stage of one face: ``mesh`` the file shown; ``landmarks68`` 68 rows [x, y] in image pixels
-    (None where the stage does not define the point); ``pixel_to_file`` the row-major 4x4 matrix taking
-    image-frame points (x right, y down, z away from the camera, pixels) into the mesh file's frame, or
-    None when there is no such affine map (a perspective camera): then landmarks show on the photo only."""
+    (None where the stage does not define the point); ``pixel_to_file`` (see :func:`pixel_to_file`) the
+    row-major 4x4 matrix taking image-frame points (x right, y down, z away from the camera, pixels) into
+    the mesh's coordinates as the viewer loads it, or None when there is no such affine map (a
+    perspective camera): then landmarks show on the photo only."""
 
     stage: str
     plugin: str
@@ -101,17 +102,21 @@ def _folder_entries(folder: Path, out: Path) -> list[Entry]:
         return []
     source = str(result.get("input", folder.name))
     photo = _find_photo(source, out, size)
+    name = folder.name if folder != out else out.resolve().name
     entries = []
     for r in reconstructions:
-        face = int(r.get("face_index", 0))
-        frames = r.get("frames")
-        stages = tuple(filter(None, (_stage_view(folder, face, stage, frames) for stage in r.get("stages", []))))
-        if not stages:
+        try:
+            face = int(r.get("face_index", 0))
+            views = (_stage_view(folder, face, stage, r.get("frames")) for stage in r.get("stages", []))
+            stages = tuple(view for view in views if view is not None)
+        except (AttributeError, TypeError, ValueError) as exc:
+            log.warning("%s: a reconstruction skipped, not understood (%s)", folder / "result.json", exc)
             continue
-        name = folder.name if folder != out else out.resolve().name
-        suffix = f"/face{face}" if face else ""
-        entries.append(Entry(name + suffix, name + (f" (face {face})" if face else ""), source, folder, face, size,
-                             photo, stages))  # fmt: skip
+        if stages:
+            label = name + (f" (face {face})" if face else "")
+            entries.append(
+                Entry(name + (f"/face{face}" if face else ""), label, source, folder, face, size, photo, stages)
+            )
     return entries
 
 
