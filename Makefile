@@ -5,11 +5,26 @@ BIN     = $(VENV)/bin
 
 VALIDATOR = scripts/gltf-validator
 
-.PHONY: setup demo test lint check clean gltf-validator
+.PHONY: setup viewer demo test lint check clean gltf-validator
 
-setup: $(VENV)/.installed
+setup: viewer $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml scripts/install_landmarker.py
+# The viewer's JavaScript (`facerecon view`): three.js from npm + outputs/viewer/app.js, one bundle (esbuild)
+# that the Python package carries as data; never committed. Needs Node.js 18+: without npm it is skipped
+# with a warning (the rest of facerecon works; `facerecon view` then says how to build it).
+VIEWER_BUNDLE = outputs/viewer/static/viewer.bundle.js
+viewer:
+	@if command -v npm >/dev/null 2>&1; then $(MAKE) -s --no-print-directory $(VIEWER_BUNDLE); \
+	else echo "make viewer: npm (Node.js 18+) not found, the viewer's JavaScript is not built"; fi
+
+# --ignore-scripts: no package needs one (esbuild finds its binary in its @esbuild/<platform> package).
+node_modules/.package-lock.json: package.json package-lock.json
+	npm ci --no-audit --no-fund --ignore-scripts
+
+$(VIEWER_BUNDLE): node_modules/.package-lock.json outputs/viewer/app.js
+	npm run build --silent
+
+$(VENV)/.installed: pyproject.toml setup.py scripts/install_landmarker.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
@@ -39,4 +54,4 @@ lint: setup
 check: lint test
 
 clean:
-	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache node_modules outputs/viewer/static

@@ -86,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument(
         "--save-phases", action="store_true", help="also write refiners' intermediate meshes (the fine stage's phases)"
     )
+    rec.add_argument(
+        "--view",
+        action="store_true",
+        help="also write OUT/index.html, a 3D viewer of the results that opens from disk (adds glb to --formats)",
+    )
     rec.add_argument("-q", "--quiet", action="store_true", help="no progress bar, only errors")
 
     plugins = sub.add_parser(
@@ -194,6 +199,11 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         raise ConfigError(f"unknown mesh format(s) {', '.join(unknown) or '(none)'}; known: obj, ply, glb")
     if args.texture_size < 16 or args.texture_size > 8192:
         raise ConfigError(f"--texture-size must be in 16..8192, got {args.texture_size}")
+    if args.view:
+        from facerecon.outputs.viewer.assets import bundle_js
+
+        bundle_js()  # the viewer's JavaScript is installed: else a clear error now, not after the batch
+        formats += () if "glb" in formats else ("glb",)
     config = load_config(args)
     out: Path = args.output
     if out.exists() and not out.is_dir():
@@ -274,6 +284,12 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         "seconds": round(time.perf_counter() - start, 3),
     }
     atomic_write(out / "summary.json", (json.dumps(summary, indent=1) + "\n").encode())
+    if args.view and succeeded and not interrupted:
+        from facerecon.outputs.viewer.page import write_static_page
+
+        page = write_static_page(out)
+        if not args.quiet:
+            print(f"viewer: {page} (open it in a browser)")
     if interrupted:
         return EXIT_INTERRUPTED
     return EXIT_FAILURES if failures else EXIT_OK

@@ -1,0 +1,252 @@
+"""What the viewer shows: the reconstructions found in an output folder, and the page that shows them.
+
+:func:`find_entries` reads ``OUT/<stem>/result.json`` (or ``OUT/result.json`` for one input's folder):
+one :class:`Entry` per reconstructed face, each with its stages' meshes (the stage's ``.glb``; an OBJ or
+PLY is converted to GLB in memory when no GLB was written), the 68 landmarks per stage and the photo.
+:func:`render_page` fills the HTML template with the entries, as URLs of the server
+(:mod:`.server`) or, for the static ``index.html``, as ``data:`` URLs embedded in the page (browsers
+refuse ``fetch()`` of local files from a ``file://`` page, so a page that opens by double-click must
+carry its meshes).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from facerecon.kernel.contract.errors import InputError
+from facerecon.outputs.folder import face_prefix
+from facerecon.outputs.meshes import atomic_write
+from facerecon.outputs.viewer.assets import bundle_js, page_template
+
+log = logging.getLogger("facerecon.viewer")
+
+PHOTO_MAX_SIDE = 1600
+"""The photo beside the mesh is shrunk to this side (JPEG); landmarks stay in the original's pixels."""
+
+IMAGE_TO_FILE = np.diag([1.0, -1.0, -1.0, 1.0])
+"""The writers' image frame: the mesh frame (records.py) turned 180 degrees about x, to y up, z to the viewer."""
+
+MESH_SUFFIXES = (".glb", ".obj", ".ply")
+"""A stage's mesh files, in order of preference (glTF loads directly; the others are converted)."""
+
+
+@dataclass(frozen=True)
+class StageView:
+    """One stage of one face: ``mesh`` the file shown; ``landmarks68`` 68 rows [x, y] in image pixels
+    (None where the stage does not define the point); ``pixel_to_file`` (see :func:`pixel_to_file`) the
+    row-major 4x4 matrix taking image-frame points (x right, y down, z away from the camera, pixels) into
+    the mesh's coordinates as the viewer loads it, or None when there is no such affine map (a
+    perspective camera): then landmarks show on the photo only."""
+
+    stage: str
+    plugin: str
+    mesh: Path
+    landmarks68: list[list[float] | None] | None
+    pixel_to_file: list[float] | None
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One reconstructed face of one input: ``id`` unique in the folder (``<folder>`` or
+    ``<folder>/face<i>``), ``image_size`` (width, height) of the photo the landmarks refer to."""
+
+    id: str
+    label: str
+    input: str
+    folder: Path
+    face_index: int
+    image_size: tuple[int, int]
+    photo: Path | None
+    stages: tuple[StageView, ...]
+
+
+def find_entries(out: str | Path) -> list[Entry]:
+    """Every reconstructed face under ``out`` (an output folder of ``facerecon reconstruct``, or one of
+    its ``<stem>/`` folders). Raises :class:`InputError` when there is none."""
+    out = Path(out)
+    if not out.is_dir():
+        raise InputError(f"{out}: no such folder (give the -o folder of `facerecon reconstruct`)")
+    if (out / "result.json").is_file():
+        folders = [out]
+    else:
+        folders = sorted(p.parent for p in out.glob("*/result.json") if not p.parent.name.startswith("."))
+    entries: list[Entry] = []
+    for folder in folders:
+        entries += _folder_entries(folder, out)
+    if not entries:
+        raise InputError(
+            f"{out}: no reconstruction results here (expected <stem>/result.json with meshes beside it, as "
+            "`facerecon reconstruct -o` writes)"
+        )
+    return entries
+
+
+def _folder_entries(folder: Path, out: Path) -> list[Entry]:
+    try:
+        result = json.loads((folder / "result.json").read_text(encoding="utf-8"))
+        size = (int(result["image_size"]["width"]), int(result["image_size"]["height"]))
+        reconstructions = list(result["reconstructions"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("%s: skipped, not a readable facerecon result.json (%s)", folder / "result.json", exc)
+        return []
+    source = str(result.get("input", folder.name))
+    photo = _find_photo(source, out, size)
+    name = folder.name if folder != out else out.resolve().name
+    entries = []
+    for r in reconstructions:
+        try:
+            face = int(r.get("face_index", 0))
+            views = (_stage_view(folder, face, stage, r.get("frames")) for stage in r.get("stages", []))
+            stages = tuple(view for view in views if view is not None)
+        except (AttributeError, TypeError, ValueError) as exc:
+            log.warning("%s: a reconstruction skipped, not understood (%s)", folder / "result.json", exc)
+            continue
+        if stages:
+            label = name + (f" (face {face})" if face else "")
+            entries.append(
+                Entry(name + (f"/face{face}" if face else ""), label, source, folder, face, size, photo, stages)
+            )
+    return entries
+
+
+def _stage_view(folder: Path, face: int, stage: dict[str, Any], frames: dict[str, Any] | None) -> StageView | None:
+    name = str(stage.get("stage", ""))
+    base = f"{face_prefix(face)}{name}"
+    mesh = next((folder / f"{base}{s}" for s in MESH_SUFFIXES if (folder / f"{base}{s}").is_file()), None)
+    if not name or mesh is None:
+        return None
+    to_file = pixel_to_file(stage, frames, glb=mesh.suffix == ".glb")
+    return StageView(name, str(stage.get("plugin", "")), mesh, stage.get("landmarks68"), to_file)
+
+
+def pixel_to_file(stage: dict[str, Any], frames: dict[str, Any] | None, *, glb: bool) -> list[float] | None:
+    """The row-major 4x4 taking an image-frame point (pixel (u, v) at depth s along the camera's view, the
+    mesh frame of records.py) into the coordinates of the stage's mesh as the viewer loads it, or None where
+    that is not affine (a perspective camera in millimetres).
+
+    ``frames`` is the face's ``result.json`` ``frames`` (the frame the files are in, ``image_to_head``,
+    the GLB units); without it (older results) the files are in the image frame in the stage's units.
+    """
+    y_up = IMAGE_TO_FILE  # mesh frame -> image-frame file coordinates: (u, v, s) -> (u, -v, -s)
+    if frames is None:
+        return y_up.ravel().tolist() if stage.get("units", "px") == "px" else None
+    try:
+        files = str(frames["files"])
+        to_pixels = np.asarray(frames["image_to_pixels"], np.float64)
+        if frames["image"]["units"] != "px" or not np.allclose(to_pixels[2], [0, 0, 0, 1]):
+            return None  # a perspective camera: no affine map from pixels to the surface
+        to_file = y_up if files == "image" else np.asarray(frames["image_to_head"], np.float64) @ y_up
+        if glb and str(frames[files].get("glb_units", "")).split()[:1] == ["m"]:
+            to_file = np.diag([1e-3, 1e-3, 1e-3, 1.0]) @ to_file  # the GLB holds metres, the frame millimetres
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        log.warning("result.json frames not understood (%s): landmarks on the photo only", exc)
+        return None
+    return to_file.ravel().tolist()
+
+
+def _find_photo(source: str, out: Path, size: tuple[int, int]) -> Path | None:
+    """The input photo, where it still is: as given (absolute or from here), or beside OUT's parent; it
+    must have the recorded size (after its EXIF orientation), else the landmarks would not fit it."""
+    for candidate in (Path(source), out.parent / source, out.resolve().parent / source):
+        try:
+            with Image.open(candidate) as image:
+                if ImageOps.exif_transpose(image).size == size:
+                    return candidate
+        except (OSError, ValueError, Image.DecompressionBombError):
+            continue
+    return None
+
+
+def photo_bytes(entry: Entry) -> tuple[bytes, str]:
+    """The photo as a JPEG shrunk to :data:`PHOTO_MAX_SIDE` (or, where the photo is gone, the folder's
+    preview.png) and its MIME type."""
+    if entry.photo is None:
+        return (entry.folder / "preview.png").read_bytes(), "image/png"
+    with Image.open(entry.photo) as image:
+        rgb = ImageOps.exif_transpose(image).convert("RGB")
+    rgb.thumbnail((PHOTO_MAX_SIDE, PHOTO_MAX_SIDE))
+    buffer = io.BytesIO()
+    rgb.save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue(), "image/jpeg"
+
+
+def mesh_bytes(path: Path) -> bytes:
+    """A stage's mesh as GLB: the file itself, or an OBJ / PLY converted by trimesh (texture kept)."""
+    if path.suffix.lower() == ".glb":
+        return path.read_bytes()
+    import trimesh
+
+    try:
+        loaded = trimesh.load_scene(path, process=False, maintain_order=True)
+    except Exception as exc:  # trimesh raises many kinds on a broken file
+        raise InputError(f"{path}: cannot read the mesh ({exc})") from None
+    exported = loaded.export(file_type="glb")
+    return exported if isinstance(exported, bytes) else str(exported).encode()
+
+
+def page_data(entries: list[Entry], mesh_url: Callable[[int, StageView], str], photo_url: Callable[[int], str]) -> dict:
+    """The JSON the page reads (see app.js): entries with their stages, URLs from the two callables."""
+    return {
+        "entries": [
+            {
+                "id": e.id,
+                "label": e.label,
+                "input": e.input,
+                "image_size": list(e.image_size),
+                "photo": photo_url(i),
+                "photo_is_preview": e.photo is None,
+                "stages": [
+                    {
+                        "stage": s.stage,
+                        "plugin": s.plugin,
+                        "mesh": mesh_url(i, s),
+                        "landmarks68": s.landmarks68,
+                        "pixel_to_file": s.pixel_to_file,
+                    }
+                    for s in e.stages
+                ],
+            }
+            for i, e in enumerate(entries)
+        ]
+    }
+
+
+def render_page(title: str, data: dict) -> str:
+    """The viewer page: the template with the title, the data (JSON, safe inside ``<script>``) and the
+    bundled JavaScript inlined."""
+    script = bundle_js()
+    text = json.dumps(data, separators=(",", ":")).replace("<", "\\u003c")  # no "</script>" in the data
+    page = page_template().replace("{{TITLE}}", html.escape(title)).replace("{{DATA}}", text)
+    return page.replace("{{SCRIPT}}", script)  # last: the bundle is not searched for placeholders
+
+
+def _data_url(data: bytes, mime: str) -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def write_static_page(out: str | Path) -> Path:
+    """Write ``OUT/index.html``: the viewer with every mesh and photo embedded (opens from ``file://``,
+    no server, no network). Returns its path."""
+    out = Path(out)
+    entries = find_entries(out)
+    bundle_js()  # built and installed: else a clear error before the work
+    photos = [_data_url(*photo_bytes(e)) for e in entries]
+    data = page_data(
+        entries,
+        lambda _, stage: _data_url(mesh_bytes(stage.mesh), "model/gltf-binary"),
+        lambda i: photos[i],
+    )
+    target = out / "index.html"
+    atomic_write(target, render_page(f"facerecon — {out.resolve().name}", data).encode("utf-8"))
+    return target
