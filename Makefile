@@ -24,7 +24,7 @@ test: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy kernel services geometry plugins facelib outputs facerecon
+	$(BIN)/mypy kernel services geometry plugins facelib outputs evaluation facerecon
 	$(BIN)/python scripts/lint_imports.py
 
 check: lint test

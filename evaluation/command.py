@@ -1,0 +1,105 @@
+"""The ``facerecon eval`` sub-command: the measuring instruments on the user's own data.
+
+    facerecon eval landmarks DIR [-o OUT] [pipeline flags]      # annotated photos -> NME, CED plot
+    facerecon eval rgbd DIR [-o OUT] [pipeline flags]           # photo + registered depth -> depth error
+    facerecon eval mesh PRED GT [-o OUT]                        # MICC / NoW scan-to-mesh error
+
+Exit codes as ``reconstruct``: 0 every input scored, 1 some could not be (no face...), 2 bad input or
+configuration (no annotations, mismatched files, a GT without landmarks): a clear error, nothing written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from facerecon.kernel import Pipeline, PipelineConfig, PluginHost
+from facerecon.kernel.contract.errors import ConfigError
+from facerecon.kernel.host.commands import DefaultsHelpFormatter
+from facerecon.kernel.host.config import DEVICES
+
+EXIT_OK, EXIT_FAILURES = 0, 1
+
+
+def add_eval_parser(sub: Any, host: PluginHost) -> None:
+    """Add ``eval`` and its instruments to the CLI's sub-parsers (``sub``); each sets ``handler``."""
+    parser = sub.add_parser(
+        "eval",
+        help="measure accuracy on your own annotated data",
+        description="The measuring instruments of the README's numbers, on your own data.",
+        formatter_class=DefaultsHelpFormatter,
+    )
+    kinds = parser.add_subparsers(dest="instrument", metavar="INSTRUMENT", required=True)
+
+    marks = kinds.add_parser(
+        "landmarks",
+        help="NME of every stage's 68 landmarks on annotated photos",
+        description="Score every stage's re-projected iBUG-68 landmarks against annotations in DIR (iBUG "
+        ".pts beside their photos, 1-based; COCO-style keypoint .json): NME by outer-eye-corner distance "
+        "and by box size, failure rate at 8 %% / 10 %%, CED plot. Writes OUT/per_image.csv, "
+        "OUT/summary.json and OUT/ced.png.",
+        formatter_class=DefaultsHelpFormatter,
+    )
+    marks.add_argument("folder", type=Path, metavar="DIR", help="folder of annotated photos (searched recursively)")
+    marks.add_argument("-o", "--output", type=Path, default=Path("eval-landmarks"), help="report folder")
+    marks.add_argument(
+        "--coco-origin",
+        type=float,
+        choices=(0.0, 1.0),
+        default=0.0,
+        help="pixel origin of COCO json keypoints (1 for mmpose's 300-W/300-VW files, which copy the .pts)",
+    )
+    marks.add_argument("--detector-only", action="store_true", help="score a 68-point detector alone (no stages)")
+    _pipeline_flags(marks, host)
+    marks.set_defaults(handler=cmd_eval_landmarks)
+
+
+def _pipeline_flags(parser: argparse.ArgumentParser, host: PluginHost) -> None:
+    """The stage choices of ``reconstruct``, read by ``PipelineConfig.with_stage_flags``."""
+    parser.add_argument("-c", "--config", type=Path, help="TOML config file (see docs/configuration.md)")
+    parser.add_argument("--detector", help="detector plugin (default: from config, else mediapipe)")
+    parser.add_argument("--regressor", help="regressor plugin (default: from config, else auto)")
+    parser.add_argument("--segmenter", help="segmenter plugin, or 'none'")
+    parser.add_argument("--refiners", help="comma-separated refiner plugins, in order; '' for none")
+    parser.add_argument("--device", choices=DEVICES, help="where models run (default: from config, else auto)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no per-input lines, only the summary")
+    host.add_pipeline_flags(parser)
+
+
+def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
+    config = (PipelineConfig.load(args.config) if args.config else PipelineConfig()).with_stage_flags(args)
+    return PluginHost(allow=config.allow_plugins, block=config.block_plugins).apply_pipeline_flags(config, args)
+
+
+def _check_output(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"-o {out}: exists and is not a folder")
+
+
+def _print_summary(summary: dict[str, Any], files: list[Path]) -> None:
+    shown = {k: v for k, v in summary.items() if k != "rows"}
+    print(json.dumps(shown, indent=1))
+    print("wrote " + ", ".join(str(f) for f in files), file=sys.stderr)
+
+
+def cmd_eval_landmarks(args: argparse.Namespace) -> int:
+    from facerecon.evaluation.annotations import find_annotations
+    from facerecon.evaluation.landmarks import evaluate_landmarks, summarise, write_report
+
+    photos = find_annotations(args.folder, args.coco_origin)  # bad folders fail here, before any model loads
+    config = pipeline_config(args)
+    _check_output(args.output)
+
+    def progress(row: dict[str, Any]) -> None:
+        if not args.quiet:
+            scores = ", ".join(f"{k} {v:.4f}" for k, v in row["nme_io"].items())
+            print(f"{row['annotation']}: {row.get('error') or scores}", file=sys.stderr)
+
+    with Pipeline(config) as pipe:
+        rows = evaluate_landmarks(pipe, photos, reconstruct=not args.detector_only, progress=progress)
+    summary = summarise(rows)
+    _print_summary(summary, write_report(args.output, rows, summary))
+    return EXIT_FAILURES if summary["missed"] else EXIT_OK
