@@ -72,6 +72,15 @@ def read_coco(path: str | Path, origin: float = 0.0) -> list[AnnotatedPhoto]:
     return faces
 
 
+def files_under(folder: Path, pattern: str) -> list[Path]:
+    """Files matching the glob ``pattern`` under ``folder`` at any depth, symlinked folders followed
+    (``Path.rglob`` does not follow them), sorted."""
+    found = []
+    for root, _, _ in os.walk(folder, followlinks=True):
+        found += [p for p in Path(root).glob(pattern) if p.is_file()]
+    return sorted(found)
+
+
 def _photo_for(pts: Path) -> Path | None:
     """The photo a ``.pts`` file annotates: same stem beside it, or in a sibling ``imgs``/``images`` folder
     (300-VW's ``annot/`` + ``imgs/`` layout)."""
@@ -102,7 +111,7 @@ def find_annotations(folder: str | Path, coco_origin: float = 0.0) -> list[Annot
         raise InputError(f"{folder}: not a folder")
     found: list[AnnotatedPhoto] = []
     missing: list[str] = []
-    for pts in sorted(folder.rglob("*.pts")):
+    for pts in files_under(folder, "*.pts"):
         points = read_pts(pts)
         if len(points) != IBUG_POINTS:
             raise InputError(f"{pts}: {len(points)} points, not the {IBUG_POINTS} of iBUG-68")
@@ -111,7 +120,7 @@ def find_annotations(folder: str | Path, coco_origin: float = 0.0) -> list[Annot
             missing.append(str(pts))
         else:
             found.append(AnnotatedPhoto(photo, points, str(pts)))
-    for js in sorted(folder.rglob("*.json")):
+    for js in files_under(folder, "*.json"):
         if not _is_coco(js):  # another json (a result.json, a config): not an annotation file
             continue
         for face in read_coco(js, coco_origin):

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from facerecon.kernel import Pipeline, PipelineConfig, PluginHost
-from facerecon.kernel.contract.errors import ConfigError
+from facerecon.kernel.contract.errors import ConfigError, InputError
 from facerecon.kernel.host.commands import DefaultsHelpFormatter
 from facerecon.kernel.host.config import DEVICES
 
@@ -55,6 +55,45 @@ def add_eval_parser(sub: Any, host: PluginHost) -> None:
     marks.add_argument("--detector-only", action="store_true", help="score a 68-point detector alone (no stages)")
     _pipeline_flags(marks, host)
     marks.set_defaults(handler=cmd_eval_landmarks)
+
+    rgbd = kinds.add_parser(
+        "rgbd",
+        help="every stage's depth error against a registered depth sensor",
+        description="Score every stage's depth against measured depth on the photo's pixel grid (the layout "
+        "of RAP3DF: per sample k1_box_xy.bmp + k1_box_xyz_depth.data), after a scale / tilt / offset fit, "
+        "all on one mask, with the tilted-plane and mean-face baselines. Writes OUT/per_sample.csv and "
+        "OUT/summary.json.",
+        formatter_class=DefaultsHelpFormatter,
+    )
+    rgbd.add_argument("folder", type=Path, metavar="DIR", help="a sample folder or a folder of them")
+    rgbd.add_argument("-o", "--output", type=Path, default=Path("eval-rgbd"), help="report folder")
+    rgbd.add_argument(
+        "--detect-min-side", type=int, default=256, help="upscale smaller photos to this short side for the detector"
+    )
+    rgbd.add_argument("--no-mean-face", action="store_true", help="leave out the mean-face baseline")
+    _pipeline_flags(rgbd, host)
+    rgbd.set_defaults(handler=cmd_eval_rgbd)
+
+    mesh = kinds.add_parser(
+        "mesh",
+        help="a mesh against a ground-truth scan (MICC protocol, NoW statistics)",
+        description="Crop the GT scan to --radius around its nose tip, align PRED to it (from the landmarks "
+        "when both are given, then ICP), and measure every cropped scan vertex's distance to the aligned "
+        "PRED surface: RMSE, median, mean, std in the GT's unit. Writes OUT/summary.json, "
+        "OUT/distances.npy and OUT/heatmap.png.",
+        formatter_class=DefaultsHelpFormatter,
+    )
+    mesh.add_argument("predicted", type=Path, metavar="PRED", help="the reconstructed mesh (OBJ, PLY, ...)")
+    mesh.add_argument("truth", type=Path, metavar="GT", help="the ground-truth scan (a mesh, in mm)")
+    mesh.add_argument("-o", "--output", type=Path, default=Path("eval-mesh"), help="report folder")
+    mesh.add_argument(
+        "--gt-landmarks", type=Path, help="GT landmarks (x y z lines, .npy or MeshLab .pp): 68 iBUG or 7 NoW points"
+    )
+    mesh.add_argument("--pred-landmarks", type=Path, help="PRED's landmarks, the same points as --gt-landmarks")
+    mesh.add_argument("--nose-tip", help="X,Y,Z of the GT's nose tip (instead of its landmarks)")
+    mesh.add_argument("--radius", type=float, default=95.0, help="crop radius around the nose tip (GT unit)")
+    mesh.add_argument("--scale", action="store_true", help="also fit a scale (PRED in other units, e.g. pixels)")
+    mesh.set_defaults(handler=cmd_eval_mesh)
 
 
 def _pipeline_flags(parser: argparse.ArgumentParser, host: PluginHost) -> None:
@@ -103,3 +142,57 @@ def cmd_eval_landmarks(args: argparse.Namespace) -> int:
     summary = summarise(rows)
     _print_summary(summary, write_report(args.output, rows, summary))
     return EXIT_FAILURES if summary["missed"] else EXIT_OK
+
+
+def cmd_eval_rgbd(args: argparse.Namespace) -> int:
+    from facerecon.evaluation.rgbd import evaluate_rgbd, find_samples, mean_face_config, summarise, write_report
+
+    samples = find_samples(args.folder)
+    config = pipeline_config(args)
+    _check_output(args.output)
+    if not 0 <= args.detect_min_side <= 4096:
+        raise ConfigError(f"--detect-min-side must be in 0..4096, got {args.detect_min_side}")
+
+    def progress(row: dict[str, Any]) -> None:
+        if not args.quiet:
+            scores = ", ".join(f"{k} {v:.3f}" for k, v in row["rmse_mm"].items())
+            print(f"{row['sample']}: {row.get('error') or scores + ' mm'}", file=sys.stderr)
+
+    with Pipeline(config) as pipe, Pipeline(mean_face_config(config)) as mean_face:
+        baseline = None if args.no_mean_face else mean_face
+        rows = evaluate_rgbd(pipe, samples, baseline, args.detect_min_side, progress)
+    summary = summarise(rows)
+    _print_summary(summary, write_report(args.output, rows, summary))
+    return EXIT_FAILURES if summary["failed"] else EXIT_OK
+
+
+def cmd_eval_mesh(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from facerecon.evaluation.mesh import evaluate_mesh, load_landmarks, load_mesh, nose_tip_of, write_report
+
+    if args.radius <= 0:
+        raise ConfigError(f"--radius must be > 0, got {args.radius}")
+    truth_marks = load_landmarks(args.gt_landmarks) if args.gt_landmarks else None
+    predicted_marks = load_landmarks(args.pred_landmarks) if args.pred_landmarks else None
+    if args.nose_tip:
+        try:
+            nose = np.array([float(v) for v in args.nose_tip.split(",")])
+        except ValueError:
+            nose = np.zeros(0)
+        if nose.shape != (3,) or not np.isfinite(nose).all():
+            raise ConfigError(f"--nose-tip must be X,Y,Z (three numbers), got {args.nose_tip!r}")
+    elif truth_marks is None:
+        raise InputError(
+            f"{args.truth}: a GT mesh without landmarks: give --gt-landmarks FILE (68 iBUG or 7 NoW points) or "
+            "--nose-tip X,Y,Z to crop it around the nose tip"
+        )
+    else:
+        nose = nose_tip_of(truth_marks)
+    _check_output(args.output)
+    predicted, truth = load_mesh(args.predicted), load_mesh(args.truth)
+    summary, scan, distances = evaluate_mesh(
+        predicted, truth, nose, predicted_marks, truth_marks, with_scale=args.scale, radius=args.radius
+    )
+    _print_summary(summary, write_report(args.output, summary, scan, distances))
+    return EXIT_OK
