@@ -111,3 +111,38 @@ def colour_bar(height: int, lo: float, hi: float, unit: str, width: int = 110) -
         draw.text((44, y), f"{tick:g}", fill="black", font=small, anchor="lm")
     draw.text((10, height - 10), unit, fill="black", font=small, anchor="lm")
     return np.asarray(image)
+
+
+def bar_chart(
+    bars: Sequence[tuple[str, float, float]], title: str, x_label: str, size: tuple[int, int] = (900, 0)
+) -> np.ndarray:
+    """Horizontal bars as uint8 (H, W, 3) RGB: one per ``(label, value, whisker)``, the bar to ``value``
+    with a tick at ``whisker`` (e.g. median and 90th percentile), the value written beside it."""
+    width = size[0]
+    height = size[1] or 110 + 40 * len(bars)
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    font, small = _font(18), _font(14)
+    left, right, top = 170, width - 90, 50
+    bottom = height - 50
+    top_value = max([w for _, _, w in bars] + [v for _, v, _ in bars] + [1e-9])
+    x_max = float(_ticks(0.0, top_value * 1.05)[-1]) if top_value > 0 else 1.0
+    x_max = max(x_max, top_value * 1.05)
+
+    def px(value: float) -> float:
+        return left + value / x_max * (right - left)
+
+    for tick in _ticks(0.0, x_max):
+        draw.line([(px(tick), top), (px(tick), bottom)], fill=(225, 225, 225))
+        draw.text((px(tick), bottom + 6), f"{tick:g}", fill="black", font=small, anchor="mt")
+    for i, (label, value, whisker) in enumerate(bars):
+        y = top + 20 + 40 * i
+        draw.rectangle([left, y - 12, px(value), y + 12], fill=PALETTE[i % len(PALETTE)])
+        draw.line([(px(whisker), y - 16), (px(whisker), y + 16)], fill="black", width=2)
+        draw.line([(px(value), y), (px(whisker), y)], fill="black", width=1)
+        draw.text((left - 8, y), label, fill="black", font=small, anchor="rm")
+        draw.text((max(px(value), px(whisker)) + 6, y), f"{value:.1f}", fill="black", font=small, anchor="lm")
+    draw.line([(left, top), (left, bottom)], fill="black")
+    draw.text((width / 2, 24), title, fill="black", font=font, anchor="mm")
+    draw.text(((left + right) / 2, height - 16), x_label, fill="black", font=font, anchor="mm")
+    return np.asarray(image)

@@ -3,6 +3,7 @@
     facerecon eval landmarks DIR [-o OUT] [pipeline flags]      # annotated photos -> NME, CED plot
     facerecon eval rgbd DIR [-o OUT] [pipeline flags]           # photo + registered depth -> depth error
     facerecon eval mesh PRED GT [-o OUT]                        # MICC / NoW scan-to-mesh error
+    facerecon bench DIR [-o OUT] [pipeline flags]               # per-stage latency, memory
 
 Exit codes as ``reconstruct``: 0 every input scored, 1 some could not be (no face...), 2 bad input or
 configuration (no annotations, mismatched files, a GT without landmarks): a clear error, nothing written.
@@ -24,8 +25,9 @@ from facerecon.kernel.host.config import DEVICES
 EXIT_OK, EXIT_FAILURES = 0, 1
 
 
-def add_eval_parser(sub: Any, host: PluginHost) -> None:
-    """Add ``eval`` and its instruments to the CLI's sub-parsers (``sub``); each sets ``handler``."""
+def add_evaluation_commands(sub: Any, host: PluginHost) -> None:
+    """Add ``eval`` (and its instruments) and ``bench`` to the CLI's sub-parsers (``sub``); each sets
+    ``handler``."""
     parser = sub.add_parser(
         "eval",
         help="measure accuracy on your own annotated data",
@@ -94,6 +96,21 @@ def add_eval_parser(sub: Any, host: PluginHost) -> None:
     mesh.add_argument("--radius", type=float, default=95.0, help="crop radius around the nose tip (GT unit)")
     mesh.add_argument("--scale", action="store_true", help="also fit a scale (PRED in other units, e.g. pixels)")
     mesh.set_defaults(handler=cmd_eval_mesh)
+
+    bench = sub.add_parser(
+        "bench",
+        help="per-stage latency and memory of the pipeline on your photos",
+        description="Run the configured pipeline on the photos of DIR (files, folders or globs) and report "
+        "per stage the median and 90th-percentile latency, the first-call cost (model loading, first "
+        "photo) and the peak memory; --device picks CPU or CUDA, --remote times stages over gRPC. Writes "
+        "OUT/bench.json and OUT/bench.png.",
+        formatter_class=DefaultsHelpFormatter,
+    )
+    bench.add_argument("inputs", nargs="+", metavar="DIR", help="photos: files, folders or glob patterns")
+    bench.add_argument("-o", "--output", type=Path, default=Path("bench"), help="report folder")
+    bench.add_argument("--passes", type=int, default=1, help="times over the photos")
+    _pipeline_flags(bench, host)
+    bench.set_defaults(handler=cmd_bench)
 
 
 def _pipeline_flags(parser: argparse.ArgumentParser, host: PluginHost) -> None:
@@ -195,4 +212,27 @@ def cmd_eval_mesh(args: argparse.Namespace) -> int:
         predicted, truth, nose, predicted_marks, truth_marks, with_scale=args.scale, radius=args.radius
     )
     _print_summary(summary, write_report(args.output, summary, scan, distances))
+    return EXIT_OK
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from facerecon.evaluation.bench import benchmark, write_report
+    from facerecon.kernel.host.imageio import find_images
+
+    if not 1 <= args.passes <= 1000:
+        raise ConfigError(f"--passes must be in 1..1000, got {args.passes}")
+    photos, problems = find_images(args.inputs)
+    if problems:
+        raise InputError("; ".join(f"{item}: {reason}" for item, reason in problems[:5]))
+    if not photos:
+        raise InputError(f"no photos in {' '.join(args.inputs)}")
+    config = pipeline_config(args)
+    _check_output(args.output)
+
+    def progress(photo: str, ms: float) -> None:
+        if not args.quiet:
+            print(f"{photo}: {ms:.1f} ms", file=sys.stderr)
+
+    result = benchmark(config, photos, args.passes, progress)
+    _print_summary(result, write_report(args.output, result))
     return EXIT_OK

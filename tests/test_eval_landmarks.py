@@ -180,3 +180,22 @@ def test_not_an_annotation_file(tmp_path):
     (tmp_path / "a.pts").write_text("nothing here")
     with pytest.raises(InputError, match="not an iBUG .pts file"):
         find_annotations(tmp_path)
+
+
+def test_readme_evaluation_commands_parse():
+    """The README's "Evaluation" section: its commands are the parser's."""
+    from facerecon.cli import build_parser
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Evaluation\n", 1)[1].split("\n## ", 1)[0]
+    commands = [c for block in section.split("```sh\n")[1:] for c in block.split("```")[0].splitlines()]
+    commands += [c.strip("`") for c in section.split("| `")[1:] if c.startswith("facerecon ")]
+    parser = build_parser()
+    parsed = 0
+    for line in commands:
+        words = line.split("#")[0].split("`")[0].split()
+        if words and words[0] == "facerecon":
+            args = parser.parse_args(words[1:])
+            assert args.command in ("eval", "bench")
+            parsed += 1
+    assert parsed >= 6

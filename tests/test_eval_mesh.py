@@ -90,6 +90,7 @@ def test_a_surface_against_itself_resampled_and_moved(start):
     pred_marks = marks @ motion[0].T + motion[1]
     given = (pred_marks, marks) if start == "landmarks" else (None, None)
     summary, scan, distances = evaluate_mesh(predicted, truth, marks[4], *given)
+    print(f"resampled and moved, start from {start}: RMSE {summary['rmse']:.4f} mm")  # the README's numbers
     assert summary["alignment"]["started_from"] == start and summary["alignment"]["converged"]
     assert summary["rmse"] < 0.1 and summary["median"] < 0.06
     assert summary["gt_points"] == len(scan.vertices) == len(distances)
@@ -105,6 +106,7 @@ def test_a_known_offset():
     no rigid motion improves; a fitted scale closes the gap (40 / 42)."""
     nose = np.array([0.0, 0.0, 40.0])
     summary, _, distances = evaluate_mesh(sphere(42.0), sphere(40.0), nose)
+    print(f"spheres 2 mm apart: RMSE {summary['rmse']:.4f}, median {summary['median']:.4f} mm")
     assert summary["rmse"] == pytest.approx(2.0, abs=0.02)
     assert summary["median"] == pytest.approx(2.0, abs=0.02) and summary["mean"] == pytest.approx(2.0, abs=0.02)
     assert summary["std"] < 0.02
@@ -121,6 +123,7 @@ def test_a_known_scale():
     marks = surface_landmarks()
     pred_marks = 1.25 * marks @ ROTATION.T + TRANSLATION
     summary, _, _ = evaluate_mesh(predicted, truth, marks[4], pred_marks, marks, with_scale=True)
+    print(f"scale 1.25: recovered {summary['alignment']['scale']:.4f}, RMSE {summary['rmse']:.4f} mm")
     assert summary["alignment"]["scale"] == pytest.approx(0.8, abs=2e-3)
     assert summary["rmse"] < 0.1
     rigid, _, _ = evaluate_mesh(predicted, truth, marks[4], pred_marks, marks)
