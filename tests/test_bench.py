@@ -33,6 +33,26 @@ def test_bench_reports_every_stage(tmp_path, lfpw, capsys):
         assert chart.size[0] == 900 and chart.size[1] == 110 + 40 * len(stages)
 
 
+def test_bench_times_a_stage_over_grpc(tmp_path, lfpw, capsys):
+    """``--remote regressor=ADDRESS`` (the remote plugin's flag): the regressor is a real gRPC server on
+    loopback, and its row is the remote call's time."""
+    from services_support import serving
+
+    from facerecon.services.server import Server, ServerSettings
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for photo in lfpw[:2]:
+        (folder / photo.name).symlink_to(photo)
+    server = Server.for_stage("regressor", "landmark-mesh", device="cpu", settings=ServerSettings(port=0))
+    with serving(server) as address:
+        argv = ["bench", str(folder), "-o", str(tmp_path / "report"), "-q", "--passes", "2", "--device", "cpu"]
+        assert main([*argv, "--remote", f"regressor={address}"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["pipeline"]["regressor"] == "remote"
+    assert result["photos_with_a_face"] == 4 and result["stages"]["regressor"]["runs"] == 3
+
+
 @pytest.mark.parametrize("case", ["no photos", "bad passes"])
 def test_bench_refuses_bad_input(tmp_path, case, capsys):
     folder = tmp_path / "photos"
