@@ -176,6 +176,21 @@ def test_bad_input_is_refused(tmp_path, case, capsys):
     assert out.is_file() if case == "output is a file" else not out.exists()
 
 
+def test_an_unreadable_photo_is_listed_and_the_others_scored(tmp_path, lfpw, capsys):
+    """A truncated photo is a failed input (exit code 1, in "missed" with the reason), not a crash."""
+    (tmp_path / "good.png").symlink_to(lfpw[0])
+    (tmp_path / "good.pts").symlink_to(lfpw[0].with_suffix(".pts"))
+    (tmp_path / "broken.png").write_bytes(lfpw[0].read_bytes()[:300])
+    write_pts(tmp_path / "broken.pts", read_pts(lfpw[0].with_suffix(".pts")))
+    out = tmp_path / "report"
+    assert main(["eval", "landmarks", str(tmp_path), "-o", str(out), "-q", "--device", "cpu"]) == 1
+    summary = json.loads((out / "summary.json").read_text())
+    (missed,) = summary["missed"]
+    assert missed["annotation"].endswith("broken.pts") and missed["error"]
+    assert summary["stages"]["coarse"]["scored"] == 1 and summary["stages"]["coarse"]["failure_rate_0.1"] == 0.5
+    capsys.readouterr()
+
+
 def test_not_an_annotation_file(tmp_path):
     (tmp_path / "a.pts").write_text("nothing here")
     with pytest.raises(InputError, match="not an iBUG .pts file"):
