@@ -157,6 +157,20 @@ def test_command_writes_the_report(tmp_path, capsys):
         assert (pixels.sum(-1) < 700).mean() > 0.3  # the scan covers the picture (not white)
 
 
+def test_landmark_files(tmp_path):
+    """Text (spaces or commas), .npy and MeshLab's picked points (.pp, NoW's scan landmarks) read alike."""
+    from facerecon.evaluation.mesh import load_landmarks, nose_tip_of
+
+    marks = surface_landmarks()
+    (tmp_path / "a.txt").write_text("# x y z\n" + "\n".join(", ".join(f"{v:.6f}" for v in row) for row in marks))
+    np.save(tmp_path / "a.npy", marks)
+    points = "".join(f'<point x="{x}" y="{y}" z="{z}" active="1" name="{i}"/>\n' for i, (x, y, z) in enumerate(marks))
+    (tmp_path / "a.pp").write_text(f"<!DOCTYPE PickedPoints>\n<PickedPoints>\n{points}</PickedPoints>\n")
+    for name in ("a.txt", "a.npy", "a.pp"):
+        np.testing.assert_allclose(load_landmarks(tmp_path / name), marks, atol=1e-6)
+    np.testing.assert_allclose(nose_tip_of(marks), marks[4])
+
+
 @pytest.mark.parametrize("case", ["no landmarks", "point cloud", "not a mesh", "landmark counts differ", "bad nose"])
 def test_bad_input_is_refused(tmp_path, case, capsys):
     truth = _write(height_field_mesh(5.0), tmp_path / "gt.ply")
