@@ -48,7 +48,7 @@ test: setup gltf-validator
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy kernel services geometry plugins facelib outputs facerecon
+	$(BIN)/mypy kernel services geometry plugins facelib outputs evaluation facerecon
 	$(BIN)/python scripts/lint_imports.py
 
 check: lint test

@@ -1,4 +1,5 @@
-"""Landmark accuracy on the 112 LFPW photos with human iBUG-68 annotations.
+"""Landmark accuracy on the 112 LFPW photos with human iBUG-68 annotations: ``facerecon eval landmarks``
+(:mod:`facerecon.evaluation.landmarks`) on ``../shared/data/faces/lfpw-68``, plus the held-out half.
 
 For each photo: the detector's face that matches the annotation, then the ``landmarks68`` that each
 stage's mesh re-projects into the image, scored by NME (mean error / outer-eye-corner distance). A
@@ -17,9 +18,9 @@ import json
 
 import numpy as np
 
-from facerecon.evaluation import annotated_face_index, nme, read_pts, shared_data_dir
-from facerecon.kernel import IBUG68, Pipeline
-from facerecon.kernel.host.imageio import load_image
+from facerecon.evaluation import find_annotations, shared_data_dir
+from facerecon.evaluation.landmarks import evaluate_landmarks, summarise
+from facerecon.kernel import Pipeline
 
 
 def evaluate(pipe: Pipeline, reconstruct: bool = True) -> dict[str, object]:
@@ -27,45 +28,20 @@ def evaluate(pipe: Pipeline, reconstruct: bool = True) -> dict[str, object]:
     data = shared_data_dir()
     if data is None:
         raise SystemExit("shared data not found (set FACERECON_SHARED_DATA)")
-    photos = sorted((data / "faces" / "lfpw-68").glob("*.png"))
-    errors: dict[str, list[float]] = {}
-    held_out: dict[str, list[float]] = {}
-    missed = []
-    defined: dict[str, set[int]] = {}
-    for i, photo in enumerate(photos):
-        image = load_image(photo)
-        truth = read_pts(photo.with_suffix(".pts"))
-        faces = pipe.detect(image)
-        index = annotated_face_index(np.array([f.box for f in faces]), truth)
-        if index is None:
-            missed.append(photo.name)
-            continue
-        face = faces[index]
-        if face.landmarks.scheme == IBUG68 and len(face.landmarks.points) == len(truth):
-            error = nme(face.landmarks.xy, truth)
-            defined.setdefault("detector", set()).add(len(truth))
-            errors.setdefault("detector", []).append(error)
-            if i % 2 == 1:
-                held_out.setdefault("detector", []).append(error)
-        stages = pipe.reconstruct_face(image, face).stages if reconstruct else ()
-        for stage in stages:
-            marks = stage.mesh.landmarks(IBUG68)
-            if marks is None:
-                continue
-            assert marks.visibility is not None
-            error = nme(marks.xy, truth, marks.visibility > 0)
-            defined.setdefault(stage.stage, set()).add(int((marks.visibility > 0).sum()))
-            errors.setdefault(stage.stage, []).append(error)
-            if i % 2 == 1:
-                held_out.setdefault(stage.stage, []).append(error)
+    photos = find_annotations(data / "faces" / "lfpw-68")
+    rows = evaluate_landmarks(pipe, photos, reconstruct=reconstruct)
+    stages = summarise(rows)["stages"]
+    held_out = rows[1::2]  # the odd-numbered photos (sorted by name), not used to fit the iBUG-68 map
     return {
         "photos": len(photos),
-        "missed": missed,
-        "nme_mean": {k: round(float(np.mean(v)), 4) for k, v in errors.items()},
-        "nme_median": {k: round(float(np.median(v)), 4) for k, v in errors.items()},
-        "nme_mean_held_out_odd_half": {k: round(float(np.mean(v)), 4) for k, v in held_out.items()},
-        "landmarks_defined": {k: sorted(v) for k, v in defined.items()},
-        "failure_rate_nme_over_0.1": {k: round(float(np.mean(np.array(v) > 0.1)), 4) for k, v in errors.items()},
+        "missed": [r["annotation"] for r in rows if r["face"] is None],
+        "nme_mean": {k: v["nme_io_mean"] for k, v in stages.items()},
+        "nme_median": {k: v["nme_io_median"] for k, v in stages.items()},
+        "nme_mean_held_out_odd_half": {
+            k: round(float(np.mean([r["nme_io"][k] for r in held_out if k in r["nme_io"]])), 4) for k in stages
+        },
+        "landmarks_defined": {k: v["points_scored"] for k, v in stages.items()},
+        "failure_rate_nme_over_0.1": {k: v["failure_rate_0.1"] for k, v in stages.items()},
     }
 
 

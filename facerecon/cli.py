@@ -2,6 +2,8 @@
 
     facerecon reconstruct photo.jpg photos/ 'shots/*.png' -o out/
     facerecon plugins [--json]
+    facerecon eval landmarks|rgbd|mesh ...
+    facerecon bench photos/
 
 Exit codes: 0 every input succeeded, 1 some inputs failed (see OUT/failures.json), 2 usage or
 configuration error, 130 interrupted (OUT/summary.json and failures.json still cover what was done).
@@ -20,6 +22,7 @@ from pathlib import Path
 
 from facerecon import __version__
 from facerecon.batch import BatchWorker, Outcome, WriteOptions
+from facerecon.evaluation.command import add_evaluation_commands
 from facerecon.kernel import PipelineConfig, PluginHost
 from facerecon.kernel.contract.errors import ConfigError, InputError, ModelFileError, PluginError
 from facerecon.kernel.host.commands import DefaultsHelpFormatter
@@ -102,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     plugins.add_argument("-c", "--config", type=Path, help="TOML config (its allow/block lists apply)")
     host = PluginHost()
     host.add_pipeline_flags(rec)  # e.g. --remote, from the `remote` stage plugin
+    add_evaluation_commands(sub, host)  # `eval landmarks|rgbd|mesh`, `bench` (facerecon.evaluation.command)
     # Plugins add their own sub-commands (e.g. `facerecon models`), each with a handler(args) -> int.
     host.pm.hook.facerecon_register_commands(subcommands=sub)
     return parser

@@ -25,7 +25,7 @@ def _lint(root: Path) -> subprocess.CompletedProcess[str]:
 
 def _copy_tree(tmp_path: Path) -> Path:
     tree = tmp_path / "tree"
-    for folder in ("facerecon", "kernel", "plugins", "services", "geometry", "facelib", "outputs"):
+    for folder in ("facerecon", "kernel", "plugins", "services", "geometry", "facelib", "outputs", "evaluation"):
         shutil.copytree(ROOT / folder, tree / folder, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", tree / "pyproject.toml")
     return tree

@@ -1,0 +1,102 @@
+"""``facerecon bench DIR``: how fast the configured pipeline runs on the photos of DIR, per stage.
+
+Measured in this process, on the device the pipeline resolves (``--device cpu`` / ``cuda``); a stage run
+elsewhere (``--remote regressor=host:port``, the ``remote`` plugin's flag) is timed over gRPC the same
+way. First-call cost is reported apart: building the stages (loading the models) and the first photo
+(compilation, caches, lazy initialisation). The rest: per stage (the pipeline's own timings: detector,
+segmenter, regressor, each refiner) and for the whole photo, median and 90th percentile in ms over every
+photo of every pass after the first photo; the process's peak resident memory (RSS).
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from facerecon.evaluation.charts import bar_chart
+from facerecon.kernel import Pipeline, PipelineConfig
+from facerecon.kernel.host.imageio import load_image
+from facerecon.outputs.meshes import atomic_write, png_bytes
+
+
+def peak_rss_mb() -> float:
+    """The process's peak resident memory so far, MB (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+def benchmark(
+    config: PipelineConfig,
+    photos: Sequence[Path],
+    passes: int = 1,
+    progress: Callable[[str, float], None] | None = None,
+) -> dict[str, Any]:
+    """The measurements of the module docstring for ``photos`` (already checked to be readable)."""
+    images = [load_image(p, max_pixels=config.max_image_pixels) for p in photos]
+    rss_before = peak_rss_mb()
+    start = time.perf_counter()
+    with Pipeline(config) as pipe:
+        pipe.warm_up()
+        load_ms = (time.perf_counter() - start) * 1000
+        timings: dict[str, list[float]] = {}
+        first_ms = 0.0
+        faces = 0
+        for round_ in range(passes):
+            for i, (photo, image) in enumerate(zip(photos, images, strict=True)):
+                start = time.perf_counter()
+                rec = pipe(image)
+                total = (time.perf_counter() - start) * 1000
+                faces += bool(rec.reconstructions)
+                if progress is not None:
+                    progress(str(photo), total)
+                if round_ == 0 and i == 0:
+                    first_ms = total
+                    continue
+                for stage, ms in {**rec.timings_ms, "total": total}.items():
+                    timings.setdefault(stage, []).append(ms)
+        stages = {
+            stage: {
+                "median_ms": round(float(np.median(v)), 2),
+                "p90_ms": round(float(np.percentile(v, 90)), 2),
+                "runs": len(v),
+            }
+            for stage, v in timings.items()
+        }
+        return {
+            "photos": len(photos),
+            "passes": passes,
+            "photos_with_a_face": faces,
+            "device": pipe.device,
+            "pipeline": {
+                "detector": pipe.config.detector,
+                "regressor": pipe.config.regressor,
+                "segmenter": pipe.config.segmenter,
+                "refiners": list(pipe.config.refiners),
+            },
+            "first_call": {"load_ms": round(load_ms, 1), "first_photo_ms": round(first_ms, 1)},
+            "stages": stages,
+            "peak_rss_mb": round(peak_rss_mb(), 1),
+            "peak_rss_before_mb": round(rss_before, 1),
+        }
+
+
+def write_report(out: Path, result: dict[str, Any]) -> list[Path]:
+    """``bench.json`` and ``bench.png`` (per stage median with its p90) in ``out``, written atomically."""
+    out.mkdir(parents=True, exist_ok=True)
+    files = [out / "bench.json", out / "bench.png"]
+    atomic_write(files[0], (json.dumps(result, indent=1) + "\n").encode())
+    stages = result["stages"]
+    chart = bar_chart(
+        [(name, s["median_ms"], s["p90_ms"]) for name, s in stages.items()],
+        f"per-photo latency on {result['device']} ({stages.get('total', {}).get('runs', 0)} runs)",
+        "ms (bar: median, tick: 90th percentile)",
+    )
+    atomic_write(files[1], png_bytes(chart))
+    return files

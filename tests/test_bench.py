@@ -1,0 +1,66 @@
+"""``facerecon bench``: the report's shape and its consistency on three real photos (no speed is
+asserted: speed belongs in benchmarks/), and bad input refused with exit code 2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from facerecon.cli import main
+
+
+def test_bench_reports_every_stage(tmp_path, lfpw, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for photo in lfpw[:3]:
+        (folder / photo.name).symlink_to(photo)
+    out = tmp_path / "report"
+    assert main(["bench", str(folder), "-o", str(out), "-q", "--refiners", "laplace", "--device", "cpu"]) == 0
+    result = json.loads((out / "bench.json").read_text())
+    assert result == json.loads(capsys.readouterr().out)
+    assert result["photos"] == 3 and result["photos_with_a_face"] == 3 and result["device"] == "cpu"
+    stages = result["stages"]
+    assert set(stages) == {"detector", "segmenter", "regressor", "refiner:laplace", "total"}
+    for stage in stages.values():
+        assert stage["runs"] == 2  # the first photo is the first-call cost, reported apart
+        assert 0 < stage["median_ms"] <= stage["p90_ms"]
+    assert stages["total"]["median_ms"] >= max(s["median_ms"] for n, s in stages.items() if n != "total")
+    assert result["first_call"]["load_ms"] > 0 and result["first_call"]["first_photo_ms"] > 0
+    assert result["peak_rss_mb"] >= result["peak_rss_before_mb"] > 0
+    with Image.open(out / "bench.png") as chart:
+        assert chart.size[0] == 900 and chart.size[1] == 110 + 40 * len(stages)
+
+
+def test_bench_times_a_stage_over_grpc(tmp_path, lfpw, capsys):
+    """``--remote regressor=ADDRESS`` (the remote plugin's flag): the regressor is a real gRPC server on
+    loopback, and its row is the remote call's time."""
+    from services_support import serving
+
+    from facerecon.services.server import Server, ServerSettings
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for photo in lfpw[:2]:
+        (folder / photo.name).symlink_to(photo)
+    server = Server.for_stage("regressor", "landmark-mesh", device="cpu", settings=ServerSettings(port=0))
+    with serving(server) as address:
+        argv = ["bench", str(folder), "-o", str(tmp_path / "report"), "-q", "--passes", "2", "--device", "cpu"]
+        assert main([*argv, "--remote", f"regressor={address}"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["pipeline"]["regressor"] == "remote"
+    assert result["photos_with_a_face"] == 4 and result["stages"]["regressor"]["runs"] == 3
+
+
+@pytest.mark.parametrize("case", ["no photos", "bad passes"])
+def test_bench_refuses_bad_input(tmp_path, case, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    argv = ["bench", str(folder), "-o", str(tmp_path / "report")]
+    if case == "bad passes":
+        Image.new("RGB", (64, 64)).save(folder / "a.png")
+        argv += ["--passes", "0"]
+    assert main(argv) == 2
+    assert ("no images matched" if case == "no photos" else "--passes") in capsys.readouterr().err
+    assert not (tmp_path / "report").exists()
