@@ -32,6 +32,7 @@ from facerecon.kernel.host.config import PipelineConfig
 from facerecon.kernel.host.devices import resolve_device
 from facerecon.kernel.host.imageio import fit_within, load_image
 from facerecon.kernel.host.registry import PluginHost
+from facerecon.kernel.host.threads import limit_threads
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,8 @@ class Pipeline:
         key = (kind, name)
         if key not in self._stages:
             self._stages[key] = self.host.create(kind, name, self.config.options_for(kind, name), self.device)
+            # After the stage loaded its libraries (BLAS, torch): pools sized for per-face work (threads.py).
+            limit_threads(self.config.blas_threads, self.config.torch_threads)
         return self._stages[key]
 
     @property
