@@ -219,6 +219,10 @@ class LaplaceRefiner:
             ),
         )
 
+    def warm_up(self) -> None:
+        """Load the compiled rasteriser (numba; compiled on the first use after an install) on one triangle."""
+        rasterize_depth(np.array([[0.0, 0, 1], [4, 0, 1], [0, 4, 1]]), np.array([[0, 1, 2]]), (0, 0, 4, 4))
+
     # -- the stage ----------------------------------------------------------------------------------
 
     def refine(self, image: np.ndarray, face: Face, mesh: Mesh, segmentation: Segmentation | None) -> Mesh:

@@ -396,12 +396,37 @@ def facerecon_add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
         help="run that stage (detector, regressor, segmenter or a refiner's name) on `facerecon serve` servers "
         "(repeatable)",
     )
+    parser.add_argument(
+        "--deadline",
+        type=float,
+        metavar="SECONDS",
+        help=f"deadline of each call to a remote stage (default: the config's deadline_s, else "
+        f"{RemoteOptions.deadline_s:g}); the server stops the call's work when it passes",
+    )
 
 
 @hookimpl
 def facerecon_apply_pipeline_flags(config: PipelineConfig, args: argparse.Namespace) -> PipelineConfig | None:
     entries = getattr(args, "remote", None)
-    return apply_remote(config, entries) if entries else None
+    deadline = getattr(args, "deadline", None)
+    if not entries and deadline is None:
+        return None
+    config = apply_remote(config, entries or ())
+    return config if deadline is None else with_deadline(config, deadline)
+
+
+def with_deadline(config: PipelineConfig, seconds: float) -> PipelineConfig:
+    """Every remote stage of ``config`` with the call deadline ``seconds`` (``--deadline``)."""
+    if not seconds > 0:
+        raise ConfigError(f"--deadline must be a positive number of seconds, got {seconds!r}")
+    stages = [(kind, getattr(config, kind)) for kind in ("detector", "regressor", "segmenter")]
+    stages += [("refiner", name) for name in config.refiners]
+    remote = [(kind, name) for kind, name in stages if name == NAME or str(name).startswith(f"{NAME}@")]
+    if not remote:
+        raise ConfigError("--deadline applies to remote stages, and none is configured (use --remote STAGE=ADDRESS)")
+    for kind, name in remote:
+        config = config.with_options(kind, str(name), {"deadline_s": seconds})
+    return config
 
 
 def apply_remote(config: PipelineConfig, entries: Iterable[str]) -> PipelineConfig:

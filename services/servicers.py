@@ -24,7 +24,7 @@ from facerecon.v1 import pipeline_pb2, pipeline_pb2_grpc, stages_pb2, stages_pb2
 
 from . import convert
 from .kinds import PIPELINE_SERVICE, STAGE_SERVICES
-from .loader import StageLoader, check_deadline
+from .loader import StageLoader, check_call, check_deadline
 
 T = TypeVar("T")
 
@@ -54,17 +54,24 @@ def _decode(context: grpc.ServicerContext, decode: Callable[[], T]) -> T:  # typ
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
 
+def _warm_stage(stage: Any) -> None:
+    warm = getattr(stage, "warm_up", None)
+    if callable(warm):
+        warm()
+
+
 def _warm_detector(detector: Any) -> None:
     """One detection on a blank image, so the first real call does not pay for lazy initialisation."""
     import numpy as np
 
+    _warm_stage(detector)
     detector.detect(np.zeros((128, 128, 3), np.uint8))
 
 
 def _warm_pipeline(pipe: Pipeline) -> None:
     import numpy as np
 
-    pipe(np.zeros((128, 128, 3), np.uint8))
+    pipe(np.zeros((128, 128, 3), np.uint8))  # (Server.for_pipeline's build ran pipe.warm_up())
 
 
 # -- the stage servicers ---------------------------------------------------------------------------
@@ -75,8 +82,9 @@ class _StageServicer:
 
     @classmethod
     def warmer(cls) -> Callable[[Any], None] | None:
-        """What runs once on each freshly built stage object before the server says SERVING (None: nothing)."""
-        return None
+        """What runs once on each freshly built stage object before the server says SERVING: the stage's own
+        optional ``warm_up()`` (see :mod:`facerecon.kernel.contract.stages`)."""
+        return _warm_stage
 
     def __init__(self, host: PluginHost, name: str, loader: StageLoader, device: str, max_image_pixels: int) -> None:
         self.spec = host.spec(self.kind, name)
@@ -247,6 +255,7 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServicer):
         def work(pipe: Pipeline) -> dict[str, Any]:
             image = _decode(context, lambda: convert.image_from_proto(request.image, max_pixels=self.max_image_pixels))
             rec = run_pipeline(pipe, image, all_faces, context)
+            check_call(context)  # nobody waits for the outputs any more
             plugins = pipe.plugin_ids()
             convert.reconstruction_to_proto(rec, response.reconstruction)
             if not (formats and rec.reconstructions):
@@ -265,5 +274,6 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServicer):
 
 
 def run_pipeline(pipe: Pipeline, image: Any, all_faces: bool, context: grpc.ServicerContext) -> Reconstruction:
-    """The pipeline on one image, checking the call's deadline before each face."""
-    return pipe(image, all_faces=all_faces, before_face=lambda: check_deadline(context))
+    """The pipeline on one image; it stops before its next stage once the call has ended (cancelled by the
+    client or past its deadline: :func:`~.loader.check_call`)."""
+    return pipe(image, all_faces=all_faces, before_stage=lambda: check_call(context))

@@ -2,6 +2,10 @@
 (see :mod:`facerecon.kernel.contract.hookspecs`); they hold their models and are reused for every image.
 
 All images are ``uint8 (H, W, 3)`` RGB in the image frame; see :mod:`facerecon.kernel.contract.records`.
+
+Any stage may also offer ``warm_up(self) -> None``: one-off initialisation its first call would otherwise pay
+(JIT compilation, lazy imports, caches). ``Pipeline.warm_up`` and the gRPC servers run it once the stage is
+built — a server says NOT_SERVING until it returns, so its first caller does not wait past a deadline.
 """
 
 from __future__ import annotations
