@@ -98,6 +98,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.kind != "pipeline" and (getattr(args, "remote", None) or args.detector or args.regressor or args.refiners):
         raise ConfigError("--detector/--regressor/--refiners/--remote only apply to `serve pipeline`")
     config = _config(args)
+    if ("pipeline", "remote") in config.options:
+        raise ConfigError("serve pipeline runs the stages itself: --remote pipeline=... is for reconstruct")
     token = None
     if args.token_file is not None:
         try:

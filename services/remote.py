@@ -45,7 +45,7 @@ from facerecon.kernel.host.config import PipelineConfig
 from facerecon.v1 import stages_pb2
 
 from . import convert
-from .kinds import STAGE_SERVICES
+from .kinds import service_for
 
 NAME = "remote"
 MAX_ATTEMPTS = 5
@@ -246,7 +246,7 @@ class RemoteStage:
             )
         self.options = options
         self.target = grpc_target(options.address)
-        service = STAGE_SERVICES[self.kind]
+        service = service_for(self.kind)
         self._key, self.channel = CHANNELS.acquire(self.target, service.service, options)
         self._closed = False
         self.stub: Any = service.stub(self.channel)
@@ -394,7 +394,7 @@ def facerecon_add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="STAGE=ADDRESS[,ADDRESS...]",
         help="run that stage (detector, regressor, segmenter or a refiner's name) on `facerecon serve` servers "
-        "(repeatable)",
+        "(repeatable); pipeline=ADDRESS sends whole photos to `facerecon serve pipeline`",
     )
     parser.add_argument(
         "--deadline",
@@ -415,6 +415,16 @@ def facerecon_apply_pipeline_flags(config: PipelineConfig, args: argparse.Namesp
     return config if deadline is None else with_deadline(config, deadline)
 
 
+@hookimpl
+def facerecon_make_pipeline(config: PipelineConfig) -> Any | None:
+    """The remote pipeline of ``--remote pipeline=ADDRESS`` (``[options.pipeline.remote]``), else None."""
+    if ("pipeline", NAME) not in config.options:
+        return None
+    from .remote_pipeline import RemotePipeline
+
+    return RemotePipeline(config)
+
+
 def with_deadline(config: PipelineConfig, seconds: float) -> PipelineConfig:
     """Every remote stage of ``config`` with the call deadline ``seconds`` (``--deadline``)."""
     if not seconds > 0:
@@ -422,6 +432,7 @@ def with_deadline(config: PipelineConfig, seconds: float) -> PipelineConfig:
     stages = [(kind, getattr(config, kind)) for kind in ("detector", "regressor", "segmenter")]
     stages += [("refiner", name) for name in config.refiners]
     remote = [(kind, name) for kind, name in stages if name == NAME or str(name).startswith(f"{NAME}@")]
+    remote += [("pipeline", NAME)] * (("pipeline", NAME) in config.options)
     if not remote:
         raise ConfigError("--deadline applies to remote stages, and none is configured (use --remote STAGE=ADDRESS)")
     for kind, name in remote:
@@ -434,13 +445,20 @@ def apply_remote(config: PipelineConfig, entries: Iterable[str]) -> PipelineConf
 
     STAGE is ``detector``, ``regressor`` or ``segmenter`` (that stage becomes ``remote``, asking the server
     for the plugin configured locally, if one was named), or the name of a configured refiner (it becomes
-    ``remote@NAME``; ``refiner`` alone means the only configured one).
+    ``remote@NAME``; ``refiner`` alone means the only configured one), or ``pipeline``: whole photos go to
+    a ``facerecon serve pipeline`` server (``[options.pipeline.remote]``, see :mod:`.remote_pipeline`).
     """
+    entries = list(entries)
     for entry in entries:
         key, sep, address = entry.partition("=")
         key, address = key.strip(), address.strip()
         if not sep or not key or not address:
             raise ConfigError(f"--remote takes STAGE=HOST:PORT[,HOST:PORT...], got {entry!r}")
+        if key == "pipeline":  # whole photos to `facerecon serve pipeline` (remote_pipeline.py)
+            if len(entries) > 1:
+                raise ConfigError("--remote pipeline=... sends whole photos to one server: no other --remote with it")
+            config = config.with_options("pipeline", NAME, {"address": address})
+            continue
         if key in ("detector", "regressor", "segmenter"):
             current = getattr(config, key)
             table: dict[str, Any] = {"address": address}

@@ -108,8 +108,10 @@ def test_health_says_not_serving_until_the_stage_is_warmed_up(host):
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE  # at once, not after the caller's deadline
             assert server.wait_ready(10)
             assert wait_for(
-                lambda: health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
-                == health_pb2.HealthCheckResponse.SERVING
+                lambda: (
+                    health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
+                    == health_pb2.HealthCheckResponse.SERVING
+                )
             )
             started = time.monotonic()
             stages_pb2_grpc.RefinerStub(channel).Refine(small_refine_request(), timeout=5)
@@ -133,3 +135,31 @@ def test_deadline_flag_sets_every_remote_stage():
         facerecon_apply_pipeline_flags(config=PipelineConfig(), args=argparse.Namespace(remote=[], deadline=5.0))
     with pytest.raises(ConfigError, match="positive"):
         facerecon_apply_pipeline_flags(config=config, args=argparse.Namespace(remote=[], deadline=0.0))
+
+
+def test_reconstruct_sends_whole_photos_to_a_pipeline_server(host, lfpw, tmp_path, monkeypatch):
+    """`--remote pipeline=ADDRESS`: the photo goes to `serve pipeline`, which runs every stage; the outputs are
+    written here, the same meshes as a local run's."""
+    import json
+
+    from services_support import install_entry_points
+
+    from facerecon.cli import main
+
+    install_entry_points(monkeypatch, tmp_path)
+    config = PipelineConfig(regressor="landmark-mesh", device="cpu")
+    server = Server.for_pipeline(config, host=host, settings=ANY_PORT)
+    with serving(server) as address:
+        far, near = tmp_path / "far", tmp_path / "near"
+        argv = ["reconstruct", str(lfpw[0]), "-q", "--regressor", "landmark-mesh", "--device", "cpu"]
+        assert main([*argv, "-o", str(far), "--remote", f"pipeline={address}", "--deadline", "60"]) == 0
+        assert main([*argv, "-o", str(near)]) == 0
+    remote, local = (json.loads((out / lfpw[0].stem / "result.json").read_text()) for out in (far, near))
+    assert remote["reconstructions"][0]["stages"][0]["plugin"] == "landmark-mesh"  # run by the server
+    assert (
+        remote["reconstructions"][0]["stages"][0]["landmarks68"]
+        == local["reconstructions"][0]["stages"][0]["landmarks68"]
+    )
+    assert (far / lfpw[0].stem / "coarse.obj").read_bytes() == (near / lfpw[0].stem / "coarse.obj").read_bytes()
+    with pytest.raises(ConfigError, match="no other --remote"):
+        apply_remote(PipelineConfig(), ["pipeline=h:1", "detector=h:2"])

@@ -231,6 +231,10 @@ class PluginHost:
                 config = changed
         return config
 
+    def make_pipeline(self, config: PipelineConfig) -> Any | None:
+        """A plugin's replacement for the local pipeline of ``config`` (``facerecon_make_pipeline``), or None."""
+        return self.pm.hook.facerecon_make_pipeline(config=config)
+
     # -- stages --------------------------------------------------------------------------------
 
     @property
