@@ -114,4 +114,5 @@ def facerecon_register_stages(registry: Registrar) -> None:
         priority=-10,  # below landmark-mesh for MediaPipe landmarks, which it follows exactly (with depth)
         accepts=SCHEMES,
         devices=("cpu",),
+        reads="landmarks",  # a remote regressor is sent no pixel
     )

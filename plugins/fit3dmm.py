@@ -203,4 +203,5 @@ def facerecon_register_stages(registry: Registrar) -> None:
         priority=10,
         available=_model_configured,
         devices=("cpu",),  # any scheme the model has a correspondence for (known when it loads)
+        reads="landmarks",  # a remote regressor is sent no pixel
     )

@@ -69,4 +69,5 @@ def facerecon_register_stages(registry: Registrar) -> None:
         license_note="canonical mesh: Apache-2.0 (Google MediaPipe)",
         accepts=("mediapipe478", "mediapipe468"),
         devices=("cpu",),
+        reads="landmarks",  # a remote regressor is sent no pixel
     )

@@ -338,4 +338,5 @@ def facerecon_register_stages(registry: Registrar) -> None:
         LaplaceRefiner,
         options=LaplaceOptions,
         summary="medium stage: Laplacian deformation pulled by the dense landmarks through an index map",
+        reads="landmarks",  # a remote refiner is sent no pixel
     )

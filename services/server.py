@@ -139,6 +139,7 @@ class Server:
     ) -> None:
         self.kind = kind
         self.loader = loader
+        self.servicer = servicer
         self.settings = settings
         self.describe = describe
         self.health = health.HealthServicer(experimental_non_blocking=True)

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, TypeVar
 import grpc
 
 from facerecon import __version__
-from facerecon.kernel import Face, Pipeline, PipelineConfig, PluginHost
+from facerecon.kernel import Face, Mesh, Pipeline, PipelineConfig, PluginHost
 from facerecon.kernel.contract.errors import FaceReconError, InputError, RecordError
 from facerecon.kernel.contract.records import Reconstruction
 from facerecon.kernel.contract.stages import check_result
@@ -24,6 +24,7 @@ from facerecon.v1 import pipeline_pb2, pipeline_pb2_grpc, stages_pb2, stages_pb2
 
 from . import convert
 from .kinds import PIPELINE_SERVICE, STAGE_SERVICES
+from .layouts import MeshLayouts, UnknownLayout
 from .loader import StageLoader, check_call, check_deadline
 
 T = TypeVar("T")
@@ -31,6 +32,11 @@ T = TypeVar("T")
 
 class PluginContractError(FaceReconError):
     """A served plugin returned something its protocol does not allow."""
+
+
+FEATURES = ("image-window", "mesh-layouts")
+"""Protocol features every server here understands (``StageInfo.features``): image windows, and meshes sent
+as vertices with a layout digest (:mod:`.layouts`)."""
 
 
 def stage_info(kind: str, spec: StageSpec, stage: Any, device: str, server_version: str = "") -> stages_pb2.StageInfo:
@@ -43,13 +49,18 @@ def stage_info(kind: str, spec: StageSpec, stage: Any, device: str, server_versi
         stage=str(getattr(stage, "stage", STAGE_SERVICES[kind].default_stage)),
         device=device,
         server_version=server_version,
+        reads=spec.reads,
+        features=FEATURES,
     )
 
 
 def _decode(context: grpc.ServicerContext, decode: Callable[[], T]) -> T:  # type: ignore[return]
-    """Run a request decoder: every problem with the request is the caller's (INVALID_ARGUMENT)."""
+    """Run a request decoder: every problem with the request is the caller's (INVALID_ARGUMENT), but a mesh
+    layout this server does not hold (FAILED_PRECONDITION: the client sends the whole mesh again)."""
     try:
         return decode()
+    except UnknownLayout as exc:
+        context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
     except (RecordError, InputError) as exc:
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
@@ -91,6 +102,15 @@ class _StageServicer:
         self.loader = loader
         self.device = device
         self.max_image_pixels = max_image_pixels
+        self.layouts = MeshLayouts(size=8)
+        """Mesh layouts clients sent or were sent (a client then sends and gets vertices only)."""
+
+    def _sent_as(self, mesh: Mesh, known: Any) -> str | None:
+        """The layout digest to send ``mesh`` under when the client holds its layout (``known_layouts``)."""
+        if not known:
+            return None
+        digest = self.layouts.digest(mesh)
+        return digest if digest in known else None
 
     def Info(self, request: stages_pb2.InfoRequest, context: grpc.ServicerContext) -> stages_pb2.StageInfo:
         if not self.loader.ready.is_set():
@@ -154,7 +174,9 @@ class RegressorServicer(_StageServicer, stages_pb2_grpc.RegressorServicer):
         face = self._face(request, context)
         result = self._run(context, lambda stage: stage.regress(self._image(request, context), face))
         response = stages_pb2.RegressResponse()
-        convert.coarse_to_proto(result, response.result)
+        convert.coarse_to_proto(
+            result, response.result, layout_digest=self._sent_as(result.mesh, request.known_layouts)
+        )
         return response
 
 
@@ -178,7 +200,7 @@ class RefinerServicer(_StageServicer, stages_pb2_grpc.RefinerServicer):
         face = self._face(request, context)
         if not request.HasField("mesh"):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the request carries no mesh")
-        mesh = _decode(context, lambda: convert.mesh_from_proto(request.mesh))
+        mesh = _decode(context, lambda: convert.mesh_from_proto(request.mesh, layouts=self.layouts))
         segmentation = (
             _decode(context, lambda: convert.segmentation_from_proto(request.segmentation))
             if request.HasField("segmentation")
@@ -188,7 +210,10 @@ class RefinerServicer(_StageServicer, stages_pb2_grpc.RefinerServicer):
             context, lambda stage: stage.refine(self._image(request, context), face, mesh, segmentation)
         )
         response = stages_pb2.RefineResponse()
-        convert.refinement_to_proto(refined, response.refinement)
+        out = refined if isinstance(refined, Mesh) else refined.mesh
+        convert.refinement_to_proto(
+            refined, response.refinement, layout_digest=self._sent_as(out, request.known_layouts)
+        )
         return response
 
 

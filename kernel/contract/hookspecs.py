@@ -40,6 +40,7 @@ class Registrar(Protocol):
         accepts: tuple[str, ...] | None = None,
         produces: tuple[str, ...] | None = None,
         devices: tuple[str, ...] = ("cpu", "cuda"),
+        reads: str = "image",
     ) -> None:
         """Offer stage ``name`` of ``kind``.
 
@@ -63,6 +64,10 @@ class Registrar(Protocol):
             remote one).
         :param devices: where it runs (a CPU-only stage runs on the CPU in a CUDA pipeline); shown by
             ``facerecon plugins``.
+        :param reads: what of the image the stage reads (:data:`~facerecon.kernel.contract.stages.READS`):
+            ``"image"`` (any pixel; the default), ``"face-crop"`` (only the pixels of
+            :func:`~facerecon.kernel.contract.stages.face_window`) or ``"landmarks"`` (no pixel: the image's
+            size only). A remote stage sends only that; declare no less than the stage reads.
         """
         ...
 

@@ -21,7 +21,7 @@ import pluggy
 from facerecon.kernel.contract import hookspecs
 from facerecon.kernel.contract.errors import ConfigError, PluginError
 from facerecon.kernel.contract.hookspecs import StageFactory
-from facerecon.kernel.contract.stages import STAGE_KINDS, STAGE_PROTOCOLS
+from facerecon.kernel.contract.stages import READS, STAGE_KINDS, STAGE_PROTOCOLS
 from facerecon.kernel.host import hookspecs as host_hookspecs
 from facerecon.kernel.host.config import PipelineConfig
 from facerecon.kernel.host.options import parse_options
@@ -54,6 +54,7 @@ class StageSpec:
     accepts: tuple[str, ...] | None = None
     produces: tuple[str, ...] | None = None
     devices: tuple[str, ...] = ("cpu", "cuda")
+    reads: str = "image"
 
     def is_available(self) -> bool:
         """Whether the stage can run with no options given (e.g. its model files are configured)."""
@@ -96,6 +97,7 @@ class StageRegistrar:
         accepts: tuple[str, ...] | None = None,
         produces: tuple[str, ...] | None = None,
         devices: tuple[str, ...] = ("cpu", "cuda"),
+        reads: str = "image",
     ) -> None:
         """Offer a stage ``name`` of ``kind``; see the hookspec (``Registrar.register``) for the arguments.
 
@@ -110,6 +112,8 @@ class StageRegistrar:
             raise PluginError(f"plugin {self.plugin!r}: options of {kind} {name!r} must be a dataclass")
         if not callable(factory):
             raise PluginError(f"plugin {self.plugin!r}: factory of {kind} {name!r} is not callable")
+        if reads not in READS:
+            raise PluginError(f"plugin {self.plugin!r}: reads of {kind} {name!r} must be one of {READS}, got {reads!r}")
         for what, value in (("accepts", accepts), ("produces", produces), ("devices", devices)):
             if value is not None and (isinstance(value, str) or not all(isinstance(v, str) and v for v in value)):
                 raise PluginError(f"plugin {self.plugin!r}: {what} of {kind} {name!r} must be a tuple of names")
@@ -129,6 +133,7 @@ class StageRegistrar:
                 accepts=None if accepts is None else tuple(accepts),
                 produces=None if produces is None else tuple(produces),
                 devices=tuple(devices),
+                reads=reads,
             )
         )
 
