@@ -69,9 +69,7 @@ def test_regressor_gets_no_pixel_and_later_meshes_come_as_vertices(host, local, 
     assert request.ByteSize() < 20_000  # the landmarks, not the 1.3 MB photo
 
 
-def test_laplace_is_sent_vertices_once_it_holds_the_layout_and_resent_whole_when_it_does_not(
-    host, local, face_photo
-):
+def test_laplace_is_sent_vertices_once_it_holds_the_layout_and_resent_whole_when_it_does_not(host, local, face_photo):
     face = local.detect(face_photo)[0]
     coarse = local.regressor.regress(face_photo, face).mesh
     expected = local.refiners[0][1].refine(face_photo, face, coarse, None)
@@ -104,7 +102,7 @@ def test_segmenter_gets_the_face_window_only(host, local, face_photo):
         seg = stage.segment(face_photo, face)
         stage.close()
     assert differences(seg, local.segmenter.segment(face_photo, face)) == []
-    (request, _), = calls
+    ((request, _),) = calls
     left, top, right, bottom = face_window(face, *face_photo.shape[:2])
     assert list(request.image.pixels.shape) == [bottom - top, right - left, 3]
     assert (request.image.window.left, request.image.window.top) == (left, top)
@@ -113,22 +111,22 @@ def test_segmenter_gets_the_face_window_only(host, local, face_photo):
 
 def test_a_client_that_predates_it_gets_whole_messages(host, local, face_photo):
     face = local.detect(face_photo)[0]
-    with serving(Server.for_stage("regressor", "landmark-mesh", host=host, settings=ANY_PORT)) as address:
-        with grpc.insecure_channel(address) as channel:
-            stub = stages_pb2_grpc.RegressorStub(channel)
-            info = stub.Info(stages_pb2.InfoRequest(), timeout=10)
-            assert info.reads == "landmarks" and "mesh-layouts" in info.features
-            request = stages_pb2.RegressRequest()
-            convert.image_to_proto(face_photo, request.image)
-            convert.face_to_proto(face, request.face)
-            for _ in range(2):
-                mesh = stub.Regress(request, timeout=30).result.mesh
-                assert mesh.HasField("triangles") and not mesh.layout_digest
-            # A vertices-only mesh for a layout the server never saw, and a window that does not fit.
-            bad = stages_pb2.RefineRequest()
-            convert.image_to_proto(face_photo, bad.image, (0, 0, 10, 10))
-            bad.image.window.width = 5
-            convert.face_to_proto(face, bad.face)
-            with pytest.raises(grpc.RpcError) as err:
-                stub.Regress(stages_pb2.RegressRequest(image=bad.image, face=bad.face), timeout=30)
-            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "window" in err.value.details()
+    server = Server.for_stage("regressor", "landmark-mesh", host=host, settings=ANY_PORT)
+    with serving(server) as address, grpc.insecure_channel(address) as channel:
+        stub = stages_pb2_grpc.RegressorStub(channel)
+        info = stub.Info(stages_pb2.InfoRequest(), timeout=10)
+        assert info.reads == "landmarks" and "mesh-layouts" in info.features
+        request = stages_pb2.RegressRequest()
+        convert.image_to_proto(face_photo, request.image)
+        convert.face_to_proto(face, request.face)
+        for _ in range(2):
+            mesh = stub.Regress(request, timeout=30).result.mesh
+            assert mesh.HasField("triangles") and not mesh.layout_digest
+        # A window that does not fit its image.
+        bad = stages_pb2.RegressRequest()
+        convert.image_to_proto(face_photo, bad.image, (0, 0, 10, 10))
+        bad.image.window.width = 5
+        convert.face_to_proto(face, bad.face)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Regress(bad, timeout=30)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "window" in err.value.details()
