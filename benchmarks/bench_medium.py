@@ -64,9 +64,9 @@ CHAINS = ("landmark-mesh", "mediapipe-sfm", "dlib-sfm")
 
 def chain_config(chain: str, sfm: str) -> PipelineConfig:
     if chain == "landmark-mesh":
-        return PipelineConfig(regressor="landmark-mesh", segmenter=None)
+        return PipelineConfig(regressor="landmark-mesh", segmenter=None, refiners=())
     detector = "dlib" if chain == "dlib-sfm" else "mediapipe"
-    return PipelineConfig(detector=detector, regressor="3dmm-fit", segmenter=None).with_options(
+    return PipelineConfig(detector=detector, regressor="3dmm-fit", segmenter=None, refiners=()).with_options(
         "regressor", "3dmm-fit", {"model": sfm}
     )
 

@@ -190,7 +190,7 @@ def test_dlib_jaw_line_reuses_the_factorisation(shared_data, lfpw):
     from facerecon.kernel.host.imageio import load_image
 
     model = shared_data / "models" / "sfm" / "sfm_shape_3448.bin"
-    config = PipelineConfig(detector="dlib", regressor="3dmm-fit", segmenter=None).with_options(
+    config = PipelineConfig(detector="dlib", regressor="3dmm-fit", segmenter=None, refiners=()).with_options(
         "regressor", "3dmm-fit", {"model": str(model)}
     )
     inputs = []

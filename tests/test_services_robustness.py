@@ -147,11 +147,11 @@ def test_reconstruct_sends_whole_photos_to_a_pipeline_server(host, lfpw, tmp_pat
     from facerecon.cli import main
 
     install_entry_points(monkeypatch, tmp_path)
-    config = PipelineConfig(regressor="landmark-mesh", device="cpu")
+    config = PipelineConfig(regressor="landmark-mesh", refiners=(), device="cpu")
     server = Server.for_pipeline(config, host=host, settings=ANY_PORT)
     with serving(server) as address:
         far, near = tmp_path / "far", tmp_path / "near"
-        argv = ["reconstruct", str(lfpw[0]), "-q", "--regressor", "landmark-mesh", "--device", "cpu"]
+        argv = ["reconstruct", str(lfpw[0]), "-q", "--regressor", "landmark-mesh", "--refiners", "", "--device", "cpu"]
         assert main([*argv, "-o", str(far), "--remote", f"pipeline={address}", "--deadline", "60"]) == 0
         assert main([*argv, "-o", str(near)]) == 0
     remote, local = (json.loads((out / lfpw[0].stem / "result.json").read_text()) for out in (far, near))

@@ -28,13 +28,15 @@ def restore_blas():
 def test_pipeline_limits_blas_to_one_thread_by_default(restore_blas):
     limit_threads(2)
     assert blas_threads() == {2}
-    with Pipeline(PipelineConfig(regressor="landmark-mesh", segmenter=None, device="cpu")) as pipe:
+    with Pipeline(PipelineConfig(regressor="landmark-mesh", segmenter=None, refiners=(), device="cpu")) as pipe:
         pipe.warm_up()
         assert blas_threads() == {1}  # numpy's and scipy's OpenBLAS alike
 
 
 def test_configured_threads_apply(restore_blas):
-    with Pipeline(PipelineConfig(regressor="landmark-mesh", segmenter=None, device="cpu", blas_threads=2)) as pipe:
+    with Pipeline(
+        PipelineConfig(regressor="landmark-mesh", segmenter=None, refiners=(), device="cpu", blas_threads=2)
+    ) as pipe:
         pipe.warm_up()
         assert blas_threads() == {2}
 
