@@ -1,12 +1,14 @@
 """The cost of running stages as gRPC services on loopback.
 
     python benchmarks/bench_grpc.py [--photos 40] [--refiners laplace] [--clients 4] [--images-per-client 20]
+        [--no-throughput]
 
 1. Per-image latency over the shared LFPW photos: the pipeline in-process against the same pipeline with
-   every stage `remote` (one `facerecon serve` subprocess per stage on 127.0.0.1), runs interleaved;
-   medians, 90th percentiles and the relative overhead.
-2. Bytes on the wire per stage and call: serialized request and response messages (HTTP/2 framing and
-   headers not included).
+   every stage `remote` (one `facerecon serve` subprocess per stage on 127.0.0.1), and against it again with
+   the remote stages sending whole images and meshes (`compact = false`: the transport before issue 19),
+   runs interleaved; medians, 90th percentiles and the ratio to in-process.
+2. Bytes on the wire per stage and call, both ways: serialized request and response messages (HTTP/2
+   framing and headers not included).
 3. Throughput: N concurrent clients (threads, each with its own pipeline; channels shared) against 1 and 2
    replicas of the heaviest stage (round_robin), other stages one replica each.
 
@@ -116,39 +118,57 @@ def count_bytes(pipe: Pipeline, wire: dict[str, list[tuple[int, int]]]) -> None:
             setattr(stub, method, counted)
 
 
+def whole_messages(config: PipelineConfig) -> PipelineConfig:
+    """``config`` with every remote stage sending whole images and meshes (``compact = false``): the
+    transport as it was before issue 19, measured beside today's in the same run."""
+    stages = [(kind, getattr(config, kind)) for kind in ("detector", "regressor", "segmenter")]
+    stages += [("refiner", name) for name in config.refiners]
+    for kind, name in stages:
+        if name is not None and str(name).startswith("remote"):
+            config = config.with_options(kind, str(name), {"compact": False})
+    return config
+
+
 def latency(config: PipelineConfig, images: list[np.ndarray], servers: dict[str, ServerProcess]) -> dict[str, Any]:
+    """In-process, every stage remote (today), and every stage remote sending whole messages (before issue
+    19), interleaved image by image; medians, ratios to in-process and bytes per call of both."""
     entries = [f"{key}={servers[key].address}" for key, _, _ in stage_list(config)]
     remote_config = apply_remote(config, entries)
-    local_ms: list[float] = []
-    remote_ms: list[float] = []
-    wire: dict[str, list[tuple[int, int]]] = defaultdict(list)
-    with Pipeline(config, host()) as local, Pipeline(remote_config, host()) as far:
-        local.warm_up()
-        far.warm_up()
-        for image in images[:3]:  # one-off initialisation (JIT, caches) on both sides
-            local(image)
-            far(image)
-        count_bytes(far, wire)
+    variants = {"in_process": config, "all_remote": remote_config, "all_remote_whole": whole_messages(remote_config)}
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    wire: dict[str, dict[str, list[tuple[int, int]]]] = {name: defaultdict(list) for name in variants}
+    with ExitStack() as stack:
+        pipes = {name: stack.enter_context(Pipeline(c, host())) for name, c in variants.items()}
+        for name, pipe in pipes.items():
+            pipe.warm_up()
+            for image in images[:3]:  # one-off initialisation (JIT, caches, layouts) on both sides
+                pipe(image)
+            if name != "in_process":
+                count_bytes(pipe, wire[name])
         for image in images:
-            for pipe, times in ((local, local_ms), (far, remote_ms)):
+            for name, pipe in pipes.items():
                 start = time.perf_counter()
                 pipe(image)
-                times.append((time.perf_counter() - start) * 1000)
-    lo, re_ = float(np.median(local_ms)), float(np.median(remote_ms))
-    return {
-        "in_process_ms": {"median": round(lo, 2), "p90": round(float(np.percentile(local_ms, 90)), 2)},
-        "all_remote_ms": {"median": round(re_, 2), "p90": round(float(np.percentile(remote_ms, 90)), 2)},
-        "overhead_ms": round(re_ - lo, 2),
-        "overhead_percent": round(100 * (re_ / lo - 1), 1),
-        "bytes_per_call": {
+                times[name].append((time.perf_counter() - start) * 1000)
+    local = float(np.median(times["in_process"]))
+    report: dict[str, Any] = {}
+    for name in variants:
+        median = float(np.median(times[name]))
+        report[f"{name}_ms"] = {
+            "median": round(median, 2),
+            "p90": round(float(np.percentile(times[name], 90)), 2),
+            "over_in_process": round(median / local, 3),
+        }
+    for name in ("all_remote", "all_remote_whole"):
+        report[f"bytes_per_call_{name}"] = {
             stage: {
                 "calls": len(calls),
                 "request": int(np.median([c[0] for c in calls])),
                 "response": int(np.median([c[1] for c in calls])),
             }
-            for stage, calls in wire.items()
-        },
-    }
+            for stage, calls in wire[name].items()
+        }
+    return report
 
 
 def throughput(
@@ -209,6 +229,7 @@ def main() -> None:
     parser.add_argument("--refiners", default="", help="comma-separated refiners, e.g. laplace")
     parser.add_argument("--clients", type=int, default=4, help="concurrent clients for the throughput test")
     parser.add_argument("--images-per-client", type=int, default=20)
+    parser.add_argument("--no-throughput", action="store_true", help="latency and bytes only")
     args = parser.parse_args()
     data = shared_data_dir()
     if data is None:
@@ -241,7 +262,9 @@ def main() -> None:
             "in_process_stage_median_ms": {k: round(v, 2) for k, v in medians.items()},
             "latency": latency(config, images, servers),
             "heaviest_stage": heaviest,
-            "throughput": [
+            "throughput": []
+            if args.no_throughput
+            else [
                 throughput(config, images, servers, heaviest, replicas, clients, args.images_per_client)
                 for replicas in (1, 2)
                 for clients in (1, args.clients)

@@ -1,11 +1,23 @@
-"""Speed of the medium stage (laplace refiner) per face, index-map render included.
+"""Speed of the medium stage (laplace refiner) per face, index-map render included — against today's code
+path measured in the same run (issue 19).
 
-For the landmark mesh (28,881 vertices) and the Surrey model fit (3,448 vertices, subdivided to 54,208):
-the first face pays the sparse factorisation; later faces reuse it (the matrix depends only on the
-topology, the landmark scheme's map and the weights). Reported: the first call, then the median and 90th
-percentile over the LFPW photos, and the render's share.
+Three chains feed the refiner: MediaPipe -> landmark-mesh (28,881 vertices), MediaPipe -> 3dmm-fit with the
+Surrey model (3,448 vertices, subdivided to 54,208) and dlib -> 3dmm-fit with the Surrey model, whose jaw
+line slides along the model's contour: its 17 jaw points land on other vertices on every face.
 
-    python benchmarks/bench_medium.py [--photos 40]
+"today" is the refiner as it was before issue 19, rebuilt here from the same code: a new factorisation for
+every new set of constraints (``update_rank = 0``), the whole image rasterised (depth, triangle and
+barycentric maps) to read the landmarks' depths, the triangles hashed on every call. "new" is the default
+refiner: a low-rank (Woodbury) update of the cached factorisation when a few rows change, only the
+landmarks' window rasterised (depth only), the layout key reused for the same triangles array.
+
+The two run interleaved on the same inputs (today, new, today, new, ...), so a busy machine slows both
+alike; reported per chain: the first face (the factorisation), then the median and 90th percentile of the
+wall time over the later faces, the median thread CPU time (less sensitive to other processes), the ratio
+today / new of the medians, and the largest vertex difference between the two (they solve the same
+system).
+
+    python benchmarks/bench_medium.py [--photos 40] [--chains landmark-mesh,mediapipe-sfm,dlib-sfm]
 """
 
 from __future__ import annotations
@@ -15,6 +27,7 @@ import json
 import os
 import time
 import warnings
+from typing import Any
 
 import numpy as np
 
@@ -22,55 +35,99 @@ from facerecon.evaluation import shared_data_dir
 from facerecon.geometry.raster import rasterize
 from facerecon.kernel import Pipeline, PipelineConfig
 from facerecon.kernel.host.imageio import load_image
+from facerecon.plugins.laplace import LaplaceOptions, LaplaceRefiner, _depth_at
+
+
+class TodayRefiner(LaplaceRefiner):
+    """The refiner before issue 19 (see the module docstring)."""
+
+    def __init__(self) -> None:
+        super().__init__(LaplaceOptions(update_rank=0), "cpu")
+
+    def _depths_at(
+        self, screen: np.ndarray, triangles: np.ndarray, xy: np.ndarray, height: int, width: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        depth_map = rasterize(screen, triangles, height, width).depth  # the whole image, every map
+        return _depth_at(depth_map, (0, 0), xy, height, width)
+
+    def _deformer(self, mesh: Any) -> Any:
+        self.deformers._last = None  # hashed on every call
+        return super()._deformer(mesh)
+
+    def densify(self, mesh: Any) -> Any:
+        self.subdividers._last = None
+        return super().densify(mesh)
+
+
+CHAINS = ("landmark-mesh", "mediapipe-sfm", "dlib-sfm")
+
+
+def chain_config(chain: str, sfm: str) -> PipelineConfig:
+    if chain == "landmark-mesh":
+        return PipelineConfig(regressor="landmark-mesh", segmenter=None, refiners=())
+    detector = "dlib" if chain == "dlib-sfm" else "mediapipe"
+    return PipelineConfig(detector=detector, regressor="3dmm-fit", segmenter=None, refiners=()).with_options(
+        "regressor", "3dmm-fit", {"model": sfm}
+    )
+
+
+def measure(inputs: list[tuple[np.ndarray, Any, Any]]) -> dict[str, Any]:
+    refiners = {"today": TodayRefiner(), "new": LaplaceRefiner(LaplaceOptions(), "cpu")}
+    wall: dict[str, list[float]] = {name: [] for name in refiners}
+    cpu: dict[str, list[float]] = {name: [] for name in refiners}
+    first: dict[str, float] = {}
+    largest_difference = 0.0
+    for index, (image, face, coarse) in enumerate(inputs):
+        out = {}
+        for name, refiner in refiners.items():
+            start, start_cpu = time.perf_counter(), time.thread_time()
+            out[name] = refiner.refine(image, face, coarse, None)
+            elapsed = (time.perf_counter() - start) * 1000
+            if index == 0:
+                first[name] = elapsed
+            else:
+                wall[name].append(elapsed)
+                cpu[name].append((time.thread_time() - start_cpu) * 1000)
+        difference = np.abs(np.asarray(out["today"].vertices) - np.asarray(out["new"].vertices)).max()
+        largest_difference = max(largest_difference, float(difference))
+    report: dict[str, Any] = {"vertices": len(out["new"].vertices)}
+    for name in refiners:
+        report[name] = {
+            "first_face_ms": round(first[name], 1),
+            "median_ms": round(float(np.median(wall[name])), 2),
+            "p90_ms": round(float(np.percentile(wall[name], 90)), 2),
+            "median_cpu_ms": round(float(np.median(cpu[name])), 2),
+        }
+    report["today_over_new"] = round(report["today"]["median_ms"] / report["new"]["median_ms"], 2)
+    report["today_over_new_cpu"] = round(report["today"]["median_cpu_ms"] / report["new"]["median_cpu_ms"], 2)
+    report["largest_vertex_difference"] = largest_difference
+    deformer = next(iter(refiners["new"].deformers._items.values()))
+    report["new_low_rank_updates"] = deformer.updates
+    return report
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--photos", type=int, default=40)
+    parser.add_argument("--chains", default=",".join(CHAINS))
     args = parser.parse_args()
     data = shared_data_dir()
     if data is None:
         raise SystemExit("shared data not found (set FACERECON_SHARED_DATA)")
     photos = sorted((data / "faces" / "lfpw-68").glob("*.png"))[: args.photos]
     sfm = str(data / "models" / "sfm" / "sfm_shape_3448.bin")
-    report = {"cpus": os.cpu_count()}
+    report: dict[str, Any] = {"cpus": os.cpu_count(), "load_average": os.getloadavg()[0]}
     warnings.simplefilter("ignore")
-    for label, config in (
-        ("landmark-mesh", PipelineConfig(regressor="landmark-mesh", refiners=("laplace",))),
-        (
-            "3dmm-fit sfm",
-            PipelineConfig(regressor="3dmm-fit", refiners=("laplace",)).with_options(
-                "regressor", "3dmm-fit", {"model": sfm}
-            ),
-        ),
-    ):
-        with Pipeline(config) as pipe:
-            refiner = pipe.refiners[0][1]
+    for chain in args.chains.split(","):
+        with Pipeline(chain_config(chain, sfm)) as pipe:
             inputs = []
             for photo in photos:
                 image = load_image(photo)
-                face = pipe.detect(image)[0]
-                inputs.append((image, face, pipe.regressor.regress(image, face).mesh))
-            times, renders = [], []
-            first = None
-            for image, face, coarse in inputs:
-                start = time.perf_counter()
-                medium = refiner.refine(image, face, coarse, None)
-                elapsed = (time.perf_counter() - start) * 1000
-                if first is None:
-                    first = elapsed
-                    continue
-                times.append(elapsed)
-                start = time.perf_counter()
-                rasterize(np.asarray(medium.vertices), medium.triangles, *image.shape[:2])
-                renders.append((time.perf_counter() - start) * 1000)
-            report[label] = {
-                "vertices": len(medium.vertices),
-                "first_face_ms (factorisation)": round(first, 1),
-                "median_ms": round(float(np.median(times)), 1),
-                "p90_ms": round(float(np.percentile(times, 90)), 1),
-                "render_median_ms": round(float(np.median(renders)), 1),
-            }
+                faces = pipe.detect(image)
+                if faces:
+                    inputs.append((image, faces[0], pipe.regressor.regress(image, faces[0]).mesh))
+        report[chain] = measure(inputs)
+    report["load_average_after"] = os.getloadavg()[0]
     print(json.dumps(report, indent=1))
 
 

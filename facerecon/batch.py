@@ -22,7 +22,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from facerecon.kernel import Pipeline, PipelineConfig
+from facerecon.kernel import Pipeline, PipelineConfig, PluginHost
 from facerecon.kernel.contract.errors import (
     ConfigError,
     FaceReconError,
@@ -178,7 +178,8 @@ def _serve(conn: Connection, config: PipelineConfig, write: WriteOptions) -> Non
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller handles Ctrl-C
     logging.basicConfig(format="facerecon: %(levelname)s: %(message)s", level=logging.WARNING)
     try:
-        pipeline = Pipeline.from_config(config)
+        host = PluginHost(allow=config.allow_plugins, block=config.block_plugins)
+        pipeline = host.make_pipeline(config) or Pipeline.from_config(config, host)  # e.g. --remote pipeline=
         pipeline.warm_up()
     except Exception as exc:
         kind = type(exc).__name__

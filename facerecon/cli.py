@@ -76,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--device", choices=DEVICES, help="where models run (default: from config, else auto)")
     rec.add_argument("--all-faces", action="store_true", help="reconstruct every face, not only the largest")
     rec.add_argument(
+        "--threads",
+        type=int,
+        help="BLAS and torch threads per worker (default: from config, else 1 BLAS thread for the small "
+        "per-face products and torch's own for the fine stage; 0: the libraries' defaults)",
+    )
+    rec.add_argument(
         "--formats", default="obj", help=f"comma-separated mesh formats ({', '.join(w[1:] for w in WRITERS)})"
     )
     rec.add_argument(

@@ -49,7 +49,69 @@ def rasterize(vertices: np.ndarray, faces: np.ndarray, height: int, width: int) 
     return rasterize_numpy(V, F, height, width)
 
 
+def rasterize_depth(vertices: np.ndarray, faces: np.ndarray, window: tuple[int, int, int, int]) -> np.ndarray:
+    """Only the depth map, only inside ``window`` = (left, top, right, bottom) pixels (right and bottom
+    excluded): float32 (bottom - top, right - left), inf where empty — the same values :func:`rasterize`
+    gives there, without the triangle and barycentric maps (what a stage that reads a few depths needs)."""
+    left, top, right, bottom = window
+    width, height = max(right - left, 0), max(bottom - top, 0)
+    V = np.array(vertices, dtype=np.float64)
+    V[:, 0] -= left
+    V[:, 1] -= top
+    F = np.ascontiguousarray(faces, dtype=np.int64)
+    kernel = _compiled_depth_kernel()
+    if kernel is None:
+        return rasterize_numpy(V, F, height, width).depth
+    depth = np.full((height, width), np.inf, dtype=np.float32)
+    kernel(V, F, height, width, depth.reshape(-1))
+    return depth
+
+
 _KERNEL: object = None
+_DEPTH_KERNEL: object = None
+
+
+def _compiled_depth_kernel():
+    global _DEPTH_KERNEL
+    if _DEPTH_KERNEL is None:
+        try:
+            import numba
+        except ImportError:
+            _DEPTH_KERNEL = False
+        else:
+            _DEPTH_KERNEL = numba.njit(cache=True, nogil=True)(_scan_depth)
+    return _DEPTH_KERNEL or None
+
+
+def _scan_depth(V, F, height, width, depth):
+    """_scan_triangles keeping the depth only (the same coverage rule and arithmetic)."""
+    for f in range(F.shape[0]):
+        a, b, c = F[f, 0], F[f, 1], F[f, 2]
+        x0, y0, z0 = V[a, 0], V[a, 1], V[a, 2]
+        x1, y1, z1 = V[b, 0], V[b, 1], V[b, 2]
+        x2, y2, z2 = V[c, 0], V[c, 1], V[c, 2]
+        xmin = max(int(np.ceil(min(x0, x1, x2))), 0)
+        xmax = min(int(np.floor(max(x0, x1, x2))), width - 1)
+        if xmax < xmin:
+            continue
+        ymin = max(int(np.ceil(min(y0, y1, y2))), 0)
+        ymax = min(int(np.floor(max(y0, y1, y2))), height - 1)
+        if ymax < ymin:
+            continue
+        area = (x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0)
+        if not abs(area) > 1e-12:  # also skips NaN
+            continue
+        inv = 1.0 / area
+        for py in range(ymin, ymax + 1):
+            for px in range(xmin, xmax + 1):
+                l0 = ((x1 - px) * (y2 - py) - (x2 - px) * (y1 - py)) * inv
+                l1 = ((x2 - px) * (y0 - py) - (x0 - px) * (y2 - py)) * inv
+                l2 = 1.0 - l0 - l1
+                if l0 >= -1e-9 and l1 >= -1e-9 and l2 >= -1e-9:
+                    z = l0 * z0 + l1 * z1 + l2 * z2
+                    i = py * width + px
+                    if z < depth[i]:
+                        depth[i] = z
 
 
 def _compiled_kernel():

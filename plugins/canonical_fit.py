@@ -115,4 +115,5 @@ def facerecon_register_stages(registry: Registrar) -> None:
         accepts=SCHEMES,
         devices=("cpu",),
         mesh_units=("px",),
+        reads="landmarks",  # a remote regressor is sent no pixel
     )

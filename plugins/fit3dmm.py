@@ -209,4 +209,5 @@ def facerecon_register_stages(registry: Registrar) -> None:
         available=_model_configured,
         devices=("cpu",),  # any scheme the model has a correspondence for (known when it loads)
         mesh_units=_mesh_units,
+        reads="landmarks",  # a remote regressor is sent no pixel
     )

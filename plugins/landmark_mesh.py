@@ -72,4 +72,5 @@ def facerecon_register_stages(registry: Registrar) -> None:
         accepts=("mediapipe478", "mediapipe468"),
         devices=("cpu",),
         mesh_units=("px",),
+        reads="landmarks",  # a remote regressor is sent no pixel
     )

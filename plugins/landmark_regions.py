@@ -231,4 +231,5 @@ def facerecon_register_stages(registry: Registrar) -> None:
         summary="face regions (skin, brows, eyes, nose, lips, mouth) from the landmarks; CelebAMask-HQ ids",
         accepts=("ibug68", "mediapipe478", "mediapipe468"),
         devices=("cpu",),
+        reads="face-crop",  # a remote segmenter is sent only the face's window
     )

@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import warnings
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from typing import Generic, TypeVar
 import numpy as np
 
 from facerecon.geometry.laplacian import LaplacianDeformer
-from facerecon.geometry.raster import rasterize
+from facerecon.geometry.raster import rasterize_depth
 from facerecon.geometry.subdivision import Subdivider
 from facerecon.kernel.contract import Face, Mesh, Registrar, Segmentation, hookimpl
 from facerecon.kernel.contract.images import check_image
@@ -57,6 +58,9 @@ class LaplaceOptions:
         of where the point is seen now; farther ones are ignored (their point stays put) with a warning.
     cached_topologies: how many mesh layouts keep their subdivision and factorisations (least recently
         used dropped first; ~85 MB each at 29k vertices).
+    update_rank: how many constraint rows may differ from a cached factorisation before a new one is made;
+        fewer are solved by a low-rank update of it (a 3DMM's jaw-line points change vertex with the pose,
+        17 points: up to 34 rows). 0: a new factorisation for every new set of constraints.
     """
 
     eye_weight: float = 0.6
@@ -69,6 +73,7 @@ class LaplaceOptions:
     occlusion_tolerance: float = 0.03
     outlier_tolerance: float = 0.15
     cached_topologies: int = 4
+    update_rank: int = 64
 
     def __post_init__(self) -> None:
         weights = (
@@ -85,6 +90,8 @@ class LaplaceOptions:
             raise ValueError("target_vertices must be >= 0 and the tolerances > 0")
         if self.cached_topologies < 1:
             raise ValueError("cached_topologies must be at least 1")
+        if self.update_rank < 0:
+            raise ValueError("update_rank must be >= 0")
 
 
 REGIONS = ("eye", "nose", "eyebrow", "mouth", "contour", "other")
@@ -131,14 +138,25 @@ class LayoutCache(Generic[T]):
     def __init__(self, size: int) -> None:
         self.size = size
         self._items: OrderedDict[tuple[int, str], T] = OrderedDict()
+        self._last: tuple[weakref.ref[np.ndarray], tuple[int, str]] | None = None
 
     @staticmethod
     def key(n_vertices: int, triangles: np.ndarray) -> tuple[int, str]:
         digest = hashlib.blake2b(np.ascontiguousarray(triangles, np.int32).data, digest_size=16).hexdigest()
         return n_vertices, digest
 
-    def get(self, n_vertices: int, triangles: np.ndarray, build: Callable[[], T]) -> T:
+    def _key(self, n_vertices: int, triangles: np.ndarray) -> tuple[int, str]:
+        """:meth:`key`, not hashed again for the read-only array object hashed last (a regressor hands every
+        face the same triangles array; records make their arrays read-only)."""
+        last = self._last
+        if last is not None and last[0]() is triangles and not triangles.flags.writeable and last[1][0] == n_vertices:
+            return last[1]
         key = self.key(n_vertices, triangles)
+        self._last = (weakref.ref(triangles), key)
+        return key
+
+    def get(self, n_vertices: int, triangles: np.ndarray, build: Callable[[], T]) -> T:
+        key = self._key(n_vertices, triangles)
         if key in self._items:
             self._items.move_to_end(key)
             return self._items[key]
@@ -191,7 +209,19 @@ class LaplaceRefiner:
 
     def _deformer(self, mesh: Mesh) -> LaplacianDeformer:
         n = len(mesh.vertices)
-        return self.deformers.get(n, mesh.triangles, lambda: LaplacianDeformer(n, mesh.triangles))
+        return self.deformers.get(
+            n,
+            mesh.triangles,
+            lambda: LaplacianDeformer(
+                n,
+                mesh.triangles,
+                update_rank=self.options.update_rank,
+            ),
+        )
+
+    def warm_up(self) -> None:
+        """Load the compiled rasteriser (numba; compiled on the first use after an install) on one triangle."""
+        rasterize_depth(np.array([[0.0, 0, 1], [4, 0, 1], [0, 4, 1]]), np.array([[0, 1, 2]]), (0, 0, 4, 4))
 
     # -- the stage ----------------------------------------------------------------------------------
 
@@ -213,16 +243,9 @@ class LaplaceRefiner:
         ids, bary = lmap.vertex_ids[valid], lmap.weights[valid].astype(np.float64)
         current = np.einsum("kj,kjc->kc", bary, vertices[ids])  # surface points, mesh frame
         height, width = image.shape[:2]
-        # Index/depth map of the mesh as the camera sees it (x, y in image pixels, z the camera depth).
         screen = np.column_stack([dense.project(vertices), vertices[:, 2]])
-        if self.device == "cuda":
-            from facerecon.geometry.raster_torch import rasterize_torch
-
-            raster = rasterize_torch(screen, dense.triangles, height, width, device="cuda")
-        else:
-            raster = rasterize(screen, dense.triangles, height, width)
         xy = np.asarray(marks.xy, np.float64)[valid]
-        depth, covered = _depth_at(raster.depth, xy)
+        depth, covered = self._depths_at(screen, dense.triangles, xy, height, width)
         face_width = float(np.ptp(screen[:, 0])) if dense.camera_matrix is None else float(np.ptp(vertices[:, 0]))
         occluded = covered & (np.abs(depth - current[:, 2]) > self.options.occlusion_tolerance * face_width)
         usable = covered & ~occluded
@@ -248,23 +271,51 @@ class LaplaceRefiner:
         deformed = self._deformer(dense).deform(vertices, ids, bary, weights, targets)
         return dense.with_vertices(deformed)
 
+    def _depths_at(
+        self, screen: np.ndarray, triangles: np.ndarray, xy: np.ndarray, height: int, width: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The depth of the mesh as the camera sees it at image positions ``xy`` (K, 2) (see _depth_at),
+        from the mesh's vertices in image pixels and camera depth ``screen`` (N, 3). Only the window of
+        pixels read is rasterised."""
+        window = _read_window(xy, height, width)
+        if self.device == "cuda":
+            from facerecon.geometry.raster_torch import rasterize_torch
 
-def _depth_at(depth_map: np.ndarray, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Bilinear depth at sub-pixel positions where all four neighbours are on the mesh, else the nearest
-    pixel's; (depth (K,), covered bool (K,))."""
-    height, width = depth_map.shape
+            full = rasterize_torch(screen, triangles, height, width, device="cuda").depth
+            depth_map = full[window[1] : window[3], window[0] : window[2]]
+        else:
+            depth_map = rasterize_depth(screen, triangles, window)
+        return _depth_at(depth_map, window[:2], xy, height, width)
+
+
+def _read_window(xy: np.ndarray, height: int, width: int) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom), right and bottom excluded: every pixel :func:`_depth_at` reads for ``xy``."""
+    if len(xy) == 0:
+        return 0, 0, 0, 0
+    x = np.floor(np.clip(xy[:, 0], 0, width - 1.001)).astype(int)
+    y = np.floor(np.clip(xy[:, 1], 0, height - 1.001)).astype(int)
+    return int(x.min()), int(y.min()), int(x.max()) + 2, int(y.max()) + 2
+
+
+def _depth_at(
+    depth_map: np.ndarray, origin: tuple[int, int], xy: np.ndarray, height: int, width: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Bilinear depth at sub-pixel image positions ``xy`` where all four neighbours are on the mesh, else the
+    nearest pixel's; (depth (K,), covered bool (K,)). ``depth_map`` covers the image pixels from ``origin``
+    (left, top) on (the :func:`_read_window` of ``xy``) of a ``height`` x ``width`` image."""
     x = np.clip(xy[:, 0], 0, width - 1.001)
     y = np.clip(xy[:, 1], 0, height - 1.001)
     inside = (xy[:, 0] >= -0.5) & (xy[:, 0] <= width - 0.5) & (xy[:, 1] >= -0.5) & (xy[:, 1] <= height - 0.5)
     x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
     fx, fy = x - x0, y - y0
+    x0, y0 = x0 - origin[0], y0 - origin[1]
     corners = np.stack(
         [depth_map[y0, x0], depth_map[y0, x0 + 1], depth_map[y0 + 1, x0], depth_map[y0 + 1, x0 + 1]], axis=1
     )
     finite = np.isfinite(corners)
     weights = np.stack([(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy], axis=1)
     bilinear = (np.where(finite, corners, 0) * weights).sum(1)
-    nearest = depth_map[np.rint(y).astype(int), np.rint(x).astype(int)]
+    nearest = depth_map[np.rint(y).astype(int) - origin[1], np.rint(x).astype(int) - origin[0]]
     value = np.where(finite.all(1), bilinear, nearest)
     return value, inside & np.isfinite(value)
 
@@ -288,4 +339,5 @@ def facerecon_register_stages(registry: Registrar) -> None:
         options=LaplaceOptions,
         summary="medium stage: Laplacian deformation pulled by the dense landmarks through an index map",
         mesh_units=("px", "mm"),
+        reads="landmarks",  # a remote refiner is sent no pixel
     )

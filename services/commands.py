@@ -43,6 +43,11 @@ def add_serve_parser(subcommands: Any) -> argparse.ArgumentParser:
     parser.add_argument("--plugin", help="the stage plugin to serve (default: the config's, for detector/regressor)")
     parser.add_argument("-c", "--config", type=Path, help="TOML config: plugin options, and the pipeline's stages")
     parser.add_argument("--device", choices=DEVICES, help="where models run (default: from config, else auto)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="BLAS and torch threads (default: from config, else 1 BLAS thread and torch's own; 0: the libraries')",
+    )
     net = parser.add_argument_group("network")
     net.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 or :: for all)")
     net.add_argument("--port", type=int, default=50051, help="port (0: any free port, printed at start)")
@@ -93,6 +98,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.kind != "pipeline" and (getattr(args, "remote", None) or args.detector or args.regressor or args.refiners):
         raise ConfigError("--detector/--regressor/--refiners/--remote only apply to `serve pipeline`")
     config = _config(args)
+    if ("pipeline", "remote") in config.options:
+        raise ConfigError("serve pipeline runs the stages itself: --remote pipeline=... is for reconstruct")
     token = None
     if args.token_file is not None:
         try:
@@ -132,6 +139,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             options=dict(config.options_for(args.kind, host.auto(args.kind) if name == "auto" else name)),
             device=config.device,
             settings=settings,
+            threads=(config.blas_threads, config.torch_threads),
         )
     server.start()
     # One line on stdout, so scripts (and tests) learn the port when --port 0 chose it.

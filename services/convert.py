@@ -19,8 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from facerecon.kernel.contract.errors import InputError, RecordError
-from facerecon.kernel.contract.images import check_image, check_sides
+from facerecon.kernel.contract.errors import RecordError
 from facerecon.kernel.contract.records import (
     CoarseResult,
     Face,
@@ -34,8 +33,10 @@ from facerecon.kernel.contract.records import (
     Segmentation,
     StageResult,
 )
-from facerecon.kernel.host.imageio import load_image
 from facerecon.v1 import records_pb2 as pb
+
+from .images import encoded_image, image_from_proto, image_to_proto  # noqa: F401 - re-exported
+from .layouts import MeshLayouts
 
 DTYPES: dict[pb.DType, np.dtype] = {
     pb.DTYPE_UINT8: np.dtype("u1"),
@@ -117,52 +118,6 @@ def _set_optional(target: Any, name: str, value: np.ndarray | None) -> None:
         tensor(value, getattr(target, name))
 
 
-# -- images ------------------------------------------------------------------------------------
-
-
-def image_to_proto(image: np.ndarray, into: pb.Image | None = None) -> pb.Image:
-    """Raw pixels: uint8 (H, W, 3) RGB (exact; no encoding cost)."""
-    image = check_image(image)
-    message = pb.Image() if into is None else into
-    # Filled in place: pb.Image(pixels=...) copies the pixels through the oneof slowly (~2 ms a photo).
-    message.pixels.dtype = pb.DTYPE_UINT8
-    message.pixels.shape.extend(image.shape)
-    message.pixels.data = image.tobytes()
-    return message
-
-
-def encoded_image(data: bytes) -> pb.Image:
-    """An image file's bytes (PNG, JPEG, ...), decoded by the server."""
-    return pb.Image(encoded=bytes(data))
-
-
-def image_from_proto(message: pb.Image, *, max_pixels: int) -> np.ndarray:
-    """uint8 (H, W, 3) RGB. The pixel count is checked against ``max_pixels`` before anything is decoded:
-    from the header of an encoded file, from the shape of raw pixels. Every problem is an InputError."""
-    which = message.WhichOneof("content")
-    if which == "encoded":
-        return load_image(message.encoded, max_pixels=max_pixels)
-    if which == "pixels":
-        t = message.pixels
-        shape = [int(n) for n in t.shape]
-        if t.dtype != pb.DTYPE_UINT8 or len(shape) != 3 or shape[2] != 3:
-            raise InputError(
-                f"raw pixels must be DTYPE_UINT8 of shape (height, width, 3), got {dtype_name(t.dtype)} {shape}"
-            )
-        height, width = shape[0], shape[1]
-        check_sides(width, height)
-        if height * width > max_pixels:
-            raise InputError(
-                f"image is {width}x{height} = {width * height / 1e6:.0f} MP, above the server's limit of "
-                f"{max_pixels / 1e6:.0f} MP"
-            )
-        try:
-            return array(t, "image.pixels")
-        except RecordError as exc:
-            raise InputError(str(exc)) from None
-    raise InputError("the request carries no image (set image.encoded or image.pixels)")
-
-
 # -- records -----------------------------------------------------------------------------------
 
 
@@ -229,9 +184,16 @@ def landmark_map_from_proto(message: pb.LandmarkMap, field: str = "landmark_map"
     )
 
 
-def mesh_to_proto(mesh: Mesh, into: pb.Mesh | None = None) -> pb.Mesh:
+def mesh_to_proto(mesh: Mesh, into: pb.Mesh | None = None, *, layout_digest: str | None = None) -> pb.Mesh:
+    """``layout_digest``: the receiver holds this mesh's layout (:mod:`.layouts`): send vertices and camera
+    only, and the digest."""
     message = pb.Mesh() if into is None else into
     tensor(mesh.vertices, message.vertices)
+    if layout_digest:
+        message.topology = mesh.topology
+        message.layout_digest = layout_digest
+        _set_optional(message, "camera_matrix", mesh.camera_matrix)
+        return message
     tensor(mesh.triangles, message.triangles)
     message.topology = mesh.topology
     _set_optional(message, "uvs", mesh.uvs)
@@ -242,9 +204,24 @@ def mesh_to_proto(mesh: Mesh, into: pb.Mesh | None = None) -> pb.Mesh:
     return message
 
 
-def mesh_from_proto(message: pb.Mesh, field: str = "mesh") -> Mesh:
+def mesh_from_proto(message: pb.Mesh, field: str = "mesh", layouts: MeshLayouts | None = None) -> Mesh:
+    """``layouts``: where a vertices-only mesh (``layout_digest``) finds its layout (UnknownLayout if it is
+    not there), and where a whole mesh's layout is kept for the next call."""
     uvs = _optional_tensor(message, "uvs")
     camera = _optional_tensor(message, "camera_matrix")
+    if message.layout_digest and not message.HasField("triangles"):
+        if layouts is None:
+            raise RecordError(f"{field}: a mesh sent as vertices only (layout_digest) where no layouts are kept")
+        vertices = array(message.vertices, f"{field}.vertices", ndim=2)
+        matrix = None if camera is None else array(camera, f"{field}.camera_matrix", ndim=2)
+        return layouts.rebuild(message.layout_digest, vertices, matrix, field)
+    mesh = _whole_mesh_from_proto(message, field, uvs, camera)
+    if layouts is not None:
+        layouts.remember(mesh)
+    return mesh
+
+
+def _whole_mesh_from_proto(message: pb.Mesh, field: str, uvs: pb.Tensor | None, camera: pb.Tensor | None) -> Mesh:
     maps = {}
     for i, m in enumerate(message.landmark_maps):
         if m.scheme in maps:
@@ -262,11 +239,15 @@ def mesh_from_proto(message: pb.Mesh, field: str = "mesh") -> Mesh:
 
 
 def coarse_to_proto(
-    coarse: CoarseResult, into: pb.CoarseResult | None = None, *, with_mesh: bool = True
+    coarse: CoarseResult,
+    into: pb.CoarseResult | None = None,
+    *,
+    with_mesh: bool = True,
+    layout_digest: str | None = None,
 ) -> pb.CoarseResult:
     message = pb.CoarseResult() if into is None else into
     if with_mesh:
-        mesh_to_proto(coarse.mesh, message.mesh)
+        mesh_to_proto(coarse.mesh, message.mesh, layout_digest=layout_digest)
     tensor(coarse.rotation, message.rotation)
     tensor(coarse.translation, message.translation)
     message.scale = coarse.scale
@@ -275,10 +256,12 @@ def coarse_to_proto(
     return message
 
 
-def coarse_from_proto(message: pb.CoarseResult, field: str = "coarse", mesh: Mesh | None = None) -> CoarseResult:
+def coarse_from_proto(
+    message: pb.CoarseResult, field: str = "coarse", mesh: Mesh | None = None, layouts: MeshLayouts | None = None
+) -> CoarseResult:
     """``mesh``: the mesh to use when the message leaves it unset (inside a FaceReconstruction)."""
     if message.HasField("mesh"):
-        mesh = mesh_from_proto(message.mesh, f"{field}.mesh")
+        mesh = mesh_from_proto(message.mesh, f"{field}.mesh", layouts)
     if mesh is None:
         raise RecordError(f"{field}: no mesh")
     return CoarseResult(
@@ -337,23 +320,27 @@ def _phases_from_proto(phases: Any, field: str) -> dict[str, Mesh]:
     return {p.name: mesh_from_proto(p.mesh, f"{field}[{p.name!r}]") for p in phases}
 
 
-def refinement_to_proto(refinement: Refinement | Mesh, into: pb.Refinement | None = None) -> pb.Refinement:
+def refinement_to_proto(
+    refinement: Refinement | Mesh, into: pb.Refinement | None = None, *, layout_digest: str | None = None
+) -> pb.Refinement:
     """A refiner's output: a Refinement, or a bare Mesh (a Refinement with nothing else)."""
     message = pb.Refinement() if into is None else into
     if isinstance(refinement, Mesh):
         refinement = Refinement(refinement)
-    mesh_to_proto(refinement.mesh, message.mesh)
+    mesh_to_proto(refinement.mesh, message.mesh, layout_digest=layout_digest)
     if refinement.maps is not None:
         image_maps_to_proto(refinement.maps, message.maps)
     _phases_to_proto(refinement.phases, message.phases)
     return message
 
 
-def refinement_from_proto(message: pb.Refinement, field: str = "refinement") -> Refinement:
+def refinement_from_proto(
+    message: pb.Refinement, field: str = "refinement", layouts: MeshLayouts | None = None
+) -> Refinement:
     if not message.HasField("mesh"):
         raise RecordError(f"{field}: no mesh")
     return Refinement(
-        mesh=mesh_from_proto(message.mesh, f"{field}.mesh"),
+        mesh=mesh_from_proto(message.mesh, f"{field}.mesh", layouts),
         maps=image_maps_from_proto(message.maps, f"{field}.maps") if message.HasField("maps") else None,
         phases=_phases_from_proto(message.phases, f"{field}.phases"),
     )

@@ -12,6 +12,8 @@ import grpc
 
 from facerecon.kernel.contract.errors import ConfigError, InputError, ModelFileError, NoFaceError
 
+from .loader import CallEnded
+
 log = logging.getLogger("facerecon.services")
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
@@ -19,6 +21,8 @@ HEALTH_PREFIX = "/grpc.health.v1.Health/"
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status code a call answers with when it raises ``exc``."""
+    if isinstance(exc, CallEnded):
+        return grpc.StatusCode.CANCELLED, str(exc)
     if isinstance(exc, (InputError, NoFaceError)):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
     if isinstance(exc, (ConfigError, ModelFileError)):

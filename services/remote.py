@@ -29,7 +29,7 @@ import ipaddress
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -40,14 +40,15 @@ import numpy as np
 from facerecon.kernel.contract import Registrar, hookimpl
 from facerecon.kernel.contract.errors import ConfigError, FaceReconError, InputError
 from facerecon.kernel.contract.records import CoarseResult, Face, Mesh, Refinement, Segmentation
-from facerecon.kernel.contract.stages import STAGE_KINDS
+from facerecon.kernel.contract.stages import STAGE_KINDS, face_window
 from facerecon.kernel.host.config import PipelineConfig
 from facerecon.v1 import stages_pb2
 
 from . import convert
-from .kinds import STAGE_SERVICES
+from .kinds import service_for
+from .layouts import MeshLayouts
+from .remote_config import NAME, apply_remote, with_deadline
 
-NAME = "remote"
 MAX_ATTEMPTS = 5
 """gRPC caps a retry policy at 5 attempts (the first call and 4 retries)."""
 
@@ -78,6 +79,9 @@ class RemoteOptions:
     tls_server_name: the name the server's certificate must carry, when it differs from the address.
     token_file: a file holding a bearer token sent with every call.
     max_message_mb: largest message sent or received.
+    compact: send only what the served stage reads (its ``reads``: no pixel, the face's window) and meshes
+        whose layout both ends hold as vertices only, where the server understands it (issue 19); false:
+        whole images and meshes, as before.
     """
 
     address: str = ""
@@ -92,6 +96,7 @@ class RemoteOptions:
     tls_server_name: str | None = None
     token_file: Path | None = None
     max_message_mb: int = 64
+    compact: bool = True
 
     def __post_init__(self) -> None:
         if not 0 <= self.retries <= MAX_ATTEMPTS - 1:
@@ -246,7 +251,7 @@ class RemoteStage:
             )
         self.options = options
         self.target = grpc_target(options.address)
-        service = STAGE_SERVICES[self.kind]
+        service = service_for(self.kind)
         self._key, self.channel = CHANNELS.acquire(self.target, service.service, options)
         self._closed = False
         self.stub: Any = service.stub(self.channel)
@@ -262,6 +267,23 @@ class RemoteStage:
             raise ConfigError(
                 f"the {self.kind} server at {options.address} runs {self.info.plugin!r}, not {options.plugin!r}"
             )
+        # Send only what the served stage reads, and meshes as vertices where both ends hold the layout
+        # (issue 19) — with servers that say they understand it (older ones get whole images and meshes).
+        features = set(self.info.features) if options.compact else set()
+        self.reads = (self.info.reads or "image") if "image-window" in features else "image"
+        self.layouts = MeshLayouts(size=8) if "mesh-layouts" in features else None
+        self._sent_layouts: set[str] = set()
+
+    def _window(self, image: np.ndarray, face: Face) -> tuple[int, int, int, int] | None:
+        """The pixels of ``image`` the served stage reads (None: all of them)."""
+        if self.reads == "landmarks":
+            return 0, 0, 0, 0
+        if self.reads == "face-crop":
+            return face_window(face, *image.shape[:2])
+        return None
+
+    def _known_layouts(self) -> list[str]:
+        return [] if self.layouts is None else self.layouts.digests()
 
     def _wait_for_info(self) -> stages_pb2.StageInfo:
         """Info from the server, waiting up to connect_timeout_s for it to start and load its model."""
@@ -329,10 +351,10 @@ class RemoteRegressor(RemoteStage):
     kind = "regressor"
 
     def regress(self, image: np.ndarray, face: Face) -> CoarseResult:
-        request = stages_pb2.RegressRequest(plugin=self.options.plugin or "")
-        convert.image_to_proto(image, request.image)
+        request = stages_pb2.RegressRequest(plugin=self.options.plugin or "", known_layouts=self._known_layouts())
+        convert.image_to_proto(image, request.image, self._window(image, face))
         convert.face_to_proto(face, request.face)
-        return convert.coarse_from_proto(self._call(self.stub.Regress, request).result)
+        return convert.coarse_from_proto(self._call(self.stub.Regress, request).result, layouts=self.layouts)
 
 
 class RemoteSegmenter(RemoteStage):
@@ -340,7 +362,7 @@ class RemoteSegmenter(RemoteStage):
 
     def segment(self, image: np.ndarray, face: Face) -> Segmentation:
         request = stages_pb2.SegmentRequest(plugin=self.options.plugin or "")
-        convert.image_to_proto(image, request.image)
+        convert.image_to_proto(image, request.image, self._window(image, face))
         convert.face_to_proto(face, request.face)
         return convert.segmentation_from_proto(self._call(self.stub.Segment, request).segmentation)
 
@@ -353,13 +375,26 @@ class RemoteRefiner(RemoteStage):
         self.stage = self.info.stage or "refined"
 
     def refine(self, image: np.ndarray, face: Face, mesh: Mesh, segmentation: Segmentation | None) -> Mesh | Refinement:
-        request = stages_pb2.RefineRequest(plugin=self.options.plugin or "")
-        convert.image_to_proto(image, request.image)
+        request = stages_pb2.RefineRequest(plugin=self.options.plugin or "", known_layouts=self._known_layouts())
+        convert.image_to_proto(image, request.image, self._window(image, face))
         convert.face_to_proto(face, request.face)
-        convert.mesh_to_proto(mesh, request.mesh)
         if segmentation is not None:
             convert.segmentation_to_proto(segmentation, request.segmentation)
-        refinement = convert.refinement_from_proto(self._call(self.stub.Refine, request).refinement)
+        digest = None if self.layouts is None else self.layouts.remember(mesh)
+        short = digest in self._sent_layouts  # the server was sent this layout before: vertices only
+        convert.mesh_to_proto(mesh, request.mesh, layout_digest=digest if short else None)
+        try:
+            response = self._call(self.stub.Refine, request)
+        except RemoteError as exc:
+            if not (short and exc.code == grpc.StatusCode.FAILED_PRECONDITION):
+                raise
+            self._sent_layouts.discard(str(digest))  # evicted there, or another replica: the whole mesh
+            request.mesh.Clear()
+            convert.mesh_to_proto(mesh, request.mesh)
+            response = self._call(self.stub.Refine, request)
+        if digest is not None:
+            self._sent_layouts.add(digest)
+        refinement = convert.refinement_from_proto(response.refinement, layouts=self.layouts)
         return refinement if refinement.maps is not None or refinement.phases else refinement.mesh
 
 
@@ -394,50 +429,32 @@ def facerecon_add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="STAGE=ADDRESS[,ADDRESS...]",
         help="run that stage (detector, regressor, segmenter or a refiner's name) on `facerecon serve` servers "
-        "(repeatable)",
+        "(repeatable); pipeline=ADDRESS sends whole photos to `facerecon serve pipeline`",
+    )
+    parser.add_argument(
+        "--deadline",
+        type=float,
+        metavar="SECONDS",
+        help=f"deadline of each call to a remote stage (default: the config's deadline_s, else "
+        f"{RemoteOptions.deadline_s:g}); the server stops the call's work when it passes",
     )
 
 
 @hookimpl
 def facerecon_apply_pipeline_flags(config: PipelineConfig, args: argparse.Namespace) -> PipelineConfig | None:
     entries = getattr(args, "remote", None)
-    return apply_remote(config, entries) if entries else None
+    deadline = getattr(args, "deadline", None)
+    if not entries and deadline is None:
+        return None
+    config = apply_remote(config, entries or ())
+    return config if deadline is None else with_deadline(config, deadline)
 
 
-def apply_remote(config: PipelineConfig, entries: Iterable[str]) -> PipelineConfig:
-    """Apply ``--remote STAGE=ADDRESS[,ADDRESS...]`` flags to a config.
+@hookimpl
+def facerecon_make_pipeline(config: PipelineConfig) -> Any | None:
+    """The remote pipeline of ``--remote pipeline=ADDRESS`` (``[options.pipeline.remote]``), else None."""
+    if ("pipeline", NAME) not in config.options:
+        return None
+    from .remote_pipeline import RemotePipeline
 
-    STAGE is ``detector``, ``regressor`` or ``segmenter`` (that stage becomes ``remote``, asking the server
-    for the plugin configured locally, if one was named), or the name of a configured refiner (it becomes
-    ``remote@NAME``; ``refiner`` alone means the only configured one).
-    """
-    for entry in entries:
-        key, sep, address = entry.partition("=")
-        key, address = key.strip(), address.strip()
-        if not sep or not key or not address:
-            raise ConfigError(f"--remote takes STAGE=HOST:PORT[,HOST:PORT...], got {entry!r}")
-        if key in ("detector", "regressor", "segmenter"):
-            current = getattr(config, key)
-            table: dict[str, Any] = {"address": address}
-            if current not in (None, "auto", NAME):
-                table["plugin"] = current
-            config = replace(config, **{key: NAME}).with_options(key, NAME, table)
-            continue
-        refiners = list(config.refiners)
-        if key == "refiner":
-            if len(refiners) != 1:
-                raise ConfigError(
-                    f"--remote refiner=... needs exactly one configured refiner, there are {len(refiners)} "
-                    f"({', '.join(refiners) or 'none'}): name the one to run remotely, e.g. --remote NAME=HOST:PORT"
-                )
-            key = refiners[0]
-        if key not in refiners:
-            known = ", ".join(["detector", "regressor", "segmenter", *refiners])
-            raise ConfigError(f"--remote {key}=...: no such stage configured (known: {known})")
-        instance = f"{NAME}@{key}"
-        table = {"address": address}
-        if not key.startswith(f"{NAME}@") and key != NAME:
-            table["plugin"] = key
-        refiners[refiners.index(key)] = instance
-        config = replace(config, refiners=tuple(refiners)).with_options("refiner", instance, table)
-    return config
+    return RemotePipeline(config)

@@ -34,6 +34,7 @@ from grpc_reflection.v1alpha import reflection
 
 from facerecon.kernel import Pipeline, PipelineConfig, PluginHost
 from facerecon.kernel.contract.errors import ConfigError
+from facerecon.kernel.host.threads import limit_threads
 
 from . import MAX_IMAGE_PIXELS
 from .interceptors import ErrorInterceptor, TokenInterceptor
@@ -138,6 +139,7 @@ class Server:
     ) -> None:
         self.kind = kind
         self.loader = loader
+        self.servicer = servicer
         self.settings = settings
         self.describe = describe
         self.health = health.HealthServicer(experimental_non_blocking=True)
@@ -185,8 +187,10 @@ class Server:
         options: dict[str, Any] | None = None,
         device: str = "auto",
         settings: ServerSettings | None = None,
+        threads: tuple[int, int] = (1, 0),
     ) -> Server:
-        """A server for stage plugin ``name`` of ``kind`` (ConfigError for an unknown kind or plugin)."""
+        """A server for stage plugin ``name`` of ``kind`` (ConfigError for an unknown kind or plugin);
+        ``threads``: (BLAS, torch) threads, as the pipeline's ``blas_threads`` / ``torch_threads``."""
         from facerecon.kernel.host.devices import resolve_device
 
         settings = settings or ServerSettings()
@@ -199,9 +203,13 @@ class Server:
         spec.make_options(options)  # refuse bad options now, before binding a port
         resolved = resolve_device(device)
         servicer_type = STAGE_SERVICERS[kind]
-        loader = StageLoader(
-            lambda: host.create(kind, name, options, resolved), copies=settings.workers, warm=servicer_type.warmer()
-        )
+
+        def build() -> Any:
+            stage = host.create(kind, name, options, resolved)
+            limit_threads(*threads)  # after the stage loaded its libraries
+            return stage
+
+        loader = StageLoader(build, copies=settings.workers, warm=servicer_type.warmer())
         servicer = servicer_type(host, name, loader, resolved, settings.max_image_pixels)
         return cls(kind, loader, servicer, settings, f"{kind} {name!r}")
 

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, TypeVar
 import grpc
 
 from facerecon import __version__
-from facerecon.kernel import Face, Pipeline, PipelineConfig, PluginHost
+from facerecon.kernel import Face, Mesh, Pipeline, PipelineConfig, PluginHost
 from facerecon.kernel.contract.errors import FaceReconError, InputError, RecordError
 from facerecon.kernel.contract.records import Reconstruction
 from facerecon.kernel.contract.stages import check_result
@@ -24,13 +24,19 @@ from facerecon.v1 import pipeline_pb2, pipeline_pb2_grpc, stages_pb2, stages_pb2
 
 from . import convert
 from .kinds import PIPELINE_SERVICE, STAGE_SERVICES
-from .loader import StageLoader, check_deadline
+from .layouts import MeshLayouts, UnknownLayout
+from .loader import StageLoader, check_call, check_deadline
 
 T = TypeVar("T")
 
 
 class PluginContractError(FaceReconError):
     """A served plugin returned something its protocol does not allow."""
+
+
+FEATURES = ("image-window", "mesh-layouts")
+"""Protocol features every server here understands (``StageInfo.features``): image windows, and meshes sent
+as vertices with a layout digest (:mod:`.layouts`)."""
 
 
 def stage_info(kind: str, spec: StageSpec, stage: Any, device: str, server_version: str = "") -> stages_pb2.StageInfo:
@@ -43,28 +49,40 @@ def stage_info(kind: str, spec: StageSpec, stage: Any, device: str, server_versi
         stage=str(getattr(stage, "stage", STAGE_SERVICES[kind].default_stage)),
         device=device,
         server_version=server_version,
+        reads=spec.reads,
+        features=FEATURES,
     )
 
 
 def _decode(context: grpc.ServicerContext, decode: Callable[[], T]) -> T:  # type: ignore[return]
-    """Run a request decoder: every problem with the request is the caller's (INVALID_ARGUMENT)."""
+    """Run a request decoder: every problem with the request is the caller's (INVALID_ARGUMENT), but a mesh
+    layout this server does not hold (FAILED_PRECONDITION: the client sends the whole mesh again)."""
     try:
         return decode()
+    except UnknownLayout as exc:
+        context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
     except (RecordError, InputError) as exc:
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+
+def _warm_stage(stage: Any) -> None:
+    warm = getattr(stage, "warm_up", None)
+    if callable(warm):
+        warm()
 
 
 def _warm_detector(detector: Any) -> None:
     """One detection on a blank image, so the first real call does not pay for lazy initialisation."""
     import numpy as np
 
+    _warm_stage(detector)
     detector.detect(np.zeros((128, 128, 3), np.uint8))
 
 
 def _warm_pipeline(pipe: Pipeline) -> None:
     import numpy as np
 
-    pipe(np.zeros((128, 128, 3), np.uint8))
+    pipe(np.zeros((128, 128, 3), np.uint8))  # (Server.for_pipeline's build ran pipe.warm_up())
 
 
 # -- the stage servicers ---------------------------------------------------------------------------
@@ -75,14 +93,24 @@ class _StageServicer:
 
     @classmethod
     def warmer(cls) -> Callable[[Any], None] | None:
-        """What runs once on each freshly built stage object before the server says SERVING (None: nothing)."""
-        return None
+        """What runs once on each freshly built stage object before the server says SERVING: the stage's own
+        optional ``warm_up()`` (see :mod:`facerecon.kernel.contract.stages`)."""
+        return _warm_stage
 
     def __init__(self, host: PluginHost, name: str, loader: StageLoader, device: str, max_image_pixels: int) -> None:
         self.spec = host.spec(self.kind, name)
         self.loader = loader
         self.device = device
         self.max_image_pixels = max_image_pixels
+        self.layouts = MeshLayouts(size=8)
+        """Mesh layouts clients sent or were sent (a client then sends and gets vertices only)."""
+
+    def _sent_as(self, mesh: Mesh, known: Any) -> str | None:
+        """The layout digest to send ``mesh`` under when the client holds its layout (``known_layouts``)."""
+        if not known:
+            return None
+        digest = self.layouts.digest(mesh)
+        return digest if digest in known else None
 
     def Info(self, request: stages_pb2.InfoRequest, context: grpc.ServicerContext) -> stages_pb2.StageInfo:
         if not self.loader.ready.is_set():
@@ -146,7 +174,9 @@ class RegressorServicer(_StageServicer, stages_pb2_grpc.RegressorServicer):
         face = self._face(request, context)
         result = self._run(context, lambda stage: stage.regress(self._image(request, context), face))
         response = stages_pb2.RegressResponse()
-        convert.coarse_to_proto(result, response.result)
+        convert.coarse_to_proto(
+            result, response.result, layout_digest=self._sent_as(result.mesh, request.known_layouts)
+        )
         return response
 
 
@@ -170,7 +200,7 @@ class RefinerServicer(_StageServicer, stages_pb2_grpc.RefinerServicer):
         face = self._face(request, context)
         if not request.HasField("mesh"):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the request carries no mesh")
-        mesh = _decode(context, lambda: convert.mesh_from_proto(request.mesh))
+        mesh = _decode(context, lambda: convert.mesh_from_proto(request.mesh, layouts=self.layouts))
         segmentation = (
             _decode(context, lambda: convert.segmentation_from_proto(request.segmentation))
             if request.HasField("segmentation")
@@ -180,7 +210,10 @@ class RefinerServicer(_StageServicer, stages_pb2_grpc.RefinerServicer):
             context, lambda stage: stage.refine(self._image(request, context), face, mesh, segmentation)
         )
         response = stages_pb2.RefineResponse()
-        convert.refinement_to_proto(refined, response.refinement)
+        out = refined if isinstance(refined, Mesh) else refined.mesh
+        convert.refinement_to_proto(
+            refined, response.refinement, layout_digest=self._sent_as(out, request.known_layouts)
+        )
         return response
 
 
@@ -247,6 +280,7 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServicer):
         def work(pipe: Pipeline) -> dict[str, Any]:
             image = _decode(context, lambda: convert.image_from_proto(request.image, max_pixels=self.max_image_pixels))
             rec = run_pipeline(pipe, image, all_faces, context)
+            check_call(context)  # nobody waits for the outputs any more
             plugins = pipe.plugin_ids()
             convert.reconstruction_to_proto(rec, response.reconstruction)
             if not (formats and rec.reconstructions):
@@ -265,5 +299,6 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServicer):
 
 
 def run_pipeline(pipe: Pipeline, image: Any, all_faces: bool, context: grpc.ServicerContext) -> Reconstruction:
-    """The pipeline on one image, checking the call's deadline before each face."""
-    return pipe(image, all_faces=all_faces, before_face=lambda: check_deadline(context))
+    """The pipeline on one image; it stops before its next stage once the call has ended (cancelled by the
+    client or past its deadline: :func:`~.loader.check_call`)."""
+    return pipe(image, all_faces=all_faces, before_stage=lambda: check_call(context))

@@ -92,10 +92,11 @@ class ToyMaps:
 
 @dataclass(frozen=True)
 class SlowOptions:
-    """seconds: per call; load_seconds: how long building the stage takes."""
+    """seconds: per call; load_seconds: how long building the stage takes; warm_seconds: its warm_up()."""
 
     seconds: float = 0.5
     load_seconds: float = 0.0
+    warm_seconds: float = 0.0
 
 
 class Slow:
@@ -106,6 +107,9 @@ class Slow:
     def __init__(self, options: SlowOptions | None, device: str) -> None:
         self.options = options or SlowOptions()
         time.sleep(self.options.load_seconds)
+
+    def warm_up(self) -> None:
+        time.sleep(self.options.warm_seconds)
 
     def refine(self, image: np.ndarray, face: Face, mesh: Mesh, segmentation: Segmentation | None) -> Mesh:
         time.sleep(self.options.seconds)

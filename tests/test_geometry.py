@@ -124,6 +124,21 @@ def test_compiled_and_numpy_rasterisers_agree():
     np.testing.assert_allclose(fast.barycentric[same & fast.mask], slow.barycentric[same & fast.mask], atol=1e-5)
 
 
+def test_depth_window_matches_the_whole_raster():
+    """rasterize_depth (what laplace reads its landmark depths from): the full raster's depth in the window,
+    inf where empty, for windows inside, across and outside the mesh."""
+    from facerecon.geometry.raster import rasterize_depth
+
+    s = trimesh.creation.icosphere(subdivisions=4)
+    v = s.vertices * [40, 50, 30] + [60.3, 55.7, 100]
+    full = rasterize(v, s.faces, 120, 128).depth
+    for left, top, right, bottom in ((30, 20, 90, 100), (0, 0, 128, 120), (100, 90, 128, 120), (0, 0, 5, 5)):
+        window = rasterize_depth(v, s.faces, (left, top, right, bottom))
+        assert window.shape == (bottom - top, right - left)
+        np.testing.assert_allclose(window, full[top:bottom, left:right], atol=1e-4)
+    assert rasterize_depth(v, s.faces, (10, 10, 10, 10)).shape == (0, 0)
+
+
 def test_torch_rasteriser_matches_on_the_cpu():
     """The GPU path's code, run on the CPU: same coverage, depth and barycentrics as the numba path."""
     torch = pytest.importorskip("torch")

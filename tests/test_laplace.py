@@ -51,9 +51,38 @@ def test_factorisation_is_reused_for_the_same_constraints():
     bary = np.tile([1.0, 0, 0], (10, 1))
     deformer.deform(sphere.vertices, ids, bary, np.ones(10), sphere.vertices[:10] + 0.1)
     deformer.deform(sphere.vertices, ids, bary, np.ones(10), sphere.vertices[:10] - 0.1)
-    assert len(deformer._factors) == 1
+    assert len(deformer._factors) == 1 and deformer.updates == 0
+    # More rows changed than update_rank allows: a new factorisation.
+    deformer.update_rank = 5
     deformer.deform(sphere.vertices, ids, bary, np.full(10, 2.0), sphere.vertices[:10])
-    assert len(deformer._factors) == 2
+    assert len(deformer._factors) == 2 and deformer.updates == 0
+
+
+def test_few_changed_constraints_update_the_factorisation_and_solve_the_same_system():
+    """A 3DMM fit moves its jaw-line points to other vertices on every face: the system differs from the
+    factorised one in a few rows, solved by a low-rank update instead of a new factorisation — to the same
+    vertices a fresh factorisation gives."""
+    sphere = trimesh.creation.icosphere(subdivisions=4)
+    v = sphere.vertices * 100.0
+    n = len(v)
+    rng = np.random.default_rng(1)
+    ids = np.column_stack([rng.choice(n, 60, replace=False), rng.integers(0, n, 60), rng.integers(0, n, 60)])
+    bary = rng.dirichlet([1, 1, 1], 60)
+    weights = rng.uniform(0.05, 1.0, 60)
+    targets = v[ids[:, 0]] + rng.normal(size=(60, 3))
+    deformer = LaplacianDeformer(n, sphere.faces)
+    deformer.deform(v, ids, bary, weights, targets)
+    for face in range(3):  # 17 rows to other vertices, 5 other weights, 3 rows dropped: 45 rows differ
+        moved, reweighted = ids.copy(), weights.copy()
+        moved[:17, 0] = rng.integers(0, n, 17)
+        reweighted[20:25] *= 3.0
+        keep = np.arange(3, 60)
+        args = (moved[keep], bary[keep], reweighted[keep], targets[keep] + face)
+        updated = deformer.deform(v, *args)
+        fresh = LaplacianDeformer(n, sphere.faces, update_rank=0).deform(v, *args)
+        assert np.abs(fresh - v).max() > 1.0  # the constraints move the mesh
+        np.testing.assert_allclose(updated, fresh, atol=1e-6)
+    assert len(deformer._factors) == 1 and deformer.updates == 3
 
 
 def test_region_tables():
@@ -151,3 +180,32 @@ def test_mesh_without_a_map_for_the_scheme_is_returned_unchanged(refiner, face_p
     face = Face([0, 0, 50, 50], 0.9, Landmarks("mediapipe478", np.zeros((478, 2))))
     with pytest.warns(DeformationWarning, match="no map"):
         assert refiner.refine(face_photo, face, mesh, None) is mesh
+
+
+def test_dlib_jaw_line_reuses_the_factorisation(shared_data, lfpw):
+    """dlib -> 3dmm-fit: the fit slides the 17 jaw points along the model's contour, so every face's iBUG-68
+    map differs on the jaw. The refiner keeps the first face's factorisation and updates it (it was
+    factorised anew for every face: 1.2 s each), to the vertices a fresh factorisation gives."""
+    from facerecon.kernel import Pipeline, PipelineConfig
+    from facerecon.kernel.host.imageio import load_image
+
+    model = shared_data / "models" / "sfm" / "sfm_shape_3448.bin"
+    config = PipelineConfig(detector="dlib", regressor="3dmm-fit", segmenter=None, refiners=()).with_options(
+        "regressor", "3dmm-fit", {"model": str(model)}
+    )
+    inputs = []
+    with Pipeline(config) as pipe:
+        for path in lfpw[:2]:
+            image = load_image(path)
+            face = pipe.detect(image)[0]
+            inputs.append((image, face, pipe.regressor.regress(image, face).mesh))
+    jaws = [mesh.landmark_maps[IBUG68].vertex_ids[:17] for _, _, mesh in inputs]
+    assert not np.array_equal(jaws[0], jaws[1])
+    reusing = LaplaceRefiner(LaplaceOptions(), "cpu")
+    for image, face, coarse in inputs:
+        medium = reusing.refine(image, face, coarse, None)
+        fresh = LaplaceRefiner(LaplaceOptions(update_rank=0), "cpu").refine(image, face, coarse, None)
+        assert np.abs(np.asarray(fresh.vertices) - reusing.densify(coarse).vertices).max() > 1.0
+        np.testing.assert_allclose(medium.vertices, fresh.vertices, atol=1e-3)
+    (deformer,) = reusing.deformers._items.values()
+    assert len(deformer._factors) == 1 and deformer.updates == 1

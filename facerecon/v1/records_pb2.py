@@ -24,49 +24,51 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66\x61\x63\x65recon/v1/records.proto\x12\x0c\x66\x61\x63\x65recon.v1\"I\n\x06Tensor\x12\"\n\x05\x64type\x18\x01 \x01(\x0e\x32\x13.facerecon.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"M\n\x05Image\x12\x11\n\x07\x65ncoded\x18\x01 \x01(\x0cH\x00\x12&\n\x06pixels\x18\x02 \x01(\x0b\x32\x14.facerecon.v1.TensorH\x00\x42\t\n\x07\x63ontent\")\n\nNamedValue\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\"@\n\x0bNamedTensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.facerecon.v1.Tensor\"k\n\tLandmarks\x12\x0e\n\x06scheme\x18\x01 \x01(\t\x12$\n\x06points\x18\x02 \x01(\x0b\x32\x14.facerecon.v1.Tensor\x12(\n\nvisibility\x18\x03 \x01(\x0b\x32\x14.facerecon.v1.Tensor\"\xbb\x01\n\x04\x46\x61\x63\x65\x12!\n\x03\x62ox\x18\x01 \x01(\x0b\x32\x14.facerecon.v1.Tensor\x12\r\n\x05score\x18\x02 \x01(\x01\x12*\n\tlandmarks\x18\x03 \x01(\x0b\x32\x17.facerecon.v1.Landmarks\x12\'\n\thead_pose\x18\x04 \x01(\x0b\x32\x14.facerecon.v1.Tensor\x12,\n\nattributes\x18\x05 \x03(\x0b\x32\x18.facerecon.v1.NamedValue\"n\n\x0bLandmarkMap\x12\x0e\n\x06scheme\x18\x01 \x01(\t\x12(\n\nvertex_ids\x18\x02 \x01(\x0b\x32\x14.facerecon.v1.Tensor\x12%\n\x07weights\x18\x03 \x01(\x0b\x32\x14.facerecon.v1.Tensor\"\xfa\x01\n\x04Mesh\x12&\n\x08vertices\x18\x01 \x01(\x0b\x32\x14.facerecon.v1.Tensor\x12\'\n\ttriangles\x18\x02 \x01(\x0b\x32\x14.facerecon.v1.Tensor\x12\x10\n\x08topology\x18\x03 \x01(\t\x12!\n\x03uvs\x18\x04 \x01(\x0b\x32\x14.facerecon.v1.Tensor\x12\x30\n\rlandmark_maps\x18\x05 \x03(\x0b\x32\x19.facerecon.v1.LandmarkMap\x12\r\n\x05units\x18\x06 \x01(\t\x12+\n\rcamera_matrix\x18\x07 \x01(\x0b\x32\x14.facerecon.v1.Tensor\"\xc1\x01\n\x0c\x43oarseResult\x12 \n\x04mesh\x18\x01 \x01(\x0b\x32\x12.facerecon.v1.Mesh\x12&\n\x08rotation\x18\x02 \x01(\x0b\x32\x14.facerecon.v1.Tensor\x12)\n\x0btranslation\x18\x03 \x01(\x0b\x32\x14.facerecon.v1.Tensor\x12\r\n\x05scale\x18\x04 \x01(\x01\x12-\n\nparameters\x18\x05 \x03(\x0b\x32\x19.facerecon.v1.NamedTensor\"!\n\x05Label\x12\n\n\x02id\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\"(\n\x0bRegionColor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03rgb\x18\x02 \x03(\x02\"\x90\x01\n\x0cSegmentation\x12$\n\x06labels\x18\x01 \x01(\x0b\x32\x14.facerecon.v1.Tensor\x12(\n\x0blabel_names\x18\x02 \x03(\x0b\x32\x13.facerecon.v1.Label\x12\x30\n\rregion_colors\x18\x03 \x03(\x0b\x32\x19.facerecon.v1.RegionColor\";\n\tNamedMesh\x12\x0c\n\x04name\x18\x01 \x01(\t\x12 \n\x04mesh\x18\x02 \x01(\x0b\x32\x12.facerecon.v1.Mesh\"f\n\tImageMaps\x12\x10\n\x08origin_x\x18\x01 \x01(\x05\x12\x10\n\x08origin_y\x18\x02 \x01(\x05\x12\'\n\x04maps\x18\x03 \x03(\x0b\x32\x19.facerecon.v1.NamedTensor\x12\x0c\n\x04step\x18\x04 \x01(\x01\"~\n\nRefinement\x12 \n\x04mesh\x18\x01 \x01(\x0b\x32\x12.facerecon.v1.Mesh\x12%\n\x04maps\x18\x02 \x01(\x0b\x32\x17.facerecon.v1.ImageMaps\x12\'\n\x06phases\x18\x03 \x03(\x0b\x32\x17.facerecon.v1.NamedMesh\"\xc3\x01\n\x0bStageResult\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0e\n\x06plugin\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12 \n\x04mesh\x18\x04 \x01(\x0b\x32\x12.facerecon.v1.Mesh\x12\x12\n\nelapsed_ms\x18\x05 \x01(\x01\x12%\n\x04maps\x18\x06 \x01(\x0b\x32\x17.facerecon.v1.ImageMaps\x12\'\n\x06phases\x18\x07 \x03(\x0b\x32\x17.facerecon.v1.NamedMesh\"\xd3\x01\n\x12\x46\x61\x63\x65Reconstruction\x12 \n\x04\x66\x61\x63\x65\x18\x01 \x01(\x0b\x32\x12.facerecon.v1.Face\x12\x12\n\nface_index\x18\x02 \x01(\x05\x12*\n\x06\x63oarse\x18\x03 \x01(\x0b\x32\x1a.facerecon.v1.CoarseResult\x12)\n\x06stages\x18\x04 \x03(\x0b\x32\x19.facerecon.v1.StageResult\x12\x30\n\x0csegmentation\x18\x05 \x01(\x0b\x32\x1a.facerecon.v1.Segmentation\"\xbb\x01\n\x0eReconstruction\x12\r\n\x05width\x18\x01 \x01(\x05\x12\x0e\n\x06height\x18\x02 \x01(\x05\x12!\n\x05\x66\x61\x63\x65s\x18\x03 \x03(\x0b\x32\x12.facerecon.v1.Face\x12\x39\n\x0freconstructions\x18\x04 \x03(\x0b\x32 .facerecon.v1.FaceReconstruction\x12,\n\ntimings_ms\x18\x05 \x03(\x0b\x32\x18.facerecon.v1.NamedValue*w\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x44TYPE_UINT8\x10\x01\x12\x0f\n\x0b\x44TYPE_INT32\x10\x02\x12\x0f\n\x0b\x44TYPE_INT64\x10\x03\x12\x11\n\rDTYPE_FLOAT32\x10\x04\x12\x11\n\rDTYPE_FLOAT64\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66\x61\x63\x65recon/v1/records.proto\x12\x0c\x66\x61\x63\x65recon.v1\"I\n\x06Tensor\x12\"\n\x05\x64type\x18\x01 \x01(\x0e\x32\x13.facerecon.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"x\n\x05Image\x12\x11\n\x07\x65ncoded\x18\x01 \x01(\x0cH\x00\x12&\n\x06pixels\x18\x02 \x01(\x0b\x32\x14.facerecon.v1.TensorH\x00\x12)\n\x06window\x18\x03 \x01(\x0b\x32\x19.facerecon.v1.ImageWindowB\t\n\x07\x63ontent\"G\n\x0bImageWindow\x12\r\n\x05width\x18\x01 \x01(\x05\x12\x0e\n\x06height\x18\x02 \x01(\x05\x12\x0c\n\x04left\x18\x03 \x01(\x05\x12\x0b\n\x03top\x18\x04 \x01(\x05\")\n\nNamedValue\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\"@\n\x0bNamedTensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.facerecon.v1.Tensor\"k\n\tLandmarks\x12\x0e\n\x06scheme\x18\x01 \x01(\t\x12$\n\x06points\x18\x02 \x01(\x0b\x32\x14.facerecon.v1.Tensor\x12(\n\nvisibility\x18\x03 \x01(\x0b\x32\x14.facerecon.v1.Tensor\"\xbb\x01\n\x04\x46\x61\x63\x65\x12!\n\x03\x62ox\x18\x01 \x01(\x0b\x32\x14.facerecon.v1.Tensor\x12\r\n\x05score\x18\x02 \x01(\x01\x12*\n\tlandmarks\x18\x03 \x01(\x0b\x32\x17.facerecon.v1.Landmarks\x12\'\n\thead_pose\x18\x04 \x01(\x0b\x32\x14.facerecon.v1.Tensor\x12,\n\nattributes\x18\x05 \x03(\x0b\x32\x18.facerecon.v1.NamedValue\"n\n\x0bLandmarkMap\x12\x0e\n\x06scheme\x18\x01 \x01(\t\x12(\n\nvertex_ids\x18\x02 \x01(\x0b\x32\x14.facerecon.v1.Tensor\x12%\n\x07weights\x18\x03 \x01(\x0b\x32\x14.facerecon.v1.Tensor\"\x91\x02\n\x04Mesh\x12&\n\x08vertices\x18\x01 \x01(\x0b\x32\x14.facerecon.v1.Tensor\x12\'\n\ttriangles\x18\x02 \x01(\x0b\x32\x14.facerecon.v1.Tensor\x12\x10\n\x08topology\x18\x03 \x01(\t\x12!\n\x03uvs\x18\x04 \x01(\x0b\x32\x14.facerecon.v1.Tensor\x12\x30\n\rlandmark_maps\x18\x05 \x03(\x0b\x32\x19.facerecon.v1.LandmarkMap\x12\r\n\x05units\x18\x06 \x01(\t\x12+\n\rcamera_matrix\x18\x07 \x01(\x0b\x32\x14.facerecon.v1.Tensor\x12\x15\n\rlayout_digest\x18\x08 \x01(\t\"\xc1\x01\n\x0c\x43oarseResult\x12 \n\x04mesh\x18\x01 \x01(\x0b\x32\x12.facerecon.v1.Mesh\x12&\n\x08rotation\x18\x02 \x01(\x0b\x32\x14.facerecon.v1.Tensor\x12)\n\x0btranslation\x18\x03 \x01(\x0b\x32\x14.facerecon.v1.Tensor\x12\r\n\x05scale\x18\x04 \x01(\x01\x12-\n\nparameters\x18\x05 \x03(\x0b\x32\x19.facerecon.v1.NamedTensor\"!\n\x05Label\x12\n\n\x02id\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\"(\n\x0bRegionColor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03rgb\x18\x02 \x03(\x02\"\x90\x01\n\x0cSegmentation\x12$\n\x06labels\x18\x01 \x01(\x0b\x32\x14.facerecon.v1.Tensor\x12(\n\x0blabel_names\x18\x02 \x03(\x0b\x32\x13.facerecon.v1.Label\x12\x30\n\rregion_colors\x18\x03 \x03(\x0b\x32\x19.facerecon.v1.RegionColor\";\n\tNamedMesh\x12\x0c\n\x04name\x18\x01 \x01(\t\x12 \n\x04mesh\x18\x02 \x01(\x0b\x32\x12.facerecon.v1.Mesh\"f\n\tImageMaps\x12\x10\n\x08origin_x\x18\x01 \x01(\x05\x12\x10\n\x08origin_y\x18\x02 \x01(\x05\x12\'\n\x04maps\x18\x03 \x03(\x0b\x32\x19.facerecon.v1.NamedTensor\x12\x0c\n\x04step\x18\x04 \x01(\x01\"~\n\nRefinement\x12 \n\x04mesh\x18\x01 \x01(\x0b\x32\x12.facerecon.v1.Mesh\x12%\n\x04maps\x18\x02 \x01(\x0b\x32\x17.facerecon.v1.ImageMaps\x12\'\n\x06phases\x18\x03 \x03(\x0b\x32\x17.facerecon.v1.NamedMesh\"\xc3\x01\n\x0bStageResult\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0e\n\x06plugin\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12 \n\x04mesh\x18\x04 \x01(\x0b\x32\x12.facerecon.v1.Mesh\x12\x12\n\nelapsed_ms\x18\x05 \x01(\x01\x12%\n\x04maps\x18\x06 \x01(\x0b\x32\x17.facerecon.v1.ImageMaps\x12\'\n\x06phases\x18\x07 \x03(\x0b\x32\x17.facerecon.v1.NamedMesh\"\xd3\x01\n\x12\x46\x61\x63\x65Reconstruction\x12 \n\x04\x66\x61\x63\x65\x18\x01 \x01(\x0b\x32\x12.facerecon.v1.Face\x12\x12\n\nface_index\x18\x02 \x01(\x05\x12*\n\x06\x63oarse\x18\x03 \x01(\x0b\x32\x1a.facerecon.v1.CoarseResult\x12)\n\x06stages\x18\x04 \x03(\x0b\x32\x19.facerecon.v1.StageResult\x12\x30\n\x0csegmentation\x18\x05 \x01(\x0b\x32\x1a.facerecon.v1.Segmentation\"\xbb\x01\n\x0eReconstruction\x12\r\n\x05width\x18\x01 \x01(\x05\x12\x0e\n\x06height\x18\x02 \x01(\x05\x12!\n\x05\x66\x61\x63\x65s\x18\x03 \x03(\x0b\x32\x12.facerecon.v1.Face\x12\x39\n\x0freconstructions\x18\x04 \x03(\x0b\x32 .facerecon.v1.FaceReconstruction\x12,\n\ntimings_ms\x18\x05 \x03(\x0b\x32\x18.facerecon.v1.NamedValue*w\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x44TYPE_UINT8\x10\x01\x12\x0f\n\x0b\x44TYPE_INT32\x10\x02\x12\x0f\n\x0b\x44TYPE_INT64\x10\x03\x12\x11\n\rDTYPE_FLOAT32\x10\x04\x12\x11\n\rDTYPE_FLOAT64\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'facerecon.v1.records_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DTYPE']._serialized_start=2286
-  _globals['_DTYPE']._serialized_end=2405
+  _globals['_DTYPE']._serialized_start=2425
+  _globals['_DTYPE']._serialized_end=2544
   _globals['_TENSOR']._serialized_start=44
   _globals['_TENSOR']._serialized_end=117
   _globals['_IMAGE']._serialized_start=119
-  _globals['_IMAGE']._serialized_end=196
-  _globals['_NAMEDVALUE']._serialized_start=198
-  _globals['_NAMEDVALUE']._serialized_end=239
-  _globals['_NAMEDTENSOR']._serialized_start=241
-  _globals['_NAMEDTENSOR']._serialized_end=305
-  _globals['_LANDMARKS']._serialized_start=307
-  _globals['_LANDMARKS']._serialized_end=414
-  _globals['_FACE']._serialized_start=417
-  _globals['_FACE']._serialized_end=604
-  _globals['_LANDMARKMAP']._serialized_start=606
-  _globals['_LANDMARKMAP']._serialized_end=716
-  _globals['_MESH']._serialized_start=719
-  _globals['_MESH']._serialized_end=969
-  _globals['_COARSERESULT']._serialized_start=972
-  _globals['_COARSERESULT']._serialized_end=1165
-  _globals['_LABEL']._serialized_start=1167
-  _globals['_LABEL']._serialized_end=1200
-  _globals['_REGIONCOLOR']._serialized_start=1202
-  _globals['_REGIONCOLOR']._serialized_end=1242
-  _globals['_SEGMENTATION']._serialized_start=1245
-  _globals['_SEGMENTATION']._serialized_end=1389
-  _globals['_NAMEDMESH']._serialized_start=1391
-  _globals['_NAMEDMESH']._serialized_end=1450
-  _globals['_IMAGEMAPS']._serialized_start=1452
-  _globals['_IMAGEMAPS']._serialized_end=1554
-  _globals['_REFINEMENT']._serialized_start=1556
-  _globals['_REFINEMENT']._serialized_end=1682
-  _globals['_STAGERESULT']._serialized_start=1685
-  _globals['_STAGERESULT']._serialized_end=1880
-  _globals['_FACERECONSTRUCTION']._serialized_start=1883
-  _globals['_FACERECONSTRUCTION']._serialized_end=2094
-  _globals['_RECONSTRUCTION']._serialized_start=2097
-  _globals['_RECONSTRUCTION']._serialized_end=2284
+  _globals['_IMAGE']._serialized_end=239
+  _globals['_IMAGEWINDOW']._serialized_start=241
+  _globals['_IMAGEWINDOW']._serialized_end=312
+  _globals['_NAMEDVALUE']._serialized_start=314
+  _globals['_NAMEDVALUE']._serialized_end=355
+  _globals['_NAMEDTENSOR']._serialized_start=357
+  _globals['_NAMEDTENSOR']._serialized_end=421
+  _globals['_LANDMARKS']._serialized_start=423
+  _globals['_LANDMARKS']._serialized_end=530
+  _globals['_FACE']._serialized_start=533
+  _globals['_FACE']._serialized_end=720
+  _globals['_LANDMARKMAP']._serialized_start=722
+  _globals['_LANDMARKMAP']._serialized_end=832
+  _globals['_MESH']._serialized_start=835
+  _globals['_MESH']._serialized_end=1108
+  _globals['_COARSERESULT']._serialized_start=1111
+  _globals['_COARSERESULT']._serialized_end=1304
+  _globals['_LABEL']._serialized_start=1306
+  _globals['_LABEL']._serialized_end=1339
+  _globals['_REGIONCOLOR']._serialized_start=1341
+  _globals['_REGIONCOLOR']._serialized_end=1381
+  _globals['_SEGMENTATION']._serialized_start=1384
+  _globals['_SEGMENTATION']._serialized_end=1528
+  _globals['_NAMEDMESH']._serialized_start=1530
+  _globals['_NAMEDMESH']._serialized_end=1589
+  _globals['_IMAGEMAPS']._serialized_start=1591
+  _globals['_IMAGEMAPS']._serialized_end=1693
+  _globals['_REFINEMENT']._serialized_start=1695
+  _globals['_REFINEMENT']._serialized_end=1821
+  _globals['_STAGERESULT']._serialized_start=1824
+  _globals['_STAGERESULT']._serialized_end=2019
+  _globals['_FACERECONSTRUCTION']._serialized_start=2022
+  _globals['_FACERECONSTRUCTION']._serialized_end=2233
+  _globals['_RECONSTRUCTION']._serialized_start=2236
+  _globals['_RECONSTRUCTION']._serialized_end=2423
 # @@protoc_insertion_point(module_scope)

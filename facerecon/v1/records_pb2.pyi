@@ -33,12 +33,26 @@ class Tensor(_message.Message):
     def __init__(self, dtype: _Optional[_Union[DType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class Image(_message.Message):
-    __slots__ = ("encoded", "pixels")
+    __slots__ = ("encoded", "pixels", "window")
     ENCODED_FIELD_NUMBER: _ClassVar[int]
     PIXELS_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
     encoded: bytes
     pixels: Tensor
-    def __init__(self, encoded: _Optional[bytes] = ..., pixels: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    window: ImageWindow
+    def __init__(self, encoded: _Optional[bytes] = ..., pixels: _Optional[_Union[Tensor, _Mapping]] = ..., window: _Optional[_Union[ImageWindow, _Mapping]] = ...) -> None: ...
+
+class ImageWindow(_message.Message):
+    __slots__ = ("width", "height", "left", "top")
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    LEFT_FIELD_NUMBER: _ClassVar[int]
+    TOP_FIELD_NUMBER: _ClassVar[int]
+    width: int
+    height: int
+    left: int
+    top: int
+    def __init__(self, width: _Optional[int] = ..., height: _Optional[int] = ..., left: _Optional[int] = ..., top: _Optional[int] = ...) -> None: ...
 
 class NamedValue(_message.Message):
     __slots__ = ("name", "value")
@@ -91,7 +105,7 @@ class LandmarkMap(_message.Message):
     def __init__(self, scheme: _Optional[str] = ..., vertex_ids: _Optional[_Union[Tensor, _Mapping]] = ..., weights: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class Mesh(_message.Message):
-    __slots__ = ("vertices", "triangles", "topology", "uvs", "landmark_maps", "units", "camera_matrix")
+    __slots__ = ("vertices", "triangles", "topology", "uvs", "landmark_maps", "units", "camera_matrix", "layout_digest")
     VERTICES_FIELD_NUMBER: _ClassVar[int]
     TRIANGLES_FIELD_NUMBER: _ClassVar[int]
     TOPOLOGY_FIELD_NUMBER: _ClassVar[int]
@@ -99,6 +113,7 @@ class Mesh(_message.Message):
     LANDMARK_MAPS_FIELD_NUMBER: _ClassVar[int]
     UNITS_FIELD_NUMBER: _ClassVar[int]
     CAMERA_MATRIX_FIELD_NUMBER: _ClassVar[int]
+    LAYOUT_DIGEST_FIELD_NUMBER: _ClassVar[int]
     vertices: Tensor
     triangles: Tensor
     topology: str
@@ -106,7 +121,8 @@ class Mesh(_message.Message):
     landmark_maps: _containers.RepeatedCompositeFieldContainer[LandmarkMap]
     units: str
     camera_matrix: Tensor
-    def __init__(self, vertices: _Optional[_Union[Tensor, _Mapping]] = ..., triangles: _Optional[_Union[Tensor, _Mapping]] = ..., topology: _Optional[str] = ..., uvs: _Optional[_Union[Tensor, _Mapping]] = ..., landmark_maps: _Optional[_Iterable[_Union[LandmarkMap, _Mapping]]] = ..., units: _Optional[str] = ..., camera_matrix: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    layout_digest: str
+    def __init__(self, vertices: _Optional[_Union[Tensor, _Mapping]] = ..., triangles: _Optional[_Union[Tensor, _Mapping]] = ..., topology: _Optional[str] = ..., uvs: _Optional[_Union[Tensor, _Mapping]] = ..., landmark_maps: _Optional[_Iterable[_Union[LandmarkMap, _Mapping]]] = ..., units: _Optional[str] = ..., camera_matrix: _Optional[_Union[Tensor, _Mapping]] = ..., layout_digest: _Optional[str] = ...) -> None: ...
 
 class CoarseResult(_message.Message):
     __slots__ = ("mesh", "rotation", "translation", "scale", "parameters")

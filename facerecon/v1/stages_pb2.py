@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from facerecon.v1 import records_pb2 as facerecon_dot_v1_dot_records__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x66\x61\x63\x65recon/v1/stages.proto\x12\x0c\x66\x61\x63\x65recon.v1\x1a\x1a\x66\x61\x63\x65recon/v1/records.proto\"\r\n\x0bInfoRequest\"\xb0\x01\n\tStageInfo\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06plugin\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x14\n\x0c\x64istribution\x18\x04 \x01(\t\x12\r\n\x05stage\x18\x05 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x06 \x01(\t\x12\x16\n\x0eserver_version\x18\x07 \x01(\t\x12\'\n\x06stages\x18\x08 \x03(\x0b\x32\x17.facerecon.v1.StageInfo\"C\n\rDetectRequest\x12\"\n\x05image\x18\x01 \x01(\x0b\x32\x13.facerecon.v1.Image\x12\x0e\n\x06plugin\x18\x02 \x01(\t\"3\n\x0e\x44\x65tectResponse\x12!\n\x05\x66\x61\x63\x65s\x18\x01 \x03(\x0b\x32\x12.facerecon.v1.Face\"f\n\x0eRegressRequest\x12\"\n\x05image\x18\x01 \x01(\x0b\x32\x13.facerecon.v1.Image\x12 \n\x04\x66\x61\x63\x65\x18\x02 \x01(\x0b\x32\x12.facerecon.v1.Face\x12\x0e\n\x06plugin\x18\x03 \x01(\t\"=\n\x0fRegressResponse\x12*\n\x06result\x18\x01 \x01(\x0b\x32\x1a.facerecon.v1.CoarseResult\"f\n\x0eSegmentRequest\x12\"\n\x05image\x18\x01 \x01(\x0b\x32\x13.facerecon.v1.Image\x12 \n\x04\x66\x61\x63\x65\x18\x02 \x01(\x0b\x32\x12.facerecon.v1.Face\x12\x0e\n\x06plugin\x18\x03 \x01(\t\"C\n\x0fSegmentResponse\x12\x30\n\x0csegmentation\x18\x01 \x01(\x0b\x32\x1a.facerecon.v1.Segmentation\"\xb9\x01\n\rRefineRequest\x12\"\n\x05image\x18\x01 \x01(\x0b\x32\x13.facerecon.v1.Image\x12 \n\x04\x66\x61\x63\x65\x18\x02 \x01(\x0b\x32\x12.facerecon.v1.Face\x12 \n\x04mesh\x18\x03 \x01(\x0b\x32\x12.facerecon.v1.Mesh\x12\x30\n\x0csegmentation\x18\x04 \x01(\x0b\x32\x1a.facerecon.v1.Segmentation\x12\x0e\n\x06plugin\x18\x05 \x01(\t\">\n\x0eRefineResponse\x12,\n\nrefinement\x18\x01 \x01(\x0b\x32\x18.facerecon.v1.Refinement2\x8b\x01\n\x08\x44\x65tector\x12:\n\x04Info\x12\x19.facerecon.v1.InfoRequest\x1a\x17.facerecon.v1.StageInfo\x12\x43\n\x06\x44\x65tect\x12\x1b.facerecon.v1.DetectRequest\x1a\x1c.facerecon.v1.DetectResponse2\x8f\x01\n\tRegressor\x12:\n\x04Info\x12\x19.facerecon.v1.InfoRequest\x1a\x17.facerecon.v1.StageInfo\x12\x46\n\x07Regress\x12\x1c.facerecon.v1.RegressRequest\x1a\x1d.facerecon.v1.RegressResponse2\x8f\x01\n\tSegmenter\x12:\n\x04Info\x12\x19.facerecon.v1.InfoRequest\x1a\x17.facerecon.v1.StageInfo\x12\x46\n\x07Segment\x12\x1c.facerecon.v1.SegmentRequest\x1a\x1d.facerecon.v1.SegmentResponse2\x8a\x01\n\x07Refiner\x12:\n\x04Info\x12\x19.facerecon.v1.InfoRequest\x1a\x17.facerecon.v1.StageInfo\x12\x43\n\x06Refine\x12\x1b.facerecon.v1.RefineRequest\x1a\x1c.facerecon.v1.RefineResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x66\x61\x63\x65recon/v1/stages.proto\x12\x0c\x66\x61\x63\x65recon.v1\x1a\x1a\x66\x61\x63\x65recon/v1/records.proto\"\r\n\x0bInfoRequest\"\xd1\x01\n\tStageInfo\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06plugin\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x14\n\x0c\x64istribution\x18\x04 \x01(\t\x12\r\n\x05stage\x18\x05 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x06 \x01(\t\x12\x16\n\x0eserver_version\x18\x07 \x01(\t\x12\'\n\x06stages\x18\x08 \x03(\x0b\x32\x17.facerecon.v1.StageInfo\x12\r\n\x05reads\x18\t \x01(\t\x12\x10\n\x08\x66\x65\x61tures\x18\n \x03(\t\"C\n\rDetectRequest\x12\"\n\x05image\x18\x01 \x01(\x0b\x32\x13.facerecon.v1.Image\x12\x0e\n\x06plugin\x18\x02 \x01(\t\"3\n\x0e\x44\x65tectResponse\x12!\n\x05\x66\x61\x63\x65s\x18\x01 \x03(\x0b\x32\x12.facerecon.v1.Face\"}\n\x0eRegressRequest\x12\"\n\x05image\x18\x01 \x01(\x0b\x32\x13.facerecon.v1.Image\x12 \n\x04\x66\x61\x63\x65\x18\x02 \x01(\x0b\x32\x12.facerecon.v1.Face\x12\x0e\n\x06plugin\x18\x03 \x01(\t\x12\x15\n\rknown_layouts\x18\x04 \x03(\t\"=\n\x0fRegressResponse\x12*\n\x06result\x18\x01 \x01(\x0b\x32\x1a.facerecon.v1.CoarseResult\"f\n\x0eSegmentRequest\x12\"\n\x05image\x18\x01 \x01(\x0b\x32\x13.facerecon.v1.Image\x12 \n\x04\x66\x61\x63\x65\x18\x02 \x01(\x0b\x32\x12.facerecon.v1.Face\x12\x0e\n\x06plugin\x18\x03 \x01(\t\"C\n\x0fSegmentResponse\x12\x30\n\x0csegmentation\x18\x01 \x01(\x0b\x32\x1a.facerecon.v1.Segmentation\"\xd0\x01\n\rRefineRequest\x12\"\n\x05image\x18\x01 \x01(\x0b\x32\x13.facerecon.v1.Image\x12 \n\x04\x66\x61\x63\x65\x18\x02 \x01(\x0b\x32\x12.facerecon.v1.Face\x12 \n\x04mesh\x18\x03 \x01(\x0b\x32\x12.facerecon.v1.Mesh\x12\x30\n\x0csegmentation\x18\x04 \x01(\x0b\x32\x1a.facerecon.v1.Segmentation\x12\x0e\n\x06plugin\x18\x05 \x01(\t\x12\x15\n\rknown_layouts\x18\x06 \x03(\t\">\n\x0eRefineResponse\x12,\n\nrefinement\x18\x01 \x01(\x0b\x32\x18.facerecon.v1.Refinement2\x8b\x01\n\x08\x44\x65tector\x12:\n\x04Info\x12\x19.facerecon.v1.InfoRequest\x1a\x17.facerecon.v1.StageInfo\x12\x43\n\x06\x44\x65tect\x12\x1b.facerecon.v1.DetectRequest\x1a\x1c.facerecon.v1.DetectResponse2\x8f\x01\n\tRegressor\x12:\n\x04Info\x12\x19.facerecon.v1.InfoRequest\x1a\x17.facerecon.v1.StageInfo\x12\x46\n\x07Regress\x12\x1c.facerecon.v1.RegressRequest\x1a\x1d.facerecon.v1.RegressResponse2\x8f\x01\n\tSegmenter\x12:\n\x04Info\x12\x19.facerecon.v1.InfoRequest\x1a\x17.facerecon.v1.StageInfo\x12\x46\n\x07Segment\x12\x1c.facerecon.v1.SegmentRequest\x1a\x1d.facerecon.v1.SegmentResponse2\x8a\x01\n\x07Refiner\x12:\n\x04Info\x12\x19.facerecon.v1.InfoRequest\x1a\x17.facerecon.v1.StageInfo\x12\x43\n\x06Refine\x12\x1b.facerecon.v1.RefineRequest\x1a\x1c.facerecon.v1.RefineResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,29 +35,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INFOREQUEST']._serialized_start=71
   _globals['_INFOREQUEST']._serialized_end=84
   _globals['_STAGEINFO']._serialized_start=87
-  _globals['_STAGEINFO']._serialized_end=263
-  _globals['_DETECTREQUEST']._serialized_start=265
-  _globals['_DETECTREQUEST']._serialized_end=332
-  _globals['_DETECTRESPONSE']._serialized_start=334
-  _globals['_DETECTRESPONSE']._serialized_end=385
-  _globals['_REGRESSREQUEST']._serialized_start=387
-  _globals['_REGRESSREQUEST']._serialized_end=489
-  _globals['_REGRESSRESPONSE']._serialized_start=491
-  _globals['_REGRESSRESPONSE']._serialized_end=552
-  _globals['_SEGMENTREQUEST']._serialized_start=554
-  _globals['_SEGMENTREQUEST']._serialized_end=656
-  _globals['_SEGMENTRESPONSE']._serialized_start=658
-  _globals['_SEGMENTRESPONSE']._serialized_end=725
-  _globals['_REFINEREQUEST']._serialized_start=728
-  _globals['_REFINEREQUEST']._serialized_end=913
-  _globals['_REFINERESPONSE']._serialized_start=915
-  _globals['_REFINERESPONSE']._serialized_end=977
-  _globals['_DETECTOR']._serialized_start=980
-  _globals['_DETECTOR']._serialized_end=1119
-  _globals['_REGRESSOR']._serialized_start=1122
-  _globals['_REGRESSOR']._serialized_end=1265
-  _globals['_SEGMENTER']._serialized_start=1268
-  _globals['_SEGMENTER']._serialized_end=1411
-  _globals['_REFINER']._serialized_start=1414
-  _globals['_REFINER']._serialized_end=1552
+  _globals['_STAGEINFO']._serialized_end=296
+  _globals['_DETECTREQUEST']._serialized_start=298
+  _globals['_DETECTREQUEST']._serialized_end=365
+  _globals['_DETECTRESPONSE']._serialized_start=367
+  _globals['_DETECTRESPONSE']._serialized_end=418
+  _globals['_REGRESSREQUEST']._serialized_start=420
+  _globals['_REGRESSREQUEST']._serialized_end=545
+  _globals['_REGRESSRESPONSE']._serialized_start=547
+  _globals['_REGRESSRESPONSE']._serialized_end=608
+  _globals['_SEGMENTREQUEST']._serialized_start=610
+  _globals['_SEGMENTREQUEST']._serialized_end=712
+  _globals['_SEGMENTRESPONSE']._serialized_start=714
+  _globals['_SEGMENTRESPONSE']._serialized_end=781
+  _globals['_REFINEREQUEST']._serialized_start=784
+  _globals['_REFINEREQUEST']._serialized_end=992
+  _globals['_REFINERESPONSE']._serialized_start=994
+  _globals['_REFINERESPONSE']._serialized_end=1056
+  _globals['_DETECTOR']._serialized_start=1059
+  _globals['_DETECTOR']._serialized_end=1198
+  _globals['_REGRESSOR']._serialized_start=1201
+  _globals['_REGRESSOR']._serialized_end=1344
+  _globals['_SEGMENTER']._serialized_start=1347
+  _globals['_SEGMENTER']._serialized_end=1490
+  _globals['_REFINER']._serialized_start=1493
+  _globals['_REFINER']._serialized_end=1631
 # @@protoc_insertion_point(module_scope)

@@ -12,7 +12,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StageInfo(_message.Message):
-    __slots__ = ("kind", "plugin", "version", "distribution", "stage", "device", "server_version", "stages")
+    __slots__ = ("kind", "plugin", "version", "distribution", "stage", "device", "server_version", "stages", "reads", "features")
     KIND_FIELD_NUMBER: _ClassVar[int]
     PLUGIN_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -21,6 +21,8 @@ class StageInfo(_message.Message):
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
     STAGES_FIELD_NUMBER: _ClassVar[int]
+    READS_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
     kind: str
     plugin: str
     version: str
@@ -29,7 +31,9 @@ class StageInfo(_message.Message):
     device: str
     server_version: str
     stages: _containers.RepeatedCompositeFieldContainer[StageInfo]
-    def __init__(self, kind: _Optional[str] = ..., plugin: _Optional[str] = ..., version: _Optional[str] = ..., distribution: _Optional[str] = ..., stage: _Optional[str] = ..., device: _Optional[str] = ..., server_version: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[StageInfo, _Mapping]]] = ...) -> None: ...
+    reads: str
+    features: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, kind: _Optional[str] = ..., plugin: _Optional[str] = ..., version: _Optional[str] = ..., distribution: _Optional[str] = ..., stage: _Optional[str] = ..., device: _Optional[str] = ..., server_version: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[StageInfo, _Mapping]]] = ..., reads: _Optional[str] = ..., features: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DetectRequest(_message.Message):
     __slots__ = ("image", "plugin")
@@ -46,14 +50,16 @@ class DetectResponse(_message.Message):
     def __init__(self, faces: _Optional[_Iterable[_Union[_records_pb2.Face, _Mapping]]] = ...) -> None: ...
 
 class RegressRequest(_message.Message):
-    __slots__ = ("image", "face", "plugin")
+    __slots__ = ("image", "face", "plugin", "known_layouts")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     FACE_FIELD_NUMBER: _ClassVar[int]
     PLUGIN_FIELD_NUMBER: _ClassVar[int]
+    KNOWN_LAYOUTS_FIELD_NUMBER: _ClassVar[int]
     image: _records_pb2.Image
     face: _records_pb2.Face
     plugin: str
-    def __init__(self, image: _Optional[_Union[_records_pb2.Image, _Mapping]] = ..., face: _Optional[_Union[_records_pb2.Face, _Mapping]] = ..., plugin: _Optional[str] = ...) -> None: ...
+    known_layouts: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, image: _Optional[_Union[_records_pb2.Image, _Mapping]] = ..., face: _Optional[_Union[_records_pb2.Face, _Mapping]] = ..., plugin: _Optional[str] = ..., known_layouts: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RegressResponse(_message.Message):
     __slots__ = ("result",)
@@ -78,18 +84,20 @@ class SegmentResponse(_message.Message):
     def __init__(self, segmentation: _Optional[_Union[_records_pb2.Segmentation, _Mapping]] = ...) -> None: ...
 
 class RefineRequest(_message.Message):
-    __slots__ = ("image", "face", "mesh", "segmentation", "plugin")
+    __slots__ = ("image", "face", "mesh", "segmentation", "plugin", "known_layouts")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     FACE_FIELD_NUMBER: _ClassVar[int]
     MESH_FIELD_NUMBER: _ClassVar[int]
     SEGMENTATION_FIELD_NUMBER: _ClassVar[int]
     PLUGIN_FIELD_NUMBER: _ClassVar[int]
+    KNOWN_LAYOUTS_FIELD_NUMBER: _ClassVar[int]
     image: _records_pb2.Image
     face: _records_pb2.Face
     mesh: _records_pb2.Mesh
     segmentation: _records_pb2.Segmentation
     plugin: str
-    def __init__(self, image: _Optional[_Union[_records_pb2.Image, _Mapping]] = ..., face: _Optional[_Union[_records_pb2.Face, _Mapping]] = ..., mesh: _Optional[_Union[_records_pb2.Mesh, _Mapping]] = ..., segmentation: _Optional[_Union[_records_pb2.Segmentation, _Mapping]] = ..., plugin: _Optional[str] = ...) -> None: ...
+    known_layouts: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, image: _Optional[_Union[_records_pb2.Image, _Mapping]] = ..., face: _Optional[_Union[_records_pb2.Face, _Mapping]] = ..., mesh: _Optional[_Union[_records_pb2.Mesh, _Mapping]] = ..., segmentation: _Optional[_Union[_records_pb2.Segmentation, _Mapping]] = ..., plugin: _Optional[str] = ..., known_layouts: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RefineResponse(_message.Message):
     __slots__ = ("refinement",)

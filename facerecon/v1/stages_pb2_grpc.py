@@ -5,7 +5,7 @@ import warnings
 
 from facerecon.v1 import stages_pb2 as facerecon_dot_v1_dot_stages__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 

@@ -45,6 +45,7 @@ class Registrar(Protocol):
         devices: tuple[str, ...] = ("cpu", "cuda"),
         mesh_units: MeshUnits | None = None,
         install_hint: str = "",
+        reads: str = "image",
     ) -> None:
         """Offer stage ``name`` of ``kind``.
 
@@ -75,6 +76,10 @@ class Registrar(Protocol):
             pipeline refuses, when it is built, a refiner that cannot take the regressor's meshes.
         :param install_hint: what makes the stage available where ``available`` says it is not (e.g.
             ``pip install 'facerecon[fine]'``); said when the default pipeline runs without it.
+        :param reads: what of the image the stage reads (:data:`~facerecon.kernel.contract.stages.READS`):
+            ``"image"`` (any pixel; the default), ``"face-crop"`` (only the pixels of
+            :func:`~facerecon.kernel.contract.stages.face_window`) or ``"landmarks"`` (no pixel: the image's
+            size only). A remote stage sends only that; declare no less than the stage reads.
         """
         ...
 

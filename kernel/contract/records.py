@@ -211,7 +211,7 @@ class Mesh:
             given.size == 0 or (int(given.min()) >= 0 and int(given.max()) < len(vertices)),
             "triangle indices out of range",
         )
-        triangles = given.astype(np.int32)
+        triangles = np.asarray(given, np.int32)  # no copy of int32 triangles (a layout shared by meshes)
         _check(vertices.ndim == 2 and vertices.shape[1] == 3, f"vertices must be (N, 3), got {vertices.shape}")
         _check(
             triangles.ndim == 2 and triangles.shape[1] == 3,

@@ -2,6 +2,10 @@
 (see :mod:`facerecon.kernel.contract.hookspecs`); they hold their models and are reused for every image.
 
 All images are ``uint8 (H, W, 3)`` RGB in the image frame; see :mod:`facerecon.kernel.contract.records`.
+
+Any stage may also offer ``warm_up(self) -> None``: one-off initialisation its first call would otherwise pay
+(JIT compilation, lazy imports, caches). ``Pipeline.warm_up`` and the gRPC servers run it once the stage is
+built — a server says NOT_SERVING until it returns, so its first caller does not wait past a deadline.
 """
 
 from __future__ import annotations
@@ -14,6 +18,31 @@ from facerecon.kernel.contract.records import CoarseResult, Face, Mesh, Refineme
 
 StageKind = Literal["detector", "regressor", "segmenter", "refiner"]
 STAGE_KINDS: tuple[StageKind, ...] = ("detector", "regressor", "segmenter", "refiner")
+
+READS = ("image", "face-crop", "landmarks")
+"""What of the image a stage reads (``Registrar.register(reads=...)``): every pixel; only the pixels of
+:func:`face_window`; or none (only the image's size, the face and the mesh). A remote stage sends only that, the
+server passing the stage an image of the full size that is zero elsewhere."""
+
+FACE_MARGIN = 0.5
+"""The margin of :func:`face_window`, a fraction of the face's larger side."""
+
+
+def face_window(face: Face, height: int, width: int) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom), right and bottom excluded: the pixels a ``"face-crop"`` stage may read —
+    the face box and its landmarks, grown by :data:`FACE_MARGIN` of their larger side on every side, inside
+    the image."""
+    xy = np.asarray(face.landmarks.xy, np.float64)
+    box = np.asarray(face.box, np.float64)
+    xs = np.concatenate([xy[:, 0], box[[0, 2]]])
+    ys = np.concatenate([xy[:, 1], box[[1, 3]]])
+    xs, ys = xs[np.isfinite(xs)], ys[np.isfinite(ys)]
+    margin = FACE_MARGIN * max(np.ptp(xs), np.ptp(ys))
+    left = int(np.clip(np.floor(xs.min() - margin), 0, width))
+    top = int(np.clip(np.floor(ys.min() - margin), 0, height))
+    right = int(np.clip(np.ceil(xs.max() + margin) + 1, left, width))
+    bottom = int(np.clip(np.ceil(ys.max() + margin) + 1, top, height))
+    return left, top, right, bottom
 
 
 @runtime_checkable

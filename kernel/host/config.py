@@ -13,6 +13,8 @@ A TOML file holds everything (every key optional)::
     all_faces = false           # reconstruct every face, not only the largest
     max_image_pixels = 80000000 # larger images are refused before decoding
     detect_max_side = 2048      # the detector sees the photo shrunk to this longer side (0: never shrunk)
+    blas_threads = 1            # BLAS (numpy, scipy) threads for the small per-face products (0: the library's)
+    torch_threads = 0           # torch intra-op threads (0: torch's default, every core)
 
     [plugins]
     allow = ["my-detector"]     # only these third-party plugins load (omit: all)
@@ -61,6 +63,8 @@ class PipelineConfig:
     all_faces: bool = False
     max_image_pixels: int = 80_000_000
     detect_max_side: int = 2048
+    blas_threads: int = 1
+    torch_threads: int = 0
     options: Mapping[tuple[str, str], Mapping[str, Any]] = field(default_factory=dict)
     allow_plugins: tuple[str, ...] | None = None
     block_plugins: tuple[str, ...] = ()
@@ -78,6 +82,10 @@ class PipelineConfig:
             raise ConfigError(f"max_image_pixels must be a positive integer, got {self.max_image_pixels!r}")
         if not isinstance(self.detect_max_side, int) or not (self.detect_max_side == 0 or self.detect_max_side >= 64):
             raise ConfigError(f"detect_max_side must be 0 (never shrink) or at least 64, got {self.detect_max_side!r}")
+        for key in ("blas_threads", "torch_threads"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"{key} must be an integer >= 0 (0: the library's own default), got {value!r}")
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
@@ -97,13 +105,17 @@ class PipelineConfig:
     def with_stage_flags(self, flags: Any) -> PipelineConfig:
         """A copy with the stage choices of parsed command-line flags applied: the attributes
         ``detector``, ``regressor``, ``segmenter``, ``device`` (None or absent: keep), ``refiners`` (a
-        comma-separated list, names stripped, '' for none) and ``all_faces`` (True: every face). One
+        comma-separated list, names stripped, '' for none), ``all_faces`` (True: every face) and ``threads``
+        (BLAS and torch threads). One
         reading of these flags for every command (``reconstruct``, ``plugins``, ``serve pipeline``)."""
         changes: dict[str, Any] = {}
         for key in ("detector", "regressor", "segmenter", "device"):
             value = getattr(flags, key, None)
             if value is not None:
                 changes[key] = value
+        threads = getattr(flags, "threads", None)
+        if threads is not None:
+            changes["blas_threads"] = changes["torch_threads"] = threads
         refiners = getattr(flags, "refiners", None)
         if refiners is not None:
             changes["refiners"] = tuple(name.strip() for name in refiners.split(",") if name.strip())
@@ -137,9 +149,14 @@ class PipelineConfig:
         _only_keys(pipeline, simple, "[pipeline]")
         kwargs: dict[str, Any] = {}
         for key, value in pipeline.items():
-            expected = {"refiners": list, "all_faces": bool, "max_image_pixels": int, "detect_max_side": int}.get(
-                key, str
-            )
+            expected = {
+                "refiners": list,
+                "all_faces": bool,
+                "max_image_pixels": int,
+                "detect_max_side": int,
+                "blas_threads": int,
+                "torch_threads": int,
+            }.get(key, str)
             if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
                 raise ConfigError(f"[pipeline] {key} must be a {expected.__name__}, got {value!r}")
             kwargs[key] = tuple(value) if isinstance(value, list) else value

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from facerecon.kernel.contract.hookspecs import hookspec
 from facerecon.kernel.host.config import PipelineConfig
@@ -36,4 +37,15 @@ def facerecon_apply_pipeline_flags(config: PipelineConfig, args: argparse.Namesp
     :param config: the config so far: the TOML file, the stage flags, and the flags of the plugins
         called before this one (:meth:`PluginHost.apply_pipeline_flags` passes each result on).
     :param args: the parsed command line.
+    """
+
+
+@hookspec(firstresult=True)
+def facerecon_make_pipeline(config: PipelineConfig) -> Any | None:
+    """A pipeline that replaces the local one for ``config``, or None (e.g. the ``remote`` plugin's for
+    ``--remote pipeline=ADDRESS``, which sends whole photos to a ``facerecon serve pipeline`` server).
+
+    What it returns is used as a :class:`~facerecon.kernel.host.pipeline.Pipeline` by the batch: called on a
+    ``uint8 (H, W, 3)`` image (keyword ``all_faces``) it returns a Reconstruction; it has ``config``,
+    ``plugin_ids()``, ``warm_up()``, ``close()`` and is a context manager.
     """

@@ -32,6 +32,7 @@ from facerecon.kernel.host.config import DEFAULT_REFINERS, PipelineConfig
 from facerecon.kernel.host.devices import resolve_device
 from facerecon.kernel.host.imageio import fit_within, load_image
 from facerecon.kernel.host.registry import PluginHost
+from facerecon.kernel.host.threads import limit_threads
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +156,8 @@ class Pipeline:
         key = (kind, name)
         if key not in self._stages:
             self._stages[key] = self.host.create(kind, name, self.config.options_for(kind, name), self.device)
+            # After the stage loaded its libraries (BLAS, torch): pools sized for per-face work (threads.py).
+            limit_threads(self.config.blas_threads, self.config.torch_threads)
         return self._stages[key]
 
     @property
@@ -182,8 +185,13 @@ class Pipeline:
         return {kind: (name, self.host.spec(kind, name).version) for kind, name in named.items() if name}
 
     def warm_up(self) -> None:
-        """Build every configured stage now (loads the models) instead of on the first image."""
-        _ = self.detector, self.regressor, self.segmenter, self.refiners
+        """Build every configured stage now (loads the models) instead of on the first image, and run the
+        stages' optional ``warm_up()`` (see :mod:`facerecon.kernel.contract.stages`)."""
+        stages = [self.detector, self.regressor, self.segmenter, *(stage for _, stage in self.refiners)]
+        for stage in stages:
+            warm = getattr(stage, "warm_up", None)
+            if callable(warm):
+                warm()
 
     def close(self) -> None:
         for stage in self._stages.values():
@@ -206,13 +214,17 @@ class Pipeline:
         *,
         all_faces: bool | None = None,
         before_face: Callable[[], None] | None = None,
+        before_stage: Callable[[], None] | None = None,
     ) -> Reconstruction:
         """Reconstruct the largest face (every face with ``all_faces``, default: the config's) of a
-        ``uint8 (H, W, 3)`` RGB image. ``before_face`` runs before each face's stages (a server checks its
-        deadline there). A face-less image gives a Reconstruction with no faces, not an error.
+        ``uint8 (H, W, 3)`` RGB image. ``before_face`` runs before each face's stages, ``before_stage``
+        before every stage (a server stops a call's work there, by raising, once the call has ended). A
+        face-less image gives a Reconstruction with no faces, not an error.
         """
         image = check_image(image)
         timings: dict[str, float] = {}
+        if before_stage is not None:
+            before_stage()
         start = time.perf_counter()
         faces = self.detect(image)
         timings["detector"] = _ms_since(start)
@@ -222,7 +234,7 @@ class Pipeline:
         for index, face in enumerate(chosen):
             if before_face is not None:
                 before_face()
-            results.append(self.reconstruct_face(image, face, index, timings))
+            results.append(self.reconstruct_face(image, face, index, timings, before_stage))
         return Reconstruction(
             image_size=(image.shape[1], image.shape[0]),
             faces=tuple(faces),
@@ -244,14 +256,22 @@ class Pipeline:
         return sorted(faces, key=lambda f: -f.area)
 
     def reconstruct_face(
-        self, image: np.ndarray, face: Face, index: int = 0, timings: dict[str, float] | None = None
+        self,
+        image: np.ndarray,
+        face: Face,
+        index: int = 0,
+        timings: dict[str, float] | None = None,
+        before_stage: Callable[[], None] | None = None,
     ) -> FaceReconstruction:
         timings = timings if timings is not None else {}
+        checkpoint = before_stage or (lambda: None)
         segmentation = None
         if self.segmenter is not None:
+            checkpoint()
             start = time.perf_counter()
             segmentation = self._checked("segmenter", str(self.config.segmenter), self.segmenter.segment(image, face))
             _accumulate(timings, "segmenter", _ms_since(start))
+        checkpoint()
         start = time.perf_counter()
         coarse = self._checked("regressor", self.config.regressor, self.regressor.regress(image, face))
         elapsed = _ms_since(start)
@@ -266,6 +286,7 @@ class Pipeline:
                     f"refiner {name!r} takes meshes in {'|'.join(units)}; the stage before it gave one in "
                     f"{mesh.units!r} (a stage that declared other units, or none)"
                 )
+            checkpoint()
             start = time.perf_counter()
             output = self._checked("refiner", name, refiner.refine(image, face, mesh, segmentation))
             refinement = output if isinstance(output, Refinement) else Refinement(output)

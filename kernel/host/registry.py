@@ -21,7 +21,7 @@ import pluggy
 from facerecon.kernel.contract import hookspecs
 from facerecon.kernel.contract.errors import ConfigError, PluginError
 from facerecon.kernel.contract.hookspecs import MESH_UNITS, MeshUnits, StageFactory
-from facerecon.kernel.contract.stages import STAGE_KINDS, STAGE_PROTOCOLS
+from facerecon.kernel.contract.stages import READS, STAGE_KINDS, STAGE_PROTOCOLS
 from facerecon.kernel.host import hookspecs as host_hookspecs
 from facerecon.kernel.host.config import PipelineConfig
 from facerecon.kernel.host.options import parse_options
@@ -56,6 +56,7 @@ class StageSpec:
     devices: tuple[str, ...] = ("cpu", "cuda")
     mesh_units: MeshUnits | None = None
     install_hint: str = ""
+    reads: str = "image"
 
     def is_available(self) -> bool:
         """Whether the stage can run with no options given (e.g. its model files are configured)."""
@@ -115,6 +116,7 @@ class StageRegistrar:
         devices: tuple[str, ...] = ("cpu", "cuda"),
         mesh_units: MeshUnits | None = None,
         install_hint: str = "",
+        reads: str = "image",
     ) -> None:
         """Offer a stage ``name`` of ``kind``; see the hookspec (``Registrar.register``) for the arguments.
 
@@ -129,6 +131,8 @@ class StageRegistrar:
             raise PluginError(f"plugin {self.plugin!r}: options of {kind} {name!r} must be a dataclass")
         if not callable(factory):
             raise PluginError(f"plugin {self.plugin!r}: factory of {kind} {name!r} is not callable")
+        if reads not in READS:
+            raise PluginError(f"plugin {self.plugin!r}: reads of {kind} {name!r} must be one of {READS}, got {reads!r}")
         for what, value in (("accepts", accepts), ("produces", produces), ("devices", devices)):
             if value is not None and (isinstance(value, str) or not all(isinstance(v, str) and v for v in value)):
                 raise PluginError(f"plugin {self.plugin!r}: {what} of {kind} {name!r} must be a tuple of names")
@@ -157,6 +161,7 @@ class StageRegistrar:
                 devices=tuple(devices),
                 mesh_units=mesh_units,
                 install_hint=install_hint,
+                reads=reads,
             )
         )
 
@@ -258,6 +263,10 @@ class PluginHost:
             if changed is not None:
                 config = changed
         return config
+
+    def make_pipeline(self, config: PipelineConfig) -> Any | None:
+        """A plugin's replacement for the local pipeline of ``config`` (``facerecon_make_pipeline``), or None."""
+        return self.pm.hook.facerecon_make_pipeline(config=config)
 
     # -- stages --------------------------------------------------------------------------------
 
