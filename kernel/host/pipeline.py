@@ -21,6 +21,7 @@ import numpy as np
 from facerecon.kernel.contract.errors import ConfigError, PluginError
 from facerecon.kernel.contract.images import check_image
 from facerecon.kernel.contract.records import (
+    CoarseResult,
     Face,
     FaceReconstruction,
     Reconstruction,
@@ -197,8 +198,15 @@ class Pipeline:
         return sorted(faces, key=lambda f: -f.area)
 
     def reconstruct_face(
-        self, image: np.ndarray, face: Face, index: int = 0, timings: dict[str, float] | None = None
+        self,
+        image: np.ndarray,
+        face: Face,
+        index: int = 0,
+        timings: dict[str, float] | None = None,
+        coarse: CoarseResult | None = None,
     ) -> FaceReconstruction:
+        """The face's stages; ``coarse``: the regressor's result when the caller already has it (a video's
+        frame, its pose filtered), so only the segmenter and refiners run."""
         timings = timings if timings is not None else {}
         segmentation = None
         if self.segmenter is not None:
@@ -206,7 +214,8 @@ class Pipeline:
             segmentation = self._checked("segmenter", str(self.config.segmenter), self.segmenter.segment(image, face))
             _accumulate(timings, "segmenter", _ms_since(start))
         start = time.perf_counter()
-        coarse = self._checked("regressor", self.config.regressor, self.regressor.regress(image, face))
+        if coarse is None:
+            coarse = self._checked("regressor", self.config.regressor, self.regressor.regress(image, face))
         elapsed = _ms_since(start)
         _accumulate(timings, "regressor", elapsed)
         spec = self.host.spec("regressor", self.config.regressor)
