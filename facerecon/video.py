@@ -92,6 +92,9 @@ class VideoFile:
         capture = cv2.VideoCapture(name, cv2.CAP_FFMPEG)
         if not capture.isOpened():
             capture.release()
+            codec = container_codec(self.path)
+            if codec is not None:
+                raise InputError(f"{name}: codec {codec!r} is unsupported by this OpenCV build (no decoder for it)")
             raise InputError(f"{name}: not a video OpenCV can open (corrupt, truncated, or not a video at all)")
         fourcc = int(capture.get(cv2.CAP_PROP_FOURCC))
         self.codec = "".join(chr((fourcc >> (8 * i)) & 0xFF) for i in range(4)).strip("\0 ") or "unknown"
@@ -144,6 +147,24 @@ class VideoFile:
                 f"{self.path}: truncated or corrupt: {decoded} of the {self.frame_count} frames its header "
                 "announces could be decoded"
             )
+
+
+def container_codec(path: Path, window: int = 4 << 20) -> str | None:
+    """The video codec's FourCC named in an AVI ('strh' of a 'vids' stream) or MP4/MOV ('stsd' entry)
+    header, read from the file's first and last ``window`` bytes; None when there is none (or not valid)."""
+    with path.open("rb") as file:
+        data = file.read(window)
+        size = file.seek(0, 2)
+        if size > window:
+            file.seek(max(window, size - window))
+            data += file.read()
+    for marker, offset in ((b"vids", 4), (b"stsd", 16)):  # AVI: vids + fccHandler; MP4: stsd + 12 bytes + format
+        at = data.find(marker)
+        if at >= 0:
+            code = data[at + offset : at + offset + 4]
+            if len(code) == 4 and all(32 <= b < 127 for b in code):
+                return code.decode("ascii")
+    return None
 
 
 class ImageSequence:
@@ -209,3 +230,20 @@ def find_inputs(inputs: list[str], *, sequence: bool = False) -> tuple[list[tupl
         else:
             problems.append((item, "no such file or no images matched"))
     return list(dict.fromkeys(found)), problems
+
+
+def write_video(path: Path, frames: list[np.ndarray], fps: float, fourcc: str = "mp4v") -> Path:
+    """Write uint8 (H, W, 3) RGB ``frames`` (one size) as a video with OpenCV (``mp4v``: MPEG-4 part 2 in
+    .mp4; ``MJPG`` in .avi; ``VP80`` in .webm). An InputError when OpenCV cannot write that codec."""
+    import cv2
+
+    height, width = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (width, height))
+    if not writer.isOpened():
+        raise InputError(f"{path}: OpenCV cannot write {fourcc!r} video here")
+    try:
+        for frame in frames:
+            writer.write(cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2BGR))
+    finally:
+        writer.release()
+    return path
