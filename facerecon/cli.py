@@ -17,9 +17,13 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from facerecon import __version__
 from facerecon.batch import Outcome, WriteOptions
+
+if TYPE_CHECKING:
+    from facerecon.engines.ray_engine import RayEngine
 from facerecon.kernel import PipelineConfig, PluginHost
 from facerecon.kernel.contract.errors import ConfigError, InputError, ModelFileError, PluginError
 from facerecon.kernel.host.commands import DefaultsHelpFormatter
@@ -77,6 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument(
         "--overwrite", action="store_true", help="redo inputs whose complete results exist (default: skip them)"
     )
+    rec.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: --jobs worker processes here; ray: Ray actors per stage, --jobs replicas each (facerecon[ray])",
+    )
+    rec.add_argument("--address", help="--engine ray: the cluster to join (e.g. auto); default: start a local one")
     video = rec.add_argument_group("videos and image sequences (mp4, avi, mov, webm, mkv: OUT/<video>/video.json)")
     video.add_argument("--sequence", action="store_true", help="a folder input is one image sequence (a video)")
     video.add_argument("--every", type=int, default=1, metavar="N", help="reconstruct every N-th frame")
@@ -215,7 +226,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     finished: set[str] = set()  # inputs with an outcome
     interrupted = False
     start = time.perf_counter()
-    pool: WorkerPool | None = None
+    pool: WorkerPool | RayEngine | None = None
     show_bar = False
 
     def record(outcome: Outcome) -> None:
@@ -265,7 +276,12 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
         show_bar = not args.quiet and sys.stderr.isatty() and len(todo) > 1
         write = WriteOptions(formats=formats, texture_size=args.texture_size, save_phases=args.save_phases)
-        pool = WorkerPool(config, write, jobs=min(args.jobs, max(1, len(todo))))
+        if args.engine == "ray":
+            from facerecon.engines.ray_engine import RayEngine
+
+            pool = RayEngine(config, write, address=args.address, replicas=args.jobs)
+        else:
+            pool = WorkerPool(config, write, jobs=min(args.jobs, max(1, len(todo))))
         with logging_redirect_tqdm():
             if todo:
                 pool.start()
@@ -305,6 +321,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         else list(args.inputs),
         "interrupted": interrupted,
         "jobs": args.jobs,
+        "engine": args.engine,
         "seconds": seconds,
         "counts": {"succeeded": len(succeeded), "failed": len(failures), "skipped": len(skipped), "images": images},
         # throughput of the photos and video frames this run reconstructed (skipped inputs excluded)

@@ -238,7 +238,7 @@ def write_video(path: Path, frames: list[np.ndarray], fps: float, fourcc: str = 
     import cv2
 
     height, width = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (width, height))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*fourcc), fps, (width, height))
     if not writer.isOpened():
         raise InputError(f"{path}: OpenCV cannot write {fourcc!r} video here")
     try:
