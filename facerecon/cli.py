@@ -56,7 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
         "preview.png and result.json. Inputs that fail are listed in OUT/failures.json; the rest go on.",
         formatter_class=DefaultsHelpFormatter,
     )
-    rec.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
+    rec.add_argument("inputs", nargs="*", metavar="INPUT", help="image or video files, folders or glob patterns")
+    rec.add_argument("--files-from", type=Path, metavar="FILE", help="also the inputs listed in FILE, one a line")
+    rec.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="only every N-th input from the I-th (0-based), e.g. a Kubernetes Indexed Job's $JOB_COMPLETION_INDEX/N;"
+        " its summary is OUT/summary-shard-I-of-N.json",
+    )
     rec.add_argument("-o", "--output", type=Path, default=Path("out"), help="output folder")
     rec.add_argument("-c", "--config", type=Path, help="TOML config file (see docs/configuration.md)")
     rec.add_argument("--detector", help="detector plugin (default: from config, else mediapipe)")
@@ -193,6 +200,18 @@ def _output_names(paths: list[Path]) -> list[str]:
     return [f"{p.stem}_{p.suffix.lstrip('.')}" if stems.count(p.stem) > 1 else p.stem for p in paths]
 
 
+def _parse_shard(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard must be I/N (e.g. 3/10), got {text!r}") from None
+    if count < 1 or not 0 <= index < count:
+        raise ConfigError(f"--shard {text}: I must be in 0..N-1 and N at least 1")
+    return index, count
+
+
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     formats = tuple(f.strip().lower().lstrip(".") for f in args.formats.split(",") if f.strip())
     unknown = [f for f in formats if f".{f}" not in WRITERS]
@@ -210,6 +229,15 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         raise ConfigError(f"-o {out}: cannot create the folder ({exc.strerror or exc})") from None
     if args.jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
+    shard = _parse_shard(args.shard)
+    if args.files_from is not None:
+        try:
+            args.inputs += [line.strip() for line in args.files_from.read_text().splitlines() if line.strip()]
+        except OSError as exc:
+            raise ConfigError(f"--files-from {args.files_from}: cannot read it ({exc.strerror or exc})") from None
+    if not args.inputs:
+        raise ConfigError("no inputs: give image or video files, folders, patterns or --files-from FILE")
+    tag = "" if shard is None else f"-shard-{shard[0]}-of-{shard[1]}"
     try:
         video = VideoOptions(
             sampling=Sampling(every=args.every, fps=args.fps, sequence_fps=args.sequence_fps),
@@ -253,6 +281,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     try:
         remove_stale_partials(out)  # what a killed earlier run left
         media, problems = find_inputs(args.inputs, sequence=args.sequence)
+        if shard is not None:
+            media = media[shard[0] :: shard[1]]
         failures += [{"input": item, "error": reason} for item, reason in problems]
         for item, reason in problems:
             log.error("%s: %s", item, reason)
@@ -300,7 +330,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         if pool is not None:
             pool.close()
         remove_stale_partials(out)  # a worker killed mid-write (a crash, Ctrl-C)
-    failures_file = out / "failures.json"
+    failures_file = out / f"failures{tag}.json"
     if failures:
         atomic_write(failures_file, (json.dumps({"failures": failures}, indent=1) + "\n").encode())
         print(f"facerecon: {len(failures)} input(s) failed, see {failures_file}", file=sys.stderr)
@@ -327,7 +357,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         # throughput of the photos and video frames this run reconstructed (skipped inputs excluded)
         "images_per_s": round(images / seconds, 4) if seconds > 0 else None,
     }
-    atomic_write(out / "summary.json", (json.dumps(summary, indent=1) + "\n").encode())
+    atomic_write(out / f"summary{tag}.json", (json.dumps(summary, indent=1) + "\n").encode())
     if interrupted:
         return EXIT_INTERRUPTED
     return EXIT_FAILURES if failures else EXIT_OK

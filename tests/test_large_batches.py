@@ -8,7 +8,9 @@ import json
 import shutil
 from pathlib import Path
 
-from facerecon.cli import main
+import pytest
+
+from facerecon.cli import build_parser, main
 
 FAST = ["--regressor", "landmark-mesh", "--segmenter", "none", "--refiners", "", "--texture-size", "64", "-q"]
 
@@ -52,3 +54,39 @@ def test_bad_jobs_is_a_usage_error(lfpw, tmp_path, capsys):
     assert main(["reconstruct", str(lfpw[0]), "-o", str(tmp_path / "o"), "--every", "0", *FAST]) == 2
     assert "--every must be at least 1, got 0" in capsys.readouterr().err
     assert not Path(tmp_path / "o" / lfpw[0].stem).exists()
+
+
+def test_a_shard_of_a_file_list(lfpw, tmp_path, capsys):
+    """The Kubernetes Indexed Job recipe (docs/services.md): pod I of N takes every N-th input of a list."""
+    listing = tmp_path / "inputs.txt"
+    listing.write_text("".join(f"{p}\n" for p in lfpw[:3]) + "\n")
+    out = tmp_path / "out"
+    assert main(["reconstruct", "--files-from", str(listing), "--shard", "1/2", "-o", str(out), *FAST]) == 0
+    summary = json.loads((out / "summary-shard-1-of-2.json").read_text())
+    assert [s["input"] for s in summary["succeeded"]] == [str(lfpw[1])]
+    assert sorted(p.name for p in out.iterdir()) == [lfpw[1].stem, "summary-shard-1-of-2.json"]
+    for bad in ("2/2", "x/3", "1"):
+        assert main(["reconstruct", str(lfpw[0]), "--shard", bad, "-o", str(out), *FAST]) == 2
+        assert "--shard" in capsys.readouterr().err
+    assert main(["reconstruct", "-o", str(out), *FAST]) == 2
+    assert "no inputs" in capsys.readouterr().err
+
+
+def test_the_indexed_job_manifest_shards_the_list():
+    """docker/k8s/batch-job.yaml: pod I of the Indexed Job runs `--shard I/N` with N its completions, and its
+    command line parses."""
+    import shlex
+
+    yaml = pytest.importorskip("yaml", reason="PyYAML (a dev dependency) parses the Kubernetes files")
+    job = yaml.safe_load((Path(__file__).parents[1] / "docker" / "k8s" / "batch-job.yaml").read_text())
+    spec = job["spec"]
+    assert job["kind"] == "Job" and spec["completionMode"] == "Indexed"
+    (container,) = spec["template"]["spec"]["containers"]
+    assert container["command"] == ["sh", "-c"]
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    for index in range(spec["completions"]):
+        words = shlex.split(container["args"][0].replace("${JOB_COMPLETION_INDEX}", str(index)))
+        assert words[:3] == ["exec", "facerecon", "reconstruct"]
+        args = build_parser().parse_args(words[2:])
+        assert args.shard == f"{index}/{spec['completions']}"
+        assert any(str(args.files_from).startswith(m) and str(args.output).startswith(m) for m in mounts)
