@@ -90,3 +90,18 @@ def test_the_indexed_job_manifest_shards_the_list():
         args = build_parser().parse_args(words[2:])
         assert args.shard == f"{index}/{spec['completions']}"
         assert any(str(args.files_from).startswith(m) and str(args.output).startswith(m) for m in mounts)
+
+
+def test_readme_video_and_batch_commands_parse():
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("## Video and large batches", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    parser = build_parser()
+    lines = [line.split("  #")[0].split() for line in block.splitlines() if line.startswith("facerecon ")]
+    assert len(lines) == 6
+    for words in lines:
+        args = parser.parse_args([w.strip("'") for w in words[1:]])
+        assert args.command == "reconstruct"
+    for script in ("bench_batch", "video_jitter"):  # the section's numbers come from these
+        assert f"python -m benchmarks.{script}" in section
+        assert (Path(__file__).parents[1] / "benchmarks" / f"{script}.py").is_file()

@@ -199,7 +199,14 @@ class RayEngine:
     def start(self) -> None:
         ray = _import_ray()
         if not ray.is_initialized():
-            ray.init(address=self.address, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+            ray.init(
+                address=self.address,
+                include_dashboard=False,
+                logging_level="WARNING",
+                log_to_driver=False,
+                # a local cluster (no address) listens on loopback only
+                _node_ip_address="127.0.0.1" if self.address is None else None,
+            )
             self._started_ray = True
         resources = self._resources(ray)
         remote = ray.remote(StageWorker)
