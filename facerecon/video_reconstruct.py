@@ -141,7 +141,9 @@ class _VideoRun:
         for frame in source.frames():
             face = faces[frame.index] = self._detect(frame, smoother)
             if face is not None:
-                identities.append(self._regress(frame, face, None).parameters["identity"])
+                identity = self._regress(frame, face, None).parameters.get("identity")
+                if identity is not None:
+                    identities.append(identity)
         return (np.mean(identities, axis=0) if identities else None), faces
 
     def run(self, source: Any) -> dict[str, Any]:
