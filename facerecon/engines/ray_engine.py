@@ -31,7 +31,8 @@ from typing import Any
 
 from facerecon.batch import Outcome, WriteOptions
 from facerecon.kernel import PipelineConfig
-from facerecon.kernel.contract.errors import ConfigError, NoFaceError
+from facerecon.kernel.contract.errors import ConfigError, NoFaceError, PluginError
+from facerecon.kernel.contract.stages import check_result
 from facerecon.outputs.folder import remove_stale_partials
 
 STAGES = ("detect", "coarse", "refine")
@@ -107,7 +108,11 @@ class StageWorker:
         coarse = []
         for face in chosen:
             begin = time.perf_counter()
-            coarse.append(self.pipeline.regressor.regress(job["image"], face))
+            result = self.pipeline.regressor.regress(job["image"], face)
+            problem = check_result("regressor", result)
+            if problem is not None:
+                raise PluginError(f"regressor {self.pipeline.config.regressor!r} broke the stage contract: {problem}")
+            coarse.append(result)
             timings["regressor"] = timings.get("regressor", 0.0) + (time.perf_counter() - begin) * 1000.0
         return {**job, "coarse": coarse, "timings": timings}
 
