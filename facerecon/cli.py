@@ -128,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         args.inputs += extra  # inputs after the options: `reconstruct a.jpg -o out b.jpg`
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if getattr(args, "command", None) == "reconstruct" and not args.inputs and args.files_from is None:
+        parser.error("reconstruct: give INPUT files, folders or patterns, or --files-from FILE")
     logging.basicConfig(format="facerecon: %(levelname)s: %(message)s", level=logging.WARNING)
     if args.command is None:
         parser.print_help()
@@ -219,14 +221,6 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         raise ConfigError(f"unknown mesh format(s) {', '.join(unknown) or '(none)'}; known: obj, ply, glb")
     if args.texture_size < 16 or args.texture_size > 8192:
         raise ConfigError(f"--texture-size must be in 16..8192, got {args.texture_size}")
-    config = load_config(args)
-    out: Path = args.output
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"-o {out}: exists and is not a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"-o {out}: cannot create the folder ({exc.strerror or exc})") from None
     if args.jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
     shard = _parse_shard(args.shard)
@@ -247,6 +241,14 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         )
     except InputError as exc:
         raise ConfigError(str(exc)) from None
+    config = load_config(args)
+    out: Path = args.output
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"-o {out}: exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"-o {out}: cannot create the folder ({exc.strerror or exc})") from None
     failures: list[dict[str, str]] = []
     succeeded: list[dict[str, object]] = []
     jobs: list[tuple[Path, str]] = []

@@ -68,8 +68,13 @@ def test_a_shard_of_a_file_list(lfpw, tmp_path, capsys):
     for bad in ("2/2", "x/3", "1"):
         assert main(["reconstruct", str(lfpw[0]), "--shard", bad, "-o", str(out), *FAST]) == 2
         assert "--shard" in capsys.readouterr().err
-    assert main(["reconstruct", "-o", str(out), *FAST]) == 2
-    assert "no inputs" in capsys.readouterr().err
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    assert main(["reconstruct", "--files-from", str(empty), "-o", str(tmp_path / "none"), *FAST]) == 2
+    assert "no inputs" in capsys.readouterr().err and not (tmp_path / "none").exists()
+    with pytest.raises(SystemExit) as info:
+        main(["reconstruct", "-o", str(out), *FAST])
+    assert info.value.code == 2
 
 
 def test_the_indexed_job_manifest_shards_the_list():
