@@ -60,6 +60,8 @@ class Outcome:
     error: str | None = None
     crashed: bool = False
     """The worker process died on this input (the error says how)."""
+    frames: int | None = None
+    """For a video: the frames reconstructed (None for a photo)."""
 
 
 class BatchWorker:
@@ -103,15 +105,16 @@ class BatchWorker:
             self.close()
             raise _FATAL.get(kind, PluginError)(text)
 
-    def run(self, path: Path, out_dir: Path) -> Outcome:
-        """Reconstruct ``path`` into ``out_dir``. Every failure, a crash of the worker included, is the
+    def run(self, path: Path, out_dir: Path, video: Any = None) -> Outcome:
+        """Reconstruct ``path`` into ``out_dir``; ``video``: a facerecon.video_reconstruct.VideoOptions when
+        ``path`` is a video or an image sequence. Every failure, a crash of the worker included, is the
         Outcome's ``error``."""
         if self._conn is None:
             self.start()
         assert self._conn is not None
         start = time.perf_counter()
         try:
-            self._conn.send((str(path), str(out_dir)))
+            self._conn.send((str(path), str(out_dir), video))
             return self._conn.recv()
         except (EOFError, OSError):
             reason = self._death()
@@ -194,7 +197,19 @@ def _serve(conn: Connection, config: PipelineConfig, write: WriteOptions) -> Non
                 return
             if job is None:
                 return
-            conn.send(reconstruct_one(pipeline, Path(job[0]), Path(job[1]), write))
+            conn.send(reconstruct_job(pipeline, Path(job[0]), Path(job[1]), write, job[2]))
+
+
+def reconstruct_job(pipeline: Pipeline, path: Path, out_dir: Path, write: WriteOptions, video: Any) -> Outcome:
+    """A photo, or (``video`` set: its VideoOptions) a video or image sequence."""
+    if video is None:
+        return reconstruct_one(pipeline, path, out_dir, write)
+    from facerecon.video_reconstruct import reconstruct_video
+
+    outcome = reconstruct_video(pipeline, path, out_dir, write, video)
+    if outcome.error is not None:
+        log.error("%s", outcome.error)
+    return outcome
 
 
 def reconstruct_one(pipeline: Pipeline, path: Path, out_dir: Path, write: WriteOptions) -> Outcome:

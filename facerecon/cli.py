@@ -19,18 +19,26 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from facerecon import __version__
-from facerecon.batch import BatchWorker, Outcome, WriteOptions
+from facerecon.batch import Outcome, WriteOptions
 from facerecon.evaluation.command import add_evaluation_commands
 from facerecon.kernel import PipelineConfig, PluginHost
 from facerecon.kernel.contract.errors import ConfigError, InputError, ModelFileError, PluginError
 from facerecon.kernel.host.commands import DefaultsHelpFormatter
 from facerecon.kernel.host.config import DEFAULT_REFINERS, DEVICES
-from facerecon.kernel.host.imageio import find_images
 from facerecon.outputs.folder import check_output_folder, remove_stale_partials
 from facerecon.outputs.frames import FRAMES
+
 from facerecon.outputs.meshes import WRITERS, atomic_write
+from facerecon.pool import WorkerPool
+from facerecon.temporal import OneEuroSettings
+from facerecon.video import Sampling, find_inputs
+from facerecon.video_reconstruct import VideoOptions
+
+if TYPE_CHECKING:
+    from facerecon.engines.ray_engine import RayEngine
 
 log = logging.getLogger("facerecon")
 
@@ -53,7 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
         "preview.png and result.json. Inputs that fail are listed in OUT/failures.json; the rest go on.",
         formatter_class=DefaultsHelpFormatter,
     )
-    rec.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
+    rec.add_argument("inputs", nargs="*", metavar="INPUT", help="image or video files, folders or glob patterns")
+    rec.add_argument("--files-from", type=Path, metavar="FILE", help="also the inputs listed in FILE, one a line")
+    rec.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="only every N-th input from the I-th (0-based), e.g. a Kubernetes Indexed Job's $JOB_COMPLETION_INDEX/N;"
+        " its summary is OUT/summary-shard-I-of-N.json",
+    )
     rec.add_argument("-o", "--output", type=Path, default=Path("out"), help="output folder")
     rec.add_argument("-c", "--config", type=Path, help="TOML config file (see docs/configuration.md)")
     rec.add_argument("--detector", help="detector plugin (default: from config, else mediapipe)")
@@ -101,6 +116,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write OUT/index.html, a 3D viewer of the results that opens from disk (adds glb to --formats)",
     )
     rec.add_argument("-q", "--quiet", action="store_true", help="no progress bar, only errors")
+    rec.add_argument("-j", "--jobs", type=int, default=1, help="worker processes (each loads the models once)")
+    rec.add_argument(
+        "--overwrite", action="store_true", help="redo inputs whose complete results exist (default: skip them)"
+    )
+    rec.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: --jobs worker processes here; ray: Ray actors per stage, --jobs replicas each (facerecon[ray])",
+    )
+    rec.add_argument("--address", help="--engine ray: the cluster to join (e.g. auto); default: start a local one")
+    video = rec.add_argument_group("videos and image sequences (mp4, avi, mov, webm, mkv: OUT/<video>/video.json)")
+    video.add_argument("--sequence", action="store_true", help="a folder input is one image sequence (a video)")
+    video.add_argument("--every", type=int, default=1, metavar="N", help="reconstruct every N-th frame")
+    video.add_argument("--fps", type=float, metavar="F", help="reconstruct F frames per second (instead of --every)")
+    video.add_argument("--sequence-fps", type=float, default=30.0, metavar="F", help="frame rate of image sequences")
+    video.add_argument(
+        "--no-smoothing",
+        action="store_true",
+        help="frames on their own: no One-Euro filter on landmarks and pose, no identity shared by a video's frames",
+    )
+    video.add_argument("--aggregate", choices=("mean",), help="also write the mean pose-removed shape of each video")
 
     plugins = sub.add_parser(
         "plugins",
@@ -124,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         args.inputs += extra  # inputs after the options: `reconstruct a.jpg -o out b.jpg`
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if getattr(args, "command", None) == "reconstruct" and not args.inputs and args.files_from is None:
+        parser.error("reconstruct: give INPUT files, folders or patterns, or --files-from FILE")
     logging.basicConfig(format="facerecon: %(levelname)s: %(message)s", level=logging.WARNING)
     if args.command is None:
         parser.print_help()
@@ -202,6 +241,18 @@ def _output_names(paths: list[Path]) -> list[str]:
     return [f"{p.stem}_{p.suffix.lstrip('.')}" if stems.count(p.stem) > 1 else p.stem for p in paths]
 
 
+def _parse_shard(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard must be I/N (e.g. 3/10), got {text!r}") from None
+    if count < 1 or not 0 <= index < count:
+        raise ConfigError(f"--shard {text}: I must be in 0..N-1 and N at least 1")
+    return index, count
+
+
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     formats = tuple(f.strip().lower().lstrip(".") for f in args.formats.split(",") if f.strip())
     unknown = [f for f in formats if f".{f}" not in WRITERS]
@@ -214,6 +265,26 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
         bundle_js()  # the viewer's JavaScript is installed: else a clear error now, not after the batch
         formats += () if "glb" in formats else ("glb",)
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
+    shard = _parse_shard(args.shard)
+    if args.files_from is not None:
+        try:
+            args.inputs += [line.strip() for line in args.files_from.read_text().splitlines() if line.strip()]
+        except OSError as exc:
+            raise ConfigError(f"--files-from {args.files_from}: cannot read it ({exc.strerror or exc})") from None
+    if not args.inputs:
+        raise ConfigError("no inputs: give image or video files, folders, patterns or --files-from FILE")
+    tag = "" if shard is None else f"-shard-{shard[0]}-of-{shard[1]}"
+    try:
+        video = VideoOptions(
+            sampling=Sampling(every=args.every, fps=args.fps, sequence_fps=args.sequence_fps),
+            smooth=not args.no_smoothing,
+            aggregate=args.aggregate,
+            landmark_filter=OneEuroSettings(),
+        )
+    except InputError as exc:
+        raise ConfigError(str(exc)) from None
     config = load_config(args)
     out: Path = args.output
     if out.exists() and not out.is_dir():
@@ -225,75 +296,117 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     failures: list[dict[str, str]] = []
     succeeded: list[dict[str, object]] = []
     jobs: list[tuple[Path, str]] = []
-    done = 0
+    skipped: list[str] = []
+    finished: set[str] = set()  # inputs with an outcome
     interrupted = False
     start = time.perf_counter()
-    worker: BatchWorker | None = None
+    pool: WorkerPool | RayEngine | None = None
     show_bar = False
 
     def record(outcome: Outcome) -> None:
+        finished.add(outcome.input)
         if outcome.error is not None:
             failures.append({"input": outcome.input, "error": outcome.error})
             if outcome.crashed:  # the worker could not log it itself
                 log.error("%s: %s", outcome.input, outcome.error)
             return
-        succeeded.append(
-            {"input": outcome.input, "output": outcome.output, "faces": outcome.faces, "seconds": outcome.seconds}
-        )
+        entry: dict[str, object] = {
+            "input": outcome.input,
+            "output": outcome.output,
+            "faces": outcome.faces,
+            "seconds": outcome.seconds,
+        }
+        if outcome.frames is not None:
+            entry["frames"] = outcome.frames
+        succeeded.append(entry)
         if not args.quiet and not show_bar:
-            print(f"{outcome.input} -> {outcome.output} ({outcome.faces} face(s))")
+            said = f"{outcome.faces} face(s)" if outcome.frames is None else f"{outcome.frames} frame(s)"
+            print(f"{outcome.input} -> {outcome.output} ({said})")
 
     # From here on a Ctrl-C, however early, still writes summary.json (what was done and what was not).
     try:
         remove_stale_partials(out)  # what a killed earlier run left
-        paths, problems = find_images(args.inputs)
+        media, problems = find_inputs(args.inputs, sequence=args.sequence)
+        if shard is not None:
+            media = media[shard[0] :: shard[1]]
         failures += [{"input": item, "error": reason} for item, reason in problems]
         for item, reason in problems:
             log.error("%s: %s", item, reason)
+        paths = [path for path, _ in media]
         jobs = list(zip(paths, _output_names(paths), strict=True))
         check_output_folder(out, [name for _, name in jobs])  # nothing of anyone else's is written over
+        videos = {path for path, is_video in media if is_video}
+        todo = [(path, out / name, video if path in videos else None) for path, name in jobs]
+        if not args.overwrite:  # resume: a complete result folder is renamed into place only when whole
+            skipped = [
+                str(path)
+                for path, folder, options in todo
+                if (folder / ("result.json" if options is None else "video.json")).is_file()
+            ]
+            todo = [task for task in todo if str(task[0]) not in skipped]
+            finished.update(skipped)
+            if skipped and not args.quiet:
+                print(f"facerecon: {len(skipped)} input(s) already done, skipped (--overwrite redoes them)")
 
         from tqdm import tqdm
         from tqdm.contrib.logging import logging_redirect_tqdm
 
-        show_bar = not args.quiet and sys.stderr.isatty() and len(paths) > 1
+        show_bar = not args.quiet and sys.stderr.isatty() and len(todo) > 1
         write = WriteOptions(
             formats=formats, texture_size=args.texture_size, save_phases=args.save_phases, frame=args.frame
         )
-        worker = BatchWorker(config, write)
+        if args.engine == "ray":
+            from facerecon.engines.ray_engine import RayEngine
+
+            pool = RayEngine(config, write, address=args.address, replicas=args.jobs)
+        else:
+            pool = WorkerPool(config, write, jobs=min(args.jobs, max(1, len(todo))))
         with logging_redirect_tqdm():
-            worker.start()
-            for path, name in tqdm(jobs, disable=not show_bar, unit="image", desc="reconstruct"):
-                record(worker.run(path, out / name))
-                done += 1
+            if todo:
+                pool.start()
+            # tqdm's rate is the throughput (image/s) over the whole run
+            for outcome in tqdm(
+                pool.run(todo), total=len(todo), disable=not show_bar, unit="image", desc="reconstruct"
+            ):
+                record(outcome)
     except KeyboardInterrupt:
         interrupted = True
-        late = worker.interrupt() if worker is not None else None  # the photo in flight, if just finished
-        if late is not None:
-            record(late)
-            done += 1
-        print(f"facerecon: interrupted after {done} of {len(jobs)} input(s)", file=sys.stderr)
+        if pool is not None:
+            for late in pool.interrupt():  # inputs that had just finished
+                record(late)
+        print(f"facerecon: interrupted after {len(finished) - len(skipped)} of {len(jobs)} input(s)", file=sys.stderr)
     finally:
-        if worker is not None:
-            worker.close()
+        if pool is not None:
+            pool.close()
         remove_stale_partials(out)  # a worker killed mid-write (a crash, Ctrl-C)
-    failures_file = out / "failures.json"
+    failures_file = out / f"failures{tag}.json"
     if failures:
         atomic_write(failures_file, (json.dumps({"failures": failures}, indent=1) + "\n").encode())
         print(f"facerecon: {len(failures)} input(s) failed, see {failures_file}", file=sys.stderr)
     else:
         failures_file.unlink(missing_ok=True)
+    seconds = round(time.perf_counter() - start, 3)
+    images = sum(int(str(s.get("frames", 1))) for s in succeeded)
     summary = {
         # two inputs with one stem get <stem>_<suffix> folders: said here, not only in the folder names
         "renamed": [{"input": str(path), "output": str(out / name)} for path, name in jobs if name != path.stem],
         "succeeded": succeeded,
         "failed": len(failures),
+        "failures": failures,
+        "skipped": skipped,
         # interrupted before the inputs were even listed: the inputs as given
-        "not_processed": [str(path) for path, _ in jobs[done:]] if jobs or not interrupted else list(args.inputs),
+        "not_processed": [str(path) for path, _ in jobs if str(path) not in finished]
+        if jobs or not interrupted
+        else list(args.inputs),
         "interrupted": interrupted,
-        "seconds": round(time.perf_counter() - start, 3),
+        "jobs": args.jobs,
+        "engine": args.engine,
+        "seconds": seconds,
+        "counts": {"succeeded": len(succeeded), "failed": len(failures), "skipped": len(skipped), "images": images},
+        # throughput of the photos and video frames this run reconstructed (skipped inputs excluded)
+        "images_per_s": round(images / seconds, 4) if seconds > 0 else None,
     }
-    atomic_write(out / "summary.json", (json.dumps(summary, indent=1) + "\n").encode())
+    atomic_write(out / f"summary{tag}.json", (json.dumps(summary, indent=1) + "\n").encode())
     if args.view and succeeded and not interrupted:
         from facerecon.outputs.viewer.page import write_static_page
 

@@ -105,6 +105,11 @@ class MorphableModelFitter:
         return self._correspondences[scheme]
 
     def regress(self, image: np.ndarray, face: Face) -> CoarseResult:
+        return self.regress_with_identity(image, face, None)
+
+    def regress_with_identity(self, image: np.ndarray, face: Face, identity: np.ndarray | None) -> CoarseResult:
+        """As :meth:`regress`, the identity coefficients held at ``identity`` (the ``"identity"`` parameter
+        of earlier results; None fits them too): one identity for every frame of a video."""
         image = check_image(image)
         marks = face.landmarks
         corr = self.correspondence(marks.scheme)
@@ -115,7 +120,9 @@ class MorphableModelFitter:
         height, width = image.shape[:2]
         # A detector without depth (dlib) gives z = 0: fitting to those zeros flattened the face (depth /
         # width 0.10-0.20 instead of the model's ~0.8); only measured depth is fitted.
-        fit = self.fitter.fit(marks.points if marks.has_depth else marks.xy, corr, (width, height))
+        if identity is not None and np.shape(identity) != (self.model.n_identity,):
+            raise InputError(f"3dmm-fit: identity must be ({self.model.n_identity},), got {np.shape(identity)}")
+        fit = self.fitter.fit(marks.points if marks.has_depth else marks.xy, corr, (width, height), identity)
         perspective = fit.camera_matrix is not None
         mesh = Mesh(
             vertices=fit.vertices,

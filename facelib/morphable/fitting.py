@@ -116,15 +116,34 @@ class LandmarkFitter:
         basis = np.einsum("kj,kjcd->kcd", weights, self.basis[flat].astype(np.float64))
         return mean, basis
 
-    def fit(self, points: np.ndarray, corr: Correspondence, image_size: tuple[int, int]) -> FitResult:
-        """Fit to ``points`` float (K, 2 or 3): image-frame pixels (x, y[, z away from the camera])."""
+    def fit(
+        self,
+        points: np.ndarray,
+        corr: Correspondence,
+        image_size: tuple[int, int],
+        identity: np.ndarray | None = None,
+    ) -> FitResult:
+        """Fit to ``points`` float (K, 2 or 3): image-frame pixels (x, y[, z away from the camera]).
+        ``identity`` (K_id,): fit pose and expression only, the identity coefficients held at these (one
+        identity for every frame of a video)."""
         settings = self.settings
         points = np.asarray(points, np.float64)
+        # The prior pulls α towards ``centre`` (0, or the given identity held by a prior ~1e8 times stronger).
+        centre = np.zeros(self.basis.shape[1])
+        prior = self.prior_diagonal
+        if identity is not None:
+            identity = np.asarray(identity, np.float64).reshape(-1)
+            if identity.shape != (self.model.n_identity,):
+                raise ValueError(f"identity must be ({self.model.n_identity},), got {identity.shape}")
+            centre[: self.model.n_identity] = identity
+            prior = prior.copy()
+            prior[: self.model.n_identity] = 1e8 * np.maximum(prior[: self.model.n_identity], 1e-6)
+        held = (prior, centre)
         has_depth = points.shape[1] == 3 and settings.depth_weight > 0 and not settings.perspective
         used = corr.used.copy()
         ids, bary = corr.vertex_ids.copy(), corr.weights.astype(np.float64).copy()
         w = corr.landmark_weights.astype(np.float64)
-        alpha = np.zeros(self.basis.shape[1])
+        alpha = centre.copy()
         width, height = image_size
         focal = settings.focal_length or 1.2 * max(width, height)
         camera = np.array([[focal, 0, (width - 1) / 2], [0, focal, (height - 1) / 2], [0, 0, 1.0]])
@@ -143,13 +162,13 @@ class LandmarkFitter:
                 self._slide_contours(ids, bary, used, points, corr, alpha, scale, rotation, translation, camera)
                 mean_rows, basis_rows = self._rows(ids[used], bary[used])
             alpha = self._solve_shape(
-                mean_rows, basis_rows, points[used], w[used], scale, rotation, translation, camera, has_depth
+                mean_rows, basis_rows, points[used], w[used], scale, rotation, translation, camera, has_depth, held
             )
         if not settings.perspective:
             # Alternation zig-zags along the pose/shape ambiguity; finish with joint Gauss-Newton steps.
             for _ in range(settings.joint_iterations):
                 scale, rotation, translation, alpha = self._joint_step(
-                    mean_rows, basis_rows, points[used], w[used], scale, rotation, translation, alpha, has_depth
+                    mean_rows, basis_rows, points[used], w[used], scale, rotation, translation, alpha, has_depth, held
                 )
                 if corr.contour:
                     self._slide_contours(ids, bary, used, points, corr, alpha, scale, rotation, translation, camera)
@@ -189,6 +208,7 @@ class LandmarkFitter:
         translation: np.ndarray,
         alpha: np.ndarray,
         has_depth: bool,
+        held: tuple[np.ndarray, np.ndarray],
     ) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
         """One Gauss-Newton step on (rotation, scale, translation, α) together, orthographic camera.
 
@@ -217,10 +237,11 @@ class LandmarkFitter:
         rows = jacobian.reshape(k * d, -1)
         rw = row_weights.reshape(-1)
         n_pose = 4 + d
-        damping = np.concatenate([np.full(n_pose, 1e-6), self.prior_diagonal * scale**2])
+        prior, centre = held
+        damping = np.concatenate([np.full(n_pose, 1e-6), prior * scale**2])
         lhs = rows.T @ (rows * rw[:, None]) + np.diag(damping)
         rhs = rows.T @ (residual.reshape(-1) * rw)
-        rhs[n_pose:] -= self.prior_diagonal * scale**2 * alpha  # gradient of the prior at the current α
+        rhs[n_pose:] -= prior * scale**2 * (alpha - centre)  # gradient of the prior at the current α
         step = np.linalg.solve(lhs, rhs)
         omega = step[:3]
         angle = np.linalg.norm(omega)
@@ -244,8 +265,10 @@ class LandmarkFitter:
         translation: np.ndarray,
         camera: np.ndarray,
         has_depth: bool,
+        held: tuple[np.ndarray, np.ndarray],
     ) -> np.ndarray:
-        """Closed-form α for a fixed pose (normal equations over the landmark rows)."""
+        """Closed-form α for a fixed pose (normal equations over the landmark rows); ``held``: the prior's
+        diagonal and centre (see :meth:`fit`)."""
         if self.settings.perspective:
             # Fix each landmark's depth at its current value: f·X_c/Z + c is then linear in α.
             cam_mean = mean_rows @ rotation.T + translation
@@ -274,8 +297,9 @@ class LandmarkFitter:
         row_weights = np.repeat(w, jacobian.shape[1])
         # The prior is in model units (mm): scale it into pixels like the residuals.
         pixels_per_unit = scale if not self.settings.perspective else float(np.mean(focal / depth))
-        lhs = rows.T @ (rows * row_weights[:, None]) + np.diag(self.prior_diagonal * pixels_per_unit**2)
-        rhs = rows.T @ (residual.reshape(-1) * row_weights)
+        prior = held[0] * pixels_per_unit**2
+        lhs = rows.T @ (rows * row_weights[:, None]) + np.diag(prior)
+        rhs = rows.T @ (residual.reshape(-1) * row_weights) + prior * held[1]
         return np.linalg.solve(lhs, rhs)
 
     def _slide_contours(

@@ -61,6 +61,18 @@ class Regressor(Protocol):
 
 
 @runtime_checkable
+class IdentityRegressor(Protocol):
+    """Optional, for a regressor whose shape splits into identity and per-image expression (a 3DMM fit):
+    it can hold the identity fixed, so every frame of a video shares one (see facerecon.video_reconstruct)."""
+
+    def regress(self, image: np.ndarray, face: Face) -> CoarseResult: ...
+
+    def regress_with_identity(self, image: np.ndarray, face: Face, identity: np.ndarray | None) -> CoarseResult:
+        """As ``regress``, the ``"identity"`` parameter held at ``identity`` (None: fitted as usual)."""
+        ...
+
+
+@runtime_checkable
 class Segmenter(Protocol):
     def segment(self, image: np.ndarray, face: Face) -> Segmentation:
         """Face parsing of ``face``: a label map the size of ``image``."""

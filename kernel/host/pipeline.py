@@ -21,6 +21,7 @@ import numpy as np
 from facerecon.kernel.contract.errors import ConfigError, PluginError
 from facerecon.kernel.contract.images import check_image
 from facerecon.kernel.contract.records import (
+    CoarseResult,
     Face,
     FaceReconstruction,
     Reconstruction,
@@ -262,7 +263,10 @@ class Pipeline:
         index: int = 0,
         timings: dict[str, float] | None = None,
         before_stage: Callable[[], None] | None = None,
+        coarse: CoarseResult | None = None,
     ) -> FaceReconstruction:
+        """The face's stages; ``coarse``: the regressor's result when the caller already has it (a video's
+        frame, its pose filtered), so only the segmenter and refiners run."""
         timings = timings if timings is not None else {}
         checkpoint = before_stage or (lambda: None)
         segmentation = None
@@ -273,7 +277,8 @@ class Pipeline:
             _accumulate(timings, "segmenter", _ms_since(start))
         checkpoint()
         start = time.perf_counter()
-        coarse = self._checked("regressor", self.config.regressor, self.regressor.regress(image, face))
+        if coarse is None:
+            coarse = self._checked("regressor", self.config.regressor, self.regressor.regress(image, face))
         elapsed = _ms_since(start)
         _accumulate(timings, "regressor", elapsed)
         spec = self.host.spec("regressor", self.config.regressor)

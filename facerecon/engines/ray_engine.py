@@ -1,0 +1,310 @@
+"""Run a batch on a Ray cluster (``pip install 'facerecon[ray]'``): ``facerecon reconstruct ... --engine ray
+[--address ADDR]``, or from Python::
+
+    from facerecon.engines.ray_engine import reconstruct_on_ray
+    outcomes = reconstruct_on_ray(["a.jpg", "b.jpg"], "out", PipelineConfig(), address="auto")
+
+Each stage is a Ray actor that builds only its own stage of the pipeline, once (stages load lazily):
+
+* ``detect``: reads the photo from the shared path and finds its faces;
+* ``coarse``: the regressor on the chosen face(s);
+* ``refine``: the segmenter and refiners, then writes ``OUT/<stem>/`` to the shared path (atomically, as
+  the local engine does). Videos run whole in this actor (their frames share filters and an identity).
+
+The refine and coarse actors ask for a GPU (``num_gpus=1``) when the config's device is ``cuda``, or ``auto``
+on a cluster that has GPUs. Inputs are streamed: at most ``in_flight`` of them are between the stages at a
+time, so the driver's and the object store's memory stay flat however long the list. An actor that dies is
+restarted (its model reloaded) and its tasks are retried; a folder completed earlier in this run is not
+rewritten by a retry, so nothing is lost and nothing is written twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from facerecon.batch import Outcome, WriteOptions
+from facerecon.kernel import PipelineConfig
+from facerecon.kernel.contract.errors import ConfigError, NoFaceError, PluginError
+from facerecon.kernel.contract.stages import check_result
+from facerecon.outputs.folder import remove_stale_partials
+
+STAGES = ("detect", "coarse", "refine")
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("--engine ray needs Ray: pip install 'facerecon[ray]'") from None
+    return ray
+
+
+class StageWorker:
+    """One stage of the pipeline in one process (made a Ray actor by :class:`RayEngine`). A job is a dict:
+    ``path``, ``out_dir``, ``video`` (VideoOptions or None), ``started`` (the run's start, epoch seconds),
+    and what the earlier stages added (``image``, ``faces``, ``coarse``) or ``error``."""
+
+    def __init__(self, stage: str, config: PipelineConfig, write: WriteOptions) -> None:
+        from facerecon.kernel import Pipeline
+
+        self.stage = stage
+        self.write = write
+        self.pipeline = Pipeline(config)
+        # load this stage's models now, once
+        if stage == "detect":
+            _ = self.pipeline.detector
+        elif stage == "coarse":
+            _ = self.pipeline.regressor
+        else:
+            _ = self.pipeline.segmenter, self.pipeline.refiners
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def run(self, job: dict[str, Any]) -> dict[str, Any]:
+        if "error" in job or "outcome" in job:
+            return job
+        start = time.perf_counter()
+        try:
+            if self.stage == "detect":
+                job = self._detect(job)
+            elif self.stage == "coarse":
+                job = self._coarse(job)
+            else:
+                job = self._refine(job)
+        except Exception as exc:  # one input's failure, never the batch's
+            from facerecon.kernel.contract.errors import InputError
+
+            known = isinstance(exc, (InputError, NoFaceError))
+            job = {**job, "error": str(exc) if known else f"{type(exc).__name__}: {exc}"}
+        job["seconds"] = job.get("seconds", 0.0) + time.perf_counter() - start
+        return job
+
+    def _detect(self, job: dict[str, Any]) -> dict[str, Any]:
+        if job["video"] is not None:
+            return job  # a video runs whole in the refine stage
+        from facerecon.kernel.host.imageio import load_image
+
+        path = Path(job["path"])
+        image = load_image(path, max_pixels=self.pipeline.config.max_image_pixels)
+        begin = time.perf_counter()
+        faces = self.pipeline.detect(image)
+        if not faces:
+            raise NoFaceError(f"{path}: no face found")
+        return {**job, "image": image, "faces": faces, "timings": {"detector": (time.perf_counter() - begin) * 1000.0}}
+
+    def _coarse(self, job: dict[str, Any]) -> dict[str, Any]:
+        if job["video"] is not None:
+            return job
+        chosen = job["faces"] if self.pipeline.config.all_faces else job["faces"][:1]
+        timings: dict[str, float] = dict(job["timings"])
+        coarse = []
+        for face in chosen:
+            begin = time.perf_counter()
+            result = self.pipeline.regressor.regress(job["image"], face)
+            problem = check_result("regressor", result)
+            if problem is not None:
+                raise PluginError(f"regressor {self.pipeline.config.regressor!r} broke the stage contract: {problem}")
+            coarse.append(result)
+            timings["regressor"] = timings.get("regressor", 0.0) + (time.perf_counter() - begin) * 1000.0
+        return {**job, "coarse": coarse, "timings": timings}
+
+    def _refine(self, job: dict[str, Any]) -> dict[str, Any]:
+        out_dir = Path(job["out_dir"])
+        done = out_dir / ("result.json" if job["video"] is None else "video.json")
+        if done.is_file() and done.stat().st_mtime >= job["started"]:
+            # a retry of an input whose folder this run already completed: not written twice
+            written = json.loads(done.read_text())
+            if job["video"] is None:
+                return {**job, "outcome": Outcome(job["path"], str(out_dir), len(written["reconstructions"]), 0.0)}
+            frames = sum(1 for f in written["frames"] if f.get("output"))
+            return {**job, "outcome": Outcome(job["path"], str(out_dir), frames, 0.0, frames=frames)}
+        if job["video"] is not None:
+            from facerecon.video_reconstruct import reconstruct_video
+
+            outcome = reconstruct_video(self.pipeline, Path(job["path"]), out_dir, self.write, job["video"])
+            if outcome.error is not None:
+                return {**job, "error": outcome.error}
+            return {**job, "outcome": outcome}
+        from facerecon.kernel.contract.records import Reconstruction
+        from facerecon.outputs.folder import write_outputs
+
+        image, timings = job["image"], dict(job["timings"])
+        results = []
+        for index, (face, coarse) in enumerate(zip(job["faces"], job["coarse"], strict=False)):
+            result = self.pipeline.reconstruct_face(image, face, index, timings, coarse=coarse)
+            results.append(result)
+        results = [  # the regressor's time as measured in the coarse stage
+            replace(r, stages=(replace(r.stages[0], elapsed_ms=timings["regressor"] / len(results)),) + r.stages[1:])
+            for r in results
+        ]
+        rec = Reconstruction((image.shape[1], image.shape[0]), tuple(job["faces"]), tuple(results), timings)
+        write_outputs(
+            rec,
+            image,
+            out_dir,
+            source=job["path"],
+            formats=self.write.formats,
+            texture_size=self.write.texture_size,
+            save_phases=self.write.save_phases,
+            plugins=self.pipeline.plugin_ids(),
+        )
+        return {**job, "outcome": Outcome(job["path"], str(out_dir), len(results), 0.0)}
+
+
+class RayEngine:
+    """The batch engine on Ray, with the interface of facerecon.pool.WorkerPool (start, run, interrupt, close).
+
+    address: a running cluster ("auto", "ray://host:10001", "127.0.0.1:6379"); None starts a local one (or
+    uses the one this process already joined). replicas: actors per stage. in_flight: inputs between the
+    stages at once (default 4 per replica)."""
+
+    def __init__(
+        self,
+        config: PipelineConfig,
+        write: WriteOptions,
+        *,
+        address: str | None = None,
+        replicas: int = 1,
+        in_flight: int | None = None,
+        max_retries: int = 3,
+    ) -> None:
+        if replicas < 1:
+            raise ConfigError(f"--jobs must be at least 1, got {replicas}")
+        self.config = config
+        self.write = write
+        self.address = address
+        self.replicas = replicas
+        self.in_flight = in_flight or 4 * replicas
+        self.max_retries = max_retries
+        self.actors: dict[str, list[Any]] = {}
+        self._started_ray = False
+        self._pending: list[Any] = []
+        self._inputs: dict[Any, str] = {}  # pending ref -> its input
+
+    def _resources(self, ray: Any) -> dict[str, dict[str, float]]:
+        """num_cpus and num_gpus of each stage's actors: half a CPU each, and a GPU for the coarse and refine
+        stages when the models run on CUDA; shares shrunk to fit the cluster (all replicas placed at once)."""
+        total = ray.cluster_resources()
+        actors = len(STAGES) * self.replicas
+        cpus = min(0.5, float(total.get("CPU", 1.0)) / actors)
+        gpu_stages = ("coarse", "refine")
+        gpus = 0.0
+        device = self.config.device
+        if device == "cuda" or (device == "auto" and total.get("GPU", 0) > 0):
+            gpus = min(1.0, float(total.get("GPU", 1.0)) / (len(gpu_stages) * self.replicas))
+        return {s: {"num_cpus": cpus, "num_gpus": gpus if s in gpu_stages else 0.0} for s in STAGES}
+
+    def start(self) -> None:
+        ray = _import_ray()
+        if not ray.is_initialized():
+            ray.init(
+                address=self.address,
+                include_dashboard=False,
+                logging_level="WARNING",
+                log_to_driver=False,
+                # a local cluster (no address) listens on loopback only
+                _node_ip_address="127.0.0.1" if self.address is None else None,
+            )
+            self._started_ray = True
+        resources = self._resources(ray)
+        remote = ray.remote(StageWorker)
+        for stage in STAGES:
+            options = {**resources[stage], "max_restarts": -1, "max_task_retries": self.max_retries}
+            self.actors[stage] = [
+                remote.options(**options).remote(stage, self.config, self.write) for _ in range(self.replicas)
+            ]
+        try:  # wait until every actor has loaded its stage; a bad config or model file fails here
+            ray.get([actor.pid.remote() for actors in self.actors.values() for actor in actors])
+        except ray.exceptions.RayActorError as exc:
+            self.close()
+            cause = exc.__cause__ or exc
+            raise ConfigError(f"a Ray stage actor could not start: {cause}") from None
+
+    def run(self, tasks: Iterable[tuple[Path, Path, Any]]) -> Iterator[Outcome]:
+        """Each task's Outcome as it finishes; at most ``in_flight`` inputs in the pipeline at a time."""
+        ray = _import_ray()
+        started = time.time() - 1.0  # file times may be rounded down
+        for turn, (path, out_dir, video) in enumerate(tasks):
+            while len(self._pending) >= self.in_flight:
+                yield from self._collect(ray)
+            job = {"path": str(path), "out_dir": str(out_dir), "video": video, "started": started}
+            ref: Any = job
+            for stage in STAGES:
+                actors = self.actors[stage]
+                ref = actors[turn % len(actors)].run.remote(ref)
+            self._pending.append(ref)
+            self._inputs[ref] = str(path)
+        while self._pending:
+            yield from self._collect(ray)
+
+    def _collect(self, ray: Any) -> Iterator[Outcome]:
+        ready, self._pending = ray.wait(self._pending, num_returns=1)
+        for ref in ready:
+            path = self._inputs.pop(ref)
+            try:
+                job = ray.get(ref)
+            except ray.exceptions.RayError as exc:  # retries exhausted
+                yield Outcome(path, None, 0, 0.0, f"the Ray task failed after retries: {exc}", crashed=True)
+                continue
+            seconds = round(job.get("seconds", 0.0), 3)
+            if "error" in job:
+                yield Outcome(job["path"], None, 0, seconds, job["error"])
+            else:
+                yield replace(job["outcome"], seconds=seconds)
+
+    def interrupt(self, grace_s: float = 0.5) -> list[Outcome]:
+        """Stop for Ctrl-C: what finished within ``grace_s``; the rest is cancelled."""
+        ray = _import_ray()
+        late: list[Outcome] = []
+        if self._pending:
+            ready, self._pending = ray.wait(self._pending, num_returns=len(self._pending), timeout=grace_s)
+            for ref in ready:
+                with contextlib.suppress(ray.exceptions.RayError):
+                    job = ray.get(ref)
+                    if "error" not in job:
+                        late.append(job["outcome"])
+        for ref in self._pending:
+            with contextlib.suppress(Exception):
+                ray.cancel(ref, force=True)
+        self._pending, self._inputs = [], {}
+        return late
+
+    def close(self) -> None:
+        ray = _import_ray()
+        for actors in self.actors.values():
+            for actor in actors:
+                with contextlib.suppress(Exception):
+                    ray.kill(actor)
+        self.actors = {}
+        if self._started_ray:
+            ray.shutdown()
+            self._started_ray = False
+
+
+def reconstruct_on_ray(
+    inputs: Iterable[str | Path],
+    out: str | Path,
+    config: PipelineConfig | None = None,
+    write: WriteOptions | None = None,
+    *,
+    address: str | None = None,
+    replicas: int = 1,
+) -> list[Outcome]:
+    """Reconstruct photos (one folder each, ``OUT/<stem>/``) on a Ray cluster; see the module docstring."""
+    out = Path(out)
+    tasks = [(Path(p), out / Path(p).stem, None) for p in inputs]
+    engine = RayEngine(config or PipelineConfig(), write or WriteOptions(), address=address, replicas=replicas)
+    engine.start()
+    try:
+        return list(engine.run(tasks))
+    finally:
+        engine.close()
+        remove_stale_partials(out)  # what a killed actor was writing

@@ -1,0 +1,116 @@
+"""``--jobs N``: N worker processes (facerecon.batch.BatchWorker, models loaded once each) sharing a batch.
+
+    with WorkerPool(config, write, jobs=2) as pool:          # starts the workers, loading models in parallel
+        for outcome in pool.run(tasks):                      # tasks: [(input, out_dir, video)], outcomes as they finish
+            ...
+
+One thread per worker takes the next task from a shared queue, so a slow photo holds up one worker only.
+A worker that dies on an input costs that input (its Outcome says how) and is restarted for the next one.
+On Ctrl-C the caller calls :meth:`WorkerPool.interrupt`: inputs that finish within a short grace time are
+still reported, the workers are then killed (their half-written folders are stale ``.partial`` ones).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import signal
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from facerecon.batch import BatchWorker, Outcome, WriteOptions
+from facerecon.kernel import PipelineConfig
+from facerecon.kernel.contract.errors import ConfigError
+
+Task = tuple[Path, Path, Any]
+"""(input, its output folder, its VideoOptions or None for a photo)."""
+
+
+class WorkerPool:
+    """N :class:`BatchWorker` processes and one feeding thread each; see the module docstring."""
+
+    def __init__(self, config: PipelineConfig, write: WriteOptions, *, jobs: int = 1) -> None:
+        if jobs < 1:
+            raise ConfigError(f"--jobs must be at least 1, got {jobs}")
+        self.workers = [BatchWorker(config, write) for _ in range(jobs)]
+        self._stop = threading.Event()
+        self._done: queue.Queue[Outcome] = queue.Queue()
+        self._threads: list[threading.Thread] = []
+
+    def __enter__(self) -> WorkerPool:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self) -> None:
+        """Start every worker at once and wait until each has built its pipeline; the first failure (a bad
+        config or model file) is raised after all have been tried, the started ones closed."""
+        with ThreadPoolExecutor(len(self.workers)) as executor:
+            futures = [executor.submit(worker.start) for worker in self.workers]
+        errors = [f.exception() for f in futures if f.exception() is not None]
+        if errors:
+            self.close()
+            raise errors[0]  # type: ignore[misc]
+
+    def run(self, tasks: Sequence[Task]) -> Iterator[Outcome]:
+        """Each task's Outcome, in the order they finish."""
+        todo: queue.Queue[Task] = queue.Queue()
+        for task in tasks:
+            todo.put(task)
+        self._threads = [
+            threading.Thread(target=self._feed, args=(worker, todo), name=f"facerecon-feed-{i}", daemon=True)
+            for i, worker in enumerate(self.workers)
+        ]
+        for thread in self._threads:
+            thread.start()
+        for _ in range(len(tasks)):
+            yield self._done.get()
+
+    def _feed(self, worker: BatchWorker, todo: queue.Queue[Task]) -> None:
+        while not self._stop.is_set():
+            try:
+                path, out_dir, video = todo.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                outcome = worker.run(path, out_dir, video)
+            except Exception as exc:  # a worker that cannot be restarted after a crash
+                outcome = Outcome(str(path), None, 0, 0.0, f"{type(exc).__name__}: {exc}", crashed=True)
+            if self._stop.is_set() and outcome.crashed:
+                return  # killed by interrupt(): not this input's fault, it is "not processed"
+            self._done.put(outcome)
+
+    def interrupt(self, grace_s: float = 0.5) -> list[Outcome]:
+        """Stop for Ctrl-C: the outcomes of inputs that finished within ``grace_s``, then kill the workers."""
+        self._stop.set()
+        late: list[Outcome] = []
+        for thread in self._threads:
+            thread.join(grace_s / max(1, len(self._threads)))
+        while True:
+            try:
+                late.append(self._done.get_nowait())
+            except queue.Empty:
+                break
+        for worker in self.workers:  # its feeding thread sees the pipe close and reaps it
+            pid = worker.pid
+            if pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        for thread in self._threads:
+            thread.join(10.0)
+        while True:  # finished between the first look and the kill
+            try:
+                late.append(self._done.get_nowait())
+            except queue.Empty:
+                return late
+
+    def close(self) -> None:
+        self._stop.set()
+        for worker in self.workers:
+            worker.close()
