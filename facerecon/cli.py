@@ -30,7 +30,6 @@ from facerecon.kernel.host.commands import DefaultsHelpFormatter
 from facerecon.kernel.host.config import DEFAULT_REFINERS, DEVICES
 from facerecon.outputs.folder import check_output_folder, remove_stale_partials
 from facerecon.outputs.frames import FRAMES
-
 from facerecon.outputs.meshes import WRITERS, atomic_write
 from facerecon.pool import WorkerPool
 from facerecon.temporal import OneEuroSettings
