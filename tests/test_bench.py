@@ -46,7 +46,19 @@ def test_bench_times_a_stage_over_grpc(tmp_path, lfpw, capsys):
         (folder / photo.name).symlink_to(photo)
     server = Server.for_stage("regressor", "landmark-mesh", device="cpu", settings=ServerSettings(port=0))
     with serving(server) as address:
-        argv = ["bench", str(folder), "-o", str(tmp_path / "report"), "-q", "--passes", "2", "--device", "cpu"]
+        argv = [
+            "bench",
+            str(folder),
+            "-o",
+            str(tmp_path / "report"),
+            "-q",
+            "--passes",
+            "2",
+            "--device",
+            "cpu",
+            "--refiners",
+            "",
+        ]
         assert main([*argv, "--remote", f"regressor={address}"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["pipeline"]["regressor"] == "remote"

@@ -101,7 +101,7 @@ def test_command_measures_a_known_offset(tmp_path, lfpw, predicted, capsys):
     write_pts(folder / "photo.pts", truth)
     write_coco(folder / "coco.json", "photo.png", truth, (image.shape[1], image.shape[0]))
     out = tmp_path / "report"
-    assert main(["eval", "landmarks", str(folder), "-o", str(out), "-q", "--device", "cpu"]) == 0
+    assert main(["eval", "landmarks", str(folder), "-o", str(out), "-q", "--device", "cpu", "--refiners", ""]) == 0
     summary = json.loads((out / "summary.json").read_text())
     expected = 5.0 / np.linalg.norm(truth[36] - truth[45])
     for row in summary["rows"]:
@@ -122,7 +122,7 @@ def test_the_annotated_face_is_matched_not_the_largest(tmp_path, pipeline, share
     (tmp_path / "group.jpg").symlink_to(photo)
     write_pts(tmp_path / "group.pts", np.asarray(second, np.float64))
     out = tmp_path / "report"
-    assert main(["eval", "landmarks", str(tmp_path), "-o", str(out), "-q", "--device", "cpu"]) == 0
+    assert main(["eval", "landmarks", str(tmp_path), "-o", str(out), "-q", "--device", "cpu", "--refiners", ""]) == 0
     (row,) = json.loads((out / "summary.json").read_text())["rows"]
     assert row["face"] == 1 and row["faces_detected"] == len(rec.faces)
     assert row["nme_io"]["coarse"] < 1e-3
@@ -183,7 +183,7 @@ def test_an_unreadable_photo_is_listed_and_the_others_scored(tmp_path, lfpw, cap
     (tmp_path / "broken.png").write_bytes(lfpw[0].read_bytes()[:300])
     write_pts(tmp_path / "broken.pts", read_pts(lfpw[0].with_suffix(".pts")))
     out = tmp_path / "report"
-    assert main(["eval", "landmarks", str(tmp_path), "-o", str(out), "-q", "--device", "cpu"]) == 1
+    assert main(["eval", "landmarks", str(tmp_path), "-o", str(out), "-q", "--device", "cpu", "--refiners", ""]) == 1
     summary = json.loads((out / "summary.json").read_text())
     (missed,) = summary["missed"]
     assert missed["annotation"].endswith("broken.pts") and missed["error"]

@@ -290,7 +290,7 @@ def test_head_frame_of_a_3dmm_is_the_model_s_millimetres(shared_data, face_photo
     sfm = shared_data / "models" / "sfm" / "sfm_shape_3448.bin"
     sizes = {}
     for camera in ("orthographic", "perspective"):
-        config = PipelineConfig(regressor="3dmm-fit", segmenter=None, device="cpu").with_options(
+        config = PipelineConfig(regressor="3dmm-fit", segmenter=None, device="cpu", refiners=()).with_options(
             "regressor", "3dmm-fit", {"model": str(sfm), "camera": camera}
         )
         with Pipeline(config) as pipe:

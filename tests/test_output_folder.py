@@ -61,10 +61,27 @@ def test_cli_refuses_an_output_folder_that_is_not_facerecon_s(tmp_path, lfpw, ca
 def test_cli_rewrites_its_own_results_in_the_image_frame(tmp_path, lfpw):
     photo = lfpw[0]
     out = tmp_path / "out"
-    assert main(["reconstruct", str(photo), "-o", str(out), "-q", "--texture-size", "64"]) == 0
+    assert main(["reconstruct", str(photo), "-o", str(out), "-q", "--texture-size", "64", "--refiners", ""]) == 0
     assert json.loads((out / photo.stem / "result.json").read_text())["reconstructions"][0]["frames"]["files"] == "head"
     # the second run replaces the first (facerecon's own folder and summary.json)
-    assert main(["reconstruct", str(photo), "-o", str(out), "-q", "--frame", "image", "--texture-size", "64"]) == 0
+    assert (
+        main(
+            [
+                "reconstruct",
+                str(photo),
+                "-o",
+                str(out),
+                "-q",
+                "--frame",
+                "image",
+                "--texture-size",
+                "64",
+                "--refiners",
+                "",
+            ]
+        )
+        == 0
+    )
     result = json.loads((out / photo.stem / "result.json").read_text())
     assert result["reconstructions"][0]["frames"]["files"] == "image"
     vertices = np.asarray(trimesh.load(out / photo.stem / "coarse.obj", process=False).vertices)
