@@ -36,7 +36,14 @@ try {
     if (m.type() === 'error') report.console_errors.push(m.text());
   });
   page.on('pageerror', (e) => report.page_errors.push(String(e)));
-  page.on('requestfailed', (r) => report.failed_requests.push(`${r.url().slice(0, 200)}: ${r.failure()?.errorText}`));
+  // A request counts as failed when its URL never loaded: Chromium may report a fetch as aborted that the
+  // page did receive (its loaded requests are listed too).
+  const failed = [];
+  const loaded = new Set();
+  page.on('requestfailed', (r) => failed.push([r.url(), r.failure()?.errorText]));
+  page.on('requestfinished', (r) => loaded.add(r.url()));
+  report.loaded = loaded;
+  report.failed = failed;
 
   const ready = () => page.waitForSelector('body[data-status="ready"], body[data-status="error"]', { timeout: 120000 });
   const step = async (name) => {
@@ -100,4 +107,8 @@ try {
   await context.close();
   rmSync(profile, { recursive: true, force: true });
 }
+report.failed_requests = report.failed.filter(([u]) => !report.loaded.has(u)).map(([u, e]) => `${u.slice(0, 200)}: ${e}`);
+report.aborted_but_loaded = report.failed.filter(([u]) => report.loaded.has(u)).map(([u]) => u.slice(0, 200));
+delete report.failed;
+delete report.loaded;
 console.log(JSON.stringify(report));
