@@ -7,7 +7,7 @@ landmark-mesh + laplace), then again with one estimate replaced by the sample's 
 
 - ``estimated``: everything estimated (the default fine stage);
 - ``true-light``: the renderer's SH shading coefficients from meta.json (they apply to linear RGB, so
-  the image is linearised from sRGB for this row), no highlight lobe;
+  the image is linearised from sRGB for this row, as the default already does), no highlight lobe;
 - ``true-start``: the start surface is the sample's smooth depth d_smooth (the medium stage's error
   removed), lighting estimated;
 - ``true-both``: both.
@@ -37,18 +37,15 @@ MEDIUM = PipelineConfig(segmenter="landmark-regions", refiners=("laplace",), dev
 ROWS = ("estimated", "true-light", "true-start", "true-both")
 
 
-def srgb_to_linear(image: torch.Tensor) -> torch.Tensor:
-    """sRGB-encoded 0-255 -> linear 0-255 (IEC 61966-2-1)."""
-    x = image / 255.0
-    return 255.0 * torch.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
-
-
 def variant(problem: sfs_solver.Problem, row: str, sample: Path, origin: tuple[int, int]) -> sfs_solver.Problem:
     """``problem`` with the row's inputs replaced by the sample's truth (see the module docstring)."""
     if row in ("true-light", "true-both"):
         meta = json.loads((sample / "meta.json").read_text())
         sh = torch.tensor(meta["lighting"]["sh_shading_coeffs_rgb"], dtype=torch.float32)
-        problem = replace(problem, image=srgb_to_linear(problem.image), lighting=sh)
+        if not problem.linear:  # the default fine stage already solves on the linear image
+            image, albedo = sfs_solver.srgb_to_linear(problem.image), sfs_solver.srgb_to_linear(problem.albedo_avg)
+            problem = replace(problem, image=image, albedo_avg=albedo, linear=True)
+        problem = replace(problem, lighting=sh)
     if row in ("true-start", "true-both"):
         h, w = problem.height0.shape
         x0, y0 = origin

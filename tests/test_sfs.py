@@ -298,3 +298,48 @@ def test_known_detail_renders_few_samples(shared_data, tmp_path):
     assert fine["n_det_mean"] < medium["n_det_mean"] - 0.2, (fine, medium)  # measured 3.03 vs 3.54 degrees
     assert fine["leak_R"] < 0.25, fine  # measured 0.10
     assert report["phase2"]["r_p"] > report["phase1"]["r_p"] + 0.03, report  # measured 0.14 -> 0.26
+
+
+def test_srgb_decoding_round_trips():
+    from facerecon.plugins.sfs.solver import linear_to_srgb, srgb_to_linear
+
+    grey = np.linspace(0, 255, 1021)
+    assert np.allclose(linear_to_srgb(srgb_to_linear(grey)), grey, atol=1e-6)
+    assert torch.allclose(srgb_to_linear(torch.as_tensor(grey)), torch.as_tensor(srgb_to_linear(grey)))
+    assert abs(float(srgb_to_linear(128.0)) - 55.0) < 0.5  # mid-grey sRGB is ~21.6 % linear
+    assert float(srgb_to_linear(5.0)) < 0.5  # the `dark` threshold, decoded
+
+
+def test_lighting_prior_leaves_clean_evidence_to_the_data():
+    """The portrait-lighting prior (MAP SH fit): with the albedo known and the face's shading clean, the
+    plain fit finds the scene's light; under the prior (weight 300) the side light keeps its side but is
+    pulled towards the prior's frontal mean (measured x term −0.175 -> −0.069): why it is not a default."""
+    from facerecon.plugins.sfs.solver import fit_lighting, portrait_lighting_prior
+
+    mean, whitening = portrait_lighting_prior()
+    assert mean.shape == (8,) and whitening.shape == (8, 8) and float(mean[1]) > 0.2  # z: towards the camera
+    scene = make_scene()
+    t = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32)  # noqa: E731
+    mask = torch.as_tensor(scene.mask)
+    problem = Problem(t(scene.albedo_avg * scene.shading), mask, mask, t(scene.smooth), t(scene.albedo_avg))
+    truth = scene.sh[1:, 1] / scene.sh[0, 1]
+    plain, _ = fit_lighting(problem)
+    fitted = (plain[1:, 1] / plain[0, 1]).numpy()
+    assert np.abs(fitted - truth).max() < 0.05, (fitted, truth)
+    prior, _ = fit_lighting(problem, prior_weight=300.0)
+    pulled = (prior[1:, 1] / prior[0, 1]).numpy()
+    assert truth[2] < pulled[2] < -0.03, (pulled, truth)  # x: from the left still, weaker
+    assert np.abs(pulled[:2] - truth[:2]).max() < 0.1, (pulled, truth)  # y, z: about kept
+
+
+def test_linear_shading_maps_are_encoded_back_to_srgb(refined, face_photo):
+    """linear_shading solves on the sRGB-decoded photo; the maps a user sees are sRGB again, and the
+    re-rendering still reproduces the photo."""
+    face, medium, _ = refined
+    options = SfsOptions(max_side=256, linear_shading=True, lighting_prior_weight=300.0)
+    maps = SfsRefiner(options, "cpu").refine(face_photo, face, medium, None).maps
+    mask = maps.maps["mask"] > 0
+    crop = maps.maps["input"][mask]
+    assert abs(float(crop.mean()) - float(maps.maps["albedo"][mask].mean())) < 0.1
+    error = maps.maps["rendering"][mask] - crop
+    assert 10 * np.log10(1.0 / float((error**2).mean())) > 28.0

@@ -124,6 +124,9 @@ class SfsRefiner:
         crop = grid.sample_image(image)  # (h, w, 3) 0-255
         labels = grid.sample_labels(segmentation)
         mask, lit, albedo_avg = regions(crop, covered, labels, segmentation)
+        linear = self.options.linear_shading
+        if linear:  # the Lambertian + SH model holds for linear intensities, not sRGB-encoded ones
+            crop, albedo_avg = self.solver.srgb_to_linear(crop), self.solver.srgb_to_linear(albedo_avg)
         t = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32, device=self.device)  # noqa: E731
         problem = self.solver.Problem(
             image=t(crop.transpose(2, 0, 1)),
@@ -131,6 +134,7 @@ class SfsRefiner:
             lit=torch.as_tensor(lit, device=self.device),
             height0=t(np.where(covered, -depth0, 0.0)),
             albedo_avg=t(albedo_avg.transpose(2, 0, 1)),
+            linear=linear,
         )
         return Prepared(grid, raster, covered, depth0, mask, problem)
 
@@ -147,7 +151,11 @@ class SfsRefiner:
             shade = self.solver.shading(solution.height, solution.sh)
             rendered = solution.albedo * shade + self.options.specular_scale * solution.specular
             normals = self.solver.normals_from_height(solution.height).cpu().numpy()
-        to_image = lambda x: np.clip(x.cpu().numpy().transpose(1, 2, 0) / 255.0, 0, 1)  # noqa: E731
+        encode = self.solver.linear_to_srgb if problem.linear else (lambda x: x)
+
+        def to_image(x):  # (C, H, W) 0-255 in the solver's intensities -> (H, W, C) sRGB 0-1
+            return np.clip(encode(x.cpu().numpy().transpose(1, 2, 0)) / 255.0, 0, 1)
+
         nan = np.where(covered, 1.0, np.nan)
         depth = -height * grid.step  # mesh-frame z in image pixels
         return ImageMaps(

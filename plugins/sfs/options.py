@@ -46,6 +46,10 @@ class SfsOptions:
         (the medium mesh's wobble is a fraction of the face, whatever its size in pixels).
     lighting_rounds, lighting_albedo_sigma: how many times the lighting is refitted with the albedo the
         current light implies (masked Gaussian σ of image / shading).
+    lighting_prior_weight: weight (squared grey levels) of the Gaussian portrait-lighting prior on the
+        normalised SH coefficients (``solver.portrait_lighting_prior``); 0 fits the light by least squares alone.
+    linear_shading: decode the photo from sRGB to linear RGB before the solve (the Lambertian + SH image
+        model holds for linear intensities); the albedo, rendering and input maps are encoded back.
     """
 
     max_side: int = 512
@@ -88,6 +92,8 @@ class SfsOptions:
     medium_smoothing_fraction: float = 0.05
     lighting_rounds: int = 3
     lighting_albedo_sigma: float = 12.0
+    lighting_prior_weight: float = 0.0
+    linear_shading: bool = False
     max_displacement: float = 0.05
 
     def __post_init__(self) -> None:

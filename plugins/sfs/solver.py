@@ -8,9 +8,11 @@ it is built, so that ``facerecon`` starts without loading torch.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
 import torch
 
 # torch.optim imports torch._dynamo at its first step (~0.9 s): done here, when the refiner is built,
@@ -164,7 +166,9 @@ class Problem:
     """Everything on the depth-map grid (torch tensors): image (3, H, W) 0-255, mask (H, W) bool (refined
     region), lit (H, W) bool (where the lighting is fitted), height0 (H, W) medium height (towards the
     viewer, samples), albedo_avg (3, H, W) 0-255; lighting (9, 3) SH shading coefficients when the light
-    is known (a calibrated capture, or a benchmark's oracle): step 2 is then skipped, no highlight lobe."""
+    is known (a calibrated capture, or a benchmark's oracle): step 2 is then skipped, no highlight lobe;
+    linear: the image and albedo_avg are linear RGB decoded from sRGB (``srgb_to_linear``), so the clipping
+    thresholds, given in sRGB grey levels, are decoded too."""
 
     image: Tensor
     mask: Tensor
@@ -172,6 +176,7 @@ class Problem:
     height0: Tensor
     albedo_avg: Tensor
     lighting: Tensor | None = None
+    linear: bool = False
 
 
 @dataclass
@@ -193,8 +198,60 @@ def shading_of_normals(normals: Tensor, sh: Tensor) -> Tensor:
     return (sh_basis(normals) @ sh).permute(2, 0, 1)
 
 
+def srgb_to_linear(image):
+    """sRGB-encoded 0-255 -> linear 0-255 (IEC 61966-2-1), of a tensor, a numpy array or a number."""
+    where = torch.where if isinstance(image, Tensor) else np.where
+    x = image / 255.0
+    return 255.0 * where(x <= 0.04045, x / 12.92, ((abs(x) + 0.055) / 1.055) ** 2.4)
+
+
+def linear_to_srgb(image):
+    """Linear 0-255 -> sRGB-encoded 0-255, the inverse of ``srgb_to_linear`` (negative values clipped)."""
+    where = torch.where if isinstance(image, Tensor) else np.where
+    x = image.clip(0, None) / 255.0
+    return 255.0 * where(x <= 0.0031308, x * 12.92, 1.055 * x ** (1 / 2.4) - 0.055)
+
+
+LAMBERT_BANDS = (torch.pi, 2 * torch.pi / 3, torch.pi / 4)
+"""The clamped cosine's SH transfer per band (Ramamoorthi & Hanrahan 2001): irradiance = A_l · radiance."""
+
+
+@functools.cache
+def portrait_lighting_prior() -> tuple[Tensor, Tensor]:
+    """A Gaussian prior on the shading coefficients r_1..r_8 normalised by r_0 (colour-independent):
+    its mean (8,) and whitening matrix W (8, 8) (W^T W = Σ^-1), float64.
+
+    The source is a lighting model, not data: one directional key light plus ambient, whose moments are
+    integrated here over a grid. The key's azimuth is uniform within ±60° of the camera axis, the classic
+    portrait positions from butterfly to Rembrandt lighting; its elevation is uniform from 0 to 60° above
+    the axis, the light-from-above of natural and indoor illumination. The ambient irradiance is uniform
+    from 0 to the key's peak. A directional light l adds A_l·Y_lm(l) to the coefficients and an
+    irradiance k adds k/Y00 to r_0.
+
+    Why a prior is needed: on a face the normals stay near the view axis, so the constant, z and 3z²−1
+    terms are nearly collinear. Their balance, and the light's tilt off the axis, are then fixed by slow
+    shading that an albedo with its own slow changes explains just as well."""
+    transfer = torch.tensor([LAMBERT_BANDS[0]] + [LAMBERT_BANDS[1]] * 3 + [LAMBERT_BANDS[2]] * 5, dtype=torch.float64)
+    azimuth = torch.deg2rad(torch.linspace(-60, 60, 25, dtype=torch.float64))
+    elevation = torch.deg2rad(torch.linspace(0, 60, 13, dtype=torch.float64))
+    az, el = torch.meshgrid(azimuth, elevation, indexing="ij")
+    key = torch.stack([az.sin() * el.cos(), el.sin(), az.cos() * el.cos()], -1).reshape(-1, 3)
+    coefficients = (sh_basis(key) * transfer)[:, None, :].repeat(1, 5, 1)  # (directions, ambient levels, 9)
+    coefficients[..., 0] += torch.linspace(0, 1, 5, dtype=torch.float64) / SH_CONSTANTS[0]
+    normalised = (coefficients[..., 1:] / coefficients[..., :1]).reshape(-1, 8)
+    mean = normalised.mean(0)
+    covariance = torch.cov(normalised.T)
+    whitening = torch.linalg.cholesky(torch.linalg.inv(covariance)).T
+    return mean, whitening
+
+
 def fit_lighting(
-    problem: Problem, specular: Tensor | None = None, trim: float = 0.1, rounds: int = 0, albedo_sigma: float = 12.0
+    problem: Problem,
+    specular: Tensor | None = None,
+    trim: float = 0.1,
+    rounds: int = 0,
+    albedo_sigma: float = 12.0,
+    prior_weight: float = 0.0,
 ) -> tuple[Tensor, Tensor]:
     """Step 2: r (9, 3) by least squares with γ = γ_avg on the lit pixels, the image less ``specular``
     (1, H, W) if given (else ε = 0); each fit refitted once without the ``trim`` fraction of worst-fitting
@@ -204,35 +261,51 @@ def fit_lighting(
     A region's single colour γ_avg is not the skin's: a tan, a flush or make-up change it slowly across
     the face, and the least squares then bend the light to explain them. ``rounds`` times, γ is replaced
     by the image over the current shading, averaged (σ ``albedo_sigma``) over the lit pixels, and r is
-    refitted: the albedo takes the slow colour changes, the light what the normals explain. Returns r
+    refitted: the albedo takes the slow colour changes, the light what the normals explain. With
+    ``prior_weight`` > 0 each fit is a MAP estimate under ``portrait_lighting_prior`` (the weight in squared
+    grey levels: one prior standard deviation costs as much as that mean squared residual). Returns r
     and the albedo (3, H, W) it was fitted with."""
     diffuse = problem.image if specular is None else problem.image - specular
     albedo = problem.albedo_avg
     shading_basis = sh_basis(normals_from_height(problem.height0))
-    sh = _least_squares_lighting(shading_basis, albedo, diffuse, problem.lit, trim)
+    sh = _least_squares_lighting(shading_basis, albedo, diffuse, problem.lit, trim, prior_weight)
     for _ in range(rounds):
         shade = (shading_basis @ sh).permute(2, 0, 1)
         albedo = masked_blur((diffuse / shade.clamp(min=0.05)).clamp(0, 255), problem.lit.float(), albedo_sigma)
-        sh = _least_squares_lighting(shading_basis, albedo, diffuse, problem.lit, trim)
+        sh = _least_squares_lighting(shading_basis, albedo, diffuse, problem.lit, trim, prior_weight)
     return sh, albedo
 
 
-def _least_squares_lighting(shading_basis: Tensor, albedo: Tensor, diffuse: Tensor, lit: Tensor, trim: float) -> Tensor:
-    """r (9, 3) minimising Σ (γ·(Y(n)·r) − I)² over (a regular subsample of) the lit pixels, then refitted
-    without the ``trim`` fraction of worst-fitting ones; basis (H, W, 9), albedo and diffuse (3, H, W)."""
+def _least_squares_lighting(
+    shading_basis: Tensor, albedo: Tensor, diffuse: Tensor, lit: Tensor, trim: float, prior_weight: float = 0.0
+) -> Tensor:
+    """r (9, 3) minimising the mean of (γ·(Y(n)·r) − I)² over (a regular subsample of) the lit pixels,
+    plus ``prior_weight`` · ‖W (r_1..8 / r_0 − μ)‖² (``portrait_lighting_prior``; linearised with r_0 of
+    the previous solve), then refitted without the ``trim`` fraction of worst-fitting pixels; basis
+    (H, W, 9), albedo and diffuse (3, H, W)."""
     stride = max(1, int(lit.sum()) // MAX_FIT_SAMPLES)
     basis = shading_basis[lit][::stride]  # (P, 9)
     albedo = albedo[:, lit][:, ::stride]  # (3, P)
     target = diffuse[:, lit][:, ::stride]
     keep = torch.ones(basis.shape[0], dtype=torch.bool, device=basis.device)
+    prior_rows = None
+    if prior_weight > 0:
+        mean, whitening = (x.to(basis) for x in portrait_lighting_prior())
+        # W (r_1..8 − μ r_0): rows that are linear in r (8, 9)
+        prior_rows = prior_weight**0.5 * whitening @ torch.cat([-mean[:, None], torch.eye(8).to(basis)], 1)
     for _ in range(2):
-        coefficients = torch.stack(
-            [
-                torch.linalg.lstsq(basis[keep] * albedo[c][keep][:, None], target[c][keep][:, None]).solution[:, 0]
-                for c in range(3)
-            ],
-            dim=1,
-        )
+        columns = []
+        for c in range(3):
+            design, observed = basis[keep] * albedo[c][keep][:, None], target[c][keep]
+            solution = torch.linalg.lstsq(design, observed[:, None]).solution[:, 0]
+            if prior_rows is not None:
+                scale = design.shape[0] ** -0.5  # the data term as a mean
+                for _ in range(2):
+                    rows = torch.cat([design * scale, prior_rows / solution[0].clamp(min=1e-3)])
+                    values = torch.cat([observed * scale, observed.new_zeros(8)])
+                    solution = torch.linalg.lstsq(rows, values[:, None]).solution[:, 0]
+            columns.append(solution)
+        coefficients = torch.stack(columns, dim=1)
         residual = (albedo.T * (basis @ coefficients) - target.T).abs().sum(1)
         keep = residual <= torch.quantile(residual, 1 - trim)
     return coefficients
@@ -242,8 +315,8 @@ def fit_light_and_highlight(problem: Problem, options: SfsOptions) -> tuple[Tens
     """Step 2 with the lobe model's highlight: SH coefficients (9, 3), and the lobe, or None when there is
     no highlight worth modelling. The highlight biases the lighting fit and a biased lighting biases the
     lobe: two rounds of lobe from the lighting's residual, then lighting without the lobe."""
-    rounds, sigma = options.lighting_rounds, options.lighting_albedo_sigma
-    sh, albedo = fit_lighting(problem, None, 0.1, rounds, sigma)
+    rounds, sigma, prior = options.lighting_rounds, options.lighting_albedo_sigma, options.lighting_prior_weight
+    sh, albedo = fit_lighting(problem, None, 0.1, rounds, sigma, prior)
     without_lobe = sh
     if options.specular_model != "lobe" or options.specular_scale <= 0:
         return sh, None
@@ -252,7 +325,7 @@ def fit_light_and_highlight(problem: Problem, options: SfsOptions) -> tuple[Tens
     for steps in (150, 50):  # the second round starts from the first's lobe
         diffuse = albedo * shading_of_normals(normals0, sh)
         lobe.fit(normals0, (problem.image - diffuse).mean(0) / options.specular_scale, problem.mask, steps)
-        sh, albedo = fit_lighting(problem, options.specular_scale * lobe(normals0), 0.1, rounds, sigma)
+        sh, albedo = fit_lighting(problem, options.specular_scale * lobe(normals0), 0.1, rounds, sigma, prior)
     if lobe.peak(normals0, problem.mask) < options.specular_min_peak:
         # No highlight worth modelling: a faint, sharp lobe would only add gradient noise.
         return without_lobe, None
@@ -314,7 +387,10 @@ class Scene:
         # Clipped pixels (saturated, or black: under-exposed, or holes where a registered RGB-D frame has
         # no colour) carry no shading information at all; ΔI needs its whole 5-point stencil measured.
         brightest = image.max(0).values
-        measured = (brightest < options.saturation) & (brightest > options.dark)
+        saturation, dark = options.saturation, options.dark
+        if problem.linear:
+            saturation, dark = float(srgb_to_linear(saturation)), float(srgb_to_linear(dark))
+        measured = (brightest < saturation) & (brightest > dark)
         stencil_measured = -torch.nn.functional.max_pool2d(-measured[None].float(), 3, stride=1, padding=1)[0]
         problem = replace(problem, lit=problem.lit & measured)
         if int(problem.lit.sum()) < MIN_MEASURED_SAMPLES:
