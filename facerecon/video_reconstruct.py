@@ -36,7 +36,7 @@ from facerecon.kernel import Pipeline
 from facerecon.kernel.contract.errors import InputError, NoFaceError, PluginError
 from facerecon.kernel.contract.records import CoarseResult, Face, Mesh, Reconstruction
 from facerecon.kernel.contract.stages import IdentityRegressor, check_result
-from facerecon.outputs.folder import write_outputs
+from facerecon.outputs.folder import replace_dir, write_outputs
 from facerecon.outputs.meshes import atomic_write, write_mesh
 from facerecon.temporal import (
     LandmarkSmoother,
@@ -93,7 +93,7 @@ def reconstruct_video(
             "frame_count": source.frame_count,
         }
         atomic_write(staging / "video.json", (json.dumps(summary, indent=1) + "\n").encode())
-        _replace_dir(staging, out_dir)
+        replace_dir(staging, out_dir)
         staging = None
         frames = sum(1 for f in summary["frames"] if f.get("output"))
         return Outcome(str(path), str(out_dir), frames, round(time.perf_counter() - start, 3), frames=frames)
@@ -235,15 +235,3 @@ class _VideoRun:
             "rms_to_mean": [round(d, 4) for d in distances],
             "rms_to_mean_mean": round(float(np.mean(distances)), 4),
         }
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Move the finished folder into place; an older result there goes only once the new one is ready."""
-    if target.exists():
-        old = target.with_name(f".{target.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        target.rename(old)
-        new.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        new.rename(target)

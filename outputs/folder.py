@@ -121,7 +121,7 @@ def write_outputs(
                 if (entry["face_index"], stage_entry["stage"]) in file_vertices:
                     stage_entry["file_vertices"] = file_vertices[(entry["face_index"], stage_entry["stage"])]
         atomic_write(staging / "result.json", dumps(result).encode())
-        _replace_dir(staging, out_dir)
+        replace_dir(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -260,7 +260,7 @@ def _png16(grey: np.ndarray) -> bytes:
 
 def remove_stale_partials(folder: str | Path) -> list[Path]:
     """Remove the staging folders in ``folder`` whose writing process is gone (killed mid-write), and put
-    back a previous result that a kill between the two renames of :func:`_replace_dir` left aside.
+    back a previous result that a kill between the two renames of :func:`replace_dir` left aside.
     Staging folders of live processes are kept. Returns what was removed."""
     removed: list[Path] = []
     folder = Path(folder)
@@ -292,7 +292,7 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def _replace_dir(new: Path, target: Path) -> None:
+def replace_dir(new: Path, target: Path) -> None:
     """Move the finished folder into place; an older result there goes only once the new one is ready."""
     if target.exists():
         old = target.with_name(f".{target.name}.old")
