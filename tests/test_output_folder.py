@@ -63,7 +63,8 @@ def test_cli_rewrites_its_own_results_in_the_image_frame(tmp_path, lfpw):
     out = tmp_path / "out"
     assert main(["reconstruct", str(photo), "-o", str(out), "-q", "--texture-size", "64", "--refiners", ""]) == 0
     assert json.loads((out / photo.stem / "result.json").read_text())["reconstructions"][0]["frames"]["files"] == "head"
-    # the second run replaces the first (facerecon's own folder and summary.json)
+    # the second run replaces the first (facerecon's own folder and summary.json); without --overwrite a
+    # complete result is kept (resume)
     assert (
         main(
             [
@@ -72,6 +73,7 @@ def test_cli_rewrites_its_own_results_in_the_image_frame(tmp_path, lfpw):
                 "-o",
                 str(out),
                 "-q",
+                "--overwrite",
                 "--frame",
                 "image",
                 "--texture-size",
