@@ -110,7 +110,23 @@ def test_fresh_process_finds_it(installed):
 def test_reconstruct_runs_it_end_to_end(on_path, workdir):
     assert main(["reconstruct", "photo.jpg", "-o", "out/", "--segmenter", "none", "-q", "--refiners", ""]) == 0
     plain = Image.open(workdir / "out" / "photo" / "preview.png").size
-    assert main(["reconstruct", "photo.jpg", "-o", "out/", "--segmenter", "ellipse-skin", "-q", "--refiners", ""]) == 0
+    assert (
+        main(
+            [
+                "reconstruct",
+                "photo.jpg",
+                "-o",
+                "out/",
+                "--segmenter",
+                "ellipse-skin",
+                "-q",
+                "--refiners",
+                "",
+                "--overwrite",
+            ]
+        )
+        == 0
+    )
     result = json.loads((workdir / "out" / "photo" / "result.json").read_text())
     assert result["plugins"]["segmenter"] == {"plugin": "ellipse-skin", "version": "1.0.0"}
     segmentation = result["reconstructions"][0]["segmentation"]
