@@ -12,6 +12,7 @@ import functools
 from dataclasses import dataclass, replace
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 
@@ -108,10 +109,27 @@ def _blur_axis_adjoint(g: Tensor, taps: list[float], dim: int) -> Tensor:
     return out
 
 
+def _blur_cv2(image: Tensor, taps: list[float]) -> Tensor:
+    """``_blur_axis`` along both axes by OpenCV's vectorised separable filter (~4x faster on the CPU; the
+    same border rule: cv2 correlates, and BORDER_REPLICATE repeats the edge samples)."""
+    shape = image.shape
+    planes = image.detach().reshape(-1, *shape[-2:])
+    channels = planes.numpy().transpose(1, 2, 0)  # (H, W, N): cv2 filters every channel alike
+    kernel = np.asarray(taps, channels.dtype)
+    out = np.empty_like(channels)
+    for start in range(0, channels.shape[2], 4):  # cv2 blurs up to 4 channels at a time
+        part = np.ascontiguousarray(channels[..., start : start + 4])
+        filtered = cv2.sepFilter2D(part, -1, kernel, kernel, borderType=cv2.BORDER_REPLICATE)
+        out[..., start : start + 4] = filtered.reshape(part.shape)
+    return torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1))).reshape(shape)
+
+
 class _GaussianBlur(torch.autograd.Function):
     @staticmethod
     def forward(ctx, image: Tensor, taps: list[float]) -> Tensor:
         ctx.taps = taps
+        if image.device.type == "cpu" and image.dtype in (torch.float32, torch.float64) and image.numel():
+            return _blur_cv2(image, taps)
         return _blur_axis(_blur_axis(image, taps, -1), taps, -2)
 
     @staticmethod
