@@ -213,7 +213,14 @@ def shading(height: Tensor, sh: Tensor) -> Tensor:
 
 def shading_of_normals(normals: Tensor, sh: Tensor) -> Tensor:
     """S(n) (3, H, W) of unit normals (H, W, 3) for SH coefficients sh (9, 3)."""
-    return (sh_basis(normals) @ sh).permute(2, 0, 1)
+    # sh_basis's terms as 8 planes (8, H·W) and the constant Y00 folded into an offset: one contiguous
+    # (3, H·W) product instead of an interleaved (H, W, 9) basis and a strided permute (~2x faster).
+    x, y, z = normals[..., 0], normals[..., 1], normals[..., 2]
+    c = SH_CONSTANTS
+    planes = torch.stack([y, z, x, x * y, y * z, 3 * z * z - 1, x * z, x * x - y * y]).reshape(8, -1)
+    scaled = sh[1:] * torch.tensor(c[1:], dtype=sh.dtype, device=sh.device)[:, None]  # (8, 3)
+    out = torch.addmm((c[0] * sh[0])[:, None], scaled.T, planes)
+    return out.reshape(3, *normals.shape[:-1])
 
 
 def srgb_to_linear(image):
