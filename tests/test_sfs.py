@@ -343,3 +343,26 @@ def test_linear_shading_maps_are_encoded_back_to_srgb(refined, face_photo):
     assert abs(float(crop.mean()) - float(maps.maps["albedo"][mask].mean())) < 0.1
     error = maps.maps["rendering"][mask] - crop
     assert 10 * np.log10(1.0 / float((error**2).mean())) > 28.0
+
+
+def test_smooth_within_is_the_local_weighted_quadric_fit():
+    from facerecon.plugins.sfs.grid import smooth_within
+
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:40, :50].astype(np.float64)
+    region = ((yy - 20) / 17) ** 2 + ((xx - 25) / 21) ** 2 < 1
+    values = 0.05 * (xx - 20) ** 2 - 0.03 * xx * yy + rng.normal(0, 1.0, xx.shape)
+    sigma = 2.5
+    out = smooth_within(values, region, sigma)
+    assert np.array_equal(out[~region], values[~region])  # unchanged outside the region
+    radius = int(np.ceil(3 * sigma))
+    for i, j in [(20, 25), (5, 25), (20, 5), (33, 38), (12, 40)]:  # inside, near and at the border
+        assert region[i, j]
+        ii, jj = np.nonzero(region)
+        near = (abs(ii - i) <= radius) & (abs(jj - j) <= radius)
+        tx, ty = (jj[near] - j) / sigma, (ii[near] - i) / sigma
+        weight = np.exp(-0.5 * (tx**2 + ty**2))
+        design = np.column_stack([np.ones_like(tx), tx, ty, tx**2, tx * ty, ty**2])
+        normal = design.T @ (weight[:, None] * design) + np.diag([0.0] + [1e-3] * 5)
+        fit = np.linalg.solve(normal, design.T @ (weight * values[ii[near], jj[near]]))
+        assert out[i, j] == pytest.approx(fit[0], abs=1e-8)

@@ -5,6 +5,7 @@ may carve, and the fine mesh built back from the solved depth."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -43,17 +44,41 @@ def smooth_within(values: np.ndarray, region: np.ndarray, sigma: float) -> np.nd
     weight = region.astype(np.float64)
     data = np.where(region, values, 0.0).astype(np.float64)
     powers = [(0, 0), (1, 0), (0, 1), (2, 0), (1, 1), (0, 2)]
-    normal = np.empty((*values.shape, 6, 6))
-    for i, (a1, b1) in enumerate(powers):
-        for j, (a2, b2) in enumerate(powers[i:], i):
-            normal[..., i, j] = normal[..., j, i] = moment(weight, a1 + a2, b1 + b2)
-    rhs = np.stack([moment(data, a, b) for a, b in powers], -1)
-    rows = region & (normal[..., 0, 0] > 1e-6)
-    ridge = np.diag([0.0] + [1e-3] * 5)  # keeps thin strips (a quadric badly determined) near a plain mean
-    fitted = np.linalg.solve(normal[rows] + ridge, rhs[rows][..., None])[:, 0, 0]
+    rows = region & (moment(weight, 0, 0) > 1e-6)
+    # Each distinct moment once (15 of the normal matrix's 36 entries), kept at the fitted samples only.
+    moments: dict[tuple[int, int], np.ndarray] = {}
+    for a1, b1 in powers:
+        for a2, b2 in powers:
+            key = (a1 + a2, b1 + b2)
+            if key not in moments:
+                moments[key] = moment(weight, *key)[rows]
+    normal = [[moments[(a1 + a2, b1 + b2)] for a2, b2 in powers] for a1, b1 in powers]
+    for i in range(1, 6):  # the ridge keeps thin strips (a quadric badly determined) near a plain mean
+        normal[i][i] = normal[i][i] + 1e-3
+    rhs = [moment(data, a, b)[rows] for a, b in powers]
+    fitted = _solve_spd(normal, rhs)[0]
     out = np.array(values, np.float64, copy=True)
     out[rows] = fitted
     return out
+
+
+def _solve_spd(a: list[list[np.ndarray]], b: list[np.ndarray]) -> list[np.ndarray]:
+    """x of a x = b at every sample, a (k x k nested lists of (n,) arrays) symmetric positive definite, b
+    (k lists of (n,)): a Cholesky factorisation unrolled over the entries, each vectorised over the n
+    samples (LAPACK called per 6 x 6 system is ~20x slower)."""
+    k = len(b)
+    low: list[list[Any]] = [[None] * k for _ in range(k)]
+    for j in range(k):
+        low[j][j] = np.sqrt(a[j][j] - sum(low[j][m] ** 2 for m in range(j)))
+        for i in range(j + 1, k):
+            low[i][j] = (a[i][j] - sum(low[i][m] * low[j][m] for m in range(j))) / low[j][j]
+    y: list[Any] = [None] * k
+    for i in range(k):
+        y[i] = (b[i] - sum(low[i][m] * y[m] for m in range(i))) / low[i][i]
+    x: list[Any] = [None] * k
+    for i in reversed(range(k)):
+        x[i] = (y[i] - sum(low[m][i] * x[m] for m in range(i + 1, k))) / low[i][i]
+    return x
 
 
 def regions(crop, covered, labels, segmentation):

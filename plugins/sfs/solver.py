@@ -12,6 +12,7 @@ import functools
 from dataclasses import dataclass, replace
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 
@@ -108,10 +109,27 @@ def _blur_axis_adjoint(g: Tensor, taps: list[float], dim: int) -> Tensor:
     return out
 
 
+def _blur_cv2(image: Tensor, taps: list[float]) -> Tensor:
+    """``_blur_axis`` along both axes by OpenCV's vectorised separable filter (~4x faster on the CPU; the
+    same border rule: cv2 correlates, and BORDER_REPLICATE repeats the edge samples)."""
+    shape = image.shape
+    planes = image.detach().reshape(-1, *shape[-2:])
+    channels = planes.numpy().transpose(1, 2, 0)  # (H, W, N): cv2 filters every channel alike
+    kernel = np.asarray(taps, channels.dtype)
+    out = np.empty_like(channels)
+    for start in range(0, channels.shape[2], 4):  # cv2 blurs up to 4 channels at a time
+        part = np.ascontiguousarray(channels[..., start : start + 4])
+        filtered = cv2.sepFilter2D(part, -1, kernel, kernel, borderType=cv2.BORDER_REPLICATE)
+        out[..., start : start + 4] = filtered.reshape(part.shape)
+    return torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1))).reshape(shape)
+
+
 class _GaussianBlur(torch.autograd.Function):
     @staticmethod
     def forward(ctx, image: Tensor, taps: list[float]) -> Tensor:
         ctx.taps = taps
+        if image.device.type == "cpu" and image.dtype in (torch.float32, torch.float64) and image.numel():
+            return _blur_cv2(image, taps)
         return _blur_axis(_blur_axis(image, taps, -1), taps, -2)
 
     @staticmethod
@@ -195,7 +213,14 @@ def shading(height: Tensor, sh: Tensor) -> Tensor:
 
 def shading_of_normals(normals: Tensor, sh: Tensor) -> Tensor:
     """S(n) (3, H, W) of unit normals (H, W, 3) for SH coefficients sh (9, 3)."""
-    return (sh_basis(normals) @ sh).permute(2, 0, 1)
+    # sh_basis's terms as 8 planes (8, H·W) and the constant Y00 folded into an offset: one contiguous
+    # (3, H·W) product instead of an interleaved (H, W, 9) basis and a strided permute (~2x faster).
+    x, y, z = normals[..., 0], normals[..., 1], normals[..., 2]
+    c = SH_CONSTANTS
+    planes = torch.stack([y, z, x, x * y, y * z, 3 * z * z - 1, x * z, x * x - y * y]).reshape(8, -1)
+    scaled = sh[1:] * torch.tensor(c[1:], dtype=sh.dtype, device=sh.device)[:, None]  # (8, 3)
+    out = torch.addmm((c[0] * sh[0])[:, None], scaled.T, planes)
+    return out.reshape(3, *normals.shape[:-1])
 
 
 def srgb_to_linear(image):
