@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from facerecon.kernel.contract.errors import InputError
-from facerecon.kernel.host.imageio import IMAGE_SUFFIXES, load_image
+from facerecon.kernel.host.imageio import IMAGE_SUFFIXES, find_images, load_image
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".avi", ".mov", ".webm", ".mkv"})
 """Suffixes taken as videos (folder inputs pick them up beside photos)."""
@@ -205,30 +205,16 @@ def find_inputs(inputs: list[str], *, sequence: bool = False) -> tuple[list[tupl
     """Expand files, folders and glob patterns into ``(path, is_video)`` in a stable order: photos
     (:data:`IMAGE_SUFFIXES`), videos (:data:`VIDEO_SUFFIXES`), and with ``sequence`` each folder as one image
     sequence (a video). Also ``(input, reason)`` for each input that gave nothing."""
-    import glob
-
     media = IMAGE_SUFFIXES | VIDEO_SUFFIXES
     found: list[tuple[Path, bool]] = []
     problems: list[tuple[str, str]] = []
     for item in inputs:
-        path = Path(item)
-        if path.is_dir() and sequence:
-            matches = [path]
-        elif path.is_dir():
-            try:
-                matches = sorted(p for p in path.iterdir() if p.suffix.lower() in media and p.is_file())
-            except OSError as exc:
-                problems.append((item, f"cannot read the folder ({exc.strerror or exc})"))
-                continue
-        elif path.exists():
-            matches = [path]
-        else:
-            # a glob over a folder of photos and their annotations (.pts) picks up the photos and videos
-            matches = sorted(Path(p) for p in glob.glob(item) if Path(p).is_file() and Path(p).suffix.lower() in media)
-        if matches:
-            found.extend((p, p.is_dir() or is_video(p)) for p in matches)
-        else:
-            problems.append((item, "no such file or no images matched"))
+        if sequence and Path(item).is_dir():
+            found.append((Path(item), True))
+            continue
+        matches, missing = find_images([item], media)  # files, folders and globs, as for photos
+        found.extend((p, is_video(p)) for p in matches)
+        problems += missing
     return list(dict.fromkeys(found)), problems
 
 

@@ -132,8 +132,11 @@ def fit_within(image: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
     return np.asarray(small), factor
 
 
-def find_images(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Expand files, folders (non-recursive, :data:`IMAGE_SUFFIXES`) and glob patterns.
+def find_images(
+    inputs: list[str], suffixes: frozenset[str] | set[str] = IMAGE_SUFFIXES
+) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Expand files, folders (non-recursive, files with ``suffixes``, default :data:`IMAGE_SUFFIXES`) and
+    glob patterns.
 
     Returns the image paths in a stable order, and ``(input, reason)`` for each input that gave none
     (matched nothing, or a folder that cannot be read).
@@ -146,7 +149,7 @@ def find_images(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
         path = Path(item)
         if path.is_dir():
             try:
-                matches = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+                matches = sorted(p for p in path.iterdir() if p.suffix.lower() in suffixes and p.is_file())
             except OSError as exc:
                 problems.append((item, f"cannot read the folder ({exc.strerror or exc})"))
                 continue
@@ -155,7 +158,7 @@ def find_images(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
         else:
             # a glob over a folder of photos and their annotations (.pts) picks up the photos
             matches = sorted(
-                Path(p) for p in glob.glob(item) if Path(p).is_file() and Path(p).suffix.lower() in IMAGE_SUFFIXES
+                Path(p) for p in glob.glob(item) if Path(p).is_file() and Path(p).suffix.lower() in suffixes
             )
         if matches:
             found.extend(matches)
