@@ -85,6 +85,29 @@ def test_real_photo_output_is_sane(refined):
     assert marks is not None and (marks.visibility > 0).sum() >= 60
 
 
+def test_outside_the_refined_region_the_fine_mesh_keeps_the_medium_depth(face_photo):
+    """Eyes, brows, lips and nostrils are not refined: there the fine depth is the medium mesh's own, not
+    the quadric-smoothed surface the detail is solved on (which blurred the eyelids and the lip line)."""
+    from facerecon.kernel import Pipeline, PipelineConfig
+
+    config = PipelineConfig(segmenter="landmark-regions", refiners=("laplace",), device="cpu")
+    with Pipeline(config) as pipe:
+        face = pipe.detect(face_photo)[0]
+        medium = pipe.reconstruct_face(face_photo, face)
+    refiner = SfsRefiner(SfsOptions(max_side=160), "cpu")
+    maps = refiner.refine(face_photo, face, medium.final.mesh, medium.segmentation).maps.maps
+    setup = refiner.prepare(face_photo, face, medium.final.mesh, medium.segmentation)
+    mask = maps["mask"] > 0
+    assert (mask == setup.mask).all()
+    outside = setup.covered & ~mask
+    assert outside.sum() > 300  # eyes, brows, lips, nostrils
+    step = setup.grid.step
+    assert np.allclose(maps["depth"][outside], setup.medium_depth[outside] * step, atol=1e-4)
+    assert np.allclose(maps["displacement"][outside], 0.0, atol=1e-4)  # float32 maps
+    # ...which the smoothing changes (so the check above is not vacuous)
+    assert np.abs(setup.depth0[outside] - setup.medium_depth[outside]).max() * step > 0.05
+
+
 def test_refiner_conformance(refined, face_photo):
     from facerecon.kernel import testing
 

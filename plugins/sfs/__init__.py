@@ -58,12 +58,14 @@ class ShadingWarning(UserWarning):
 @dataclass
 class Prepared:
     """Step 1's output: the ``grid`` and the medium mesh's ``raster`` on it, the samples it ``covered``
-    (h, w) bool, its smoothed depth ``depth0`` (h, w) float64 in samples (away from the camera), the
-    refined ``mask`` (h, w) bool, and the solver's ``problem`` (``solver.Problem``)."""
+    (h, w) bool, its depth ``medium_depth`` and that depth smoothed, ``depth0`` (h, w) float64 in samples
+    (away from the camera), the refined ``mask`` (h, w) bool, and the solver's ``problem``
+    (``solver.Problem``)."""
 
     grid: Grid
     raster: Any
     covered: np.ndarray
+    medium_depth: np.ndarray
     depth0: np.ndarray
     mask: np.ndarray
     problem: Any
@@ -97,13 +99,17 @@ class SfsRefiner:
         except self.solver.NoShading as error:
             warnings.warn(f"sfs: {error}; the fine mesh is the medium one", ShadingWarning, stacklevel=2)
             return Refinement(mesh)
-        height = solution.height.cpu().numpy().astype(np.float64)
-        fine = grid.mesh(mesh, raster, -height, covered, "fine")
+        # Step 6: the solved detail on the medium surface. Inside the refined region that surface is the
+        # smoothed d0 the detail was solved on; outside it (eyes, brows, lips, nostrils: nothing refined),
+        # the medium mesh's own depth, which the smoothing would only blur, blended over a few samples.
+        base = setup.depth0 + (1 - _inside_weight(setup.mask)) * (setup.medium_depth - setup.depth0)
+        depth = base - solution.height.cpu().numpy().astype(np.float64) - setup.depth0  # d0 + detail -> base + detail
+        fine = grid.mesh(mesh, raster, depth, covered, "fine")
         phases = {
-            name: grid.mesh(mesh, raster, -h.cpu().numpy().astype(np.float64), covered, name)
+            name: grid.mesh(mesh, raster, base - h.cpu().numpy().astype(np.float64) - setup.depth0, covered, name)
             for name, h in solution.phase_heights.items()
         }
-        maps = self._maps(grid, problem, solution, setup.depth0, height, covered, setup.mask)
+        maps = self._maps(grid, problem, solution, base, depth, covered, setup.mask)
         return Refinement(fine, maps, phases)
 
     def prepare(self, image: np.ndarray, face: Face, mesh: Mesh, segmentation: Segmentation | None) -> Prepared | None:
@@ -120,7 +126,8 @@ class SfsRefiner:
         # The medium mesh's depth (z away from the camera, in samples), smoothed by a local quadric fit:
         # its mid-scale bumps (landmark-mesh wobble finer than a few percent of the face) would be read
         # as shading to explain; a quadric keeps its curvature (a nose tip) where a blur would flatten it.
-        depth0 = smooth_within(grid.depth_in_samples(mesh, raster), covered, self.medium_sigma(covered))
+        medium_depth = grid.depth_in_samples(mesh, raster)
+        depth0 = smooth_within(medium_depth, covered, self.medium_sigma(covered))
         crop = grid.sample_image(image)  # (h, w, 3) 0-255
         labels = grid.sample_labels(segmentation)
         mask, lit, albedo_avg = regions(crop, covered, labels, segmentation)
@@ -136,7 +143,7 @@ class SfsRefiner:
             albedo_avg=t(albedo_avg.transpose(2, 0, 1)),
             linear=linear,
         )
-        return Prepared(grid, raster, covered, depth0, mask, problem)
+        return Prepared(grid, raster, covered, medium_depth, depth0, mask, problem)
 
     def medium_sigma(self, covered: np.ndarray) -> float:
         """σ (samples) of the medium depth's local quadric smoothing (step 1)."""
@@ -144,26 +151,29 @@ class SfsRefiner:
             return self.options.medium_smoothing_fraction * float(covered.any(0).sum())
         return self.options.medium_smoothing
 
-    def _maps(self, grid, problem, solution, depth0, height, covered, mask) -> ImageMaps:
+    def _maps(self, grid, problem, solution, base, depth_samples, covered, mask) -> ImageMaps:
+        """The output maps on the grid: ``base`` and ``depth_samples`` (h, w) are the medium surface the
+        detail sits on and the fine depth, in samples away from the camera."""
         import torch
 
         with torch.no_grad():
             shade = self.solver.shading(solution.height, solution.sh)
             rendered = solution.albedo * shade + self.options.specular_scale * solution.specular
-            normals = self.solver.normals_from_height(solution.height).cpu().numpy()
+            height = torch.as_tensor(-depth_samples, dtype=solution.height.dtype)
+            normals = self.solver.normals_from_height(height).cpu().numpy()
         encode = self.solver.linear_to_srgb if problem.linear else (lambda x: x)
 
         def to_image(x):  # (C, H, W) 0-255 in the solver's intensities -> (H, W, C) sRGB 0-1
             return np.clip(encode(x.cpu().numpy().transpose(1, 2, 0)) / 255.0, 0, 1)
 
         nan = np.where(covered, 1.0, np.nan)
-        depth = -height * grid.step  # mesh-frame z in image pixels
+        depth = depth_samples * grid.step  # mesh-frame z in image pixels
         return ImageMaps(
             origin=(int(round(grid.x0)), int(round(grid.y0))),
             step=grid.step,
             maps={
                 "depth": depth * nan,
-                "displacement": (depth - depth0 * grid.step) * nan,
+                "displacement": (depth - base * grid.step) * nan,
                 # viewer -> mesh frame
                 "normal": normals * np.array([1.0, -1.0, -1.0]) * nan[..., None],
                 "albedo": to_image(solution.albedo),
@@ -174,6 +184,15 @@ class SfsRefiner:
                 "mask": mask.astype(np.float32),
             },
         )
+
+
+def _inside_weight(mask: np.ndarray, feather: float = 3.0) -> np.ndarray:
+    """(h, w) float64: 1 deep inside ``mask``, falling to 0 over about ``feather`` samples at its border
+    and 0 outside it."""
+    import cv2
+
+    inside = mask.astype(np.float64)
+    return cv2.GaussianBlur(inside, (0, 0), feather, borderType=cv2.BORDER_REPLICATE) * inside
 
 
 def _normalised(shading: np.ndarray, mask: np.ndarray) -> np.ndarray:
