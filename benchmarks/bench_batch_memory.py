@@ -14,7 +14,8 @@ many photos were done. One JSON line per run:
 * ``done``: photos reconstructed before the stop (nothing is extrapolated from it);
 * ``main_mb`` / ``workers_mb``: RSS (MiB) when the first result appeared, the peak, and the last sample;
 * ``*_slope_kb_per_1000``: the least-squares slope of RSS against photos done, over the samples after the
-  first result, in KiB per 1000 photos (flat memory: near 0).
+  first result, in KiB per 1000 photos (flat memory: near 0); ``*_slope_2nd_half``: the same over the
+  samples after half the photos were done (past the first photos' warm-up).
 """
 
 from __future__ import annotations
@@ -83,6 +84,12 @@ def _slope(done: list[int], rss_kb: list[int]) -> float | None:
     return round(float(np.polyfit(np.asarray(done, float), np.asarray(rss_kb, float), 1)[0]) * 1000.0, 1)
 
 
+def _second_half(samples: list[tuple[float, int, int, int]], column: int) -> tuple[list[int], list[int]]:
+    """(photos done, RSS) of the samples taken once half the run's photos were done."""
+    half = [s for s in samples if s[1] >= samples[-1][1] / 2]
+    return [s[1] for s in half], [s[column] for s in half]
+
+
 def measure(listing: Path, engine: str, jobs: int, seconds: float, interval: float) -> dict[str, object]:
     out = Path(tempfile.mkdtemp(prefix="bench-memory-"))
     command = [sys.executable, "-m", "facerecon.cli", "reconstruct", "--files-from", str(listing), "-o", str(out)]
@@ -129,6 +136,9 @@ def measure(listing: Path, engine: str, jobs: int, seconds: float, interval: flo
         "workers_mb": dict(zip(("start", "peak", "end"), mb(3), strict=True)),
         "main_slope_kb_per_1000": _slope(done, [s[2] for s in running]),
         "workers_slope_kb_per_1000": _slope(done, [s[3] for s in running]),
+        # the second half of the photos done: past the first photos' warm-up (caches, allocator pools)
+        "main_slope_2nd_half": _slope(*_second_half(running, 2)),
+        "workers_slope_2nd_half": _slope(*_second_half(running, 3)),
     }
 
 

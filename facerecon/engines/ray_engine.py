@@ -14,8 +14,9 @@ Each stage is a Ray actor that builds only its own stage of the pipeline, once (
 A stage whose plugin declares it runs on CUDA (its registration's ``devices``) asks Ray for a GPU
 (``num_gpus``; Ray sets the actor's CUDA_VISIBLE_DEVICES) when the config's device is ``cuda``, or ``auto``
 on a cluster that has GPUs; the other stages run on the CPU with no GPU visible. ``cuda`` on a cluster
-without a GPU is a ConfigError at start (``auto`` runs on the CPU there). Inputs are streamed: at most ``in_flight`` of them are between the stages at a
-time, so the driver's and the object store's memory stay flat however long the list. An actor that dies is
+without a GPU is a ConfigError at start (``auto`` runs on the CPU there). Inputs are streamed: at most
+``in_flight`` of them are between the stages at a time, so the driver's and the object store's memory stay
+flat however long the list. An actor that dies is
 restarted (its model reloaded) and its tasks are retried; a folder completed earlier in this run is not
 rewritten by a retry, so nothing is lost and nothing is written twice.
 """
