@@ -107,7 +107,7 @@ def test_readme_video_and_batch_commands_parse():
     for words in lines:
         args = parser.parse_args([w.strip("'") for w in words[1:]])
         assert args.command == "reconstruct"
-    for script in ("bench_batch", "video_jitter"):  # the section's numbers come from these
+    for script in ("bench_batch", "bench_batch_memory", "video_jitter"):  # the section's numbers come from these
         assert f"python -m benchmarks.{script}" in section
         assert (Path(__file__).parents[1] / "benchmarks" / f"{script}.py").is_file()
 

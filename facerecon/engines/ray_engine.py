@@ -87,8 +87,13 @@ class StageWorker:
         }
 
     def run(self, job: dict[str, Any]) -> dict[str, Any]:
-        if "error" in job or "outcome" in job:
-            return job
+        if "error" not in job and "outcome" not in job:
+            job = self._timed(job)
+        if self.stage == STAGES[-1]:  # to the driver only what it reads: not the photo nor the meshes
+            return {k: job[k] for k in ("path", "seconds", "outcome", "error") if k in job}
+        return job
+
+    def _timed(self, job: dict[str, Any]) -> dict[str, Any]:
         start = time.perf_counter()
         try:
             if self.stage == "detect":
@@ -209,6 +214,7 @@ class RayEngine:
         self._started_ray = False
         self._pending: list[Any] = []
         self._inputs: dict[Any, str] = {}  # pending ref -> its input
+        self._pids: list[int] = []  # the stage actors' processes, as started
 
     def gpu_stages(self) -> tuple[str, ...]:
         """The stages with a plugin that declares it runs on CUDA (``devices`` of its registration, shown by
@@ -272,13 +278,13 @@ class RayEngine:
         for stage in STAGES:
             wanted = resources[stage]
             options = {"num_cpus": wanted["num_cpus"], "num_gpus": wanted["num_gpus"]}
-            options |= {"max_restarts": -1, "max_task_retries": self.max_retries}
+            options |= {"max_restarts": -1, "max_task_retries": self.max_retries, "enable_task_events": False}
             config = replace(self.config, device=wanted["device"])
             self.actors[stage] = [
                 remote.options(**options).remote(stage, config, self.write) for _ in range(self.replicas)
             ]
         try:  # wait until every actor is placed and has loaded its stage; a bad config or model file fails here
-            ray.get(
+            self._pids = ray.get(
                 [actor.pid.remote() for actors in self.actors.values() for actor in actors],
                 timeout=self.start_timeout_s,
             )
@@ -358,6 +364,31 @@ class RayEngine:
         if self._started_ray:
             ray.shutdown()
             self._started_ray = False
+            # the cluster was on this machine: its actors are gone before the caller cleans the output folder
+            # up (a .partial folder of a live writer is kept), as the local engine's killed workers are
+            _wait_gone(self._pids)
+        self._pids = []
+
+
+def _wait_gone(pids: list[int], timeout_s: float = 10.0) -> None:
+    """Wait (at most ``timeout_s``) until none of these local processes runs (a zombie does not)."""
+    end = time.monotonic() + timeout_s
+    while pids and time.monotonic() < end:
+        pids = [pid for pid in pids if _running(pid)]
+        if pids:
+            time.sleep(0.05)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's: not one of ours any more
+        return False
+    with contextlib.suppress(OSError, IndexError):  # Linux: a zombie waits to be reaped, it runs no more
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    return True
 
 
 def reconstruct_on_ray(
