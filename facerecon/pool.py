@@ -129,7 +129,7 @@ class WorkerPool:
 
     def _drain(self) -> list[Outcome]:
         """The outcomes waiting in the queue, without blocking."""
-        found = []
+        found: list[Outcome] = []
         while True:
             try:
                 outcome = self._done.get_nowait()
