@@ -18,6 +18,7 @@ import json
 import logging
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -236,8 +237,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 def _output_names(paths: list[Path]) -> list[str]:
     """One folder name per input: the file stem, plus the suffix where two inputs share a stem."""
-    stems = [p.stem for p in paths]
-    return [f"{p.stem}_{p.suffix.lstrip('.')}" if stems.count(p.stem) > 1 else p.stem for p in paths]
+    stems = Counter(p.stem for p in paths)  # a count per stem: linear in the inputs, also for 100k of them
+    return [f"{p.stem}_{p.suffix.lstrip('.')}" if stems[p.stem] > 1 else p.stem for p in paths]
 
 
 def _parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -335,17 +336,17 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         jobs = list(zip(paths, _output_names(paths), strict=True))
         check_output_folder(out, [name for _, name in jobs])  # nothing of anyone else's is written over
         videos = {path for path, is_video in media if is_video}
-        todo = [(path, out / name, video if path in videos else None) for path, name in jobs]
+        del media, paths  # jobs holds what follows: per input only what a long list (100k) needs
+        todo = jobs
         if not args.overwrite:  # resume: a complete result folder is renamed into place only when whole
-            skipped = [
-                str(path)
-                for path, folder, options in todo
-                if (folder / ("result.json" if options is None else "video.json")).is_file()
-            ]
-            todo = [task for task in todo if str(task[0]) not in skipped]
+            done = [(out / name / ("video.json" if path in videos else "result.json")).is_file() for path, name in jobs]
+            skipped = [str(path) for (path, _), was_done in zip(jobs, done, strict=True) if was_done]
+            todo = [job for job, was_done in zip(jobs, done, strict=True) if not was_done]
             finished.update(skipped)
             if skipped and not args.quiet:
                 print(f"facerecon: {len(skipped)} input(s) already done, skipped (--overwrite redoes them)")
+        # streamed to the engine, which takes a few at a time: no second list of every output folder
+        tasks = ((path, out / name, video if path in videos else None) for path, name in todo)
 
         from tqdm import tqdm
         from tqdm.contrib.logging import logging_redirect_tqdm
@@ -365,7 +366,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
                 pool.start()
             # tqdm's rate is the throughput (image/s) over the whole run
             for outcome in tqdm(
-                pool.run(todo), total=len(todo), disable=not show_bar, unit="image", desc="reconstruct"
+                pool.run(tasks), total=len(todo), disable=not show_bar, unit="image", desc="reconstruct"
             ):
                 record(outcome)
     except KeyboardInterrupt:

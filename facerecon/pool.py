@@ -1,10 +1,11 @@
 """``--jobs N``: N worker processes (facerecon.batch.BatchWorker, models loaded once each) sharing a batch.
 
     with WorkerPool(config, write, jobs=2) as pool:          # starts the workers, loading models in parallel
-        for outcome in pool.run(tasks):                      # tasks: [(input, out_dir, video)], outcomes as they finish
+        for outcome in pool.run(tasks):                      # tasks: (input, out_dir, video), outcomes as they finish
             ...
 
-One thread per worker takes the next task from a shared queue, so a slow photo holds up one worker only.
+One thread per worker takes the next task from the shared (lazily read) tasks, so a slow photo holds up one
+worker only, and a long list costs no memory here beyond the few inputs in flight.
 A worker that dies on an input costs that input (its Outcome says how) and is restarted for the next one.
 On Ctrl-C the caller calls :meth:`WorkerPool.interrupt`: inputs that finish within a short grace time are
 still reported, the workers are then killed (their half-written folders are stale ``.partial`` ones).
@@ -17,7 +18,7 @@ import os
 import queue
 import signal
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,8 @@ class WorkerPool:
             raise ConfigError(f"--jobs must be at least 1, got {jobs}")
         self.workers = [BatchWorker(config, write) for _ in range(jobs)]
         self._stop = threading.Event()
-        self._done: queue.Queue[Outcome] = queue.Queue()
+        self._done: queue.Queue[Outcome | None] = queue.Queue()  # None: a feeding thread has ended
+        self._source_error: Exception | None = None
         self._threads: list[threading.Thread] = []
 
     def __enter__(self) -> WorkerPool:
@@ -58,33 +60,56 @@ class WorkerPool:
             self.close()
             raise errors[0]  # type: ignore[misc]
 
-    def run(self, tasks: Sequence[Task]) -> Iterator[Outcome]:
-        """Each task's Outcome, in the order they finish."""
-        todo: queue.Queue[Task] = queue.Queue()
-        for task in tasks:
-            todo.put(task)
+    def run(self, tasks: Iterable[Task]) -> Iterator[Outcome]:
+        """Each task's Outcome, in the order they finish. ``tasks`` is read lazily: at most ``2 * jobs``
+        inputs are taken and not yet given back as an Outcome, so a generator over a long list is never
+        materialised here."""
+        source = iter(tasks)
+        taking = threading.Lock()  # one thread at a time advances the source
+        window = threading.Semaphore(2 * len(self.workers))  # released as each Outcome is handed over
         self._threads = [
-            threading.Thread(target=self._feed, args=(worker, todo), name=f"facerecon-feed-{i}", daemon=True)
+            threading.Thread(
+                target=self._feed, args=(worker, source, taking, window), name=f"facerecon-feed-{i}", daemon=True
+            )
             for i, worker in enumerate(self.workers)
         ]
         for thread in self._threads:
             thread.start()
-        for _ in range(len(tasks)):
-            yield self._done.get()
+        running = len(self._threads)
+        while running:
+            outcome = self._done.get()
+            if outcome is None:  # a feeding thread is done
+                running -= 1
+                continue
+            yield outcome
+            window.release()
+        if self._source_error is not None:
+            raise self._source_error
 
-    def _feed(self, worker: BatchWorker, todo: queue.Queue[Task]) -> None:
-        while not self._stop.is_set():
-            try:
-                path, out_dir, video = todo.get_nowait()
-            except queue.Empty:
-                return
-            try:
-                outcome = worker.run(path, out_dir, video)
-            except Exception as exc:  # a worker that cannot be restarted after a crash
-                outcome = Outcome(str(path), None, 0, 0.0, f"{type(exc).__name__}: {exc}", crashed=True)
-            if self._stop.is_set() and outcome.crashed:
-                return  # killed by interrupt(): not this input's fault, it is "not processed"
-            self._done.put(outcome)
+    def _feed(
+        self, worker: BatchWorker, source: Iterator[Task], taking: threading.Lock, window: threading.Semaphore
+    ) -> None:
+        try:
+            while not self._stop.is_set():
+                if not window.acquire(timeout=0.1):
+                    continue
+                with taking:
+                    try:
+                        task = next(source, None)
+                    except Exception as exc:  # listing the inputs failed: the batch stops, the error is raised
+                        self._source_error, task = exc, None
+                if task is None:
+                    return
+                path, out_dir, video = task
+                try:
+                    outcome = worker.run(path, out_dir, video)
+                except Exception as exc:  # a worker that cannot be restarted after a crash
+                    outcome = Outcome(str(path), None, 0, 0.0, f"{type(exc).__name__}: {exc}", crashed=True)
+                if self._stop.is_set() and outcome.crashed:
+                    return  # killed by interrupt(): not this input's fault, it is "not processed"
+                self._done.put(outcome)
+        finally:
+            self._done.put(None)
 
     def interrupt(self, grace_s: float = 0.5) -> list[Outcome]:
         """Stop for Ctrl-C: the outcomes of inputs that finished within ``grace_s``, then kill the workers."""
@@ -92,11 +117,7 @@ class WorkerPool:
         late: list[Outcome] = []
         for thread in self._threads:
             thread.join(grace_s / max(1, len(self._threads)))
-        while True:
-            try:
-                late.append(self._done.get_nowait())
-            except queue.Empty:
-                break
+        late += self._drain()
         for worker in self.workers:  # its feeding thread sees the pipe close and reaps it
             pid = worker.pid
             if pid is not None:
@@ -104,11 +125,18 @@ class WorkerPool:
                     os.kill(pid, signal.SIGKILL)
         for thread in self._threads:
             thread.join(10.0)
-        while True:  # finished between the first look and the kill
+        return late + self._drain()  # finished between the first look and the kill
+
+    def _drain(self) -> list[Outcome]:
+        """The outcomes waiting in the queue, without blocking."""
+        found: list[Outcome] = []
+        while True:
             try:
-                late.append(self._done.get_nowait())
+                outcome = self._done.get_nowait()
             except queue.Empty:
-                return late
+                return found
+            if outcome is not None:
+                found.append(outcome)
 
     def close(self) -> None:
         self._stop.set()

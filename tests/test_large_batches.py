@@ -107,6 +107,34 @@ def test_readme_video_and_batch_commands_parse():
     for words in lines:
         args = parser.parse_args([w.strip("'") for w in words[1:]])
         assert args.command == "reconstruct"
-    for script in ("bench_batch", "video_jitter"):  # the section's numbers come from these
+    for script in ("bench_batch", "bench_batch_memory", "video_jitter"):  # the section's numbers come from these
         assert f"python -m benchmarks.{script}" in section
         assert (Path(__file__).parents[1] / "benchmarks" / f"{script}.py").is_file()
+
+
+def test_the_pool_reads_a_long_input_list_lazily(lfpw, tmp_path):
+    """A generator of 100k inputs: the pool takes at most 2 * jobs of them ahead of the outcomes it has
+    handed back, so a long list is never materialised in the scheduler (memory: benchmarks/bench_batch_memory)."""
+    from itertools import islice
+
+    from facerecon.batch import WriteOptions
+    from facerecon.kernel import PipelineConfig
+    from facerecon.pool import WorkerPool
+
+    taken = 0
+
+    def inputs():
+        nonlocal taken
+        for i in range(100_000):
+            taken += 1
+            yield lfpw[i % 3], tmp_path / f"p{i:06d}", None
+
+    config = PipelineConfig(regressor="landmark-mesh", segmenter=None, refiners=(), device="cpu")
+    handed = []
+    with WorkerPool(config, WriteOptions(texture_size=64), jobs=2) as pool:
+        for outcome in islice(pool.run(inputs()), 10):
+            handed.append(outcome)
+            assert 0 <= taken - len(handed) <= 4, (taken, len(handed))
+    assert all(o.error is None for o in handed), [o.error for o in handed]
+    assert taken <= 10 + 4  # closing the pool took nothing more
+    assert {Path(o.output or "").name for o in handed} <= {f"p{i:06d}" for i in range(taken)}

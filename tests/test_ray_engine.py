@@ -86,3 +86,38 @@ def test_a_killed_stage_actor_has_its_inputs_retried(cluster, lfpw, in_process, 
     assert sorted(p.name for p in out.iterdir()) == sorted(p.stem for p in photos)
     for photo in photos:
         assert comparable(out / photo.stem) == comparable(in_process / photo.stem)
+
+
+def test_inputs_are_streamed_with_a_bounded_number_in_flight(cluster, lfpw, tmp_path):
+    """A generator of 100k inputs: the engine takes at most ``in_flight`` of them ahead of the outcomes it
+    has handed back (the driver's and the object store's memory stay flat: benchmarks/bench_batch_memory)."""
+    taken = 0
+
+    def inputs():
+        nonlocal taken
+        for i in range(100_000):
+            taken += 1
+            yield lfpw[i % 3], tmp_path / f"p{i:06d}", None
+
+    engine = RayEngine(CONFIG, WRITE, in_flight=3)
+    engine.start()
+    handed = []
+    try:
+        for outcome in engine.run(inputs()):
+            handed.append(outcome)
+            assert 0 <= taken - len(handed) <= 3, (taken, len(handed))
+            if len(handed) == 8:
+                break
+        engine.interrupt()
+    finally:
+        engine.close()
+    assert all(o.error is None for o in handed), [o.error for o in handed]
+    assert taken <= 8 + 3
+
+
+def test_device_cuda_on_a_cluster_without_gpu_is_a_usage_error(cluster, lfpw, tmp_path, capsys):
+    """Actors asking for a GPU that no node has would wait for ever: the CLI says so and exits 2."""
+    out = tmp_path / "out"
+    assert main(["reconstruct", str(lfpw[0]), "-o", str(out), "--engine", "ray", "--device", "cuda", *FLAGS]) == 2
+    assert "--device cuda: the Ray cluster has no GPU" in capsys.readouterr().err
+    assert not (out / lfpw[0].stem).exists()

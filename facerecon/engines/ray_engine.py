@@ -11,9 +11,12 @@ Each stage is a Ray actor that builds only its own stage of the pipeline, once (
 * ``refine``: the segmenter and refiners, then writes ``OUT/<stem>/`` to the shared path (atomically, as
   the local engine does). Videos run whole in this actor (their frames share filters and an identity).
 
-The refine and coarse actors ask for a GPU (``num_gpus=1``) when the config's device is ``cuda``, or ``auto``
-on a cluster that has GPUs. Inputs are streamed: at most ``in_flight`` of them are between the stages at a
-time, so the driver's and the object store's memory stay flat however long the list. An actor that dies is
+A stage whose plugin declares it runs on CUDA (its registration's ``devices``) asks Ray for a GPU
+(``num_gpus``; Ray sets the actor's CUDA_VISIBLE_DEVICES) when the config's device is ``cuda``, or ``auto``
+on a cluster that has GPUs; the other stages run on the CPU with no GPU visible. ``cuda`` on a cluster
+without a GPU is a ConfigError at start (``auto`` runs on the CPU there). Inputs are streamed: at most
+``in_flight`` of them are between the stages at a time, so the driver's and the object store's memory stay
+flat however long the list. An actor that dies is
 restarted (its model reloaded) and its tasks are retried; a folder completed earlier in this run is not
 rewritten by a retry, so nothing is lost and nothing is written twice.
 """
@@ -21,6 +24,7 @@ rewritten by a retry, so nothing is lost and nothing is written twice.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import time
@@ -30,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from facerecon.batch import Outcome, WriteOptions
-from facerecon.kernel import PipelineConfig
+from facerecon.kernel import PipelineConfig, PluginHost
 from facerecon.kernel.contract.errors import ConfigError, NoFaceError, PluginError
 from facerecon.kernel.contract.stages import check_result
 from facerecon.outputs.folder import remove_stale_partials
@@ -56,6 +60,8 @@ class StageWorker:
 
         self.stage = stage
         self.write = write
+        if config.device == "cpu":  # a stage given no GPU: the libraries it loads must not take one either
+            os.environ["CUDA_VISIBLE_DEVICES"] = ""
         self.pipeline = Pipeline(config)
         # load this stage's models now, once
         if stage == "detect":
@@ -68,9 +74,26 @@ class StageWorker:
     def pid(self) -> int:
         return os.getpid()
 
+    def placement(self) -> dict[str, Any]:
+        """Where this actor runs: its pid, the GPU ids Ray gave it, CUDA_VISIBLE_DEVICES (set by Ray for a
+        GPU actor, "" for a CPU one) and the device its models run on."""
+        import ray
+
+        return {
+            "pid": os.getpid(),
+            "gpu_ids": [str(i) for i in ray.get_gpu_ids()],
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "device": self.pipeline.device,
+        }
+
     def run(self, job: dict[str, Any]) -> dict[str, Any]:
-        if "error" in job or "outcome" in job:
-            return job
+        if "error" not in job and "outcome" not in job:
+            job = self._timed(job)
+        if self.stage == STAGES[-1]:  # to the driver only what it reads: not the photo nor the meshes
+            return {k: job[k] for k in ("path", "seconds", "outcome", "error") if k in job}
+        return job
+
+    def _timed(self, job: dict[str, Any]) -> dict[str, Any]:
         start = time.perf_counter()
         try:
             if self.stage == "detect":
@@ -164,7 +187,8 @@ class RayEngine:
 
     address: a running cluster ("auto", "ray://host:10001", "127.0.0.1:6379"); None starts a local one (or
     uses the one this process already joined). replicas: actors per stage. in_flight: inputs between the
-    stages at once (default 4 per replica)."""
+    stages at once (default 4 per replica). start_timeout_s: how long :meth:`start` waits for the actors to
+    be placed and their models loaded (a ConfigError after it, not a hang on a cluster that lacks them)."""
 
     def __init__(
         self,
@@ -175,6 +199,7 @@ class RayEngine:
         replicas: int = 1,
         in_flight: int | None = None,
         max_retries: int = 3,
+        start_timeout_s: float = 600.0,
     ) -> None:
         if replicas < 1:
             raise ConfigError(f"--jobs must be at least 1, got {replicas}")
@@ -184,23 +209,53 @@ class RayEngine:
         self.replicas = replicas
         self.in_flight = in_flight or 4 * replicas
         self.max_retries = max_retries
+        self.start_timeout_s = start_timeout_s
         self.actors: dict[str, list[Any]] = {}
         self._started_ray = False
         self._pending: list[Any] = []
         self._inputs: dict[Any, str] = {}  # pending ref -> its input
+        self._pids: list[int] = []  # the stage actors' processes, as started
 
-    def _resources(self, ray: Any) -> dict[str, dict[str, float]]:
-        """num_cpus and num_gpus of each stage's actors: half a CPU each, and a GPU for the coarse and refine
-        stages when the models run on CUDA; shares shrunk to fit the cluster (all replicas placed at once)."""
+    def gpu_stages(self) -> tuple[str, ...]:
+        """The stages with a plugin that declares it runs on CUDA (``devices`` of its registration, shown by
+        ``facerecon plugins``): only these ask Ray for a GPU."""
+        from facerecon.kernel import Pipeline
+
+        config = Pipeline(replace(self.config, device="cpu")).config  # the "auto" names resolved, no model loaded
+        plugins = {
+            "detect": [("detector", config.detector)],
+            "coarse": [("regressor", config.regressor)],
+            "refine": [("segmenter", config.segmenter)] * bool(config.segmenter)
+            + [("refiner", name) for name in config.refiners],
+        }
+        host = PluginHost(allow=config.allow_plugins, block=config.block_plugins)
+        return tuple(s for s in STAGES if any("cuda" in host.spec(k, str(n)).devices for k, n in plugins[s]))
+
+    def resources(self, ray: Any) -> dict[str, dict[str, Any]]:
+        """Each stage's actor options (``num_cpus``, ``num_gpus``) and its models' ``device``: half a CPU
+        each; a GPU share for the stages that can use one (:meth:`gpu_stages`) when the config's device is
+        ``cuda``, or ``auto`` on a cluster with GPUs; shares shrunk to fit the cluster (all replicas placed at
+        once). The other stages run on the CPU (device "cpu", no GPU visible). ``--device cuda`` on a cluster
+        without a GPU is a ConfigError, not actors waiting for ever."""
         total = ray.cluster_resources()
         actors = len(STAGES) * self.replicas
         cpus = min(0.5, float(total.get("CPU", 1.0)) / actors)
-        gpu_stages = ("coarse", "refine")
-        gpus = 0.0
+        cluster_gpus = float(total.get("GPU", 0.0))
         device = self.config.device
-        if device == "cuda" or (device == "auto" and total.get("GPU", 0) > 0):
-            gpus = min(1.0, float(total.get("GPU", 1.0)) / (len(gpu_stages) * self.replicas))
-        return {s: {"num_cpus": cpus, "num_gpus": gpus if s in gpu_stages else 0.0} for s in STAGES}
+        if device == "cuda" and cluster_gpus == 0:
+            raise ConfigError(
+                "--device cuda: the Ray cluster has no GPU (its resources: "
+                f"{', '.join(f'{k} {v:g}' for k, v in sorted(total.items()) if '.' not in k and ':' not in k)}); "
+                "use --device auto (the CPU when there is no GPU) or add GPU nodes"
+            )
+        on_gpu = self.gpu_stages() if device == "cuda" or (device == "auto" and cluster_gpus > 0) else ()
+        share = min(1.0, cluster_gpus / max(1, len(on_gpu) * self.replicas))
+        return {
+            s: {"num_cpus": cpus, "num_gpus": share, "device": device}
+            if s in on_gpu
+            else {"num_cpus": cpus, "num_gpus": 0.0, "device": "cpu"}
+            for s in STAGES
+        }
 
     def start(self) -> None:
         ray = _import_ray()
@@ -214,15 +269,32 @@ class RayEngine:
                 _node_ip_address="127.0.0.1" if self.address is None else None,
             )
             self._started_ray = True
-        resources = self._resources(ray)
+        try:
+            resources = self.resources(ray)
+        except ConfigError:
+            self.close()
+            raise
         remote = ray.remote(StageWorker)
         for stage in STAGES:
-            options = {**resources[stage], "max_restarts": -1, "max_task_retries": self.max_retries}
+            wanted = resources[stage]
+            options = {"num_cpus": wanted["num_cpus"], "num_gpus": wanted["num_gpus"]}
+            options |= {"max_restarts": -1, "max_task_retries": self.max_retries, "enable_task_events": False}
+            config = replace(self.config, device=wanted["device"])
             self.actors[stage] = [
-                remote.options(**options).remote(stage, self.config, self.write) for _ in range(self.replicas)
+                remote.options(**options).remote(stage, config, self.write) for _ in range(self.replicas)
             ]
-        try:  # wait until every actor has loaded its stage; a bad config or model file fails here
-            ray.get([actor.pid.remote() for actors in self.actors.values() for actor in actors])
+        try:  # wait until every actor is placed and has loaded its stage; a bad config or model file fails here
+            self._pids = ray.get(
+                [actor.pid.remote() for actors in self.actors.values() for actor in actors],
+                timeout=self.start_timeout_s,
+            )
+        except ray.exceptions.GetTimeoutError:
+            self.close()
+            asked = ", ".join(f"{s}: {r['num_cpus']:g} CPU {r['num_gpus']:g} GPU" for s, r in resources.items())
+            raise ConfigError(
+                f"the Ray stage actors were not all placed and loaded within {self.start_timeout_s:g} s: the "
+                f"cluster may lack what they ask for ({asked}, x{self.replicas}) or they are still loading"
+            ) from None
         except ray.exceptions.RayActorError as exc:
             self.close()
             cause = exc.__cause__ or exc
@@ -232,9 +304,14 @@ class RayEngine:
         """Each task's Outcome as it finishes; at most ``in_flight`` inputs in the pipeline at a time."""
         ray = _import_ray()
         started = time.time() - 1.0  # file times may be rounded down
-        for turn, (path, out_dir, video) in enumerate(tasks):
-            while len(self._pending) >= self.in_flight:
+        source = iter(tasks)
+        for turn in itertools.count():
+            while len(self._pending) >= self.in_flight:  # before taking the next input: at most in_flight taken
                 yield from self._collect(ray)
+            task = next(source, None)
+            if task is None:
+                break
+            path, out_dir, video = task
             job = {"path": str(path), "out_dir": str(out_dir), "video": video, "started": started}
             ref: Any = job
             for stage in STAGES:
@@ -287,6 +364,31 @@ class RayEngine:
         if self._started_ray:
             ray.shutdown()
             self._started_ray = False
+            # the cluster was on this machine: its actors are gone before the caller cleans the output folder
+            # up (a .partial folder of a live writer is kept), as the local engine's killed workers are
+            _wait_gone(self._pids)
+        self._pids = []
+
+
+def _wait_gone(pids: list[int], timeout_s: float = 10.0) -> None:
+    """Wait (at most ``timeout_s``) until none of these local processes runs (a zombie does not)."""
+    end = time.monotonic() + timeout_s
+    while pids and time.monotonic() < end:
+        pids = [pid for pid in pids if _running(pid)]
+        if pids:
+            time.sleep(0.05)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's: not one of ours any more
+        return False
+    with contextlib.suppress(OSError, IndexError):  # Linux: a zombie waits to be reaped, it runs no more
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    return True
 
 
 def reconstruct_on_ray(
