@@ -44,9 +44,10 @@ class WriteOptions:
     mesh files' coordinates, "head" (pose removed, y up, mm) or "image" (as in the photo)."""
 
     formats: tuple[str, ...] = ("obj",)
-    texture_size: int = 1024
+    texture_size: int | None = None  # None: sized to each face (outputs.folder.auto_texture_size)
     save_phases: bool = False
     frame: str = "head"
+    png_compression: int = 1
 
 
 @dataclass(frozen=True)
@@ -230,6 +231,7 @@ def reconstruct_one(pipeline: Pipeline, path: Path, out_dir: Path, write: WriteO
             source=str(path),
             formats=write.formats,
             texture_size=write.texture_size,
+            png_compression=write.png_compression,
             save_phases=write.save_phases,
             frame=write.frame,
             plugins=pipeline.plugin_ids(),

@@ -319,7 +319,13 @@ def write_glb(
     )
     metres = 1e-3 if shape.frame.units == "mm" else 1.0
     data = glb_bytes(
-        shape.vertices * metres, shape.normals, shape.triangles, material, uvs=shape.uvs, tangents=tangents, name=path.stem
+        shape.vertices * metres,
+        shape.normals,
+        shape.triangles,
+        material,
+        uvs=shape.uvs,
+        tangents=tangents,
+        name=path.stem,
     )
     atomic_write(path, data)
     return [path]
