@@ -49,6 +49,12 @@ def rasterize(vertices: np.ndarray, faces: np.ndarray, height: int, width: int) 
     return rasterize_numpy(V, F, height, width)
 
 
+def warm_up() -> None:
+    """Load the compiled scan-conversion kernel now: numba's import and its cached machine code take ~1 s
+    in a fresh process, which a worker can spend while its models load instead of on its first photo."""
+    rasterize(np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]), np.array([[0, 1, 2]]), 2, 2)
+
+
 def rasterize_depth(vertices: np.ndarray, faces: np.ndarray, window: tuple[int, int, int, int]) -> np.ndarray:
     """Only the depth map, only inside ``window`` = (left, top, right, bottom) pixels (right and bottom
     excluded): float32 (bottom - top, right - left), inf where empty — the same values :func:`rasterize`
