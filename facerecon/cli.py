@@ -109,8 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--texture-size",
         type=_texture_size,
         default=None,
-        help="side of the unwrapped photo texture, or auto: the power of two at least twice the face's size in "
-        "the photo, 256..1024 (default: auto; 1024 before 0.8)",
+        help="side of the unwrapped photo texture, or auto: the power of two at least the face's size in the "
+        "photo (a texel per photo pixel), 256..1024 (default: auto; 1024 before 0.8)",
     )
     rec.add_argument(
         "--png-compression",

@@ -133,12 +133,12 @@ def write_outputs(
 
 
 def auto_texture_size(face: FaceReconstruction) -> int:
-    """The texture side for a face: the smallest power of two at least twice the longer side of its box in
-    the photo (a layout spans about the face: ~2 texels per photo pixel, more detail than the photo
-    holds), between 256 and 1024. A ~250 px LFPW face gets 512, a face of 260-512 px 1024."""
+    """The texture side for a face: the smallest power of two at least the longer side of its box in the
+    photo, between 256 and 1024. A UV layout spans about the face, so that is at least a texel per photo
+    pixel: all the detail the photo has of the face (a ~250 px LFPW face gets 256, a 300 px one 512)."""
     box = np.asarray(face.face.box, np.float64)
     side = float(max(box[2] - box[0], box[3] - box[1], 1.0))
-    return int(min(1024, max(256, 2 ** math.ceil(math.log2(2.0 * side)))))
+    return int(min(1024, max(256, 2 ** math.ceil(math.log2(side)))))
 
 
 def _stage_mesh(

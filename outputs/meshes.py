@@ -73,12 +73,24 @@ PNG_COMPRESSION = 1
 
 
 def png_bytes(image: np.ndarray, level: int = PNG_COMPRESSION) -> bytes:
-    """PNG of a uint8 (H, W[, 3]) or uint16 (H, W) image at zlib ``level`` (0-9)."""
+    """PNG of a uint8 (H, W[, 3 or 4]) RGB(A) or uint16 (H, W) image at zlib ``level`` (0-9).
+
+    Encoded by OpenCV's libpng with every row's filter "up" (the row above as the prediction): on photos
+    and renders as small as libpng's adaptive per-row choice (PIL's way) and ~2x faster to encode."""
+    import cv2
+
     if not 0 <= level <= 9:
         raise ValueError(f"PNG compression level must be 0-9, got {level}")
-    buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(image)).save(buffer, format="PNG", compress_level=level)
-    return buffer.getvalue()
+    image = np.ascontiguousarray(image)
+    if image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR if image.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
+    options = [cv2.IMWRITE_PNG_COMPRESSION, level]
+    if hasattr(cv2, "IMWRITE_PNG_FILTER"):  # OpenCV >= 4.11
+        options += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP]
+    ok, encoded = cv2.imencode(".png", image, options)
+    if not ok:
+        raise ValueError(f"cannot encode a {image.dtype} {image.shape} image as PNG")
+    return encoded.tobytes()
 
 
 class PngImage:
