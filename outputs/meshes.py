@@ -19,7 +19,6 @@ Ctrl-C never leaves half a mesh behind. Writers are looked up by suffix in :data
 
 from __future__ import annotations
 
-import io
 import os
 import tempfile
 import warnings
@@ -28,7 +27,6 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-from PIL import Image
 
 from facerecon.geometry.raster import vertex_normals
 from facerecon.geometry.tangents import vertex_tangents
