@@ -209,6 +209,8 @@ def _warm_up_writers() -> None:
     """Import the output writers and load the rasteriser's compiled kernel (what a first photo would
     otherwise wait ~1 s for); a failure here only leaves that work to the first photo."""
     try:
+        import scipy.spatial  # noqa: F401  (the texture's mirror lookup)
+
         import facerecon.outputs.folder  # noqa: F401
         from facerecon.geometry import raster
 

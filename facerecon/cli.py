@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--png-compression",
         type=int,
         default=1,
-        help="zlib level 0-9 of the PNGs written (default: 1, fast; 6: ~20%% smaller files, ~4x slower to write)",
+        help="zlib level 0-9 of the PNGs written (default: 1, fast; 6: ~20%% smaller files, 3-4x slower to write)",
     )
     rec.add_argument(
         "--save-phases", action="store_true", help="also write refiners' intermediate meshes (the fine stage's phases)"
