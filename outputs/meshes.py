@@ -156,9 +156,9 @@ def file_mesh(
             raise ValueError(f"{name} must be uint8 (H, W, 3), got {image.dtype} {image.shape}")
         images[name] = given if isinstance(given, PngImage) else PngImage(image)
     if mesh.uvs is None and any(image is not None for image in images.values()):
-        given = " and ".join(name.replace("_", " ") for name, image in images.items() if image is not None)
+        dropped = " and ".join(name.replace("_", " ") for name, image in images.items() if image is not None)
         warnings.warn(
-            f"{Path(path).name}: the mesh (topology {mesh.topology!r}) has no UVs; written without its {given}",
+            f"{Path(path).name}: the mesh (topology {mesh.topology!r}) has no UVs; written without its {dropped}",
             TextureWarning,
             stacklevel=3,
         )
