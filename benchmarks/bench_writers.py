@@ -20,7 +20,9 @@ machine shared with other jobs slows both alike: read the ratios. Per code and r
   (N - 1) / (N-photo wall - one-photo wall), start-up excluded;
 * ``mb_per_photo``: the output folders' bytes per photo (MB = 10^6 bytes).
 
-Prints one JSON line per round and code, then the medians and today / baseline ratios.
+Prints one JSON line per round and code, then the medians and today / baseline ratios. With ``--parts``,
+also the CPU milliseconds per photo of the writers' parts in one process (benchmarks/writer_parts.py, run
+by each checkout's interpreter).
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=20, help="LFPW photos (../shared/data/faces/lfpw-68)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--jobs", type=int, default=1, help="--jobs of every reconstruct run")
+    parser.add_argument("--parts", action="store_true", help="also the writers' parts, CPU ms per photo")
     args = parser.parse_args()
     data = shared_data_dir()
     assert data is not None, "needs ../shared/data (or $FACERECON_SHARED_DATA)"
@@ -107,6 +110,11 @@ def main() -> None:
     medians = {name: {key: statistics.median(r[key] for r in runs) for key in runs[0]} for name, runs in rows.items()}
     ratios = {key: round(medians["today"][key] / max(medians["baseline"][key], 1e-9), 3) for key in medians["today"]}
     print(json.dumps({"median": medians, "today_over_baseline": ratios}), flush=True)
+    if args.parts:
+        for name, path in codes.items():
+            script = [str(path.parent / "python"), str(REPO / "benchmarks" / "writer_parts.py")]
+            run = subprocess.run([*script, "--photos", str(args.photos)], capture_output=True, text=True, check=True)
+            print(json.dumps({"code": name, **json.loads(run.stdout.strip().splitlines()[-1])}), flush=True)
 
 
 if __name__ == "__main__":
