@@ -81,7 +81,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--baseline", type=Path, required=True, help="an older checkout with its own .venv")
     parser.add_argument("--photos", type=int, default=20, help="LFPW photos (../shared/data/faces/lfpw-68)")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2, help="0: only --parts")
     parser.add_argument("--jobs", type=int, default=1, help="--jobs of every reconstruct run")
     parser.add_argument("--parts", action="store_true", help="also the writers' parts, CPU ms per photo")
     args = parser.parse_args()
@@ -107,13 +107,19 @@ def main() -> None:
                 print(json.dumps({"round": round_, "code": name, "jobs": args.jobs, **row}), flush=True)
     finally:
         shutil.rmtree(inputs, ignore_errors=True)
-    medians = {name: {key: statistics.median(r[key] for r in runs) for key in runs[0]} for name, runs in rows.items()}
-    ratios = {key: round(medians["today"][key] / max(medians["baseline"][key], 1e-9), 3) for key in medians["today"]}
-    print(json.dumps({"median": medians, "today_over_baseline": ratios}), flush=True)
+    if args.rounds:
+        medians = {
+            name: {key: statistics.median(r[key] for r in runs) for key in runs[0]} for name, runs in rows.items()
+        }
+        today, baseline = medians["today"], medians["baseline"]
+        ratios = {key: round(today[key] / max(baseline[key], 1e-9), 3) for key in today}
+        print(json.dumps({"median": medians, "today_over_baseline": ratios}), flush=True)
     if args.parts:
+        env = {**os.environ, "FACERECON_SHARED_DATA": str(data)}  # the baseline looks beside its own checkout
         for name, path in codes.items():
             script = [str(path.parent / "python"), str(REPO / "benchmarks" / "writer_parts.py")]
-            run = subprocess.run([*script, "--photos", str(args.photos)], capture_output=True, text=True, check=True)
+            command = [*script, "--photos", str(args.photos)]
+            run = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
             print(json.dumps({"code": name, **json.loads(run.stdout.strip().splitlines()[-1])}), flush=True)
 
 
