@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_texture_size,
         default=None,
         help="side of the unwrapped photo texture, or auto: the power of two at least the face's size in the "
-        "photo (a texel per photo pixel), 256..1024 (default: auto; 1024 before 0.8)",
+        "photo (a texel per photo pixel), 256..1024 (default: auto; facerecon 0.7 wrote 1024)",
     )
     rec.add_argument(
         "--png-compression",
