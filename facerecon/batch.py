@@ -16,6 +16,7 @@ import contextlib
 import logging
 import multiprocessing
 import signal
+import threading
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -44,9 +45,10 @@ class WriteOptions:
     mesh files' coordinates, "head" (pose removed, y up, mm) or "image" (as in the photo)."""
 
     formats: tuple[str, ...] = ("obj",)
-    texture_size: int = 1024
+    texture_size: int | None = None  # None: sized to each face (outputs.folder.auto_texture_size)
     save_phases: bool = False
     frame: str = "head"
+    png_compression: int = 1
 
 
 @dataclass(frozen=True)
@@ -180,10 +182,13 @@ def _serve(conn: Connection, config: PipelineConfig, write: WriteOptions) -> Non
     """The worker: build the pipeline, then reconstruct each (path, out_dir) received until None."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller handles Ctrl-C
     logging.basicConfig(format="facerecon: %(levelname)s: %(message)s", level=logging.WARNING)
+    writers = threading.Thread(target=_warm_up_writers, name="facerecon-warm-up", daemon=True)
+    writers.start()  # overlaps the models' loading (native code, off the GIL) on another core
     try:
         host = PluginHost(allow=config.allow_plugins, block=config.block_plugins)
         pipeline = host.make_pipeline(config) or Pipeline.from_config(config, host)  # e.g. --remote pipeline=
         pipeline.warm_up()
+        writers.join()
     except Exception as exc:
         kind = type(exc).__name__
         conn.send(("fatal", kind, str(exc)) if kind in _FATAL else ("fatal", "PluginError", f"{kind}: {exc}"))
@@ -198,6 +203,20 @@ def _serve(conn: Connection, config: PipelineConfig, write: WriteOptions) -> Non
             if job is None:
                 return
             conn.send(reconstruct_job(pipeline, Path(job[0]), Path(job[1]), write, job[2]))
+
+
+def _warm_up_writers() -> None:
+    """Import the output writers and load the rasteriser's compiled kernel (what a first photo would
+    otherwise wait ~1 s for); a failure here only leaves that work to the first photo."""
+    try:
+        import scipy.spatial  # noqa: F401  (the texture's mirror lookup)
+
+        import facerecon.outputs.folder  # noqa: F401
+        from facerecon.geometry import raster
+
+        raster.warm_up()
+    except Exception as exc:  # e.g. numba missing or broken: the numpy rasteriser takes over later
+        log.debug("warming up the writers failed: %s", exc)
 
 
 def reconstruct_job(pipeline: Pipeline, path: Path, out_dir: Path, write: WriteOptions, video: Any) -> Outcome:
@@ -230,6 +249,7 @@ def reconstruct_one(pipeline: Pipeline, path: Path, out_dir: Path, write: WriteO
             source=str(path),
             formats=write.formats,
             texture_size=write.texture_size,
+            png_compression=write.png_compression,
             save_phases=write.save_phases,
             frame=write.frame,
             plugins=pipeline.plugin_ids(),

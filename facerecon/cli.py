@@ -106,7 +106,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="the mesh files' coordinates: head (pose removed, centred, y up, millimetres) or image (pixels, "
         "y up, placed and posed as in the photo); result.json has the transforms between them",
     )
-    rec.add_argument("--texture-size", type=int, default=1024, help="side of the unwrapped photo texture")
+    rec.add_argument(
+        "--texture-size",
+        type=_texture_size,
+        default=None,
+        help="side of the unwrapped photo texture, or auto: the power of two at least the face's size in the "
+        "photo (a texel per photo pixel), 256..1024 (default: auto; facerecon 0.7 wrote 1024)",
+    )
+    rec.add_argument(
+        "--png-compression",
+        type=int,
+        default=1,
+        help="zlib level 0-9 of the PNGs written (default: 1, fast; 6: ~20%% smaller files, 3-4x slower to write)",
+    )
     rec.add_argument(
         "--save-phases", action="store_true", help="also write refiners' intermediate meshes (the fine stage's phases)"
     )
@@ -253,13 +265,20 @@ def _parse_shard(text: str | None) -> tuple[int, int] | None:
     return index, count
 
 
+def _texture_size(text: str) -> int | None:
+    """``--texture-size``: "auto" (None) or a side in texels."""
+    return None if text.strip().lower() == "auto" else int(text)
+
+
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     formats = tuple(f.strip().lower().lstrip(".") for f in args.formats.split(",") if f.strip())
     unknown = [f for f in formats if f".{f}" not in WRITERS]
     if unknown or not formats:
         raise ConfigError(f"unknown mesh format(s) {', '.join(unknown) or '(none)'}; known: obj, ply, glb")
-    if args.texture_size < 16 or args.texture_size > 8192:
-        raise ConfigError(f"--texture-size must be in 16..8192, got {args.texture_size}")
+    if args.texture_size is not None and not 16 <= args.texture_size <= 8192:
+        raise ConfigError(f"--texture-size must be auto or in 16..8192, got {args.texture_size}")
+    if not 0 <= args.png_compression <= 9:
+        raise ConfigError(f"--png-compression must be in 0..9, got {args.png_compression}")
     if args.view:
         from facerecon.outputs.viewer.assets import bundle_js
 
@@ -353,7 +372,11 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
         show_bar = not args.quiet and sys.stderr.isatty() and len(todo) > 1
         write = WriteOptions(
-            formats=formats, texture_size=args.texture_size, save_phases=args.save_phases, frame=args.frame
+            formats=formats,
+            texture_size=args.texture_size,
+            save_phases=args.save_phases,
+            frame=args.frame,
+            png_compression=args.png_compression,
         )
         if args.engine == "ray":
             from facerecon.engines.ray_engine import RayEngine

@@ -187,6 +187,7 @@ class _VideoRun:
                 source=f"{source.path}#frame={frame.index}",
                 formats=self.write.formats,
                 texture_size=self.write.texture_size,
+                png_compression=self.write.png_compression,
                 save_phases=self.write.save_phases,
                 plugins=self.pipeline.plugin_ids(),
             )

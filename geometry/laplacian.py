@@ -24,14 +24,18 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter, OrderedDict
+from typing import TYPE_CHECKING
 
 import numpy as np
-import scipy.sparse as sp
-import scipy.sparse.linalg as spla
+
+if TYPE_CHECKING:  # scipy.sparse takes ~0.4 s to import: loaded by the first deformation, not at start-up
+    import scipy.sparse as sp
 
 
 def uniform_laplacian(n_vertices: int, faces: np.ndarray) -> sp.csr_matrix:
     """The (n, n) uniform Laplacian: 1 on the diagonal, -1/N_i for each of vertex i's N_i neighbours."""
+    import scipy.sparse as sp
+
     faces = np.asarray(faces, np.int64)
     edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
     edges = np.unique(np.sort(edges, axis=1), axis=0)
@@ -54,6 +58,8 @@ class _Factor:
         # Symmetric positive definite: SuperLU's symmetric mode with a minimum-degree ordering on A + Aᵀ
         # and diagonal pivots fills in ~10x less time than the default (tests/bench: 0.3 s vs 3 s at 29k).
         # (Single precision was tried for the solve: 0.1-2 px off on the Surrey model's 54k meshes.)
+        import scipy.sparse.linalg as spla
+
         self.lu = spla.splu(system, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0, options={"SymmetricMode": True})
         self.rows = rows
         self.n = system.shape[0]
@@ -104,6 +110,8 @@ class LaplacianDeformer:
 
     def constraint_matrix(self, ids: np.ndarray, bary: np.ndarray) -> sp.csr_matrix:
         """C (K, n): row m holds the barycentric weights of constrained point m."""
+        import scipy.sparse as sp
+
         k = len(ids)
         return sp.csr_matrix(
             (np.asarray(bary, np.float64).ravel(), (np.repeat(np.arange(k), 3), np.asarray(ids).ravel())),
@@ -130,6 +138,8 @@ class LaplacianDeformer:
                 best = (factor, added, dropped)
         if best is not None:
             return best
+        import scipy.sparse as sp
+
         constraints = self.constraint_matrix(ids, bary)
         system = (self.bilaplacian + constraints.T @ sp.diags(weights) @ constraints).tocsc()
         factor = self._factors[key] = _Factor(system, dict(wanted))

@@ -49,6 +49,12 @@ def rasterize(vertices: np.ndarray, faces: np.ndarray, height: int, width: int) 
     return rasterize_numpy(V, F, height, width)
 
 
+def warm_up() -> None:
+    """Load the compiled scan-conversion kernel now: numba's import and its cached machine code take ~1 s
+    in a fresh process, which a worker can spend while its models load instead of on its first photo."""
+    rasterize(np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]), np.array([[0, 1, 2]]), 2, 2)
+
+
 def rasterize_depth(vertices: np.ndarray, faces: np.ndarray, window: tuple[int, int, int, int]) -> np.ndarray:
     """Only the depth map, only inside ``window`` = (left, top, right, bottom) pixels (right and bottom
     excluded): float32 (bottom - top, right - left), inf where empty — the same values :func:`rasterize`
@@ -248,9 +254,12 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     V = np.asarray(vertices, dtype=np.float64)
     F = np.asarray(faces)
     face_normals = np.cross(V[F[:, 1]] - V[F[:, 0]], V[F[:, 2]] - V[F[:, 0]])
-    normals = np.zeros_like(V)
-    for k in range(3):
-        np.add.at(normals, F[:, k], face_normals)
+    # Each vertex sums the normals of its triangles: bincount adds in the order np.add.at would (corner 0 of
+    # every face, then corner 1, then 2), ~5x faster.
+    corners = F.T.ravel()
+    normals = np.column_stack(
+        [np.bincount(corners, np.tile(face_normals[:, c], 3), minlength=len(V)) for c in range(3)]
+    )
     length = np.linalg.norm(normals, axis=1, keepdims=True)
     return normals / np.where(length > 0, length, 1.0)
 
@@ -258,9 +267,14 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
 def shade(vertices: np.ndarray, faces: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """A grey Lambertian render lit from the camera: (float32 (H, W) in [0, 1], bool (H, W) mask)."""
     raster = rasterize(vertices, faces, height, width)
-    normals = interpolate(raster, faces, vertex_normals(vertices, faces))
-    length = np.linalg.norm(normals, axis=2)
+    mask = raster.mask
+    corners = np.asarray(faces)[raster.triangle[mask]]  # only the covered pixels are shaded
+    weights = raster.barycentric[mask]
+    per_vertex = vertex_normals(vertices, faces).astype(np.float32)
+    normals = sum(weights[:, k : k + 1] * per_vertex[corners[:, k]] for k in range(3))
+    length = np.linalg.norm(normals, axis=1)
     # The camera looks along +z, so a surface facing it has a normal along -z: light = |n_z|.
-    lit = np.abs(normals[:, :, 2]) / np.where(length > 0, length, 1.0)
-    grey = 0.15 + 0.85 * lit
-    return np.where(raster.mask, grey, 0.0).astype(np.float32), raster.mask
+    lit = np.abs(normals[:, 2]) / np.where(length > 0, length, 1.0)
+    grey = np.zeros((height, width), np.float32)
+    grey[mask] = 0.15 + 0.85 * lit
+    return grey, mask

@@ -15,7 +15,6 @@ detail is baked into the previous stage's ("base") UV layout (:mod:`.uv_maps`):
 
 from __future__ import annotations
 
-import io
 import json
 import struct
 import warnings
@@ -27,7 +26,7 @@ import numpy as np
 
 from facerecon.kernel.contract.records import FaceReconstruction, ImageMaps, Mesh, StageResult
 from facerecon.outputs.frames import FileFrame
-from facerecon.outputs.meshes import atomic_write, write_mesh
+from facerecon.outputs.meshes import PNG_COMPRESSION, PngImage, atomic_write, png_bytes, write_mesh
 from facerecon.outputs.texture import ImageSurface, bake_texture
 from facerecon.outputs.uv_maps import bake_detail
 
@@ -124,20 +123,23 @@ def write_final(
     formats: tuple[str, ...],
     frame: FileFrame,
     texture_size: int,
-) -> tuple[dict[str, Any], np.ndarray] | None:
+    png_compression: int = PNG_COMPRESSION,
+) -> tuple[dict[str, Any], PngImage] | None:
     """Write ``<prefix>final.*`` and the UV maps (module docstring) when the face has detail to bake;
-    returns result.json's ``detail_maps`` entry and the base colour texture (uint8 (size, size, 3)), or None."""
+    returns result.json's ``detail_maps`` entry and the base colour texture (uint8 (size, size, 3), with its
+    PNG encoded once for every file that holds it), or None."""
     stages = detail_stages(face)
     if stages is None:
         return None
     base, detailed = stages
     maps = bake_detail(base.mesh, detailed.mesh, texture_size)
-    texture = bake_texture(base.mesh, base_colour_image(image, detailed.maps), texture_size, face.segmentation)
+    colour = bake_texture(base.mesh, base_colour_image(image, detailed.maps), texture_size, face.segmentation)
+    texture, normal_map = PngImage(colour, png_compression), PngImage(maps.normal, png_compression)
     scale = float(np.cbrt(np.linalg.det(np.asarray(frame.to_file, np.float64)[:3, :3])))
     strength = maps.strength * scale  # in the files' units
     stem = f"{prefix}final"
     displacement_name = f"{stem}_uv_displacement.png"
-    atomic_write(folder / displacement_name, _png16(maps.displacement))
+    atomic_write(folder / displacement_name, png_bytes(np.asarray(maps.displacement, np.uint16), png_compression))
     displacement = {
         "file": displacement_name,
         "encoding": "uint16; h = (value / 65535 - midlevel) * strength along the outward vertex normal",
@@ -149,7 +151,7 @@ def write_final(
     files = []
     for fmt in dict.fromkeys((*formats, "glb")):
         path = folder / f"{stem}.{fmt}"
-        write_mesh(base.mesh, path, texture, normal_map=maps.normal, frame=frame)
+        write_mesh(base.mesh, path, texture, normal_map=normal_map, frame=frame)
         files.append(path.name)
         if fmt == "obj":
             _add_mtl_displacement(path.with_suffix(".mtl"), displacement_name, strength)
@@ -209,11 +211,3 @@ def _add_glb_extras(path: Path, extras: dict[str, Any]) -> None:
     rest = data[20 + length :]
     header = struct.pack("<4sII", magic, version, 12 + 8 + len(chunk) + len(rest))
     atomic_write(path, header + struct.pack("<I4s", len(chunk), b"JSON") + chunk + rest)
-
-
-def _png16(grey: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(np.asarray(grey, np.uint16)).save(buffer, format="PNG")
-    return buffer.getvalue()

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -39,7 +40,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from facerecon.kernel.contract.errors import OutputError
 from facerecon.kernel.contract.records import (
@@ -52,7 +52,7 @@ from facerecon.kernel.contract.records import (
 )
 from facerecon.outputs.final_stage import base_colour_image, decimated, detail_stages, same_layout, write_final
 from facerecon.outputs.frames import file_frame
-from facerecon.outputs.meshes import atomic_write, current_umask, png_bytes, write_mesh
+from facerecon.outputs.meshes import PNG_COMPRESSION, PngImage, atomic_write, current_umask, png_bytes, write_mesh
 from facerecon.outputs.preview import render_preview
 from facerecon.outputs.result import PluginIds, dumps, result_dict
 from facerecon.outputs.texture import bake_texture, with_atlas_uvs
@@ -69,15 +69,18 @@ def write_outputs(
     *,
     source: str,
     formats: Sequence[str] = ("obj",),
-    texture_size: int = 1024,
+    texture_size: int | None = None,
     plugins: PluginIds | None = None,
     save_phases: bool = False,
     frame: str = "head",
+    png_compression: int = PNG_COMPRESSION,
 ) -> dict[str, Any]:
     """Write meshes, preview.png and result.json into ``out_dir`` (replaced whole, atomically; an existing
     ``out_dir`` must be facerecon's or empty, else :class:`OutputError`).
     ``plugins``: stage kind -> (plugin, version) that ran, recorded in result.json.
     ``frame``: the mesh files' coordinates, "head" (pose removed, y up, mm) or "image" (as in the photo).
+    ``texture_size``: the textures' and UV maps' side; None: :func:`auto_texture_size` of each face.
+    ``png_compression``: the PNGs' zlib level (0-9; 1 writes fast, 6 is PIL's default, ~20% smaller).
     A stage's image maps go to ``<stage>_<map>.png`` (+ ``.npy`` for depth and displacement); its
     intermediate meshes (e.g. the fine stage's phases) to ``<stage>_<phase>.<fmt>`` with ``save_phases``."""
     out_dir = Path(out_dir)
@@ -92,11 +95,12 @@ def write_outputs(
         file_vertices: dict[tuple[int, str], int] = {}
         for r in rec.reconstructions:
             prefix, face_frame = face_prefix(r.face_index), frames[r.face_index]
-            final = write_final(r, image, staging, prefix, tuple(formats), face_frame, texture_size)
+            size = texture_size or auto_texture_size(r)
+            final = write_final(r, image, staging, prefix, tuple(formats), face_frame, size, png_compression)
             if final is not None:
                 detail_maps[r.face_index] = final[0]
             for stage in r.stages:
-                mesh, texture = _stage_mesh(r, stage, final, image, texture_size)
+                mesh, texture = _stage_mesh(r, stage, final, image, size, png_compression)
                 if len(mesh.vertices) != len(stage.mesh.vertices):  # decimated, or split at xatlas seams
                     file_vertices[(r.face_index, stage.stage)] = len(mesh.vertices)
                 for i, fmt in enumerate(formats):
@@ -105,15 +109,15 @@ def write_outputs(
                     if i == 0:
                         mesh_files[(r.face_index, stage.stage)] = name
                 if stage.maps is not None:
-                    write_maps(stage.maps, staging, f"{prefix}{stage.stage}")
+                    write_maps(stage.maps, staging, f"{prefix}{stage.stage}", png_compression)
                 if save_phases:
                     for phase, phase_mesh in stage.phases.items():
                         phase_mesh = with_atlas_uvs(phase_mesh)
-                        phase_texture = _texture(phase_mesh, image, texture_size, r.segmentation)
+                        phase_texture = _texture(phase_mesh, image, size, r.segmentation, png_compression)
                         for fmt in formats:
                             name = f"{prefix}{stage.stage}_{phase}.{fmt}"
                             write_mesh(phase_mesh, staging / name, phase_texture, frame=face_frame)
-        atomic_write(staging / "preview.png", png_bytes(render_preview(image, rec)))
+        atomic_write(staging / "preview.png", png_bytes(render_preview(image, rec), png_compression))
         result = result_dict(rec, source, mesh_files, plugins, frame=frame)
         for entry in result["reconstructions"]:
             entry["detail_maps"] = detail_maps.get(entry["face_index"])
@@ -128,13 +132,23 @@ def write_outputs(
     return result
 
 
+def auto_texture_size(face: FaceReconstruction) -> int:
+    """The texture side for a face: the smallest power of two at least the longer side of its box in the
+    photo, between 256 and 1024. A UV layout spans about the face, so that is at least a texel per photo
+    pixel: all the detail the photo has of the face (a ~250 px LFPW face gets 256, a 300 px one 512)."""
+    box = np.asarray(face.face.box, np.float64)
+    side = float(max(box[2] - box[0], box[3] - box[1], 1.0))
+    return int(min(1024, max(256, 2 ** math.ceil(math.log2(side)))))
+
+
 def _stage_mesh(
     face: FaceReconstruction,
     stage: StageResult,
-    final: tuple[dict[str, Any], np.ndarray] | None,
+    final: tuple[dict[str, Any], PngImage] | None,
     image: np.ndarray,
     size: int,
-) -> tuple[Mesh, np.ndarray | None]:
+    png_compression: int = PNG_COMPRESSION,
+) -> tuple[Mesh, PngImage | None]:
     """A stage's mesh as written (UVs from xatlas where it has none; the detailed stage decimated to a
     vertex budget) and its texture (the detailed stage shares the final base colour when it carries the
     base mesh's UV layout)."""
@@ -144,11 +158,16 @@ def _stage_mesh(
         mesh = decimated(mesh)
         if final is not None and same_layout(stages[0].mesh, mesh):
             return mesh, final[1]
-    return mesh, _texture(mesh, base_colour_image(image, stage.maps), size, face.segmentation)
+    return mesh, _texture(mesh, base_colour_image(image, stage.maps), size, face.segmentation, png_compression)
 
 
-def _texture(mesh: Mesh, image: np.ndarray, size: int, segmentation: Segmentation | None) -> np.ndarray | None:
-    return bake_texture(mesh, image, size, segmentation) if mesh.uvs is not None else None
+def _texture(
+    mesh: Mesh, image: np.ndarray, size: int, segmentation: Segmentation | None, png_compression: int
+) -> PngImage | None:
+    """The baked texture, PNG-encoded once for every file that holds it."""
+    if mesh.uvs is None:
+        return None
+    return PngImage(bake_texture(mesh, image, size, segmentation), png_compression)
 
 
 def is_result_folder(folder: Path) -> bool:
@@ -208,7 +227,7 @@ def check_output_folder(out: Path, names: Sequence[str]) -> None:
         check_result_folder(out / name)
 
 
-def write_maps(maps: ImageMaps, folder: Path, prefix: str) -> list[Path]:
+def write_maps(maps: ImageMaps, folder: Path, prefix: str, png_compression: int = PNG_COMPRESSION) -> list[Path]:
     """Save a stage's image maps for people and tools:
 
     * depth, displacement: ``.npy`` (float32, the mesh frame's z in its units, NaN outside the refined
@@ -234,14 +253,14 @@ def write_maps(maps: ImageMaps, folder: Path, prefix: str) -> list[Path]:
             else:
                 scaled = 32768.0 + value * 256.0
             grey = np.clip(np.where(finite, scaled, 0), 0, 65535).astype(np.uint16)
-            atomic_write(path, _png16(grey))
+            atomic_write(path, png_bytes(grey, png_compression))
         elif name == "normal":
             gl = np.nan_to_num(value * np.array([1.0, -1.0, -1.0]), nan=0.0)  # mesh frame -> y up, z to viewer
             gl[~np.isfinite(value).all(-1)] = (0.0, 0.0, 1.0)
-            atomic_write(path, png_bytes(np.clip((gl + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8)))
+            atomic_write(path, png_bytes(np.clip((gl + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8), png_compression))
         else:
             rgb = np.nan_to_num(value)
-            atomic_write(path, png_bytes(np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)))
+            atomic_write(path, png_bytes(np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8), png_compression))
         written.append(path)
     info = {
         "origin_xy": list(maps.origin),
@@ -250,12 +269,6 @@ def write_maps(maps: ImageMaps, folder: Path, prefix: str) -> list[Path]:
     }
     atomic_write(folder / f"{prefix}_maps.json", (json.dumps(info) + "\n").encode())
     return written
-
-
-def _png16(grey: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(grey).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def remove_stale_partials(folder: str | Path) -> list[Path]:

@@ -14,12 +14,13 @@ at v = 1 (OBJ's v up: row = (1 - v) · size - 0.5); weights float32 (size, size)
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from dataclasses import dataclass, replace
 
 import numpy as np
 
-from facerecon.geometry.raster import Raster, interpolate, rasterize, vertex_normals
+from facerecon.geometry.raster import Raster, rasterize, vertex_normals
 from facerecon.kernel.contract.records import IBUG68, LandmarkMap, Mesh, Segmentation
 
 GRAZING = (0.2, 0.5)
@@ -115,25 +116,45 @@ def _cross2(u: np.ndarray, v: np.ndarray) -> np.ndarray:
 class TexelSurface:
     """The mesh's surface at every covered texel: ``mask`` bool (size, size), and for the covered texels
     (K = mask.sum(), row-major) the mesh-frame ``points`` (K, 3), unit ``normals`` (K, 3, outwards, towards
-    the camera on a face that faces it), image positions ``xy`` (K, 2) and the ``raster``."""
+    the camera on a face that faces it), image positions ``xy`` (K, 2), the ``raster``, and each texel's
+    triangle ``corners`` int (K, 3) with its float32 ``barycentric`` (K, 3) weights (:meth:`at`)."""
 
     raster: Raster
     mask: np.ndarray
     points: np.ndarray
     normals: np.ndarray
     xy: np.ndarray
+    corners: np.ndarray
+    barycentric: np.ndarray
 
     @classmethod
     def of(cls, mesh: Mesh, size: int, normals: np.ndarray | None = None) -> TexelSurface:
         raster = uv_raster(mesh, size)
         mask = raster.mask
+        corners = np.asarray(mesh.triangles)[raster.triangle[mask]]
+        barycentric = raster.barycentric[mask]
         vertices = np.asarray(mesh.vertices, np.float64)
         if normals is None:
             normals = vertex_normals(vertices, mesh.triangles)
-        points = interpolate(raster, mesh.triangles, vertices)[mask].astype(np.float64)
-        n = interpolate(raster, mesh.triangles, normals)[mask].astype(np.float64)
+        points = _interpolate(corners, barycentric, vertices)
+        n = _interpolate(corners, barycentric, normals)
         n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
-        return cls(raster, mask, points, n, mesh.project(points))
+        return cls(raster, mask, points, n, mesh.project(points), corners, barycentric)
+
+    def at(self, per_vertex: np.ndarray) -> np.ndarray:
+        """float64 (K, C): per-vertex values (V, C) interpolated at the covered texels (as
+        :func:`~facerecon.geometry.raster.interpolate` does over the whole raster, float32-rounded)."""
+        return _interpolate(self.corners, self.barycentric, per_vertex)
+
+
+def _interpolate(corners: np.ndarray, barycentric: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """float64 (K, C) of per-vertex ``values`` at barycentrics (K, 3) of triangles ``corners`` (K, 3)."""
+    values = np.asarray(values, np.float64)
+    weights = barycentric.astype(np.float64)
+    total = weights[:, 0:1] * values[corners[:, 0]]
+    total += weights[:, 1:2] * values[corners[:, 1]]
+    total += weights[:, 2:3] * values[corners[:, 2]]
+    return total.astype(np.float32).astype(np.float64)
 
 
 def visibility(mesh: Mesh, texels: TexelSurface, image_shape: tuple[int, ...]) -> np.ndarray:
@@ -168,9 +189,8 @@ def mirror_vertices(mesh: Mesh) -> np.ndarray | None:
     from scipy.spatial import cKDTree
 
     if mesh.uvs is not None:
-        uv = np.asarray(mesh.uvs, np.float64)
-        distance, index = cKDTree(uv).query(np.column_stack([1.0 - uv[:, 0], uv[:, 1]]))
-        if np.mean(distance < 2e-3) > 0.98:
+        index = _layout_mirror(np.ascontiguousarray(mesh.uvs, np.float64))
+        if index is not None:
             return index
     lmap = mesh.landmark_maps.get(IBUG68)
     if lmap is None:
@@ -182,6 +202,24 @@ def mirror_vertices(mesh: Mesh) -> np.ndarray | None:
     vertices = np.asarray(mesh.vertices, np.float64)
     reflected = vertices - 2.0 * (vertices @ normal - offset)[:, None] * normal
     return cKDTree(vertices).query(reflected)[1]
+
+
+_LAYOUT_MIRRORS: dict[bytes, np.ndarray | None] = {}
+"""Mirror indices of the UV layouts seen (by digest): a topology's layout is the same every face."""
+
+
+def _layout_mirror(uv: np.ndarray) -> np.ndarray | None:
+    """int (V,): the vertex at (1 - u, v) of each vertex, when the layout is symmetric about u = 0.5."""
+    key = hashlib.blake2b(uv.tobytes(), digest_size=16).digest() + str(uv.shape).encode()
+    if key not in _LAYOUT_MIRRORS:
+        from scipy.spatial import cKDTree
+
+        distance, index = cKDTree(uv).query(np.column_stack([1.0 - uv[:, 0], uv[:, 1]]))
+        if len(_LAYOUT_MIRRORS) >= 16:
+            _LAYOUT_MIRRORS.clear()
+        index.setflags(write=False)
+        _LAYOUT_MIRRORS[key] = index if np.mean(distance < 2e-3) > 0.98 else None
+    return _LAYOUT_MIRRORS[key]
 
 
 def symmetry_plane(vertices: np.ndarray, lmap: LandmarkMap) -> tuple[np.ndarray, float] | None:
@@ -229,22 +267,20 @@ def bake_texture(
     own = _bilinear(image, texels.xy[:, 0], texels.xy[:, 1])
     weight = feathered(visibility(mesh, texels, image.shape), mask, size)
     skin = skin_colour(segmentation, own, weight)
-    colour_map = np.zeros((size, size, 3))
-    weight_map = np.zeros((size, size))
-    colour_map[mask], weight_map[mask] = own, weight
     fill = np.broadcast_to(skin, own.shape)
     mirror = mirror_vertices(mesh)
     if mirror is not None:
-        uv = np.asarray(mesh.uvs, np.float64)[mirror]
-        mirror_uv = interpolate(texels.raster, mesh.triangles, uv)[mask].astype(np.float64)
+        # The weight-premultiplied colour and the weight, one (size, size, 4) map sampled at the mirror texels.
+        premultiplied = np.zeros((size, size, 4), np.float32)
+        premultiplied[mask] = np.column_stack([own * weight[:, None], weight])
+        mirror_uv = texels.at(np.asarray(mesh.uvs, np.float64)[mirror])
         col, row = mirror_uv[:, 0] * size - 0.5, (1.0 - mirror_uv[:, 1]) * size - 0.5
-        mirror_weight = _bilinear(weight_map[..., None], col, row)[:, 0]
-        mirror_colour = _bilinear(colour_map * weight_map[..., None], col, row) / np.maximum(
-            mirror_weight[:, None], 1e-6
-        )
-        fill = mirror_weight[:, None] * mirror_colour + (1 - mirror_weight[:, None]) * skin
+        sampled = _bilinear(premultiplied, col, row)
+        mirror_weight = sampled[:, 3:]
+        mirror_colour = sampled[:, :3] / np.maximum(mirror_weight, 1e-6)
+        fill = mirror_weight * mirror_colour + (1 - mirror_weight) * skin
     blended = weight[:, None] * own + (1 - weight[:, None]) * fill
-    texture = np.zeros((size, size, 3))
+    texture = np.zeros((size, size, 3), np.float32)
     texture[mask] = blended
     return pad(texture, mask)
 
@@ -290,14 +326,16 @@ def _bilinear(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     h, w = image.shape[:2]
     x = np.clip(x, 0, w - 1.001)
     y = np.clip(y, 0, h - 1.001)
-    x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
+    x0, y0 = np.floor(x).astype(np.intp), np.floor(y).astype(np.intp)
     fx, fy = (x - x0)[..., None], (y - y0)[..., None]
+    flat = image.reshape(h * w, -1)
+    index = y0 * w + x0  # the top-left neighbour; the others are +1, +w, +w+1 (x0 < w - 1, y0 < h - 1)
 
-    def at(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:  # only the sampled pixels become float
-        return image[rows, cols].astype(np.float32)
+    def at(offset: int) -> np.ndarray:  # only the sampled pixels become float
+        return flat[index + offset].astype(np.float32)
 
-    top = at(y0, x0) * (1 - fx) + at(y0, x0 + 1) * fx
-    bottom = at(y0 + 1, x0) * (1 - fx) + at(y0 + 1, x0 + 1) * fx
+    top = at(0) * (1 - fx) + at(1) * fx
+    bottom = at(w) * (1 - fx) + at(w + 1) * fx
     return top * (1 - fy) + bottom * fy
 
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from facerecon.geometry import tangents
-from facerecon.geometry.raster import interpolate, vertex_normals
+from facerecon.geometry.raster import vertex_normals
 from facerecon.kernel.contract.records import Mesh
 from facerecon.outputs.texture import GRAZING, ImageSurface, TexelSurface, facing, feathered
 
@@ -64,7 +64,7 @@ def bake_detail(medium: Mesh, fine: Mesh, size: int = 1024) -> DetailMaps:
     texels = TexelSurface.of(medium, size, normals)
     mask = texels.mask
     frame_tangents = tangents.vertex_tangents(vertices, medium.triangles, medium.uvs, normals)
-    tbn = tangents.frames(texels.normals, _interpolated(texels, medium, frame_tangents))
+    tbn = tangents.frames(texels.normals, texels.at(frame_tangents))
 
     extent = float(np.ptp(vertices, axis=0).max())
     own = ImageSurface.of(medium).depth_at(texels.xy)
@@ -103,10 +103,6 @@ def bake_detail(medium: Mesh, fine: Mesh, size: int = 1024) -> DetailMaps:
     displacement = np.full((size, size), 32768, np.uint16)
     displacement[mask] = np.clip(np.rint((h / strength + 0.5) * 65535.0), 0, 65535).astype(np.uint16)
     return DetailMaps(normal_map, displacement, strength, medium.units, float(valid.sum() / max(mask.sum(), 1)))
-
-
-def _interpolated(texels: TexelSurface, mesh: Mesh, per_vertex: np.ndarray) -> np.ndarray:
-    return interpolate(texels.raster, mesh.triangles, per_vertex)[texels.mask].astype(np.float64)
 
 
 def _nice_strength(span: float) -> float:

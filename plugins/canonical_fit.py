@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy.interpolate import RBFInterpolator
 
 from facerecon.facelib.canonical import MM_PER_UNIT, CanonicalTopology
 from facerecon.geometry.transforms import FLIP_YZ, orthographic_pose
@@ -91,6 +90,8 @@ class CanonicalFitRegressor:
         size = float(np.ptp(posed[:, :2], axis=0).max())
         residual = detected - posed_points[:, :2]
         smoothing = np.where(jaw, self.options.jaw_smoothing, self.options.smoothing)
+        from scipy.interpolate import RBFInterpolator  # ~0.5 s to import: not at plugin discovery
+
         field = RBFInterpolator(posed_points / size, residual, kernel="thin_plate_spline", smoothing=smoothing)
         pulled = posed.copy()
         pulled[:, :2] += field(posed / size)

@@ -77,6 +77,26 @@ def test_result_json_and_meshes(batch, lfpw):
         assert (out / "good" / name).is_file(), name
     preview = Image.open(out / "good" / "preview.png")
     assert preview.height == 2 * 512 and preview.width > 2 * 512  # input, landmarks, coarse; side views below
+    # --texture-size auto (the default): the power of two at least the face's size in the photo, 256..1024
+    x0, y0, x1, y1 = face["box"]
+    side = Image.open(out / "good" / "coarse.png").size[0]
+    assert side == max(256, 1 << int(np.ceil(np.log2(max(x1 - x0, y1 - y0)))))
+
+
+def test_texture_size_and_png_compression_of_before(batch, tmp_path):
+    """``--texture-size 1024 --png-compression 6``: the textures and PNGs facerecon 0.7 wrote (1024 texels a
+    side, zlib level 6: smaller files than today's level 1), with the same content."""
+    src, out, _ = batch
+    photos = tmp_path / "in"
+    photos.mkdir()
+    (photos / "good.png").symlink_to(src / "good.png")
+    old = tmp_path / "old"
+    args = ["reconstruct", str(photos), "-o", str(old), "-q", "--refiners", "", "--formats", "obj,glb"]
+    assert main([*args, "--texture-size", "1024", "--png-compression", "6"]) == 0
+    assert Image.open(old / "good" / "coarse.png").size == (1024, 1024)
+    assert (old / "good" / "preview.png").stat().st_size < (out / "good" / "preview.png").stat().st_size
+    before, today = (np.asarray(Image.open(folder / "good" / "preview.png")) for folder in (old, out))
+    assert before.shape == today.shape and np.abs(before.astype(int) - today).mean() < 0.5  # the same picture
 
 
 def test_obj_opens_upright_with_texture(batch):
@@ -131,6 +151,13 @@ def test_usage_and_config_errors_exit_2(tmp_path, capsys, lfpw):
     assert main(["reconstruct", str(lfpw[0]), "-o", str(tmp_path), "-c", str(bad)]) == 2
     assert "bad.toml" in capsys.readouterr().err
     assert main(["reconstruct", str(lfpw[0]), "-o", str(tmp_path), "--formats", "stl"]) == 2
+    assert main(["reconstruct", str(lfpw[0]), "-o", str(tmp_path), "--png-compression", "10"]) == 2
+    assert "--png-compression must be in 0..9" in capsys.readouterr().err
+    assert main(["reconstruct", str(lfpw[0]), "-o", str(tmp_path), "--texture-size", "8"]) == 2
+    assert "--texture-size must be auto or in 16..8192" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        main(["reconstruct", str(lfpw[0]), "--texture-size", "large"])
+    assert info.value.code == 2
     with pytest.raises(SystemExit) as info:
         main(["reconstruct"])
     assert info.value.code == 2

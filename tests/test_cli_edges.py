@@ -16,7 +16,7 @@ from facerecon.kernel import ConfigError, Pipeline, PipelineConfig
 def test_help_shows_each_default_once():
     text = build_parser()._subparsers._group_actions[0].choices["reconstruct"].format_help()  # type: ignore[union-attr]
     assert "(default: None)" not in text and "(default: False)" not in text
-    assert "(default: out)" in text and "(default: 1024)" in text
+    assert "(default: out)" in text and "(default: auto;" in text and "(default: 1, fast;" in text
     assert " ".join(text.split()).count("(default: from config, else mediapipe)") == 1
 
 

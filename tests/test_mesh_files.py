@@ -68,6 +68,18 @@ def glb_json(path: Path) -> dict:
     return json.loads(data[20 : 20 + length])
 
 
+def glb_accessor(path: Path, attribute: str) -> np.ndarray:
+    """The float32 values of a GLB's first primitive's ``attribute`` (tightly packed, as facerecon writes)."""
+    data = path.read_bytes()
+    gltf = glb_json(path)
+    accessor = gltf["accessors"][gltf["meshes"][0]["primitives"][0]["attributes"][attribute]]
+    view = gltf["bufferViews"][accessor["bufferView"]]
+    width = {"VEC2": 2, "VEC3": 3, "VEC4": 4}[accessor["type"]]
+    json_length = struct.unpack("<I", data[12:16])[0]
+    start = 20 + json_length + 8 + view.get("byteOffset", 0) + accessor.get("byteOffset", 0)
+    return np.frombuffer(data, "<f4", accessor["count"] * width, start).reshape(-1, width).astype(np.float64)
+
+
 @pytest.fixture(scope="module")
 def reconstruction(face_photo):
     """LFPW image_0001 through the whole seed pipeline: coarse, medium (laplace) and fine (sfs) meshes."""
@@ -189,11 +201,12 @@ def test_every_glb_passes_the_khronos_validator(written, validate_gltf, tmp_path
     assert [r["file"] for r in reports] == [str(f) for f in files]
     for report in reports:
         assert report["errors"] == 0, report
-        # The one warning allowed: a normal map's tangents are left to the viewer (MikkTSpace, as glTF says).
+        # No warning either: a normal-mapped mesh carries its TANGENT attribute (no
+        # MESH_PRIMITIVE_GENERATED_TANGENT_SPACE), one without a normal map none (no unused tangents).
+        assert report["warnings"] == 0, report
         mapped = report["file"] == str(extra[0]) or report["file"].endswith("final.glb")
-        allowed = {"MESH_PRIMITIVE_GENERATED_TANGENT_SPACE"} if mapped else set()
-        warnings = {m["code"] for m in report["messages"] if m["severity"] == 1}
-        assert warnings <= allowed, report
+        attributes = glb_json(Path(report["file"]))["meshes"][0]["primitives"][0]["attributes"]
+        assert ("TANGENT" in attributes) == mapped, report["file"]
 
 
 def test_glb_material_normals_and_textures(written, tmp_path, reconstruction):
@@ -220,6 +233,20 @@ def test_glb_material_normals_and_textures(written, tmp_path, reconstruction):
     assert "normalTexture" in material and "baseColorTexture" in material["pbrMetallicRoughness"]
     assert material["normalTexture"]["index"] != material["pbrMetallicRoughness"]["baseColorTexture"]["index"]
     assert len(gltf["images"]) == 2
+    # TANGENT as glTF defines it: unit xyz orthogonal to the normal along +u, B = w * (N x T) along +v of the
+    # normal map's "up" (glTF's TEXCOORD v grows down the image: up is -v_gltf).
+    positions, normals, texcoords, tangent = (
+        glb_accessor(tmp_path / "mapped.glb", name) for name in ("POSITION", "NORMAL", "TEXCOORD_0", "TANGENT")
+    )
+    assert tangent.shape == (len(mesh.vertices), 4) and set(np.unique(tangent[:, 3])) <= {-1.0, 1.0}
+    assert np.allclose(np.linalg.norm(tangent[:, :3], axis=1), 1.0, atol=1e-5)
+    assert np.abs(np.sum(tangent[:, :3] * normals, axis=1)).max() < 1e-4
+    bitangent = tangent[:, 3:] * np.cross(normals, tangent[:, :3])
+    first, second = mesh.triangles[:, 0], mesh.triangles[:, 1]
+    edges = positions[second] - positions[first]
+    du, up = texcoords[second, 0] - texcoords[first, 0], texcoords[first, 1] - texcoords[second, 1]
+    assert np.corrcoef(np.sum(edges * tangent[first, :3], axis=1), du)[0, 1] > 0.9
+    assert np.corrcoef(np.sum(edges * bitangent[first], axis=1), up)[0, 1] > 0.9
 
 
 def test_glb_without_uvs_is_untextured_with_a_warning(tmp_path, reconstruction):

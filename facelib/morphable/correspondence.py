@@ -18,8 +18,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-from scipy.interpolate import RBFInterpolator
-from scipy.spatial import cKDTree
 
 from facerecon.geometry.transforms import similarity_transform
 from facerecon.kernel.contract.errors import ModelFileError
@@ -146,6 +144,8 @@ def _derive_mediapipe_map(
     scale, rotation, translation = similarity_transform(source[inner], target[inner])
     moved = scale * canonical @ rotation.T + translation
     # Thin-plate warp through the inner landmarks: canonical features land on the model's features.
+    from scipy.interpolate import RBFInterpolator  # imported here: ~0.5 s, which start-up need not pay
+
     warp = RBFInterpolator(
         scale * source[inner] @ rotation.T + translation,
         target[inner] - (scale * source[inner] @ rotation.T + translation),
@@ -174,6 +174,8 @@ def closest_surface_points(
     """
     vertices = np.asarray(vertices, np.float64)
     triangles = np.asarray(triangles)
+    from scipy.spatial import cKDTree
+
     _, near = cKDTree(vertices).query(points, k=min(candidates, len(vertices)))
     near = np.atleast_2d(near)
     # Vertex -> incident triangles as a padded table.

@@ -176,6 +176,7 @@ class StageWorker:
             source=job["path"],
             formats=self.write.formats,
             texture_size=self.write.texture_size,
+            png_compression=self.write.png_compression,
             save_phases=self.write.save_phases,
             plugins=self.pipeline.plugin_ids(),
         )

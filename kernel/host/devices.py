@@ -4,6 +4,8 @@ installed; the host itself never needs torch)."""
 from __future__ import annotations
 
 import importlib.util
+import os
+import sys
 
 from facerecon.kernel.contract.errors import ConfigError
 
@@ -15,6 +17,8 @@ def resolve_device(device: str) -> str:
         return device
     if importlib.util.find_spec("torch") is None:
         return "cpu" if device == "auto" else device
+    if device == "auto" and "torch" not in sys.modules and not _gpu_device_nodes():
+        return "cpu"  # no GPU driver: torch would say so too, after ~1.5 s of importing it
     import torch
 
     if torch.cuda.is_available():
@@ -22,3 +26,11 @@ def resolve_device(device: str) -> str:
     if device == "cuda":
         raise ConfigError("device 'cuda' requested but PyTorch sees no CUDA GPU (use --device cpu or auto)")
     return "cpu"
+
+
+GPU_DEVICE_NODES = ("/dev/nvidia0", "/dev/nvidiactl", "/dev/kfd", "/dev/dxg")
+"""What a GPU driver that PyTorch can use creates: NVIDIA (CUDA), AMD (ROCm), WSL2's GPU paravirtualisation."""
+
+
+def _gpu_device_nodes() -> bool:
+    return any(os.path.exists(node) for node in GPU_DEVICE_NODES)

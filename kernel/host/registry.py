@@ -206,9 +206,14 @@ class PluginHost:
     # -- loading -------------------------------------------------------------------------------
 
     def _load_entrypoints(self) -> None:
-        for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=_builtin_first):
-            dist = ep.dist.name if ep.dist else "?"
-            version = ep.dist.version if ep.dist else "?"
+        eps = list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+        names: dict[int, tuple[str, str]] = {}  # a distribution's (name, version): its metadata parsed once
+        for ep in eps:
+            if ep.dist is not None and id(ep.dist) not in names:
+                metadata = ep.dist.metadata  # each read of .name or .version re-parses the METADATA file
+                names[id(ep.dist)] = (metadata["Name"], metadata["Version"])
+        for ep in sorted(eps, key=lambda ep: _builtin_first(ep.name, names.get(id(ep.dist), ("", ""))[0])):
+            dist, version = names[id(ep.dist)] if ep.dist is not None else ("?", "?")
             if ep.name in self.block or self.pm.has_plugin(ep.name):
                 continue
             if self.allow is not None and dist != BUILTIN_DISTRIBUTION and ep.name not in self.allow:
@@ -346,9 +351,8 @@ class PluginHost:
         return stage
 
 
-def _builtin_first(ep: importlib.metadata.EntryPoint) -> tuple[int, str]:
-    dist = ep.dist.name if ep.dist else ""
-    return (0 if dist == BUILTIN_DISTRIBUTION else 1, ep.name)
+def _builtin_first(name: str, dist: str) -> tuple[int, str]:
+    return (0 if dist == BUILTIN_DISTRIBUTION else 1, name)
 
 
 def _protocol_members(protocol: type) -> list[str]:
