@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from facerecon.evaluation.annotations import AnnotatedPhoto
-from facerecon.evaluation.detail_scores import score_depth
+from facerecon.evaluation.detail_scores import DepthScorer
 from facerecon.evaluation.rgbd import refined_mask, stage_depth
 from facerecon.kernel import Pipeline, PipelineConfig, PluginHost
 from facerecon.kernel.contract.errors import ConfigError, FaceReconError
@@ -93,6 +93,11 @@ def _depths(reconstruction: Any, height: int, width: int, prefix: str = "") -> d
     return depths
 
 
+def scorer_for(scene: SyntheticScene, mask: np.ndarray) -> DepthScorer:
+    """The scene's ground truth on ``mask`` (a subset of ``scene.mask``)."""
+    return DepthScorer(scene.depth, scene.smooth, scene.wrinkles, scene.pores, scene.texture, mask, scene.mm_per_px)
+
+
 def evaluate_scene(pipe: Pipeline, ablations: dict[str, Pipeline], scene: SyntheticScene, name: str) -> dict[str, Any]:
     """One scene's row: faces found, pixels scored and per stage / phase / ablation its scores."""
     height, width = scene.mask.shape
@@ -116,9 +121,9 @@ def evaluate_scene(pipe: Pipeline, ablations: dict[str, Pipeline], scene: Synthe
     if mask.sum() < MIN_PIXELS:
         row["error"] = f"only {int(mask.sum())} scored pixels where every stage has depth"
         return row
-    truth = (scene.depth, scene.smooth, scene.wrinkles, scene.pores, scene.texture)
-    row["scores"] = {label: score_depth(depth, *truth, mask, scene.mm_per_px) for label, depth in depths.items()}
-    row["scores"]["truth"] = score_depth(scene.depth, *truth, mask, scene.mm_per_px)
+    scorer = scorer_for(scene, mask)
+    row["scores"] = {label: scorer.score(depth) for label, depth in depths.items()}
+    row["scores"]["truth"] = scorer.score(scene.depth)  # the instrument's own check: 0 mm, 0 degrees, r_D 1
     return row
 
 
