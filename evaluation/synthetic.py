@@ -202,11 +202,21 @@ def write_report(
     names = list(summary["mean"])
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["scene", "photo", "render_seed", "faces_detected", "pixels", "error"] + [f"{n}:{k}" for n in names for k in SCORES])
+    writer.writerow(
+        ["scene", "photo", "render_seed", "faces_detected", "pixels", "error"]
+        + [f"{n}:{k}" for n in names for k in SCORES]
+    )
     for r in rows:
         values = [r["scores"].get(n, {}).get(k, math.nan) for n in names for k in SCORES]
         writer.writerow(
-            [r["scene"], r["photo"], r["render_seed"], r.get("faces_detected", 0), r.get("pixels", ""), r.get("error", "")]
+            [
+                r["scene"],
+                r["photo"],
+                r["render_seed"],
+                r.get("faces_detected", 0),
+                r.get("pixels", ""),
+                r.get("error", ""),
+            ]
             + ["" if math.isnan(v) else f"{v:.4f}" for v in values]
         )
     files = [out / "per_scene.csv", out / "summary.json", out / "table.txt"]
@@ -216,4 +226,3 @@ def write_report(
     for name, image in images.items():
         atomic_write(out / "scenes" / f"{name}.png", png_bytes(image))
     return files
-

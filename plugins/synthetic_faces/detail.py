@@ -154,8 +154,8 @@ def pores(inside: np.ndarray, step: float, e: float, rng: np.random.Generator) -
 
 def texture(inside: np.ndarray, step: float, e: float, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, int]]:
     """T (h, w): the albedo's relative change, NOT geometry: freckles (dark spots, σ 0.8-2 px, 5-15 %
-    darker; 20-60 per 20,000 px²), hair-like strokes (thin dark lines 4-10 px long, 5-15 per 20,000 px²) and blotches (σ 6 px, std
-    3 %); clipped to -0.5..0.5."""
+    darker; 20-60 per 20,000 px²), hair-like strokes (thin dark lines 4-10 px long, 5-15 per 20,000 px²)
+    and blotches (σ 6 px, std 3 %); clipped to -0.5..0.5."""
     k = e / REFERENCE_EYE_PX
     area_px = inside.sum() * step**2
     freckles = int(rng.integers(20, 60) * area_px / 20_000)
