@@ -25,7 +25,7 @@ import csv
 import io
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -137,6 +137,16 @@ def refined_mask(stage: StageResult, height: int, width: int) -> np.ndarray | No
     return refined
 
 
+def common_mask(valid: np.ndarray, depths: Iterable[np.ndarray], final: StageResult) -> np.ndarray:
+    """bool (H, W): the pixels every stage is scored on: ``valid`` (the truth has depth), every one of
+    ``depths`` is finite, and the ``final`` stage refined (when its maps say where)."""
+    mask = valid.copy()
+    for depth in depths:
+        mask &= np.isfinite(depth)
+    refined = refined_mask(final, *mask.shape)
+    return mask if refined is None else mask & refined
+
+
 def detect_upscaled(pipe: Pipeline, image: np.ndarray, min_side: int) -> list[Face]:
     """``pipe.detect`` on ``image`` upscaled (bicubic) until its short side is ``min_side`` when smaller,
     the faces mapped back to ``image``'s frame (pixel centres: x -> (x + 0.5) / s - 0.5; depth / s)."""
@@ -181,12 +191,7 @@ def evaluate_sample(
     depths = {s.stage: stage_depth(s.mesh, height, width) for s in reconstruction.stages}
     if mean_face is not None:
         depths["mean_face"] = stage_depth(mean_face.regressor.regress(colour, faces[0]).mesh, height, width)
-    mask = np.isfinite(measured)
-    for depth in depths.values():
-        mask &= np.isfinite(depth)
-    refined = refined_mask(reconstruction.stages[-1], height, width)  # where the fine stage refined
-    if refined is not None:
-        mask &= refined
+    mask = common_mask(np.isfinite(measured), depths.values(), reconstruction.stages[-1])
     row["pixels"] = int(mask.sum())
     if mask.sum() < MIN_PIXELS:
         row["error"] = f"only {int(mask.sum())} pixels where every stage and the sensor have depth"

@@ -30,7 +30,7 @@ import numpy as np
 
 from facerecon.evaluation.annotations import AnnotatedPhoto
 from facerecon.evaluation.detail_scores import DepthScorer
-from facerecon.evaluation.rgbd import refined_mask, stage_depth
+from facerecon.evaluation.rgbd import common_mask, stage_depth
 from facerecon.kernel import Pipeline, PipelineConfig, PluginHost
 from facerecon.kernel.contract.errors import ConfigError, FaceReconError
 from facerecon.kernel.contract.scenes import SyntheticScene
@@ -111,12 +111,7 @@ def evaluate_scene(pipe: Pipeline, ablations: dict[str, Pipeline], scene: Synthe
     depths = _depths(reconstruction, height, width)
     for label, other in ablations.items():
         depths.update(_depths(other.reconstruct_face(scene.image, faces[0]), height, width, label))
-    mask = scene.mask & np.isfinite(scene.depth)
-    for depth in depths.values():
-        mask &= np.isfinite(depth)
-    refined = refined_mask(reconstruction.stages[-1], height, width)
-    if refined is not None:
-        mask &= refined
+    mask = common_mask(scene.mask & np.isfinite(scene.depth), depths.values(), reconstruction.stages[-1])
     row["pixels"] = int(mask.sum())
     if mask.sum() < MIN_PIXELS:
         row["error"] = f"only {int(mask.sum())} scored pixels where every stage has depth"
