@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from facerecon.evaluation.annotations import AnnotatedPhoto
+from facerecon.evaluation.annotations import AnnotatedPhoto, annotated_face_index
 from facerecon.evaluation.detail_scores import DepthScorer
 from facerecon.evaluation.rgbd import common_mask, stage_depth
 from facerecon.kernel import Pipeline, PipelineConfig, PluginHost
@@ -98,19 +98,24 @@ def scorer_for(scene: SyntheticScene, mask: np.ndarray) -> DepthScorer:
     return DepthScorer(scene.depth, scene.smooth, scene.wrinkles, scene.pores, scene.texture, mask, scene.mm_per_px)
 
 
-def evaluate_scene(pipe: Pipeline, ablations: dict[str, Pipeline], scene: SyntheticScene, name: str) -> dict[str, Any]:
-    """One scene's row: faces found, pixels scored and per stage / phase / ablation its scores."""
+def evaluate_scene(
+    pipe: Pipeline, ablations: dict[str, Pipeline], scene: SyntheticScene, spec: SceneSpec
+) -> dict[str, Any]:
+    """One scene's row: faces found, pixels scored and per stage / phase / ablation its scores. The
+    rendered face is the detected face where the photo's annotation is (a photo may show others)."""
     height, width = scene.mask.shape
-    row: dict[str, Any] = {"scene": name, "meta": dict(scene.meta), "scores": {}}
+    row: dict[str, Any] = {"scene": spec.name, "meta": dict(scene.meta), "scores": {}}
     faces = pipe.detect(scene.image)
     row["faces_detected"] = len(faces)
-    if not faces:
-        row["error"] = "no face found"
+    index = annotated_face_index(np.array([f.box for f in faces]).reshape(-1, 4), spec.photo.points)
+    if index is None:
+        row["error"] = "the rendered face was not found" if faces else "no face found"
         return row
-    reconstruction = pipe.reconstruct_face(scene.image, faces[0])
+    face = faces[index]
+    reconstruction = pipe.reconstruct_face(scene.image, face)
     depths = _depths(reconstruction, height, width)
     for label, other in ablations.items():
-        depths.update(_depths(other.reconstruct_face(scene.image, faces[0]), height, width, label))
+        depths.update(_depths(other.reconstruct_face(scene.image, face), height, width, label))
     mask = common_mask(scene.mask & np.isfinite(scene.depth), depths.values(), reconstruction.stages[-1])
     row["pixels"] = int(mask.sum())
     if mask.sum() < MIN_PIXELS:
@@ -143,7 +148,7 @@ def evaluate_synthetic(
                 scene = first if i == 0 else render(host, spec, model, expressions)
                 images[spec.name] = scene.image
                 try:
-                    row = evaluate_scene(pipe, ablations, scene, spec.name)
+                    row = evaluate_scene(pipe, ablations, scene, spec)
                 except FaceReconError as exc:  # a stage's refusal: listed, the other scenes go on
                     row = {"scene": spec.name, "meta": dict(scene.meta), "scores": {}, "error": str(exc)}
                 row.update(photo=str(spec.photo.image), render_seed=spec.render_seed)

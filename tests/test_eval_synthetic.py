@@ -15,7 +15,14 @@ import pytest
 from facerecon.cli import main
 from facerecon.evaluation.annotations import find_annotations
 from facerecon.evaluation.detail_scores import LocalQuadratic
-from facerecon.evaluation.synthetic import ablation_configs, render, scene_specs, scorer_for
+from facerecon.evaluation.synthetic import (
+    SceneSpec,
+    ablation_configs,
+    evaluate_scene,
+    render,
+    scene_specs,
+    scorer_for,
+)
 from facerecon.kernel import Pipeline, PipelineConfig, PluginHost
 from facerecon.kernel.contract.errors import ConfigError, RecordError
 from facerecon.kernel.contract.scenes import SyntheticScene
@@ -117,6 +124,18 @@ def test_the_detector_finds_the_rendered_faces(scenes, pipeline):
         x0, y0, x1, y1 = faces[0].box
         centre = ((cols.min() + cols.max()) / 2, (rows.min() + rows.max()) / 2)
         assert x0 < centre[0] < x1 and y0 < centre[1] < y1
+
+
+def test_the_rendered_face_is_scored_among_others(host, photos, sfm, pipeline):
+    """image_0168 shows three people side by side, the annotated one (where the face is rendered) not the
+    largest: that one is scored."""
+    photo = next(p for p in photos if p.image.stem == "image_0168")
+    spec = SceneSpec("three", photo, render_seed=11)
+    scene = render(host, spec, sfm, None)
+    row = evaluate_scene(pipeline, {}, scene, spec)
+    assert row["faces_detected"] == 3, row
+    assert row["pixels"] > 0.5 * scene.mask.sum()  # the coarse mesh covers the rendered face
+    assert row["scores"]["coarse"]["rmse_mm"] < 6.0, row["scores"]
 
 
 def test_the_ablations_are_valid_sfs_options():
