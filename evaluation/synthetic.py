@@ -135,8 +135,8 @@ def evaluate_synthetic(
     expressions: str | None,
     ablate: bool = True,
     progress: Callable[[dict[str, Any]], None] | None = None,
-) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
-    """The rows of every scene and its image (scene name -> uint8 (H, W, 3)). The first scene is rendered
+) -> tuple[list[dict[str, Any]], dict[str, bytes]]:
+    """The rows of every scene and its image (scene name -> PNG bytes). The first scene is rendered
     before any pipeline is built, so a bad model fails before the models load."""
     first = render(host, specs[0], model, expressions)
     rows, images = [], {}
@@ -146,7 +146,7 @@ def evaluate_synthetic(
         try:
             for i, spec in enumerate(specs):
                 scene = first if i == 0 else render(host, spec, model, expressions)
-                images[spec.name] = scene.image
+                images[spec.name] = png_bytes(scene.image)  # compressed: many scenes stay small
                 try:
                     row = evaluate_scene(pipe, ablations, scene, spec)
                 except FaceReconError as exc:  # a stage's refusal: listed, the other scenes go on
@@ -194,7 +194,7 @@ def text_table(summary: dict[str, Any]) -> str:
 
 
 def write_report(
-    out: Path, rows: Sequence[dict[str, Any]], summary: dict[str, Any], images: dict[str, np.ndarray]
+    out: Path, rows: Sequence[dict[str, Any]], summary: dict[str, Any], images: dict[str, bytes]
 ) -> list[Path]:
     """``per_scene.csv``, ``summary.json`` (with the rows), ``table.txt`` and ``scenes/<scene>.png`` in
     ``out``, each written atomically."""
@@ -224,5 +224,5 @@ def write_report(
     atomic_write(files[1], (json.dumps({**summary, "rows": list(rows)}, indent=1) + "\n").encode())
     atomic_write(files[2], text_table(summary).encode())
     for name, image in images.items():
-        atomic_write(out / "scenes" / f"{name}.png", png_bytes(image))
+        atomic_write(out / "scenes" / f"{name}.png", image)
     return files
