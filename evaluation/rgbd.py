@@ -25,7 +25,7 @@ import csv
 import io
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from PIL import Image
 
 from facerecon.evaluation.annotations import files_under
 from facerecon.geometry.raster import rasterize
-from facerecon.kernel import Face, Mesh, Pipeline, PipelineConfig
+from facerecon.kernel import Face, Mesh, Pipeline, PipelineConfig, StageResult
 from facerecon.kernel.contract.errors import FaceReconError, InputError
 from facerecon.outputs.meshes import atomic_write
 
@@ -103,14 +103,48 @@ def stage_depth(mesh: Mesh, height: int, width: int) -> np.ndarray:
     return np.where(raster.mask, raster.depth, np.nan)
 
 
+def aligned_depth(estimate: np.ndarray | None, measured: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """float64 (H, W): a·estimate + c·u + d·v + b fitted to ``measured`` over ``mask`` by least squares
+    (pixel u = column, v = row), evaluated on the whole grid (NaN where ``estimate`` is); ``estimate``
+    None fits the tilted plane c·u + d·v + b alone."""
+    v, u = np.nonzero(mask)
+    columns = [u, v, np.ones(len(u))] if estimate is None else [estimate[mask], u, v, np.ones(len(u))]
+    coef, *_ = np.linalg.lstsq(np.column_stack(columns).astype(np.float64), measured[mask], rcond=None)
+    rows, cols = np.mgrid[: mask.shape[0], : mask.shape[1]]
+    plane = coef[-3] * cols + coef[-2] * rows + coef[-1]
+    return plane if estimate is None else coef[0] * estimate + plane
+
+
 def aligned_rmse(estimate: np.ndarray | None, measured: np.ndarray, mask: np.ndarray) -> float:
     """RMSE (mm) of ``measured`` against a·estimate + c·u + d·v + b fitted over ``mask`` (least squares);
     ``estimate`` None fits the tilted plane c·u + d·v + b alone."""
-    v, u = np.nonzero(mask)
-    columns = [u, v, np.ones(len(u))] if estimate is None else [estimate[mask], u, v, np.ones(len(u))]
-    a = np.column_stack(columns).astype(np.float64)
-    coef, *_ = np.linalg.lstsq(a, measured[mask], rcond=None)
-    return float(np.sqrt(np.mean((a @ coef - measured[mask]) ** 2)))
+    fitted = aligned_depth(estimate, measured, mask)
+    return float(np.sqrt(np.mean((fitted[mask] - measured[mask]) ** 2)))
+
+
+def refined_mask(stage: StageResult, height: int, width: int) -> np.ndarray | None:
+    """bool (H, W): where a refiner's image maps say it refined (their ``mask`` at their origin), or
+    None when the stage returned no such map."""
+    if stage.maps is None or "mask" not in stage.maps.maps:
+        return None
+    x0, y0 = stage.maps.origin
+    refined = np.zeros((height, width), bool)
+    m = stage.maps.maps["mask"] > 0
+    gy0, gx0 = max(y0, 0), max(x0, 0)
+    gy1, gx1 = min(y0 + m.shape[0], height), min(x0 + m.shape[1], width)
+    if gy1 > gy0 and gx1 > gx0:
+        refined[gy0:gy1, gx0:gx1] = m[gy0 - y0 : gy1 - y0, gx0 - x0 : gx1 - x0]
+    return refined
+
+
+def common_mask(valid: np.ndarray, depths: Iterable[np.ndarray], final: StageResult) -> np.ndarray:
+    """bool (H, W): the pixels every stage is scored on: ``valid`` (the truth has depth), every one of
+    ``depths`` is finite, and the ``final`` stage refined (when its maps say where)."""
+    mask = valid.copy()
+    for depth in depths:
+        mask &= np.isfinite(depth)
+    refined = refined_mask(final, *mask.shape)
+    return mask if refined is None else mask & refined
 
 
 def detect_upscaled(pipe: Pipeline, image: np.ndarray, min_side: int) -> list[Face]:
@@ -157,16 +191,7 @@ def evaluate_sample(
     depths = {s.stage: stage_depth(s.mesh, height, width) for s in reconstruction.stages}
     if mean_face is not None:
         depths["mean_face"] = stage_depth(mean_face.regressor.regress(colour, faces[0]).mesh, height, width)
-    mask = np.isfinite(measured)
-    for depth in depths.values():
-        mask &= np.isfinite(depth)
-    final = reconstruction.stages[-1]
-    if final.maps is not None and "mask" in final.maps.maps:  # where the fine stage refined
-        x0, y0 = final.maps.origin
-        refined = np.zeros((height, width), bool)
-        m = final.maps.maps["mask"] > 0
-        refined[y0 : y0 + m.shape[0], x0 : x0 + m.shape[1]] = m[: height - y0, : width - x0]
-        mask &= refined
+    mask = common_mask(np.isfinite(measured), depths.values(), reconstruction.stages[-1])
     row["pixels"] = int(mask.sum())
     if mask.sum() < MIN_PIXELS:
         row["error"] = f"only {int(mask.sum())} pixels where every stage and the sensor have depth"

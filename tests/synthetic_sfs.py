@@ -11,6 +11,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from facerecon.geometry.shading import blobs, sh_shading, viewer_normals
+from facerecon.geometry.shading import pixel_mean as _pixel_mean
+
+__all__ = ["Scene", "make_scene", "viewer_normals"]
+
 
 @dataclass
 class Scene:
@@ -28,14 +33,6 @@ class Scene:
     sh: np.ndarray  # (9, 3)
 
 
-def blobs(yy: np.ndarray, xx: np.ndarray, centres: np.ndarray, sigma: float) -> np.ndarray:
-    """The sum of unit Gaussian bumps at ``centres`` (row, column), evaluated at coordinates (yy, xx)."""
-    out = np.zeros(yy.shape)
-    for cy, cx in centres:
-        out += np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sigma**2))
-    return out
-
-
 SUPERSAMPLING = 4
 
 
@@ -51,37 +48,9 @@ def surface(yy: np.ndarray, xx: np.ndarray, size: int, pore_centres: np.ndarray)
     return smooth, wrinkles, pores
 
 
-def viewer_normals(height: np.ndarray, spacing: float = 1.0) -> np.ndarray:
-    """(H, W, 3) unit normals of a height map (rows going down) in the viewer frame, central differences."""
-    dy, dx = np.gradient(height, spacing)
-    n = np.stack([-dx, dy, np.ones_like(height)], axis=-1)
-    return n / np.linalg.norm(n, axis=-1, keepdims=True)
-
-
-def sh_shading(normals: np.ndarray, sh: np.ndarray) -> np.ndarray:
-    """(3, H, W) 2nd-order SH shading (same basis order as the solver's) of normals (H, W, 3)."""
-    x, y, z = normals[..., 0], normals[..., 1], normals[..., 2]
-    basis = np.stack(
-        [
-            np.full_like(x, 0.282095),
-            0.488603 * y,
-            0.488603 * z,
-            0.488603 * x,
-            1.092548 * x * y,
-            1.092548 * y * z,
-            0.315392 * (3 * z * z - 1),
-            1.092548 * x * z,
-            0.546274 * (x * x - y * y),
-        ],
-        axis=-1,
-    )
-    return (basis @ sh).transpose(2, 0, 1)
-
-
 def pixel_mean(fine: np.ndarray) -> np.ndarray:
     """(..., H*k, W*k) -> (..., H, W): the mean over each pixel's k x k sub-samples."""
-    k = SUPERSAMPLING
-    return fine.reshape(*fine.shape[:-2], fine.shape[-2] // k, k, fine.shape[-1] // k, k).mean(axis=(-3, -1))
+    return _pixel_mean(fine, SUPERSAMPLING)
 
 
 def make_scene(size: int = 160, seed: int = 0) -> Scene:

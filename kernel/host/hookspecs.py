@@ -49,3 +49,13 @@ def facerecon_make_pipeline(config: PipelineConfig) -> Any | None:
     ``uint8 (H, W, 3)`` image (keyword ``all_faces``) it returns a Reconstruction; it has ``config``,
     ``plugin_ids()``, ``warm_up()``, ``close()`` and is a context manager.
     """
+
+
+@hookspec(firstresult=True)
+def facerecon_render_scene(model: str | None, expressions: str | None, seed: int, photo: Any, landmarks: Any) -> Any:
+    """A :class:`~facerecon.kernel.contract.scenes.SyntheticScene`: a face of the morphable ``model`` (a
+    catalogue name or a file; None: the catalogue's default) with random identity, expression, detail,
+    albedo texture and lighting drawn from ``seed``, rendered over the face of ``photo`` (uint8 (H, W, 3))
+    whose 68 iBUG ``landmarks`` (float (68, 2), pixels) place it; or None (not this plugin's). Used by
+    ``facerecon eval synthetic``; the built-in ``synthetic-faces`` plugin implements it.
+    """

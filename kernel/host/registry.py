@@ -21,6 +21,7 @@ import pluggy
 from facerecon.kernel.contract import hookspecs
 from facerecon.kernel.contract.errors import ConfigError, PluginError
 from facerecon.kernel.contract.hookspecs import MESH_UNITS, MeshUnits, StageFactory
+from facerecon.kernel.contract.scenes import SyntheticScene
 from facerecon.kernel.contract.stages import READS, STAGE_KINDS, STAGE_PROTOCOLS
 from facerecon.kernel.host import hookspecs as host_hookspecs
 from facerecon.kernel.host.config import PipelineConfig
@@ -272,6 +273,17 @@ class PluginHost:
     def make_pipeline(self, config: PipelineConfig) -> Any | None:
         """A plugin's replacement for the local pipeline of ``config`` (``facerecon_make_pipeline``), or None."""
         return self.pm.hook.facerecon_make_pipeline(config=config)
+
+    def render_scene(
+        self, model: str | None, expressions: str | None, seed: int, photo: Any, landmarks: Any
+    ) -> SyntheticScene:
+        """A synthetic scene with known geometry from the plugin implementing ``facerecon_render_scene``."""
+        scene = self.pm.hook.facerecon_render_scene(
+            model=model, expressions=expressions, seed=seed, photo=photo, landmarks=landmarks
+        )
+        if not isinstance(scene, SyntheticScene):
+            raise ConfigError("no loaded plugin renders synthetic scenes (the built-in `synthetic-faces` does)")
+        return scene
 
     # -- stages --------------------------------------------------------------------------------
 
