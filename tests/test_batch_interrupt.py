@@ -14,10 +14,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from tests.polling import wait_for
 
 CLI = [sys.executable, "-m", "facerecon.cli"]
 FAST = ["--regressor", "landmark-mesh", "--segmenter", "none", "--refiners", "", "--texture-size", "64", "-q"]
@@ -25,13 +26,8 @@ PROMPT_S = 60.0
 """How long the run may take to stop after Ctrl-C: generous for a loaded machine; a hang fails the test."""
 
 
-def _wait_for(condition, timeout: float = 180.0, step: float = 0.02) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if condition():
-            return True
-        time.sleep(step)
-    return False
+def _wait_for(condition, timeout: float = 180.0) -> bool:
+    return wait_for(condition, timeout, step=0.02)
 
 
 def _session(sid: int) -> list[int]:

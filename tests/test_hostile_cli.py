@@ -27,6 +27,7 @@ from facerecon.kernel import Pipeline, PipelineConfig
 from facerecon.kernel.contract.images import MAX_SIDE
 from facerecon.kernel.host.imageio import IMAGE_SUFFIXES, find_images, load_image
 from facerecon.outputs.folder import remove_stale_partials
+from tests.polling import wait_for
 
 CLI = [sys.executable, "-m", "facerecon.cli"]
 
@@ -225,13 +226,8 @@ def _start(args: list[str]) -> subprocess.Popen:
     )
 
 
-def _wait_for(condition, timeout: float = 120.0, step: float = 0.005) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if condition():
-            return True
-        time.sleep(step)
-    return False
+def _wait_for(condition, timeout: float = 120.0) -> bool:
+    return wait_for(condition, timeout, step=0.005)
 
 
 def test_ctrl_c_writes_the_summary_of_what_was_done(tmp_path, lfpw):

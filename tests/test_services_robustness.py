@@ -18,6 +18,7 @@ from facerecon.services import convert
 from facerecon.services.remote import apply_remote, facerecon_apply_pipeline_flags
 from facerecon.services.server import Server, ServerSettings
 from facerecon.v1 import pipeline_pb2, pipeline_pb2_grpc, stages_pb2_grpc
+from tests.polling import wait_for
 
 ANY_PORT = ServerSettings(port=0)
 
@@ -25,15 +26,6 @@ ANY_PORT = ServerSettings(port=0)
 @pytest.fixture(scope="module")
 def host():
     return toy_host()
-
-
-def wait_for(condition, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def test_a_cancelled_call_returns_at_once_and_its_stage_is_accounted_for(host):
