@@ -5,7 +5,8 @@ elsewhere (``--remote regressor=host:port``, the ``remote`` plugin's flag) is ti
 way. First-call cost is reported apart: building the stages (loading the models) and the first photo
 (compilation, caches, lazy initialisation). The rest: per stage (the pipeline's own timings: detector,
 segmenter, regressor, each refiner) and for the whole photo, median and 90th percentile in ms over every
-photo of every pass after the first photo; the process's peak resident memory (RSS).
+photo of every pass after the first photo; the process's peak resident memory (RSS), and on CUDA the
+most GPU memory PyTorch held allocated at once (``cuda_peak_mb``; null on the CPU).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 
 from facerecon.evaluation.charts import bar_chart
 from facerecon.kernel import Pipeline, PipelineConfig
+from facerecon.kernel.host.devices import cuda_peak_memory_mb
 from facerecon.kernel.host.imageio import load_image
 from facerecon.outputs.meshes import atomic_write, png_bytes
 
@@ -61,6 +63,7 @@ def benchmark(
                     continue
                 for stage, ms in {**rec.timings_ms, "total": total}.items():
                     timings.setdefault(stage, []).append(ms)
+        cuda_peak = cuda_peak_memory_mb(pipe.device)
         stages = {
             stage: {
                 "median_ms": round(float(np.median(v)), 2),
@@ -84,6 +87,7 @@ def benchmark(
             "stages": stages,
             "peak_rss_mb": round(peak_rss_mb(), 1),
             "peak_rss_before_mb": round(rss_before, 1),
+            "cuda_peak_mb": None if cuda_peak is None else round(cuda_peak, 1),
         }
 
 

@@ -29,6 +29,7 @@ def test_bench_reports_every_stage(tmp_path, lfpw, capsys):
     assert stages["total"]["median_ms"] >= max(s["median_ms"] for n, s in stages.items() if n != "total")
     assert result["first_call"]["load_ms"] > 0 and result["first_call"]["first_photo_ms"] > 0
     assert result["peak_rss_mb"] >= result["peak_rss_before_mb"] > 0
+    assert result["cuda_peak_mb"] is None  # a CPU run: no GPU memory to report (a number on --device cuda)
     with Image.open(out / "bench.png") as chart:
         assert chart.size[0] == 900 and chart.size[1] == 110 + 40 * len(stages)
 

@@ -34,3 +34,13 @@ GPU_DEVICE_NODES = ("/dev/nvidia0", "/dev/nvidiactl", "/dev/kfd", "/dev/dxg")
 
 def _gpu_device_nodes() -> bool:
     return any(os.path.exists(node) for node in GPU_DEVICE_NODES)
+
+
+def cuda_peak_memory_mb(device: str) -> float | None:
+    """The most CUDA memory PyTorch has held allocated at once in this process, MB, when ``device`` is
+    "cuda" and a plugin has loaded torch; None otherwise (on the CPU, see the process's peak RSS)."""
+    if device != "cuda" or "torch" not in sys.modules:
+        return None
+    import torch
+
+    return float(torch.cuda.max_memory_allocated()) / 2**20
