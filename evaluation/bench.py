@@ -91,14 +91,50 @@ def benchmark(
         }
 
 
-def write_report(out: Path, result: dict[str, Any]) -> list[Path]:
-    """``bench.json`` and ``bench.png`` (per stage median with its p90) in ``out``, written atomically."""
+def read_report(path: Path) -> dict[str, Any]:
+    """An earlier run's ``bench.json`` (for ``--against``); ValueError naming what is wrong with it."""
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: not a readable bench.json ({error})") from None
+    stages = report.get("stages") if isinstance(report, dict) else None
+    numbers = (int, float)
+    if not isinstance(stages, dict) or not all(
+        isinstance(s, dict) and isinstance(s.get("median_ms"), numbers) and isinstance(s.get("p90_ms"), numbers)
+        for s in stages.values()
+    ):
+        raise ValueError(f"{path}: not a bench.json (no per-stage median_ms / p90_ms)")
+    return report
+
+
+def compare(result: dict[str, Any], earlier: dict[str, Any], source: str) -> dict[str, Any]:
+    """Per stage both runs have: this run's median, the earlier one's, and their ratio (this / earlier),
+    e.g. a stage over gRPC (``--remote``) against the same stage in-process, or CUDA against the CPU."""
+    stages = {}
+    for name, now in result["stages"].items():
+        then = earlier["stages"].get(name)
+        if then is not None and then["median_ms"] > 0:
+            ratio = now["median_ms"] / then["median_ms"]
+            stages[name] = {"median_ms": now["median_ms"], "against_ms": then["median_ms"], "ratio": round(ratio, 3)}
+    return {"file": source, "device": earlier.get("device"), "pipeline": earlier.get("pipeline"), "stages": stages}
+
+
+def write_report(out: Path, result: dict[str, Any], earlier: dict[str, Any] | None = None) -> list[Path]:
+    """``bench.json`` and ``bench.png`` (per stage median with its p90; with ``earlier``, an earlier run's
+    report, each stage both runs have is drawn again beside it, marked "(against)") in ``out``, atomically."""
     out.mkdir(parents=True, exist_ok=True)
     files = [out / "bench.json", out / "bench.png"]
     atomic_write(files[0], (json.dumps(result, indent=1) + "\n").encode())
     stages = result["stages"]
+    compared = result.get("against", {}).get("stages", {})
+    bars = []
+    for name, s in stages.items():
+        bars.append((name, s["median_ms"], s["p90_ms"]))
+        if earlier is not None and name in compared:
+            then = earlier["stages"][name]
+            bars.append((f"{name} (against)", then["median_ms"], then["p90_ms"]))
     chart = bar_chart(
-        [(name, s["median_ms"], s["p90_ms"]) for name, s in stages.items()],
+        bars,
         f"per-photo latency on {result['device']} ({stages.get('total', {}).get('runs', 0)} runs)",
         "ms (bar: median, tick: 90th percentile)",
     )

@@ -137,6 +137,13 @@ def add_evaluation_commands(sub: Any, host: PluginHost) -> None:
     bench.add_argument("inputs", nargs="+", metavar="DIR", help="photos: files, folders or glob patterns")
     bench.add_argument("-o", "--output", type=Path, default=Path("bench"), help="report folder")
     bench.add_argument("--passes", type=int, default=1, help="times over the photos")
+    bench.add_argument(
+        "--against",
+        type=Path,
+        metavar="BENCH_JSON",
+        help="an earlier run's bench.json (e.g. in-process, to compare a --remote run with): per-stage ratios "
+        "in the report and both runs in the chart",
+    )
     _pipeline_flags(bench, host)
     bench.set_defaults(handler=cmd_bench)
 
@@ -280,11 +287,17 @@ def cmd_eval_synthetic(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from facerecon.evaluation.bench import benchmark, write_report
+    from facerecon.evaluation.bench import benchmark, compare, read_report, write_report
     from facerecon.kernel.host.imageio import find_images
 
     if not 1 <= args.passes <= 1000:
         raise ConfigError(f"--passes must be in 1..1000, got {args.passes}")
+    earlier = None
+    if args.against is not None:
+        try:
+            earlier = read_report(args.against)
+        except ValueError as error:
+            raise InputError(f"--against {error}") from None
     photos, problems = find_images(args.inputs)
     if problems:
         raise InputError("; ".join(f"{item}: {reason}" for item, reason in problems[:5]))
@@ -298,5 +311,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print(f"{photo}: {ms:.1f} ms", file=sys.stderr)
 
     result = benchmark(config, photos, args.passes, progress)
-    _print_summary(result, write_report(args.output, result))
+    if earlier is not None:
+        result["against"] = compare(result, earlier, str(args.against))
+    _print_summary(result, write_report(args.output, result, earlier))
     return EXIT_OK

@@ -36,7 +36,8 @@ def test_bench_reports_every_stage(tmp_path, lfpw, capsys):
 
 def test_bench_times_a_stage_over_grpc(tmp_path, lfpw, capsys):
     """``--remote regressor=ADDRESS`` (the remote plugin's flag): the regressor is a real gRPC server on
-    loopback, and its row is the remote call's time."""
+    loopback, and its row is the remote call's time; ``--against`` the in-process run's bench.json puts
+    both in one report and one chart."""
     from services_support import serving
 
     from facerecon.services.server import Server, ServerSettings
@@ -60,20 +61,35 @@ def test_bench_times_a_stage_over_grpc(tmp_path, lfpw, capsys):
             "--refiners",
             "",
         ]
-        assert main([*argv, "--remote", f"regressor={address}"]) == 0
+        local = tmp_path / "local"
+        assert main([*argv[:3], str(local), *argv[4:], "--regressor", "landmark-mesh"]) == 0
+        in_process = json.loads(capsys.readouterr().out)
+        assert main([*argv, "--remote", f"regressor={address}", "--against", str(local / "bench.json")]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["pipeline"]["regressor"] == "remote"
     assert result["photos_with_a_face"] == 4 and result["stages"]["regressor"]["runs"] == 3
+    against = result["against"]
+    assert against["pipeline"]["regressor"] == "landmark-mesh" and set(against["stages"]) == set(result["stages"])
+    row = against["stages"]["regressor"]
+    assert row["against_ms"] == in_process["stages"]["regressor"]["median_ms"]
+    assert row["ratio"] == pytest.approx(row["median_ms"] / row["against_ms"], rel=1e-2)
+    with Image.open(tmp_path / "report" / "bench.png") as chart:  # a bar per stage and run
+        assert chart.size[1] == 110 + 40 * 2 * len(result["stages"])
 
 
-@pytest.mark.parametrize("case", ["no photos", "bad passes"])
+@pytest.mark.parametrize("case", ["no photos", "bad passes", "bad against"])
 def test_bench_refuses_bad_input(tmp_path, case, capsys):
     folder = tmp_path / "photos"
     folder.mkdir()
     argv = ["bench", str(folder), "-o", str(tmp_path / "report")]
-    if case == "bad passes":
+    if case != "no photos":
         Image.new("RGB", (64, 64)).save(folder / "a.png")
+    if case == "bad passes":
         argv += ["--passes", "0"]
+    if case == "bad against":
+        (tmp_path / "other.json").write_text('{"stages": {"total": {"median_ms": "fast"}}}')
+        argv += ["--against", str(tmp_path / "other.json")]
     assert main(argv) == 2
-    assert ("no images matched" if case == "no photos" else "--passes") in capsys.readouterr().err
+    expected = {"no photos": "no images matched", "bad passes": "--passes", "bad against": "not a bench.json"}
+    assert expected[case] in capsys.readouterr().err
     assert not (tmp_path / "report").exists()
