@@ -112,11 +112,16 @@ def compare(result: dict[str, Any], earlier: dict[str, Any], source: str) -> dic
     e.g. a stage over gRPC (``--remote``) against the same stage in-process, or CUDA against the CPU."""
     stages = {}
     for name, now in result["stages"].items():
-        then = earlier["stages"].get(name)
+        then = earlier["stages"].get(_in_process(name))
         if then is not None and then["median_ms"] > 0:
             ratio = now["median_ms"] / then["median_ms"]
             stages[name] = {"median_ms": now["median_ms"], "against_ms": then["median_ms"], "ratio": round(ratio, 3)}
     return {"file": source, "device": earlier.get("device"), "pipeline": earlier.get("pipeline"), "stages": stages}
+
+
+def _in_process(stage: str) -> str:
+    """The timing key the same stage has in-process: a remote refiner is timed as "refiner:remote@NAME"."""
+    return stage.replace("remote@", "")
 
 
 def write_report(out: Path, result: dict[str, Any], earlier: dict[str, Any] | None = None) -> list[Path]:
@@ -131,8 +136,8 @@ def write_report(out: Path, result: dict[str, Any], earlier: dict[str, Any] | No
     for name, s in stages.items():
         bars.append((name, s["median_ms"], s["p90_ms"]))
         if earlier is not None and name in compared:
-            then = earlier["stages"][name]
-            bars.append((f"{name} (against)", then["median_ms"], then["p90_ms"]))
+            then = earlier["stages"][_in_process(name)]
+            bars.append((f"{_in_process(name)} (against)", then["median_ms"], then["p90_ms"]))
     chart = bar_chart(
         bars,
         f"per-photo latency on {result['device']} ({stages.get('total', {}).get('runs', 0)} runs)",

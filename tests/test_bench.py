@@ -93,3 +93,12 @@ def test_bench_refuses_bad_input(tmp_path, case, capsys):
     expected = {"no photos": "no images matched", "bad passes": "--passes", "bad against": "not a bench.json"}
     assert expected[case] in capsys.readouterr().err
     assert not (tmp_path / "report").exists()
+
+
+def test_a_remote_refiner_is_compared_with_the_same_refiner_in_process():
+    from facerecon.evaluation.bench import compare
+
+    now = {"stages": {"refiner:remote@laplace": {"median_ms": 30.0, "p90_ms": 35.0}}}
+    earlier = {"device": "cpu", "stages": {"refiner:laplace": {"median_ms": 25.0, "p90_ms": 27.0}}}
+    rows = compare(now, earlier, "b-local/bench.json")["stages"]
+    assert rows == {"refiner:remote@laplace": {"median_ms": 30.0, "against_ms": 25.0, "ratio": 1.2}}
