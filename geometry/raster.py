@@ -44,7 +44,7 @@ def rasterize(vertices: np.ndarray, faces: np.ndarray, height: int, width: int) 
         depth = np.full((height, width), np.inf, dtype=np.float32)
         triangle = np.full((height, width), -1, dtype=np.int32)
         bary = np.zeros((height, width, 3), dtype=np.float32)
-        kernel(V, F, height, width, depth.reshape(-1), triangle.reshape(-1), bary.reshape(-1, 3))
+        kernel(V, F, height, width, depth.reshape(-1), triangle.reshape(-1), bary.reshape(-1, 3), True)
         return Raster(depth, triangle, bary)
     return rasterize_numpy(V, F, height, width)
 
@@ -65,59 +65,16 @@ def rasterize_depth(vertices: np.ndarray, faces: np.ndarray, window: tuple[int, 
     V[:, 0] -= left
     V[:, 1] -= top
     F = np.ascontiguousarray(faces, dtype=np.int64)
-    kernel = _compiled_depth_kernel()
+    kernel = _compiled_kernel()
     if kernel is None:
         return rasterize_numpy(V, F, height, width).depth
     depth = np.full((height, width), np.inf, dtype=np.float32)
-    kernel(V, F, height, width, depth.reshape(-1))
+    no_ids = np.empty(0, dtype=np.int32)  # the triangle and barycentric maps are not written
+    kernel(V, F, height, width, depth.reshape(-1), no_ids, np.empty((0, 3), dtype=np.float32), False)
     return depth
 
 
 _KERNEL: object = None
-_DEPTH_KERNEL: object = None
-
-
-def _compiled_depth_kernel():
-    global _DEPTH_KERNEL
-    if _DEPTH_KERNEL is None:
-        try:
-            import numba
-        except ImportError:
-            _DEPTH_KERNEL = False
-        else:
-            _DEPTH_KERNEL = numba.njit(cache=True, nogil=True)(_scan_depth)
-    return _DEPTH_KERNEL or None
-
-
-def _scan_depth(V, F, height, width, depth):
-    """_scan_triangles keeping the depth only (the same coverage rule and arithmetic)."""
-    for f in range(F.shape[0]):
-        a, b, c = F[f, 0], F[f, 1], F[f, 2]
-        x0, y0, z0 = V[a, 0], V[a, 1], V[a, 2]
-        x1, y1, z1 = V[b, 0], V[b, 1], V[b, 2]
-        x2, y2, z2 = V[c, 0], V[c, 1], V[c, 2]
-        xmin = max(int(np.ceil(min(x0, x1, x2))), 0)
-        xmax = min(int(np.floor(max(x0, x1, x2))), width - 1)
-        if xmax < xmin:
-            continue
-        ymin = max(int(np.ceil(min(y0, y1, y2))), 0)
-        ymax = min(int(np.floor(max(y0, y1, y2))), height - 1)
-        if ymax < ymin:
-            continue
-        area = (x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0)
-        if not abs(area) > 1e-12:  # also skips NaN
-            continue
-        inv = 1.0 / area
-        for py in range(ymin, ymax + 1):
-            for px in range(xmin, xmax + 1):
-                l0 = ((x1 - px) * (y2 - py) - (x2 - px) * (y1 - py)) * inv
-                l1 = ((x2 - px) * (y0 - py) - (x0 - px) * (y2 - py)) * inv
-                l2 = 1.0 - l0 - l1
-                if l0 >= -1e-9 and l1 >= -1e-9 and l2 >= -1e-9:
-                    z = l0 * z0 + l1 * z1 + l2 * z2
-                    i = py * width + px
-                    if z < depth[i]:
-                        depth[i] = z
 
 
 def _compiled_kernel():
@@ -134,9 +91,10 @@ def _compiled_kernel():
     return _KERNEL or None
 
 
-def _scan_triangles(V, F, height, width, depth, triangle, bary):
+def _scan_triangles(V, F, height, width, depth, triangle, bary, with_ids):
     """For each triangle, every pixel centre inside its bounding box: barycentrics by signed areas,
-    keep the nearest z. (Plain loops: numba compiles them; see rasterize_numpy for the same in numpy.)"""
+    keep the nearest z, and with ``with_ids`` its triangle and barycentrics. (Plain loops: numba compiles
+    them; see rasterize_numpy for the same in numpy.)"""
     for f in range(F.shape[0]):
         a, b, c = F[f, 0], F[f, 1], F[f, 2]
         x0, y0, z0 = V[a, 0], V[a, 1], V[a, 2]
@@ -160,10 +118,11 @@ def _scan_triangles(V, F, height, width, depth, triangle, bary):
                     i = py * width + px
                     if z < depth[i]:
                         depth[i] = z
-                        triangle[i] = f
-                        bary[i, 0] = l0
-                        bary[i, 1] = l1
-                        bary[i, 2] = l2
+                        if with_ids:
+                            triangle[i] = f
+                            bary[i, 0] = l0
+                            bary[i, 1] = l1
+                            bary[i, 2] = l2
 
 
 def rasterize_numpy(V: np.ndarray, F: np.ndarray, height: int, width: int) -> Raster:
