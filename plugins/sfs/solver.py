@@ -12,7 +12,6 @@ import functools
 from dataclasses import dataclass, replace
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 
@@ -21,6 +20,7 @@ import torch
 import torch._dynamo  # noqa: F401
 from torch import Tensor
 
+from facerecon.plugins.sfs import filters, fused
 from facerecon.plugins.sfs.options import SfsOptions
 
 MIN_MEASURED_SAMPLES = 256
@@ -75,9 +75,7 @@ def laplacian(image):
 
 def gaussian_kernel(sigma: float) -> list[float]:
     """Normalised 1-D Gaussian taps, radius 3σ."""
-    radius = max(1, int(3 * sigma))
-    taps = torch.exp(-(torch.arange(-radius, radius + 1, dtype=torch.float64) ** 2) / (2 * sigma**2))
-    return (taps / taps.sum()).tolist()
+    return filters.gaussian_taps(sigma).tolist()
 
 
 def _blur_axis(x: Tensor, taps: list[float], dim: int) -> Tensor:
@@ -110,18 +108,15 @@ def _blur_axis_adjoint(g: Tensor, taps: list[float], dim: int) -> Tensor:
 
 
 def _blur_cv2(image: Tensor, taps: list[float]) -> Tensor:
-    """``_blur_axis`` along both axes by OpenCV's vectorised separable filter (~4x faster on the CPU; the
-    same border rule: cv2 correlates, and BORDER_REPLICATE repeats the edge samples)."""
-    shape = image.shape
-    planes = image.detach().reshape(-1, *shape[-2:])
-    channels = planes.numpy().transpose(1, 2, 0)  # (H, W, N): cv2 filters every channel alike
-    kernel = np.asarray(taps, channels.dtype)
-    out = np.empty_like(channels)
-    for start in range(0, channels.shape[2], 4):  # cv2 blurs up to 4 channels at a time
-        part = np.ascontiguousarray(channels[..., start : start + 4])
-        filtered = cv2.sepFilter2D(part, -1, kernel, kernel, borderType=cv2.BORDER_REPLICATE)
-        out[..., start : start + 4] = filtered.reshape(part.shape)
-    return torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1))).reshape(shape)
+    """``_blur_axis`` along both axes by ``filters.blur`` (OpenCV's separable filter, the same border rule)."""
+    planes = image.detach().reshape(-1, *image.shape[-2:]).numpy()
+    return torch.from_numpy(filters.blur(planes, np.asarray(taps))).reshape(image.shape)
+
+
+def _blur_adjoint_cv2(grad: Tensor, taps: list[float]) -> Tensor:
+    """``_blur_axis_adjoint`` along both axes by ``filters.blur_adjoint``."""
+    planes = grad.detach().reshape(-1, *grad.shape[-2:]).numpy()
+    return torch.from_numpy(filters.blur_adjoint(planes, np.asarray(taps))).reshape(grad.shape)
 
 
 class _GaussianBlur(torch.autograd.Function):
@@ -134,6 +129,8 @@ class _GaussianBlur(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        if grad.device.type == "cpu" and grad.dtype in (torch.float32, torch.float64) and grad.numel():
+            return _blur_adjoint_cv2(grad, ctx.taps), None
         return _blur_axis_adjoint(_blur_axis_adjoint(grad, ctx.taps, -2), ctx.taps, -1), None
 
 
@@ -485,7 +482,9 @@ class Reflectance:
     """Steps 3-4: the albedo γ (with its skin-colour and RTV priors) and the per-pixel specular β, fitted
     once on the medium surface and then a few steps after each depth update."""
 
-    def __init__(self, scene: Scene) -> None:
+    def __init__(self, scene: Scene, fused_pass: bool = True) -> None:
+        """``fused_pass``: evaluate the albedo energy by ``fused.albedo_terms`` where it runs (float32 on
+        the CPU); False: by autograd (the reference form, ``albedo_loss``)."""
         self.scene = scene
         options, image, shade0 = scene.options, scene.image, scene.shade0
         # Step 3: albedo. Its prior γ_avg is the skin's own colour around each sample: the image over the
@@ -503,6 +502,7 @@ class Reflectance:
             )
         self.albedo = start.clone().requires_grad_(True)
         self.specular = scene.highlight0
+        self.fused = self.fused_inputs() if fused_pass and fused.available(image) else None
         # Before any depth step the normals are the smooth medium surface's, so at full resolution the
         # albedo would take up every wrinkle's shading; it is fitted to the blurred residual here and
         # refined at full resolution while the depth phases explain the detail.
@@ -525,7 +525,30 @@ class Reflectance:
         self.specular_steps(shade0, options.specular_iterations)
         self.depth_optimiser = torch.optim.Adam([self.albedo], lr=options.albedo_lr_depth)
 
+    def fused_inputs(self) -> fused.AlbedoInputs:
+        """What ``fused.albedo_terms`` reads of this scene and prior."""
+        scene, options = self.scene, self.scene.options
+        array = lambda x: np.ascontiguousarray(x.detach().numpy(), dtype=np.float32)  # noqa: E731
+        return fused.AlbedoInputs(
+            image=array(scene.image),
+            measured=array(scene.measured.float()),
+            mask=array(scene.m),
+            coarse_mask=array(scene.coarse_m),
+            skin_weight=array(1 + options.skin_prior_boost * scene.skin),
+            skin_albedo=array(self.skin_albedo),
+            count=float(scene.count),
+            coarse_count=float(scene.coarse_count),
+            w_avg=float(scene.w_avg),
+            w_rtv=float(scene.w_rtv),
+            rtv_sigma=float(options.rtv_sigma),
+            specular_scale=float(options.specular_scale),
+        )
+
     def albedo_loss(self, shade: Tensor, specular: Tensor, blur: float = 0.0) -> Tensor:
+        """E(γ) of step 3 for the shading (3, H, W) and specular (1, H, W) given, with the residual's
+        low-pass (σ ``blur``) instead of the residual when ``blur`` > 0."""
+        if self.fused is not None:  # the same energy, its gradient written out (``fused``)
+            return fused.albedo_terms(self.albedo, self.fused, shade, specular, blur)
         scene, options = self.scene, self.scene.options
         residual = (self.albedo * shade + options.specular_scale * specular - scene.image) * scene.measured
         if blur > 0:
@@ -573,7 +596,9 @@ class DepthEnergy:
     """Step 5: the detail δ = d − d0 added to the medium height, and its energy
     E = data + base + λd1‖δ‖² + λd2‖∇²δ‖² + λd3‖ΔI − λd4∇²d‖² (seed eq. for the two depth phases)."""
 
-    def __init__(self, scene: Scene, surface: Reflectance) -> None:
+    def __init__(self, scene: Scene, surface: Reflectance, fused_pass: bool = True) -> None:
+        """``fused_pass``: evaluate the energy by ``fused.depth_terms`` where it runs (float32 on the CPU);
+        False: by autograd (the reference form below)."""
         self.scene, self.surface = scene, surface
         options, mask, measured = scene.options, scene.mask, scene.measured
         self.delta = torch.zeros_like(scene.height0, requires_grad=True)
@@ -598,12 +623,45 @@ class DepthEnergy:
         self.lap_height0 = laplacian(scene.height0)  # ∇²d = ∇²d0 + ∇²(d − d0)
         self.lap_weight = scene.confidence * scene.stencil_measured
         self.bound = options.max_displacement * float(mask.any(0).sum())  # of the face's width
+        self.fused = self._fused_constants() if fused_pass and fused.available(scene.image) else None
+
+    def _fused_constants(self) -> fused.FusedInputs:
+        """The fused pass's inputs that stay fixed through the phases (the albedo and specular are set per call)."""
+        scene, options = self.scene, self.scene.options
+        array = lambda x: np.ascontiguousarray(x.detach().numpy(), dtype=np.float32)  # noqa: E731
+        lobe = np.zeros(6)
+        if scene.lobe is not None:
+            p = scene.lobe.params.double()
+            half = torch.stack([p[0], p[1], torch.ones_like(p[0])])
+            lobe = np.array([1.0, *(half / half.norm()).tolist(), float(p[2].exp()), float(p[3].clamp(0, 7).exp())])
+        constants = torch.tensor(SH_CONSTANTS, dtype=torch.float64)[:, None]
+        count = float(scene.count)
+        return fused.FusedInputs(
+            mask=array(scene.m),
+            height0=array(scene.height0),
+            albedo=array(self.surface.albedo),
+            image=array(scene.image),
+            confidence=array(scene.confidence),
+            specular=array(self.surface.specular[0]),
+            lap_image=array(self.lap_image),
+            lap_height0=array(self.lap_height0),
+            lap_weight=array(self.lap_weight),
+            sh_scaled=np.ascontiguousarray((scene.sh.double().cpu() * constants).numpy()),
+            lobe=lobe,
+            specular_scale=float(options.specular_scale),
+            threshold=float(options.robust_threshold),
+            data_scale=self.unit / count,
+            inv_count=1.0 / count,
+        )
 
     def height(self) -> Tensor:
         return self.scene.height0 + self.delta.detach() * self.scene.m
 
     def loss(self, l1: float, l2: float, l3: float, l4: float) -> Tensor:
         scene, options = self.scene, self.scene.options
+        if self.fused is not None:  # the same energy, its gradient written out (``fused``)
+            terms = fused.depth_terms(self.delta, self._fused_inputs(), (l1, l2, l3, l4))
+            return terms + self._base_term(self.delta * scene.m)
         detail = self.delta * scene.m
         normals = normals_from_height(scene.height0 + detail)
         highlight = scene.highlight(normals, self.surface.specular)
@@ -614,14 +672,28 @@ class DepthEnergy:
         # Smoothness is asked of the detail added (d − d0), not of the whole surface: ||∇²d||² would also
         # flatten the medium surface's own curvature (nose, eye sockets), a mid-scale bend.
         lap_detail = laplacian(detail)
-        low = low_pass(detail, options.base_sigma, self.base_factor)  # zero outside the mask: a plain mean
         transfer = self.lap_weight * (self.lap_image - l4 * (self.lap_height0 + lap_detail)) ** 2
         return (
             data
-            + options.base_weight * (low**2).sum() / self.low_count
+            + self._base_term(detail)
             + l1 * scene.masked_mean(self.delta**2)
             + l2 * scene.masked_mean(lap_detail**2)
             + l3 * scene.masked_mean(transfer)
+        )
+
+    def _base_term(self, detail: Tensor) -> Tensor:
+        """The mean square of the detail's low-pass (``base_weight``, ``base_sigma``)."""
+        options = self.scene.options
+        low = low_pass(detail, options.base_sigma, self.base_factor)  # zero outside the mask: a plain mean
+        return options.base_weight * (low**2).sum() / self.low_count
+
+    def _fused_inputs(self) -> fused.FusedInputs:
+        """``self.fused`` with the current albedo and specular (views, not copies)."""
+        assert self.fused is not None
+        return replace(
+            self.fused,
+            albedo=self.surface.albedo.detach().numpy(),
+            specular=self.surface.specular.detach()[0].numpy(),
         )
 
     def run_phase(self, weights: tuple[float, float, float, float], lr: float, iterations: int) -> None:

@@ -1,0 +1,99 @@
+"""The fine stage's fused depth energy (plugins/sfs/fused.py) against its autograd form: the same value and
+gradient, with and without the highlight lobe, in both depth phases, on the full synthetic scene (textured
+albedo, highlight, noise) and on a real photo's grid."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from facerecon.plugins.sfs import SfsOptions, SfsRefiner
+from facerecon.plugins.sfs.solver import DepthEnergy, Problem, Reflectance, Scene
+from tests.synthetic_sfs import make_scene
+
+
+def synthetic_problem() -> Problem:
+    scene = make_scene()
+    t = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32)  # noqa: E731
+    mask = torch.as_tensor(scene.mask)
+    # odd sizes: the half-rate terms' last blocks hold one row / column
+    crop = (slice(0, 159), slice(1, 158))
+    image, albedo = scene.image[:, crop[0], crop[1]], scene.albedo_avg[:, crop[0], crop[1]]
+    mask = mask[crop]
+    return Problem(t(image), mask, mask, t(scene.smooth[crop]), t(albedo))
+
+
+def assert_same_energy(problem: Problem, options: SfsOptions, lobe: bool) -> None:
+    scene = Scene.of(problem, options, use_priors=True)
+    assert (scene.lobe is not None) == lobe
+    surface = Reflectance(scene)
+    reference, fused = DepthEnergy(scene, surface, fused_pass=False), DepthEnergy(scene, surface)
+    assert reference.fused is None and fused.fused is not None
+    generator = torch.Generator().manual_seed(0)
+    # a detail of a few tenths of a sample, as the phases carve (and a few samples at the clamp)
+    delta = 0.3 * torch.randn(scene.height0.shape, generator=generator)
+    delta[::7, ::5] = reference.bound
+    for weights in (options.phase1_weights, options.phase2_weights, (0.01, 10.0, 1.0, 1.5)):
+        values, grads = [], []
+        for energy in (reference, fused):
+            energy.delta = delta.clone().requires_grad_(True)
+            loss = energy.loss(*weights)
+            loss.backward()
+            values.append(float(loss.detach()))
+            grads.append(energy.delta.grad)
+        assert values[1] == pytest.approx(values[0], rel=1e-5)
+        scale = float(grads[0].abs().max())
+        assert scale > 0
+        torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=1e-5 * scale)
+
+
+def test_fused_energy_equals_autograd_with_a_highlight_lobe():
+    assert_same_energy(synthetic_problem(), SfsOptions(), lobe=True)
+
+
+def test_fused_energy_equals_autograd_with_a_per_pixel_specular():
+    assert_same_energy(synthetic_problem(), replace(SfsOptions(), specular_model="per-pixel"), lobe=False)
+
+
+def test_fused_energy_equals_autograd_on_a_real_photo(face_photo, pipeline):
+    face = pipeline.detect(face_photo)[0]
+    medium = pipeline.reconstruct_face(face_photo, face).final.mesh
+    options = SfsOptions(max_side=160)
+    prepared = SfsRefiner(options).prepare(face_photo, face, medium, None)
+    assert prepared is not None
+    problem = prepared.problem
+    lobe = Scene.of(problem, options, use_priors=True).lobe is not None
+    assert_same_energy(problem, options, lobe=lobe)
+
+
+def test_fused_pass_runs_for_float32_on_the_cpu_only():
+    from facerecon.plugins.sfs import fused
+
+    assert fused.available(torch.zeros(2, 2))
+    assert not fused.available(torch.zeros(2, 2, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("blur", [0.0, 3.0])
+def test_fused_albedo_energy_equals_autograd(blur):
+    from facerecon.plugins.sfs import fused
+
+    problem = synthetic_problem()
+    scene = Scene.of(problem, SfsOptions(), use_priors=True)
+    surface = Reflectance(scene, fused_pass=False)
+    assert surface.fused is None
+    inputs = surface.fused_inputs()
+    generator = torch.Generator().manual_seed(1)
+    shade = scene.shade0 * (1 + 0.05 * torch.randn(scene.shade0.shape, generator=generator))
+    specular = 5 * torch.rand((1, *scene.shade0.shape[1:]), generator=generator)
+    values, grads = [], []
+    for evaluate in (surface.albedo_loss, lambda s, b, blur: fused.albedo_terms(surface.albedo, inputs, s, b, blur)):
+        surface.albedo.grad = None
+        loss = evaluate(shade, specular, blur)
+        loss.backward()
+        values.append(float(loss.detach()))
+        grads.append(surface.albedo.grad.clone())
+    assert values[1] == pytest.approx(values[0], rel=1e-5)
+    torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=1e-5 * float(grads[0].abs().max()))
