@@ -97,3 +97,11 @@ def test_fused_albedo_energy_equals_autograd(blur):
         grads.append(surface.albedo.grad.clone())
     assert values[1] == pytest.approx(values[0], rel=1e-5)
     torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=1e-5 * float(grads[0].abs().max()))
+
+
+def test_warm_up_loads_the_compiled_passes():
+    from facerecon.plugins.sfs import fused
+
+    SfsRefiner(SfsOptions()).warm_up()
+    assert fused._COMPILED is not None and fused._COMPILED.signatures  # type: ignore[attr-defined]
+    assert fused._ALBEDO_KERNELS is not None and all(k.signatures for k in fused._ALBEDO_KERNELS)

@@ -84,7 +84,7 @@ def _kernel():
     if _COMPILED is None:
         import numba
 
-        _COMPILED = numba.njit(cache=True, nogil=True, fastmath=False)(_pass)
+        _COMPILED = numba.njit(cache=True, nogil=True, fastmath=True)(_pass)  # ~20 % faster; inputs are finite
 
     def run(delta, p: FusedInputs, l1, l2, l3, l4, grad):
         return _COMPILED(  # type: ignore[operator]

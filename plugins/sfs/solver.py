@@ -305,10 +305,11 @@ def _least_squares_lighting(
     plus ``prior_weight`` · ‖W (r_1..8 / r_0 − μ)‖² (``portrait_lighting_prior``; linearised with r_0 of
     the previous solve), then refitted without the ``trim`` fraction of worst-fitting pixels; basis
     (H, W, 9), albedo and diffuse (3, H, W)."""
-    stride = max(1, int(lit.sum()) // MAX_FIT_SAMPLES)
-    basis = shading_basis[lit][::stride]  # (P, 9)
-    albedo = albedo[:, lit][:, ::stride]  # (3, P)
-    target = diffuse[:, lit][:, ::stride]
+    index = torch.nonzero(lit.flatten())[:, 0]
+    index = index[:: max(1, len(index) // MAX_FIT_SAMPLES)]  # the subsample's flat indices
+    basis = shading_basis.reshape(-1, 9)[index]  # (P, 9)
+    albedo = albedo.reshape(3, -1)[:, index]  # (3, P)
+    target = diffuse.reshape(3, -1)[:, index]
     keep = torch.ones(basis.shape[0], dtype=torch.bool, device=basis.device)
     prior_rows = None
     if prior_weight > 0:
