@@ -9,6 +9,11 @@ reports how well the maps re-render the photo inside the face mask (``psnr_db``)
 change as a percentage of the face-map width (``max_change_pct``; the safety clamp is 5 %).
 
     python benchmarks/bench_sfs.py [--photos 6] [--face-px 400] [--device cpu|cuda]
+
+Thread pools (issue 19): ``--torch-threads 1,2`` refines every face once per torch intra-op thread count,
+interleaved, and reports the median of each (``by_threads``); ``--second-load`` runs another process
+multiplying matrices on every core meanwhile (``bench_threads.py``'s), as another program on the machine
+would.
 """
 
 from __future__ import annotations
@@ -16,16 +21,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
+import sys
 import time
 import warnings
 
 import cv2
 import numpy as np
+import torch
 
 from facerecon.evaluation import shared_data_dir
 from facerecon.kernel import Pipeline, PipelineConfig
 from facerecon.kernel.host.imageio import load_image
 from facerecon.plugins.sfs import SfsOptions, SfsRefiner
+
+SECOND_LOAD = "import numpy as np\na = np.random.rand(1000, 1000)\nwhile True:\n    a @ a\n"
+"""Another program keeping every core busy (as in bench_threads.py)."""
 
 
 def main() -> None:
@@ -33,7 +44,20 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=6)
     parser.add_argument("--face-px", type=float, default=400.0, help="face box width to rescale to (0: as is)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--torch-threads", default="", help="comma-separated torch thread counts to compare")
+    parser.add_argument("--second-load", action="store_true", help="another busy process on every core")
     args = parser.parse_args()
+    threads = [int(n) for n in args.torch_threads.split(",") if n] or [torch.get_num_threads()]
+    load = subprocess.Popen([sys.executable, "-c", SECOND_LOAD]) if args.second_load else None
+    try:
+        report = run(args, threads)
+    finally:
+        if load is not None:
+            load.kill()
+    print(json.dumps(report, indent=1))
+
+
+def run(args: argparse.Namespace, threads: list[int]) -> dict:
     data = shared_data_dir()
     if data is None:
         raise SystemExit("shared data not found (set FACERECON_SHARED_DATA)")
@@ -41,6 +65,7 @@ def main() -> None:
     photos = sorted((data / "faces" / "lfpw-68").glob("*.png"))[: args.photos]
     refiner = SfsRefiner(SfsOptions(), args.device)
     rows = []
+    timings: dict[int, list[float]] = {}
     with Pipeline(PipelineConfig(refiners=("laplace",), device="cpu")) as pipe:
         for photo in photos:
             image = load_image(photo)
@@ -51,9 +76,12 @@ def main() -> None:
                 face = pipe.detect(image)[0]
             rec = pipe.reconstruct_face(image, face)
             medium, segmentation = rec.final.mesh, rec.segmentation
-            start = time.perf_counter()
-            out = refiner.refine(image, face, medium, segmentation)
-            elapsed = time.perf_counter() - start
+            for count in threads:  # the first setting's time is the face's "s"
+                torch.set_num_threads(count)
+                start = time.perf_counter()
+                out = refiner.refine(image, face, medium, segmentation)
+                timings.setdefault(count, []).append(time.perf_counter() - start)
+            elapsed = timings[threads[0]][-1]
             maps = out.maps.maps
             h, w = maps["depth"].shape[:2]
             inside = maps["mask"] > 0
@@ -69,18 +97,17 @@ def main() -> None:
                     "max_change_pct": round(100 * float(change), 2),
                 }
             )
-    print(
-        json.dumps(
-            {
-                "cpus": os.cpu_count(),
-                "device": args.device,
-                "faces": rows,
-                "first_s": rows[0]["s"],
-                "median_s": round(float(np.median([r["s"] for r in rows[1:] or rows])), 2),
-            },
-            indent=1,
-        )
-    )
+    return {
+        "cpus": os.cpu_count(),
+        "device": args.device,
+        "second_load": args.second_load,
+        "faces": rows,
+        "first_s": rows[0]["s"],
+        "median_s": round(float(np.median([r["s"] for r in rows[1:] or rows])), 2),
+        "by_threads": {  # the median over faces 2.. of each setting
+            str(count): round(float(np.median(times[1:] or times)), 2) for count, times in timings.items()
+        },
+    }
 
 
 if __name__ == "__main__":

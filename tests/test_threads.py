@@ -55,7 +55,7 @@ def test_torch_threads_are_set_when_a_stage_imported_torch():
 def test_threads_from_toml_and_flags():
     config = PipelineConfig.from_mapping({"pipeline": {"blas_threads": 2, "torch_threads": 3}})
     assert (config.blas_threads, config.torch_threads) == (2, 3)
-    assert PipelineConfig().blas_threads == 1 and PipelineConfig().torch_threads == 0
+    assert PipelineConfig().blas_threads == 1 and PipelineConfig().torch_threads == 1
     flagged = PipelineConfig().with_stage_flags(argparse.Namespace(threads=4))
     assert (flagged.blas_threads, flagged.torch_threads) == (4, 4)
     for bad in (-1, "2", True, 1.5):

@@ -14,7 +14,7 @@ A TOML file holds everything (every key optional)::
     max_image_pixels = 80000000 # larger images are refused before decoding
     detect_max_side = 2048      # the detector sees the photo shrunk to this longer side (0: never shrunk)
     blas_threads = 1            # BLAS (numpy, scipy) threads for the small per-face products (0: the library's)
-    torch_threads = 0           # torch intra-op threads (0: torch's default, every core)
+    torch_threads = 1           # torch intra-op threads for the fine stage (0: torch's default, every core)
 
     [plugins]
     allow = ["my-detector"]     # only these third-party plugins load (omit: all)
@@ -64,7 +64,7 @@ class PipelineConfig:
     max_image_pixels: int = 80_000_000
     detect_max_side: int = 2048
     blas_threads: int = 1
-    torch_threads: int = 0
+    torch_threads: int = 1
     options: Mapping[tuple[str, str], Mapping[str, Any]] = field(default_factory=dict)
     allow_plugins: tuple[str, ...] | None = None
     block_plugins: tuple[str, ...] = ()

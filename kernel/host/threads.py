@@ -4,8 +4,10 @@ Most of facerecon's linear algebra is small: a morphable-model fit multiplies a 
 few dozen times per face. OpenBLAS splits such products over every core and its threads spin while they wait:
 on a 2-core machine that is busy with anything else a 3dmm-fit took 325 ms per face instead of 34-45 ms with
 one BLAS thread. So the pipeline limits the BLAS libraries numpy and scipy load to ``blas_threads`` (1 by
-default) through threadpoolctl, and torch's intra-op pool (the fine stage's large per-face work) to
-``torch_threads`` (0: torch's own default, every core). Both are ``[pipeline]`` keys and the ``--threads``
+default) through threadpoolctl, and torch's intra-op pool (the fine stage) to ``torch_threads`` (1 by
+default; 0: torch's own default, every core): with two torch threads on a 2-core machine that also runs
+anything else, the fine stage took 9x as long as with one (``python benchmarks/bench_sfs.py --torch-threads
+1,2 --second-load``). Both are ``[pipeline]`` keys and the ``--threads``
 flag; the limits are process-wide (every pipeline of a process shares the BLAS libraries), applied when a
 stage is built, after it loaded its libraries.
 """
