@@ -206,15 +206,16 @@ def _serve(conn: Connection, config: PipelineConfig, write: WriteOptions) -> Non
 
 
 def _warm_up_writers() -> None:
-    """Import the output writers and load the rasteriser's compiled kernel (what a first photo would
-    otherwise wait ~1 s for); a failure here only leaves that work to the first photo."""
+    """Import the output writers and load the rasteriser's and the texture sampler's compiled kernels (what
+    a first photo would otherwise wait ~1 s for); a failure here only leaves that work to the first photo."""
     try:
         import scipy.spatial  # noqa: F401  (the texture's mirror lookup)
 
         import facerecon.outputs.folder  # noqa: F401
-        from facerecon.geometry import raster
+        from facerecon.geometry import raster, sampling
 
         raster.warm_up()
+        sampling.warm_up()
     except Exception as exc:  # e.g. numba missing or broken: the numpy rasteriser takes over later
         log.debug("warming up the writers failed: %s", exc)
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from facerecon.geometry import sampling
 from facerecon.geometry.raster import Raster, rasterize, vertex_normals
 from facerecon.kernel.contract.records import IBUG68, LandmarkMap, Mesh, Segmentation
 
@@ -149,12 +150,7 @@ class TexelSurface:
 
 def _interpolate(corners: np.ndarray, barycentric: np.ndarray, values: np.ndarray) -> np.ndarray:
     """float64 (K, C) of per-vertex ``values`` at barycentrics (K, 3) of triangles ``corners`` (K, 3)."""
-    values = np.asarray(values, np.float64)
-    weights = barycentric.astype(np.float64)
-    total = weights[:, 0:1] * values[corners[:, 0]]
-    total += weights[:, 1:2] * values[corners[:, 1]]
-    total += weights[:, 2:3] * values[corners[:, 2]]
-    return total.astype(np.float32).astype(np.float64)
+    return sampling.barycentric(corners, barycentric, values).astype(np.float32).astype(np.float64)
 
 
 def visibility(mesh: Mesh, texels: TexelSurface, image_shape: tuple[int, ...]) -> np.ndarray:
@@ -313,30 +309,20 @@ def pad(texture: np.ndarray, mask: np.ndarray) -> np.ndarray:
         colour = cv2.resize(colour, size, interpolation=cv2.INTER_AREA)
         weight = cv2.resize(weight, size, interpolation=cv2.INTER_AREA)
     filled = colour / np.maximum(weight, 1e-6)[..., None]
-    for colour, weight in reversed(pyramid):
+    for colour, weight in reversed(pyramid[1:]):
         up = cv2.resize(filled, (weight.shape[1], weight.shape[0]), interpolation=cv2.INTER_LINEAR)
         share = np.clip(weight, 0, 1)[..., None]
         filled = share * colour / np.maximum(weight, 1e-6)[..., None] + (1 - share) * up
-    filled[mask] = texture[mask]
-    return np.clip(np.rint(filled), 0, 255).astype(np.uint8)
+    # The full-size level's weight is the mask itself (0 or 1): the texture where covered, else the coarser fill.
+    filled = cv2.resize(filled, (mask.shape[1], mask.shape[0]), interpolation=cv2.INTER_LINEAR)
+    np.copyto(filled, texture, where=mask[..., None], casting="unsafe")
+    np.rint(filled, out=filled)
+    return np.clip(filled, 0, 255, out=filled).astype(np.uint8)
 
 
 def _bilinear(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """float32 (K, C) bilinear samples of an (H, W, C) image at pixel positions x, y (K,), clamped."""
-    h, w = image.shape[:2]
-    x = np.clip(x, 0, w - 1.001)
-    y = np.clip(y, 0, h - 1.001)
-    x0, y0 = np.floor(x).astype(np.intp), np.floor(y).astype(np.intp)
-    fx, fy = (x - x0)[..., None], (y - y0)[..., None]
-    flat = image.reshape(h * w, -1)
-    index = y0 * w + x0  # the top-left neighbour; the others are +1, +w, +w+1 (x0 < w - 1, y0 < h - 1)
-
-    def at(offset: int) -> np.ndarray:  # only the sampled pixels become float
-        return flat[index + offset].astype(np.float32)
-
-    top = at(0) * (1 - fx) + at(1) * fx
-    bottom = at(w) * (1 - fx) + at(w + 1) * fx
-    return top * (1 - fy) + bottom * fy
+    return sampling.bilinear(image, x, y).astype(np.float32)
 
 
 def with_atlas_uvs(mesh: Mesh) -> Mesh:

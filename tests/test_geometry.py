@@ -173,3 +173,25 @@ def test_similarity_transform_recovers_a_known_one():
     weights = np.r_[np.zeros(5), np.ones(45)]
     scale, r, t = similarity_transform(source, noisy, weights)
     assert scale == pytest.approx(2.5) and np.allclose(r, rotation)
+
+
+def test_scattered_sampling_compiled_agrees_with_numpy_and_with_known_values():
+    from facerecon.geometry import sampling
+
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (40, 30, 3)).astype(np.uint8)
+    x = np.r_[rng.uniform(-5, 35, 500), 0.0, 29.0, 12.25]
+    y = np.r_[rng.uniform(-5, 45, 500), 0.0, 39.0, 7.5]
+    compiled = sampling.bilinear(image, x, y)
+    assert sampling._compiled() is not None
+    np.testing.assert_array_equal(compiled, sampling._bilinear_numpy(image, x, y))
+    # A pixel centre gives its pixel; between pixels, the weighted mean; outside, the edge.
+    assert np.allclose(compiled[500], image[0, 0])
+    assert np.allclose(compiled[501], image[39, 29], atol=0.3)  # clamped to 1.001 short of the last centre
+    expected = 0.75 * (0.5 * image[7, 12] + 0.5 * image[8, 12]) + 0.25 * (0.5 * image[7, 13] + 0.5 * image[8, 13])
+    assert np.allclose(compiled[502], expected)
+    values = rng.normal(size=(10, 4))
+    corners = rng.integers(0, 10, (50, 3))
+    weights = rng.dirichlet(np.ones(3), 50).astype(np.float32)
+    expected = np.einsum("kj,kjc->kc", weights.astype(np.float64), values[corners])
+    np.testing.assert_allclose(sampling.barycentric(corners, weights, values), expected, rtol=1e-12)
