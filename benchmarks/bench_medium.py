@@ -55,6 +55,34 @@ class SparseRefiner(LaplaceRefiner):
         return deformer
 
 
+class RecordingRefiner(LaplaceRefiner):
+    """The default refiner, keeping its last deformation's inputs (to check its solve in float64 at the end:
+    the refined mesh's vertices are float32)."""
+
+    last: tuple[LaplacianDeformer, tuple[np.ndarray, ...]] | None = None
+
+    def _deformer(self, mesh: Any) -> LaplacianDeformer:
+        deformer = super()._deformer(mesh)
+        if "deform" not in vars(deformer):  # this deformer's deform, recording its inputs first
+            solve = deformer.deform
+
+            def deform(*args: np.ndarray) -> np.ndarray:
+                self.last = (deformer, args)
+                return solve(*args)
+
+            deformer.deform = deform
+        return deformer
+
+
+def solve_error(deformer: LaplacianDeformer, args: tuple[np.ndarray, ...]) -> float:
+    """Largest vertex difference (float64) between the deformer's solve (with G where it has one) and a fresh
+    SuperLU factorisation of the same system."""
+    fresh = LaplacianDeformer(deformer.n_vertices, np.empty((0, 3), np.int64), update_rank=0, response_after=0)
+    fresh.bilaplacian = deformer.bilaplacian
+    fresh.factorise = superlu_solver
+    return float(np.abs(deformer.deform(*args) - fresh.deform(*args)).max())
+
+
 class TodayRefiner(SparseRefiner):
     """The refiner before issue 19 (see the module docstring)."""
 
@@ -89,10 +117,10 @@ def chain_config(chain: str, sfm: str) -> PipelineConfig:
 
 
 def measure(inputs: list[tuple[np.ndarray, Any, Any]], response_dtype: str) -> dict[str, Any]:
-    refiners = {
+    refiners: dict[str, LaplaceRefiner] = {
         "today": TodayRefiner(),
         "sparse": SparseRefiner(),
-        "new": LaplaceRefiner(LaplaceOptions(response_dtype=response_dtype), "cpu"),
+        "new": RecordingRefiner(LaplaceOptions(response_dtype=response_dtype), "cpu"),
     }
     wall: dict[str, list[float]] = {name: [] for name in refiners}
     cpu: dict[str, list[float]] = {name: [] for name in refiners}
@@ -129,6 +157,8 @@ def measure(inputs: list[tuple[np.ndarray, Any, Any]], response_dtype: str) -> d
     report["new_low_rank_updates"] = deformer.updates
     report["new_g_matrices_built"] = deformer.responses
     report["new_g_megabytes"] = round(sum(f.response_bytes for f in deformer._factors.values()) / 2**20, 1)
+    assert isinstance(refiners["new"], RecordingRefiner) and refiners["new"].last is not None
+    report["new_last_face_vs_fresh_superlu_float64"] = solve_error(*refiners["new"].last)
     return report
 
 
