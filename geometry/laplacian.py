@@ -124,8 +124,8 @@ class _Factor:
 def sparse_solver(system: sp.csc_matrix) -> Callable[[np.ndarray], np.ndarray]:
     """A function b (n, k) -> A⁻¹ b (n, k) for the symmetric system A: a sparse Cholesky factorisation
     (CHOLMOD through cholespy: its solves take about half SuperLU's time, many right-hand sides at once ~3x
-    less), or SuperLU where A is not positive definite (a mesh part without constraints: today's behaviour,
-    that part does not move)."""
+    less), or SuperLU where A is not positive definite (a part of the mesh that no constraint reaches: SuperLU
+    leaves it where it is, as before cholespy)."""
     import cholespy
 
     system = system.tocsc()
@@ -151,7 +151,7 @@ def sparse_solver(system: sp.csc_matrix) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def superlu_solver(system: sp.csc_matrix) -> Callable[[np.ndarray], np.ndarray]:
-    """b (n, k) -> A⁻¹ b by SuperLU (any non-singular A; the medium stage's only solver before cholespy)."""
+    """b (n, k) -> A⁻¹ b by SuperLU (the medium stage's only solver before cholespy)."""
     # Symmetric mode with a minimum-degree ordering on A + Aᵀ and diagonal pivots: ~10x less fill-in time
     # than SuperLU's default. (Single precision was tried for the solve: 0.1-2 px off on 54k-vertex meshes.)
     import scipy.sparse.linalg as spla
@@ -175,8 +175,8 @@ def _row_keys(ids: np.ndarray, bary: np.ndarray, weights: np.ndarray) -> list[by
 class LaplacianDeformer:
     """Deforms meshes of one topology; keeps the last few factorisations (keyed by the constraints), solves
     systems that differ from one of them in at most ``update_rank`` rows by a low-rank update, and gives a
-    factorisation used more than ``response_after`` times its G (float32 or float64 ``response_dtype``) while
-    all of them together stay within ``response_bytes`` (least recently used G dropped first)."""
+    factorisation used more than ``response_after`` times its G (float32 or float64 ``response_dtype``) if
+    it fits in what is left of ``response_bytes`` for all of them together (see :meth:`_give_response`)."""
 
     def __init__(
         self,
