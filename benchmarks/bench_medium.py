@@ -21,7 +21,7 @@ thread CPU time (less sensitive to other processes); then the ratios of the old 
 one's, and the largest vertex difference of each old refiner to the new one (they solve the same system).
 
     python benchmarks/bench_medium.py [--photos 40] [--chains landmark-mesh,mediapipe-sfm,dlib-sfm]
-        [--response-dtype float32|float64]
+        [--response-dtype float32|float64] [--response-after N]
 """
 
 from __future__ import annotations
@@ -116,11 +116,11 @@ def chain_config(chain: str, sfm: str) -> PipelineConfig:
     )
 
 
-def measure(inputs: list[tuple[np.ndarray, Any, Any]], response_dtype: str) -> dict[str, Any]:
+def measure(inputs: list[tuple[np.ndarray, Any, Any]], new: LaplaceOptions) -> dict[str, Any]:
     refiners: dict[str, LaplaceRefiner] = {
         "today": TodayRefiner(),
         "sparse": SparseRefiner(),
-        "new": RecordingRefiner(LaplaceOptions(response_dtype=response_dtype), "cpu"),
+        "new": RecordingRefiner(new, "cpu"),
     }
     wall: dict[str, list[float]] = {name: [] for name in refiners}
     cpu: dict[str, list[float]] = {name: [] for name in refiners}
@@ -166,7 +166,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--photos", type=int, default=40)
     parser.add_argument("--chains", default=",".join(CHAINS))
-    parser.add_argument("--response-dtype", default="float32", choices=("float32", "float64"))
+    parser.add_argument("--response-dtype", default=LaplaceOptions.response_dtype, choices=("float32", "float64"))
+    parser.add_argument("--response-after", type=int, default=LaplaceOptions.response_after, help="0: no G")
     args = parser.parse_args()
     data = shared_data_dir()
     if data is None:
@@ -183,7 +184,8 @@ def main() -> None:
                 faces = pipe.detect(image)
                 if faces:
                     inputs.append((image, faces[0], pipe.regressor.regress(image, faces[0]).mesh))
-        report[chain] = measure(inputs, args.response_dtype)
+        new = LaplaceOptions(response_dtype=args.response_dtype, response_after=args.response_after)
+        report[chain] = measure(inputs, new)
     report["load_average_after"] = os.getloadavg()[0]
     print(json.dumps(report, indent=1))
 
