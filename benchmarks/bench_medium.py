@@ -18,7 +18,9 @@ The three run interleaved on the same inputs (today, sparse, new, today, ...), s
 alike; reported per chain and refiner: the first face (the factorisation), the slowest later face (for "new"
 the one that builds G), the median and 90th percentile of the wall time over the later faces, the median
 thread CPU time (less sensitive to other processes); then the ratios of the old refiners' medians to the new
-one's, and the largest vertex difference of each old refiner to the new one (they solve the same system).
+one's, the largest vertex difference of each old refiner to the new one (they solve the same system; the
+refined vertices are float32, whose last bit is 1.5e-5 px at 256-512 px), and the new refiner's solve of the
+last face against a fresh SuperLU factorisation, both in float64.
 
     python benchmarks/bench_medium.py [--photos 40] [--chains landmark-mesh,mediapipe-sfm,dlib-sfm]
         [--response-dtype float32|float64] [--response-after N]

@@ -65,7 +65,7 @@ class LaplaceOptions:
         response to each constrained point; :mod:`facerecon.geometry.laplacian`), built once (~0.7 s at 29k
         vertices, ~2 s at 54k) so that every later face is a dense product instead of a sparse solve. 0: never.
     response_megabytes: memory for the G matrices of one mesh layout's factorisations together (n x K
-        entries each: 54 MB at 29k vertices and 468 landmarks in float32); one that does not fit is not
+        entries each: 52 MB at 29k vertices and 468 landmarks in float32); one that does not fit is not
         built, and its faces keep the sparse solve.
     response_dtype: "float32" (half the memory and time; ~1e-6 px off the exact solve) or "float64"
         (the exact solve's vertices to ~1e-10 px).
