@@ -32,7 +32,7 @@ from typing import Generic, TypeVar
 
 import numpy as np
 
-from facerecon.geometry.laplacian import LaplacianDeformer
+from facerecon.geometry.laplacian import LaplacianDeformer, response_product
 from facerecon.geometry.raster import rasterize_depth
 from facerecon.geometry.subdivision import Subdivider
 from facerecon.kernel.contract import Face, Mesh, Registrar, Segmentation, hookimpl
@@ -57,10 +57,18 @@ class LaplaceOptions:
         point sideways (keeping the point's own depth) if it lies within this fraction of the face width
         of where the point is seen now; farther ones are ignored (their point stays put) with a warning.
     cached_topologies: how many mesh layouts keep their subdivision and factorisations (least recently
-        used dropped first; ~85 MB each at 29k vertices).
+        used dropped first; ~85 MB each at 29k vertices, plus their G matrices: see response_megabytes).
     update_rank: how many constraint rows may differ from a cached factorisation before a new one is made;
         fewer are solved by a low-rank update of it (a 3DMM's jaw-line points change vertex with the pose,
         17 points: up to 34 rows). 0: a new factorisation for every new set of constraints.
+    response_after: a factorisation used more than this many times gets its G = A⁻¹ Cᵀ (the vertices'
+        response to each constrained point; :mod:`facerecon.geometry.laplacian`), built once (~0.7 s at 29k
+        vertices, ~2 s at 54k) so that every later face is a dense product instead of a sparse solve. 0: never.
+    response_megabytes: memory for the G matrices of one mesh layout's factorisations together (n x K
+        entries each: 52 MB at 29k vertices and 468 landmarks in float32); one that does not fit is not
+        built, and its faces keep the sparse solve.
+    response_dtype: "float32" (half the memory and time; ~1e-6 px off the exact solve) or "float64"
+        (the exact solve's vertices to ~1e-10 px).
     """
 
     eye_weight: float = 0.6
@@ -74,6 +82,9 @@ class LaplaceOptions:
     outlier_tolerance: float = 0.15
     cached_topologies: int = 4
     update_rank: int = 64
+    response_after: int = 2
+    response_megabytes: float = 256.0
+    response_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         weights = (
@@ -90,8 +101,10 @@ class LaplaceOptions:
             raise ValueError("target_vertices must be >= 0 and the tolerances > 0")
         if self.cached_topologies < 1:
             raise ValueError("cached_topologies must be at least 1")
-        if self.update_rank < 0:
-            raise ValueError("update_rank must be >= 0")
+        if self.update_rank < 0 or self.response_after < 0 or self.response_megabytes < 0:
+            raise ValueError("update_rank, response_after and response_megabytes must be >= 0")
+        if self.response_dtype not in ("float32", "float64"):
+            raise ValueError(f"response_dtype must be 'float32' or 'float64', not {self.response_dtype!r}")
 
 
 REGIONS = ("eye", "nose", "eyebrow", "mouth", "contour", "other")
@@ -216,12 +229,16 @@ class LaplaceRefiner:
                 n,
                 mesh.triangles,
                 update_rank=self.options.update_rank,
+                response_after=self.options.response_after,
+                response_bytes=int(self.options.response_megabytes * 2**20),
+                response_dtype=self.options.response_dtype,
             ),
         )
 
     def warm_up(self) -> None:
-        """Load the compiled rasteriser (numba; compiled on the first use after an install) on one triangle."""
+        """Load the compiled rasteriser and G product (numba; compiled on the first use after an install)."""
         rasterize_depth(np.array([[0.0, 0, 1], [4, 0, 1], [0, 4, 1]]), np.array([[0, 1, 2]]), (0, 0, 4, 4))
+        response_product(np.zeros((4, 1), self.options.response_dtype), np.zeros((1, 3)), np.empty((4, 3)))
 
     # -- the stage ----------------------------------------------------------------------------------
 

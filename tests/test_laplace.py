@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import trimesh
 
-from facerecon.geometry.laplacian import LaplacianDeformer, uniform_laplacian
+from facerecon.geometry.laplacian import LaplacianDeformer, superlu_solver, uniform_laplacian
 from facerecon.kernel import IBUG68, Face, LandmarkMap, Landmarks, Mesh
 from facerecon.plugins.laplace import DeformationWarning, LaplaceOptions, LaplaceRefiner, region_of_landmarks
 
@@ -70,19 +70,121 @@ def test_few_changed_constraints_update_the_factorisation_and_solve_the_same_sys
     bary = rng.dirichlet([1, 1, 1], 60)
     weights = rng.uniform(0.05, 1.0, 60)
     targets = v[ids[:, 0]] + rng.normal(size=(60, 3))
-    deformer = LaplacianDeformer(n, sphere.faces)
-    deformer.deform(v, ids, bary, weights, targets)
+    # From the third use on the factorisation has its G: the update then takes A₀⁻¹ b from G's columns
+    # (and the vertex columns for the moved points) instead of a sparse solve.
+    exact = LaplacianDeformer(n, sphere.faces, response_dtype="float64")
+    rounded = LaplacianDeformer(n, sphere.faces)  # G in float32
+    exact.deform(v, ids, bary, weights, targets)
+    rounded.deform(v, ids, bary, weights, targets)
     for face in range(3):  # 17 rows to other vertices, 5 other weights, 3 rows dropped: 45 rows differ
         moved, reweighted = ids.copy(), weights.copy()
         moved[:17, 0] = rng.integers(0, n, 17)
         reweighted[20:25] *= 3.0
         keep = np.arange(3, 60)
         args = (moved[keep], bary[keep], reweighted[keep], targets[keep] + face)
-        updated = deformer.deform(v, *args)
         fresh = LaplacianDeformer(n, sphere.faces, update_rank=0).deform(v, *args)
-        assert np.abs(fresh - v).max() > 1.0  # the constraints move the mesh
-        np.testing.assert_allclose(updated, fresh, atol=1e-6)
-    assert len(deformer._factors) == 1 and deformer.updates == 3
+        assert np.abs(fresh - v).max() > 100.0  # the constraints move the mesh
+        np.testing.assert_allclose(exact.deform(v, *args), fresh, atol=1e-6)
+        # float32 G: its entries rounded to 24 bits, the displacement (~200 here) to ~1e-7 of itself
+        np.testing.assert_allclose(rounded.deform(v, *args), fresh, atol=1e-7 * np.abs(fresh - v).max())
+    for deformer in (exact, rounded):
+        assert len(deformer._factors) == 1 and deformer.updates == 3 and deformer.responses == 1
+
+
+def _sphere_system(subdivisions: int = 3, count: int = 30):
+    sphere = trimesh.creation.icosphere(subdivisions=subdivisions)
+    v = sphere.vertices * 100.0
+    ids = np.column_stack([np.arange(count)] * 3)
+    bary = np.tile([1.0, 0, 0], (count, 1))
+    return sphere, v, ids, bary, np.full(count, 0.5)
+
+
+def test_g_matrix_is_built_at_the_second_reuse_and_gives_the_sparse_solve():
+    sphere, v, ids, bary, weights = _sphere_system()
+    deformer = LaplacianDeformer(len(v), sphere.faces, response_dtype="float64")  # response_after = 2
+    sparse = LaplacianDeformer(len(v), sphere.faces, response_after=0)
+    for face in range(5):
+        targets = v[: len(ids)] + np.sin(face + np.arange(len(ids)))[:, None] * [3.0, -2.0, 1.0]
+        out = deformer.deform(v, ids, bary, weights, targets)
+        np.testing.assert_allclose(out, sparse.deform(v, ids, bary, weights, targets), atol=1e-9)
+        (factor,) = deformer._factors.values()
+        assert (factor.response is not None) == (face >= 2)  # uses 1 and 2: sparse solves; from 3: G
+    assert factor.response.shape == (len(v), len(ids)) and factor.response.dtype == np.float64
+    assert deformer.responses == 1 and sparse.responses == 0
+    assert all(f.response is None for f in sparse._factors.values())
+
+
+def test_g_matrices_stay_within_their_memory_budget():
+    """Two sets of constraints in turn: the budget holds one G; the other keeps the sparse solve (a G is
+    never dropped to make room: two factorisations would rebuild theirs in turn on every face). A budget
+    smaller than one G builds none."""
+    sphere, v, ids, bary, weights = _sphere_system()
+    one = len(v) * len(ids) * 4  # a float32 G
+    for budget, built in ((int(1.5 * one), 1), (one - 1, 0)):
+        deformer = LaplacianDeformer(len(v), sphere.faces, update_rank=0, response_bytes=budget, response_after=1)
+        sparse = LaplacianDeformer(len(v), sphere.faces, response_after=0)
+        for face in range(6):
+            w = weights * (1.0 if face % 2 else 3.0)  # other weights: another factorisation
+            targets = v[: len(ids)] + face
+            out = deformer.deform(v, ids, bary, w, targets)
+            np.testing.assert_allclose(out, sparse.deform(v, ids, bary, w, targets), atol=1e-5)
+            assert sum(f.response_bytes for f in deformer._factors.values()) <= budget
+        assert len(deformer._factors) == 2 and deformer.responses == built
+    # A factorisation dropped from the cache takes its G with it.
+    deformer = LaplacianDeformer(len(v), sphere.faces, cache_size=1, update_rank=0, response_after=1)
+    for w in (weights, weights, weights * 2):
+        deformer.deform(v, ids, bary, w, v[: len(ids)] + 1.0)
+    ((_, factor),) = deformer._factors.items()
+    assert deformer.responses == 1 and factor.response is None
+
+
+def test_g_matrix_on_the_landmark_mesh_equals_a_fresh_sparse_solve(pipeline, face_photo):
+    """The real case: MediaPipe -> landmark-mesh (28,881 vertices, 468 points, the refiner's weights), its
+    landmarks pulled to the detector's positions; three faces with other targets. G in float64 gives the
+    vertices a fresh SuperLU solve gives (as before G and CHOLMOD) to 1e-6 px; in float32 to 1e-4 px."""
+    face = pipeline.detect(face_photo)[0]
+    mesh = pipeline.regressor.regress(face_photo, face).mesh
+    lmap = mesh.landmark_maps[face.landmarks.scheme]
+    ids, bary = lmap.vertex_ids[lmap.valid], lmap.weights[lmap.valid].astype(np.float64)
+    refiner = LaplaceRefiner(LaplaceOptions(), "cpu")
+    weights = np.array([refiner.region_weight[r] for r in region_of_landmarks(face.landmarks.scheme, len(lmap.valid))])
+    weights = weights[lmap.valid]
+    vertices = np.asarray(mesh.vertices, np.float64)
+    points = np.einsum("kj,kjc->kc", bary, vertices[ids])
+    seen = np.asarray(face.landmarks.xy, np.float64)[lmap.valid]
+    n, triangles = len(vertices), mesh.triangles
+    exact = LaplacianDeformer(n, triangles, response_after=1, response_dtype="float64")
+    rounded = LaplacianDeformer(n, triangles, response_after=1)
+    wave = np.sin(np.arange(len(ids)))[:, None]  # the landmark-mesh passes through the landmarks: pull them
+    for shift in (2.0, 1.5, -3.0):  # the third face reuses both G
+        targets = np.column_stack([seen, points[:, 2]]) + shift * wave * [1.0, -0.5, 2.0]
+        reference = LaplacianDeformer(n, triangles, update_rank=0, response_after=0)
+        reference.factorise = superlu_solver
+        expected = reference.deform(vertices, ids, bary, weights, targets)
+        assert np.abs(expected - vertices).max() > 1.0
+        assert np.abs(exact.deform(vertices, ids, bary, weights, targets) - expected).max() <= 1e-6
+        assert np.abs(rounded.deform(vertices, ids, bary, weights, targets) - expected).max() <= 1e-4
+    assert exact.responses == rounded.responses == 1
+    assert next(iter(rounded._factors.values())).response.nbytes == n * len(np.unique(ids, axis=0)) * 4
+
+
+def test_a_mesh_part_without_constraints_stays_put():
+    """LᵀL + CᵀWC is singular on a part no constraint reaches (not positive definite for CHOLMOD): SuperLU
+    solves it, and that part does not move."""
+    sphere, v, ids, bary, weights = _sphere_system(2, 10)
+    n = len(v)
+    two = np.vstack([v, v + 500.0])
+    deformer = LaplacianDeformer(2 * n, np.vstack([sphere.faces, sphere.faces + n]))
+    out = deformer.deform(two, ids, bary, weights, two[:10] + 2.0)
+    assert np.isfinite(out).all() and np.abs(out[n:] - two[n:]).max() < 1e-9
+    assert np.abs(out[:10] - two[:10] - 2.0).max() < 1.0  # the constrained part moves towards its targets
+
+
+def test_response_options_are_checked():
+    with pytest.raises(ValueError, match="response_dtype"):
+        LaplaceOptions(response_dtype="float16")
+    with pytest.raises(ValueError, match="response_after"):
+        LaplaceOptions(response_megabytes=-1)
 
 
 def test_region_tables():
