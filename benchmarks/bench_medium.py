@@ -169,7 +169,9 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=40)
     parser.add_argument("--chains", default=",".join(CHAINS))
     parser.add_argument("--response-dtype", default=LaplaceOptions.response_dtype, choices=("float32", "float64"))
-    parser.add_argument("--response-after", type=int, default=LaplaceOptions.response_after, help="0: no G")
+    parser.add_argument(
+        "--response-after", type=int, default=2, help="G from the third face (the refiner's default: 50); 0: no G"
+    )
     args = parser.parse_args()
     data = shared_data_dir()
     if data is None:

@@ -62,8 +62,10 @@ class LaplaceOptions:
         fewer are solved by a low-rank update of it (a 3DMM's jaw-line points change vertex with the pose,
         17 points: up to 34 rows). 0: a new factorisation for every new set of constraints.
     response_after: a factorisation used more than this many times gets its G = A⁻¹ Cᵀ (the vertices'
-        response to each constrained point; :mod:`facerecon.geometry.laplacian`), built once (~0.7 s at 29k
-        vertices, ~2 s at 54k) so that every later face is a dense product instead of a sparse solve. 0: never.
+        response to each constrained point; :mod:`facerecon.geometry.laplacian`), built once (~1 s at 29k
+        vertices, ~3 s at 54k) so that every later face is a dense product instead of a sparse solve (~3.7 ms
+        less per face at 29k: the build pays for itself after some 250-450 faces, so short batches never
+        build it). 0: never.
     response_megabytes: memory for the G matrices of one mesh layout's factorisations together (n x K
         entries each: 52 MB at 29k vertices and 468 landmarks in float32); one that does not fit is not
         built, and its faces keep the sparse solve.
@@ -82,7 +84,7 @@ class LaplaceOptions:
     outlier_tolerance: float = 0.15
     cached_topologies: int = 4
     update_rank: int = 64
-    response_after: int = 2
+    response_after: int = 50
     response_megabytes: float = 256.0
     response_dtype: str = "float32"
 
