@@ -43,6 +43,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from facerecon.geometry.jit import compiled
+
 if TYPE_CHECKING:  # scipy.sparse takes ~0.4 s to import: loaded by the first deformation, not at start-up
     import scipy.sparse as sp
 
@@ -314,29 +316,12 @@ class LaplacianDeformer:
 def response_product(response: np.ndarray, coefficients: np.ndarray, out: np.ndarray) -> None:
     """out (n, 3) float64 = G (n, K) @ coefficients (K, 3), summed in float64 whatever G's dtype (its float32
     entries are not rounded further). Compiled with numba: G is read once, four rows at a time."""
-    kernel = _compiled_product()
+    kernel = compiled(_product_rows, fastmath=True)
     if kernel is None:
         for start in range(0, len(response), 256):  # float64 blocks that stay in the cache
             np.matmul(response[start : start + 256].astype(np.float64), coefficients, out=out[start : start + 256])
         return
     kernel(response, np.ascontiguousarray(coefficients.T, np.float64), out)
-
-
-_KERNEL: object = None
-
-
-def _compiled_product():
-    """The numba-compiled :func:`_product_rows`, or None without numba (compiled once per dtype, cached
-    on disk by numba)."""
-    global _KERNEL
-    if _KERNEL is None:
-        try:
-            import numba
-        except ImportError:
-            _KERNEL = False
-        else:
-            _KERNEL = numba.njit(cache=True, nogil=True, fastmath=True)(_product_rows)
-    return _KERNEL or None
 
 
 def _product_rows(G, coefficients, out):

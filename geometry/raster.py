@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from facerecon.geometry.jit import compiled
+
 _CHUNK = 4_000_000
 """Candidate pixels processed at once (bounds memory for meshes with huge triangles)."""
 
@@ -39,7 +41,7 @@ def rasterize(vertices: np.ndarray, faces: np.ndarray, height: int, width: int) 
     """Z-buffer ``faces`` (M, 3) of ``vertices`` (N, 3) into an (height, width) image."""
     V = np.ascontiguousarray(vertices, dtype=np.float64)
     F = np.ascontiguousarray(faces, dtype=np.int64)
-    kernel = _compiled_kernel()
+    kernel = compiled(_scan_triangles)
     if kernel is not None:
         depth = np.full((height, width), np.inf, dtype=np.float32)
         triangle = np.full((height, width), -1, dtype=np.int32)
@@ -65,30 +67,13 @@ def rasterize_depth(vertices: np.ndarray, faces: np.ndarray, window: tuple[int, 
     V[:, 0] -= left
     V[:, 1] -= top
     F = np.ascontiguousarray(faces, dtype=np.int64)
-    kernel = _compiled_kernel()
+    kernel = compiled(_scan_triangles)
     if kernel is None:
         return rasterize_numpy(V, F, height, width).depth
     depth = np.full((height, width), np.inf, dtype=np.float32)
     no_ids = np.empty(0, dtype=np.int32)  # the triangle and barycentric maps are not written
     kernel(V, F, height, width, depth.reshape(-1), no_ids, np.empty((0, 3), dtype=np.float32), False)
     return depth
-
-
-_KERNEL: object = None
-
-
-def _compiled_kernel():
-    """The numba-compiled scan-conversion loop, or None without numba (compiled once per process,
-    cached on disk by numba)."""
-    global _KERNEL
-    if _KERNEL is None:
-        try:
-            import numba
-        except ImportError:
-            _KERNEL = False
-        else:
-            _KERNEL = numba.njit(cache=True, nogil=True)(_scan_triangles)
-    return _KERNEL or None
 
 
 def _scan_triangles(V, F, height, width, depth, triangle, bary, with_ids):

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from facerecon.geometry.jit import compiled
+
 
 def bilinear(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """float64 (K, C): bilinear samples of ``image`` (H, W, C) at pixel positions x, y (K,), clamped to
@@ -17,11 +19,11 @@ def bilinear(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     image = np.ascontiguousarray(image)
     x = np.ascontiguousarray(x, np.float64)
     y = np.ascontiguousarray(y, np.float64)
-    kernels = _compiled()
-    if kernels is None:
+    loop = compiled(_bilinear_loop)
+    if loop is None:
         return _bilinear_numpy(image, x, y)
     out = np.empty((len(x), image.shape[2]))
-    kernels[0](image, x, y, out)
+    loop(image, x, y, out)
     return out
 
 
@@ -31,14 +33,14 @@ def barycentric(corners: np.ndarray, weights: np.ndarray, values: np.ndarray) ->
     corners = np.ascontiguousarray(corners, np.int64)
     weights = np.ascontiguousarray(weights, np.float64)
     values = np.ascontiguousarray(values, np.float64)
-    kernels = _compiled()
-    if kernels is None:
+    loop = compiled(_barycentric_loop)
+    if loop is None:
         total = weights[:, 0:1] * values[corners[:, 0]]
         total += weights[:, 1:2] * values[corners[:, 1]]
         total += weights[:, 2:3] * values[corners[:, 2]]
         return total
     out = np.empty((len(corners), values.shape[1]))
-    kernels[1](corners, weights, values, out)
+    loop(corners, weights, values, out)
     return out
 
 
@@ -47,23 +49,6 @@ def warm_up() -> None:
     for dtype in (np.uint8, np.float32):
         bilinear(np.zeros((2, 2, 3), dtype), np.zeros(1), np.zeros(1))
     barycentric(np.zeros((1, 3), np.int64), np.zeros((1, 3)), np.zeros((1, 3)))
-
-
-_KERNELS: object = None
-
-
-def _compiled():
-    """(bilinear loop, barycentric loop) compiled by numba, or None without numba."""
-    global _KERNELS
-    if _KERNELS is None:
-        try:
-            import numba
-        except ImportError:
-            _KERNELS = False
-        else:
-            jit = numba.njit(cache=True, nogil=True)
-            _KERNELS = (jit(_bilinear_loop), jit(_barycentric_loop))
-    return _KERNELS or None
 
 
 def _bilinear_loop(image, x, y, out):

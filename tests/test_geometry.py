@@ -109,9 +109,10 @@ def test_head_angles_round_trip_and_signs():
 
 
 def test_compiled_and_numpy_rasterisers_agree():
-    from facerecon.geometry.raster import _compiled_kernel, rasterize_numpy
+    from facerecon.geometry.jit import compiled
+    from facerecon.geometry.raster import _scan_triangles, rasterize_numpy
 
-    if _compiled_kernel() is None:
+    if compiled(_scan_triangles) is None:
         pytest.skip("numba not installed: only the numpy rasteriser exists")
     s = trimesh.creation.icosphere(subdivisions=4)
     v = s.vertices * [40, 50, 30] + [60.3, 55.7, 100]
@@ -183,7 +184,7 @@ def test_scattered_sampling_compiled_agrees_with_numpy_and_with_known_values():
     x = np.r_[rng.uniform(-5, 35, 500), 0.0, 29.0, 12.25]
     y = np.r_[rng.uniform(-5, 45, 500), 0.0, 39.0, 7.5]
     compiled = sampling.bilinear(image, x, y)
-    assert sampling._compiled() is not None
+    assert sampling.compiled(sampling._bilinear_loop) is not None
     np.testing.assert_array_equal(compiled, sampling._bilinear_numpy(image, x, y))
     # A pixel centre gives its pixel; between pixels, the weighted mean; outside, the edge.
     assert np.allclose(compiled[500], image[0, 0])

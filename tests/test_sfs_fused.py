@@ -100,8 +100,9 @@ def test_fused_albedo_energy_equals_autograd(blur):
 
 
 def test_warm_up_loads_the_compiled_passes():
+    from facerecon.geometry.jit import compiled
     from facerecon.plugins.sfs import fused
 
     SfsRefiner(SfsOptions()).warm_up()
-    assert fused._COMPILED is not None and fused._COMPILED.signatures  # type: ignore[attr-defined]
-    assert fused._ALBEDO_KERNELS is not None and all(k.signatures for k in fused._ALBEDO_KERNELS)
+    loops = [compiled(fused._pass, fastmath=True), *fused._albedo_kernels()]
+    assert all(loop is not None and loop.signatures for loop in loops)  # type: ignore[attr-defined]

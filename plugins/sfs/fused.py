@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from facerecon.geometry.jit import compiled
+
 
 @dataclass
 class FusedInputs:
@@ -75,19 +77,13 @@ class _DepthTerms(torch.autograd.Function):
         return upstream * grad, None, None
 
 
-_COMPILED: object = None
-
-
 def _kernel():
-    """The compiled pass (numba, cached on disk), wrapped to unpack ``FusedInputs``."""
-    global _COMPILED
-    if _COMPILED is None:
-        import numba
-
-        _COMPILED = numba.njit(cache=True, nogil=True, fastmath=True)(_pass)  # ~20 % faster; inputs are finite
+    """The compiled pass, wrapped to unpack ``FusedInputs`` (``fastmath``: ~20 % faster; its inputs are finite)."""
+    loop = compiled(_pass, fastmath=True)
+    assert loop is not None  # ``available`` checked numba
 
     def run(delta, p: FusedInputs, l1, l2, l3, l4, grad):
-        return _COMPILED(  # type: ignore[operator]
+        return loop(
             delta, p.mask, p.height0, p.albedo, p.image, p.confidence, p.specular, p.lap_image, p.lap_height0,
             p.lap_weight, p.sh_scaled, p.lobe, p.specular_scale, p.threshold, p.data_scale, p.inv_count,
             float(l1), float(l2), float(l3), float(l4), grad,
@@ -295,18 +291,9 @@ def _albedo_energy(
     return value, grad
 
 
-_ALBEDO_KERNELS: tuple | None = None
-
-
 def _albedo_kernels() -> tuple:
-    """The albedo energy's compiled passes (numba, cached on disk)."""
-    global _ALBEDO_KERNELS
-    if _ALBEDO_KERNELS is None:
-        import numba
-
-        jit = numba.njit(cache=True, nogil=True)
-        _ALBEDO_KERNELS = (jit(_albedo_samples), jit(_rtv_windows), jit(_albedo_scatter))
-    return _ALBEDO_KERNELS
+    """The albedo energy's compiled passes."""
+    return compiled(_albedo_samples), compiled(_rtv_windows), compiled(_albedo_scatter)
 
 
 def _albedo_samples(
