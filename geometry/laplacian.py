@@ -203,6 +203,7 @@ class LaplacianDeformer:
         """Solves done by a low-rank update of a cached factorisation (for tests and benchmarks)."""
         self.responses = 0
         """G matrices built (for tests and benchmarks)."""
+        self._parts: tuple[np.ndarray, np.ndarray] | None = None  # (part label per vertex, labels of parts)
         self.factorise: Callable[[sp.csc_matrix], Callable[[np.ndarray], np.ndarray]] = sparse_solver
         """Makes a factorisation's solve function (benchmarks set :func:`superlu_solver` to time the old one)."""
 
@@ -239,10 +240,27 @@ class LaplacianDeformer:
 
         constraints = self.constraint_matrix(ids, bary)
         system = (self.bilaplacian + constraints.T @ sp.diags(weights) @ constraints).tocsc()
-        factor = self._factors[key] = _Factor(self.factorise(system), self.n_vertices, dict(wanted))
+        # A part of the mesh that no constraint reaches makes the system singular: SuperLU, not CHOLMOD
+        # (which would only find out by failing, with a message on stderr).
+        factorise = self.factorise if self._every_part_held(ids, bary, weights) else superlu_solver
+        factor = self._factors[key] = _Factor(factorise(system), self.n_vertices, dict(wanted))
         if len(self._factors) > self._cache_size:
             self._factors.popitem(last=False)
         return factor, [], []
+
+    def _every_part_held(self, ids: np.ndarray, bary: np.ndarray, weights: np.ndarray) -> bool:
+        """Whether every connected part of the mesh (isolated vertices aside: their Laplacian row is the
+        identity's) holds a constrained point with a positive weight: LᵀL vanishes on a constant over a part,
+        so the system is positive definite exactly then."""
+        if self._parts is None:
+            from scipy.sparse.csgraph import connected_components
+
+            _, labels = connected_components(self.laplacian, directed=False)
+            isolated = np.diff(self.laplacian.indptr) <= 1
+            self._parts = (labels, np.unique(labels[~isolated]))
+        labels, parts = self._parts
+        held = np.asarray(ids)[(np.asarray(bary) > 0) & (np.asarray(weights) > 0)[:, None]]
+        return bool(np.isin(parts, labels[held]).all())
 
     def _give_response(self, factor: _Factor) -> None:
         """Build the factorisation's G once it is due, if it fits in what the budget has left (first come,

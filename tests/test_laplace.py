@@ -168,14 +168,17 @@ def test_g_matrix_on_the_landmark_mesh_equals_a_fresh_sparse_solve(pipeline, fac
     assert next(iter(rounded._factors.values())).response.nbytes == n * len(np.unique(ids, axis=0)) * 4
 
 
-def test_a_mesh_part_without_constraints_stays_put():
+def test_a_mesh_part_without_constraints_stays_put(capfd):
     """LᵀL + CᵀWC is singular on a part no constraint reaches (not positive definite for CHOLMOD): SuperLU
-    solves it, and that part does not move."""
+    solves it, without CHOLMOD being tried (it would print to stderr), and that part does not move."""
     sphere, v, ids, bary, weights = _sphere_system(2, 10)
     n = len(v)
     two = np.vstack([v, v + 500.0])
     deformer = LaplacianDeformer(2 * n, np.vstack([sphere.faces, sphere.faces + n]))
+    assert not deformer._every_part_held(ids, bary, weights)
+    assert deformer._every_part_held(np.vstack([ids, ids + n]), np.vstack([bary, bary]), np.r_[weights, weights])
     out = deformer.deform(two, ids, bary, weights, two[:10] + 2.0)
+    assert "CHOLMOD" not in capfd.readouterr().err
     assert np.isfinite(out).all() and np.abs(out[n:] - two[n:]).max() < 1e-9
     assert np.abs(out[:10] - two[:10] - 2.0).max() < 1.0  # the constrained part moves towards its targets
 
