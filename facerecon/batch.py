@@ -216,6 +216,11 @@ def _warm_up_writers() -> None:
 
         raster.warm_up()
         sampling.warm_up()
+        import numpy as np
+
+        from facerecon.outputs import objtext
+
+        objtext.face_lines(np.ones((1, 3), np.int64), with_uvs=True)
     except Exception as exc:  # e.g. numba missing or broken: the numpy rasteriser takes over later
         log.debug("warming up the writers failed: %s", exc)
 

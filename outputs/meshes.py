@@ -31,6 +31,7 @@ import numpy as np
 from facerecon.geometry.raster import vertex_normals
 from facerecon.geometry.tangents import vertex_tangents
 from facerecon.kernel.contract.records import Mesh
+from facerecon.outputs import objtext
 from facerecon.outputs.frames import FileFrame, image_frame
 from facerecon.outputs.gltf import GlbMaterial, glb_bytes
 
@@ -109,12 +110,6 @@ class PngImage:
 
 def _pixels(image: np.ndarray | PngImage) -> np.ndarray:
     return image.pixels if isinstance(image, PngImage) else np.asarray(image)
-
-
-def _rows(fmt: str, values: np.ndarray) -> str:
-    """``np.savetxt(fmt)``'s text (one ``fmt % row`` a line), formatted in one call (~3x faster)."""
-    values = np.asarray(values)
-    return ((fmt + "\n") * len(values)) % tuple(values.ravel().tolist())
 
 
 @dataclass(frozen=True)
@@ -236,15 +231,12 @@ def write_obj(
     written, texture_name, normal_name = _write_images(shape, path)
     material = path.with_suffix(".mtl")
     atomic_write(material, mtl_text(texture_name, normal_name).encode())
-    faces = shape.triangles + 1
-    body = [f"# {shape.header}\nmtllib {material.name}\nusemtl face\n"]
-    body += [_rows("v %.6f %.6f %.6f", shape.vertices), _rows("vn %.5f %.5f %.5f", shape.normals)]
+    body = [f"# {shape.header}\nmtllib {material.name}\nusemtl face\n".encode()]
+    body += [objtext.rows("v %.6f %.6f %.6f", shape.vertices), objtext.rows("vn %.5f %.5f %.5f", shape.normals)]
     if shape.uvs is not None:
-        body.append(_rows("vt %.6f %.6f", shape.uvs))
-        body.append(_rows("f %d/%d/%d %d/%d/%d %d/%d/%d", np.repeat(faces, 3, axis=1)))
-    else:
-        body.append(_rows("f %d//%d %d//%d %d//%d", np.repeat(faces, 2, axis=1)))
-    atomic_write(path, "".join(body).encode())
+        body.append(objtext.rows("vt %.6f %.6f", shape.uvs))
+    body.append(objtext.face_lines(shape.triangles + 1, with_uvs=shape.uvs is not None))
+    atomic_write(path, b"".join(body))
     return [path, material, *written]
 
 

@@ -372,3 +372,18 @@ def test_preview_has_a_side_view_of_each_stage(reconstruction, face_photo):
         ratio = np.ptp(cols) / np.ptp(rows)
         assert ratio == pytest.approx(extent[2] / extent[1], rel=0.12), face.stages[i].stage
         assert ratio < 0.85 * extent[0] / extent[1]  # a profile, not the front
+
+
+@pytest.mark.parametrize("with_uvs", [True, False])
+def test_obj_face_lines_are_the_printf_text(with_uvs):
+    from facerecon.outputs import objtext
+
+    faces = np.array([[1, 2, 3], [9, 10, 11], [99, 100, 1000], [28881, 7, 123456789]])
+    expected = "".join(
+        ("f {0}/{0}/{0} {1}/{1}/{1} {2}/{2}/{2}\n" if with_uvs else "f {0}//{0} {1}//{1} {2}//{2}\n").format(*row)
+        for row in faces
+    )
+    assert objtext.face_lines(faces, with_uvs).decode() == expected
+    assert objtext.face_lines(np.empty((0, 3), np.int64), with_uvs) == b""
+    with pytest.raises(ValueError, match="1-based"):
+        objtext.face_lines(faces - 1, with_uvs)
