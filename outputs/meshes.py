@@ -232,9 +232,9 @@ def write_obj(
     material = path.with_suffix(".mtl")
     atomic_write(material, mtl_text(texture_name, normal_name).encode())
     body = [f"# {shape.header}\nmtllib {material.name}\nusemtl face\n".encode()]
-    body += [objtext.rows("v %.6f %.6f %.6f", shape.vertices), objtext.rows("vn %.5f %.5f %.5f", shape.normals)]
+    body += [objtext.number_lines("v", shape.vertices, 6), objtext.number_lines("vn", shape.normals, 5)]
     if shape.uvs is not None:
-        body.append(objtext.rows("vt %.6f %.6f", shape.uvs))
+        body.append(objtext.number_lines("vt", shape.uvs, 6))
     body.append(objtext.face_lines(shape.triangles + 1, with_uvs=shape.uvs is not None))
     atomic_write(path, b"".join(body))
     return [path, material, *written]

@@ -387,3 +387,19 @@ def test_obj_face_lines_are_the_printf_text(with_uvs):
     assert objtext.face_lines(np.empty((0, 3), np.int64), with_uvs) == b""
     with pytest.raises(ValueError, match="1-based"):
         objtext.face_lines(faces - 1, with_uvs)
+
+
+def test_obj_number_lines_are_the_printf_text():
+    from facerecon.outputs import objtext
+
+    rng = np.random.default_rng(5)
+    scales = 10.0 ** rng.integers(-8, 8, (2000, 1))
+    values = rng.normal(size=(2000, 3)) * scales
+    ties = np.array([[0.0, -0.0, -1e-9], [1 / 128, -1 / 128, 2.5e-6], [0.9999995, -3.0000005, 1e8 + 0.25]])
+    for array in (values, ties, values.astype(np.float32)):
+        for decimals in (6, 5, 0):
+            fmt = " ".join(["v"] + [f"%.{decimals}f"] * 3)
+            expected = "".join(fmt % tuple(row) + "\n" for row in np.asarray(array, np.float64))
+            assert objtext.number_lines("v", array, decimals).decode() == expected
+    nan = np.array([[np.nan, np.inf, 1.0]])
+    assert objtext.number_lines("vn", nan, 5).decode() == "vn nan inf 1.00000\n"
