@@ -263,6 +263,8 @@ class RemoteStage:
     """What every remote stage shares: the channel, the stub, calls with deadline and error mapping."""
 
     kind = ""
+    runs_elsewhere = True
+    """The pipeline overlaps this stage's wait with an independent stage (:mod:`facerecon.kernel.contract.stages`)."""
 
     def __init__(self, options: RemoteOptions | None, device: str = "cpu") -> None:
         options = options or RemoteOptions()

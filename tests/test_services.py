@@ -112,6 +112,40 @@ def test_every_stage_remote_equals_in_process(servers, host, local_pipeline, fac
     ]
 
 
+def test_remote_segmenter_and_regressor_overlap_and_errors_keep_their_order(servers, host, local_pipeline, face_photo):
+    """The pipeline runs the segmenter beside the regressor when one of them runs elsewhere (their waits
+    overlap; the result is the in-process one, above), and raises what a sequential run would raise."""
+    assert not local_pipeline._overlapped(None)
+    with Pipeline(remote_config(servers), host) as pipe:
+        assert pipe._overlapped(None)
+        coarse = local_pipeline(face_photo).reconstructions[0].coarse
+        assert not pipe._overlapped(coarse)  # a given coarse result (a video's frame): the segmenter alone
+        first_in, second_in = threading.Event(), threading.Event()
+
+        def first() -> bool:
+            first_in.set()
+            return second_in.wait(10)
+
+        def second() -> bool:
+            second_in.set()
+            return first_in.wait(10)
+
+        assert pipe._side_by_side(first, second) == (True, True)  # each saw the other running
+
+        def fails(message: str):
+            def run() -> None:
+                raise InputError(message)
+
+            return run
+
+        with pytest.raises(InputError, match="first"):
+            pipe._side_by_side(fails("first"), fails("second"))
+        with pytest.raises(InputError, match="second"):
+            pipe._side_by_side(lambda: 1, fails("second"))
+        with pytest.raises(InputError, match="first"):
+            pipe._side_by_side(fails("first"), lambda: 2)
+
+
 def test_pipeline_service_equals_in_process_and_returns_files(servers, local_pipeline, face_photo, lfpw):
     big = [("grpc.max_receive_message_length", 64 * 2**20)]  # meshes, textures and previews: ~20 MB
     with grpc.insecure_channel(servers["pipeline"], options=big) as channel:

@@ -6,6 +6,10 @@ All images are ``uint8 (H, W, 3)`` RGB in the image frame; see :mod:`facerecon.k
 Any stage may also offer ``warm_up(self) -> None``: one-off initialisation its first call would otherwise pay
 (JIT compilation, lazy imports, caches). ``Pipeline.warm_up`` and the gRPC servers run it once the stage is
 built — a server says NOT_SERVING until it returns, so its first caller does not wait past a deadline.
+
+A stage whose work happens in another process or machine (a remote stage, waiting on its reply) may set
+``runs_elsewhere = True``: the pipeline then runs it beside the stage that does not need its result (the
+segmenter beside the regressor), on a second thread, so that the waits overlap.
 """
 
 from __future__ import annotations

@@ -12,9 +12,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -26,6 +27,7 @@ from facerecon.kernel.contract.records import (
     FaceReconstruction,
     Reconstruction,
     Refinement,
+    Segmentation,
     StageResult,
 )
 from facerecon.kernel.contract.stages import Detector, Refiner, Regressor, Segmenter, check_result
@@ -34,6 +36,9 @@ from facerecon.kernel.host.devices import resolve_device
 from facerecon.kernel.host.imageio import fit_within, load_image
 from facerecon.kernel.host.registry import PluginHost
 from facerecon.kernel.host.threads import limit_threads
+
+A = TypeVar("A")
+B = TypeVar("B")
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +61,7 @@ class Pipeline:
         self.config = config
         self.device = resolve_device(self.config.device)
         self._stages: dict[tuple[str, str], Any] = {}
+        self._helper: ThreadPoolExecutor | None = None  # runs a stage beside another (see _side_by_side)
         # Fail fast on unknown plugin names and stages that cannot use the detector's landmarks, before any
         # model loads or photo is read.
         self._check_chain(schemes)
@@ -195,6 +201,9 @@ class Pipeline:
                 warm()
 
     def close(self) -> None:
+        if self._helper is not None:
+            self._helper.shutdown(wait=True)
+            self._helper = None
         for stage in self._stages.values():
             close = getattr(stage, "close", None)
             if callable(close):
@@ -269,17 +278,29 @@ class Pipeline:
         frame, its pose filtered), so only the segmenter and refiners run."""
         timings = timings if timings is not None else {}
         checkpoint = before_stage or (lambda: None)
-        segmentation = None
-        if self.segmenter is not None:
-            checkpoint()
+
+        def segment() -> Segmentation | None:
+            if self.segmenter is None:
+                return None
             start = time.perf_counter()
-            segmentation = self._checked("segmenter", str(self.config.segmenter), self.segmenter.segment(image, face))
+            result = self._checked("segmenter", str(self.config.segmenter), self.segmenter.segment(image, face))
             _accumulate(timings, "segmenter", _ms_since(start))
+            return result
+
+        def regress() -> tuple[CoarseResult, float]:
+            start = time.perf_counter()
+            if coarse is not None:
+                return coarse, _ms_since(start)
+            result = self._checked("regressor", self.config.regressor, self.regressor.regress(image, face))
+            return result, _ms_since(start)
+
         checkpoint()
-        start = time.perf_counter()
-        if coarse is None:
-            coarse = self._checked("regressor", self.config.regressor, self.regressor.regress(image, face))
-        elapsed = _ms_since(start)
+        if self._overlapped(coarse):  # the segmenter and the regressor are independent: their waits overlap
+            segmentation, (coarse, elapsed) = self._side_by_side(segment, regress)
+        else:
+            segmentation = segment()
+            checkpoint()
+            coarse, elapsed = regress()
         _accumulate(timings, "regressor", elapsed)
         spec = self.host.spec("regressor", self.config.regressor)
         stages = [StageResult("coarse", spec.name, spec.version, coarse.mesh, elapsed)]
@@ -305,6 +326,28 @@ class Pipeline:
                 )
             )
         return FaceReconstruction(face, index, coarse, tuple(stages), segmentation)
+
+    def _overlapped(self, coarse: CoarseResult | None) -> bool:
+        """Whether the segmenter and the regressor run side by side: both run, and one of them runs
+        elsewhere (``runs_elsewhere``, :mod:`facerecon.kernel.contract.stages`), so it mostly waits."""
+        if self.segmenter is None or coarse is not None:
+            return False
+        return any(getattr(stage, "runs_elsewhere", False) for stage in (self.segmenter, self.regressor))
+
+    def _side_by_side(self, first: Callable[[], A], second: Callable[[], B]) -> tuple[A, B]:
+        """``first()`` on the pipeline's helper thread while ``second()`` runs on this one; both results.
+        An error is raised as a sequential run would raise it: the first's, else the second's."""
+        if self._helper is None:
+            self._helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="facerecon-overlap")
+        future = self._helper.submit(first)
+        try:
+            second_result = second()
+        except BaseException:
+            error = future.exception()  # waits: nothing of this face runs on once this returns
+            if error is not None:
+                raise error from None
+            raise
+        return future.result(), second_result
 
     def _checked(self, kind: str, name: str, result: Any) -> Any:
         """``result`` of stage ``name``, or a PluginError when it breaks the stage contract."""
