@@ -395,8 +395,9 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         interrupted = True
         if pool is not None:
-            for late in pool.interrupt():  # inputs that had just finished
-                record(late)
+            for late in pool.interrupt():  # inputs that had just finished, or not yet recorded
+                if late.input not in finished:
+                    record(late)
         print(f"facerecon: interrupted after {len(finished) - len(skipped)} of {len(jobs)} input(s)", file=sys.stderr)
     finally:
         if pool is not None:

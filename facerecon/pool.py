@@ -14,6 +14,7 @@ still reported, the workers are then killed (their half-written folders are stal
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import queue
 import signal
@@ -39,7 +40,11 @@ class WorkerPool:
             raise ConfigError(f"--jobs must be at least 1, got {jobs}")
         self.workers = [BatchWorker(config, write) for _ in range(jobs)]
         self._stop = threading.Event()
-        self._done: queue.Queue[Outcome | None] = queue.Queue()  # None: a feeding thread has ended
+        self._done: queue.Queue[int | None] = queue.Queue()  # an outcome's key; None: a feeding thread has ended
+        # Every outcome from its arrival until the consumer asks for the next one: a Ctrl-C between the
+        # hand-over and the consumer's record of it must not lose it (interrupt() gives these back).
+        self._unacknowledged: dict[int, Outcome] = {}
+        self._keys = itertools.count()
         self._source_error: Exception | None = None
         self._threads: list[threading.Thread] = []
 
@@ -77,11 +82,12 @@ class WorkerPool:
             thread.start()
         running = len(self._threads)
         while running:
-            outcome = self._done.get()
-            if outcome is None:  # a feeding thread is done
+            key = self._done.get()
+            if key is None:  # a feeding thread is done
                 running -= 1
                 continue
-            yield outcome
+            yield self._unacknowledged[key]
+            del self._unacknowledged[key]  # the consumer is back for the next: it has this one
             window.release()
         if self._source_error is not None:
             raise self._source_error
@@ -107,17 +113,19 @@ class WorkerPool:
                     outcome = Outcome(str(path), None, 0, 0.0, f"{type(exc).__name__}: {exc}", crashed=True)
                 if self._stop.is_set() and outcome.crashed:
                     return  # killed by interrupt(): not this input's fault, it is "not processed"
-                self._done.put(outcome)
+                key = next(self._keys)
+                self._unacknowledged[key] = outcome
+                self._done.put(key)
         finally:
             self._done.put(None)
 
     def interrupt(self, grace_s: float = 0.5) -> list[Outcome]:
-        """Stop for Ctrl-C: the outcomes of inputs that finished within ``grace_s``, then kill the workers."""
+        """Stop for Ctrl-C: the outcomes the consumer may not have recorded yet — those of inputs that finished
+        within ``grace_s``, and the one handed over when the Ctrl-C came (a consumer skips the inputs it
+        already has) — then kill the workers."""
         self._stop.set()
-        late: list[Outcome] = []
         for thread in self._threads:
             thread.join(grace_s / max(1, len(self._threads)))
-        late += self._drain()
         for worker in self.workers:  # its feeding thread sees the pipe close and reaps it
             pid = worker.pid
             if pid is not None:
@@ -125,18 +133,9 @@ class WorkerPool:
                     os.kill(pid, signal.SIGKILL)
         for thread in self._threads:
             thread.join(10.0)
-        return late + self._drain()  # finished between the first look and the kill
-
-    def _drain(self) -> list[Outcome]:
-        """The outcomes waiting in the queue, without blocking."""
-        found: list[Outcome] = []
-        while True:
-            try:
-                outcome = self._done.get_nowait()
-            except queue.Empty:
-                return found
-            if outcome is not None:
-                found.append(outcome)
+        late = list(self._unacknowledged.values())  # in the order they finished
+        self._unacknowledged.clear()
+        return late
 
     def close(self) -> None:
         self._stop.set()

@@ -121,3 +121,18 @@ def test_device_cuda_on_a_cluster_without_gpu_is_a_usage_error(cluster, lfpw, tm
     assert main(["reconstruct", str(lfpw[0]), "-o", str(out), "--engine", "ray", "--device", "cuda", *FLAGS]) == 2
     assert "--device cuda: the Ray cluster has no GPU" in capsys.readouterr().err
     assert not (out / lfpw[0].stem).exists()
+
+
+def test_an_outcome_handed_over_when_ctrl_c_comes_is_given_back_by_interrupt(cluster, lfpw, tmp_path):
+    """As with the local pool (test_large_batches): the outcome in the consumer's hand when Ctrl-C comes is
+    still pending for interrupt(), which gives it back."""
+    engine = RayEngine(CONFIG, WRITE, in_flight=2)
+    engine.start()
+    try:
+        outcomes = engine.run((photo, tmp_path / photo.stem, None) for photo in lfpw[:3])
+        first = next(outcomes)
+        late = engine.interrupt()
+    finally:
+        engine.close()
+    assert first.error is None
+    assert first.input in {o.input for o in late}

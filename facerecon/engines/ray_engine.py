@@ -324,19 +324,23 @@ class RayEngine:
             yield from self._collect(ray)
 
     def _collect(self, ray: Any) -> Iterator[Outcome]:
-        ready, self._pending = ray.wait(self._pending, num_returns=1)
+        ready, _ = ray.wait(self._pending, num_returns=1)
         for ref in ready:
-            path = self._inputs.pop(ref)
-            try:
-                job = ray.get(ref)
-            except ray.exceptions.RayError as exc:  # retries exhausted
-                yield Outcome(path, None, 0, 0.0, f"the Ray task failed after retries: {exc}", crashed=True)
-                continue
-            seconds = round(job.get("seconds", 0.0), 3)
-            if "error" in job:
-                yield Outcome(job["path"], None, 0, seconds, job["error"])
-            else:
-                yield replace(job["outcome"], seconds=seconds)
+            yield self._outcome(ray, ref)
+            # The consumer is back for the next: it has this one. Until then the task stays pending, so a
+            # Ctrl-C between the hand-over and the consumer's record of it gets it back from interrupt().
+            self._pending.remove(ref)
+            self._inputs.pop(ref)
+
+    def _outcome(self, ray: Any, ref: Any) -> Outcome:
+        try:
+            job = ray.get(ref)
+        except ray.exceptions.RayError as exc:  # retries exhausted
+            return Outcome(self._inputs[ref], None, 0, 0.0, f"the Ray task failed after retries: {exc}", crashed=True)
+        seconds = round(job.get("seconds", 0.0), 3)
+        if "error" in job:
+            return Outcome(job["path"], None, 0, seconds, job["error"])
+        return replace(job["outcome"], seconds=seconds)
 
     def interrupt(self, grace_s: float = 0.5) -> list[Outcome]:
         """Stop for Ctrl-C: what finished within ``grace_s``; the rest is cancelled."""
