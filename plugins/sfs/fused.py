@@ -16,7 +16,7 @@ Albedo (step 3, and its steps between the depth updates): the data term, the ski
 ``solver.Reflectance.albedo_loss`` (``albedo_terms``): the per-sample work and the 2 x 2 block means in
 compiled loops, the blurs and their adjoints in ``filters``.
 
-The same numbers as autograd to float rounding, ~3-4x faster on 2 cores (README, "Speed"). The solver keeps
+The same numbers as autograd to float rounding, ~3-4x faster per evaluation (README, "Speed"). The solver keeps
 the autograd forms as the reference (and for CUDA); tests/test_sfs_fused.py compares the two.
 """
 
