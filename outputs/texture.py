@@ -247,7 +247,7 @@ def photo_unwrap(mesh: Mesh, image: np.ndarray, size: int = 1024) -> np.ndarray:
     projects (hidden and grazing texels included: the smears :func:`bake_texture` avoids); uint8."""
     texels = TexelSurface.of(mesh, size)
     texture = np.zeros((size, size, 3))
-    texture[texels.mask] = _bilinear(image, texels.xy[:, 0], texels.xy[:, 1])
+    texture[texels.mask] = sampling.bilinear(image, texels.xy[:, 0], texels.xy[:, 1])
     return pad(texture, texels.mask)
 
 
@@ -260,7 +260,7 @@ def bake_texture(
     mask = texels.mask
     if not mask.any():
         return np.full((size, size, 3), 128, np.uint8)
-    own = _bilinear(image, texels.xy[:, 0], texels.xy[:, 1])
+    own = sampling.bilinear(image, texels.xy[:, 0], texels.xy[:, 1])
     weight = feathered(visibility(mesh, texels, image.shape), mask, size)
     skin = skin_colour(segmentation, own, weight)
     fill = np.broadcast_to(skin, own.shape)
@@ -271,7 +271,7 @@ def bake_texture(
         premultiplied[mask] = np.column_stack([own * weight[:, None], weight])
         mirror_uv = texels.at(np.asarray(mesh.uvs, np.float64)[mirror])
         col, row = mirror_uv[:, 0] * size - 0.5, (1.0 - mirror_uv[:, 1]) * size - 0.5
-        sampled = _bilinear(premultiplied, col, row)
+        sampled = sampling.bilinear(premultiplied, col, row)
         mirror_weight = sampled[:, 3:]
         mirror_colour = sampled[:, :3] / np.maximum(mirror_weight, 1e-6)
         fill = mirror_weight * mirror_colour + (1 - mirror_weight) * skin
@@ -318,11 +318,6 @@ def pad(texture: np.ndarray, mask: np.ndarray) -> np.ndarray:
     np.copyto(filled, texture, where=mask[..., None], casting="unsafe")
     np.rint(filled, out=filled)
     return np.clip(filled, 0, 255, out=filled).astype(np.uint8)
-
-
-def _bilinear(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """float32 (K, C) bilinear samples of an (H, W, C) image at pixel positions x, y (K,), clamped."""
-    return sampling.bilinear(image, x, y).astype(np.float32)
 
 
 def with_atlas_uvs(mesh: Mesh) -> Mesh:
