@@ -120,24 +120,18 @@ def test_the_pool_reads_a_long_input_list_lazily(lfpw, tmp_path):
     from facerecon.batch import WriteOptions
     from facerecon.kernel import PipelineConfig
     from facerecon.pool import WorkerPool
+    from tests.streams import CountedInputs
 
-    taken = 0
-
-    def inputs():
-        nonlocal taken
-        for i in range(100_000):
-            taken += 1
-            yield lfpw[i % 3], tmp_path / f"p{i:06d}", None
-
+    inputs = CountedInputs(lfpw[:3], tmp_path)
     config = PipelineConfig(regressor="landmark-mesh", segmenter=None, refiners=(), device="cpu")
     handed = []
     with WorkerPool(config, WriteOptions(texture_size=64), jobs=2) as pool:
-        for outcome in islice(pool.run(inputs()), 10):
+        for outcome in islice(pool.run(inputs), 10):
             handed.append(outcome)
-            assert 0 <= taken - len(handed) <= 4, (taken, len(handed))
+            assert 0 <= inputs.taken - len(handed) <= 4, (inputs.taken, len(handed))
     assert all(o.error is None for o in handed), [o.error for o in handed]
-    assert taken <= 10 + 4  # closing the pool took nothing more
-    assert {Path(o.output or "").name for o in handed} <= {f"p{i:06d}" for i in range(taken)}
+    assert inputs.taken <= 10 + 4  # closing the pool took nothing more
+    assert {Path(o.output or "").name for o in handed} <= {f"p{i:06d}" for i in range(inputs.taken)}
 
 
 def test_an_outcome_handed_over_when_ctrl_c_comes_is_given_back_by_interrupt(lfpw, tmp_path):

@@ -18,6 +18,7 @@ from facerecon.kernel import Pipeline, PipelineConfig
 ray = pytest.importorskip("ray", reason="the Ray engine needs pip install 'facerecon[ray]'")
 
 from facerecon.engines.ray_engine import RayEngine  # noqa: E402
+from tests.streams import CountedInputs  # noqa: E402
 
 CONFIG = PipelineConfig(regressor="landmark-mesh", segmenter=None, refiners=(), device="cpu")
 WRITE = WriteOptions(texture_size=64)
@@ -91,28 +92,21 @@ def test_a_killed_stage_actor_has_its_inputs_retried(cluster, lfpw, in_process, 
 def test_inputs_are_streamed_with_a_bounded_number_in_flight(cluster, lfpw, tmp_path):
     """A generator of 100k inputs: the engine takes at most ``in_flight`` of them ahead of the outcomes it
     has handed back (the driver's and the object store's memory stay flat: benchmarks/bench_batch_memory)."""
-    taken = 0
-
-    def inputs():
-        nonlocal taken
-        for i in range(100_000):
-            taken += 1
-            yield lfpw[i % 3], tmp_path / f"p{i:06d}", None
-
+    inputs = CountedInputs(lfpw[:3], tmp_path)
     engine = RayEngine(CONFIG, WRITE, in_flight=3)
     engine.start()
     handed = []
     try:
-        for outcome in engine.run(inputs()):
+        for outcome in engine.run(inputs):
             handed.append(outcome)
-            assert 0 <= taken - len(handed) <= 3, (taken, len(handed))
+            assert 0 <= inputs.taken - len(handed) <= 3, (inputs.taken, len(handed))
             if len(handed) == 8:
                 break
         engine.interrupt()
     finally:
         engine.close()
     assert all(o.error is None for o in handed), [o.error for o in handed]
-    assert taken <= 8 + 3
+    assert inputs.taken <= 8 + 3
 
 
 def test_device_cuda_on_a_cluster_without_gpu_is_a_usage_error(cluster, lfpw, tmp_path, capsys):
