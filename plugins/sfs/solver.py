@@ -529,7 +529,7 @@ class Reflectance:
     def fused_inputs(self) -> fused.AlbedoInputs:
         """What ``fused.albedo_terms`` reads of this scene and prior."""
         scene, options = self.scene, self.scene.options
-        array = lambda x: np.ascontiguousarray(x.detach().numpy(), dtype=np.float32)  # noqa: E731
+        array = _float32_array
         return fused.AlbedoInputs(
             image=array(scene.image),
             measured=array(scene.measured.float()),
@@ -629,12 +629,11 @@ class DepthEnergy:
     def _fused_constants(self) -> fused.FusedInputs:
         """The fused pass's inputs that stay fixed through the phases (the albedo and specular are set per call)."""
         scene, options = self.scene, self.scene.options
-        array = lambda x: np.ascontiguousarray(x.detach().numpy(), dtype=np.float32)  # noqa: E731
+        array = _float32_array
         lobe = np.zeros(6)
         if scene.lobe is not None:
-            p = scene.lobe.params.double()
-            half = torch.stack([p[0], p[1], torch.ones_like(p[0])])
-            lobe = np.array([1.0, *(half / half.norm()).tolist(), float(p[2].exp()), float(p[3].clamp(0, 7).exp())])
+            half, k, alpha = scene.lobe.shape(scene.lobe.params.double())
+            lobe = np.array([1.0, *half.tolist(), float(k), float(alpha)])
         constants = torch.tensor(SH_CONSTANTS, dtype=torch.float64)[:, None]
         count = float(scene.count)
         return fused.FusedInputs(
@@ -734,6 +733,11 @@ class DepthEnergy:
         )
 
 
+def _float32_array(tensor: Tensor) -> np.ndarray:
+    """A tensor as a C-ordered float32 numpy array (what the compiled passes read)."""
+    return np.ascontiguousarray(tensor.detach().cpu().numpy(), dtype=np.float32)
+
+
 def skin_confidence(diffuse: Tensor, albedo_avg: Tensor, measured: Tensor, options: SfsOptions) -> Tensor:
     """(H, W) in [0, 1]: how far a pixel's chromaticity stays the region's skin colour. Shading changes
     brightness, not chromaticity; pigment (freckles, hair) and highlights (white) move it away from the
@@ -776,11 +780,16 @@ class SpecularLobe:
         self.params = torch.tensor([0.0, 0.0, 2.0, 3.0], device=device)  # hx, hy, log k, log α
 
     def __call__(self, normals: Tensor, params: Tensor | None = None) -> Tensor:
+        half, k, alpha = self.shape(params)
+        cosine = (normals @ half).clamp(min=1e-6)
+        return (k * cosine**alpha)[None]
+
+    def shape(self, params: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """The unit half-vector h (3,), k and α of ``params`` (default: the fitted ones). The clamps, with
+        cos ≥ 1e-6 where it is used, keep cos^α and its derivatives finite (1 ≤ α ≤ 1100)."""
         p = self.params if params is None else params
         h = torch.stack([p[0], p[1], torch.ones_like(p[0])])
-        # cos ≥ 1e-6 and 1 ≤ α ≤ 1100 keep cos^α and its derivatives finite (log 0, 0^(α-1) with α < 1).
-        cosine = (normals @ (h / h.norm())).clamp(min=1e-6)
-        return (p[2].exp() * cosine ** p[3].clamp(0.0, 7.0).exp())[None]
+        return h / h.norm(), p[2].exp(), p[3].clamp(0.0, 7.0).exp()
 
     def fit(self, normals: Tensor, residual: Tensor, mask: Tensor, steps: int = 150) -> SpecularLobe:
         """Least-squares fit to ``residual`` (H, W), what the diffuse rendering leaves, over ``mask``,
