@@ -186,7 +186,7 @@ class LaplacianDeformer:
         faces: np.ndarray,
         cache_size: int = 4,
         update_rank: int = 64,
-        response_after: int = 2,
+        response_after: int = 50,
         response_bytes: int = 256 * 2**20,
         response_dtype: str = "float32",
     ) -> None:

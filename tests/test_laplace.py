@@ -72,8 +72,8 @@ def test_few_changed_constraints_update_the_factorisation_and_solve_the_same_sys
     targets = v[ids[:, 0]] + rng.normal(size=(60, 3))
     # From the third use on the factorisation has its G: the update then takes A₀⁻¹ b from G's columns
     # (and the vertex columns for the moved points) instead of a sparse solve.
-    exact = LaplacianDeformer(n, sphere.faces, response_dtype="float64")
-    rounded = LaplacianDeformer(n, sphere.faces)  # G in float32
+    exact = LaplacianDeformer(n, sphere.faces, response_after=2, response_dtype="float64")
+    rounded = LaplacianDeformer(n, sphere.faces, response_after=2)  # G in float32
     exact.deform(v, ids, bary, weights, targets)
     rounded.deform(v, ids, bary, weights, targets)
     for face in range(3):  # 17 rows to other vertices, 5 other weights, 3 rows dropped: 45 rows differ
@@ -101,7 +101,7 @@ def _sphere_system(subdivisions: int = 3, count: int = 30):
 
 def test_g_matrix_is_built_at_the_second_reuse_and_gives_the_sparse_solve():
     sphere, v, ids, bary, weights = _sphere_system()
-    deformer = LaplacianDeformer(len(v), sphere.faces, response_dtype="float64")  # response_after = 2
+    deformer = LaplacianDeformer(len(v), sphere.faces, response_after=2, response_dtype="float64")
     sparse = LaplacianDeformer(len(v), sphere.faces, response_after=0)
     for face in range(5):
         targets = v[: len(ids)] + np.sin(face + np.arange(len(ids)))[:, None] * [3.0, -2.0, 1.0]
