@@ -106,3 +106,21 @@ def test_warm_up_loads_the_compiled_passes():
     SfsRefiner(SfsOptions()).warm_up()
     loops = [compiled(fused._pass, fastmath=True), *fused._albedo_kernels()]
     assert all(loop is not None and loop.signatures for loop in loops)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("sigma", [1.0, 2.0, 4.0])
+def test_opencv_blur_and_adjoint_equal_the_torch_forms_cuda_runs(sigma):
+    """The CPU's blur and its adjoint (OpenCV, ``filters``) against the shifted-slice forms CUDA runs, on odd
+    sizes and a plane narrower than the blur's radius; and the adjoint is the transpose: <Bx, g> = <x, Bᵀg>."""
+    from facerecon.plugins.sfs import filters, solver
+
+    generator = torch.Generator().manual_seed(2)
+    for shape in ((3, 37, 29), (2, 5, 41)):
+        x = torch.randn(shape, generator=generator, dtype=torch.float64)
+        g = torch.randn(shape, generator=generator, dtype=torch.float64)
+        taps = solver.gaussian_kernel(sigma)
+        forward = torch.from_numpy(filters.blur(x.numpy(), np.asarray(taps)))
+        adjoint = torch.from_numpy(filters.blur_adjoint(g.numpy(), np.asarray(taps)))
+        torch.testing.assert_close(forward, solver._blur_axis(solver._blur_axis(x, taps, -1), taps, -2))
+        torch.testing.assert_close(adjoint, solver._blur_axis_adjoint(solver._blur_axis_adjoint(g, taps, -2), taps, -1))
+        assert float((forward * g).sum()) == pytest.approx(float((x * adjoint).sum()), rel=1e-10)
