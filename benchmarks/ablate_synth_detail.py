@@ -31,6 +31,7 @@ from facerecon.evaluation import shared_data_dir
 from facerecon.kernel import Pipeline, PipelineConfig
 from facerecon.kernel.host.imageio import load_image
 from facerecon.plugins.sfs import SfsOptions, SfsRefiner
+from facerecon.plugins.sfs import operators as sfs_operators
 from facerecon.plugins.sfs import solver as sfs_solver
 
 MEDIUM = PipelineConfig(segmenter="landmark-regions", refiners=("laplace",), device="cpu")
@@ -43,7 +44,10 @@ def variant(problem: sfs_solver.Problem, row: str, sample: Path, origin: tuple[i
         meta = json.loads((sample / "meta.json").read_text())
         sh = torch.tensor(meta["lighting"]["sh_shading_coeffs_rgb"], dtype=torch.float32)
         if not problem.linear:  # the default fine stage already solves on the linear image
-            image, albedo = sfs_solver.srgb_to_linear(problem.image), sfs_solver.srgb_to_linear(problem.albedo_avg)
+            image, albedo = (
+                sfs_operators.srgb_to_linear(problem.image),
+                sfs_operators.srgb_to_linear(problem.albedo_avg),
+            )
             problem = replace(problem, image=image, albedo_avg=albedo, linear=True)
         problem = replace(problem, lighting=sh)
     if row in ("true-start", "true-both"):

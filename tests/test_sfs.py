@@ -224,7 +224,7 @@ def test_full_synthetic_scene_detail_is_recovered():
 
 
 def test_gaussian_blur_has_the_exact_adjoint_and_matches_a_convolution():
-    from facerecon.plugins.sfs.solver import gaussian_blur, gaussian_kernel, low_pass
+    from facerecon.plugins.sfs.operators import gaussian_blur, gaussian_kernel, low_pass
 
     x = torch.randn(2, 13, 17, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda v: gaussian_blur(v, 1.5), (x,))
@@ -242,7 +242,8 @@ def test_gaussian_blur_has_the_exact_adjoint_and_matches_a_convolution():
 
 
 def test_a_degenerate_highlight_fit_is_dropped_not_propagated():
-    from facerecon.plugins.sfs.solver import SpecularLobe, normals_from_height
+    from facerecon.plugins.sfs.lighting import SpecularLobe
+    from facerecon.plugins.sfs.operators import normals_from_height
 
     height = torch.as_tensor(make_scene().smooth, dtype=torch.float32)
     mask = height > 1
@@ -252,7 +253,7 @@ def test_a_degenerate_highlight_fit_is_dropped_not_propagated():
 
 
 def test_noise_level_estimates_white_noise():
-    from facerecon.plugins.sfs.solver import noise_level
+    from facerecon.plugins.sfs.operators import noise_level
 
     rng = np.random.default_rng(1)
     yy, xx = np.mgrid[:200, :200]
@@ -324,7 +325,7 @@ def test_known_detail_renders_few_samples(shared_data, tmp_path):
 
 
 def test_srgb_decoding_round_trips():
-    from facerecon.plugins.sfs.solver import linear_to_srgb, srgb_to_linear
+    from facerecon.plugins.sfs.operators import linear_to_srgb, srgb_to_linear
 
     grey = np.linspace(0, 255, 1021)
     assert np.allclose(linear_to_srgb(srgb_to_linear(grey)), grey, atol=1e-6)
@@ -337,7 +338,7 @@ def test_lighting_prior_leaves_clean_evidence_to_the_data():
     """The portrait-lighting prior (MAP SH fit): with the albedo known and the face's shading clean, the
     plain fit finds the scene's light; under the prior (weight 300) the side light keeps its side but is
     pulled towards the prior's frontal mean (measured x term −0.175 -> −0.069): why it is not a default."""
-    from facerecon.plugins.sfs.solver import fit_lighting, portrait_lighting_prior
+    from facerecon.plugins.sfs.lighting import fit_lighting, portrait_lighting_prior
 
     mean, whitening = portrait_lighting_prior()
     assert mean.shape == (8,) and whitening.shape == (8, 8) and float(mean[1]) > 0.2  # z: towards the camera

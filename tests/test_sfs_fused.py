@@ -112,15 +112,17 @@ def test_warm_up_loads_the_compiled_passes():
 def test_opencv_blur_and_adjoint_equal_the_torch_forms_cuda_runs(sigma):
     """The CPU's blur and its adjoint (OpenCV, ``filters``) against the shifted-slice forms CUDA runs, on odd
     sizes and a plane narrower than the blur's radius; and the adjoint is the transpose: <Bx, g> = <x, Bᵀg>."""
-    from facerecon.plugins.sfs import filters, solver
+    from facerecon.plugins.sfs import filters, operators
 
     generator = torch.Generator().manual_seed(2)
     for shape in ((3, 37, 29), (2, 5, 41)):
         x = torch.randn(shape, generator=generator, dtype=torch.float64)
         g = torch.randn(shape, generator=generator, dtype=torch.float64)
-        taps = solver.gaussian_kernel(sigma)
+        taps = operators.gaussian_kernel(sigma)
         forward = torch.from_numpy(filters.blur(x.numpy(), np.asarray(taps)))
         adjoint = torch.from_numpy(filters.blur_adjoint(g.numpy(), np.asarray(taps)))
-        torch.testing.assert_close(forward, solver._blur_axis(solver._blur_axis(x, taps, -1), taps, -2))
-        torch.testing.assert_close(adjoint, solver._blur_axis_adjoint(solver._blur_axis_adjoint(g, taps, -2), taps, -1))
+        torch.testing.assert_close(forward, operators._blur_axis(operators._blur_axis(x, taps, -1), taps, -2))
+        torch.testing.assert_close(
+            adjoint, operators._blur_axis_adjoint(operators._blur_axis_adjoint(g, taps, -2), taps, -1)
+        )
         assert float((forward * g).sum()) == pytest.approx(float((x * adjoint).sum()), rel=1e-10)

@@ -9,7 +9,7 @@ In torch, numbered as the issue numbers them:
 2. Lighting: Lambertian with 2nd-order spherical harmonics, I = γ·S(n) + ε·β, S(n) = Σ_k r_k Y_k(n);
    with the mean albedo γ_avg (the segmenter's per-region skin colours, else the face's median colour)
    and the normals of d0 (ε = 0), r is one linear least-squares solve per colour channel, refitted
-   ``lighting_rounds`` times with the albedo the current light implies (``solver.fit_lighting``).
+   ``lighting_rounds`` times with the albedo the current light implies (``lighting.fit_lighting``).
 3. Albedo: min E(γ) = ||I − I'||² + λγ1 ||γ − γ_avg||² + λγ2 ||RTV(γ)||², γ_avg here the skin's local
    colour (image over shading, masked Gaussian σ ``albedo_sigma``), RTV of Xu et al. 2012
    (windowed total variation over windowed inherent variation: G * |∂γ| / (|G * ∂γ| + e), per axis),
@@ -81,13 +81,13 @@ class SfsRefiner:
         try:
             import torch
 
-            from facerecon.plugins.sfs import solver
+            from facerecon.plugins.sfs import lighting, operators, solver
         except ImportError:
             raise PluginError("the sfs refiner needs PyTorch: pip install 'facerecon[fine]'") from None
 
         self.options = options
         self.device = torch.device(device)
-        self.solver = solver
+        self.solver, self.lighting, self.operators = solver, lighting, operators
 
     def warm_up(self) -> None:
         """Solve a small lit sphere once: loads the compiled passes (``fused``, ~0.3 s from numba's disk
@@ -149,7 +149,7 @@ class SfsRefiner:
         mask, lit, albedo_avg = regions(crop, covered, labels, segmentation)
         linear = self.options.linear_shading
         if linear:  # the Lambertian + SH model holds for linear intensities, not sRGB-encoded ones
-            crop, albedo_avg = self.solver.srgb_to_linear(crop), self.solver.srgb_to_linear(albedo_avg)
+            crop, albedo_avg = self.operators.srgb_to_linear(crop), self.operators.srgb_to_linear(albedo_avg)
         t = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32, device=self.device)  # noqa: E731
         problem = self.solver.Problem(
             image=t(crop.transpose(2, 0, 1)),
@@ -173,11 +173,11 @@ class SfsRefiner:
         import torch
 
         with torch.no_grad():
-            shade = self.solver.shading(solution.height, solution.sh)
+            shade = self.lighting.shading(solution.height, solution.sh)
             rendered = solution.albedo * shade + self.options.specular_scale * solution.specular
             height = torch.as_tensor(-depth_samples, dtype=solution.height.dtype)
-            normals = self.solver.normals_from_height(height).cpu().numpy()
-        encode = self.solver.linear_to_srgb if problem.linear else (lambda x: x)
+            normals = self.operators.normals_from_height(height).cpu().numpy()
+        encode = self.operators.linear_to_srgb if problem.linear else (lambda x: x)
 
         def to_image(x):  # (C, H, W) 0-255 in the solver's intensities -> (H, W, C) sRGB 0-1
             return np.clip(encode(x.cpu().numpy().transpose(1, 2, 0)) / 255.0, 0, 1)

@@ -8,7 +8,6 @@ it is built, so that ``facerecon`` starts without loading torch.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -20,156 +19,27 @@ import torch
 import torch._dynamo  # noqa: F401
 from torch import Tensor
 
-from facerecon.plugins.sfs import filters, fused
+from facerecon.plugins.sfs import fused
+from facerecon.plugins.sfs.lighting import (
+    SH_CONSTANTS,
+    SpecularLobe,
+    fit_light_and_highlight,
+    shading_of_normals,
+)
+from facerecon.plugins.sfs.operators import (
+    gaussian_blur,
+    laplacian,
+    low_pass,
+    masked_blur,
+    noise_level,
+    normals_from_height,
+    relative_total_variation,
+    srgb_to_linear,
+)
 from facerecon.plugins.sfs.options import SfsOptions
 
 MIN_MEASURED_SAMPLES = 256
 """Fewer unclipped face samples than this and there is no shading to refine from (``NoShading``)."""
-
-MAX_FIT_SAMPLES = 10_000
-"""Pixels used to fit the few lighting and highlight parameters (a regular subsample of the face)."""
-
-# -- spherical harmonics ----------------------------------------------------------------------------
-
-SH_CONSTANTS = (0.282095, 0.488603, 0.488603, 0.488603, 1.092548, 1.092548, 0.315392, 1.092548, 0.546274)
-
-
-def sh_basis(normals):
-    """The 9 real SH basis functions of unit normals (..., 3) in the viewer frame (x right, y up, z to
-    the viewer): Y00, Y1-1 (y), Y10 (z), Y11 (x), Y2-2 (xy), Y2-1 (yz), Y20 (3z²-1), Y21 (xz), Y22 (x²-y²)."""
-    x, y, z = normals[..., 0], normals[..., 1], normals[..., 2]
-    c = SH_CONSTANTS
-    return torch.stack(
-        [
-            torch.full_like(x, c[0]),
-            c[1] * y,
-            c[2] * z,
-            c[3] * x,
-            c[4] * x * y,
-            c[5] * y * z,
-            c[6] * (3 * z * z - 1),
-            c[7] * x * z,
-            c[8] * (x * x - y * y),
-        ],
-        dim=-1,
-    )
-
-
-def normals_from_height(height):
-    """Unit normals (H, W, 3) in the viewer frame of a height map h (H, W) towards the viewer, image rows
-    going down: n ∝ (−∂h/∂x, ∂h/∂y, 1) with central differences (one-sided at the border)."""
-    padded = torch.nn.functional.pad(height[None, None], (1, 1, 1, 1), mode="replicate")[0, 0]
-    hx = (padded[1:-1, 2:] - padded[1:-1, :-2]) / 2
-    hy = (padded[2:, 1:-1] - padded[:-2, 1:-1]) / 2
-    n = torch.stack([-hx, hy, torch.ones_like(height)], dim=-1)
-    return n / n.norm(dim=-1, keepdim=True)
-
-
-def laplacian(image):
-    """5-point Laplacian of (..., H, W) with replicated borders."""
-    flat = image.reshape(-1, 1, *image.shape[-2:])
-    padded = torch.nn.functional.pad(flat, (1, 1, 1, 1), mode="replicate")
-    out = padded[..., :-2, 1:-1] + padded[..., 2:, 1:-1] + padded[..., 1:-1, :-2] + padded[..., 1:-1, 2:] - 4 * flat
-    return out.reshape(image.shape)
-
-
-def gaussian_kernel(sigma: float) -> list[float]:
-    """Normalised 1-D Gaussian taps, radius 3σ."""
-    return filters.gaussian_taps(sigma).tolist()
-
-
-def _blur_axis(x: Tensor, taps: list[float], dim: int) -> Tensor:
-    """Correlate x with symmetric ``taps`` along ``dim``, borders replicated (sum of shifted slices:
-    on the CPU this is ~10x faster than a depthwise conv2d with a 1-D kernel, and its backward more)."""
-    n, radius = x.shape[dim], len(taps) // 2
-    edge = [x.narrow(dim, 0, 1), x.narrow(dim, n - 1, 1)]
-    size = list(x.shape)
-    size[dim] = radius
-    padded = torch.cat([edge[0].expand(size), x, edge[1].expand(size)], dim)
-    out = padded.narrow(dim, 0, n) * taps[0]
-    for i in range(1, len(taps)):
-        out.add_(padded.narrow(dim, i, n), alpha=taps[i])
-    return out
-
-
-def _blur_axis_adjoint(g: Tensor, taps: list[float], dim: int) -> Tensor:
-    """The transpose of ``_blur_axis``: scatter each output back onto its taps, then fold what landed
-    in the replicated border onto the edge samples."""
-    n, radius = g.shape[dim], len(taps) // 2
-    size = list(g.shape)
-    size[dim] = n + 2 * radius
-    padded = g.new_zeros(size)
-    for i, tap in enumerate(taps):
-        padded.narrow(dim, i, n).add_(g, alpha=tap)
-    out = padded.narrow(dim, radius, n).clone()
-    out.narrow(dim, 0, 1).add_(padded.narrow(dim, 0, radius).sum(dim, keepdim=True))
-    out.narrow(dim, n - 1, 1).add_(padded.narrow(dim, n + radius, radius).sum(dim, keepdim=True))
-    return out
-
-
-def _blur_cv2(image: Tensor, taps: list[float]) -> Tensor:
-    """``_blur_axis`` along both axes by ``filters.blur`` (OpenCV's separable filter, the same border rule)."""
-    planes = image.detach().reshape(-1, *image.shape[-2:]).numpy()
-    return torch.from_numpy(filters.blur(planes, np.asarray(taps))).reshape(image.shape)
-
-
-def _blur_adjoint_cv2(grad: Tensor, taps: list[float]) -> Tensor:
-    """``_blur_axis_adjoint`` along both axes by ``filters.blur_adjoint``."""
-    planes = grad.detach().reshape(-1, *grad.shape[-2:]).numpy()
-    return torch.from_numpy(filters.blur_adjoint(planes, np.asarray(taps))).reshape(grad.shape)
-
-
-class _GaussianBlur(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, image: Tensor, taps: list[float]) -> Tensor:
-        ctx.taps = taps
-        if image.device.type == "cpu" and image.dtype in (torch.float32, torch.float64) and image.numel():
-            return _blur_cv2(image, taps)
-        return _blur_axis(_blur_axis(image, taps, -1), taps, -2)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
-        if grad.device.type == "cpu" and grad.dtype in (torch.float32, torch.float64) and grad.numel():
-            return _blur_adjoint_cv2(grad, ctx.taps), None
-        return _blur_axis_adjoint(_blur_axis_adjoint(grad, ctx.taps, -2), ctx.taps, -1), None
-
-
-def gaussian_blur(image: Tensor, sigma: float) -> Tensor:
-    """Separable Gaussian blur (radius 3σ, borders replicated) of (..., H, W), differentiable."""
-    return _GaussianBlur.apply(image, gaussian_kernel(sigma))
-
-
-def masked_blur(image: Tensor, weight: Tensor, sigma: float) -> Tensor:
-    """Normalised convolution: the ``weight``-ed Gaussian mean of (C, H, W) around every sample,
-    weights (H, W) >= 0 (what lies outside the weighted region does not bleed in)."""
-    total = gaussian_blur(weight[None], sigma).clamp(min=1e-6)
-    return gaussian_blur(image * weight, sigma) / total
-
-
-def low_pass(image: Tensor, sigma: float, factor: int) -> Tensor:
-    """A Gaussian low-pass of (..., H, W) sampled at 1/``factor`` of the rate, (..., ⌈H/k⌉, ⌈W/k⌉):
-    averaged over k x k blocks, then blurred by σ/k. Being smooth, it loses nothing at the reduced rate
-    (its mean square is the full-rate one's to within the blocks' edge effects), at ~1/k² of the cost:
-    the energies evaluate it at every step."""
-    shape = image.shape
-    flat = image.reshape(-1, 1, *shape[-2:])
-    coarse = torch.nn.functional.avg_pool2d(flat, factor, ceil_mode=True)[:, 0] if factor > 1 else flat[:, 0]
-    coarse = gaussian_blur(coarse, sigma / factor)
-    return coarse.reshape(*shape[:-2], *coarse.shape[-2:])
-
-
-def relative_total_variation(image: Tensor, sigma: float, eps: float = 1e-3, factor: int = 2) -> Tensor:
-    """Per-pixel RTV_x + RTV_y of (C, H, W) (Xu, Yan, Xia, Jia 2012, eq. 3-4): G*|∂γ| / (|G*∂γ| + e),
-    sampled at 1/``factor`` of the rate (the windowed sums are smooth; see ``low_pass``). Texture (many
-    small gradients of mixed sign) scores high, structure (consistent edges) low."""
-    dx = torch.nn.functional.pad(image[..., :, 1:] - image[..., :, :-1], (0, 1))
-    dy = torch.nn.functional.pad(image[..., 1:, :] - image[..., :-1, :], (0, 0, 0, 1))
-    # The four windowed sums in one call (fewer, larger operations).
-    abs_dx, sum_dx, abs_dy, sum_dy = low_pass(torch.stack([dx.abs(), dx, dy.abs(), dy]), sigma, factor)
-    return abs_dx / (sum_dx.abs() + eps) + abs_dy / (sum_dy.abs() + eps)
-
-
-# -- the optimisation ---------------------------------------------------------------------------------
 
 
 class NoShading(ValueError):
@@ -201,158 +71,6 @@ class Solution:
     specular: Tensor
     sh: Tensor
     phase_heights: dict[str, Tensor]
-
-
-def shading(height: Tensor, sh: Tensor) -> Tensor:
-    """S(n) (3, H, W) of a height map for SH coefficients sh (9, 3)."""
-    return shading_of_normals(normals_from_height(height), sh)
-
-
-def shading_of_normals(normals: Tensor, sh: Tensor) -> Tensor:
-    """S(n) (3, H, W) of unit normals (H, W, 3) for SH coefficients sh (9, 3)."""
-    # sh_basis's terms as 8 planes (8, H·W) and the constant Y00 folded into an offset: one contiguous
-    # (3, H·W) product instead of an interleaved (H, W, 9) basis and a strided permute (~2x faster).
-    x, y, z = normals[..., 0], normals[..., 1], normals[..., 2]
-    c = SH_CONSTANTS
-    planes = torch.stack([y, z, x, x * y, y * z, 3 * z * z - 1, x * z, x * x - y * y]).reshape(8, -1)
-    scaled = sh[1:] * torch.tensor(c[1:], dtype=sh.dtype, device=sh.device)[:, None]  # (8, 3)
-    out = torch.addmm((c[0] * sh[0])[:, None], scaled.T, planes)
-    return out.reshape(3, *normals.shape[:-1])
-
-
-def srgb_to_linear(image):
-    """sRGB-encoded 0-255 -> linear 0-255 (IEC 61966-2-1), of a tensor, a numpy array or a number."""
-    where = torch.where if isinstance(image, Tensor) else np.where
-    x = image / 255.0
-    return 255.0 * where(x <= 0.04045, x / 12.92, ((abs(x) + 0.055) / 1.055) ** 2.4)
-
-
-def linear_to_srgb(image):
-    """Linear 0-255 -> sRGB-encoded 0-255, the inverse of ``srgb_to_linear`` (negative values clipped)."""
-    where = torch.where if isinstance(image, Tensor) else np.where
-    x = image.clip(0, None) / 255.0
-    return 255.0 * where(x <= 0.0031308, x * 12.92, 1.055 * x ** (1 / 2.4) - 0.055)
-
-
-LAMBERT_BANDS = (torch.pi, 2 * torch.pi / 3, torch.pi / 4)
-"""The clamped cosine's SH transfer per band (Ramamoorthi & Hanrahan 2001): irradiance = A_l · radiance."""
-
-
-@functools.cache
-def portrait_lighting_prior() -> tuple[Tensor, Tensor]:
-    """A Gaussian prior on the shading coefficients r_1..r_8 normalised by r_0 (colour-independent):
-    its mean (8,) and whitening matrix W (8, 8) (W^T W = Σ^-1), float64.
-
-    The source is a lighting model, not data: one directional key light plus ambient, whose moments are
-    integrated here over a grid. The key's azimuth is uniform within ±60° of the camera axis, the classic
-    portrait positions from butterfly to Rembrandt lighting; its elevation is uniform from 0 to 60° above
-    the axis, the light-from-above of natural and indoor illumination. The ambient irradiance is uniform
-    from 0 to the key's peak. A directional light l adds A_l·Y_lm(l) to the coefficients and an
-    irradiance k adds k/Y00 to r_0.
-
-    Why a prior is needed: on a face the normals stay near the view axis, so the constant, z and 3z²−1
-    terms are nearly collinear. Their balance, and the light's tilt off the axis, are then fixed by slow
-    shading that an albedo with its own slow changes explains just as well."""
-    transfer = torch.tensor([LAMBERT_BANDS[0]] + [LAMBERT_BANDS[1]] * 3 + [LAMBERT_BANDS[2]] * 5, dtype=torch.float64)
-    azimuth = torch.deg2rad(torch.linspace(-60, 60, 25, dtype=torch.float64))
-    elevation = torch.deg2rad(torch.linspace(0, 60, 13, dtype=torch.float64))
-    az, el = torch.meshgrid(azimuth, elevation, indexing="ij")
-    key = torch.stack([az.sin() * el.cos(), el.sin(), az.cos() * el.cos()], -1).reshape(-1, 3)
-    coefficients = (sh_basis(key) * transfer)[:, None, :].repeat(1, 5, 1)  # (directions, ambient levels, 9)
-    coefficients[..., 0] += torch.linspace(0, 1, 5, dtype=torch.float64) / SH_CONSTANTS[0]
-    normalised = (coefficients[..., 1:] / coefficients[..., :1]).reshape(-1, 8)
-    mean = normalised.mean(0)
-    covariance = torch.cov(normalised.T)
-    whitening = torch.linalg.cholesky(torch.linalg.inv(covariance)).T
-    return mean, whitening
-
-
-def fit_lighting(
-    problem: Problem,
-    specular: Tensor | None = None,
-    trim: float = 0.1,
-    rounds: int = 0,
-    albedo_sigma: float = 12.0,
-    prior_weight: float = 0.0,
-) -> tuple[Tensor, Tensor]:
-    """Step 2: r (9, 3) by least squares with γ = γ_avg on the lit pixels, the image less ``specular``
-    (1, H, W) if given (else ε = 0); each fit refitted once without the ``trim`` fraction of worst-fitting
-    pixels (specular highlights, freckles, shadows cast by hair). Nine coefficients per channel: a regular
-    subsample of at most ``MAX_FIT_SAMPLES`` lit pixels determines them.
-
-    A region's single colour γ_avg is not the skin's: a tan, a flush or make-up change it slowly across
-    the face, and the least squares then bend the light to explain them. ``rounds`` times, γ is replaced
-    by the image over the current shading, averaged (σ ``albedo_sigma``) over the lit pixels, and r is
-    refitted: the albedo takes the slow colour changes, the light what the normals explain. With
-    ``prior_weight`` > 0 each fit is a MAP estimate under ``portrait_lighting_prior`` (the weight in squared
-    grey levels: one prior standard deviation costs as much as that mean squared residual). Returns r
-    and the albedo (3, H, W) it was fitted with."""
-    diffuse = problem.image if specular is None else problem.image - specular
-    albedo = problem.albedo_avg
-    shading_basis = sh_basis(normals_from_height(problem.height0))
-    sh = _least_squares_lighting(shading_basis, albedo, diffuse, problem.lit, trim, prior_weight)
-    for _ in range(rounds):
-        shade = (shading_basis @ sh).permute(2, 0, 1)
-        albedo = masked_blur((diffuse / shade.clamp(min=0.05)).clamp(0, 255), problem.lit.float(), albedo_sigma)
-        sh = _least_squares_lighting(shading_basis, albedo, diffuse, problem.lit, trim, prior_weight)
-    return sh, albedo
-
-
-def _least_squares_lighting(
-    shading_basis: Tensor, albedo: Tensor, diffuse: Tensor, lit: Tensor, trim: float, prior_weight: float = 0.0
-) -> Tensor:
-    """r (9, 3) minimising the mean of (γ·(Y(n)·r) − I)² over (a regular subsample of) the lit pixels,
-    plus ``prior_weight`` · ‖W (r_1..8 / r_0 − μ)‖² (``portrait_lighting_prior``; linearised with r_0 of
-    the previous solve), then refitted without the ``trim`` fraction of worst-fitting pixels; basis
-    (H, W, 9), albedo and diffuse (3, H, W)."""
-    index = torch.nonzero(lit.flatten())[:, 0]
-    index = index[:: max(1, len(index) // MAX_FIT_SAMPLES)]  # the subsample's flat indices
-    basis = shading_basis.reshape(-1, 9)[index]  # (P, 9)
-    albedo = albedo.reshape(3, -1)[:, index]  # (3, P)
-    target = diffuse.reshape(3, -1)[:, index]
-    keep = torch.ones(basis.shape[0], dtype=torch.bool, device=basis.device)
-    prior_rows = None
-    if prior_weight > 0:
-        mean, whitening = (x.to(basis) for x in portrait_lighting_prior())
-        # W (r_1..8 − μ r_0): rows that are linear in r (8, 9)
-        prior_rows = prior_weight**0.5 * whitening @ torch.cat([-mean[:, None], torch.eye(8).to(basis)], 1)
-    for _ in range(2):
-        columns = []
-        for c in range(3):
-            design, observed = basis[keep] * albedo[c][keep][:, None], target[c][keep]
-            solution = torch.linalg.lstsq(design, observed[:, None]).solution[:, 0]
-            if prior_rows is not None:
-                scale = design.shape[0] ** -0.5  # the data term as a mean
-                for _ in range(2):
-                    rows = torch.cat([design * scale, prior_rows / solution[0].clamp(min=1e-3)])
-                    values = torch.cat([observed * scale, observed.new_zeros(8)])
-                    solution = torch.linalg.lstsq(rows, values[:, None]).solution[:, 0]
-            columns.append(solution)
-        coefficients = torch.stack(columns, dim=1)
-        residual = (albedo.T * (basis @ coefficients) - target.T).abs().sum(1)
-        keep = residual <= torch.quantile(residual, 1 - trim)
-    return coefficients
-
-
-def fit_light_and_highlight(problem: Problem, options: SfsOptions) -> tuple[Tensor, SpecularLobe | None]:
-    """Step 2 with the lobe model's highlight: SH coefficients (9, 3), and the lobe, or None when there is
-    no highlight worth modelling. The highlight biases the lighting fit and a biased lighting biases the
-    lobe: two rounds of lobe from the lighting's residual, then lighting without the lobe."""
-    rounds, sigma, prior = options.lighting_rounds, options.lighting_albedo_sigma, options.lighting_prior_weight
-    sh, albedo = fit_lighting(problem, None, 0.1, rounds, sigma, prior)
-    without_lobe = sh
-    if options.specular_model != "lobe" or options.specular_scale <= 0:
-        return sh, None
-    normals0 = normals_from_height(problem.height0)
-    lobe = SpecularLobe(problem.image.device)
-    for steps in (150, 50):  # the second round starts from the first's lobe
-        diffuse = albedo * shading_of_normals(normals0, sh)
-        lobe.fit(normals0, (problem.image - diffuse).mean(0) / options.specular_scale, problem.mask, steps)
-        sh, albedo = fit_lighting(problem, options.specular_scale * lobe(normals0), 0.1, rounds, sigma, prior)
-    if lobe.peak(normals0, problem.mask) < options.specular_min_peak:
-        # No highlight worth modelling: a faint, sharp lobe would only add gradient noise.
-        return without_lobe, None
-    return sh, lobe
 
 
 def solve(problem: Problem, options: SfsOptions, use_priors: bool = True) -> Solution:
@@ -751,64 +469,8 @@ def skin_confidence(diffuse: Tensor, albedo_avg: Tensor, measured: Tensor, optio
     return torch.exp(-((deviation / options.chroma_tolerance) ** 2))
 
 
-def noise_level(image: Tensor, mask: Tensor) -> float:
-    """σ of additive white noise in (H, W) over ``mask``: Immerkær's estimator (1996),
-    σ = √(π/2) · mean |I * N| / 6 with N = [[1,-2,1],[-2,4,-2],[1,-2,1]], which cancels smooth image
-    content up to second order."""
-    kernel = torch.tensor([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]], device=image.device)
-    response = torch.nn.functional.conv2d(image[None, None], kernel[None, None], padding=1)[0, 0]
-    inner = -torch.nn.functional.max_pool2d(-mask[None].float(), 3, stride=1, padding=1)[0] > 0
-    if int(inner.sum()) == 0:
-        return 0.0
-    return float((torch.pi / 2) ** 0.5 * response[inner].abs().mean() / 6)
-
-
 def _robust(residual, threshold: float):
     """Cauchy's loss c² log(1 + r²/c²), in squared grey levels: quadratic for small residuals, and
     redescending beyond ``threshold`` so that what no surface can shade (dark hairs, freckles, a
     highlight) is left to the albedo and specular maps instead of pulling the depth into spikes."""
     return threshold**2 * torch.log1p((residual / threshold) ** 2)
-
-
-class SpecularLobe:
-    """A white Blinn-Phong highlight k·max(n·h, 0)^α (h: a unit half-vector in the viewer frame), rendered
-    from normals (..., 3) -> (1, ...). The depth phases render the highlight from their own normals
-    instead of carving it into the surface (a per-pixel specular, the seed's step 4, cannot tell a
-    highlight from detail); being smooth in the normals, it also keeps the energy differentiable."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.params = torch.tensor([0.0, 0.0, 2.0, 3.0], device=device)  # hx, hy, log k, log α
-
-    def __call__(self, normals: Tensor, params: Tensor | None = None) -> Tensor:
-        half, k, alpha = self.shape(params)
-        cosine = (normals @ half).clamp(min=1e-6)
-        return (k * cosine**alpha)[None]
-
-    def shape(self, params: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """The unit half-vector h (3,), k and α of ``params`` (default: the fitted ones). The clamps, with
-        cos ≥ 1e-6 where it is used, keep cos^α and its derivatives finite (1 ≤ α ≤ 1100)."""
-        p = self.params if params is None else params
-        h = torch.stack([p[0], p[1], torch.ones_like(p[0])])
-        return h / h.norm(), p[2].exp(), p[3].clamp(0.0, 7.0).exp()
-
-    def fit(self, normals: Tensor, residual: Tensor, mask: Tensor, steps: int = 150) -> SpecularLobe:
-        """Least-squares fit to ``residual`` (H, W), what the diffuse rendering leaves, over ``mask``,
-        from the current parameters; four parameters: a regular subsample of the pixels determines them."""
-        stride = max(1, int(mask.sum()) // MAX_FIT_SAMPLES)
-        # A highlight only brightens: darker-than-modelled pixels (pigment: freckles, brows) are not
-        # its business, and fitting their negative residual would narrow the lobe.
-        normals, residual = normals[mask][::stride], residual[mask][::stride].clamp(min=0)
-        params = self.params.clone().requires_grad_(True)
-        optimiser = torch.optim.Adam([params], lr=0.05)
-        for _ in range(steps):
-            optimiser.zero_grad()
-            ((self(normals, params)[0] - residual) ** 2).mean().backward()
-            optimiser.step()
-        if torch.isfinite(params).all():
-            self.params = params.detach()
-        else:  # a degenerate fit (nothing brighter than the model): a lobe too faint to be kept
-            self.params = torch.tensor([0.0, 0.0, -10.0, 3.0], device=params.device)
-        return self
-
-    def peak(self, normals: Tensor, mask: Tensor) -> float:
-        return float(self(normals)[0][mask].max())

@@ -1,0 +1,230 @@
+"""The fine stage's lighting (seed step 2): nine spherical-harmonics coefficients per channel fitted by
+least squares to the medium surface, a portrait-lighting prior, and a white Blinn-Phong highlight lobe.
+
+Normals are (..., 3) unit vectors in the viewer frame (x right, y up, z to the viewer); images (3, H, W)
+0-255; SH coefficients (9, 3), one column per channel.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from facerecon.plugins.sfs.operators import masked_blur, normals_from_height
+from facerecon.plugins.sfs.options import SfsOptions
+
+if TYPE_CHECKING:
+    from facerecon.plugins.sfs.solver import Problem
+
+MAX_FIT_SAMPLES = 10_000
+"""Pixels used to fit the few lighting and highlight parameters (a regular subsample of the face)."""
+
+# -- spherical harmonics ----------------------------------------------------------------------------
+
+SH_CONSTANTS = (0.282095, 0.488603, 0.488603, 0.488603, 1.092548, 1.092548, 0.315392, 1.092548, 0.546274)
+
+
+def sh_basis(normals):
+    """The 9 real SH basis functions of unit normals (..., 3) in the viewer frame (x right, y up, z to
+    the viewer): Y00, Y1-1 (y), Y10 (z), Y11 (x), Y2-2 (xy), Y2-1 (yz), Y20 (3z²-1), Y21 (xz), Y22 (x²-y²)."""
+    x, y, z = normals[..., 0], normals[..., 1], normals[..., 2]
+    c = SH_CONSTANTS
+    return torch.stack(
+        [
+            torch.full_like(x, c[0]),
+            c[1] * y,
+            c[2] * z,
+            c[3] * x,
+            c[4] * x * y,
+            c[5] * y * z,
+            c[6] * (3 * z * z - 1),
+            c[7] * x * z,
+            c[8] * (x * x - y * y),
+        ],
+        dim=-1,
+    )
+
+
+def shading(height: Tensor, sh: Tensor) -> Tensor:
+    """S(n) (3, H, W) of a height map for SH coefficients sh (9, 3)."""
+    return shading_of_normals(normals_from_height(height), sh)
+
+
+def shading_of_normals(normals: Tensor, sh: Tensor) -> Tensor:
+    """S(n) (3, H, W) of unit normals (H, W, 3) for SH coefficients sh (9, 3)."""
+    # sh_basis's terms as 8 planes (8, H·W) and the constant Y00 folded into an offset: one contiguous
+    # (3, H·W) product instead of an interleaved (H, W, 9) basis and a strided permute (~2x faster).
+    x, y, z = normals[..., 0], normals[..., 1], normals[..., 2]
+    c = SH_CONSTANTS
+    planes = torch.stack([y, z, x, x * y, y * z, 3 * z * z - 1, x * z, x * x - y * y]).reshape(8, -1)
+    scaled = sh[1:] * torch.tensor(c[1:], dtype=sh.dtype, device=sh.device)[:, None]  # (8, 3)
+    out = torch.addmm((c[0] * sh[0])[:, None], scaled.T, planes)
+    return out.reshape(3, *normals.shape[:-1])
+
+
+LAMBERT_BANDS = (torch.pi, 2 * torch.pi / 3, torch.pi / 4)
+"""The clamped cosine's SH transfer per band (Ramamoorthi & Hanrahan 2001): irradiance = A_l · radiance."""
+
+
+@functools.cache
+def portrait_lighting_prior() -> tuple[Tensor, Tensor]:
+    """A Gaussian prior on the shading coefficients r_1..r_8 normalised by r_0 (colour-independent):
+    its mean (8,) and whitening matrix W (8, 8) (W^T W = Σ^-1), float64.
+
+    The source is a lighting model, not data: one directional key light plus ambient, whose moments are
+    integrated here over a grid. The key's azimuth is uniform within ±60° of the camera axis, the classic
+    portrait positions from butterfly to Rembrandt lighting; its elevation is uniform from 0 to 60° above
+    the axis, the light-from-above of natural and indoor illumination. The ambient irradiance is uniform
+    from 0 to the key's peak. A directional light l adds A_l·Y_lm(l) to the coefficients and an
+    irradiance k adds k/Y00 to r_0.
+
+    Why a prior is needed: on a face the normals stay near the view axis, so the constant, z and 3z²−1
+    terms are nearly collinear. Their balance, and the light's tilt off the axis, are then fixed by slow
+    shading that an albedo with its own slow changes explains just as well."""
+    transfer = torch.tensor([LAMBERT_BANDS[0]] + [LAMBERT_BANDS[1]] * 3 + [LAMBERT_BANDS[2]] * 5, dtype=torch.float64)
+    azimuth = torch.deg2rad(torch.linspace(-60, 60, 25, dtype=torch.float64))
+    elevation = torch.deg2rad(torch.linspace(0, 60, 13, dtype=torch.float64))
+    az, el = torch.meshgrid(azimuth, elevation, indexing="ij")
+    key = torch.stack([az.sin() * el.cos(), el.sin(), az.cos() * el.cos()], -1).reshape(-1, 3)
+    coefficients = (sh_basis(key) * transfer)[:, None, :].repeat(1, 5, 1)  # (directions, ambient levels, 9)
+    coefficients[..., 0] += torch.linspace(0, 1, 5, dtype=torch.float64) / SH_CONSTANTS[0]
+    normalised = (coefficients[..., 1:] / coefficients[..., :1]).reshape(-1, 8)
+    mean = normalised.mean(0)
+    covariance = torch.cov(normalised.T)
+    whitening = torch.linalg.cholesky(torch.linalg.inv(covariance)).T
+    return mean, whitening
+
+
+def fit_lighting(
+    problem: Problem,
+    specular: Tensor | None = None,
+    trim: float = 0.1,
+    rounds: int = 0,
+    albedo_sigma: float = 12.0,
+    prior_weight: float = 0.0,
+) -> tuple[Tensor, Tensor]:
+    """Step 2: r (9, 3) by least squares with γ = γ_avg on the lit pixels, the image less ``specular``
+    (1, H, W) if given (else ε = 0); each fit refitted once without the ``trim`` fraction of worst-fitting
+    pixels (specular highlights, freckles, shadows cast by hair). Nine coefficients per channel: a regular
+    subsample of at most ``MAX_FIT_SAMPLES`` lit pixels determines them.
+
+    A region's single colour γ_avg is not the skin's: a tan, a flush or make-up change it slowly across
+    the face, and the least squares then bend the light to explain them. ``rounds`` times, γ is replaced
+    by the image over the current shading, averaged (σ ``albedo_sigma``) over the lit pixels, and r is
+    refitted: the albedo takes the slow colour changes, the light what the normals explain. With
+    ``prior_weight`` > 0 each fit is a MAP estimate under ``portrait_lighting_prior`` (the weight in squared
+    grey levels: one prior standard deviation costs as much as that mean squared residual). Returns r
+    and the albedo (3, H, W) it was fitted with."""
+    diffuse = problem.image if specular is None else problem.image - specular
+    albedo = problem.albedo_avg
+    shading_basis = sh_basis(normals_from_height(problem.height0))
+    sh = _least_squares_lighting(shading_basis, albedo, diffuse, problem.lit, trim, prior_weight)
+    for _ in range(rounds):
+        shade = (shading_basis @ sh).permute(2, 0, 1)
+        albedo = masked_blur((diffuse / shade.clamp(min=0.05)).clamp(0, 255), problem.lit.float(), albedo_sigma)
+        sh = _least_squares_lighting(shading_basis, albedo, diffuse, problem.lit, trim, prior_weight)
+    return sh, albedo
+
+
+def _least_squares_lighting(
+    shading_basis: Tensor, albedo: Tensor, diffuse: Tensor, lit: Tensor, trim: float, prior_weight: float = 0.0
+) -> Tensor:
+    """r (9, 3) minimising the mean of (γ·(Y(n)·r) − I)² over (a regular subsample of) the lit pixels,
+    plus ``prior_weight`` · ‖W (r_1..8 / r_0 − μ)‖² (``portrait_lighting_prior``; linearised with r_0 of
+    the previous solve), then refitted without the ``trim`` fraction of worst-fitting pixels; basis
+    (H, W, 9), albedo and diffuse (3, H, W)."""
+    index = torch.nonzero(lit.flatten())[:, 0]
+    index = index[:: max(1, len(index) // MAX_FIT_SAMPLES)]  # the subsample's flat indices
+    basis = shading_basis.reshape(-1, 9)[index]  # (P, 9)
+    albedo = albedo.reshape(3, -1)[:, index]  # (3, P)
+    target = diffuse.reshape(3, -1)[:, index]
+    keep = torch.ones(basis.shape[0], dtype=torch.bool, device=basis.device)
+    prior_rows = None
+    if prior_weight > 0:
+        mean, whitening = (x.to(basis) for x in portrait_lighting_prior())
+        # W (r_1..8 − μ r_0): rows that are linear in r (8, 9)
+        prior_rows = prior_weight**0.5 * whitening @ torch.cat([-mean[:, None], torch.eye(8).to(basis)], 1)
+    for _ in range(2):
+        columns = []
+        for c in range(3):
+            design, observed = basis[keep] * albedo[c][keep][:, None], target[c][keep]
+            solution = torch.linalg.lstsq(design, observed[:, None]).solution[:, 0]
+            if prior_rows is not None:
+                scale = design.shape[0] ** -0.5  # the data term as a mean
+                for _ in range(2):
+                    rows = torch.cat([design * scale, prior_rows / solution[0].clamp(min=1e-3)])
+                    values = torch.cat([observed * scale, observed.new_zeros(8)])
+                    solution = torch.linalg.lstsq(rows, values[:, None]).solution[:, 0]
+            columns.append(solution)
+        coefficients = torch.stack(columns, dim=1)
+        residual = (albedo.T * (basis @ coefficients) - target.T).abs().sum(1)
+        keep = residual <= torch.quantile(residual, 1 - trim)
+    return coefficients
+
+
+def fit_light_and_highlight(problem: Problem, options: SfsOptions) -> tuple[Tensor, SpecularLobe | None]:
+    """Step 2 with the lobe model's highlight: SH coefficients (9, 3), and the lobe, or None when there is
+    no highlight worth modelling. The highlight biases the lighting fit and a biased lighting biases the
+    lobe: two rounds of lobe from the lighting's residual, then lighting without the lobe."""
+    rounds, sigma, prior = options.lighting_rounds, options.lighting_albedo_sigma, options.lighting_prior_weight
+    sh, albedo = fit_lighting(problem, None, 0.1, rounds, sigma, prior)
+    without_lobe = sh
+    if options.specular_model != "lobe" or options.specular_scale <= 0:
+        return sh, None
+    normals0 = normals_from_height(problem.height0)
+    lobe = SpecularLobe(problem.image.device)
+    for steps in (150, 50):  # the second round starts from the first's lobe
+        diffuse = albedo * shading_of_normals(normals0, sh)
+        lobe.fit(normals0, (problem.image - diffuse).mean(0) / options.specular_scale, problem.mask, steps)
+        sh, albedo = fit_lighting(problem, options.specular_scale * lobe(normals0), 0.1, rounds, sigma, prior)
+    if lobe.peak(normals0, problem.mask) < options.specular_min_peak:
+        # No highlight worth modelling: a faint, sharp lobe would only add gradient noise.
+        return without_lobe, None
+    return sh, lobe
+
+
+class SpecularLobe:
+    """A white Blinn-Phong highlight k·max(n·h, 0)^α (h: a unit half-vector in the viewer frame), rendered
+    from normals (..., 3) -> (1, ...). The depth phases render the highlight from their own normals
+    instead of carving it into the surface (a per-pixel specular, the seed's step 4, cannot tell a
+    highlight from detail); being smooth in the normals, it also keeps the energy differentiable."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.params = torch.tensor([0.0, 0.0, 2.0, 3.0], device=device)  # hx, hy, log k, log α
+
+    def __call__(self, normals: Tensor, params: Tensor | None = None) -> Tensor:
+        half, k, alpha = self.shape(params)
+        cosine = (normals @ half).clamp(min=1e-6)
+        return (k * cosine**alpha)[None]
+
+    def shape(self, params: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """The unit half-vector h (3,), k and α of ``params`` (default: the fitted ones). The clamps, with
+        cos ≥ 1e-6 where it is used, keep cos^α and its derivatives finite (1 ≤ α ≤ 1100)."""
+        p = self.params if params is None else params
+        h = torch.stack([p[0], p[1], torch.ones_like(p[0])])
+        return h / h.norm(), p[2].exp(), p[3].clamp(0.0, 7.0).exp()
+
+    def fit(self, normals: Tensor, residual: Tensor, mask: Tensor, steps: int = 150) -> SpecularLobe:
+        """Least-squares fit to ``residual`` (H, W), what the diffuse rendering leaves, over ``mask``,
+        from the current parameters; four parameters: a regular subsample of the pixels determines them."""
+        stride = max(1, int(mask.sum()) // MAX_FIT_SAMPLES)
+        # A highlight only brightens: darker-than-modelled pixels (pigment: freckles, brows) are not
+        # its business, and fitting their negative residual would narrow the lobe.
+        normals, residual = normals[mask][::stride], residual[mask][::stride].clamp(min=0)
+        params = self.params.clone().requires_grad_(True)
+        optimiser = torch.optim.Adam([params], lr=0.05)
+        for _ in range(steps):
+            optimiser.zero_grad()
+            ((self(normals, params)[0] - residual) ** 2).mean().backward()
+            optimiser.step()
+        if torch.isfinite(params).all():
+            self.params = params.detach()
+        else:  # a degenerate fit (nothing brighter than the model): a lobe too faint to be kept
+            self.params = torch.tensor([0.0, 0.0, -10.0, 3.0], device=params.device)
+        return self
+
+    def peak(self, normals: Tensor, mask: Tensor) -> float:
+        return float(self(normals)[0][mask].max())
