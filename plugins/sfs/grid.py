@@ -37,25 +37,35 @@ def smooth_within(values: np.ndarray, region: np.ndarray, sigma: float) -> np.nd
     gauss = np.exp(-0.5 * (offsets / sigma) ** 2)
     taps = [gauss * (offsets / sigma) ** k for k in range(5)]  # g(t)·t^k, scaled offsets
 
-    def moment(image: np.ndarray, a: int, b: int) -> np.ndarray:
-        """Σ_t g(t) t_x^a t_y^b image(p + t) at every p (cv2 filters correlate)."""
-        return cv2.sepFilter2D(image, cv2.CV_64F, taps[a], taps[b], borderType=cv2.BORDER_CONSTANT)
+    one = np.ones(1)
 
+    def along_x(image: np.ndarray, a: int) -> np.ndarray:
+        """Σ_t g(t_x) t_x^a image(p + (t_x, 0)) at every p (cv2 filters correlate)."""
+        return cv2.sepFilter2D(image, cv2.CV_64F, taps[a], one, borderType=cv2.BORDER_CONSTANT)
+
+    def along_y(image: np.ndarray, b: int) -> np.ndarray:
+        return cv2.sepFilter2D(image, cv2.CV_64F, one, taps[b], borderType=cv2.BORDER_CONSTANT)
+
+    # The moments Σ_t g(t) t_x^a t_y^b image(p + t) are separable: one pass along x per power a, shared
+    # by every b (8 passes along x and 21 along y instead of 22 of each, ~30 % less time).
     weight = region.astype(np.float64)
     data = np.where(region, values, 0.0).astype(np.float64)
     powers = [(0, 0), (1, 0), (0, 1), (2, 0), (1, 1), (0, 2)]
-    rows = region & (moment(weight, 0, 0) > 1e-6)
+    weight_x = [along_x(weight, a) for a in range(5)]
+    data_x = [along_x(data, a) for a in range(3)]
+    total = along_y(weight_x[0], 0)
+    rows = region & (total > 1e-6)
     # Each distinct moment once (15 of the normal matrix's 36 entries), kept at the fitted samples only.
-    moments: dict[tuple[int, int], np.ndarray] = {}
+    moments: dict[tuple[int, int], np.ndarray] = {(0, 0): total[rows]}
     for a1, b1 in powers:
         for a2, b2 in powers:
             key = (a1 + a2, b1 + b2)
             if key not in moments:
-                moments[key] = moment(weight, *key)[rows]
+                moments[key] = along_y(weight_x[key[0]], key[1])[rows]
     normal = [[moments[(a1 + a2, b1 + b2)] for a2, b2 in powers] for a1, b1 in powers]
     for i in range(1, 6):  # the ridge keeps thin strips (a quadric badly determined) near a plain mean
         normal[i][i] = normal[i][i] + 1e-3
-    rhs = [moment(data, a, b)[rows] for a, b in powers]
+    rhs = [along_y(data_x[a], b)[rows] for a, b in powers]
     fitted = _solve_spd(normal, rhs)[0]
     out = np.array(values, np.float64, copy=True)
     out[rows] = fitted
