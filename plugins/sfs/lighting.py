@@ -10,9 +10,11 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from facerecon.geometry.jit import compiled
 from facerecon.plugins.sfs.operators import masked_blur, normals_from_height
 from facerecon.plugins.sfs.options import SfsOptions
 
@@ -119,28 +121,28 @@ def fit_lighting(
     grey levels: one prior standard deviation costs as much as that mean squared residual). Returns r
     and the albedo (3, H, W) it was fitted with."""
     diffuse = problem.image if specular is None else problem.image - specular
+    normals = normals_from_height(problem.height0)
+    index = torch.nonzero(problem.lit.flatten())[:, 0]
+    index = index[:: max(1, len(index) // MAX_FIT_SAMPLES)]  # the subsample's flat indices
+    basis = sh_basis(normals.reshape(-1, 3)[index])  # (P, 9)
+    target = diffuse.reshape(3, -1)[:, index]  # (3, P)
     albedo = problem.albedo_avg
-    shading_basis = sh_basis(normals_from_height(problem.height0))
-    sh = _least_squares_lighting(shading_basis, albedo, diffuse, problem.lit, trim, prior_weight)
+    sh = _least_squares_lighting(basis, albedo.reshape(3, -1)[:, index], target, trim, prior_weight)
     for _ in range(rounds):
-        shade = (shading_basis @ sh).permute(2, 0, 1)
-        albedo = masked_blur((diffuse / shade.clamp(min=0.05)).clamp(0, 255), problem.lit.float(), albedo_sigma)
-        sh = _least_squares_lighting(shading_basis, albedo, diffuse, problem.lit, trim, prior_weight)
+        ratio = (diffuse / shading_of_normals(normals, sh).clamp(min=0.05)).clamp(0, 255)
+        # (σ of a dozen samples: its blurs at a third of the rate)
+        albedo = masked_blur(ratio, problem.lit.float(), albedo_sigma, max(1, int(albedo_sigma // 4)))
+        sh = _least_squares_lighting(basis, albedo.reshape(3, -1)[:, index], target, trim, prior_weight)
     return sh, albedo
 
 
 def _least_squares_lighting(
-    shading_basis: Tensor, albedo: Tensor, diffuse: Tensor, lit: Tensor, trim: float, prior_weight: float = 0.0
+    basis: Tensor, albedo: Tensor, target: Tensor, trim: float, prior_weight: float = 0.0
 ) -> Tensor:
-    """r (9, 3) minimising the mean of (γ·(Y(n)·r) − I)² over (a regular subsample of) the lit pixels,
-    plus ``prior_weight`` · ‖W (r_1..8 / r_0 − μ)‖² (``portrait_lighting_prior``; linearised with r_0 of
-    the previous solve), then refitted without the ``trim`` fraction of worst-fitting pixels; basis
-    (H, W, 9), albedo and diffuse (3, H, W)."""
-    index = torch.nonzero(lit.flatten())[:, 0]
-    index = index[:: max(1, len(index) // MAX_FIT_SAMPLES)]  # the subsample's flat indices
-    basis = shading_basis.reshape(-1, 9)[index]  # (P, 9)
-    albedo = albedo.reshape(3, -1)[:, index]  # (3, P)
-    target = diffuse.reshape(3, -1)[:, index]
+    """r (9, 3) minimising the mean of (γ·(Y(n)·r) − I)² over the samples, plus ``prior_weight`` ·
+    ‖W (r_1..8 / r_0 − μ)‖² (``portrait_lighting_prior``; linearised with r_0 of the previous solve), then
+    refitted without the ``trim`` fraction of worst-fitting samples; basis Y(n) (P, 9), albedo γ and
+    target I (3, P)."""
     keep = torch.ones(basis.shape[0], dtype=torch.bool, device=basis.device)
     prior_rows = None
     if prior_weight > 0:
@@ -207,19 +209,28 @@ class SpecularLobe:
         h = torch.stack([p[0], p[1], torch.ones_like(p[0])])
         return h / h.norm(), p[2].exp(), p[3].clamp(0.0, 7.0).exp()
 
-    def fit(self, normals: Tensor, residual: Tensor, mask: Tensor, steps: int = 150) -> SpecularLobe:
+    def fit(
+        self, normals: Tensor, residual: Tensor, mask: Tensor, steps: int = 150, fused_pass: bool = True
+    ) -> SpecularLobe:
         """Least-squares fit to ``residual`` (H, W), what the diffuse rendering leaves, over ``mask``,
-        from the current parameters; four parameters: a regular subsample of the pixels determines them."""
+        from the current parameters; four parameters: a regular subsample of the pixels determines them.
+        ``fused_pass``: Adam's steps in one compiled loop (``_lobe_adam``) on the CPU; False: by autograd."""
         stride = max(1, int(mask.sum()) // MAX_FIT_SAMPLES)
         # A highlight only brightens: darker-than-modelled pixels (pigment: freckles, brows) are not
         # its business, and fitting their negative residual would narrow the lobe.
         normals, residual = normals[mask][::stride], residual[mask][::stride].clamp(min=0)
-        params = self.params.clone().requires_grad_(True)
-        optimiser = torch.optim.Adam([params], lr=0.05)
-        for _ in range(steps):
-            optimiser.zero_grad()
-            ((self(normals, params)[0] - residual) ** 2).mean().backward()
-            optimiser.step()
+        adam = compiled(_lobe_adam) if fused_pass and normals.device.type == "cpu" else None
+        if adam is not None:  # the same steps, the gradient written out (~10x faster than autograd's)
+            fitted = self.params.double().numpy().copy()
+            adam(normals.double().numpy(), residual.double().numpy(), fitted, steps, LOBE_LR)
+            params = torch.from_numpy(fitted).to(self.params.dtype)
+        else:
+            params = self.params.clone().requires_grad_(True)
+            optimiser = torch.optim.Adam([params], lr=LOBE_LR)
+            for _ in range(steps):
+                optimiser.zero_grad()
+                ((self(normals, params)[0] - residual) ** 2).mean().backward()
+                optimiser.step()
         if torch.isfinite(params).all():
             self.params = params.detach()
         else:  # a degenerate fit (nothing brighter than the model): a lobe too faint to be kept
@@ -228,3 +239,50 @@ class SpecularLobe:
 
     def peak(self, normals: Tensor, mask: Tensor) -> float:
         return float(self(normals)[0][mask].max())
+
+
+LOBE_LR = 0.05
+"""Adam's step size for the lobe's four parameters."""
+
+
+def _lobe_adam(normals, residual, params, steps, lr):
+    """``steps`` of Adam (torch's update: β = 0.9, 0.999, ε = 1e-8) on the mean of (k·max(n·h, 1e-6)^α − r)²
+    over the samples (normals (P, 3), residual (P,)), updating ``params`` (hx, hy, log k, log α) in place
+    (numba compiles it). The gradient follows ``SpecularLobe.shape``: h = v/|v| with v = (hx, hy, 1),
+    α = exp(log α clamped to [0, 7]); no gradient through a clamp that holds."""
+    first = np.zeros(4)
+    second = np.zeros(4)
+    count = residual.shape[0]
+    for step in range(1, steps + 1):
+        length = np.sqrt(params[0] ** 2 + params[1] ** 2 + 1.0)
+        hx, hy, hz = params[0] / length, params[1] / length, 1.0 / length
+        k = np.exp(params[2])
+        log_alpha = min(max(params[3], 0.0), 7.0)
+        alpha = np.exp(log_alpha)
+        g_half = np.zeros(3)
+        g_k = 0.0
+        g_alpha = 0.0
+        for i in range(count):
+            cosine = normals[i, 0] * hx + normals[i, 1] * hy + normals[i, 2] * hz
+            clamped = cosine <= 1e-6
+            cosine = max(cosine, 1e-6)
+            value = k * cosine**alpha
+            g = 2.0 * (value - residual[i]) / count  # ∂L/∂value
+            g_k += g * value / k
+            g_alpha += g * value * np.log(cosine)
+            if not clamped:
+                g_cos = g * alpha * value / cosine
+                g_half[0] += g_cos * normals[i, 0]
+                g_half[1] += g_cos * normals[i, 1]
+                g_half[2] += g_cos * normals[i, 2]
+        along = g_half[0] * hx + g_half[1] * hy + g_half[2] * hz  # through h = v/|v|
+        grad = np.empty(4)
+        grad[0] = (g_half[0] - along * hx) / length
+        grad[1] = (g_half[1] - along * hy) / length
+        grad[2] = g_k * k
+        grad[3] = g_alpha * alpha if 0.0 <= params[3] <= 7.0 else 0.0
+        for j in range(4):
+            first[j] = 0.9 * first[j] + 0.1 * grad[j]
+            second[j] = 0.999 * second[j] + 0.001 * grad[j] * grad[j]
+            denominator = np.sqrt(second[j]) / np.sqrt(1.0 - 0.999**step) + 1e-8
+            params[j] -= lr / (1.0 - 0.9**step) * first[j] / denominator

@@ -99,11 +99,22 @@ def gaussian_blur(image: Tensor, sigma: float) -> Tensor:
     return _GaussianBlur.apply(image, gaussian_kernel(sigma))
 
 
-def masked_blur(image: Tensor, weight: Tensor, sigma: float) -> Tensor:
+def masked_blur(image: Tensor, weight: Tensor, sigma: float, factor: int = 1) -> Tensor:
     """Normalised convolution: the ``weight``-ed Gaussian mean of (C, H, W) around every sample,
-    weights (H, W) >= 0 (what lies outside the weighted region does not bleed in)."""
-    total = gaussian_blur(weight[None], sigma).clamp(min=1e-6)
-    return gaussian_blur(image * weight, sigma) / total
+    weights (H, W) >= 0 (what lies outside the weighted region does not bleed in). With ``factor`` k > 1
+    the two blurs run at 1/k of the rate (k x k block sums, σ/k; blocks past the border weigh 0) and the
+    mean is interpolated back bilinearly: for a wide σ (σ/k of a few samples) the same to ~1e-3, at ~1/k²
+    of the cost."""
+    if factor <= 1:
+        total = gaussian_blur(weight[None], sigma).clamp(min=1e-6)
+        return gaussian_blur(image * weight, sigma) / total
+    rows, cols = image.shape[-2:]
+    pad = (0, -cols % factor, 0, -rows % factor)  # whole blocks; the padding's weight is 0
+    planes = torch.nn.functional.pad(torch.cat([image * weight, weight[None]]), pad)
+    coarse = gaussian_blur(torch.nn.functional.avg_pool2d(planes[:, None], factor)[:, 0], sigma / factor)
+    mean = coarse[:-1] / coarse[-1:].clamp(min=1e-6 / factor**2)
+    fine = torch.nn.functional.interpolate(mean[None], scale_factor=factor, mode="bilinear", align_corners=False)
+    return fine[0, :, :rows, :cols]
 
 
 def low_pass(image: Tensor, sigma: float, factor: int) -> Tensor:

@@ -65,7 +65,7 @@ class SfsOptions:
     specular_scale: float = 1.0
     phase1_weights: tuple[float, ...] = (0.001, 1000.0, 0.0, 0.0)
     phase1_lr: float = 0.015
-    phase1_iterations: int = 20
+    phase1_iterations: int = 10
     phase2_weights: tuple[float, ...] = (0.001, 100.0, 0.0, 2.5)
     phase2_lr: float = 0.05
     phase2_iterations: int = 20
