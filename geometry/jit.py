@@ -1,12 +1,17 @@
 """numba where it is installed: ``compiled(loop)`` is the loop compiled once per process (its machine code
 cached on disk by numba, so a later process only loads it), or None without numba, for callers that then
-run a numpy form of the same arithmetic."""
+run a numpy form of the same arithmetic; and rows of a grid split over threads for such loops
+(``row_blocks``, ``in_parallel``)."""
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
-from typing import Any
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 @functools.cache
@@ -18,3 +23,27 @@ def compiled(loop: Callable[..., Any], fastmath: bool = False) -> Callable[..., 
     except ImportError:
         return None
     return numba.njit(cache=True, nogil=True, fastmath=fastmath)(loop)
+
+
+def row_blocks(rows: int, parts: int, multiple: int = 1) -> list[tuple[int, int]]:
+    """``rows`` split into at most ``parts`` near-equal [start, end) blocks, every start but the first's
+    end a multiple of ``multiple`` (so that 2 x 2 block means never straddle two blocks)."""
+    parts = max(1, min(parts, -(-rows // multiple)))
+    cuts = [round(rows * k / parts / multiple) * multiple for k in range(parts)] + [rows]
+    return [(start, end) for start, end in zip(cuts, cuts[1:], strict=False) if end > start]
+
+
+def in_parallel(tasks: Sequence[Callable[[], T]]) -> list[T]:
+    """Each task's result, in order: the first on the calling thread, the others on a shared pool's threads
+    (for compiled loops that release the GIL; plain threads, which sleep while they wait, so a busy
+    machine is not slowed by spinning workers as OpenMP's are)."""
+    if len(tasks) == 1:
+        return [tasks[0]()]
+    futures = [_pool().submit(task) for task in tasks[1:]]
+    first = tasks[0]()
+    return [first, *(future.result() for future in futures)]
+
+
+@functools.cache
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 1) - 1), thread_name_prefix="facerecon-rows")

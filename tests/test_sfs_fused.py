@@ -50,8 +50,10 @@ def assert_same_energy(problem: Problem, options: SfsOptions, lobe: bool) -> Non
         torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=1e-5 * scale)
 
 
-def test_fused_energy_equals_autograd_with_a_highlight_lobe():
-    assert_same_energy(synthetic_problem(), SfsOptions(), lobe=True)
+@pytest.mark.parametrize("threads", [1, 3])
+def test_fused_energy_equals_autograd_with_a_highlight_lobe(threads):
+    """(Also with the rows split in 3 blocks, each one a thread, on a grid of 159 rows.)"""
+    assert_same_energy(synthetic_problem(), SfsOptions(threads=threads), lobe=True)
 
 
 def test_fused_energy_equals_autograd_with_a_per_pixel_specular():
@@ -76,12 +78,12 @@ def test_fused_pass_runs_for_float32_on_the_cpu_only():
     assert not fused.available(torch.zeros(2, 2, dtype=torch.float64))
 
 
-@pytest.mark.parametrize("blur", [0.0, 3.0])
-def test_fused_albedo_energy_equals_autograd(blur):
+@pytest.mark.parametrize(("blur", "threads"), [(0.0, 1), (3.0, 1), (0.0, 3), (3.0, 3)])
+def test_fused_albedo_energy_equals_autograd(blur, threads):
     from facerecon.plugins.sfs import fused
 
     problem = synthetic_problem()
-    scene = Scene.of(problem, SfsOptions(), use_priors=True)
+    scene = Scene.of(problem, SfsOptions(threads=threads), use_priors=True)
     surface = Reflectance(scene, fused_pass=False)
     assert surface.fused is None
     inputs = surface.fused_inputs()

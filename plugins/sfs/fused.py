@@ -22,13 +22,14 @@ the autograd forms as the reference (and for CUDA); tests/test_sfs_fused.py comp
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from facerecon.geometry.jit import compiled
+from facerecon.geometry.jit import compiled, in_parallel, row_blocks
 
 
 @dataclass
@@ -38,7 +39,8 @@ class FusedInputs:
     without a lobe), ΔI (lap_image, in the energy's units), ∇²h0 (lap_height0), the transfer term's weight
     w (lap_weight); sh_scaled (9, 3) float64: the SH coefficients times their basis constants; lobe (6,)
     float64: active (0/1), the unit half-vector h (3), k and α of the highlight k·max(n·h, 1e-6)^α. Scalars: s the
-    specular scale, the Cauchy threshold, data_scale = u/N, inv_count = 1/N."""
+    specular scale, the Cauchy threshold, data_scale = u/N, inv_count = 1/N; threads: how many blocks of
+    rows the pass runs on at once."""
 
     mask: np.ndarray
     height0: np.ndarray
@@ -55,6 +57,7 @@ class FusedInputs:
     threshold: float
     data_scale: float
     inv_count: float
+    threads: int = 1
 
 
 def depth_terms(delta: Tensor, inputs: FusedInputs, weights: tuple[float, float, float, float]) -> Tensor:
@@ -78,37 +81,47 @@ class _DepthTerms(torch.autograd.Function):
 
 
 def _kernel():
-    """The compiled pass, wrapped to unpack ``FusedInputs`` (``fastmath``: ~20 % faster; its inputs are finite)."""
+    """The compiled pass, wrapped to unpack ``FusedInputs`` and to split the grid's rows over ``threads``
+    (``fastmath``: ~20 % faster; its inputs are finite)."""
     loop = compiled(_pass, fastmath=True)
     assert loop is not None  # ``available`` checked numba
 
     def run(delta, p: FusedInputs, l1, l2, l3, l4, grad):
-        return loop(
-            delta, p.mask, p.height0, p.albedo, p.image, p.confidence, p.specular, p.lap_image, p.lap_height0,
-            p.lap_weight, p.sh_scaled, p.lobe, p.specular_scale, p.threshold, p.data_scale, p.inv_count,
-            float(l1), float(l2), float(l3), float(l4), grad,
-        )  # fmt: skip
+        rows, cols = delta.shape
+        g_delta = np.zeros((rows, cols))  # each block writes its own rows
+        blocks = row_blocks(rows, p.threads)
+        g_detail = [np.zeros((rows, cols)) for _ in blocks]  # one per block: the stencils reach across
+
+        def block(start: int, end: int, out: np.ndarray) -> float:
+            return loop(
+                delta, p.mask, p.height0, p.albedo, p.image, p.confidence, p.specular, p.lap_image,
+                p.lap_height0, p.lap_weight, p.sh_scaled, p.lobe, p.specular_scale, p.threshold, p.data_scale,
+                p.inv_count, float(l1), float(l2), float(l3), float(l4), start, end, out, g_delta,
+            )  # fmt: skip
+
+        energies = in_parallel(
+            [functools.partial(block, a, b, out) for (a, b), out in zip(blocks, g_detail, strict=True)]
+        )
+        grad[:] = sum(g_detail) * p.mask + g_delta
+        return sum(energies)
 
     return run
 
 
 def _pass(
     delta, m, h0, albedo, image, confidence, specular, lap_image, lap_h0, lap_weight, sh, lobe,
-    s, threshold, data_scale, inv_count, l1, l2, l3, l4, grad,
+    s, threshold, data_scale, inv_count, l1, l2, l3, l4, row_start, row_end, g_detail, g_delta,
 ):  # fmt: skip
-    """Plain loops (numba compiles them). First over the masked samples: the energy, and the adjoints of
-    each sample's height differences (hx, hy) and of its Laplacian of d; then those adjoints are scattered
-    back onto d's samples (the transposes of the central differences and of the 5-point stencil, borders
-    replicated as in ``solver.normals_from_height`` / ``solver.laplacian``), and δ's gradient is m times
-    that plus the λd1 term's."""
+    """Plain loops (numba compiles them) over the masked samples of rows [row_start, row_end): returns their
+    energy, and adds the adjoints of each sample's height differences (hx, hy) and of its Laplacian of d
+    onto d's samples in ``g_detail`` (the transposes of the central differences and of the 5-point
+    stencil, borders replicated as in ``operators.normals_from_height`` / ``operators.laplacian``; they
+    reach one row beyond the block); the λd1 term's gradient goes to ``g_delta``. δ's gradient is
+    m · g_detail + g_delta."""
     rows, cols = delta.shape
-    g_hx = np.zeros((rows, cols))
-    g_hy = np.zeros((rows, cols))
-    g_lap = np.zeros((rows, cols))
-    g_delta = np.zeros((rows, cols))
     t2 = threshold * threshold
     energy = 0.0
-    for i in range(rows):
+    for i in range(row_start, row_end):
         up, down = max(i - 1, 0), min(i + 1, rows - 1)
         for j in range(cols):
             mij = m[i, j]
@@ -159,8 +172,8 @@ def _pass(
             gz += g_specular * lobe[3]
             # through n = v/|v|: ∂E/∂v = (g − (g·n) n)/|v|; hx enters v as −hx, hy as +hy
             along = gx * nx + gy * ny + gz * nz
-            g_hx[i, j] = -(gx - along * nx) / norm
-            g_hy[i, j] = (gy - along * ny) / norm
+            g_hx = -(gx - along * nx) / norm
+            g_hy = (gy - along * ny) / norm
             # the λ terms
             lap = d_u + d_d + d_l + d_r - 4 * d_c
             energy += (l1 * delta[i, j] ** 2 + l2 * lap * lap) * mij * inv_count
@@ -170,27 +183,16 @@ def _pass(
                 transfer = lap_image[i, j] - l4 * (lap_h0[i, j] + lap)
                 energy += l3 * mij * lap_weight[i, j] * transfer * transfer * inv_count
                 g -= 2 * l3 * l4 * mij * lap_weight[i, j] * transfer * inv_count
-            g_lap[i, j] = g
-    g_detail = np.zeros((rows, cols))
-    for i in range(rows):
-        up, down = max(i - 1, 0), min(i + 1, rows - 1)
-        for j in range(cols):
-            if m[i, j] == 0.0:
-                continue
-            left, right = max(j - 1, 0), min(j + 1, cols - 1)
-            g_detail[i, right] += g_hx[i, j] / 2
-            g_detail[i, left] -= g_hx[i, j] / 2
-            g_detail[down, j] += g_hy[i, j] / 2
-            g_detail[up, j] -= g_hy[i, j] / 2
-            g = g_lap[i, j]
+            # the transposes of the central differences and of the Laplacian's stencil
+            g_detail[i, right] += g_hx / 2
+            g_detail[i, left] -= g_hx / 2
+            g_detail[down, j] += g_hy / 2
+            g_detail[up, j] -= g_hy / 2
             g_detail[up, j] += g
             g_detail[down, j] += g
             g_detail[i, left] += g
             g_detail[i, right] += g
             g_detail[i, j] -= 4 * g
-    for i in range(rows):
-        for j in range(cols):
-            grad[i, j] = g_detail[i, j] * m[i, j] + g_delta[i, j]
     return energy
 
 
@@ -211,7 +213,7 @@ class AlbedoInputs:
     image I (3, H, W) 0-255, measured (H, W) 0/1, mask m (H, W) 0/1 and its half-rate coverage coarse_m,
     skin_weight (H, W) = 1 + boost · skin confidence, skin_albedo γ_avg (3, H, W); scalars: the mask's
     samples (count) and coarse coverage (coarse_count), the prior weights w_avg and w_rtv, the RTV window's
-    σ, the specular scale s."""
+    σ, the specular scale s; threads: how many blocks of rows the per-sample passes run on at once."""
 
     image: np.ndarray
     measured: np.ndarray
@@ -225,6 +227,7 @@ class AlbedoInputs:
     w_rtv: float
     rtv_sigma: float
     specular_scale: float
+    threads: int = 1
 
 
 RTV_EPS = 1e-3
@@ -270,10 +273,15 @@ def _albedo_energy(
     grad = np.empty_like(albedo)
     residual = np.zeros((3, *half), albedo.dtype)  # block means of m · (γ·S + s·β − I) over the measured samples
     differences = np.zeros((12, *half), albedo.dtype)  # those of |∂xγ|, ∂xγ, |∂yγ|, ∂yγ of γ/255 (3 channels each)
-    value = samples(
-        albedo, shade, specular[0], p.image, p.measured, p.mask, p.skin_weight, p.skin_albedo,
-        p.specular_scale, p.count, p.w_avg, blur <= 0, grad, residual, differences,
-    )  # fmt: skip
+    blocks = row_blocks(rows, p.threads, multiple=2)  # (each block's 2 x 2 means are its own)
+
+    def samples_of(start: int, end: int) -> float:
+        return samples(
+            albedo, shade, specular[0], p.image, p.measured, p.mask, p.skin_weight, p.skin_albedo,
+            p.specular_scale, p.count, p.w_avg, blur <= 0, start, end, grad, residual, differences,
+        )  # fmt: skip
+
+    value = sum(in_parallel([functools.partial(samples_of, *block) for block in blocks]))
     g_residual = np.zeros_like(residual)
     if blur > 0:  # the residual's low-pass at half rate: block means, then a blur of σ/2
         taps = filters.gaussian_taps(blur / 2)
@@ -287,7 +295,16 @@ def _albedo_energy(
         g_windows = np.empty_like(windows)
         value += p.w_rtv * windows_of(windows, p.coarse_mask, p.coarse_count, RTV_EPS, g_windows)
         g_differences = filters.blur_adjoint(g_windows, taps)
-    scatter(g_residual, g_differences, albedo, shade, p.measured, p.mask, p.w_rtv / 255, grad)
+    # a block's differences reach the first row of the next: that row goes to ``spill`` (one per block)
+    spill = np.zeros((len(blocks), 3, cols), grad.dtype)
+
+    def scatter_of(start: int, end: int, extra: np.ndarray) -> None:
+        scatter(g_residual, g_differences, albedo, shade, p.measured, p.mask, p.w_rtv / 255, start, end, grad, extra)
+
+    in_parallel([functools.partial(scatter_of, *block, extra) for block, extra in zip(blocks, spill, strict=True)])
+    for (_, end), extra in zip(blocks, spill, strict=True):
+        if end < rows:
+            grad[:, end] += extra
     return value, grad
 
 
@@ -298,16 +315,16 @@ def _albedo_kernels() -> tuple:
 
 def _albedo_samples(
     albedo, shade, specular, image, measured, m, skin_weight, skin_albedo, s, count, w_avg, plain_data,
-    grad, residual, differences,
+    row_start, row_end, grad, residual, differences,
 ):  # fmt: skip
-    """Per sample: the masked residual (with ``plain_data`` its mean square and gradient, else its 2 x 2
-    block means into ``residual``), the skin-colour prior and its gradient (into ``grad``), and the block
-    means of γ/255's forward differences for RTV (0 past the last column / row). Returns the energy of the
-    terms it completes."""
+    """Per sample of rows [row_start, row_end) (row_start even): the masked residual (with ``plain_data``
+    its mean square and gradient, else its 2 x 2 block means into ``residual``), the skin-colour prior and
+    its gradient (into ``grad``), and the block means of γ/255's forward differences for RTV (0 past the
+    last column / row). Returns the energy of the terms it completes."""
     channels, rows, cols = albedo.shape
     energy = 0.0
     for c in range(channels):
-        for i in range(rows):
+        for i in range(row_start, row_end):
             share_i = 0.5 if i - i % 2 + 1 < rows else 1.0  # 1 / the block's rows (the last may have 1)
             for j in range(cols):
                 share = share_i * (0.5 if j - j % 2 + 1 < cols else 1.0)
@@ -353,13 +370,15 @@ def _rtv_windows(windows, coarse_m, coarse_count, eps, g_windows):
     return energy
 
 
-def _albedo_scatter(g_residual, g_differences, albedo, shade, measured, m, scale, grad):
-    """Adds the half-rate terms' gradient to ``grad`` (3, H, W): each block mean's adjoint (its value over
-    the block's size) reaches the block's samples; the residual's through ∂r/∂γ = m·S on measured samples,
-    the differences' times ``scale`` (1/255) through ∂|d|/∂d = sign d and each difference's two samples."""
+def _albedo_scatter(g_residual, g_differences, albedo, shade, measured, m, scale, row_start, row_end, grad, spill):
+    """Adds the half-rate terms' gradient to ``grad`` (3, H, W) from the samples of rows [row_start,
+    row_end): each block mean's adjoint (its value over the block's size) reaches the block's samples; the
+    residual's through ∂r/∂γ = m·S on measured samples, the differences' times ``scale`` (1/255) through
+    ∂|d|/∂d = sign d and each difference's two samples (the second of the last row's into ``spill`` (3, W),
+    for the caller to add to row ``row_end``)."""
     channels, rows, cols = grad.shape
     for c in range(channels):
-        for i in range(rows):
+        for i in range(row_start, row_end):
             share_i = 0.5 if i - i % 2 + 1 < rows else 1.0  # 1 / the block's rows (the last may have 1)
             for j in range(cols):
                 share = share_i * (0.5 if j - j % 2 + 1 < cols else 1.0)
@@ -373,5 +392,8 @@ def _albedo_scatter(g_residual, g_differences, albedo, shade, measured, m, scale
                 if i + 1 < rows:
                     dy = albedo[c, i + 1, j] - albedo[c, i, j]
                     g = share * scale * (g_differences[9 + c, bi, bj] + g_differences[6 + c, bi, bj] * np.sign(dy))
-                    grad[c, i + 1, j] += g
+                    if i + 1 < row_end:
+                        grad[c, i + 1, j] += g
+                    else:
+                        spill[c, j] += g
                     grad[c, i, j] -= g

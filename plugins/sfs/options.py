@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Literal
 
@@ -48,6 +49,9 @@ class SfsOptions:
         current light implies (masked Gaussian σ of image / shading).
     lighting_prior_weight: weight (squared grey levels) of the Gaussian portrait-lighting prior on the
         normalised SH coefficients (``solver.portrait_lighting_prior``); 0 fits the light by least squares alone.
+    threads: how many threads the compiled passes of the albedo and depth energies split each evaluation's
+        rows over (0: the cores this process may use). Plain threads that sleep while they wait: with a
+        second job on the machine they cost little (unlike torch's OpenMP workers, ``torch_threads``).
     linear_shading: decode the photo from sRGB to linear RGB before the solve (the Lambertian + SH image
         model holds for linear intensities); the albedo, rendering and input maps are encoded back.
     """
@@ -95,6 +99,7 @@ class SfsOptions:
     lighting_prior_weight: float = 0.0
     linear_shading: bool = False
     max_displacement: float = 0.05
+    threads: int = 0
 
     def __post_init__(self) -> None:
         for name in ("phase1_weights", "phase2_weights"):
@@ -104,5 +109,12 @@ class SfsOptions:
             raise ValueError(f"specular_model must be 'lobe' or 'per-pixel', got {self.specular_model!r}")
         if self.depth_optimizer not in ("lbfgs", "adam"):
             raise ValueError(f"depth_optimizer must be 'lbfgs' or 'adam', got {self.depth_optimizer!r}")
-        if self.max_side < 16 or self.alternate_every < 1 or self.margin < 0:
-            raise ValueError("max_side must be >= 16, alternate_every >= 1, margin >= 0")
+        if self.max_side < 16 or self.alternate_every < 1 or self.margin < 0 or self.threads < 0:
+            raise ValueError("max_side must be >= 16, alternate_every >= 1, margin >= 0, threads >= 0")
+
+    def pass_threads(self) -> int:
+        """``threads``, with 0 resolved to the cores this process may use."""
+        if self.threads > 0:
+            return self.threads
+        affinity = getattr(os, "sched_getaffinity", None)
+        return len(affinity(0)) if affinity is not None else os.cpu_count() or 1

@@ -261,6 +261,7 @@ class Reflectance:
             w_rtv=float(scene.w_rtv),
             rtv_sigma=float(options.rtv_sigma),
             specular_scale=float(options.specular_scale),
+            threads=options.pass_threads(),
         )
 
     def albedo_loss(self, shade: Tensor, specular: Tensor, blur: float = 0.0) -> Tensor:
@@ -370,6 +371,7 @@ class DepthEnergy:
             threshold=float(options.robust_threshold),
             data_scale=self.unit / count,
             inv_count=1.0 / count,
+            threads=options.pass_threads(),
         )
 
     def height(self) -> Tensor:
