@@ -47,3 +47,16 @@ def in_parallel(tasks: Sequence[Callable[[], T]]) -> list[T]:
 @functools.cache
 def _pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 1) - 1), thread_name_prefix="facerecon-rows")
+
+
+def map_in_parallel(function: Callable[..., T], items: Sequence[Any], threads: int) -> list[T]:
+    """``[function(*item) for item in items]``, the items shared out in order over ``threads`` threads
+    (``in_parallel``), for calls that release the GIL (OpenCV's, compiled loops)."""
+    parts = max(1, min(threads, len(items)))
+    cuts = [round(len(items) * k / parts) for k in range(parts + 1)]
+
+    def run(start: int, end: int) -> list[T]:
+        return [function(*item) for item in items[start:end]]
+
+    chunks = in_parallel([functools.partial(run, cuts[k], cuts[k + 1]) for k in range(parts)])
+    return [result for chunk in chunks for result in chunk]

@@ -143,7 +143,7 @@ class SfsRefiner:
         # its mid-scale bumps (landmark-mesh wobble finer than a few percent of the face) would be read
         # as shading to explain; a quadric keeps its curvature (a nose tip) where a blur would flatten it.
         medium_depth = grid.depth_in_samples(mesh, raster)
-        depth0 = smooth_within(medium_depth, covered, self.medium_sigma(covered))
+        depth0 = smooth_within(medium_depth, covered, self.medium_sigma(covered), self.options.pass_threads())
         crop = grid.sample_image(image)  # (h, w, 3) 0-255
         labels = grid.sample_labels(segmentation)
         mask, lit, albedo_avg = regions(crop, covered, labels, segmentation)

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from facerecon.geometry.jit import map_in_parallel
 from facerecon.geometry.raster import interpolate, rasterize
 from facerecon.kernel.contract import Face, LandmarkMap, Mesh, Segmentation
 from facerecon.plugins.sfs.options import SfsOptions
@@ -21,13 +22,14 @@ EXCLUDED_LABELS = ("l_eye", "r_eye", "eye_g", "mouth", "hair", "hat", "l_brow", 
 """Regions left out of the depth refinement's mask (not skin-like; they would fake geometry)."""
 
 
-def smooth_within(values: np.ndarray, region: np.ndarray, sigma: float) -> np.ndarray:
+def smooth_within(values: np.ndarray, region: np.ndarray, sigma: float, threads: int = 1) -> np.ndarray:
     """``values`` (h, w) smoothed inside ``region`` (h, w) bool by a Gaussian-weighted (σ in samples)
     local quadratic fit (each sample: the value at its own position of the weighted least-squares
     quadric over the region's samples around it); unchanged outside the region, or everywhere for σ = 0.
     A quadric reproduces a surface's curvature, so a nose tip or a chin is not flattened as a plain blur
     would flatten it (by millimetres on a Kinect face), and the cut-off at the region's border does not
-    bias the mean; what it removes is the piecewise-planar facets of a rasterised mesh."""
+    bias the mean; what it removes is the piecewise-planar facets of a rasterised mesh. Its 29 filter
+    passes are shared out over ``threads`` threads."""
     import cv2
 
     if sigma <= 0 or not region.any():
@@ -51,21 +53,18 @@ def smooth_within(values: np.ndarray, region: np.ndarray, sigma: float) -> np.nd
     weight = region.astype(np.float64)
     data = np.where(region, values, 0.0).astype(np.float64)
     powers = [(0, 0), (1, 0), (0, 1), (2, 0), (1, 1), (0, 2)]
-    weight_x = [along_x(weight, a) for a in range(5)]
-    data_x = [along_x(data, a) for a in range(3)]
-    total = along_y(weight_x[0], 0)
-    rows = region & (total > 1e-6)
-    # Each distinct moment once (15 of the normal matrix's 36 entries), kept at the fitted samples only.
-    moments: dict[tuple[int, int], np.ndarray] = {(0, 0): total[rows]}
-    for a1, b1 in powers:
-        for a2, b2 in powers:
-            key = (a1 + a2, b1 + b2)
-            if key not in moments:
-                moments[key] = along_y(weight_x[key[0]], key[1])[rows]
+    along_x_of = [(weight, a) for a in range(5)] + [(data, a) for a in range(3)]
+    weight_x, data_x = np.split(np.asarray(map_in_parallel(along_x, along_x_of, threads)), [5])
+    # Each distinct moment once (15 of the normal matrix's 36 entries), then the right-hand side's 6.
+    keys = list(dict.fromkeys((a1 + a2, b1 + b2) for a1, b1 in powers for a2, b2 in powers))
+    along_y_of = [(weight_x[a], b) for a, b in keys] + [(data_x[a], b) for a, b in powers]
+    passes = map_in_parallel(along_y, along_y_of, threads)
+    rows = region & (passes[0] > 1e-6)  # keys[0] is (0, 0): the weight's sum
+    moments = dict(zip(keys, (moment[rows] for moment in passes[: len(keys)]), strict=True))
     normal = [[moments[(a1 + a2, b1 + b2)] for a2, b2 in powers] for a1, b1 in powers]
     for i in range(1, 6):  # the ridge keeps thin strips (a quadric badly determined) near a plain mean
         normal[i][i] = normal[i][i] + 1e-3
-    rhs = [along_y(data_x[a], b)[rows] for a, b in powers]
+    rhs = [moment[rows] for moment in passes[len(keys) :]]
     fitted = _solve_spd(normal, rhs)[0]
     out = np.array(values, np.float64, copy=True)
     out[rows] = fitted
