@@ -369,15 +369,20 @@ def test_linear_shading_maps_are_encoded_back_to_srgb(refined, face_photo):
     assert 10 * np.log10(1.0 / float((error**2).mean())) > 28.0
 
 
-def test_smooth_within_is_the_local_weighted_quadric_fit():
+@pytest.mark.parametrize(("threads", "compiled_fit"), [(1, True), (2, True), (1, False)])
+def test_smooth_within_is_the_local_weighted_quadric_fit(threads, compiled_fit, monkeypatch):
+    """(With the filter passes on 1 or 2 threads, and the per-sample fits compiled or in numpy.)"""
+    from facerecon.plugins.sfs import grid
     from facerecon.plugins.sfs.grid import smooth_within
 
+    if not compiled_fit:
+        monkeypatch.setattr(grid, "compiled", lambda loop: None)
     rng = np.random.default_rng(3)
     yy, xx = np.mgrid[:40, :50].astype(np.float64)
     region = ((yy - 20) / 17) ** 2 + ((xx - 25) / 21) ** 2 < 1
     values = 0.05 * (xx - 20) ** 2 - 0.03 * xx * yy + rng.normal(0, 1.0, xx.shape)
     sigma = 2.5
-    out = smooth_within(values, region, sigma)
+    out = smooth_within(values, region, sigma, threads)
     assert np.array_equal(out[~region], values[~region])  # unchanged outside the region
     radius = int(np.ceil(3 * sigma))
     for i, j in [(20, 25), (5, 25), (20, 5), (33, 38), (12, 40)]:  # inside, near and at the border

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from facerecon.geometry.jit import map_in_parallel
+from facerecon.geometry.jit import compiled, map_in_parallel
 from facerecon.geometry.raster import interpolate, rasterize
 from facerecon.kernel.contract import Face, LandmarkMap, Mesh, Segmentation
 from facerecon.plugins.sfs.options import SfsOptions
@@ -45,8 +45,8 @@ def smooth_within(values: np.ndarray, region: np.ndarray, sigma: float, threads:
         """Σ_t g(t_x) t_x^a image(p + (t_x, 0)) at every p (cv2 filters correlate)."""
         return cv2.sepFilter2D(image, cv2.CV_64F, taps[a], one, borderType=cv2.BORDER_CONSTANT)
 
-    def along_y(image: np.ndarray, b: int) -> np.ndarray:
-        return cv2.sepFilter2D(image, cv2.CV_64F, one, taps[b], borderType=cv2.BORDER_CONSTANT)
+    def along_y(image: np.ndarray, b: int, out: np.ndarray) -> None:
+        cv2.sepFilter2D(image, cv2.CV_64F, one, taps[b], dst=out, borderType=cv2.BORDER_CONSTANT)
 
     # The moments Σ_t g(t) t_x^a t_y^b image(p + t) are separable: one pass along x per power a, shared
     # by every b (8 passes along x and 21 along y instead of 22 of each, ~30 % less time).
@@ -55,20 +55,71 @@ def smooth_within(values: np.ndarray, region: np.ndarray, sigma: float, threads:
     powers = [(0, 0), (1, 0), (0, 1), (2, 0), (1, 1), (0, 2)]
     along_x_of = [(weight, a) for a in range(5)] + [(data, a) for a in range(3)]
     weight_x, data_x = np.split(np.asarray(map_in_parallel(along_x, along_x_of, threads)), [5])
-    # Each distinct moment once (15 of the normal matrix's 36 entries), then the right-hand side's 6.
+    # Each distinct moment of the weight once (15 of the normal matrix's 36 entries), then the data's 6
+    # (the right-hand side).
     keys = list(dict.fromkeys((a1 + a2, b1 + b2) for a1, b1 in powers for a2, b2 in powers))
+    moments = np.empty((len(keys) + len(powers), *values.shape))
     along_y_of = [(weight_x[a], b) for a, b in keys] + [(data_x[a], b) for a, b in powers]
-    passes = map_in_parallel(along_y, along_y_of, threads)
-    rows = region & (passes[0] > 1e-6)  # keys[0] is (0, 0): the weight's sum
-    moments = dict(zip(keys, (moment[rows] for moment in passes[: len(keys)]), strict=True))
-    normal = [[moments[(a1 + a2, b1 + b2)] for a2, b2 in powers] for a1, b1 in powers]
-    for i in range(1, 6):  # the ridge keeps thin strips (a quadric badly determined) near a plain mean
-        normal[i][i] = normal[i][i] + 1e-3
-    rhs = [moment[rows] for moment in passes[len(keys) :]]
-    fitted = _solve_spd(normal, rhs)[0]
+    map_in_parallel(along_y, [(*item, out) for item, out in zip(along_y_of, moments, strict=True)], threads)
+    rows = region & (moments[0] > 1e-6)  # keys[0] is (0, 0): the weight's sum
+    entry = np.array([[keys.index((a1 + a2, b1 + b2)) for a2, b2 in powers] for a1, b1 in powers])
     out = np.array(values, np.float64, copy=True)
-    out[rows] = fitted
+    fit = compiled(_fit_quadrics)
+    if fit is not None:
+        fit(moments, entry, rows, out)
+        return out
+    normal = [[moments[entry[i, j]][rows] for j in range(6)] for i in range(6)]
+    for i in range(1, 6):  # the ridge keeps thin strips (a quadric badly determined) near a plain mean
+        normal[i][i] = normal[i][i] + RIDGE
+    out[rows] = _solve_spd(normal, [moments[len(keys) + i][rows] for i in range(6)])[0]
     return out
+
+
+RIDGE = 1e-3
+"""Added to the normal matrix's diagonal but the constant's: keeps thin strips (a quadric badly
+determined) near a plain mean."""
+
+
+def _fit_quadrics(moments, entry, rows, out):
+    """At each sample of ``rows`` (H, W) bool: out = the constant of the quadric solving N x = r, N (6, 6)
+    from the weight's moments (moments[entry[i, j]], plus ``RIDGE`` on the diagonal but its first entry),
+    r the data's moments (moments[15 + i]) (numba compiles it; ``_solve_spd``'s Cholesky, per sample)."""
+    size = entry.shape[0]
+    first = moments.shape[0] - size
+    a = np.empty((size, size))
+    low = np.empty((size, size))
+    y = np.empty(size)
+    x = np.empty(size)
+    for p in range(rows.shape[0]):
+        for q in range(rows.shape[1]):
+            if not rows[p, q]:
+                continue
+            for i in range(size):
+                for j in range(size):
+                    a[i, j] = moments[entry[i, j], p, q]
+                if i > 0:
+                    a[i, i] += RIDGE
+            for j in range(size):
+                total = a[j, j]
+                for m in range(j):
+                    total -= low[j, m] * low[j, m]
+                low[j, j] = np.sqrt(total)
+                for i in range(j + 1, size):
+                    total = a[i, j]
+                    for m in range(j):
+                        total -= low[i, m] * low[j, m]
+                    low[i, j] = total / low[j, j]
+            for i in range(size):
+                total = moments[first + i, p, q]
+                for m in range(i):
+                    total -= low[i, m] * y[m]
+                y[i] = total / low[i, i]
+            for i in range(size - 1, -1, -1):
+                total = y[i]
+                for m in range(i + 1, size):
+                    total -= low[m, i] * x[m]
+                x[i] = total / low[i, i]
+            out[p, q] = x[0]
 
 
 def _solve_spd(a: list[list[np.ndarray]], b: list[np.ndarray]) -> list[np.ndarray]:
