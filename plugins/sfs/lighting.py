@@ -143,27 +143,28 @@ def _least_squares_lighting(
     ‖W (r_1..8 / r_0 − μ)‖² (``portrait_lighting_prior``; linearised with r_0 of the previous solve), then
     refitted without the ``trim`` fraction of worst-fitting samples; basis Y(n) (P, 9), albedo γ and
     target I (3, P)."""
-    keep = torch.ones(basis.shape[0], dtype=torch.bool, device=basis.device)
-    prior_rows = None
+    # The normal equations of the three channels at once, in float64 (their matrices are 9 x 9).
+    basis, albedo, target = basis.double(), albedo.double(), target.double()
+    keep = torch.ones(basis.shape[0], dtype=basis.dtype, device=basis.device)
+    prior = None
     if prior_weight > 0:
         mean, whitening = (x.to(basis) for x in portrait_lighting_prior())
         # W (r_1..8 − μ r_0): rows that are linear in r (8, 9)
-        prior_rows = prior_weight**0.5 * whitening @ torch.cat([-mean[:, None], torch.eye(8).to(basis)], 1)
+        rows = prior_weight**0.5 * whitening @ torch.cat([-mean[:, None], torch.eye(8).to(basis)], 1)
+        prior = rows.T @ rows
     for _ in range(2):
-        columns = []
-        for c in range(3):
-            design, observed = basis[keep] * albedo[c][keep][:, None], target[c][keep]
-            solution = torch.linalg.lstsq(design, observed[:, None]).solution[:, 0]
-            if prior_rows is not None:
-                scale = design.shape[0] ** -0.5  # the data term as a mean
-                for _ in range(2):
-                    rows = torch.cat([design * scale, prior_rows / solution[0].clamp(min=1e-3)])
-                    values = torch.cat([observed * scale, observed.new_zeros(8)])
-                    solution = torch.linalg.lstsq(rows, values[:, None]).solution[:, 0]
-            columns.append(solution)
-        coefficients = torch.stack(columns, dim=1)
-        residual = (albedo.T * (basis @ coefficients) - target.T).abs().sum(1)
-        keep = residual <= torch.quantile(residual, 1 - trim)
+        weighted = basis.T[None] * (keep * albedo)[:, None, :]  # (3, 9, P): the designs' rows, kept ones
+        normal = weighted @ (basis[None] * albedo[:, :, None])  # (3, 9, 9)
+        rhs = (weighted @ target[:, :, None])[..., 0]  # (3, 9)
+        coefficients = torch.linalg.solve(normal, rhs)
+        if prior is not None:
+            count = float(keep.sum())  # the data term as a mean; the prior linearised with r_0
+            for _ in range(2):
+                scale = (1 / coefficients[:, 0].clamp(min=1e-3) ** 2)[:, None, None]
+                coefficients = torch.linalg.solve(normal / count + scale * prior, rhs / count)
+        coefficients = coefficients.T.float()  # (9, 3)
+        residual = (albedo.T * (basis @ coefficients.double()) - target.T).abs().sum(1)
+        keep = (residual <= torch.quantile(residual, 1 - trim)).double()
     return coefficients
 
 
