@@ -120,13 +120,13 @@ class SfsRefiner:
         # the medium mesh's own depth, which the smoothing would only blur, blended over a few samples.
         base = setup.depth0 + (1 - _inside_weight(setup.mask)) * (setup.medium_depth - setup.depth0)
         depth = base - solution.height.cpu().numpy().astype(np.float64) - setup.depth0  # d0 + detail -> base + detail
-        fine = grid.mesh(mesh, raster, depth, covered, "fine")
-        phases = {
-            name: grid.mesh(mesh, raster, base - h.cpu().numpy().astype(np.float64) - setup.depth0, covered, name)
-            for name, h in solution.phase_heights.items()
+        depths = {
+            name: base - h.cpu().numpy().astype(np.float64) - setup.depth0 for name, h in solution.phase_heights.items()
         }
+        meshes = grid.meshes(mesh, raster, {"fine": depth, **depths}, covered)
+        fine = meshes.pop("fine")
         maps = self._maps(grid, problem, solution, base, depth, covered, setup.mask)
-        return Refinement(fine, maps, phases)
+        return Refinement(fine, maps, meshes)
 
     def prepare(self, image: np.ndarray, face: Face, mesh: Mesh, segmentation: Segmentation | None) -> Prepared | None:
         """Step 1: the depth-map grid around the face and the solver's ``Problem`` on it; None when the

@@ -45,8 +45,8 @@ def smooth_within(values: np.ndarray, region: np.ndarray, sigma: float, threads:
         """Σ_t g(t_x) t_x^a image(p + (t_x, 0)) at every p (cv2 filters correlate)."""
         return cv2.sepFilter2D(image, cv2.CV_64F, taps[a], one, borderType=cv2.BORDER_CONSTANT)
 
-    def along_y(image: np.ndarray, b: int, out: np.ndarray) -> None:
-        cv2.sepFilter2D(image, cv2.CV_64F, one, taps[b], dst=out, borderType=cv2.BORDER_CONSTANT)
+    def along_y(image: np.ndarray, b: int) -> np.ndarray:
+        return cv2.sepFilter2D(image, cv2.CV_64F, one, taps[b], borderType=cv2.BORDER_CONSTANT)
 
     # The moments Σ_t g(t) t_x^a t_y^b image(p + t) are separable: one pass along x per power a, shared
     # by every b (8 passes along x and 21 along y instead of 22 of each, ~30 % less time).
@@ -58,9 +58,10 @@ def smooth_within(values: np.ndarray, region: np.ndarray, sigma: float, threads:
     # Each distinct moment of the weight once (15 of the normal matrix's 36 entries), then the data's 6
     # (the right-hand side).
     keys = list(dict.fromkeys((a1 + a2, b1 + b2) for a1, b1 in powers for a2, b2 in powers))
-    moments = np.empty((len(keys) + len(powers), *values.shape))
+    # (Planes apart, not one (21, H, W) array: numpy asks the kernel for huge pages for arrays of 4 MB
+    # and more, and a fresh one then often waits on memory compaction, 3x slower on these machines.)
     along_y_of = [(weight_x[a], b) for a, b in keys] + [(data_x[a], b) for a, b in powers]
-    map_in_parallel(along_y, [(*item, out) for item, out in zip(along_y_of, moments, strict=True)], threads)
+    moments = tuple(map_in_parallel(along_y, along_y_of, threads))
     rows = region & (moments[0] > 1e-6)  # keys[0] is (0, 0): the weight's sum
     entry = np.array([[keys.index((a1 + a2, b1 + b2)) for a2, b2 in powers] for a1, b1 in powers])
     out = np.array(values, np.float64, copy=True)
@@ -83,9 +84,10 @@ determined) near a plain mean."""
 def _fit_quadrics(moments, entry, rows, out):
     """At each sample of ``rows`` (H, W) bool: out = the constant of the quadric solving N x = r, N (6, 6)
     from the weight's moments (moments[entry[i, j]], plus ``RIDGE`` on the diagonal but its first entry),
-    r the data's moments (moments[15 + i]) (numba compiles it; ``_solve_spd``'s Cholesky, per sample)."""
+    r the data's moments (moments[15 + i]); ``moments`` a tuple of 21 (H, W) planes (numba compiles it;
+    ``_solve_spd``'s Cholesky, per sample)."""
     size = entry.shape[0]
-    first = moments.shape[0] - size
+    first = len(moments) - size
     a = np.empty((size, size))
     low = np.empty((size, size))
     y = np.empty(size)
@@ -96,7 +98,7 @@ def _fit_quadrics(moments, entry, rows, out):
                 continue
             for i in range(size):
                 for j in range(size):
-                    a[i, j] = moments[entry[i, j], p, q]
+                    a[i, j] = moments[entry[i, j]][p, q]
                 if i > 0:
                     a[i, i] += RIDGE
             for j in range(size):
@@ -110,7 +112,7 @@ def _fit_quadrics(moments, entry, rows, out):
                         total -= low[i, m] * low[j, m]
                     low[i, j] = total / low[j, j]
             for i in range(size):
-                total = moments[first + i, p, q]
+                total = moments[first + i][p, q]
                 for m in range(i):
                     total -= low[i, m] * y[m]
                 y[i] = total / low[i, i]
@@ -224,24 +226,16 @@ class Grid:
         y = np.clip(np.rint(self.y0 + ii * self.step).astype(int), 0, segmentation.labels.shape[0] - 1)
         return segmentation.labels[y, x]
 
-    def mesh(self, medium: Mesh, raster, z_samples: np.ndarray, covered: np.ndarray, name: str) -> Mesh:
-        """A pixel-grid mesh of the covered samples, z from ``z_samples`` (grid units, away from the camera),
-        UVs and landmark maps carried over from the medium mesh."""
+    def meshes(self, medium: Mesh, raster, depths: dict[str, np.ndarray], covered: np.ndarray) -> dict[str, Mesh]:
+        """Pixel-grid meshes of the covered samples, one per entry of ``depths`` (name: z (h, w) in grid
+        units, away from the camera), UVs and landmark maps carried over from the medium mesh. They differ
+        in their vertices only: the triangles, UVs and maps are one set of arrays, shared."""
         h, w = covered.shape
-        index = np.full((h, w), -1, np.int64)
+        index = np.full((h, w), -1, np.int32)  # (int32: the triangles as a Mesh keeps them, not copied)
         index[covered] = np.arange(int(covered.sum()))
         ii, jj = np.nonzero(covered)
         x = self.x0 + jj * self.step
         y = self.y0 + ii * self.step
-        z = z_samples[covered] * self.step
-        if medium.camera_matrix is not None:
-            depth_mm = np.where(raster.mask, raster.depth, np.nan)[covered]
-            mean_z = float(np.nanmean(depth_mm))
-            k = np.asarray(medium.camera_matrix, np.float64)
-            z_mm = z * mean_z / k[0, 0]
-            vertices = np.column_stack([(x - k[0, 2]) * z_mm / k[0, 0], (y - k[1, 2]) * z_mm / k[1, 1], z_mm])
-        else:
-            vertices = np.column_stack([x, y, z])
         a, b, c, d = index[:-1, :-1], index[:-1, 1:], index[1:, :-1], index[1:, 1:]
         full = (a >= 0) & (b >= 0) & (c >= 0) & (d >= 0)
         # (a, c, b) and (b, c, d): normals towards the camera (-z) for a surface facing it.
@@ -250,15 +244,30 @@ class Grid:
         if medium.uvs is not None:
             uvs = interpolate(raster, medium.triangles, np.asarray(medium.uvs))[covered]
         maps = {scheme: self._carry_map(medium, lmap, index) for scheme, lmap in medium.landmark_maps.items()}
-        return Mesh(
-            vertices=vertices,
-            triangles=triangles,
-            topology=f"sfs-grid-{self.width}x{self.height}",
-            uvs=uvs,
-            landmark_maps=maps,
-            units=medium.units,
-            camera_matrix=medium.camera_matrix,
-        )
+        mean_z = 0.0
+        if medium.camera_matrix is not None:
+            mean_z = float(np.nanmean(np.where(raster.mask, raster.depth, np.nan)[covered]))
+
+        def vertices(z_samples: np.ndarray) -> np.ndarray:
+            z = z_samples[covered] * self.step
+            if medium.camera_matrix is None:
+                return np.column_stack([x, y, z])
+            k = np.asarray(medium.camera_matrix, np.float64)
+            z_mm = z * mean_z / k[0, 0]
+            return np.column_stack([(x - k[0, 2]) * z_mm / k[0, 0], (y - k[1, 2]) * z_mm / k[1, 1], z_mm])
+
+        return {
+            name: Mesh(
+                vertices=vertices(z_samples),
+                triangles=triangles,
+                topology=f"sfs-grid-{self.width}x{self.height}",
+                uvs=uvs,
+                landmark_maps=maps,
+                units=medium.units,
+                camera_matrix=medium.camera_matrix,
+            )
+            for name, z_samples in depths.items()
+        }
 
     def _carry_map(self, medium: Mesh, lmap: LandmarkMap, index: np.ndarray) -> LandmarkMap:
         """The landmarks' image positions on the medium mesh, located in the grid's triangles."""
