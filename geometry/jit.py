@@ -11,6 +11,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+import numpy as np
+
 T = TypeVar("T")
 
 
@@ -25,11 +27,15 @@ def compiled(loop: Callable[..., Any], fastmath: bool = False) -> Callable[..., 
     return numba.njit(cache=True, nogil=True, fastmath=fastmath)(loop)
 
 
-def row_blocks(rows: int, parts: int, multiple: int = 1) -> list[tuple[int, int]]:
-    """``rows`` split into at most ``parts`` near-equal [start, end) blocks, every start but the first's
-    end a multiple of ``multiple`` (so that 2 x 2 block means never straddle two blocks)."""
+def row_blocks(rows: int, parts: int, multiple: int = 1, work: np.ndarray | None = None) -> list[tuple[int, int]]:
+    """``rows`` split into at most ``parts`` [start, end) blocks of about equal work (``work``: per row,
+    default 1 each), every start but the first's a multiple of ``multiple`` (so that 2 x 2 block means
+    never straddle two blocks)."""
     parts = max(1, min(parts, -(-rows // multiple)))
-    cuts = [round(rows * k / parts / multiple) * multiple for k in range(parts)] + [rows]
+    done = np.concatenate([[0.0], np.cumsum(np.ones(rows) if work is None else work, dtype=np.float64)])
+    targets = done[-1] * np.arange(1, parts) / parts
+    middle = [round(int(np.searchsorted(done, target)) / multiple) * multiple for target in targets]
+    cuts = [0, *middle, rows]
     return [(start, end) for start, end in zip(cuts, cuts[1:], strict=False) if end > start]
 
 

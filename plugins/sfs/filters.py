@@ -7,6 +7,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from facerecon.geometry.jit import map_in_parallel
+
 
 def gaussian_taps(sigma: float) -> np.ndarray:
     """Normalised 1-D Gaussian taps, radius 3σ (at least 1), float64."""
@@ -15,23 +17,28 @@ def gaussian_taps(sigma: float) -> np.ndarray:
     return taps / taps.sum()
 
 
-def blur(planes: np.ndarray, taps: np.ndarray) -> np.ndarray:
-    """Correlate every plane of (N, H, W) with ``taps`` along both axes, borders replicated."""
+def blur(planes: np.ndarray, taps: np.ndarray, threads: int = 1) -> np.ndarray:
+    """Correlate every plane of (N, H, W) with ``taps`` along both axes, borders replicated (the planes
+    shared out over ``threads`` threads)."""
     planes = np.ascontiguousarray(planes)
     kernel = np.asarray(taps, planes.dtype)
     out = np.empty_like(planes)
-    for plane, filtered in zip(planes, out, strict=True):  # plane by plane: no channel interleaving
+
+    def one(plane: np.ndarray, filtered: np.ndarray) -> None:  # plane by plane: no channel interleaving
         cv2.sepFilter2D(plane, -1, kernel, kernel, dst=filtered, borderType=cv2.BORDER_REPLICATE)
+
+    map_in_parallel(one, list(zip(planes, out, strict=True)), threads)
     return out
 
 
-def blur_adjoint(planes: np.ndarray, taps: np.ndarray) -> np.ndarray:
+def blur_adjoint(planes: np.ndarray, taps: np.ndarray, threads: int = 1) -> np.ndarray:
     """The transpose of ``blur``: the (symmetric) taps correlated over the zero-padded planes ("full"
     size), then what landed in each replicated border folded onto its edge sample."""
     rows, cols, radius = planes.shape[1], planes.shape[2], len(taps) // 2
     kernel = np.asarray(taps, planes.dtype)
     out = np.empty(planes.shape, planes.dtype)
-    for plane, result in zip(planes, out, strict=True):
+
+    def one(plane: np.ndarray, result: np.ndarray) -> None:
         padded = cv2.copyMakeBorder(plane, radius, radius, radius, radius, cv2.BORDER_CONSTANT, value=0)
         full = cv2.sepFilter2D(padded, -1, kernel, kernel, borderType=cv2.BORDER_CONSTANT)
         full[radius] += full[:radius].sum(0)  # the border rows, then the columns (corners reach the corners)
@@ -39,4 +46,6 @@ def blur_adjoint(planes: np.ndarray, taps: np.ndarray) -> np.ndarray:
         full[:, radius] += full[:, :radius].sum(1)
         full[:, radius + cols - 1] += full[:, radius + cols :].sum(1)
         result[...] = full[radius : radius + rows, radius : radius + cols]
+
+    map_in_parallel(one, list(zip(planes, out, strict=True)), threads)
     return out

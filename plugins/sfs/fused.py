@@ -83,41 +83,52 @@ class _DepthTerms(torch.autograd.Function):
 def _kernel():
     """The compiled pass, wrapped to unpack ``FusedInputs`` and to split the grid's rows over ``threads``
     (``fastmath``: ~20 % faster; its inputs are finite)."""
-    loop = compiled(_pass, fastmath=True)
-    assert loop is not None  # ``available`` checked numba
+    loop, combine = compiled(_pass, fastmath=True), compiled(_gradient)
+    assert loop is not None and combine is not None  # ``available`` checked numba
 
     def run(delta, p: FusedInputs, l1, l2, l3, l4, grad):
         rows, cols = delta.shape
-        g_delta = np.zeros((rows, cols))  # each block writes its own rows
-        blocks = row_blocks(rows, p.threads)
+        blocks = row_blocks(rows, p.threads, work=p.mask.sum(1))  # (the masked samples are the work)
         g_detail = [np.zeros((rows, cols)) for _ in blocks]  # one per block: the stencils reach across
 
         def block(start: int, end: int, out: np.ndarray) -> float:
             return loop(
                 delta, p.mask, p.height0, p.albedo, p.image, p.confidence, p.specular, p.lap_image,
                 p.lap_height0, p.lap_weight, p.sh_scaled, p.lobe, p.specular_scale, p.threshold, p.data_scale,
-                p.inv_count, float(l1), float(l2), float(l3), float(l4), start, end, out, g_delta,
+                p.inv_count, float(l1), float(l2), float(l3), float(l4), start, end, out,
             )  # fmt: skip
 
-        energies = in_parallel(
-            [functools.partial(block, a, b, out) for (a, b), out in zip(blocks, g_detail, strict=True)]
-        )
-        grad[:] = sum(g_detail) * p.mask + g_delta
-        return sum(energies)
+        def gradient(start: int, end: int) -> None:
+            combine(tuple(g_detail), p.mask, delta, 2 * float(l1) * p.inv_count, start, end, grad)
+
+        tasks = [functools.partial(block, *rows_of, out) for rows_of, out in zip(blocks, g_detail, strict=True)]
+        energy = sum(in_parallel(tasks))
+        in_parallel([functools.partial(gradient, *rows_of) for rows_of in row_blocks(rows, p.threads)])
+        return energy
 
     return run
 
 
+def _gradient(g_detail, m, delta, l1_scale, row_start, row_end, grad):
+    """δ's gradient over rows [row_start, row_end): m · Σ g_detail (the blocks' parts, a tuple) plus the
+    λd1 term's 2·λd1·m·δ/N (``l1_scale`` = 2·λd1/N)."""
+    for i in range(row_start, row_end):
+        for j in range(grad.shape[1]):
+            total = 0.0
+            for part in g_detail:
+                total += part[i, j]
+            grad[i, j] = m[i, j] * (total + l1_scale * delta[i, j])
+
+
 def _pass(
     delta, m, h0, albedo, image, confidence, specular, lap_image, lap_h0, lap_weight, sh, lobe,
-    s, threshold, data_scale, inv_count, l1, l2, l3, l4, row_start, row_end, g_detail, g_delta,
+    s, threshold, data_scale, inv_count, l1, l2, l3, l4, row_start, row_end, g_detail,
 ):  # fmt: skip
     """Plain loops (numba compiles them) over the masked samples of rows [row_start, row_end): returns their
     energy, and adds the adjoints of each sample's height differences (hx, hy) and of its Laplacian of d
     onto d's samples in ``g_detail`` (the transposes of the central differences and of the 5-point
     stencil, borders replicated as in ``operators.normals_from_height`` / ``operators.laplacian``; they
-    reach one row beyond the block); the λd1 term's gradient goes to ``g_delta``. δ's gradient is
-    m · g_detail + g_delta."""
+    reach one row beyond the block). δ's gradient is m · g_detail plus the λd1 term's (``_gradient``)."""
     rows, cols = delta.shape
     t2 = threshold * threshold
     energy = 0.0
@@ -177,7 +188,6 @@ def _pass(
             # the λ terms
             lap = d_u + d_d + d_l + d_r - 4 * d_c
             energy += (l1 * delta[i, j] ** 2 + l2 * lap * lap) * mij * inv_count
-            g_delta[i, j] = 2 * l1 * delta[i, j] * mij * inv_count
             g = 2 * l2 * lap * mij * inv_count
             if l3 != 0.0:
                 transfer = lap_image[i, j] - l4 * (lap_h0[i, j] + lap)
@@ -285,16 +295,21 @@ def _albedo_energy(
     g_residual = np.zeros_like(residual)
     if blur > 0:  # the residual's low-pass at half rate: block means, then a blur of σ/2
         taps = filters.gaussian_taps(blur / 2)
-        low = filters.blur(residual, taps)
+        low = filters.blur(residual, taps, p.threads)
         value += float((low * low * p.coarse_mask).sum()) / p.coarse_count
-        g_residual = filters.blur_adjoint((2 / p.coarse_count) * low * p.coarse_mask, taps)
+        g_residual = filters.blur_adjoint((2 / p.coarse_count) * low * p.coarse_mask, taps, p.threads)
     g_differences = np.zeros_like(differences)
     if p.w_rtv:  # RTV at half rate (solver.relative_total_variation)
         taps = filters.gaussian_taps(p.rtv_sigma / 2)
-        windows = filters.blur(differences, taps)
+        windows = filters.blur(differences, taps, p.threads)
         g_windows = np.empty_like(windows)
-        value += p.w_rtv * windows_of(windows, p.coarse_mask, p.coarse_count, RTV_EPS, g_windows)
-        g_differences = filters.blur_adjoint(g_windows, taps)
+
+        def windows_in(start: int, end: int) -> float:
+            return windows_of(windows, p.coarse_mask, p.coarse_count, RTV_EPS, start, end, g_windows)
+
+        coarse_blocks = row_blocks(windows.shape[1], p.threads)
+        value += p.w_rtv * sum(in_parallel([functools.partial(windows_in, *block) for block in coarse_blocks]))
+        g_differences = filters.blur_adjoint(g_windows, taps, p.threads)
     # a block's differences reach the first row of the next: that row goes to ``spill`` (one per block)
     spill = np.zeros((len(blocks), 3, cols), grad.dtype)
 
@@ -349,13 +364,14 @@ def _albedo_samples(
     return energy
 
 
-def _rtv_windows(windows, coarse_m, coarse_count, eps, g_windows):
-    """RTV = G*|∂xγ| / (|G*∂xγ| + e) + the same along y from the windowed sums (12, h, w); returns
-    Σ m½·RTV²/N½ and writes its gradient with respect to the windowed sums."""
+def _rtv_windows(windows, coarse_m, coarse_count, eps, row_start, row_end, g_windows):
+    """RTV = G*|∂xγ| / (|G*∂xγ| + e) + the same along y from the windowed sums (12, h, w), over rows
+    [row_start, row_end); returns their Σ m½·RTV²/N½ and writes its gradient with respect to the windowed
+    sums."""
     channels = windows.shape[0] // 4
     energy = 0.0
     for c in range(channels):
-        for i in range(windows.shape[1]):
+        for i in range(row_start, row_end):
             for j in range(windows.shape[2]):
                 abs_x, sum_x = windows[c, i, j], windows[3 + c, i, j]
                 abs_y, sum_y = windows[6 + c, i, j], windows[9 + c, i, j]
