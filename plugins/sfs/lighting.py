@@ -164,7 +164,10 @@ def _least_squares_lighting(
                 coefficients = torch.linalg.solve(normal / count + scale * prior, rhs / count)
         coefficients = coefficients.T.float()  # (9, 3)
         residual = (albedo.T * (basis @ coefficients.double()) - target.T).abs().sum(1)
-        keep = (residual <= torch.quantile(residual, 1 - trim)).double()
+        # within the (1 − trim) quantile: at most the order statistic it interpolates from (a selection,
+        # ~10x faster than torch.quantile's sort)
+        order = int((residual.numel() - 1) * (1 - trim)) + 1
+        keep = (residual <= torch.kthvalue(residual, order).values).double()
     return coefficients
 
 
@@ -247,7 +250,7 @@ class SpecularLobe:
         # A highlight only brightens: darker-than-modelled pixels (pigment: freckles, brows) are not
         # its business, and fitting their negative residual would narrow the lobe.
         normals, residual = normals[mask][::stride], residual[mask][::stride].clamp(min=0)
-        adam = compiled(_lobe_adam) if fused_pass and normals.device.type == "cpu" else None
+        adam = compiled(_lobe_adam, fastmath=True) if fused_pass and normals.device.type == "cpu" else None
         if adam is not None:  # the same steps, the gradient written out (~10x faster than autograd's)
             fitted = self.params.double().numpy().copy()
             adam(normals.double().numpy(), residual.double().numpy(), fitted, steps, LOBE_LR)
