@@ -9,8 +9,9 @@ inside the refined mask m (d = m·δ, heights in samples towards the viewer, ima
 (ρ: Cauchy's loss summed over the colour channels, c the data confidence, u the intensity unit, N the mask's
 samples, n the normals of h0 + d, β the highlight lobe or the fixed per-pixel specular). With autograd each
 of L-BFGS's ~50 evaluations per face records and replays ~80 elementwise operations on (H, W) tensors; here
-everything but the base term (a low-pass, left to torch) is one loop over the masked samples that gives the
-value and, by the adjoint of each step, the gradient (``depth_terms``).
+everything but the base term is one loop over the masked samples that gives the value and, by the adjoint of
+each step, the gradient; the base term (a low-pass at a third of the rate) has its own small loops
+(``depth_terms``, ``depth_energy``).
 
 Albedo (step 3, and its steps between the depth updates): the data term, the skin-colour prior and RTV of
 ``solver.Reflectance.albedo_loss`` (``albedo_terms``): the per-sample work and the 2 x 2 block means in
@@ -39,8 +40,9 @@ class FusedInputs:
     without a lobe), ΔI (lap_image, in the energy's units), ∇²h0 (lap_height0), the transfer term's weight
     w (lap_weight); sh_scaled (9, 3) float64: the SH coefficients times their basis constants; lobe (6,)
     float64: active (0/1), the unit half-vector h (3), k and α of the highlight k·max(n·h, 1e-6)^α. Scalars: s the
-    specular scale, the Cauchy threshold, data_scale = u/N, inv_count = 1/N; threads: how many blocks of
-    rows the pass runs on at once."""
+    specular scale, the Cauchy threshold, data_scale = u/N, inv_count = 1/N; the base term's weight, σ and
+    rate (``solver.DepthEnergy._base_term``) and its samples low_count; threads: how many blocks of rows the
+    pass runs on at once."""
 
     mask: np.ndarray
     height0: np.ndarray
@@ -57,20 +59,22 @@ class FusedInputs:
     threshold: float
     data_scale: float
     inv_count: float
+    base_weight: float = 0.0
+    base_sigma: float = 1.0
+    base_factor: int = 1
+    low_count: float = 1.0
     threads: int = 1
 
 
 def depth_terms(delta: Tensor, inputs: FusedInputs, weights: tuple[float, float, float, float]) -> Tensor:
-    """E(δ) less its base term, a 0-d tensor differentiable in ``delta`` (H, W) float32 on the CPU."""
+    """E(δ), a 0-d tensor differentiable in ``delta`` (H, W) float32 on the CPU."""
     return _DepthTerms.apply(delta, inputs, weights)
 
 
 class _DepthTerms(torch.autograd.Function):
     @staticmethod
     def forward(ctx, delta: Tensor, inputs: FusedInputs, weights: tuple[float, float, float, float]) -> Tensor:
-        values = np.ascontiguousarray(delta.detach().numpy(), dtype=np.float32)
-        grad = np.empty_like(values)
-        energy = _kernel()(values, inputs, *weights, grad)
+        energy, grad = depth_energy(delta.detach().numpy(), inputs, weights)
         ctx.save_for_backward(torch.from_numpy(grad))
         return torch.tensor(energy, dtype=delta.dtype)
 
@@ -80,11 +84,21 @@ class _DepthTerms(torch.autograd.Function):
         return upstream * grad, None, None
 
 
+def depth_energy(
+    delta: np.ndarray, inputs: FusedInputs, weights: tuple[float, float, float, float]
+) -> tuple[float, np.ndarray]:
+    """E(δ) and its gradient (H, W) float32, for ``delta`` (H, W) (what ``depth_terms`` wraps; an optimiser
+    may call it directly, without autograd)."""
+    values = np.ascontiguousarray(delta, dtype=np.float32)
+    grad = np.empty_like(values)
+    return _kernel()(values, inputs, *weights, grad), grad
+
+
 def _kernel():
     """The compiled pass, wrapped to unpack ``FusedInputs`` and to split the grid's rows over ``threads``
     (``fastmath``: ~20 % faster; its inputs are finite)."""
-    loop, combine = compiled(_pass, fastmath=True), compiled(_gradient)
-    assert loop is not None and combine is not None  # ``available`` checked numba
+    loop, combine, block_means = compiled(_pass, fastmath=True), compiled(_gradient), compiled(_block_means)
+    assert loop is not None and combine is not None and block_means is not None  # ``available`` checked numba
 
     def run(delta, p: FusedInputs, l1, l2, l3, l4, grad):
         rows, cols = delta.shape
@@ -98,26 +112,71 @@ def _kernel():
                 p.inv_count, float(l1), float(l2), float(l3), float(l4), start, end, out,
             )  # fmt: skip
 
-        def gradient(start: int, end: int) -> None:
-            combine(tuple(g_detail), p.mask, delta, 2 * float(l1) * p.inv_count, start, end, grad)
-
         tasks = [functools.partial(block, *rows_of, out) for rows_of, out in zip(blocks, g_detail, strict=True)]
         energy = sum(in_parallel(tasks))
+        base, g_blocks = _base_term(delta, p, block_means)
+
+        def gradient(start: int, end: int) -> None:
+            k = p.base_factor if p.base_weight else 0
+            combine(tuple(g_detail), g_blocks, k, p.mask, delta, 2 * float(l1) * p.inv_count, start, end, grad)
+
         in_parallel([functools.partial(gradient, *rows_of) for rows_of in row_blocks(rows, p.threads)])
-        return energy
+        return energy + base
 
     return run
 
 
-def _gradient(g_detail, m, delta, l1_scale, row_start, row_end, grad):
-    """δ's gradient over rows [row_start, row_end): m · Σ g_detail (the blocks' parts, a tuple) plus the
-    λd1 term's 2·λd1·m·δ/N (``l1_scale`` = 2·λd1/N)."""
-    for i in range(row_start, row_end):
-        for j in range(grad.shape[1]):
+def _base_term(delta: np.ndarray, p: FusedInputs, block_means) -> tuple[float, np.ndarray]:
+    """The base term w·Σ low²/n (low: the k x k block means of d = m·δ, blurred by σ/k, as
+    ``operators.low_pass``) and its gradient with respect to each block's samples (⌈H/k⌉, ⌈W/k⌉): the
+    block mean's adjoint, its value over the block's size (``_gradient`` spreads it)."""
+    from facerecon.plugins.sfs import filters
+
+    if p.base_weight == 0:
+        return 0.0, np.zeros((1, 1))
+    k = p.base_factor
+    means = np.zeros((-(-delta.shape[0] // k), -(-delta.shape[1] // k)))
+    sizes = block_means(delta, p.mask, k, means)
+    taps = filters.gaussian_taps(p.base_sigma / k)
+    low = filters.blur(means[None], taps)[0]
+    energy = p.base_weight * float((low * low).sum()) / p.low_count
+    g_means = filters.blur_adjoint((2 * p.base_weight / p.low_count) * low[None], taps)[0]
+    return energy, g_means / sizes
+
+
+def _block_means(delta, m, k, means):
+    """The k x k block means of m·δ into ``means`` (the last blocks may be partial); returns the blocks'
+    sizes (numba compiles it)."""
+    rows, cols = delta.shape
+    for i in range(rows):
+        for bj in range(means.shape[1]):
             total = 0.0
+            for j in range(bj * k, min(bj * k + k, cols)):
+                total += delta[i, j] * m[i, j]
+            means[i // k, bj] += total
+    sizes = np.empty(means.shape)
+    for bi in range(means.shape[0]):
+        for bj in range(means.shape[1]):
+            sizes[bi, bj] = (min(bi * k + k, rows) - bi * k) * (min(bj * k + k, cols) - bj * k)
+            means[bi, bj] /= sizes[bi, bj]
+    return sizes
+
+
+def _gradient(g_detail, g_blocks, k, m, delta, l1_scale, row_start, row_end, grad):
+    """δ's gradient over rows [row_start, row_end): m · (Σ g_detail (the blocks' parts, a tuple) + the
+    base term's g_blocks[i // k, j // k] (with k = 0: none) + the λd1 term's 2·λd1·δ/N (``l1_scale``))."""
+    for i in range(row_start, row_end):
+        block_i, block_j, within = i // max(k, 1), 0, 0  # (the column's block, counted along the row)
+        for j in range(grad.shape[1]):
+            total = l1_scale * delta[i, j]
             for part in g_detail:
                 total += part[i, j]
-            grad[i, j] = m[i, j] * (total + l1_scale * delta[i, j])
+            if k > 0:
+                total += g_blocks[block_i, block_j]
+                within += 1
+                if within == k:
+                    block_j, within = block_j + 1, 0
+            grad[i, j] = m[i, j] * total
 
 
 def _pass(
@@ -152,7 +211,7 @@ def _pass(
                 cosine = nx * lobe[1] + ny * lobe[2] + nz * lobe[3]
                 if cosine > 1e-6:
                     highlight = lobe[4] * cosine ** lobe[5]
-                    d_highlight = lobe[4] * lobe[5] * cosine ** (lobe[5] - 1)
+                    d_highlight = lobe[5] * highlight / cosine  # k·α·cos^(α−1), one power
                 else:
                     highlight, d_highlight = lobe[4] * 1e-6 ** lobe[5], 0.0
             else:

@@ -371,6 +371,10 @@ class DepthEnergy:
             threshold=float(options.robust_threshold),
             data_scale=self.unit / count,
             inv_count=1.0 / count,
+            base_weight=float(options.base_weight),
+            base_sigma=float(options.base_sigma),
+            base_factor=self.base_factor,
+            low_count=float(self.low_count),
             threads=options.pass_threads(),
         )
 
@@ -380,8 +384,7 @@ class DepthEnergy:
     def loss(self, l1: float, l2: float, l3: float, l4: float) -> Tensor:
         scene, options = self.scene, self.scene.options
         if self.fused is not None:  # the same energy, its gradient written out (``fused``)
-            terms = fused.depth_terms(self.delta, self._fused_inputs(), (l1, l2, l3, l4))
-            return terms + self._base_term(self.delta * scene.m)
+            return fused.depth_terms(self.delta, self._fused_inputs(), (l1, l2, l3, l4))
         detail = self.delta * scene.m
         normals = normals_from_height(scene.height0 + detail)
         highlight = scene.highlight(normals, self.surface.specular)
@@ -422,6 +425,10 @@ class DepthEnergy:
         optimiser = self._optimiser(lr)
 
         def closure() -> Any:  # the loss tensor (torch's stubs say float)
+            if self.fused is not None:  # value and gradient straight from the compiled pass, no autograd
+                energy, grad = fused.depth_energy(self.delta.detach().numpy(), self._fused_inputs(), weights)
+                self.delta.grad = torch.from_numpy(grad)
+                return torch.tensor(energy)
             optimiser.zero_grad()
             loss = self.loss(*weights)
             loss.backward()
