@@ -78,12 +78,15 @@ def test_fused_pass_runs_for_float32_on_the_cpu_only():
     assert not fused.available(torch.zeros(2, 2, dtype=torch.float64))
 
 
-@pytest.mark.parametrize(("blur", "threads"), [(0.0, 1), (3.0, 1), (0.0, 3), (3.0, 3)])
-def test_fused_albedo_energy_equals_autograd(blur, threads):
+@pytest.mark.parametrize(
+    ("blur", "threads", "priors"), [(0.0, 1, True), (3.0, 1, True), (0.0, 3, True), (3.0, 3, True), (3.0, 1, False)]
+)
+def test_fused_albedo_energy_equals_autograd(blur, threads, priors):
+    """(Also with the rows in 3 blocks, and without the priors: the seed's Fig. 8 ablation.)"""
     from facerecon.plugins.sfs import fused
 
     problem = synthetic_problem()
-    scene = Scene.of(problem, SfsOptions(threads=threads), use_priors=True)
+    scene = Scene.of(problem, SfsOptions(threads=threads), use_priors=priors)
     surface = Reflectance(scene, fused_pass=False)
     assert surface.fused is None
     inputs = surface.fused_inputs()

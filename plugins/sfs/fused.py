@@ -340,8 +340,9 @@ def _albedo_energy(
     half = (-(-rows // 2), -(-cols // 2))
     samples, windows_of, scatter = _albedo_kernels()
     grad = np.empty_like(albedo)
-    residual = np.zeros((3, *half), albedo.dtype)  # block means of m · (γ·S + s·β − I) over the measured samples
-    differences = np.zeros((12, *half), albedo.dtype)  # those of |∂xγ|, ∂xγ, |∂yγ|, ∂yγ of γ/255 (3 channels each)
+    # (both written whole by the pass: a block's first sample sets its mean, the others add to it)
+    residual = np.empty((3, *half), albedo.dtype)  # block means of m · (γ·S + s·β − I) over the measured samples
+    differences = np.empty((12, *half), albedo.dtype)  # those of |∂xγ|, ∂xγ, |∂yγ|, ∂yγ of γ/255 (3 channels each)
     blocks = row_blocks(rows, p.threads, multiple=2)  # (each block's 2 x 2 means are its own)
 
     def samples_of(start: int, end: int) -> float:
@@ -351,13 +352,13 @@ def _albedo_energy(
         )  # fmt: skip
 
     value = sum(in_parallel([functools.partial(samples_of, *block) for block in blocks]))
-    g_residual = np.zeros_like(residual)
+    g_residual = np.zeros((1, 1, 1), albedo.dtype)  # (none: the scatter skips it)
     if blur > 0:  # the residual's low-pass at half rate: block means, then a blur of σ/2
         taps = filters.gaussian_taps(blur / 2)
         low = filters.blur(residual, taps, p.threads)
         value += float((low * low * p.coarse_mask).sum()) / p.coarse_count
         g_residual = filters.blur_adjoint((2 / p.coarse_count) * low * p.coarse_mask, taps, p.threads)
-    g_differences = np.zeros_like(differences)
+    g_differences = np.zeros((1, 1, 1), albedo.dtype)
     if p.w_rtv:  # RTV at half rate (solver.relative_total_variation)
         taps = filters.gaussian_taps(p.rtv_sigma / 2)
         windows = filters.blur(differences, taps, p.threads)
@@ -373,7 +374,10 @@ def _albedo_energy(
     spill = np.zeros((len(blocks), 3, cols), grad.dtype)
 
     def scatter_of(start: int, end: int, extra: np.ndarray) -> None:
-        scatter(g_residual, g_differences, albedo, shade, p.measured, p.mask, p.w_rtv / 255, start, end, grad, extra)
+        scatter(
+            g_residual, g_differences, blur > 0, p.w_rtv != 0, albedo, shade, p.measured, p.mask, p.w_rtv / 255,
+            start, end, grad, extra,
+        )  # fmt: skip
 
     in_parallel([functools.partial(scatter_of, *block, extra) for block, extra in zip(blocks, spill, strict=True)])
     for (_, end), extra in zip(blocks, spill, strict=True):
@@ -405,9 +409,12 @@ def _albedo_samples(
                 r = (albedo[c, i, j] * shade[c, i, j] + s * specular[i, j] - image[c, i, j]) * measured[i, j]
                 r *= m[i, j]  # m is 0/1, and (r·m)² = r²·m
                 g = 0.0
+                first = i % 2 == 0 and j % 2 == 0  # the block's first sample
                 if plain_data:
                     energy += r * r / count
                     g = 2 * r / count * measured[i, j] * shade[c, i, j]
+                elif first:
+                    residual[c, i // 2, j // 2] = share * r
                 else:
                     residual[c, i // 2, j // 2] += share * r
                 away = albedo[c, i, j] - skin_albedo[c, i, j]
@@ -416,10 +423,16 @@ def _albedo_samples(
                 grad[c, i, j] = g + 2 * w_avg / count * weight * away
                 dx = (albedo[c, i, j + 1] - albedo[c, i, j]) / 255 if j + 1 < cols else 0.0
                 dy = (albedo[c, i + 1, j] - albedo[c, i, j]) / 255 if i + 1 < rows else 0.0
-                differences[c, i // 2, j // 2] += share * abs(dx)
-                differences[3 + c, i // 2, j // 2] += share * dx
-                differences[6 + c, i // 2, j // 2] += share * abs(dy)
-                differences[9 + c, i // 2, j // 2] += share * dy
+                if first:
+                    differences[c, i // 2, j // 2] = share * abs(dx)
+                    differences[3 + c, i // 2, j // 2] = share * dx
+                    differences[6 + c, i // 2, j // 2] = share * abs(dy)
+                    differences[9 + c, i // 2, j // 2] = share * dy
+                else:
+                    differences[c, i // 2, j // 2] += share * abs(dx)
+                    differences[3 + c, i // 2, j // 2] += share * dx
+                    differences[6 + c, i // 2, j // 2] += share * abs(dy)
+                    differences[9 + c, i // 2, j // 2] += share * dy
     return energy
 
 
@@ -445,12 +458,16 @@ def _rtv_windows(windows, coarse_m, coarse_count, eps, row_start, row_end, g_win
     return energy
 
 
-def _albedo_scatter(g_residual, g_differences, albedo, shade, measured, m, scale, row_start, row_end, grad, spill):
+def _albedo_scatter(
+    g_residual, g_differences, use_residual, use_differences, albedo, shade, measured, m, scale, row_start, row_end,
+    grad, spill,
+):  # fmt: skip
     """Adds the half-rate terms' gradient to ``grad`` (3, H, W) from the samples of rows [row_start,
     row_end): each block mean's adjoint (its value over the block's size) reaches the block's samples; the
     residual's through ∂r/∂γ = m·S on measured samples, the differences' times ``scale`` (1/255) through
     ∂|d|/∂d = sign d and each difference's two samples (the second of the last row's into ``spill`` (3, W),
-    for the caller to add to row ``row_end``)."""
+    for the caller to add to row ``row_end``). ``use_residual`` / ``use_differences``: whether those terms
+    are in the energy (else their arrays are not read)."""
     channels, rows, cols = grad.shape
     for c in range(channels):
         for i in range(row_start, row_end):
@@ -458,7 +475,10 @@ def _albedo_scatter(g_residual, g_differences, albedo, shade, measured, m, scale
             for j in range(cols):
                 share = share_i * (0.5 if j - j % 2 + 1 < cols else 1.0)
                 bi, bj = i // 2, j // 2
-                grad[c, i, j] += share * g_residual[c, bi, bj] * m[i, j] * measured[i, j] * shade[c, i, j]
+                if use_residual:
+                    grad[c, i, j] += share * g_residual[c, bi, bj] * m[i, j] * measured[i, j] * shade[c, i, j]
+                if not use_differences:
+                    continue
                 if j + 1 < cols:
                     dx = albedo[c, i, j + 1] - albedo[c, i, j]
                     g = share * scale * (g_differences[3 + c, bi, bj] + g_differences[c, bi, bj] * np.sign(dx))
