@@ -108,8 +108,17 @@ def test_warm_up_loads_the_compiled_passes():
     from facerecon.geometry.jit import compiled
     from facerecon.plugins.sfs import fused
 
+    from facerecon.plugins.sfs import grid, lighting
+
     SfsRefiner(SfsOptions()).warm_up()
-    loops = [compiled(fused._pass, fastmath=True), *fused._albedo_kernels()]
+    loops = [
+        compiled(fused._pass, fastmath=True),
+        compiled(fused._gradient),
+        compiled(fused._block_means),
+        compiled(grid._fit_quadrics),
+        compiled(lighting._lobe_adam, fastmath=True),
+        *fused._albedo_kernels(),
+    ]
     assert all(loop is not None and loop.signatures for loop in loops)  # type: ignore[attr-defined]
 
 

@@ -90,8 +90,9 @@ class SfsRefiner:
         self.solver, self.lighting, self.operators = solver, lighting, operators
 
     def warm_up(self) -> None:
-        """Solve a small lit sphere once: loads the compiled passes (``fused``, ~0.3 s from numba's disk
-        cache) and torch's kernels here rather than on the first face."""
+        """Solve a small lit sphere once, and smooth its depth: loads the compiled passes (``fused``,
+        ``grid``, ``lighting``; ~0.3 s from numba's disk cache) and torch's kernels here rather than on the
+        first face."""
         import torch
 
         size = 48
@@ -104,6 +105,7 @@ class SfsRefiner:
         mask = torch.as_tensor(inside, device=self.device)
         albedo = t(np.broadcast_to(np.array([200.0, 150.0, 120.0])[:, None, None], image.shape))
         self.solver.solve(self.solver.Problem(t(image), mask, mask, t(height), albedo), self.options)
+        smooth_within(height, inside, 2.0, self.options.pass_threads())  # step 1's compiled fit
 
     def refine(self, image: np.ndarray, face: Face, mesh: Mesh, segmentation: Segmentation | None) -> Refinement:
         setup = self.prepare(image, face, mesh, segmentation)
