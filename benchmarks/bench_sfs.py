@@ -11,9 +11,10 @@ change as a percentage of the face-map width (``max_change_pct``; the safety cla
     python benchmarks/bench_sfs.py [--photos 6] [--face-px 400] [--device cpu|cuda]
 
 Thread pools (issue 19): ``--torch-threads 1,2`` refines every face once per torch intra-op thread count,
-interleaved, and reports the median of each (``by_threads``); ``--second-load`` runs another process
-multiplying matrices on every core meanwhile (``bench_threads.py``'s), as another program on the machine
-would.
+interleaved, and reports the median of each (``by_threads``); ``--pass-threads 1,2`` does the same for the
+refiner's ``threads`` option (the compiled passes' row blocks; default: every core); ``--second-load`` runs
+another process multiplying matrices on every core meanwhile (``bench_threads.py``'s), as another program on
+the machine would.
 """
 
 from __future__ import annotations
@@ -45,27 +46,33 @@ def main() -> None:
     parser.add_argument("--face-px", type=float, default=400.0, help="face box width to rescale to (0: as is)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--torch-threads", default="", help="comma-separated torch thread counts to compare")
+    parser.add_argument("--pass-threads", default="", help="comma-separated sfs `threads` values to compare")
     parser.add_argument("--second-load", action="store_true", help="another busy process on every core")
     args = parser.parse_args()
-    threads = [int(n) for n in args.torch_threads.split(",") if n] or [torch.get_num_threads()]
+    torch_threads = [int(n) for n in args.torch_threads.split(",") if n] or [torch.get_num_threads()]
+    pass_threads = [int(n) for n in args.pass_threads.split(",") if n] or [0]
+    # each setting: its label, torch's threads, the refiner's ``threads``
+    settings = [(f"torch {t}", t, 0) for t in torch_threads] if len(torch_threads) > 1 else []
+    settings += [(f"pass {n}", torch_threads[0], n) for n in pass_threads] if len(pass_threads) > 1 else []
+    settings = settings or [(f"torch {torch_threads[0]}", torch_threads[0], 0)]
     load = subprocess.Popen([sys.executable, "-c", SECOND_LOAD]) if args.second_load else None
     try:
-        report = run(args, threads)
+        report = run(args, settings)
     finally:
         if load is not None:
             load.kill()
     print(json.dumps(report, indent=1))
 
 
-def run(args: argparse.Namespace, threads: list[int]) -> dict:
+def run(args: argparse.Namespace, settings: list[tuple[str, int, int]]) -> dict:
     data = shared_data_dir()
     if data is None:
         raise SystemExit("shared data not found (set FACERECON_SHARED_DATA)")
     warnings.simplefilter("ignore")
     photos = sorted((data / "faces" / "lfpw-68").glob("*.png"))[: args.photos]
-    refiner = SfsRefiner(SfsOptions(), args.device)
+    refiners = {threads: SfsRefiner(SfsOptions(threads=threads), args.device) for _, _, threads in settings}
     rows = []
-    timings: dict[int, list[float]] = {}
+    timings: dict[str, list[float]] = {}
     with Pipeline(PipelineConfig(refiners=("laplace",), device="cpu")) as pipe:
         for photo in photos:
             image = load_image(photo)
@@ -76,12 +83,12 @@ def run(args: argparse.Namespace, threads: list[int]) -> dict:
                 face = pipe.detect(image)[0]
             rec = pipe.reconstruct_face(image, face)
             medium, segmentation = rec.final.mesh, rec.segmentation
-            for count in threads:  # the first setting's time is the face's "s"
+            for label, count, pass_threads in settings:  # the first setting's time is the face's "s"
                 torch.set_num_threads(count)
                 start = time.perf_counter()
-                out = refiner.refine(image, face, medium, segmentation)
-                timings.setdefault(count, []).append(time.perf_counter() - start)
-            elapsed = timings[threads[0]][-1]
+                out = refiners[pass_threads].refine(image, face, medium, segmentation)
+                timings.setdefault(label, []).append(time.perf_counter() - start)
+            elapsed = timings[settings[0][0]][-1]
             maps = out.maps.maps
             h, w = maps["depth"].shape[:2]
             inside = maps["mask"] > 0
@@ -105,7 +112,7 @@ def run(args: argparse.Namespace, threads: list[int]) -> dict:
         "first_s": rows[0]["s"],
         "median_s": round(float(np.median([r["s"] for r in rows[1:] or rows])), 2),
         "by_threads": {  # the median over faces 2.. of each setting
-            str(count): round(float(np.median(times[1:] or times)), 2) for count, times in timings.items()
+            label: round(float(np.median(times[1:] or times)), 2) for label, times in timings.items()
         },
     }
 
