@@ -106,9 +106,7 @@ def test_fused_albedo_energy_equals_autograd(blur, threads, priors):
 
 def test_warm_up_loads_the_compiled_passes():
     from facerecon.geometry.jit import compiled
-    from facerecon.plugins.sfs import fused
-
-    from facerecon.plugins.sfs import grid, lighting
+    from facerecon.plugins.sfs import fused, grid, lighting
 
     SfsRefiner(SfsOptions()).warm_up()
     loops = [

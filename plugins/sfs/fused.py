@@ -112,7 +112,7 @@ def _kernel():
                 p.inv_count, float(l1), float(l2), float(l3), float(l4), start, end, out,
             )  # fmt: skip
 
-        tasks = [functools.partial(block, *rows_of, out) for rows_of, out in zip(blocks, g_detail, strict=True)]
+        tasks = [functools.partial(block, start, end, out) for (start, end), out in zip(blocks, g_detail, strict=True)]
         energy = sum(in_parallel(tasks))
         base, g_blocks = _base_term(delta, p, block_means)
 
@@ -379,7 +379,9 @@ def _albedo_energy(
             start, end, grad, extra,
         )  # fmt: skip
 
-    in_parallel([functools.partial(scatter_of, *block, extra) for block, extra in zip(blocks, spill, strict=True)])
+    in_parallel(
+        [functools.partial(scatter_of, start, end, extra) for (start, end), extra in zip(blocks, spill, strict=True)]
+    )
     for (_, end), extra in zip(blocks, spill, strict=True):
         if end < rows:
             grad[:, end] += extra
