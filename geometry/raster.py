@@ -197,6 +197,11 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """Area-weighted unit vertex normals (N, 3), oriented like the triangle winding."""
     V = np.asarray(vertices, dtype=np.float64)
     F = np.asarray(faces)
+    loop = compiled(_normals_loop)
+    if loop is not None and len(F):  # the same sums in the same order (~6x faster)
+        normals = np.zeros((len(V), 3))
+        loop(np.ascontiguousarray(V), np.ascontiguousarray(F, dtype=np.int64), normals)
+        return normals
     face_normals = np.cross(V[F[:, 1]] - V[F[:, 0]], V[F[:, 2]] - V[F[:, 0]])
     # Each vertex sums the normals of its triangles: bincount adds in the order np.add.at would (corner 0 of
     # every face, then corner 1, then 2), ~5x faster.
@@ -206,6 +211,31 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     )
     length = np.linalg.norm(normals, axis=1, keepdims=True)
     return normals / np.where(length > 0, length, 1.0)
+
+
+def _normals_loop(V, F, normals):
+    """``vertex_normals`` in loops (numba compiles it): each face's cross product added to its corners,
+    corner 0 of every face, then corner 1, then 2, as the numpy form's bincount adds them; then each
+    normal divided by its length (left as is when 0)."""
+    count = F.shape[0]
+    face_normals = np.empty((count, 3))
+    for f in range(count):
+        a, b, c = F[f, 0], F[f, 1], F[f, 2]
+        ux, uy, uz = V[b, 0] - V[a, 0], V[b, 1] - V[a, 1], V[b, 2] - V[a, 2]
+        vx, vy, vz = V[c, 0] - V[a, 0], V[c, 1] - V[a, 1], V[c, 2] - V[a, 2]
+        face_normals[f, 0] = uy * vz - uz * vy
+        face_normals[f, 1] = uz * vx - ux * vz
+        face_normals[f, 2] = ux * vy - uy * vx
+    for corner in range(3):
+        for f in range(count):
+            vertex = F[f, corner]
+            for k in range(3):
+                normals[vertex, k] += face_normals[f, k]
+    for v in range(normals.shape[0]):
+        length = np.sqrt(normals[v, 0] * normals[v, 0] + normals[v, 1] * normals[v, 1] + normals[v, 2] * normals[v, 2])
+        if length > 0:
+            for k in range(3):
+                normals[v, k] /= length
 
 
 def shade(vertices: np.ndarray, faces: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
