@@ -196,3 +196,16 @@ def test_scattered_sampling_compiled_agrees_with_numpy_and_with_known_values():
     weights = rng.dirichlet(np.ones(3), 50).astype(np.float32)
     expected = np.einsum("kj,kjc->kc", weights.astype(np.float64), values[corners])
     np.testing.assert_allclose(sampling.barycentric(corners, weights, values), expected, rtol=1e-12)
+
+
+def test_compiled_vertex_normals_equal_numpy_s_bit_for_bit(monkeypatch):
+    """The compiled loop adds the face normals in the numpy form's order, so the OBJ's normals do not change."""
+    from facerecon.geometry import raster
+
+    rng = np.random.default_rng(4)
+    vertices = rng.normal(size=(300, 3))
+    faces = rng.integers(0, 300, size=(700, 3))
+    faces[:5] = [0, 0, 1]  # degenerate triangles; vertex 299 may touch none (a zero normal)
+    compiled_normals = raster.vertex_normals(vertices, faces)
+    monkeypatch.setattr(raster, "compiled", lambda loop: None)
+    assert np.array_equal(compiled_normals, raster.vertex_normals(vertices, faces))

@@ -130,3 +130,17 @@ def test_a_mesh_without_uvs_gets_an_xatlas_layout_and_a_texture(pipeline, face_p
 
     (entry,) = json.loads((tmp_path / "out" / "result.json").read_text())["reconstructions"][0]["stages"]
     assert entry["vertices"] == len(bare.vertices) and entry["file_vertices"] == len(atlas.vertices)
+
+
+def test_a_uv_layout_is_rasterised_once_per_size_and_kept_read_only(turned):
+    from facerecon.outputs.texture import uv_raster
+
+    mesh = turned[0]
+    moved = replace(mesh, vertices=np.asarray(mesh.vertices) * 1.5)  # another face of the same layout
+    first, again = uv_raster(mesh, SIZE), uv_raster(moved, SIZE)
+    assert again is first  # the same arrays, not rasterised again
+    assert not first.triangle.flags.writeable and not first.barycentric.flags.writeable
+    smaller = uv_raster(mesh, SIZE // 2)
+    assert smaller.triangle.shape == (SIZE // 2, SIZE // 2)
+    # (the texel points are rounded to float32, as before the cache)
+    np.testing.assert_allclose(TexelSurface.of(moved, SIZE).points, 1.5 * TexelSurface.of(mesh, SIZE).points, atol=1e-4)
