@@ -108,6 +108,8 @@ class SfsRefiner:
         smooth_within(height, inside, 2.0, self.options.pass_threads())  # step 1's compiled fit
 
     def refine(self, image: np.ndarray, face: Face, mesh: Mesh, segmentation: Segmentation | None) -> Refinement:
+        import torch
+
         setup = self.prepare(image, face, mesh, segmentation)
         if setup is None:
             return Refinement(mesh)  # the face is too small or off the image: nothing to refine
@@ -122,13 +124,17 @@ class SfsRefiner:
         # the medium mesh's own depth, which the smoothing would only blur, blended over a few samples.
         base = setup.depth0 + (1 - _inside_weight(setup.mask)) * (setup.medium_depth - setup.depth0)
         depth = base - solution.height.cpu().numpy().astype(np.float64) - setup.depth0  # d0 + detail -> base + detail
+        # (the last phase's height is the solution's: its mesh is the fine mesh, not built twice)
         depths = {
-            name: base - h.cpu().numpy().astype(np.float64) - setup.depth0 for name, h in solution.phase_heights.items()
+            name: base - h.cpu().numpy().astype(np.float64) - setup.depth0
+            for name, h in solution.phase_heights.items()
+            if not torch.equal(h, solution.height)
         }
         meshes = grid.meshes(mesh, raster, {"fine": depth, **depths}, covered)
-        fine = meshes.pop("fine")
+        fine = meshes["fine"]
+        phases = {name: meshes.get(name, fine) for name in solution.phase_heights}
         maps = self._maps(grid, problem, solution, base, depth, covered, setup.mask)
-        return Refinement(fine, maps, meshes)
+        return Refinement(fine, maps, phases)
 
     def prepare(self, image: np.ndarray, face: Face, mesh: Mesh, segmentation: Segmentation | None) -> Prepared | None:
         """Step 1: the depth-map grid around the face and the solver's ``Problem`` on it; None when the
@@ -181,8 +187,10 @@ class SfsRefiner:
             normals = self.operators.normals_from_height(height).cpu().numpy()
         encode = self.operators.linear_to_srgb if problem.linear else (lambda x: x)
 
-        def to_image(x):  # (C, H, W) 0-255 in the solver's intensities -> (H, W, C) sRGB 0-1
-            return np.clip(encode(x.cpu().numpy().transpose(1, 2, 0)) / 255.0, 0, 1)
+        def to_image(x):  # (C, H, W) 0-255 in the solver's intensities -> (H, W, C) sRGB 0-1, C-ordered
+            planes = encode(x.cpu().numpy().transpose(1, 2, 0))
+            image = np.divide(planes, 255.0, out=np.empty(planes.shape, planes.dtype))
+            return np.clip(image, 0, 1, out=image)
 
         nan = np.where(covered, 1.0, np.nan)
         depth = depth_samples * grid.step  # mesh-frame z in image pixels

@@ -9,8 +9,9 @@ from typing import Any
 
 import numpy as np
 
+from facerecon.geometry import sampling
 from facerecon.geometry.jit import compiled, map_in_parallel
-from facerecon.geometry.raster import interpolate, rasterize
+from facerecon.geometry.raster import rasterize
 from facerecon.kernel.contract import Face, LandmarkMap, Mesh, Segmentation
 from facerecon.plugins.sfs.options import SfsOptions
 
@@ -241,8 +242,9 @@ class Grid:
         # (a, c, b) and (b, c, d): normals towards the camera (-z) for a surface facing it.
         triangles = np.concatenate([np.stack([a[full], c[full], b[full]], 1), np.stack([b[full], c[full], d[full]], 1)])
         uvs = None
-        if medium.uvs is not None:
-            uvs = interpolate(raster, medium.triangles, np.asarray(medium.uvs))[covered]
+        if medium.uvs is not None:  # (at the covered samples only; the medium mesh covers them all)
+            corners = np.asarray(medium.triangles)[raster.triangle[covered]]
+            uvs = sampling.barycentric(corners, raster.barycentric[covered], np.asarray(medium.uvs, np.float64))
         maps = {scheme: self._carry_map(medium, lmap, index) for scheme, lmap in medium.landmark_maps.items()}
         mean_z = 0.0
         if medium.camera_matrix is not None:
