@@ -242,9 +242,14 @@ def shade(vertices: np.ndarray, faces: np.ndarray, height: int, width: int) -> t
     """A grey Lambertian render lit from the camera: (float32 (H, W) in [0, 1], bool (H, W) mask)."""
     raster = rasterize(vertices, faces, height, width)
     mask = raster.mask
+    per_vertex = vertex_normals(vertices, faces).astype(np.float32)
+    loop = compiled(_shade_loop)
+    if loop is not None:  # the same float32 arithmetic in one pass (~4x faster)
+        grey = np.zeros((height, width), np.float32)
+        loop(raster.triangle, raster.barycentric, np.ascontiguousarray(faces, dtype=np.int64), per_vertex, grey)
+        return grey, mask
     corners = np.asarray(faces)[raster.triangle[mask]]  # only the covered pixels are shaded
     weights = raster.barycentric[mask]
-    per_vertex = vertex_normals(vertices, faces).astype(np.float32)
     normals = sum(weights[:, k : k + 1] * per_vertex[corners[:, k]] for k in range(3))
     length = np.linalg.norm(normals, axis=1)
     # The camera looks along +z, so a surface facing it has a normal along -z: light = |n_z|.
@@ -252,3 +257,24 @@ def shade(vertices: np.ndarray, faces: np.ndarray, height: int, width: int) -> t
     grey = np.zeros((height, width), np.float32)
     grey[mask] = 0.15 + 0.85 * lit
     return grey, mask
+
+
+def _shade_loop(triangle, barycentric, faces, per_vertex, grey):
+    """``shade``'s grey at every covered pixel, in float32 as the numpy form computes it: the normal
+    Σ_k w_k · n_k, |n_z| / |n|, 0.15 + 0.85 · that (numba compiles it)."""
+    low, high, zero = np.float32(0.15), np.float32(0.85), np.float32(0.0)
+    for i in range(triangle.shape[0]):
+        for j in range(triangle.shape[1]):
+            t = triangle[i, j]
+            if t < 0:
+                continue
+            nx, ny, nz = zero, zero, zero
+            for k in range(3):
+                w = barycentric[i, j, k]
+                v = faces[t, k]
+                nx += w * per_vertex[v, 0]
+                ny += w * per_vertex[v, 1]
+                nz += w * per_vertex[v, 2]
+            length = np.sqrt(nx * nx + ny * ny + nz * nz)
+            lit = abs(nz) / (length if length > 0 else np.float32(1.0))
+            grey[i, j] = low + high * lit

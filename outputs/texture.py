@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from facerecon.geometry import sampling
+from facerecon.geometry.jit import compiled
 from facerecon.geometry.raster import Raster, rasterize, vertex_normals
 from facerecon.kernel.contract.records import IBUG68, LandmarkMap, Mesh, Segmentation
 
@@ -304,20 +305,64 @@ def bake_texture(
     skin = skin_colour(segmentation, own, weight)
     fill = np.broadcast_to(skin, own.shape)
     mirror = mirror_vertices(mesh)
+    premultiply, blend = compiled(_premultiply), compiled(_blend)
+    sampled = None
     if mirror is not None:
         # The weight-premultiplied colour and the weight, one (size, size, 4) map sampled at the mirror texels.
         premultiplied = np.zeros((size, size, 4), np.float32)
-        premultiplied[mask] = np.column_stack([own * weight[:, None], weight])
+        if premultiply is not None:
+            premultiply(mask, own, weight, premultiplied)
+        else:
+            premultiplied[mask] = np.column_stack([own * weight[:, None], weight])
         mirror_uv = texels.at(np.asarray(mesh.uvs, np.float64)[mirror])
         col, row = mirror_uv[:, 0] * size - 0.5, (1.0 - mirror_uv[:, 1]) * size - 0.5
         sampled = sampling.bilinear(premultiplied, col, row)
+    texture = np.zeros((size, size, 3), np.float32)
+    if blend is not None:  # the numpy form's arithmetic, per texel, straight into the texture
+        blend(mask, own, weight, np.zeros((1, 4)) if sampled is None else sampled, sampled is not None, skin, texture)
+        return pad(texture, mask)
+    if sampled is not None:
         mirror_weight = sampled[:, 3:]
         mirror_colour = sampled[:, :3] / np.maximum(mirror_weight, 1e-6)
         fill = mirror_weight * mirror_colour + (1 - mirror_weight) * skin
     blended = weight[:, None] * own + (1 - weight[:, None]) * fill
-    texture = np.zeros((size, size, 3), np.float32)
     texture[mask] = blended
     return pad(texture, mask)
+
+
+def _premultiply(mask, own, weight, out):
+    """out[texel] = (own · weight, weight) at the covered texels (row-major, as ``mask[mask]``), float32
+    rounded from float64 products (numba compiles it)."""
+    k = 0
+    for i in range(mask.shape[0]):
+        for j in range(mask.shape[1]):
+            if mask[i, j]:
+                w = np.float64(weight[k])
+                for c in range(3):
+                    out[i, j, c] = own[k, c] * w
+                out[i, j, 3] = weight[k]
+                k += 1
+
+
+def _blend(mask, own, weight, sampled, mirrored, skin, texture):
+    """``bake_texture``'s blend per covered texel (row-major): w·own + (1 − w)·fill, the fill the mirror's
+    colour over the skin colour by the mirror's weight (or the skin colour), each product in float64 and
+    1 − w in float32, as numpy evaluates the vectorised form; written to ``texture`` (numba compiles it)."""
+    k = 0
+    for i in range(mask.shape[0]):
+        for j in range(mask.shape[1]):
+            if not mask[i, j]:
+                continue
+            w = np.float64(weight[k])
+            rest = np.float64(np.float32(1.0) - weight[k])
+            mirror_weight = sampled[k, 3] if mirrored else 0.0
+            for c in range(3):
+                fill = skin[c]
+                if mirrored:
+                    colour = sampled[k, c] / max(mirror_weight, 1e-6)
+                    fill = mirror_weight * colour + (1 - mirror_weight) * skin[c]
+                texture[i, j, c] = w * own[k, c] + rest * fill
+            k += 1
 
 
 def feathered(weight: np.ndarray, mask: np.ndarray, size: int) -> np.ndarray:

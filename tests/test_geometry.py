@@ -209,3 +209,17 @@ def test_compiled_vertex_normals_equal_numpy_s_bit_for_bit(monkeypatch):
     compiled_normals = raster.vertex_normals(vertices, faces)
     monkeypatch.setattr(raster, "compiled", lambda loop: None)
     assert np.array_equal(compiled_normals, raster.vertex_normals(vertices, faces))
+
+
+def test_compiled_shading_equals_numpy_s_bit_for_bit(monkeypatch):
+    from facerecon.geometry import raster
+
+    rng = np.random.default_rng(5)
+    vertices = np.column_stack([rng.uniform(5, 95, 400), rng.uniform(5, 95, 400), rng.uniform(0, 10, 400)])
+    faces = np.array([tri for tri in rng.integers(0, 400, size=(900, 3)) if len(set(tri)) == 3])
+    grey, mask = raster.shade(vertices, faces, 100, 100)
+    assert mask.sum() > 1000
+    original = raster.compiled
+    monkeypatch.setattr(raster, "compiled", lambda loop: None if loop is raster._shade_loop else original(loop))
+    grey_numpy, mask_numpy = raster.shade(vertices, faces, 100, 100)
+    assert np.array_equal(mask, mask_numpy) and np.array_equal(grey, grey_numpy)
