@@ -50,7 +50,7 @@ class SfsOptions:
     lighting_prior_weight: weight (squared grey levels) of the Gaussian portrait-lighting prior on the
         normalised SH coefficients (``solver.portrait_lighting_prior``); 0 fits the light by least squares alone.
     threads: how many threads the compiled passes of the albedo and depth energies split each evaluation's
-        rows over (0: the cores this process may use). Plain threads that sleep while they wait: with a
+        rows over (0: the cores this process may use, at most 4). Plain threads that sleep while they wait: with a
         second job on the machine they cost little (unlike torch's OpenMP workers, ``torch_threads``).
     linear_shading: decode the photo from sRGB to linear RGB before the solve (the Lambertian + SH image
         model holds for linear intensities); the albedo, rendering and input maps are encoded back.
@@ -113,8 +113,15 @@ class SfsOptions:
             raise ValueError("max_side must be >= 16, alternate_every >= 1, margin >= 0, threads >= 0")
 
     def pass_threads(self) -> int:
-        """``threads``, with 0 resolved to the cores this process may use."""
+        """``threads``, with 0 resolved to the cores this process may use, at most ``MAX_DEFAULT_THREADS``."""
         if self.threads > 0:
             return self.threads
         affinity = getattr(os, "sched_getaffinity", None)
-        return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
+        cores = len(affinity(0)) if affinity is not None else os.cpu_count() or 1
+        return min(cores, MAX_DEFAULT_THREADS)
+
+
+MAX_DEFAULT_THREADS = 4
+"""The passes are memory-bound and each block of rows keeps its own full-size gradient: more blocks than
+this by default would cost memory and merging for little (measured on 2 cores only; set ``threads`` to
+use more)."""
