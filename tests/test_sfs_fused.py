@@ -155,3 +155,13 @@ def test_compiled_highlight_fit_equals_autograd():
     fits = [SpecularLobe(torch.device("cpu")).fit(normals, residual, mask, 150, fused) for fused in (True, False)]
     torch.testing.assert_close(fits[0].params, fits[1].params, rtol=0, atol=1e-4)
     assert fits[0].peak(normals, mask) > SfsOptions().specular_min_peak  # a real highlight was fitted
+
+
+def test_threads_option_resolves_to_the_cores_up_to_four():
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    assert SfsOptions().pass_threads() == min(cores, 4)
+    assert SfsOptions(threads=6).pass_threads() == 6
+    with pytest.raises(ValueError, match="threads"):
+        SfsOptions(threads=-1)
