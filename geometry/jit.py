@@ -42,7 +42,9 @@ def row_blocks(rows: int, parts: int, multiple: int = 1, work: np.ndarray | None
 def in_parallel(tasks: Sequence[Callable[[], T]]) -> list[T]:
     """Each task's result, in order: the first on the calling thread, the others on a shared pool's threads
     (for compiled loops that release the GIL; plain threads, which sleep while they wait, so a busy
-    machine is not slowed by spinning workers as OpenMP's are)."""
+    machine is not slowed by spinning workers as OpenMP's are). Several callers may share the pool at
+    once (a server's request threads); a task must not call ``in_parallel`` itself (it could wait on work
+    queued behind it)."""
     if len(tasks) == 1:
         return [tasks[0]()]
     futures = [_pool().submit(task) for task in tasks[1:]]

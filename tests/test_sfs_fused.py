@@ -165,3 +165,18 @@ def test_threads_option_resolves_to_the_cores_up_to_four():
     assert SfsOptions(threads=6).pass_threads() == 6
     with pytest.raises(ValueError, match="threads"):
         SfsOptions(threads=-1)
+
+
+def test_solves_on_several_threads_at_once_give_the_solution_of_one():
+    """A server refines on several request threads, all sharing the passes' thread pool: each solve gives
+    what it gives alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from facerecon.plugins.sfs.solver import solve
+
+    options = replace(SfsOptions(threads=2), phase1_iterations=3, phase2_iterations=3, albedo_iterations=3)
+    alone = solve(synthetic_problem(), options).height
+    with ThreadPoolExecutor(3) as pool:
+        heights = list(pool.map(lambda _: solve(synthetic_problem(), options).height, range(3)))
+    for height in heights:
+        torch.testing.assert_close(height, alone, rtol=0, atol=0)
