@@ -1,4 +1,4 @@
-"""The fine stage's fused depth energy (plugins/sfs/fused.py) against its autograd form: the same value and
+"""The fine stage's fused depth energy (plugins/sfs/fused/) against its autograd form: the same value and
 gradient, with and without the highlight lobe, in both depth phases, on the full synthetic scene (textured
 albedo, highlight, noise) and on a real photo's grid."""
 
@@ -110,12 +110,12 @@ def test_warm_up_loads_the_compiled_passes():
 
     SfsRefiner(SfsOptions()).warm_up()
     loops = [
-        compiled(fused._pass, fastmath=True),
-        compiled(fused._gradient),
-        compiled(fused._block_means),
+        compiled(fused.depth._pass, fastmath=True),
+        compiled(fused.depth._gradient),
+        compiled(fused.depth._block_means),
         compiled(grid._fit_quadrics),
         compiled(lighting._lobe_adam, fastmath=True),
-        *fused._albedo_kernels(),
+        *fused.albedo._albedo_kernels(),
     ]
     assert all(loop is not None and loop.signatures for loop in loops)  # type: ignore[attr-defined]
 
