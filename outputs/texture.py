@@ -64,9 +64,9 @@ class _UvLayout:
 
 
 _UV_LAYOUTS: dict[bytes, _UvLayout] = {}
-_UV_LAYOUTS_LOCK = threading.Lock()
 """The UV layouts rasterised (by digest of UVs, triangles and size): a topology's layout is the same every
 face, and rasterising it at 1024 x 1024 and gathering its texels took ~15 ms per photo. Four kept (~50 MB)."""
+_UV_LAYOUTS_LOCK = threading.Lock()
 
 
 def _uv_layout(mesh: Mesh, size: int) -> _UvLayout:

@@ -8,6 +8,7 @@ Normals are (..., 3) unit vectors in the viewer frame (x right, y up, z to the v
 from __future__ import annotations
 
 import functools
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -202,7 +203,6 @@ def fit_light_and_highlight(problem: Problem, options: SfsOptions) -> tuple[Tens
 def half_rate(problem: Problem) -> Problem:
     """``problem`` on a grid at half the rate: 2 x 2 block means of the image, albedo and height (in the
     coarser samples, so the slopes and normals are the same), a block in the masks when all of it is."""
-    from dataclasses import replace
 
     def pooled(planes: Tensor) -> Tensor:
         return torch.nn.functional.avg_pool2d(planes[None], 2, ceil_mode=True)[0]
