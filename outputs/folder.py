@@ -296,13 +296,26 @@ def remove_stale_partials(folder: str | Path) -> list[Path]:
 
 
 def _process_alive(pid: int) -> bool:
+    """Whether ``pid`` is a running process. A zombie is not: a writer killed together with its parent
+    stays one until an init process that may never reap it does (as in some containers)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # another user's process
         return True
-    return True
+    return not _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    """Linux's /proc says a process has exited but is not yet reaped; False where there is no /proc."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    # "<pid> (<comm>) <state> ...": comm may hold spaces and parentheses, the state follows the last ")"
+    fields = stat[stat.rfind(")") + 1 :].split()
+    return bool(fields) and fields[0] in ("Z", "X")
 
 
 def replace_dir(new: Path, target: Path) -> None:

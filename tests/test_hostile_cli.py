@@ -26,7 +26,7 @@ from facerecon.evaluation import nme, read_pts
 from facerecon.kernel import Pipeline, PipelineConfig
 from facerecon.kernel.contract.images import MAX_SIDE
 from facerecon.kernel.host.imageio import IMAGE_SUFFIXES, find_images, load_image
-from facerecon.outputs.folder import remove_stale_partials
+from facerecon.outputs.folder import _process_alive, remove_stale_partials
 from tests.polling import wait_for
 
 CLI = [sys.executable, "-m", "facerecon.cli"]
@@ -261,6 +261,8 @@ def test_sigkill_mid_write_leaves_a_partial_that_the_next_run_removes(tmp_path, 
     time.sleep(0.2)
     left = list(out.glob(".*.partial"))
     assert left, "the kill was meant to land while a result was being written"
+    writers = [int(p.name.rsplit(".", 3)[1]) for p in left]
+    assert _wait_for(lambda: not any(_process_alive(pid) for pid in writers), 30.0), "SIGKILL did not end the writer"
     assert main(["reconstruct", str(lfpw[5]), "-o", str(out), "-q", "--refiners", ""]) == 0
     assert not list(out.glob(".*.partial"))
     assert (out / lfpw[5].stem / "result.json").is_file()
@@ -281,6 +283,21 @@ def test_stale_partials_go_live_ones_stay_and_a_set_aside_result_comes_back(tmp_
     assert removed == {f".photo.{gone.pid}.abc123.partial", ".legacy.x1y2z3.partial", ".kept.old"}
     assert live.is_dir()
     assert (tmp_path / "lost" / "result.json").is_file()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="zombies are told apart through Linux's /proc")
+def test_the_partial_of_a_writer_left_a_zombie_is_stale(tmp_path):
+    """A worker killed with its parent stays a zombie where the container's init never reaps it; its
+    staging folder is stale all the same (a clean-clone CI run once kept one)."""
+    zombie = subprocess.Popen(["true"])
+    try:
+        assert _wait_for(lambda: Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z", 10.0)
+        partial = tmp_path / f".photo.{zombie.pid}.zz9zz9.partial"
+        partial.mkdir()
+        assert remove_stale_partials(tmp_path) == [partial]
+        assert not partial.exists()
+    finally:
+        zombie.wait()
 
 
 @pytest.mark.parametrize("delay", [0.0, 0.3])
