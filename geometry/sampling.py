@@ -30,8 +30,10 @@ def bilinear(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
 def barycentric(corners: np.ndarray, weights: np.ndarray, values: np.ndarray) -> np.ndarray:
     """float64 (K, C): per-vertex ``values`` (V, C) at barycentric ``weights`` (K, 3) of the triangles whose
     vertex ids are ``corners`` (K, 3): Σ_i w_i · values[corner_i], summed in that order."""
-    corners = np.ascontiguousarray(corners, np.int64)
-    weights = np.ascontiguousarray(weights, np.float64)
+    # int32 corners and float32 weights (a UV layout's) are read as they are: converting ~0.5 M texels per
+    # call cost more than the sums; float32 weights promote to float64 in the products either way.
+    corners = np.ascontiguousarray(corners, corners.dtype if corners.dtype in (np.int32, np.int64) else np.int64)
+    weights = np.ascontiguousarray(weights, weights.dtype if weights.dtype == np.float32 else np.float64)
     values = np.ascontiguousarray(values, np.float64)
     loop = compiled(_barycentric_loop)
     if loop is None:
@@ -48,7 +50,8 @@ def warm_up() -> None:
     """Load the compiled loops now (numba's disk cache: ~0.1 s in a fresh process) for the common dtypes."""
     for dtype in (np.uint8, np.float32):
         bilinear(np.zeros((2, 2, 3), dtype), np.zeros(1), np.zeros(1))
-    barycentric(np.zeros((1, 3), np.int64), np.zeros((1, 3)), np.zeros((1, 3)))
+    for index, weight in ((np.int64, np.float64), (np.int32, np.float32)):
+        barycentric(np.zeros((1, 3), index), np.zeros((1, 3), weight), np.zeros((1, 3)))
 
 
 def _bilinear_loop(image, x, y, out):

@@ -34,6 +34,7 @@ from grpc_reflection.v1alpha import reflection
 
 from facerecon.kernel import Pipeline, PipelineConfig, PluginHost
 from facerecon.kernel.contract.errors import ConfigError
+from facerecon.kernel.host.memory import numpy_small_pages
 from facerecon.kernel.host.threads import limit_threads
 
 from . import MAX_IMAGE_PIXELS
@@ -207,6 +208,7 @@ class Server:
         def build() -> Any:
             stage = host.create(kind, name, options, resolved)
             limit_threads(*threads)  # after the stage loaded its libraries
+            numpy_small_pages()
             return stage
 
         loader = StageLoader(build, copies=settings.workers, warm=servicer_type.warmer())

@@ -196,6 +196,10 @@ def test_scattered_sampling_compiled_agrees_with_numpy_and_with_known_values():
     weights = rng.dirichlet(np.ones(3), 50).astype(np.float32)
     expected = np.einsum("kj,kjc->kc", weights.astype(np.float64), values[corners])
     np.testing.assert_allclose(sampling.barycentric(corners, weights, values), expected, rtol=1e-12)
+    # A UV layout's int32 corners and float32 weights are read as they are, with the same sums as int64 and
+    # float64 copies give (the float32 weights promote exactly).
+    wide = sampling.barycentric(corners.astype(np.int64), weights.astype(np.float64), values)
+    assert np.array_equal(sampling.barycentric(corners.astype(np.int32), weights, values), wide)
 
 
 def test_compiled_vertex_normals_equal_numpy_s_bit_for_bit(monkeypatch):

@@ -34,6 +34,7 @@ from facerecon.kernel.contract.stages import Detector, Refiner, Regressor, Segme
 from facerecon.kernel.host.config import DEFAULT_REFINERS, PipelineConfig
 from facerecon.kernel.host.devices import resolve_device
 from facerecon.kernel.host.imageio import fit_within, load_image
+from facerecon.kernel.host.memory import numpy_small_pages
 from facerecon.kernel.host.registry import PluginHost
 from facerecon.kernel.host.threads import limit_threads
 
@@ -163,8 +164,10 @@ class Pipeline:
         key = (kind, name)
         if key not in self._stages:
             self._stages[key] = self.host.create(kind, name, self.config.options_for(kind, name), self.device)
-            # After the stage loaded its libraries (BLAS, torch): pools sized for per-face work (threads.py).
+            # After the stage loaded its libraries (BLAS, torch): pools sized for per-face work (threads.py),
+            # and numpy's arrays on plain memory pages (memory.py).
             limit_threads(self.config.blas_threads, self.config.torch_threads)
+            numpy_small_pages()
         return self._stages[key]
 
     @property
