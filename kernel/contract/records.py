@@ -119,7 +119,8 @@ class Face:
     def __post_init__(self) -> None:
         box = np.asarray(self.box, dtype=np.float32)
         _check(box.shape == (4,), f"face box must be (4,), got {box.shape}")
-        _check(bool(box[0] < box[2] and box[1] < box[3]), f"face box must have x0 < x1 and y0 < y1: {box}")
+        if not (box[0] < box[2] and box[1] < box[3]):  # (the message formats the array: only when raised)
+            raise RecordError(f"face box must have x0 < x1 and y0 < y1: {box}")
         object.__setattr__(self, "box", _readonly(box))
         _check(0.0 <= float(self.score) <= 1.0, f"face score must be in [0, 1], got {self.score}")
         object.__setattr__(self, "score", float(self.score))
