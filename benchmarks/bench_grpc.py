@@ -1,12 +1,13 @@
 """The cost of running stages as gRPC services on loopback.
 
     python benchmarks/bench_grpc.py [--photos 40] [--refiners laplace] [--clients 4] [--images-per-client 20]
-        [--no-throughput]
+        [--no-throughput] [--no-pipeline-service]
 
 1. Per-image latency over the shared LFPW photos: the pipeline in-process against the same pipeline with
    every stage `remote` (one `facerecon serve` subprocess per stage on 127.0.0.1), and against it again with
    the remote stages sending whole images and meshes (`compact = false`: the transport before issue 19),
-   runs interleaved; medians, 90th percentiles and the ratio to in-process.
+   runs interleaved, and against the whole pipeline served by one `facerecon serve pipeline` (one call per
+   photo, `--remote pipeline=`); medians, 90th percentiles and the ratio to in-process.
 2. Bytes on the wire per stage and call, both ways: serialized request and response messages (HTTP/2
    framing and headers not included).
 3. Throughput: N concurrent clients (threads, each with its own pipeline; channels shared) against 1 and 2
@@ -28,6 +29,7 @@ import sys
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from contextlib import ExitStack
 from typing import Any
 
@@ -43,9 +45,10 @@ from facerecon.services.remote import apply_remote
 class ServerProcess:
     """`python -m facerecon.services serve KIND --plugin NAME --port 0` on 127.0.0.1."""
 
-    def __init__(self, kind: str, plugin: str) -> None:
-        command = [sys.executable, "-m", "facerecon.services", "serve", kind, "--plugin", plugin]
-        command += ["--port", "0", "--device", "cpu"]
+    def __init__(self, kind: str, plugin: str, extra: Sequence[str] = ()) -> None:
+        command = [sys.executable, "-m", "facerecon.services", "serve", kind]
+        command += ["--plugin", plugin] if plugin else []
+        command += ["--port", "0", "--device", "cpu", *extra]
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         line = self.process.stdout.readline() if self.process.stdout else ""
         if " on " not in line:
@@ -95,11 +98,13 @@ def stage_list(config: PipelineConfig) -> list[tuple[str, str, str]]:
     return stages + [(name, "refiner", name) for name in config.refiners]
 
 
-def count_bytes(pipe: Pipeline, wire: dict[str, list[tuple[int, int]]]) -> None:
-    """Wrap every remote stage's stub so each call records (request bytes, response bytes)."""
-    for (kind, name), stage in pipe._stages.items():
+def count_bytes(pipe: Any, wire: dict[str, list[tuple[int, int]]]) -> None:
+    """Wrap every remote stage's stub (or a remote pipeline's) so each call records (request bytes, response
+    bytes)."""
+    stages = {("pipeline", "pipeline"): pipe} if hasattr(pipe, "stub") else pipe._stages
+    for (kind, name), stage in stages.items():
         stub = stage.stub
-        for method in ("Detect", "Regress", "Segment", "Refine"):
+        for method in ("Detect", "Regress", "Segment", "Refine", "Reconstruct"):
             call = getattr(stub, method, None)
             if call is None:
                 continue
@@ -129,16 +134,33 @@ def whole_messages(config: PipelineConfig) -> PipelineConfig:
     return config
 
 
-def latency(config: PipelineConfig, images: list[np.ndarray], servers: dict[str, ServerProcess]) -> dict[str, Any]:
-    """In-process, every stage remote (today), and every stage remote sending whole messages (before issue
-    19), interleaved image by image; medians, ratios to in-process and bytes per call of both."""
+def pipeline_server_flags(config: PipelineConfig) -> list[str]:
+    """`serve pipeline` flags for the stages of ``config``."""
+    flags = ["--detector", config.detector, "--regressor", config.regressor, "--refiners", ",".join(config.refiners)]
+    return flags + ["--segmenter", config.segmenter or "none"]
+
+
+def latency(
+    config: PipelineConfig,
+    images: list[np.ndarray],
+    servers: dict[str, ServerProcess],
+    whole: ServerProcess | None = None,
+) -> dict[str, Any]:
+    """In-process, every stage remote (today), every stage remote sending whole messages (before issue
+    19), and (``whole``: a `serve pipeline` server) the whole pipeline in one call per photo (``--remote
+    pipeline=``), interleaved image by image; medians, ratios to in-process and bytes per call."""
     entries = [f"{key}={servers[key].address}" for key, _, _ in stage_list(config)]
     remote_config = apply_remote(config, entries)
     variants = {"in_process": config, "all_remote": remote_config, "all_remote_whole": whole_messages(remote_config)}
+    if whole is not None:
+        variants["pipeline_service"] = apply_remote(config, [f"pipeline={whole.address}"])
     times: dict[str, list[float]] = {name: [] for name in variants}
     wire: dict[str, dict[str, list[tuple[int, int]]]] = {name: defaultdict(list) for name in variants}
     with ExitStack() as stack:
-        pipes = {name: stack.enter_context(Pipeline(c, host())) for name, c in variants.items()}
+        pipes: dict[str, Any] = {}
+        for name, c in variants.items():
+            plugins = host()
+            pipes[name] = stack.enter_context(plugins.make_pipeline(c) or Pipeline(c, plugins))
         for name, pipe in pipes.items():
             pipe.warm_up()
             for image in images[:3]:  # one-off initialisation (JIT, caches, layouts) on both sides
@@ -159,7 +181,9 @@ def latency(config: PipelineConfig, images: list[np.ndarray], servers: dict[str,
             "p90": round(float(np.percentile(times[name], 90)), 2),
             "over_in_process": round(median / local, 3),
         }
-    for name in ("all_remote", "all_remote_whole"):
+    for name in variants:
+        if name == "in_process":
+            continue
         report[f"bytes_per_call_{name}"] = {
             stage: {
                 "calls": len(calls),
@@ -230,6 +254,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4, help="concurrent clients for the throughput test")
     parser.add_argument("--images-per-client", type=int, default=20)
     parser.add_argument("--no-throughput", action="store_true", help="latency and bytes only")
+    parser.add_argument(
+        "--no-pipeline-service", action="store_true", help="leave out the whole pipeline served in one call"
+    )
     args = parser.parse_args()
     data = shared_data_dir()
     if data is None:
@@ -255,12 +282,16 @@ def main() -> None:
         for key, kind, plugin in stage_list(config):
             servers[key] = ServerProcess(kind, plugin)
             stack.callback(servers[key].close)
+        whole = None
+        if not args.no_pipeline_service:
+            whole = ServerProcess("pipeline", "", pipeline_server_flags(config))
+            stack.callback(whole.close)
         result: dict[str, Any] = {
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
             "pipeline": [f"{kind} {plugin}" for _, kind, plugin in stage_list(config)],
             "photos": len(images),
             "in_process_stage_median_ms": {k: round(v, 2) for k, v in medians.items()},
-            "latency": latency(config, images, servers),
+            "latency": latency(config, images, servers, whole),
             "heaviest_stage": heaviest,
             "throughput": []
             if args.no_throughput

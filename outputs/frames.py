@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from facerecon.geometry.bounds import bounds
 from facerecon.geometry.transforms import FLIP_YZ
 from facerecon.kernel.contract.records import IBUG68, CoarseResult, FaceReconstruction, Mesh
 
@@ -88,7 +89,8 @@ def head_frame(face: FaceReconstruction) -> FileFrame:
     rotation, translation, scale, scale_from = _pose(coarse, face.stages[0].plugin if face.stages else "")
     # model (mm, y up, z out of the face) -> mesh frame: v = scale * R @ m + t
     model = (np.asarray(mesh.vertices, np.float64) - translation) @ rotation / scale
-    centre = (model.min(axis=0) + model.max(axis=0)) / 2.0
+    lo, hi = bounds(model)
+    centre = (lo + hi) / 2.0
     head_to_mesh = np.eye(4)
     head_to_mesh[:3, :3] = scale * rotation
     head_to_mesh[:3, 3] = scale * rotation @ centre + translation
@@ -129,11 +131,11 @@ def file_frame(face: FaceReconstruction, name: str) -> FileFrame:
     raise ValueError(f"unknown mesh frame {name!r} (known: {', '.join(FRAMES)})")
 
 
-def frames_dict(face: FaceReconstruction, files: str) -> dict[str, Any]:
+def frames_dict(face: FaceReconstruction, files: str, head: FileFrame | None = None) -> dict[str, Any]:
     """``result.json``'s ``frames`` of one face: which frame the files use, each frame's units and axes, and
     the transforms between them and to image pixels (row-major matrices acting on column vectors
-    (x, y, z, 1))."""
-    head, image = head_frame(face), image_frame(face.coarse.mesh)
+    (x, y, z, 1)); ``head``: the face's :func:`head_frame`, when the caller has it."""
+    head, image = head or head_frame(face), image_frame(face.coarse.mesh)
     head_to_image = image.to_file @ np.linalg.inv(head.to_file)
     return {
         "files": files,

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from facerecon.geometry.bounds import bounds
+
 FLOAT, UNSIGNED_INT = 5126, 5125
 ARRAY_BUFFER, ELEMENT_ARRAY_BUFFER = 34962, 34963
 LINEAR, LINEAR_MIPMAP_LINEAR, REPEAT = 9729, 9987, 10497
@@ -61,7 +63,7 @@ def glb_bytes(
         views.append(entry)
         return len(views) - 1
 
-    def accessor(values: np.ndarray, kind: str, component: int, target: int, bounds: bool = False) -> int:
+    def accessor(values: np.ndarray, kind: str, component: int, target: int, with_bounds: bool = False) -> int:
         array = np.ascontiguousarray(values, np.float32 if component == FLOAT else np.uint32)
         entry: dict[str, Any] = {
             "bufferView": view(array.tobytes(), target),
@@ -69,13 +71,14 @@ def glb_bytes(
             "count": int(array.shape[0] if kind != "SCALAR" else array.size),
             "type": kind,
         }
-        if bounds and len(array):
-            entry["min"], entry["max"] = array.min(axis=0).tolist(), array.max(axis=0).tolist()
+        if with_bounds and len(array):
+            lo, hi = bounds(array)
+            entry["min"], entry["max"] = lo.tolist(), hi.tolist()
         accessors.append(entry)
         return len(accessors) - 1
 
     attributes = {
-        "POSITION": accessor(positions, "VEC3", FLOAT, ARRAY_BUFFER, bounds=True),
+        "POSITION": accessor(positions, "VEC3", FLOAT, ARRAY_BUFFER, with_bounds=True),
         "NORMAL": accessor(normals, "VEC3", FLOAT, ARRAY_BUFFER),
     }
     if uvs is not None:

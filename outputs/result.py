@@ -10,9 +10,10 @@ from typing import Any
 
 import numpy as np
 
+from facerecon.geometry.bounds import bounds
 from facerecon.geometry.transforms import yaw_pitch_roll
 from facerecon.kernel.contract.records import IBUG68, Reconstruction, Segmentation
-from facerecon.outputs.frames import file_frame, frames_dict
+from facerecon.outputs.frames import file_frame, frames_dict, head_frame
 
 PluginIds = Mapping[str, tuple[str, str]]
 """Stage kind ("detector", "segmenter", ...) -> (plugin name, version) of what ran."""
@@ -44,7 +45,8 @@ def result_dict(
     reconstructions = []
     for r in rec.reconstructions:
         stages = []
-        files = file_frame(r, frame)
+        head = head_frame(r)  # (its pose-free bounding box transforms every vertex: made once)
+        files = head if frame == "head" else file_frame(r, frame)
         for stage in r.stages:
             marks = stage.mesh.landmarks(IBUG68)
             in_file = files.apply(stage.mesh.vertices)
@@ -62,7 +64,7 @@ def result_dict(
                     "landmarks68": None if marks is None else _landmark_rows(marks),
                     # the same points on the mesh in 3D, in the mesh files' frame and units
                     "landmarks68_3d": None if lmap is None else _point_rows(lmap.locate(in_file)),
-                    "bounds": [_round(in_file.min(axis=0)), _round(in_file.max(axis=0))],
+                    "bounds": [_round(side) for side in bounds(in_file)],
                     "elapsed_ms": round(stage.elapsed_ms, 2),
                 }
             )
@@ -77,7 +79,7 @@ def result_dict(
                 },
                 "parameters": {name: _round(value, 5) for name, value in r.coarse.parameters.items()},
                 "segmentation": _segmentation_dict(r.segmentation, plugins.get("segmenter")),
-                "frames": frames_dict(r, frame),
+                "frames": frames_dict(r, frame, head),
                 "stages": stages,
             }
         )
@@ -97,8 +99,8 @@ def result_dict(
 def _segmentation_dict(seg: Segmentation | None, plugin: tuple[str, str] | None) -> dict[str, Any] | None:
     if seg is None:
         return None
-    ids, counts = np.unique(seg.labels, return_counts=True)
-    present = {int(i): int(n) for i, n in zip(ids, counts, strict=True) if i != 0}
+    counts = np.bincount(np.asarray(seg.labels).ravel())  # uint8 labels: a count per label, no sort
+    present = {int(i): int(counts[i]) for i in np.flatnonzero(counts) if i != 0}
     return {
         "plugin": plugin[0] if plugin else None,
         "version": plugin[1] if plugin else None,

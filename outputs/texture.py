@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from facerecon.geometry import sampling
+from facerecon.geometry.bounds import bounds, extent
 from facerecon.geometry.jit import compiled
 from facerecon.geometry.raster import Raster, rasterize, vertex_normals
 from facerecon.kernel.contract.records import IBUG68, LandmarkMap, Mesh, Segmentation
@@ -113,7 +114,8 @@ class ImageSurface:
     def of(cls, mesh: Mesh, max_side: int = MAX_SIDE) -> ImageSurface:
         vertices = np.asarray(mesh.vertices, np.float64)
         xy = mesh.project(vertices)
-        lo, hi = np.floor(xy.min(0)) - 1, np.ceil(xy.max(0)) + 1
+        lo, hi = bounds(xy)
+        lo, hi = np.floor(lo) - 1, np.ceil(hi) + 1
         scale = min(1.0, max_side / float((hi - lo).max()))
         w, h = (np.ceil((hi - lo) * scale).astype(int) + 1).tolist()
         screen = np.column_stack([(xy - lo) * scale, vertices[:, 2]])
@@ -197,8 +199,8 @@ def visibility(mesh: Mesh, texels: TexelSurface, image_shape: tuple[int, ...]) -
     """float32 (K,) how far each covered texel's colour can be trusted: 0 where its surface point is hidden
     behind the mesh, off the photo or seen edge-on, 1 where it faces the camera (see :data:`GRAZING`)."""
     surface = ImageSurface.of(mesh)
-    extent = float(np.ptp(np.asarray(mesh.vertices, np.float64), axis=0).max())
-    seen = texels.points[:, 2] <= surface.depth_at(texels.xy) + 0.01 * extent
+    size = extent(np.asarray(mesh.vertices, np.float64))
+    seen = texels.points[:, 2] <= surface.depth_at(texels.xy) + 0.01 * size
     h, w = image_shape[:2]
     on_photo = (texels.xy[:, 0] >= 0) & (texels.xy[:, 0] <= w - 1) & (texels.xy[:, 1] >= 0) & (texels.xy[:, 1] <= h - 1)
     cos = facing(mesh, texels)

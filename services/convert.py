@@ -346,10 +346,16 @@ def refinement_from_proto(
     )
 
 
-def stage_result_to_proto(result: StageResult, into: pb.StageResult | None = None) -> pb.StageResult:
+LayoutOf = Callable[[Mesh], "str | None"]
+"""The layout digest to send a mesh under (the receiver holds its layout: vertices only), or None (whole)."""
+
+
+def stage_result_to_proto(
+    result: StageResult, into: pb.StageResult | None = None, *, layout_of: LayoutOf | None = None
+) -> pb.StageResult:
     message = pb.StageResult() if into is None else into
     message.stage, message.plugin, message.version = result.stage, result.plugin, result.version
-    mesh_to_proto(result.mesh, message.mesh)
+    mesh_to_proto(result.mesh, message.mesh, layout_digest=None if layout_of is None else layout_of(result.mesh))
     message.elapsed_ms = result.elapsed_ms
     if result.maps is not None:
         image_maps_to_proto(result.maps, message.maps)
@@ -357,12 +363,14 @@ def stage_result_to_proto(result: StageResult, into: pb.StageResult | None = Non
     return message
 
 
-def stage_result_from_proto(message: pb.StageResult, field: str = "stage") -> StageResult:
+def stage_result_from_proto(
+    message: pb.StageResult, field: str = "stage", layouts: MeshLayouts | None = None
+) -> StageResult:
     return StageResult(
         stage=message.stage,
         plugin=message.plugin,
         version=message.version,
-        mesh=mesh_from_proto(message.mesh, f"{field}.mesh"),
+        mesh=mesh_from_proto(message.mesh, f"{field}.mesh", layouts),
         elapsed_ms=message.elapsed_ms,
         maps=image_maps_from_proto(message.maps, f"{field}.maps") if message.HasField("maps") else None,
         phases=_phases_from_proto(message.phases, f"{field}.phases"),
@@ -370,35 +378,46 @@ def stage_result_from_proto(message: pb.StageResult, field: str = "stage") -> St
 
 
 def face_reconstruction_to_proto(
-    result: FaceReconstruction, into: pb.FaceReconstruction | None = None, faces: Sequence[Face] | None = None
+    result: FaceReconstruction,
+    into: pb.FaceReconstruction | None = None,
+    faces: Sequence[Face] | None = None,
+    *,
+    layout_of: LayoutOf | None = None,
 ) -> pb.FaceReconstruction:
     """Leaves out what the message can point to: the face when it is ``faces[face_index]``, the coarse mesh
-    when it is ``stages[0].mesh`` (as the pipeline makes them)."""
+    when it is ``stages[0].mesh`` (as the pipeline makes them), and (``layout_of``) the layout of a mesh the
+    receiver holds."""
     message = pb.FaceReconstruction() if into is None else into
     in_list = faces is not None and 0 <= result.face_index < len(faces) and faces[result.face_index] is result.face
     if not in_list:
         face_to_proto(result.face, message.face)
     message.face_index = result.face_index
     share_mesh = bool(result.stages) and result.stages[0].mesh is result.coarse.mesh
-    coarse_to_proto(result.coarse, message.coarse, with_mesh=not share_mesh)
+    coarse_digest = None if share_mesh or layout_of is None else layout_of(result.coarse.mesh)
+    coarse_to_proto(result.coarse, message.coarse, with_mesh=not share_mesh, layout_digest=coarse_digest)
     for stage in result.stages:
-        stage_result_to_proto(stage, message.stages.add())
+        stage_result_to_proto(stage, message.stages.add(), layout_of=layout_of)
     if result.segmentation is not None:
         segmentation_to_proto(result.segmentation, message.segmentation)
     return message
 
 
 def face_reconstruction_from_proto(
-    message: pb.FaceReconstruction, faces: Sequence[Face] = (), field: str = "reconstruction"
+    message: pb.FaceReconstruction,
+    faces: Sequence[Face] = (),
+    field: str = "reconstruction",
+    layouts: MeshLayouts | None = None,
 ) -> FaceReconstruction:
-    stages = tuple(stage_result_from_proto(s, f"{field}.stages[{i}]") for i, s in enumerate(message.stages))
+    stages = tuple(stage_result_from_proto(s, f"{field}.stages[{i}]", layouts) for i, s in enumerate(message.stages))
     if message.HasField("face"):
         face = face_from_proto(message.face, f"{field}.face")
     elif 0 <= message.face_index < len(faces):
         face = faces[message.face_index]
     else:
         raise RecordError(f"{field}: no face, and face_index {message.face_index} is not in faces")
-    coarse = coarse_from_proto(message.coarse, f"{field}.coarse", mesh=stages[0].mesh if stages else None)
+    coarse = coarse_from_proto(
+        message.coarse, f"{field}.coarse", mesh=stages[0].mesh if stages else None, layouts=layouts
+    )
     segmentation = (
         segmentation_from_proto(message.segmentation, f"{field}.segmentation")
         if message.HasField("segmentation")
@@ -407,25 +426,29 @@ def face_reconstruction_from_proto(
     return FaceReconstruction(face, message.face_index, coarse, stages, segmentation)
 
 
-def reconstruction_to_proto(rec: Reconstruction, into: pb.Reconstruction | None = None) -> pb.Reconstruction:
+def reconstruction_to_proto(
+    rec: Reconstruction, into: pb.Reconstruction | None = None, *, layout_of: LayoutOf | None = None
+) -> pb.Reconstruction:
+    """``layout_of``: see :func:`face_reconstruction_to_proto`."""
     message = pb.Reconstruction() if into is None else into
     message.width, message.height = rec.image_size
     for face in rec.faces:
         face_to_proto(face, message.faces.add())
     for result in rec.reconstructions:
-        face_reconstruction_to_proto(result, message.reconstructions.add(), rec.faces)
+        face_reconstruction_to_proto(result, message.reconstructions.add(), rec.faces, layout_of=layout_of)
     for name, value in rec.timings_ms.items():
         message.timings_ms.add(name=name, value=value)
     return message
 
 
-def reconstruction_from_proto(message: pb.Reconstruction) -> Reconstruction:
+def reconstruction_from_proto(message: pb.Reconstruction, layouts: MeshLayouts | None = None) -> Reconstruction:
+    """``layouts``: where meshes sent as vertices only find their layout, and whole ones are kept."""
     faces = tuple(face_from_proto(f, f"faces[{i}]") for i, f in enumerate(message.faces))
     return Reconstruction(
         image_size=(message.width, message.height),
         faces=faces,
         reconstructions=tuple(
-            face_reconstruction_from_proto(r, faces, f"reconstructions[{i}]")
+            face_reconstruction_from_proto(r, faces, f"reconstructions[{i}]", layouts)
             for i, r in enumerate(message.reconstructions)
         ),
         timings_ms={t.name: t.value for t in message.timings_ms},

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -60,6 +61,14 @@ class MeshLayouts:
             while len(self._memo) > self.size:
                 self._memo.popitem(last=False)
         return digest
+
+    def sent_as(self, mesh: Mesh, known: Sequence[str]) -> str | None:
+        """The digest to send ``mesh`` under when the receiver holds its layout (its ``known_layouts``),
+        else None: send it whole."""
+        if not known:
+            return None
+        digest = self.digest(mesh)
+        return digest if digest in known else None
 
     def remember(self, mesh: Mesh) -> str:
         """Keep ``mesh``'s layout; its digest."""

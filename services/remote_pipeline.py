@@ -42,13 +42,14 @@ class RemotePipeline(RemoteStage):
     def __call__(self, image: np.ndarray, *, all_faces: bool | None = None) -> Reconstruction:
         """The server's reconstruction of ``image`` (largest face; every face with ``all_faces``, by default
         this config's ``all_faces`` when set, else the server's)."""
-        request = pipeline_pb2.ReconstructRequest()
+        # (the batch writes its own result.json from the records)
+        request = pipeline_pb2.ReconstructRequest(known_layouts=self._known_layouts(), records_only=True)
         convert.image_to_proto(check_image(image), request.image)
         every = all_faces if all_faces is not None else (True if self.config.all_faces else None)
         if every is not None:
             request.all_faces = every
         response = self._call(self.stub.Reconstruct, request)
-        return convert.reconstruction_from_proto(response.reconstruction)
+        return convert.reconstruction_from_proto(response.reconstruction, self.layouts)
 
     def plugin_ids(self) -> dict[str, tuple[str, str]]:
         """(plugin, version) of the server's detector, regressor and segmenter (for result.json)."""

@@ -105,13 +105,6 @@ class _StageServicer:
         self.layouts = MeshLayouts(size=8)
         """Mesh layouts clients sent or were sent (a client then sends and gets vertices only)."""
 
-    def _sent_as(self, mesh: Mesh, known: Any) -> str | None:
-        """The layout digest to send ``mesh`` under when the client holds its layout (``known_layouts``)."""
-        if not known:
-            return None
-        digest = self.layouts.digest(mesh)
-        return digest if digest in known else None
-
     def Info(self, request: stages_pb2.InfoRequest, context: grpc.ServicerContext) -> stages_pb2.StageInfo:
         if not self.loader.ready.is_set():
             context.abort(grpc.StatusCode.UNAVAILABLE, "the model is still loading")
@@ -175,7 +168,7 @@ class RegressorServicer(_StageServicer, stages_pb2_grpc.RegressorServicer):
         result = self._run(context, lambda stage: stage.regress(self._image(request, context), face))
         response = stages_pb2.RegressResponse()
         convert.coarse_to_proto(
-            result, response.result, layout_digest=self._sent_as(result.mesh, request.known_layouts)
+            result, response.result, layout_digest=self.layouts.sent_as(result.mesh, request.known_layouts)
         )
         return response
 
@@ -212,7 +205,7 @@ class RefinerServicer(_StageServicer, stages_pb2_grpc.RefinerServicer):
         response = stages_pb2.RefineResponse()
         out = refined if isinstance(refined, Mesh) else refined.mesh
         convert.refinement_to_proto(
-            refined, response.refinement, layout_digest=self._sent_as(out, request.known_layouts)
+            refined, response.refinement, layout_digest=self.layouts.sent_as(out, request.known_layouts)
         )
         return response
 
@@ -239,6 +232,8 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServicer):
         self.loader = loader
         self.config = config
         self.max_image_pixels = max_image_pixels
+        self.layouts = MeshLayouts(size=8)
+        """Digests of the layouts of meshes sent (a client holding one gets vertices only)."""
 
     def Info(self, request: stages_pb2.InfoRequest, context: grpc.ServicerContext) -> stages_pb2.StageInfo:
         if not self.loader.ready.is_set():
@@ -258,6 +253,7 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServicer):
             device=pipe.device,
             server_version=__version__,
             stages=stages,
+            features=FEATURES,
         )
 
     def Reconstruct(
@@ -277,14 +273,16 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServicer):
 
         # The whole call's working set (decoded photo, records, output files) exists only while it holds a
         # pipeline, on that pipeline's thread: at most `workers` of them at once (docs/services.md).
-        def work(pipe: Pipeline) -> dict[str, Any]:
+        def work(pipe: Pipeline) -> dict[str, Any] | None:
             image = _decode(context, lambda: convert.image_from_proto(request.image, max_pixels=self.max_image_pixels))
             rec = run_pipeline(pipe, image, all_faces, context)
             check_call(context)  # nobody waits for the outputs any more
             plugins = pipe.plugin_ids()
-            convert.reconstruction_to_proto(rec, response.reconstruction)
+            convert.reconstruction_to_proto(
+                rec, response.reconstruction, layout_of=lambda mesh: self.layouts.sent_as(mesh, request.known_layouts)
+            )
             if not (formats and rec.reconstructions):
-                return result_dict(rec, source, {}, plugins)
+                return None if request.records_only else result_dict(rec, source, {}, plugins)
             with tempfile.TemporaryDirectory(prefix="facerecon-serve-") as tmp:
                 out = Path(tmp) / "out"
                 result = write_outputs(rec, image, out, source=source, formats=formats, plugins=plugins)
@@ -294,7 +292,8 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServicer):
             return result
 
         result = self.loader.run(context, work)
-        response.result_json = dumps(result)
+        if result is not None and not request.records_only:
+            response.result_json = dumps(result)
         return response
 
 

@@ -227,3 +227,14 @@ def test_compiled_shading_equals_numpy_s_bit_for_bit(monkeypatch):
     monkeypatch.setattr(raster, "compiled", lambda loop: None if loop is raster._shade_loop else original(loop))
     grey_numpy, mask_numpy = raster.shade(vertices, faces, 100, 100)
     assert np.array_equal(mask, mask_numpy) and np.array_equal(grey, grey_numpy)
+
+
+def test_bounds_are_numpys_axis_0_minimum_and_maximum():
+    from facerecon.geometry.bounds import bounds, extent
+
+    rng = np.random.default_rng(5)
+    for points in (rng.normal(size=(2900, 3)), rng.normal(size=(500, 2)).astype(np.float32), np.ones((1, 3))):
+        lo, hi = bounds(points)
+        assert lo.dtype == points.dtype and hi.dtype == points.dtype
+        assert np.array_equal(lo, points.min(axis=0)) and np.array_equal(hi, points.max(axis=0))
+        assert extent(points) == float(np.ptp(points, axis=0).max())

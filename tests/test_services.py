@@ -170,6 +170,34 @@ def test_pipeline_service_equals_in_process_and_returns_files(servers, local_pip
     assert {"coarse.obj", "coarse.mtl", "coarse.png", "medium.obj", "fine.obj", "preview.png", "result.json"} <= names
 
 
+def test_pipeline_service_sends_held_layouts_as_vertices_only(servers, local_pipeline, face_photo):
+    """`--remote pipeline=`'s client names the mesh layouts it holds: from the second photo on, the
+    reconstruction's meshes come back as vertices only, and the records are the same; it asks for the
+    records only (no result_json: it writes its own)."""
+    from facerecon.services.remote_pipeline import RemotePipeline
+
+    responses = []
+    with RemotePipeline(apply_remote(LOCAL, [f"pipeline={servers['pipeline']}"])) as remote:
+        call = remote.stub.Reconstruct
+
+        def recorded(request, *args, **kwargs):
+            responses.append((request, call(request, *args, **kwargs)))
+            return responses[-1][1]
+
+        remote.stub.Reconstruct = recorded
+        first, second = remote(face_photo), remote(face_photo)
+    expected = local_pipeline(face_photo)
+    for got in (first, second):
+        assert differences(expected, got, skip=frozenset({"elapsed_ms", "timings_ms"})) == []
+    (ask_first, whole), (ask_second, short) = responses
+    assert list(ask_first.known_layouts) == [] and len(ask_second.known_layouts) >= 1
+    assert ask_first.records_only and whole.result_json == "" and short.result_json == ""
+    meshes = [m.mesh for m in short.reconstruction.reconstructions[0].stages]
+    assert all(m.layout_digest and not m.HasField("triangles") for m in meshes)
+    assert all(m.HasField("triangles") for m in (s.mesh for s in whole.reconstruction.reconstructions[0].stages))
+    assert short.ByteSize() < 0.6 * whole.ByteSize()
+
+
 def test_status_codes_and_a_bad_request_never_takes_the_server_down(servers, face_photo):
     with grpc.insecure_channel(servers["detector"]) as channel:
         stub = stages_pb2_grpc.DetectorStub(channel)

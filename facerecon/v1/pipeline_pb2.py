@@ -26,19 +26,19 @@ from facerecon.v1 import records_pb2 as facerecon_dot_v1_dot_records__pb2
 from facerecon.v1 import stages_pb2 as facerecon_dot_v1_dot_stages__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x66\x61\x63\x65recon/v1/pipeline.proto\x12\x0c\x66\x61\x63\x65recon.v1\x1a\x1a\x66\x61\x63\x65recon/v1/records.proto\x1a\x19\x66\x61\x63\x65recon/v1/stages.proto\"\x7f\n\x12ReconstructRequest\x12\"\n\x05image\x18\x01 \x01(\x0b\x32\x13.facerecon.v1.Image\x12\x16\n\tall_faces\x18\x02 \x01(\x08H\x00\x88\x01\x01\x12\x0f\n\x07\x66ormats\x18\x03 \x03(\t\x12\x0e\n\x06source\x18\x04 \x01(\tB\x0c\n\n_all_faces\"(\n\nOutputFile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\x89\x01\n\x13ReconstructResponse\x12\x34\n\x0ereconstruction\x18\x01 \x01(\x0b\x32\x1c.facerecon.v1.Reconstruction\x12\x13\n\x0bresult_json\x18\x02 \x01(\t\x12\'\n\x05\x66iles\x18\x03 \x03(\x0b\x32\x18.facerecon.v1.OutputFile2\x9a\x01\n\x08Pipeline\x12:\n\x04Info\x12\x19.facerecon.v1.InfoRequest\x1a\x17.facerecon.v1.StageInfo\x12R\n\x0bReconstruct\x12 .facerecon.v1.ReconstructRequest\x1a!.facerecon.v1.ReconstructResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x66\x61\x63\x65recon/v1/pipeline.proto\x12\x0c\x66\x61\x63\x65recon.v1\x1a\x1a\x66\x61\x63\x65recon/v1/records.proto\x1a\x19\x66\x61\x63\x65recon/v1/stages.proto\"\xac\x01\n\x12ReconstructRequest\x12\"\n\x05image\x18\x01 \x01(\x0b\x32\x13.facerecon.v1.Image\x12\x16\n\tall_faces\x18\x02 \x01(\x08H\x00\x88\x01\x01\x12\x0f\n\x07\x66ormats\x18\x03 \x03(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x15\n\rknown_layouts\x18\x05 \x03(\t\x12\x14\n\x0crecords_only\x18\x06 \x01(\x08\x42\x0c\n\n_all_faces\"(\n\nOutputFile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\x89\x01\n\x13ReconstructResponse\x12\x34\n\x0ereconstruction\x18\x01 \x01(\x0b\x32\x1c.facerecon.v1.Reconstruction\x12\x13\n\x0bresult_json\x18\x02 \x01(\t\x12\'\n\x05\x66iles\x18\x03 \x03(\x0b\x32\x18.facerecon.v1.OutputFile2\x9a\x01\n\x08Pipeline\x12:\n\x04Info\x12\x19.facerecon.v1.InfoRequest\x1a\x17.facerecon.v1.StageInfo\x12R\n\x0bReconstruct\x12 .facerecon.v1.ReconstructRequest\x1a!.facerecon.v1.ReconstructResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'facerecon.v1.pipeline_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RECONSTRUCTREQUEST']._serialized_start=100
-  _globals['_RECONSTRUCTREQUEST']._serialized_end=227
-  _globals['_OUTPUTFILE']._serialized_start=229
-  _globals['_OUTPUTFILE']._serialized_end=269
-  _globals['_RECONSTRUCTRESPONSE']._serialized_start=272
-  _globals['_RECONSTRUCTRESPONSE']._serialized_end=409
-  _globals['_PIPELINE']._serialized_start=412
-  _globals['_PIPELINE']._serialized_end=566
+  _globals['_RECONSTRUCTREQUEST']._serialized_start=101
+  _globals['_RECONSTRUCTREQUEST']._serialized_end=273
+  _globals['_OUTPUTFILE']._serialized_start=275
+  _globals['_OUTPUTFILE']._serialized_end=315
+  _globals['_RECONSTRUCTRESPONSE']._serialized_start=318
+  _globals['_RECONSTRUCTRESPONSE']._serialized_end=455
+  _globals['_PIPELINE']._serialized_start=458
+  _globals['_PIPELINE']._serialized_end=612
 # @@protoc_insertion_point(module_scope)

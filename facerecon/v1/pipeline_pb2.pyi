@@ -9,16 +9,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ReconstructRequest(_message.Message):
-    __slots__ = ("image", "all_faces", "formats", "source")
+    __slots__ = ("image", "all_faces", "formats", "source", "known_layouts", "records_only")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     ALL_FACES_FIELD_NUMBER: _ClassVar[int]
     FORMATS_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
+    KNOWN_LAYOUTS_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_ONLY_FIELD_NUMBER: _ClassVar[int]
     image: _records_pb2.Image
     all_faces: bool
     formats: _containers.RepeatedScalarFieldContainer[str]
     source: str
-    def __init__(self, image: _Optional[_Union[_records_pb2.Image, _Mapping]] = ..., all_faces: _Optional[bool] = ..., formats: _Optional[_Iterable[str]] = ..., source: _Optional[str] = ...) -> None: ...
+    known_layouts: _containers.RepeatedScalarFieldContainer[str]
+    records_only: bool
+    def __init__(self, image: _Optional[_Union[_records_pb2.Image, _Mapping]] = ..., all_faces: _Optional[bool] = ..., formats: _Optional[_Iterable[str]] = ..., source: _Optional[str] = ..., known_layouts: _Optional[_Iterable[str]] = ..., records_only: _Optional[bool] = ...) -> None: ...
 
 class OutputFile(_message.Message):
     __slots__ = ("name", "data")
