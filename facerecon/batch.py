@@ -32,6 +32,7 @@ from facerecon.kernel.contract.errors import (
     NoFaceError,
     PluginError,
 )
+from facerecon.kernel.host.memory import numpy_small_pages
 
 log = logging.getLogger("facerecon")
 
@@ -187,6 +188,7 @@ def _serve(conn: Connection, config: PipelineConfig, write: WriteOptions) -> Non
     try:
         host = PluginHost(allow=config.allow_plugins, block=config.block_plugins)
         pipeline = host.make_pipeline(config) or Pipeline.from_config(config, host)  # e.g. --remote pipeline=
+        numpy_small_pages()  # (a local Pipeline did; a remote one writes the outputs here all the same)
         pipeline.warm_up()
         writers.join()
     except Exception as exc:

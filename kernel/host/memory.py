@@ -7,8 +7,8 @@ zeroed whole and compacted for synchronously. In a coarse-only `--jobs 2` run of
 kernel's page clearing took 12.6 % of all CPU samples (perf); with plain pages the run took 5.9-6.3 s
 instead of 6.9-7.8 s (system time 1.1-1.5 s instead of 3.0-4.3 s), and the steady rate rose from 7.7 to
 9.6 photos/s (`python -m benchmarks.bench_writers`, NUMPY_MADVISE_HUGEPAGE=1 for the former). The fine
-stage is unchanged (0.91-0.92 s against 0.92-0.97 s per 400 px face). So the pipeline turns numpy's
-advice off, process-wide, when it builds its first stage; ``NUMPY_MADVISE_HUGEPAGE`` (numpy's own
+stage is unchanged (0.91-0.92 s against 0.92-0.97 s per 400 px face). So a pipeline turns numpy's
+advice off, process-wide, when it is made (as does a batch worker); ``NUMPY_MADVISE_HUGEPAGE`` (numpy's own
 setting: 1 keeps huge pages, 0 turns them off) decides instead where it is set.
 """
 

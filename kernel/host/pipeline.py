@@ -68,6 +68,7 @@ class Pipeline:
         self._check_chain(schemes)
         self._check_options()
         self._mesh_units = self._check_mesh_units()
+        numpy_small_pages()  # a process that makes a pipeline does per-photo work: plain pages (memory.py)
 
     def _available_default_refiners(self) -> tuple[str, ...]:
         """The default refiners this installation can run; one warning names each one skipped and how to
@@ -164,10 +165,8 @@ class Pipeline:
         key = (kind, name)
         if key not in self._stages:
             self._stages[key] = self.host.create(kind, name, self.config.options_for(kind, name), self.device)
-            # After the stage loaded its libraries (BLAS, torch): pools sized for per-face work (threads.py),
-            # and numpy's arrays on plain memory pages (memory.py).
+            # After the stage loaded its libraries (BLAS, torch): pools sized for per-face work (threads.py).
             limit_threads(self.config.blas_threads, self.config.torch_threads)
-            numpy_small_pages()
         return self._stages[key]
 
     @property
