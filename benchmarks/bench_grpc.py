@@ -1,7 +1,7 @@
 """The cost of running stages as gRPC services on loopback.
 
     python benchmarks/bench_grpc.py [--photos 40] [--refiners laplace] [--clients 4] [--images-per-client 20]
-        [--no-throughput] [--no-pipeline-service]
+        [--no-throughput] [--no-pipeline-service] [--compression gzip]
 
 1. Per-image latency over the shared LFPW photos: the pipeline in-process against the same pipeline with
    every stage `remote` (one `facerecon serve` subprocess per stage on 127.0.0.1), and against it again with
@@ -123,15 +123,20 @@ def count_bytes(pipe: Any, wire: dict[str, list[tuple[int, int]]]) -> None:
             setattr(stub, method, counted)
 
 
-def whole_messages(config: PipelineConfig) -> PipelineConfig:
-    """``config`` with every remote stage sending whole images and meshes (``compact = false``): the
-    transport as it was before issue 19, measured beside today's in the same run."""
+def every_remote_stage(config: PipelineConfig, options: dict[str, Any]) -> PipelineConfig:
+    """``config`` with ``options`` added to every remote stage's."""
     stages = [(kind, getattr(config, kind)) for kind in ("detector", "regressor", "segmenter")]
     stages += [("refiner", name) for name in config.refiners]
     for kind, name in stages:
         if name is not None and str(name).startswith("remote"):
-            config = config.with_options(kind, str(name), {"compact": False})
+            config = config.with_options(kind, str(name), options)
     return config
+
+
+def whole_messages(config: PipelineConfig) -> PipelineConfig:
+    """``config`` with every remote stage sending whole images and meshes (``compact = false``): the
+    transport as it was before issue 19, measured beside today's in the same run."""
+    return every_remote_stage(config, {"compact": False})
 
 
 def pipeline_server_flags(config: PipelineConfig) -> list[str]:
@@ -145,13 +150,17 @@ def latency(
     images: list[np.ndarray],
     servers: dict[str, ServerProcess],
     whole: ServerProcess | None = None,
+    compression: str = "none",
 ) -> dict[str, Any]:
     """In-process, every stage remote (today), every stage remote sending whole messages (before issue
     19), and (``whole``: a `serve pipeline` server) the whole pipeline in one call per photo (``--remote
-    pipeline=``), interleaved image by image; medians, ratios to in-process and bytes per call."""
+    pipeline=``), and (``compression``) every stage remote with compressed requests, interleaved image by
+    image; medians, ratios to in-process and bytes per call."""
     entries = [f"{key}={servers[key].address}" for key, _, _ in stage_list(config)]
     remote_config = apply_remote(config, entries)
     variants = {"in_process": config, "all_remote": remote_config, "all_remote_whole": whole_messages(remote_config)}
+    if compression != "none":
+        variants[f"all_remote_{compression}"] = every_remote_stage(remote_config, {"compression": compression})
     if whole is not None:
         variants["pipeline_service"] = apply_remote(config, [f"pipeline={whole.address}"])
     times: dict[str, list[float]] = {name: [] for name in variants}
@@ -257,6 +266,9 @@ def main() -> None:
     parser.add_argument(
         "--no-pipeline-service", action="store_true", help="leave out the whole pipeline served in one call"
     )
+    parser.add_argument(
+        "--compression", default="none", help="also every stage remote with requests compressed so (gzip)"
+    )
     args = parser.parse_args()
     data = shared_data_dir()
     if data is None:
@@ -291,7 +303,7 @@ def main() -> None:
             "pipeline": [f"{kind} {plugin}" for _, kind, plugin in stage_list(config)],
             "photos": len(images),
             "in_process_stage_median_ms": {k: round(v, 2) for k, v in medians.items()},
-            "latency": latency(config, images, servers, whole),
+            "latency": latency(config, images, servers, whole, args.compression),
             "heaviest_stage": heaviest,
             "throughput": []
             if args.no_throughput

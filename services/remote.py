@@ -83,6 +83,10 @@ class RemoteError(FaceReconError):
         self.code = code
 
 
+COMPRESSION = {"none": grpc.Compression.NoCompression, "gzip": grpc.Compression.Gzip}
+"""RemoteOptions.compression -> gRPC's per-call compression of requests."""
+
+
 @dataclass(frozen=True)
 class RemoteOptions:
     """Options of a ``remote`` stage (``[options.<kind>.remote]``; ``--remote KIND=ADDRESS``).
@@ -104,6 +108,10 @@ class RemoteOptions:
     compact: send only what the served stage reads (its ``reads``: no pixel, the face's window) and meshes
         whose layout both ends hold as vertices only, where the server understands it (issue 19); false:
         whole images and meshes, as before.
+    compression: "none" or "gzip": requests compressed by gRPC. It pays for photos on links slower than
+        ~100 Mbit/s (a photo compresses to ~0.6 of its size in ~20-30 ms), never on loopback
+        (``benchmarks/bench_compression.py``). Servers compress the segmenter's label maps for callers on
+        other machines themselves.
     """
 
     address: str = ""
@@ -119,6 +127,7 @@ class RemoteOptions:
     token_file: Path | None = None
     max_message_mb: int = 64
     compact: bool = True
+    compression: str = "none"
 
     def __post_init__(self) -> None:
         if not 0 <= self.retries <= MAX_ATTEMPTS - 1:
@@ -129,6 +138,8 @@ class RemoteOptions:
             raise ValueError("a client certificate needs both tls_cert and tls_key")
         if self.max_message_mb < 1:
             raise ValueError("max_message_mb must be >= 1")
+        if self.compression not in COMPRESSION:
+            raise ValueError(f"compression must be one of {', '.join(COMPRESSION)}, got {self.compression!r}")
 
     @property
     def secure(self) -> bool:
@@ -344,7 +355,12 @@ class RemoteStage:
 
     def _call(self, method: Callable[..., Any], request: Any) -> Any:
         try:
-            return method(request, timeout=self.options.deadline_s, metadata=self._metadata)
+            return method(
+                request,
+                timeout=self.options.deadline_s,
+                metadata=self._metadata,
+                compression=COMPRESSION[self.options.compression],
+            )
         except grpc.RpcError as exc:
             raise self._error(exc) from None
 

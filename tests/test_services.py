@@ -112,6 +112,30 @@ def test_every_stage_remote_equals_in_process(servers, host, local_pipeline, fac
     ]
 
 
+def test_compressed_requests_give_the_same_reconstruction(servers, host, local_pipeline, face_photo):
+    """`compression = "gzip"` on every remote stage: gRPC compresses each request; the records are the same."""
+    config = remote_config(servers)
+    for kind, name in [("detector", "remote"), ("regressor", "remote"), ("segmenter", "remote")] + [
+        ("refiner", r) for r in config.refiners
+    ]:
+        config = config.with_options(kind, name, {"compression": "gzip"})
+    with Pipeline(config, host) as remote:
+        assert remote.detector.options.compression == "gzip"
+        got = remote(face_photo)
+    assert differences(local_pipeline(face_photo), got, skip=NOT_COMPARED) == []
+    with pytest.raises(ConfigError, match="compression"):
+        Pipeline(config.with_options("detector", "remote", {"compression": "zstd"}), host).detector
+
+
+def test_only_callers_on_other_machines_get_compressed_label_maps():
+    from facerecon.services.servicers import peer_is_local
+
+    for peer in ("ipv4:127.0.0.1:50051", "ipv6:%5B::1%5D:40000", "ipv6:[::1]:40000", "unix:/run/fr.sock"):
+        assert peer_is_local(peer), peer
+    for peer in ("ipv4:10.254.1.1:50051", "ipv6:%5B2001:db8::1%5D:5", "ipv4:192.168.0.7:1"):
+        assert not peer_is_local(peer), peer
+
+
 def test_remote_segmenter_and_regressor_overlap_and_errors_keep_their_order(servers, host, local_pipeline, face_photo):
     """The pipeline runs the segmenter beside the regressor when one of them runs elsewhere (their waits
     overlap; the result is the in-process one, above), and raises what a sequential run would raise."""

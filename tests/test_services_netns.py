@@ -25,6 +25,7 @@ HOSTS = {  # name -> (namespace, address, serve arguments)
     "detector": (f"{PREFIX}d", "10.254.1.2", ["detector", "--plugin", "mediapipe"]),
     "regressor-a": (f"{PREFIX}a", "10.254.2.2", ["regressor", "--plugin", "landmark-mesh"]),
     "regressor-b": (f"{PREFIX}b", "10.254.3.2", ["regressor", "--plugin", "landmark-mesh"]),
+    "segmenter": (f"{PREFIX}s", "10.254.4.2", ["segmenter", "--plugin", "landmark-regions"]),
 }
 PORT = 50051
 
@@ -103,9 +104,14 @@ from services_support import toy_host
 from facerecon.kernel import Pipeline, PipelineConfig
 from facerecon.services.remote import apply_remote
 
-photos, victim, detector, regressors = sys.argv[1].split(","), int(sys.argv[2]), sys.argv[3], sys.argv[4]
-local_config = PipelineConfig(detector="mediapipe", regressor="landmark-mesh", device="cpu", refiners=())
-config = apply_remote(local_config, [f"detector={detector}", f"regressor={regressors}"])
+photos, victim, detector, regressors, segmenter = sys.argv[1].split(","), int(sys.argv[2]), *sys.argv[3:6]
+local_config = PipelineConfig(
+    detector="mediapipe", regressor="landmark-mesh", segmenter="landmark-regions", device="cpu", refiners=()
+)
+config = apply_remote(local_config, [f"detector={detector}", f"regressor={regressors}", f"segmenter={segmenter}"])
+# The photos travel gzip-compressed; the segmenter's server compresses its label maps for this caller on
+# another host by itself.
+config = config.with_options("detector", "remote", {"compression": "gzip"})
 rows = []
 with Pipeline(config, toy_host()) as remote, Pipeline(local_config) as local:
     for i, photo in enumerate(photos):
@@ -118,7 +124,8 @@ with Pipeline(config, toy_host()) as remote, Pipeline(local_config) as local:
             continue
         want = local.reconstruct_file(photo)
         same = np.array_equal(got.reconstructions[0].final.mesh.vertices, want.reconstructions[0].final.mesh.vertices)
-        rows.append({"photo": photo, "faces": len(got.faces), "same": bool(same)})
+        labels = np.array_equal(got.reconstructions[0].segmentation.labels, want.reconstructions[0].segmentation.labels)
+        rows.append({"photo": photo, "faces": len(got.faces), "same": bool(same), "same_labels": bool(labels)})
 print(json.dumps(rows))
 """
 
@@ -140,6 +147,7 @@ def test_pipeline_across_namespaces_survives_a_dead_replica(hosts, lfpw):
             str(victim),
             f"{HOSTS['detector'][1]}:{PORT}",
             regressors,
+            f"{HOSTS['segmenter'][1]}:{PORT}",
         ],  # fmt: skip
         capture_output=True,
         text=True,
@@ -150,8 +158,8 @@ def test_pipeline_across_namespaces_survives_a_dead_replica(hosts, lfpw):
     rows = json.loads(run.stdout.strip().splitlines()[-1])
     assert hosts["regressor-a"].wait(timeout=10) == -9  # it really was killed
     assert [r.get("error") for r in rows] == [None] * len(photos), rows
-    assert all(r["faces"] >= 1 and r["same"] for r in rows), rows
-    # The detector host and the surviving replica are still up and shut down cleanly.
-    for name in ("detector", "regressor-b"):
+    assert all(r["faces"] >= 1 and r["same"] and r["same_labels"] for r in rows), rows
+    # The detector and segmenter hosts and the surviving replica are still up and shut down cleanly.
+    for name in ("detector", "regressor-b", "segmenter"):
         hosts[name].terminate()
         assert hosts[name].wait(timeout=20) == 0
