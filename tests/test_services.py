@@ -123,8 +123,9 @@ def test_compressed_requests_give_the_same_reconstruction(servers, host, local_p
         assert remote.detector.options.compression == "gzip"
         got = remote(face_photo)
     assert differences(local_pipeline(face_photo), got, skip=NOT_COMPARED) == []
-    with pytest.raises(ConfigError, match="compression"):
-        Pipeline(config.with_options("detector", "remote", {"compression": "zstd"}), host).detector
+    with Pipeline(config.with_options("detector", "remote", {"compression": "zstd"}), host) as wrong:
+        with pytest.raises(ConfigError, match="compression"):
+            wrong.stage("detector", "remote")
 
 
 def test_only_callers_on_other_machines_get_compressed_label_maps():
