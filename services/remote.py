@@ -83,8 +83,9 @@ class RemoteError(FaceReconError):
         self.code = code
 
 
-COMPRESSION = {"none": grpc.Compression.NoCompression, "gzip": grpc.Compression.Gzip}
-"""RemoteOptions.compression -> gRPC's per-call compression of requests."""
+COMPRESSION = {"none": "NoCompression", "gzip": "Gzip"}
+"""RemoteOptions.compression -> the name of gRPC's per-call compression of requests (``grpc.Compression``;
+grpc itself is imported by the first remote stage)."""
 
 
 @dataclass(frozen=True)
@@ -359,7 +360,7 @@ class RemoteStage:
                 request,
                 timeout=self.options.deadline_s,
                 metadata=self._metadata,
-                compression=COMPRESSION[self.options.compression],
+                compression=getattr(grpc.Compression, COMPRESSION[self.options.compression]),
             )
         except grpc.RpcError as exc:
             raise self._error(exc) from None
