@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import importlib
 import os
 import sys
 import tempfile
 import threading
+import types
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -86,7 +88,8 @@ class MediaPipeDetector:
                 raise ModelFileError(f"{self.bundle}: MediaPipe could not load the bundle: {exc} {detail}") from None
 
     def _load(self) -> None:
-        from mediapipe.tasks.python import BaseOptions, vision
+        with matplotlib_on_first_use():
+            from mediapipe.tasks.python import BaseOptions, vision
 
         options = self.options
         # Always the CPU: MediaPipe's GPU delegate needs OpenGL ES / WebGPU rather than CUDA, and the
@@ -282,3 +285,35 @@ def facerecon_register_stages(registry: Registrar) -> None:
         produces=("mediapipe478",),
         devices=("cpu",),
     )
+
+
+@contextlib.contextmanager
+def matplotlib_on_first_use() -> Iterator[None]:
+    """While MediaPipe's task packages import: stand-ins for ``matplotlib`` and ``matplotlib.pyplot`` that
+    import the real modules on their first attribute use. MediaPipe's vision package imports pyplot for a
+    3D plotting helper (``drawing_utils.plot_landmarks``) that face landmarking never calls: ~0.3 s of every
+    process's start-up. The helper still works (its ``plt`` answers from the real pyplot); where matplotlib
+    is already imported, nothing changes."""
+    if "matplotlib" in sys.modules:
+        yield
+        return
+    package, pyplot = _OnFirstUse("matplotlib"), _OnFirstUse("matplotlib.pyplot")
+    package.__dict__["pyplot"] = pyplot  # (``import matplotlib.pyplot as plt`` reads this attribute)
+    stand_ins = {"matplotlib": package, "matplotlib.pyplot": pyplot}
+    sys.modules.update(stand_ins)
+    try:
+        yield
+    finally:
+        for name, module in stand_ins.items():
+            if sys.modules.get(name) is module:
+                del sys.modules[name]
+
+
+class _OnFirstUse(types.ModuleType):
+    """A module that imports the real module of its name on its first attribute use, and answers from it."""
+
+    def __getattr__(self, attribute: str) -> Any:
+        real = importlib.import_module(self.__name__)
+        if real is self:  # still standing in: asked while MediaPipe imports
+            raise AttributeError(f"{self.__name__}.{attribute} is not loaded yet")
+        return getattr(real, attribute)
