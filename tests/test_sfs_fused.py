@@ -180,3 +180,19 @@ def test_solves_on_several_threads_at_once_give_the_solution_of_one():
         heights = list(pool.map(lambda _: solve(synthetic_problem(), options).height, range(3)))
     for height in heights:
         torch.testing.assert_close(height, alone, rtol=0, atol=0)
+
+
+def test_the_whole_solve_without_compiled_passes_gives_the_same_surface(monkeypatch):
+    """The path CUDA takes (autograd energies, the lobe's Adam by autograd, torch's blurs), run here on the
+    CPU where no GPU is lent: the same solve as the compiled passes', to a hundredth of a sample."""
+    from facerecon.plugins.sfs import fused, lighting, solver
+
+    problem = synthetic_problem()
+    compiled = solver.solve(problem, SfsOptions())
+    monkeypatch.setattr(fused, "available", lambda like: False)
+    monkeypatch.setattr(lighting, "compiled", lambda loop, fastmath=False: None)
+    reference = solver.solve(problem, SfsOptions())
+    inside = problem.mask
+    assert float((compiled.height - reference.height)[inside].abs().max()) < 0.05
+    albedo_gap = (compiled.albedo - reference.albedo)[:, inside].abs()
+    assert float(albedo_gap.max()) < 2.0 and float(albedo_gap.mean()) < 0.1  # grey levels (0-255)
