@@ -16,7 +16,7 @@ from facerecon.geometry.raster_torch import rasterize_torch
 report = {"torch": torch.__version__, "gpu": torch.cuda.get_device_name(0), "cpu_threads": torch.get_num_threads()}
 heights = {}
 # The fine stage's solve at the two face sizes: CUDA runs the autograd energies, the CPU the
-# compiled passes (plugins/sfs/fused.py).
+# compiled passes (plugins/sfs/fused/).
 for size in (400, 1024):
     scene = make_scene(size=size)
     for device in ("cuda", "cpu"):
