@@ -7,6 +7,7 @@
 * :mod:`.interceptors` — the bearer token, and exceptions -> status codes;
 * :mod:`.loader` — the stage objects a server builds in the background and lends to one call at a time;
 * :mod:`.remote` — the ``remote`` stage plugin: a stage served elsewhere, used like a local one;
+* :mod:`.channels` — the remote stages' gRPC channels (targets, retries, TLS, one shared channel per target);
 * :mod:`.commands` — ``facerecon serve``;
 * :mod:`.codegen` — regenerates ``facerecon/v1`` from ``protos/facerecon/v1/*.proto``.
 

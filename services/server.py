@@ -17,7 +17,6 @@ What every server does (docs/services.md has the user's view):
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import signal
@@ -41,7 +40,7 @@ from . import MAX_IMAGE_PIXELS
 from .interceptors import ErrorInterceptor, TokenInterceptor
 from .kinds import service_for
 from .loader import StageLoader
-from .servicers import STAGE_SERVICERS, PipelineServicer
+from .servicers import STAGE_SERVICERS, PipelineServicer, is_loopback
 
 log = logging.getLogger("facerecon.services")
 
@@ -108,16 +107,6 @@ class ServerSettings:
     def address(self) -> str:
         host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") else self.host
         return f"{host}:{self.port}"
-
-
-def is_loopback(host: str) -> bool:
-    host = host.strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 # -- the server ----------------------------------------------------------------------------------

@@ -67,17 +67,22 @@ def _decode(context: grpc.ServicerContext, decode: Callable[[], T]) -> T:  # typ
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
 
+def is_loopback(host: str) -> bool:
+    """Whether a host name or address (IPv6 with or without brackets) is this machine's loopback."""
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def peer_is_local(peer: str) -> bool:
     """Whether a call's peer (``context.peer()``: ``ipv4:127.0.0.1:5000``, ``ipv6:%5B::1%5D:5000``,
     ``unix:/path``) is on this machine."""
     scheme, _, rest = unquote(peer).partition(":")
-    if scheme in ("unix", "unix-abstract"):
-        return True
-    host = rest.rsplit(":", 1)[0].strip("[]")
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
+    return scheme in ("unix", "unix-abstract") or is_loopback(rest.rsplit(":", 1)[0])
 
 
 def _warm_stage(stage: Any) -> None:
