@@ -20,18 +20,12 @@ from collections.abc import Callable
 from typing import cast
 
 
-def numpy_small_pages() -> bool:
-    """Stop numpy advising huge pages for its large arrays unless ``NUMPY_MADVISE_HUGEPAGE`` is set; whether
-    numpy advises them afterwards (False where the numpy build has no such switch)."""
-    switch = _madvise_switch()
-    if switch is None:
-        return False
-    if "NUMPY_MADVISE_HUGEPAGE" in os.environ:  # the user's choice, which numpy read at import
-        enabled = switch(False)
-        switch(enabled)
-        return bool(enabled)
-    switch(False)
-    return False
+def numpy_small_pages() -> None:
+    """Stop numpy advising huge pages for its large arrays, unless ``NUMPY_MADVISE_HUGEPAGE`` is set (the
+    user's choice, which numpy read at import) or the numpy build has no such switch."""
+    switch = None if "NUMPY_MADVISE_HUGEPAGE" in os.environ else _madvise_switch()
+    if switch is not None:
+        switch(False)
 
 
 def _madvise_switch() -> Callable[[bool], bool] | None:
