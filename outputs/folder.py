@@ -51,7 +51,7 @@ from facerecon.kernel.contract.records import (
     StageResult,
 )
 from facerecon.outputs.final_stage import base_colour_image, decimated, detail_stages, same_layout, write_final
-from facerecon.outputs.frames import file_frame
+from facerecon.outputs.frames import file_frame, head_frame
 from facerecon.outputs.meshes import PNG_COMPRESSION, PngImage, atomic_write, current_umask, png_bytes, write_mesh
 from facerecon.outputs.preview import render_preview
 from facerecon.outputs.result import PluginIds, dumps, result_dict
@@ -85,7 +85,9 @@ def write_outputs(
     intermediate meshes (e.g. the fine stage's phases) to ``<stage>_<phase>.<fmt>`` with ``save_phases``."""
     out_dir = Path(out_dir)
     check_result_folder(out_dir)
-    frames = {r.face_index: file_frame(r, frame) for r in rec.reconstructions}
+    # Each face's head frame once (it transforms every vertex): the mesh files, the preview and result.json use it.
+    heads = {r.face_index: head_frame(r) for r in rec.reconstructions}
+    frames = heads if frame == "head" else {r.face_index: file_frame(r, frame) for r in rec.reconstructions}
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.{os.getpid()}.", suffix=".partial", dir=out_dir.parent))
     staging.chmod(0o777 & ~current_umask())
@@ -117,8 +119,8 @@ def write_outputs(
                         for fmt in formats:
                             name = f"{prefix}{stage.stage}_{phase}.{fmt}"
                             write_mesh(phase_mesh, staging / name, phase_texture, frame=face_frame)
-        atomic_write(staging / "preview.png", png_bytes(render_preview(image, rec), png_compression))
-        result = result_dict(rec, source, mesh_files, plugins, frame=frame)
+        atomic_write(staging / "preview.png", png_bytes(render_preview(image, rec, heads), png_compression))
+        result = result_dict(rec, source, mesh_files, plugins, frame=frame, heads=heads)
         for entry in result["reconstructions"]:
             entry["detail_maps"] = detail_maps.get(entry["face_index"])
             for stage_entry in entry["stages"]:

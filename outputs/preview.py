@@ -5,7 +5,7 @@ colours by name (CelebAMask-HQ's palette)."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -69,7 +69,7 @@ def render_segmentation(image: np.ndarray, segmentations: Sequence[Segmentation]
     return panel.astype(np.uint8)
 
 
-def render_preview(image: np.ndarray, rec: Reconstruction) -> np.ndarray:
+def render_preview(image: np.ndarray, rec: Reconstruction, heads: Mapping[int, FileFrame] | None = None) -> np.ndarray:
     """Panels side by side: photo | landmarks | segmentation (when a segmenter ran) | one shaded render
     per stage (over the dimmed photo); under each stage's render its side view: every face turned to its
     profile in its head frame (pose removed, nose to the right), at the front view's scale and place.
@@ -77,7 +77,8 @@ def render_preview(image: np.ndarray, rec: Reconstruction) -> np.ndarray:
     panel has a swatch of each region colour of the first face.
 
     Everything is drawn on the crop already scaled to the preview's size (the meshes rendered straight into
-    it), so the cost and memory do not grow with the photo's resolution."""
+    it), so the cost and memory do not grow with the photo's resolution. ``heads``: each face's head frame
+    by face index, when the caller made them already."""
     height, width = image.shape[:2]
     faces = [r.face for r in rec.reconstructions] or list(rec.faces)
     boxes = np.array([f.box for f in faces]) if faces else np.array([[0.0, 0.0, width, height]])
@@ -106,7 +107,7 @@ def render_preview(image: np.ndarray, rec: Reconstruction) -> np.ndarray:
     if segmentations:
         panels.append(render_segmentation(photo, segmentations))
     n_stages = max((len(r.stages) for r in rec.reconstructions), default=0)
-    heads = {r.face_index: head_frame(r) for r in rec.reconstructions}
+    heads = heads or {r.face_index: head_frame(r) for r in rec.reconstructions}
     sides = []
     for s in range(n_stages):
         panel = (photo.astype(np.float32) * 0.35).astype(np.uint8)

@@ -13,7 +13,7 @@ import numpy as np
 from facerecon.geometry.bounds import bounds
 from facerecon.geometry.transforms import yaw_pitch_roll
 from facerecon.kernel.contract.records import IBUG68, Reconstruction, Segmentation
-from facerecon.outputs.frames import file_frame, frames_dict, head_frame
+from facerecon.outputs.frames import FileFrame, file_frame, frames_dict, head_frame
 
 PluginIds = Mapping[str, tuple[str, str]]
 """Stage kind ("detector", "segmenter", ...) -> (plugin name, version) of what ran."""
@@ -26,10 +26,13 @@ def result_dict(
     plugins: PluginIds | None = None,
     *,
     frame: str = "head",
+    heads: Mapping[int, FileFrame] | None = None,
 ) -> dict[str, Any]:
     """The JSON-ready summary of a reconstruction (see the module docstring); ``plugins`` names the
     plugins that ran, by stage kind (the pipeline's config knows them; the records do not); ``frame`` the
-    frame the mesh files are in ("head" or "image", see :func:`facerecon.outputs.frames.frames_dict`)."""
+    frame the mesh files are in ("head" or "image", see :func:`facerecon.outputs.frames.frames_dict`);
+    ``heads``: each face's :func:`~facerecon.outputs.frames.head_frame` by face index, when the caller made
+    them already."""
     plugins = plugins or {}
     reconstructed = {r.face_index for r in rec.reconstructions}
     faces = [
@@ -45,7 +48,7 @@ def result_dict(
     reconstructions = []
     for r in rec.reconstructions:
         stages = []
-        head = head_frame(r)  # (its pose-free bounding box transforms every vertex: made once)
+        head = heads[r.face_index] if heads else head_frame(r)  # (it transforms every vertex: made once)
         files = head if frame == "head" else file_frame(r, frame)
         for stage in r.stages:
             marks = stage.mesh.landmarks(IBUG68)
