@@ -8,7 +8,10 @@ reported apart as ``first_s`` and the median is over the faces after it. Beside 
 reports how well the maps re-render the photo inside the face mask (``psnr_db``) and the largest depth
 change as a percentage of the face-map width (``max_change_pct``; the safety clamp is 5 %).
 
-    python benchmarks/bench_sfs.py [--photos 6] [--face-px 400] [--device cpu|cuda]
+    python benchmarks/bench_sfs.py [--photos 6] [--face-px 400] [--device cpu|cuda] [--config FILE]
+
+``--config`` takes the refiner's options from a pipeline config's ``[options.refiner.sfs]`` table (e.g.
+``benchmarks/configs/sfs-key-light.toml``); the rest of that config is not used.
 
 Thread pools (issue 19): ``--torch-threads 1,2`` refines every face once per torch intra-op thread count,
 interleaved, and reports the median of each (``by_threads``); ``--pass-threads 1,2`` does the same for the
@@ -26,6 +29,8 @@ import subprocess
 import sys
 import time
 import warnings
+from dataclasses import replace
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -34,6 +39,7 @@ import torch
 from facerecon.evaluation import shared_data_dir
 from facerecon.kernel import Pipeline, PipelineConfig
 from facerecon.kernel.host.imageio import load_image
+from facerecon.kernel.host.options import parse_options
 from facerecon.plugins.sfs import SfsOptions, SfsRefiner
 
 SECOND_LOAD = "import numpy as np\na = np.random.rand(1000, 1000)\nwhile True:\n    a @ a\n"
@@ -48,6 +54,7 @@ def main() -> None:
     parser.add_argument("--torch-threads", default="", help="comma-separated torch thread counts to compare")
     parser.add_argument("--pass-threads", default="", help="comma-separated sfs `threads` values to compare")
     parser.add_argument("--second-load", action="store_true", help="another busy process on every core")
+    parser.add_argument("--config", type=Path, help="a pipeline config whose [options.refiner.sfs] to use")
     args = parser.parse_args()
     torch_threads = [int(n) for n in args.torch_threads.split(",") if n] or [torch.get_num_threads()]
     pass_threads = [int(n) for n in args.pass_threads.split(",") if n] or [0]
@@ -70,7 +77,11 @@ def run(args: argparse.Namespace, settings: list[tuple[str, int, int]]) -> dict:
         raise SystemExit("shared data not found (set FACERECON_SHARED_DATA)")
     warnings.simplefilter("ignore")
     photos = sorted((data / "faces" / "lfpw-68").glob("*.png"))[: args.photos]
-    refiners = {threads: SfsRefiner(SfsOptions(threads=threads), args.device) for _, _, threads in settings}
+    options = SfsOptions()
+    if args.config is not None:
+        table = PipelineConfig.load(args.config).options_for("refiner", "sfs")
+        options = parse_options(SfsOptions, table, where=f"{args.config} refiner sfs")
+    refiners = {threads: SfsRefiner(replace(options, threads=threads), args.device) for _, _, threads in settings}
     rows = []
     timings: dict[str, list[float]] = {}
     with Pipeline(PipelineConfig(refiners=("laplace",), device="cpu")) as pipe:

@@ -35,6 +35,15 @@ class Scene:
 
 SUPERSAMPLING = 4
 
+SCENE_LIGHT = np.zeros((9, 3))
+"""The scene's SH shading coefficients (9, 3): ambient + a light from the upper left. Free coefficients, not
+a physical key + ambient (its 3z²−1 term is negative), so the "key" light model cannot represent it exactly."""
+SCENE_LIGHT[0] = 2.0
+SCENE_LIGHT[1] = 0.4  # from above (y up)
+SCENE_LIGHT[3] = -0.35  # from the left
+SCENE_LIGHT[2] = 0.75  # towards the viewer
+SCENE_LIGHT[6] = -0.12  # (bright enough to use the range, dim enough that the highlight does not clip)
+
 
 def surface(yy: np.ndarray, xx: np.ndarray, size: int, pore_centres: np.ndarray):
     """(smooth, wrinkles, pores) heights towards the viewer, in pixels, at pixel coordinates (yy, xx)."""
@@ -53,7 +62,9 @@ def pixel_mean(fine: np.ndarray) -> np.ndarray:
     return _pixel_mean(fine, SUPERSAMPLING)
 
 
-def make_scene(size: int = 160, seed: int = 0) -> Scene:
+def make_scene(size: int = 160, seed: int = 0, light: np.ndarray | None = None) -> Scene:
+    """The scene; ``light`` (9, 3) SH shading coefficients replace its own light (ambient and a key from
+    the upper left, ``SCENE_LIGHT``)."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:size, :size].astype(float)
     cx, cy = size / 2, size / 2
@@ -87,12 +98,7 @@ def make_scene(size: int = 160, seed: int = 0) -> Scene:
     albedo = skin[:, None, None] * (1 - pigment[:, None, None] * texture[None])
     albedo_avg = np.broadcast_to(skin[:, None, None], albedo.shape).copy()
     # Light: ambient + from the upper left; shading from the true normals.
-    sh = np.zeros((9, 3))
-    sh[0] = 2.0
-    sh[1] = 0.4  # from above (y up)
-    sh[3] = -0.35  # from the left
-    sh[2] = 0.75  # towards the viewer
-    sh[6] = -0.12  # (bright enough to use the range, dim enough that the highlight does not clip)
+    sh = SCENE_LIGHT.copy() if light is None else np.asarray(light, np.float64)
     normals = viewer_normals(sum(fine_surface), 1.0 / k)
     shading = pixel_mean(sh_shading(normals, sh))
     # A specular highlight over the forehead: Blinn-Phong with the half vector between light and view.

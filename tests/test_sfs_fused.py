@@ -140,9 +140,11 @@ def test_opencv_blur_and_adjoint_equal_the_torch_forms_cuda_runs(sigma):
         assert float((forward * g).sum()) == pytest.approx(float((x * adjoint).sum()), rel=1e-10)
 
 
-def test_compiled_highlight_fit_equals_autograd():
+@pytest.mark.parametrize("half", [None, (-0.2, 0.3, 1.0)])
+def test_compiled_highlight_fit_equals_autograd(half):
     """The lobe's Adam steps in one compiled loop give the parameters autograd's steps give, on the synthetic
-    scene's highlight (what the diffuse rendering with the true albedo and light leaves)."""
+    scene's highlight (what the diffuse rendering with the true albedo and light leaves); with a known
+    half-vector (the key light model's) both hold it and fit only the strength and sharpness."""
     from facerecon.plugins.sfs.lighting import SpecularLobe, shading_of_normals
     from facerecon.plugins.sfs.operators import normals_from_height
 
@@ -152,9 +154,14 @@ def test_compiled_highlight_fit_equals_autograd():
     image, albedo = (torch.as_tensor(a, dtype=torch.float32) for a in (scene.image, scene.albedo))
     residual = (image - albedo * shading_of_normals(normals, torch.as_tensor(scene.sh, dtype=torch.float32))).mean(0)
     mask = torch.as_tensor(scene.mask)
-    fits = [SpecularLobe(torch.device("cpu")).fit(normals, residual, mask, 150, fused) for fused in (True, False)]
+    vector = None if half is None else torch.tensor(half) / torch.tensor(half).norm()
+    cpu = torch.device("cpu")
+    fits = [SpecularLobe(cpu, vector).fit(normals, residual, mask, 150, fused) for fused in (True, False)]
     torch.testing.assert_close(fits[0].params, fits[1].params, rtol=0, atol=1e-4)
     assert fits[0].peak(normals, mask) > SfsOptions().specular_min_peak  # a real highlight was fitted
+    if vector is not None:
+        torch.testing.assert_close(fits[0].shape()[0], vector)  # held
+        assert 20 < float(fits[0].shape()[2]) < 80  # the scene's highlight: exponent 40
 
 
 def test_threads_option_resolves_to_the_cores_up_to_four():

@@ -109,6 +109,7 @@ def fit_lighting(
     rounds: int = 0,
     albedo_sigma: float = 12.0,
     prior_weight: float = 0.0,
+    key_lights: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Step 2: r (9, 3) by least squares with γ = γ_avg on the lit pixels, the image less ``specular``
     (1, H, W) if given (else ε = 0); each fit refitted once without the ``trim`` fraction of worst-fitting
@@ -120,21 +121,29 @@ def fit_lighting(
     by the image over the current shading, averaged (σ ``albedo_sigma``) over the lit pixels, and r is
     refitted: the albedo takes the slow colour changes, the light what the normals explain. With
     ``prior_weight`` > 0 each fit is a MAP estimate under ``portrait_lighting_prior`` (the weight in squared
-    grey levels: one prior standard deviation costs as much as that mean squared residual). Returns r
-    and the albedo (3, H, W) it was fitted with."""
+    grey levels: one prior standard deviation costs as much as that mean squared residual). With
+    ``key_lights`` (K, 9) (``key_light_candidates``) the light is instead the best of those candidates,
+    with a gain per channel (``_best_key_light``). Returns r and the albedo (3, H, W) it was fitted with."""
     diffuse = problem.image if specular is None else problem.image - specular
     normals = normals_from_height(problem.height0)
     index = torch.nonzero(problem.lit.flatten())[:, 0]
     index = index[:: max(1, len(index) // MAX_FIT_SAMPLES)]  # the subsample's flat indices
     basis = sh_basis(normals.reshape(-1, 3)[index])  # (P, 9)
     target = diffuse.reshape(3, -1)[:, index]  # (3, P)
+
+    def fitted(albedo: Tensor) -> Tensor:
+        sampled = albedo.reshape(3, -1)[:, index]
+        if key_lights is not None:
+            return _best_key_light(basis, sampled, target, trim, key_lights)
+        return _least_squares_lighting(basis, sampled, target, trim, prior_weight)
+
     albedo = problem.albedo_avg
-    sh = _least_squares_lighting(basis, albedo.reshape(3, -1)[:, index], target, trim, prior_weight)
+    sh = fitted(albedo)
     for _ in range(rounds):
         ratio = (diffuse / shading_of_normals(normals, sh).clamp(min=0.05)).clamp(0, 255)
         # (σ of a dozen samples: its blurs at a third of the rate)
         albedo = masked_blur(ratio, problem.lit.float(), albedo_sigma, max(1, int(albedo_sigma // 4)))
-        sh = _least_squares_lighting(basis, albedo.reshape(3, -1)[:, index], target, trim, prior_weight)
+        sh = fitted(albedo)
     return sh, albedo
 
 
@@ -173,6 +182,51 @@ def _least_squares_lighting(
     return coefficients
 
 
+KEY_AZIMUTH_STEP = 5.0
+"""Degrees between the azimuths ``key_light_candidates`` tries (−90 to 90)."""
+
+
+def key_light_candidates(elevation: float, ambient: float) -> Tensor:
+    """SH shading coefficients (K, 9), float64, of a white directional key light ``elevation`` degrees
+    above the camera axis at each azimuth from 90° left to 90° right of it (``KEY_AZIMUTH_STEP`` apart),
+    plus a uniform ambient irradiance ``ambient`` (a fraction of the key's on a surface facing it).
+
+    The portrait light model (``SfsOptions.lighting_model = "key"``). A face's slow shading cannot be told
+    from slow changes of its albedo (a tan, a flush, a photo's own shading blurred into a texture), and on
+    a face's near-frontal normals the constant, z and 3z²−1 terms of free SH coefficients are nearly
+    collinear: their balance, i.e. how much the light leans off the camera axis, is then fitted to albedo
+    rather than to shape, and that balance is what makes detail visible. The key's elevation and the
+    ambient share are therefore fixed (a key 30° above the lens and a 2:1 lighting ratio are the studio
+    portrait's standards), and only what the face's left-right shading shows is fitted: the azimuth."""
+    azimuth = torch.deg2rad(torch.arange(-90.0, 90.0 + KEY_AZIMUTH_STEP / 2, KEY_AZIMUTH_STEP, dtype=torch.float64))
+    up = torch.deg2rad(torch.tensor(elevation, dtype=torch.float64))
+    directions = torch.stack([azimuth.sin() * up.cos(), up.sin().expand_as(azimuth), azimuth.cos() * up.cos()], -1)
+    transfer = torch.tensor([LAMBERT_BANDS[0]] + [LAMBERT_BANDS[1]] * 3 + [LAMBERT_BANDS[2]] * 5, dtype=torch.float64)
+    candidates = sh_basis(directions) * transfer  # a directional light l: A_l · Y_lm(l)
+    candidates[:, 0] += ambient / SH_CONSTANTS[0]  # a uniform irradiance k: k / Y00 on r_0
+    return candidates
+
+
+def _best_key_light(basis: Tensor, albedo: Tensor, target: Tensor, trim: float, candidates: Tensor) -> Tensor:
+    """r (9, 3): the candidate light (K, 9) times a gain per channel (closed form) whose shading best
+    explains the samples (the sum of (γ·g·(Y(n)·c) − I)²), chosen again without the ``trim`` fraction of
+    worst-fitting samples of the first choice; basis Y(n) (P, 9), albedo γ and target I (3, P)."""
+    basis, albedo, target = basis.double(), albedo.double(), target.double()
+    shading = basis @ candidates.to(basis).T  # (P, K) S at unit gain
+    keep = torch.ones(basis.shape[0], dtype=basis.dtype, device=basis.device)
+    for _ in range(2):
+        # Per channel and candidate, with the best gain g = Σ γSI / Σ γ²S²: the cost Σ I² − (Σ γSI)² / Σ γ²S²
+        # (two products with the (P, K) shading instead of a (3, P, K) rendering).
+        crossed = (keep * albedo * target) @ shading  # (3, K)
+        squared = ((keep * albedo**2) @ shading**2).clamp(min=1e-12)
+        best = int((-(crossed**2) / squared).sum(0).argmin())
+        gain = crossed[:, best] / squared[:, best]  # (3,)
+        residual = (gain[:, None] * albedo * shading[:, best] - target).abs().sum(0)
+        order = int((residual.numel() - 1) * (1 - trim)) + 1
+        keep = (residual <= torch.kthvalue(residual, order).values).double()
+    return (candidates[best].to(basis)[:, None] * gain[None, :]).float()
+
+
 def fit_light_and_highlight(problem: Problem, options: SfsOptions) -> tuple[Tensor, SpecularLobe | None]:
     """Step 2 with the lobe model's highlight: SH coefficients (9, 3), and the lobe, or None when there is
     no highlight worth modelling. The highlight biases the lighting fit and a biased lighting biases the
@@ -184,20 +238,63 @@ def fit_light_and_highlight(problem: Problem, options: SfsOptions) -> tuple[Tens
     rounds, sigma, prior = options.lighting_rounds, options.lighting_albedo_sigma, options.lighting_prior_weight
     if min(problem.height0.shape) >= 128:
         problem, sigma = half_rate(problem), sigma / 2
-    sh, albedo = fit_lighting(problem, None, 0.1, rounds, sigma, prior)
+    keys = None
+    if options.lighting_model == "key":
+        keys = key_light_candidates(options.key_elevation, options.key_ambient)
+    sh, albedo = fit_lighting(problem, None, 0.1, rounds, sigma, prior, keys)
     without_lobe = sh
     if options.specular_model != "lobe" or options.specular_scale <= 0:
         return sh, None
     normals0 = normals_from_height(problem.height0)
-    lobe = SpecularLobe(problem.image.device)
+    # The key model knows where its light is: the highlight is the key's, at the half-vector between it
+    # and the viewer; only its strength and sharpness are fitted.
+    half = None if keys is None else _half_vector(sh)
+    lobe = SpecularLobe(problem.image.device, half)
     for steps in (150, 50):  # the second round starts from the first's lobe
         diffuse = albedo * shading_of_normals(normals0, sh)
-        lobe.fit(normals0, (problem.image - diffuse).mean(0) / options.specular_scale, problem.mask, steps)
-        sh, albedo = fit_lighting(problem, options.specular_scale * lobe(normals0), 0.1, rounds, sigma, prior)
+        highlight = white_part(problem.image - diffuse, albedo)
+        lobe.fit(normals0, highlight / options.specular_scale, problem.mask, steps)
+        sh, albedo = fit_lighting(problem, options.specular_scale * lobe(normals0), 0.1, rounds, sigma, prior, keys)
     if lobe.peak(normals0, problem.mask) < options.specular_min_peak:
         # No highlight worth modelling: a faint, sharp lobe would only add gradient noise.
         return without_lobe, None
     return sh, lobe
+
+
+def white_part(residual: Tensor, albedo: Tensor) -> Tensor:
+    """The white component (H, W), grey levels per channel, of a residual (3, H, W) that is white plus the
+    albedo's colour (3, H, W): a least-squares split per sample (Shafer's dichromatic reflection).
+
+    What the diffuse rendering leaves is a highlight, the light's colour (white here), plus errors of
+    the diffuse model, which have the skin's colour (a slow albedo or light error scales γ·S). Fitting
+    the lobe to the mean residual let it take those errors too: a broad lobe that acts as a second light
+    and bends the light's balance. Where the skin's colour is nearly white, the split is left to the
+    mean residual (its 2 x 2 system is singular for grey: a greyscale photo is split nowhere)."""
+    white = torch.full((3, 1, 1), 3**-0.5, dtype=residual.dtype, device=residual.device)
+    colour = albedo / albedo.norm(dim=0, keepdim=True).clamp(min=1e-6)
+    cosine = (colour * white).sum(0)
+    along_white, along_colour = (residual * white).sum(0), (residual * colour).sum(0)
+    # residual ≈ s·w + d·c with unit w, c: the normal equations [[1, cos], [cos, 1]] (s, d) = (r·w, r·c)
+    determinant = 1 - cosine**2
+    separable = determinant > MIN_COLOUR_SEPARATION
+    strength = (along_white - cosine * along_colour) / torch.where(separable, determinant, 1.0)
+    return torch.where(separable, strength * 3**-0.5, residual.mean(0))
+
+
+MIN_COLOUR_SEPARATION = 0.005
+"""1 − cos² of the angle between the albedo's colour and white below which ``white_part`` does not split
+(about 4°; typical skin is 10-15° from grey, so that its split amplifies noise ~20-40x, which the lobe's
+least-squares fit over thousands of samples averages out)."""
+
+
+def _half_vector(sh: Tensor) -> Tensor:
+    """The unit half-vector (3,) between the viewer (0, 0, 1) and a key light's direction, read from its
+    shading coefficients (9, 3): a directional light l has first-order terms ∝ (l_y, l_z, l_x) and the
+    ambient adds to r_0 only."""
+    first_order = sh.double().mean(1)[1:4]
+    direction = torch.stack([first_order[2], first_order[0], first_order[1]])
+    half = direction / direction.norm().clamp(min=1e-12) + torch.tensor([0.0, 0.0, 1.0], dtype=direction.dtype)
+    return (half / half.norm().clamp(min=1e-12)).float()
 
 
 def half_rate(problem: Problem) -> Problem:
@@ -226,8 +323,11 @@ class SpecularLobe:
     instead of carving it into the surface (a per-pixel specular, the seed's step 4, cannot tell a
     highlight from detail); being smooth in the normals, it also keeps the energy differentiable."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, half: Tensor | None = None) -> None:
         self.params = torch.tensor([0.0, 0.0, 2.0, 3.0], device=device)  # hx, hy, log k, log α
+        self.half_fixed = half is not None
+        if half is not None:  # a known highlight direction: only k and α are fitted
+            self.params[:2] = half[:2].to(self.params) / half[2].clamp(min=1e-3)
 
     def __call__(self, normals: Tensor, params: Tensor | None = None) -> Tensor:
         half, k, alpha = self.shape(params)
@@ -254,7 +354,7 @@ class SpecularLobe:
         adam = compiled(_lobe_adam, fastmath=True) if fused_pass and normals.device.type == "cpu" else None
         if adam is not None:  # the same steps, the gradient written out (~10x faster than autograd's)
             fitted = self.params.double().numpy().copy()
-            adam(normals.double().numpy(), residual.double().numpy(), fitted, steps, LOBE_LR)
+            adam(normals.double().numpy(), residual.double().numpy(), fitted, steps, LOBE_LR, 2 * self.half_fixed)
             params = torch.from_numpy(fitted).to(self.params.dtype)
         else:
             params = self.params.clone().requires_grad_(True)
@@ -262,6 +362,8 @@ class SpecularLobe:
             for _ in range(steps):
                 optimiser.zero_grad()
                 ((self(normals, params)[0] - residual) ** 2).mean().backward()
+                if self.half_fixed and params.grad is not None:
+                    params.grad[:2] = 0  # (Adam leaves a parameter whose gradients are all 0 where it is)
                 optimiser.step()
         if torch.isfinite(params).all():
             self.params = params.detach()
@@ -277,12 +379,13 @@ LOBE_LR = 0.05
 """Adam's step size for the lobe's four parameters."""
 
 
-def _lobe_adam(normals, residual, params, steps, lr):
+def _lobe_adam(normals, residual, params, steps, lr, first):
     """``steps`` of Adam (torch's update: β = 0.9, 0.999, ε = 1e-8) on the mean of (k·max(n·h, 1e-6)^α − r)²
-    over the samples (normals (P, 3), residual (P,)), updating ``params`` (hx, hy, log k, log α) in place
-    (numba compiles it). The gradient follows ``SpecularLobe.shape``: h = v/|v| with v = (hx, hy, 1),
-    α = exp(log α clamped to [0, 7]); no gradient through a clamp that holds."""
-    first = np.zeros(4)
+    over the samples (normals (P, 3), residual (P,)), updating ``params`` (hx, hy, log k, log α) from index
+    ``first`` on in place (2: the half-vector is held; numba compiles it). The gradient follows
+    ``SpecularLobe.shape``: h = v/|v| with v = (hx, hy, 1), α = exp(log α clamped to [0, 7]); no gradient
+    through a clamp that holds."""
+    moment = np.zeros(4)
     second = np.zeros(4)
     count = residual.shape[0]
     for step in range(1, steps + 1):
@@ -313,8 +416,8 @@ def _lobe_adam(normals, residual, params, steps, lr):
         grad[1] = (g_half[1] - along * hy) / length
         grad[2] = g_k * k
         grad[3] = g_alpha * alpha if 0.0 <= params[3] <= 7.0 else 0.0
-        for j in range(4):
-            first[j] = 0.9 * first[j] + 0.1 * grad[j]
+        for j in range(first, 4):
+            moment[j] = 0.9 * moment[j] + 0.1 * grad[j]
             second[j] = 0.999 * second[j] + 0.001 * grad[j] * grad[j]
             denominator = np.sqrt(second[j]) / np.sqrt(1.0 - 0.999**step) + 1e-8
-            params[j] -= lr / (1.0 - 0.9**step) * first[j] / denominator
+            params[j] -= lr / (1.0 - 0.9**step) * moment[j] / denominator

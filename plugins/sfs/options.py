@@ -49,6 +49,10 @@ class SfsOptions:
         current light implies (masked Gaussian σ of image / shading).
     lighting_prior_weight: weight (squared grey levels) of the Gaussian portrait-lighting prior on the
         normalised SH coefficients (``solver.portrait_lighting_prior``); 0 fits the light by least squares alone.
+    lighting_model: "sh" (nine free SH coefficients per channel, by least squares) or "key" (a white key
+        light ``key_elevation`` degrees above the camera axis plus an ambient irradiance ``key_ambient``
+        times the key's, with a gain per channel: only the key's azimuth is fitted; see
+        ``lighting.key_light_candidates``). lighting_prior_weight applies to "sh" only.
     threads: how many threads the compiled passes of the albedo and depth energies split each evaluation's
         rows over (0: the cores this process may use, at most 4). Plain threads that sleep while they wait: with a
         second job on the machine they cost little (unlike torch's OpenMP workers, ``torch_threads``).
@@ -97,7 +101,10 @@ class SfsOptions:
     lighting_rounds: int = 3
     lighting_albedo_sigma: float = 12.0
     lighting_prior_weight: float = 0.0
-    linear_shading: bool = False
+    lighting_model: Literal["sh", "key"] = "key"
+    key_elevation: float = 30.0
+    key_ambient: float = 0.8
+    linear_shading: bool = True
     max_displacement: float = 0.05
     threads: int = 0
 
@@ -109,6 +116,10 @@ class SfsOptions:
             raise ValueError(f"specular_model must be 'lobe' or 'per-pixel', got {self.specular_model!r}")
         if self.depth_optimizer not in ("lbfgs", "adam"):
             raise ValueError(f"depth_optimizer must be 'lbfgs' or 'adam', got {self.depth_optimizer!r}")
+        if self.lighting_model not in ("sh", "key"):
+            raise ValueError(f"lighting_model must be 'sh' or 'key', got {self.lighting_model!r}")
+        if not -90 <= self.key_elevation <= 90 or self.key_ambient < 0:
+            raise ValueError("key_elevation must be within [-90, 90] degrees and key_ambient >= 0")
         if self.max_side < 16 or self.alternate_every < 1 or self.margin < 0 or self.threads < 0:
             raise ValueError("max_side must be >= 16, alternate_every >= 1, margin >= 0, threads >= 0")
 
