@@ -6,10 +6,14 @@ In torch, numbered as the issue numbers them:
 1. Depth map d0: the medium mesh rendered by the shared rasteriser over the face region, one sample per
    image pixel up to ``max_side`` (``Grid``), smoothed by a local quadric fit (``smooth_within``: the
    mesh's mid-scale bumps are not shading to explain; a quadric keeps the face's curvature).
-2. Lighting: Lambertian with 2nd-order spherical harmonics, I = γ·S(n) + ε·β, S(n) = Σ_k r_k Y_k(n);
-   with the mean albedo γ_avg (the segmenter's per-region skin colours, else the face's median colour)
-   and the normals of d0 (ε = 0), r is one linear least-squares solve per colour channel, refitted
-   ``lighting_rounds`` times with the albedo the current light implies (``lighting.fit_lighting``).
+2. Lighting: Lambertian with 2nd-order spherical harmonics, I = γ·S(n) + ε·β, S(n) = Σ_k r_k Y_k(n), on
+   the sRGB-decoded (linear) photo (``linear_shading``); with the mean albedo γ_avg (the segmenter's
+   per-region skin colours, else the face's median colour) and the normals of d0 (ε = 0), r is the SH
+   of a white portrait key light (``key_elevation`` above the camera axis, ``key_ambient``) at the
+   azimuth and with the per-channel gains that fit best (``lighting_model = "key"``, the default: a
+   face's slow shading cannot fix the light's balance, README "The fine stage"), or, with "sh", the seed's
+   free r by one linear least-squares solve per colour channel; refitted ``lighting_rounds`` times with
+   the albedo the current light implies (``lighting.fit_lighting``).
 3. Albedo: min E(γ) = ||I − I'||² + λγ1 ||γ − γ_avg||² + λγ2 ||RTV(γ)||², γ_avg here the skin's local
    colour (image over shading, masked Gaussian σ ``albedo_sigma``), RTV of Xu et al. 2012
    (windowed total variation over windowed inherent variation: G * |∂γ| / (|G * ∂γ| + e), per axis),

@@ -1,5 +1,6 @@
-"""The fine stage's lighting (seed step 2): nine spherical-harmonics coefficients per channel fitted by
-least squares to the medium surface, a portrait-lighting prior, and a white Blinn-Phong highlight lobe.
+"""The fine stage's lighting (seed step 2), fitted to the medium surface: a white portrait key light whose
+azimuth is fitted (the default model) or nine free spherical-harmonics coefficients per channel by least
+squares (with an optional portrait-lighting prior), and a white Blinn-Phong highlight lobe.
 
 Normals are (..., 3) unit vectors in the viewer frame (x right, y up, z to the viewer); images (3, H, W)
 0-255; SH coefficients (9, 3), one column per channel.
