@@ -426,6 +426,7 @@ def test_key_light_model_fits_the_keys_azimuth():
         ({"lighting_model": "spot"}, "lighting_model.*must be one of 'sh', 'key'"),
         ({"key_elevation": 120.0}, "key_elevation must be within"),
         ({"key_ambient": -0.5}, "key_ambient >= 0"),
+        ({"key_ambient": float("nan")}, "key_ambient >= 0"),
     ],
 )
 def test_bad_light_model_options_are_config_errors(table, message):

@@ -118,7 +118,7 @@ class SfsOptions:
             raise ValueError(f"depth_optimizer must be 'lbfgs' or 'adam', got {self.depth_optimizer!r}")
         if self.lighting_model not in ("sh", "key"):
             raise ValueError(f"lighting_model must be 'sh' or 'key', got {self.lighting_model!r}")
-        if not -90 <= self.key_elevation <= 90 or self.key_ambient < 0:
+        if not (-90 <= self.key_elevation <= 90 and self.key_ambient >= 0):  # (NaN fails both)
             raise ValueError("key_elevation must be within [-90, 90] degrees and key_ambient >= 0")
         if self.max_side < 16 or self.alternate_every < 1 or self.margin < 0 or self.threads < 0:
             raise ValueError("max_side must be >= 16, alternate_every >= 1, margin >= 0, threads >= 0")
