@@ -420,6 +420,22 @@ def test_key_light_model_fits_the_keys_azimuth():
     assert azimuth_of(sh) < -10  # the scene's light comes from the left (its x term −0.35)
 
 
+def test_white_part_splits_a_highlight_from_the_skins_colour():
+    """The lobe is fitted to the residual's white part: a white highlight plus an error with the albedo's
+    colour comes apart per pixel (noise-free: exactly); on a grey albedo nothing can be split and the mean
+    residual is returned."""
+    from facerecon.plugins.sfs.lighting import white_part
+
+    generator = torch.Generator().manual_seed(4)
+    skin = torch.tensor([205.0, 150.0, 125.0])[:, None, None] * (0.8 + 0.4 * torch.rand(1, 20, 30, generator=generator))
+    highlight = 30 * torch.rand(20, 30, generator=generator)
+    error = 0.1 * torch.randn(20, 30, generator=generator)  # a diffuse error: a fraction of γ
+    residual = highlight[None] + error[None] * skin
+    torch.testing.assert_close(white_part(residual, skin), highlight, rtol=0, atol=1e-3)
+    grey = torch.full((3, 20, 30), 120.0)
+    torch.testing.assert_close(white_part(residual, grey), residual.mean(0))
+
+
 @pytest.mark.parametrize(
     ("table", "message"),
     [

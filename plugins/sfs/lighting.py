@@ -294,7 +294,8 @@ def _half_vector(sh: Tensor) -> Tensor:
     ambient adds to r_0 only."""
     first_order = sh.double().mean(1)[1:4]
     direction = torch.stack([first_order[2], first_order[0], first_order[1]])
-    half = direction / direction.norm().clamp(min=1e-12) + torch.tensor([0.0, 0.0, 1.0], dtype=direction.dtype)
+    viewer = torch.tensor([0.0, 0.0, 1.0], dtype=direction.dtype, device=direction.device)
+    half = direction / direction.norm().clamp(min=1e-12) + viewer
     return (half / half.norm().clamp(min=1e-12)).float()
 
 
@@ -322,7 +323,8 @@ class SpecularLobe:
     """A white Blinn-Phong highlight k·max(n·h, 0)^α (h: a unit half-vector in the viewer frame), rendered
     from normals (..., 3) -> (1, ...). The depth phases render the highlight from their own normals
     instead of carving it into the surface (a per-pixel specular, the seed's step 4, cannot tell a
-    highlight from detail); being smooth in the normals, it also keeps the energy differentiable."""
+    highlight from detail); being smooth in the normals, it also keeps the energy differentiable. ``half``:
+    a known unit half-vector (3,) that the fit holds (the key light model's), else it is fitted too."""
 
     def __init__(self, device: torch.device, half: Tensor | None = None) -> None:
         self.params = torch.tensor([0.0, 0.0, 2.0, 3.0], device=device)  # hx, hy, log k, log α
