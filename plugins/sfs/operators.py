@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from facerecon.geometry import colour
 from facerecon.plugins.sfs import filters
 
 
@@ -157,14 +158,10 @@ def noise_level(image: Tensor, mask: Tensor) -> float:
 
 
 def srgb_to_linear(image):
-    """sRGB-encoded 0-255 -> linear 0-255 (IEC 61966-2-1), of a tensor, a numpy array or a number."""
-    where = torch.where if isinstance(image, Tensor) else np.where
-    x = image / 255.0
-    return 255.0 * where(x <= 0.04045, x / 12.92, ((abs(x) + 0.055) / 1.055) ** 2.4)
+    """sRGB-encoded 0-255 -> linear 0-255 (``geometry.colour``), of a tensor, a numpy array or a number."""
+    return colour.srgb_to_linear(image, torch.where if isinstance(image, Tensor) else np.where)
 
 
 def linear_to_srgb(image):
     """Linear 0-255 -> sRGB-encoded 0-255, the inverse of ``srgb_to_linear`` (negative values clipped)."""
-    where = torch.where if isinstance(image, Tensor) else np.where
-    x = image.clip(0, None) / 255.0
-    return 255.0 * where(x <= 0.0031308, x * 12.92, 1.055 * x ** (1 / 2.4) - 0.055)
+    return colour.linear_to_srgb(image, torch.where if isinstance(image, Tensor) else np.where)

@@ -5,10 +5,12 @@
    on the photo's (``geometry.transforms.orthographic_pose``): the camera, and the pixels per mm.
 2. Surface: the posed mesh Loop-subdivided twice (smooth, through the model's vertices) and z-buffered on
    a 2x supersampled grid around it (``geometry.raster``), plus the wrinkle and pore bands (detail.py).
-3. Image: albedo = the photo's skin colour (strongly blurred, from the skin the face covers) x (1 + T),
-   T the albedo texture (detail.py); diffuse light = 2nd-order SH of an ambient term, a key light from
-   above-front and a fill (``geometry.shading``), 1.05-1.2 on a frontal normal; a white
-   Blinn-Phong highlight of the key light; each pixel the mean of its 2x2 samples; 1 DN Gaussian noise.
+3. Image, in linear light as a camera sees it: albedo = the photo's skin colour (sRGB-decoded, strongly
+   blurred, from the skin the face covers) x (1 + T), T the albedo texture (detail.py); diffuse light =
+   2nd-order SH of an ambient term, a key light from above-front and a fill (``geometry.shading``),
+   1.05-1.2 on a frontal normal; a white Blinn-Phong highlight of the key light; each pixel the mean of
+   its 2x2 samples; then sRGB-encoded (``geometry.colour``; before 0.12.0 the photo's sRGB values were
+   shaded as if linear) and 1 DN Gaussian noise added.
 4. Composite: the render replaces the photo's skin; the photo's eyes, brows, lips and nostrils (from its
    landmarks, feathered 2 px), the border of the rendered face (faded over 6 px) and everything else
    (hair, background) stay the photo's, so the face looks like a photo to the detector. The scored mask
@@ -25,6 +27,7 @@ from PIL import Image, ImageDraw
 from scipy.ndimage import distance_transform_edt, gaussian_filter
 
 from facerecon.facelib.morphable.model import MorphableModel
+from facerecon.geometry.colour import linear_to_srgb, srgb_to_linear
 from facerecon.geometry.raster import rasterize
 from facerecon.geometry.shading import directional_sh, pixel_mean, sh_basis, sh_shading, viewer_normals
 from facerecon.geometry.subdivision import Subdivider
@@ -172,7 +175,7 @@ def render_scene(model: MorphableModel, seed: int, photo: np.ndarray, landmarks:
     features = feature_mask((bottom - top, right - left), crop_marks)
     coverage = pixel_mean(inside.astype(np.float64), k)
     photo_crop = photo[top:bottom, left:right].astype(np.float64)
-    base = skin_colour(photo_crop, (coverage > 0.5) & (features < 0.01), 0.1 * e)
+    base = skin_colour(srgb_to_linear(photo_crop), (coverage > 0.5) & (features < 0.01), 0.1 * e)
     base_fine = np.repeat(np.repeat(base, k, axis=0), k, axis=1).transpose(2, 0, 1)  # (3, hf, wf)
     pigment = np.array([0.8, 1.0, 1.15])  # brown pigment darkens blue and green more than red
     albedo = base_fine * (1 + pigment[:, None, None] * texture[None])
@@ -181,7 +184,7 @@ def render_scene(model: MorphableModel, seed: int, photo: np.ndarray, landmarks:
     strength, exponent = rng.uniform(8, 25), rng.uniform(15, 40)
     specular = strength * np.clip(normals @ half, 0, 1) ** exponent
     rendered = pixel_mean(albedo * sh_shading(normals, sh) + specular[None], k).transpose(1, 2, 0)
-    rendered = rendered + rng.normal(0.0, NOISE_DN, rendered.shape)
+    rendered = linear_to_srgb(rendered) + rng.normal(0.0, NOISE_DN, rendered.shape)
 
     inner = distance_transform_edt(coverage >= 1.0)
     alpha = (np.clip((inner - 1) / FADE_PX, 0, 1) * (1 - features))[..., None]
