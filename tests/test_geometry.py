@@ -238,3 +238,13 @@ def test_bounds_are_numpys_axis_0_minimum_and_maximum():
         assert lo.dtype == points.dtype and hi.dtype == points.dtype
         assert np.array_equal(lo, points.min(axis=0)) and np.array_equal(hi, points.max(axis=0))
         assert extent(points) == float(np.ptp(points, axis=0).max())
+
+
+def test_srgb_curve_round_trips_and_decodes_mid_grey():
+    from facerecon.geometry.colour import linear_to_srgb, srgb_to_linear
+
+    grey = np.linspace(0, 255, 1021)
+    assert np.allclose(linear_to_srgb(srgb_to_linear(grey)), grey, atol=1e-6)
+    assert abs(float(srgb_to_linear(128.0)) - 55.0) < 0.5  # mid-grey sRGB is ~21.6 % linear
+    assert float(srgb_to_linear(10.0)) == pytest.approx(255 * 10 / 255 / 12.92)  # the linear toe
+    assert float(linear_to_srgb(np.float64(-5.0))) == 0.0  # negative light clipped
