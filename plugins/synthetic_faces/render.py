@@ -125,11 +125,12 @@ def _fill_outside(values: np.ndarray, inside: np.ndarray) -> np.ndarray:
 
 
 def skin_colour(photo: np.ndarray, skin: np.ndarray, sigma: float) -> np.ndarray:
-    """float (h, w, 3): the photo's colour over ``skin`` blurred (normalised Gaussian, ``sigma`` px), its
-    brightness kept within 25 % of the skin's median (hair or a shadow does not make dark skin)."""
+    """float (h, w, 3): the photo's colour (linear 0-255) over ``skin`` blurred (normalised Gaussian,
+    ``sigma`` px), its brightness kept within 25 % of the skin's median (hair or a shadow does not make
+    dark skin)."""
     weight = gaussian_filter(skin.astype(np.float64), sigma)
     colour = np.stack([gaussian_filter(photo[..., c] * skin, sigma) for c in range(3)], -1)
-    median = np.median(photo[skin], axis=0) if skin.any() else np.array([190.0, 150.0, 130.0])
+    median = np.median(photo[skin], axis=0) if skin.any() else srgb_to_linear(np.array([190.0, 150.0, 130.0]))
     colour = np.where(weight[..., None] > 1e-3, colour / np.maximum(weight, 1e-3)[..., None], median)
     brightness, reference = colour.mean(-1, keepdims=True), max(float(median.mean()), 20.0)
     return colour * np.clip(brightness, 0.75 * reference, 1.25 * reference) / np.maximum(brightness, 1e-6)
