@@ -35,12 +35,12 @@ def sh_shading(normals: np.ndarray, sh: np.ndarray) -> np.ndarray:
 
 
 def directional_sh(direction: np.ndarray) -> np.ndarray:
-    """(9,) SH coefficients of the irradiance of a unit distant light from ``direction`` (viewer frame):
-    the clamped cosine max(0, n·l) projected on the basis (Ramamoorthi & Hanrahan 2001: bands scaled by
-    π, 2π/3, π/4), so ``sh_basis(n) @ directional_sh(l)`` ≈ max(0, n·l)."""
+    """(..., 9) SH coefficients of the irradiance of a unit distant light from each ``direction`` (..., 3)
+    (viewer frame): the clamped cosine max(0, n·l) projected on the basis (Ramamoorthi & Hanrahan 2001:
+    bands scaled by π, 2π/3, π/4), so ``sh_basis(n) @ directional_sh(l)`` ≈ max(0, n·l)."""
     band = np.array([np.pi, *[2 * np.pi / 3] * 3, *[np.pi / 4] * 5])
     light = np.asarray(direction, np.float64)
-    return band * sh_basis(light / np.linalg.norm(light))
+    return band * sh_basis(light / np.linalg.norm(light, axis=-1, keepdims=True))
 
 
 def blobs(yy: np.ndarray, xx: np.ndarray, centres: np.ndarray, sigma: float) -> np.ndarray:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from facerecon.geometry import shading as shading_basis
 from facerecon.geometry.jit import compiled
 from facerecon.plugins.sfs.operators import masked_blur, normals_from_height
 from facerecon.plugins.sfs.options import SfsOptions
@@ -29,7 +30,7 @@ before 0.10.0, with the same known-detail and RGB-D scores)."""
 
 # -- spherical harmonics ----------------------------------------------------------------------------
 
-SH_CONSTANTS = (0.282095, 0.488603, 0.488603, 0.488603, 1.092548, 1.092548, 0.315392, 1.092548, 0.546274)
+SH_CONSTANTS = tuple(float(c) for c in shading_basis.SH_CONSTANTS)
 
 
 def sh_basis(normals):
@@ -70,10 +71,6 @@ def shading_of_normals(normals: Tensor, sh: Tensor) -> Tensor:
     return out.reshape(3, *normals.shape[:-1])
 
 
-LAMBERT_BANDS = (torch.pi, 2 * torch.pi / 3, torch.pi / 4)
-"""The clamped cosine's SH transfer per band (Ramamoorthi & Hanrahan 2001): irradiance = A_l · radiance."""
-
-
 @functools.cache
 def portrait_lighting_prior() -> tuple[Tensor, Tensor]:
     """A Gaussian prior on the shading coefficients r_1..r_8 normalised by r_0 (colour-independent):
@@ -89,12 +86,12 @@ def portrait_lighting_prior() -> tuple[Tensor, Tensor]:
     Why a prior is needed: on a face the normals stay near the view axis, so the constant, z and 3z²−1
     terms are nearly collinear. Their balance, and the light's tilt off the axis, are then fixed by slow
     shading that an albedo with its own slow changes explains just as well."""
-    transfer = torch.tensor([LAMBERT_BANDS[0]] + [LAMBERT_BANDS[1]] * 3 + [LAMBERT_BANDS[2]] * 5, dtype=torch.float64)
     azimuth = torch.deg2rad(torch.linspace(-60, 60, 25, dtype=torch.float64))
     elevation = torch.deg2rad(torch.linspace(0, 60, 13, dtype=torch.float64))
     az, el = torch.meshgrid(azimuth, elevation, indexing="ij")
     key = torch.stack([az.sin() * el.cos(), el.sin(), az.cos() * el.cos()], -1).reshape(-1, 3)
-    coefficients = (sh_basis(key) * transfer)[:, None, :].repeat(1, 5, 1)  # (directions, ambient levels, 9)
+    coefficients = torch.from_numpy(shading_basis.directional_sh(key.numpy()))[:, None, :].repeat(1, 5, 1)
+    # (directions, ambient levels, 9)
     coefficients[..., 0] += torch.linspace(0, 1, 5, dtype=torch.float64) / SH_CONSTANTS[0]
     normalised = (coefficients[..., 1:] / coefficients[..., :1]).reshape(-1, 8)
     mean = normalised.mean(0)
@@ -202,8 +199,7 @@ def key_light_candidates(elevation: float, ambient: float) -> Tensor:
     azimuth = torch.deg2rad(torch.arange(-90.0, 90.0 + KEY_AZIMUTH_STEP / 2, KEY_AZIMUTH_STEP, dtype=torch.float64))
     up = torch.deg2rad(torch.tensor(elevation, dtype=torch.float64))
     directions = torch.stack([azimuth.sin() * up.cos(), up.sin().expand_as(azimuth), azimuth.cos() * up.cos()], -1)
-    transfer = torch.tensor([LAMBERT_BANDS[0]] + [LAMBERT_BANDS[1]] * 3 + [LAMBERT_BANDS[2]] * 5, dtype=torch.float64)
-    candidates = sh_basis(directions) * transfer  # a directional light l: A_l · Y_lm(l)
+    candidates = torch.from_numpy(shading_basis.directional_sh(directions.numpy()))  # A_l · Y_lm(l)
     candidates[:, 0] += ambient / SH_CONSTANTS[0]  # a uniform irradiance k: k / Y00 on r_0
     return candidates
 
