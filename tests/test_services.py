@@ -596,14 +596,17 @@ def test_calls_answered_unavailable_are_retried_on_another_replica(host):
                 assert refiner.refine(image, face, mesh, None).topology == "t"
         failures = 0
         with RemoteOptionsStage(address, "refiner", connect_timeout_s=10, retries=0) as refiner:
-            # round_robin picks among the connected replicas: until the new channel's second connection
-            # is up, every call goes to the first (seen once in CI: 10 calls, all to the ready one)
-            for _ in range(40):
+            # round_robin picks among the connected replicas only; in about one run of this file in ten the
+            # channel sends no call to the loading replica for many seconds, although it answers a channel of
+            # its own (not understood; CHANGELOG 0.12.0). So call until it has answered, for up to 15 s.
+            until = time.monotonic() + 15
+            while failures < 3 and time.monotonic() < until:
                 try:
                     refiner.refine(image, face, mesh, None)
                 except RemoteError as exc:
                     assert exc.code == grpc.StatusCode.UNAVAILABLE and "loading" in str(exc)
                     failures += 1
+                time.sleep(0.02)
         assert failures >= 3, "round_robin should have sent some calls to the loading replica"
     finally:
         loading.stop(0)
