@@ -63,11 +63,15 @@ class StageLoader:
         finally:
             self.done.set()
 
-    def _acquire(self, context: grpc.ServicerContext) -> Any:
-        """A free stage object, waiting at most until the call's deadline (the call is aborted otherwise)."""
+    def check_ready(self, context: grpc.ServicerContext) -> None:
+        """Abort the call with UNAVAILABLE (which clients retry on another replica) while the model loads."""
         if not self.ready.is_set():
             reason = "failed to load" if self.error is not None else "is still loading"
             context.abort(grpc.StatusCode.UNAVAILABLE, f"the model {reason}; retry later")
+
+    def _acquire(self, context: grpc.ServicerContext) -> Any:
+        """A free stage object, waiting at most until the call's deadline (the call is aborted otherwise)."""
+        self.check_ready(context)
         remaining = context.time_remaining()
         try:
             obj = self._pool.get(timeout=None if remaining is None else max(remaining, 0.0))

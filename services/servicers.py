@@ -135,12 +135,15 @@ class _StageServicer:
         return stage_info(self.kind, self.spec, stage, self.device, server_version=__version__)
 
     def _begin(self, request: Any, context: grpc.ServicerContext) -> None:
-        """Checks common to every call, before it waits for a model."""
+        """Checks common to every call, before it decodes the request or waits for a model. A replica still
+        loading answers UNAVAILABLE before anything else: an answer from reading the request (a mesh layout
+        it does not hold yet: FAILED_PRECONDITION) would not be retried on another replica."""
         if request.plugin and request.plugin != self.spec.name:
             context.abort(
                 grpc.StatusCode.NOT_FOUND,
                 f"this server runs {self.kind} {self.spec.name!r}, not {request.plugin!r}",
             )
+        self.loader.check_ready(context)
         check_deadline(context)
 
     def _image(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -283,6 +286,7 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServicer):
     def Reconstruct(
         self, request: pipeline_pb2.ReconstructRequest, context: grpc.ServicerContext
     ) -> pipeline_pb2.ReconstructResponse:
+        self.loader.check_ready(context)
         check_deadline(context)
         formats = [f.strip().lower().lstrip(".") for f in request.formats if f.strip()]
         unknown = [f for f in formats if f".{f}" not in WRITERS]
