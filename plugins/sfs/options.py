@@ -30,9 +30,11 @@ class SfsOptions:
         levels).
     noise_weighting: the unit is at least this many times the image's noise std (Immerkær's estimate),
         so that a noisy image leans more on the priors; 0 disables.
-    robust_threshold: grey levels where the depth's Cauchy data term starts to redescend.
-    chroma_tolerance, skin_prior_boost: the skin-chromaticity confidence (see solver.skin_confidence)
-        and how much more the albedo prior weighs where the colour is the skin's.
+    robust_threshold: sRGB grey levels where the depth's Cauchy data term starts to redescend (with
+        ``linear_shading``, converted to linear levels at the face's median brightness).
+    chroma_tolerance, skin_prior_boost: the skin-chromaticity confidence (see skin.skin_confidence;
+        chromaticity of the sRGB values, also with ``linear_shading``) and how much more the albedo prior
+        weighs where the colour is the skin's.
     saturation, dark: pixels with a channel above ``saturation`` or a brightest channel at most ``dark``
         (clipped, or holes in a registered RGB-D colour frame) carry no shading evidence.
     specular_model: "lobe" (a white Blinn-Phong lobe rendered from the current normals; default) or

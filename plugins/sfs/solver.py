@@ -29,6 +29,7 @@ from facerecon.plugins.sfs.lighting import (
 from facerecon.plugins.sfs.operators import (
     gaussian_blur,
     laplacian,
+    linear_to_srgb,
     low_pass,
     masked_blur,
     noise_level,
@@ -37,6 +38,7 @@ from facerecon.plugins.sfs.operators import (
     srgb_to_linear,
 )
 from facerecon.plugins.sfs.options import SfsOptions
+from facerecon.plugins.sfs.skin import skin_colour, skin_confidence
 
 MIN_MEASURED_SAMPLES = 256
 """Fewer unclipped face samples than this and there is no shading to refine from (``NoShading``)."""
@@ -117,6 +119,7 @@ class Scene:
     highlight0: Tensor  # (1, H, W) the lobe's highlight on the medium surface (0 without a lobe)
     skin: Tensor  # (H, W) skin-chromaticity confidence
     confidence: Tensor  # (H, W) the depth's data weight
+    robust_threshold: float  # the Cauchy threshold in the image's units (``robust_threshold`` is in sRGB levels)
     w_avg: float
     w_rtv: float
 
@@ -154,7 +157,16 @@ class Scene:
         diffuse_image = image - options.specular_scale * highlight
         # The skin's colour here: the face's colours around each sample (σ ``skin_colour_sigma``); a
         # region's single mean colour (γ_avg) would mistrust whole cheeks whose tone differs from the region's.
-        local_skin = masked_blur(diffuse_image, (mask & measured).float(), options.skin_colour_sigma)
+        robust_threshold = options.robust_threshold
+        if problem.linear:
+            # The chromaticity tolerance and the robust threshold are stated for the photo's sRGB values:
+            # chromaticity is compared there (in linear light the same pigment moves it about twice as far),
+            # and one sRGB level at the face's median brightness is ``step`` linear levels (~1.4 on skin).
+            diffuse_image = linear_to_srgb(diffuse_image)
+            level = float(linear_to_srgb(image.mean(0)[problem.lit].median()))
+            step = float(srgb_to_linear(torch.tensor(level + 0.5)) - srgb_to_linear(torch.tensor(level - 0.5)))
+            robust_threshold *= step
+        local_skin = skin_colour(diffuse_image, mask & measured, options)
         skin = skin_confidence(diffuse_image, local_skin, measured, options)
         if not use_priors:
             skin = torch.ones_like(skin)
@@ -180,6 +192,7 @@ class Scene:
             highlight0=highlight,
             skin=skin,
             confidence=confidence,
+            robust_threshold=robust_threshold,
             w_avg=options.albedo_weight * shading_scale if use_priors else 0.0,
             w_rtv=options.albedo_rtv_weight * shading_scale if use_priors else 0.0,
         )
@@ -368,7 +381,7 @@ class DepthEnergy:
             sh_scaled=np.ascontiguousarray((scene.sh.double().cpu() * constants).numpy()),
             lobe=lobe,
             specular_scale=float(options.specular_scale),
-            threshold=float(options.robust_threshold),
+            threshold=float(scene.robust_threshold),
             data_scale=self.unit / count,
             inv_count=1.0 / count,
             base_weight=float(options.base_weight),
@@ -390,7 +403,7 @@ class DepthEnergy:
         highlight = scene.highlight(normals, self.surface.specular)
         rendered = self.surface.albedo.detach() * shading_of_normals(normals, scene.sh)
         rendered = rendered + options.specular_scale * highlight
-        residual = _robust(rendered - scene.image, options.robust_threshold).sum(0)
+        residual = _robust(rendered - scene.image, scene.robust_threshold).sum(0)
         data = scene.masked_mean(scene.confidence * residual) * self.unit
         # Smoothness is asked of the detail added (d − d0), not of the whole surface: ||∇²d||² would also
         # flatten the medium surface's own curvature (nose, eye sockets), a mid-scale bend.
@@ -469,19 +482,6 @@ def _adam(parameter: Tensor, lr: float) -> torch.optim.Adam:
 def _float32_array(tensor: Tensor) -> np.ndarray:
     """A tensor as a C-ordered float32 numpy array (what the compiled passes read)."""
     return np.ascontiguousarray(tensor.detach().cpu().numpy(), dtype=np.float32)
-
-
-def skin_confidence(diffuse: Tensor, albedo_avg: Tensor, measured: Tensor, options: SfsOptions) -> Tensor:
-    """(H, W) in [0, 1]: how far a pixel's chromaticity stays the region's skin colour. Shading changes
-    brightness, not chromaticity; pigment (freckles, hair) and highlights (white) move it away from the
-    skin colour. Pixels that do are trusted less as shading evidence, so that their darkness or
-    brightness stays in the albedo (and specular) instead of turning into geometry."""
-    chroma = diffuse / diffuse.sum(0, keepdim=True).clamp(min=1e-3)
-    skin_chroma = albedo_avg / albedo_avg.sum(0, keepdim=True).clamp(min=1e-3)
-    # (Unmeasured pixels have no chromaticity: they are left out of the neighbourhood average.)
-    weight = gaussian_blur(measured.float()[None], 1.0)[0].clamp(min=1e-3)
-    deviation = (gaussian_blur(((chroma - skin_chroma) ** 2).sum(0, keepdim=True) * measured, 1.0)[0] / weight).sqrt()
-    return torch.exp(-((deviation / options.chroma_tolerance) ** 2))
 
 
 def _robust(residual, threshold: float):
