@@ -517,6 +517,9 @@ def test_a_grey_beard_does_not_become_the_skin_colour():
     plain = masked_blur(image, region.float(), options.skin_colour_sigma)  # every colour counted
     inside = strands & (torch.arange(rows)[:, None] >= 70)  # the beard's middle, away from the skin
     assert skin_confidence(image, plain, region, options)[inside].mean() > 0.3  # measured 0.46
+    odd = torch.zeros_like(region)
+    odd[1::2, 1::2] = True  # no sample on the grid the median is taken on
+    assert torch.isfinite(skin_colour(image, odd, options)).all()
 
 
 def test_thresholds_are_stated_for_the_photos_srgb_values():

@@ -24,10 +24,13 @@ def chromaticity(image: Tensor) -> Tensor:
 
 def skin_colour(diffuse: Tensor, region: Tensor, options: SfsOptions) -> Tensor:
     """(3, H, W): the skin's colour around each sample, the Gaussian mean (σ ``skin_colour_sigma``) of the
-    ``region``'s (H, W) bool colours that are near the face's median chromaticity. Averaging every colour
+    ``region``'s (H, W) bool, not empty, colours that are near the face's median chromaticity. Averaging every colour
     would make a beard or stubble the "skin colour" where it covers the face, and so trusted as shading."""
     chroma = chromaticity(diffuse)
-    typical = chroma[:, ::2, ::2][:, region[::2, ::2]].median(dim=1).values[:, None, None]  # every 4th: enough
+    samples = chroma[:, ::2, ::2][:, region[::2, ::2]]  # every 4th sample is enough for a median
+    if samples.shape[1] == 0:  # (a region on odd rows or columns only)
+        samples = chroma[:, region]
+    typical = samples.median(dim=1).values[:, None, None]
     deviation = ((chroma - typical) ** 2).sum(0).sqrt()
     near = torch.exp(-((deviation / (SKIN_GAMUT * options.chroma_tolerance)) ** 2))
     return masked_blur(diffuse, region.float() * near, options.skin_colour_sigma)

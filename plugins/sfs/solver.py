@@ -155,8 +155,9 @@ class Scene:
         with torch.no_grad():
             highlight = lobe(normals0) if lobe is not None else torch.zeros_like(height0)[None]
         diffuse_image = image - options.specular_scale * highlight
-        # The skin's colour here: the face's colours around each sample (σ ``skin_colour_sigma``); a
-        # region's single mean colour (γ_avg) would mistrust whole cheeks whose tone differs from the region's.
+        # The skin's colour here: the face's skin-like colours around each sample (σ ``skin_colour_sigma``,
+        # ``skin_colour``); a region's single mean colour (γ_avg) would mistrust whole cheeks whose tone
+        # differs from the region's.
         robust_threshold = options.robust_threshold
         if problem.linear:
             # The chromaticity tolerance and the robust threshold are stated for the photo's sRGB values:
