@@ -99,7 +99,7 @@ class SfsOptions:
     albedo_sigma: float = 4.0
     skin_colour_sigma: float = 8.0
     medium_smoothing: float = 6.0
-    medium_smoothing_fraction: float = 0.05
+    medium_smoothing_fraction: float = 0.07
     lighting_rounds: int = 3
     lighting_albedo_sigma: float = 12.0
     lighting_prior_weight: float = 0.0
