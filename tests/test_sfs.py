@@ -468,7 +468,8 @@ def test_linear_shading_maps_are_encoded_back_to_srgb(refined, face_photo):
 
 @pytest.mark.parametrize(("threads", "compiled_fit"), [(1, True), (2, True), (1, False)])
 def test_smooth_within_is_the_local_weighted_quadric_fit(threads, compiled_fit, monkeypatch):
-    """(With the filter passes on 1 or 2 threads, and the per-sample fits compiled or in numpy.)"""
+    """(With the filter passes on 1 or 2 threads, and the per-sample fits compiled or in numpy; values
+    -28..11, so the float32 passes' error is relative ~1e-7.)"""
     from facerecon.plugins.sfs import grid
     from facerecon.plugins.sfs.grid import smooth_within
 
@@ -491,7 +492,7 @@ def test_smooth_within_is_the_local_weighted_quadric_fit(threads, compiled_fit, 
         design = np.column_stack([np.ones_like(tx), tx, ty, tx**2, tx * ty, ty**2])
         normal = design.T @ (weight[:, None] * design) + np.diag([0.0] + [1e-3] * 5)
         fit = np.linalg.solve(normal, design.T @ (weight * values[ii[near], jj[near]]))
-        assert out[i, j] == pytest.approx(fit[0], abs=1e-8)
+        assert out[i, j] == pytest.approx(fit[0], abs=1e-4)  # float32 filter passes: measured ≤ 5.5e-6
 
 
 def test_a_grey_beard_does_not_become_the_skin_colour():

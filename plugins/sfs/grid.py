@@ -30,7 +30,9 @@ def smooth_within(values: np.ndarray, region: np.ndarray, sigma: float, threads:
     A quadric reproduces a surface's curvature, so a nose tip or a chin is not flattened as a plain blur
     would flatten it (by millimetres on a Kinect face), and the cut-off at the region's border does not
     bias the mean; what it removes is the piecewise-planar facets of a rasterised mesh. Its 29 filter
-    passes are shared out over ``threads`` threads."""
+    passes are shared out over ``threads`` threads, in float32 (about twice as fast as float64 at the
+    default σ of ~28 samples on a 400 px face; the fit is solved in float64, and the values are centred on
+    their mean first: within 1e-3 samples of a float64 fit)."""
     import cv2
 
     if sigma <= 0 or not region.any():
@@ -38,21 +40,22 @@ def smooth_within(values: np.ndarray, region: np.ndarray, sigma: float, threads:
     radius = int(np.ceil(3 * sigma))
     offsets = np.arange(-radius, radius + 1, dtype=np.float64)
     gauss = np.exp(-0.5 * (offsets / sigma) ** 2)
-    taps = [gauss * (offsets / sigma) ** k for k in range(5)]  # g(t)·t^k, scaled offsets
+    taps = [(gauss * (offsets / sigma) ** k).astype(np.float32) for k in range(5)]  # g(t)·t^k, scaled offsets
 
-    one = np.ones(1)
+    one = np.ones(1, np.float32)
 
     def along_x(image: np.ndarray, a: int) -> np.ndarray:
         """Σ_t g(t_x) t_x^a image(p + (t_x, 0)) at every p (cv2 filters correlate)."""
-        return cv2.sepFilter2D(image, cv2.CV_64F, taps[a], one, borderType=cv2.BORDER_CONSTANT)
+        return cv2.sepFilter2D(image, cv2.CV_32F, taps[a], one, borderType=cv2.BORDER_CONSTANT)
 
     def along_y(image: np.ndarray, b: int) -> np.ndarray:
-        return cv2.sepFilter2D(image, cv2.CV_64F, one, taps[b], borderType=cv2.BORDER_CONSTANT)
+        return cv2.sepFilter2D(image, cv2.CV_32F, one, taps[b], borderType=cv2.BORDER_CONSTANT)
 
     # The moments Σ_t g(t) t_x^a t_y^b image(p + t) are separable: one pass along x per power a, shared
     # by every b (8 passes along x and 21 along y instead of 22 of each, ~30 % less time).
-    weight = region.astype(np.float64)
-    data = np.where(region, values, 0.0).astype(np.float64)
+    weight = region.astype(np.float32)
+    centre = float(np.mean(values[region]))  # (the fit is linear in the values: centred, float32 loses less)
+    data = np.where(region, values - centre, 0.0).astype(np.float32)
     powers = [(0, 0), (1, 0), (0, 1), (2, 0), (1, 1), (0, 2)]
     along_x_of = [(weight, a) for a in range(5)] + [(data, a) for a in range(3)]
     weight_x, data_x = np.split(np.asarray(map_in_parallel(along_x, along_x_of, threads)), [5])
@@ -68,12 +71,15 @@ def smooth_within(values: np.ndarray, region: np.ndarray, sigma: float, threads:
     out = np.array(values, np.float64, copy=True)
     fit = compiled(_fit_quadrics)
     if fit is not None:
-        fit(moments, entry, rows, out)
+        fitted = np.zeros_like(out)
+        fit(moments, entry, rows, fitted)
+        out[rows] = fitted[rows] + centre
         return out
-    normal = [[moments[entry[i, j]][rows] for j in range(6)] for i in range(6)]
+    normal = [[moments[entry[i, j]][rows].astype(np.float64) for j in range(6)] for i in range(6)]
     for i in range(1, 6):  # the ridge keeps thin strips (a quadric badly determined) near a plain mean
         normal[i][i] = normal[i][i] + RIDGE
-    out[rows] = _solve_spd(normal, [moments[len(keys) + i][rows] for i in range(6)])[0]
+    rhs = [moments[len(keys) + i][rows].astype(np.float64) for i in range(6)]
+    out[rows] = _solve_spd(normal, rhs)[0] + centre
     return out
 
 
