@@ -345,7 +345,7 @@ def test_known_detail_renders_few_samples(shared_data, tmp_path):
     assert report["not_reconstructed"] == []
     assert fine["r_D"] > 0.25 and fine["g_D"] > 0.15, fine  # measured r_D 0.67, g_D 0.66 (0.11.0: 0.41, 0.45)
     assert fine["n_det_mean"] < medium["n_det_mean"] - 0.2, (fine, medium)  # measured 2.57 vs 3.38 degrees
-    assert fine["leak_R"] < 0.25, fine  # measured 0.24 (0.11.0: 0.10): the texture's slopes
+    assert fine["leak_R"] < 0.28, fine  # measured 0.235 (0.11.0: 0.10): the texture's slopes; rises with r_D
     assert report["phase2"]["r_p"] > report["phase1"]["r_p"] + 0.03, report  # measured 0.31 -> 0.47
 
 
