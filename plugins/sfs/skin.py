@@ -24,8 +24,8 @@ def chromaticity(image: Tensor) -> Tensor:
 
 def skin_colour(diffuse: Tensor, region: Tensor, options: SfsOptions) -> Tensor:
     """(3, H, W): the skin's colour around each sample, the Gaussian mean (σ ``skin_colour_sigma``) of the
-    ``region``'s (H, W) bool, not empty, colours that are near the face's median chromaticity. Averaging every colour
-    would make a beard or stubble the "skin colour" where it covers the face, and so trusted as shading."""
+    colours of ``region`` ((H, W) bool, not empty) that are near the face's median chromaticity. Averaging
+    every colour would make a beard the "skin colour" where it covers the face, and so trusted as shading."""
     chroma = chromaticity(diffuse)
     samples = chroma[:, ::2, ::2][:, region[::2, ::2]]  # every 4th sample is enough for a median
     if samples.shape[1] == 0:  # (a region on odd rows or columns only)

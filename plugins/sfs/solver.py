@@ -155,9 +155,6 @@ class Scene:
         with torch.no_grad():
             highlight = lobe(normals0) if lobe is not None else torch.zeros_like(height0)[None]
         diffuse_image = image - options.specular_scale * highlight
-        # The skin's colour here: the face's skin-like colours around each sample (σ ``skin_colour_sigma``,
-        # ``skin_colour``); a region's single mean colour (γ_avg) would mistrust whole cheeks whose tone
-        # differs from the region's.
         robust_threshold = options.robust_threshold
         if problem.linear:
             # The chromaticity tolerance and the robust threshold are stated for the photo's sRGB values:
@@ -167,6 +164,9 @@ class Scene:
             level = float(linear_to_srgb(image.mean(0)[problem.lit].median()))
             step = float(srgb_to_linear(torch.tensor(level + 0.5)) - srgb_to_linear(torch.tensor(level - 0.5)))
             robust_threshold *= step
+        # The skin's colour here: the face's skin-like colours around each sample (σ ``skin_colour_sigma``,
+        # ``skin_colour``); a region's single mean colour (γ_avg) would mistrust whole cheeks whose tone
+        # differs from the region's.
         local_skin = skin_colour(diffuse_image, mask & measured, options)
         skin = skin_confidence(diffuse_image, local_skin, measured, options)
         if not use_priors:
