@@ -395,8 +395,11 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         interrupted = True
         if pool is not None:
-            for late in pool.interrupt():  # inputs that had just finished, or not yet recorded
-                if late.input not in finished:
+            # inputs that had just finished, or not yet recorded: the Ctrl-C may have come inside record()
+            # itself, so what counts is whether an entry was written, not whether record() began
+            recorded = {str(entry["input"]) for entry in succeeded} | {failure["input"] for failure in failures}
+            for late in pool.interrupt():
+                if late.input not in recorded:
                     record(late)
         print(f"facerecon: interrupted after {len(finished) - len(skipped)} of {len(jobs)} input(s)", file=sys.stderr)
     finally:

@@ -49,7 +49,7 @@ import numpy as np
 from facerecon.kernel.contract import Face, ImageMaps, Mesh, Refinement, Registrar, Segmentation, hookimpl
 from facerecon.kernel.contract.errors import PluginError
 from facerecon.kernel.contract.images import check_image
-from facerecon.plugins.sfs.grid import Grid, regions, smooth_within
+from facerecon.plugins.sfs.grid import HALF_RATE_SIGMA, Grid, regions, smooth_within
 from facerecon.plugins.sfs.options import SfsOptions
 
 __all__ = ["Grid", "Prepared", "SfsOptions", "SfsRefiner", "ShadingWarning", "smooth_within"]
@@ -109,7 +109,8 @@ class SfsRefiner:
         mask = torch.as_tensor(inside, device=self.device)
         albedo = t(np.broadcast_to(np.array([200.0, 150.0, 120.0])[:, None, None], image.shape))
         self.solver.solve(self.solver.Problem(t(image), mask, mask, t(height), albedo), self.options)
-        smooth_within(height, inside, 2.0, self.options.pass_threads())  # step 1's compiled fit
+        for sigma in (2.0, HALF_RATE_SIGMA):  # step 1's compiled fits, at full and at half rate
+            smooth_within(height, inside, sigma, self.options.pass_threads())
 
     def refine(self, image: np.ndarray, face: Face, mesh: Mesh, segmentation: Segmentation | None) -> Refinement:
         import torch

@@ -4,13 +4,14 @@ may carve, and the fine mesh built back from the solved depth."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from facerecon.geometry import sampling
-from facerecon.geometry.jit import compiled, map_in_parallel
+from facerecon.geometry.jit import compiled, in_parallel, map_in_parallel, row_blocks
 from facerecon.geometry.raster import rasterize
 from facerecon.kernel.contract import Face, LandmarkMap, Mesh, Segmentation
 from facerecon.plugins.sfs.options import SfsOptions
@@ -29,58 +30,175 @@ def smooth_within(values: np.ndarray, region: np.ndarray, sigma: float, threads:
     quadric over the region's samples around it); unchanged outside the region, or everywhere for σ = 0.
     A quadric reproduces a surface's curvature, so a nose tip or a chin is not flattened as a plain blur
     would flatten it (by millimetres on a Kinect face), and the cut-off at the region's border does not
-    bias the mean; what it removes is the piecewise-planar facets of a rasterised mesh. Its 29 filter
-    passes are shared out over ``threads`` threads, in float32 (about twice as fast as float64 at the
-    default σ of ~28 samples on a 400 px face; the fit is solved in float64, and the values are centred on
-    their mean first: within 1e-3 samples of a float64 fit)."""
-    import cv2
+    bias the mean; what it removes is the piecewise-planar facets of a rasterised mesh.
 
+    From σ = ``HALF_RATE_SIGMA`` on, the quadrics are fitted at the centres of the 2 x 2 blocks of samples
+    only (from every sample around them, as at full rate), and each sample takes the bilinear blend of
+    its four nearest fits' quadrics evaluated at its own position: a quadric σ wide barely changes from
+    one fit to the next (every sample sits half a sample from its fits along each axis, so what it does
+    change is smooth, not a ripple between samples), and the work is ~3x less (README, "Speed")."""
     if sigma <= 0 or not region.any():
         return values
-    radius = int(np.ceil(3 * sigma))
-    offsets = np.arange(-radius, radius + 1, dtype=np.float64)
-    gauss = np.exp(-0.5 * (offsets / sigma) ** 2)
-    taps = [(gauss * (offsets / sigma) ** k).astype(np.float32) for k in range(5)]  # g(t)·t^k, scaled offsets
+    centre = float(np.mean(values[region]))  # (the fit is linear in the values: centred, float32 loses less)
+    weight = region.astype(np.float32)
+    data = np.where(region, values - centre, 0.0).astype(np.float32)
+    out = np.array(values, np.float64, copy=True)
+    if sigma < HALF_RATE_SIGMA:
+        fits = _quadric_fits(weight, data, region, sigma, 1, 1, threads)
+        out[region] = fits[0][region] + centre
+        return out
+    # the fits a sample of the region blends: those of its 2 x 2 block and of the blocks beside it
+    near = _block_sums(weight) > 0
+    near[1:] |= near[:-1].copy()
+    near[:-1] |= near[1:].copy()
+    near[:, 1:] |= near[:, :-1].copy()
+    near[:, :-1] |= near[:, 1:].copy()
+    fits = _quadric_fits(weight, data, near, sigma, len(POWERS), 2, threads)
+    out[region] = _blend(fits, region, sigma) + centre
+    return out
 
-    one = np.ones(1, np.float32)
+
+HALF_RATE_SIGMA = 8.0
+"""σ (samples) from which ``smooth_within`` fits its quadrics at the 2 x 2 blocks' centres only."""
+
+POWERS = ((0, 0), (1, 0), (0, 1), (2, 0), (1, 1), (0, 2))
+"""The quadric's monomials t_x^a t_y^b, (a, b), in the order of its coefficients."""
+
+
+def _quadric_fits(
+    weight: np.ndarray, data: np.ndarray, where: np.ndarray, sigma: float, count: int, step: int, threads: int
+) -> np.ndarray:
+    """The weighted local quadric fits at every sample (``step`` 1) or at the centres of its 2 x 2 blocks
+    (``step`` 2, block b centred at sample 2b + ½): at each of those positions p where ``where`` (their
+    shape) holds, the first ``count`` coefficients (``POWERS``' order, offsets t in units of σ) of the
+    quadric q minimising Σ_t g(t)·weight·(q(t) − value)²(p + t) (``data`` holds weight · value, float32);
+    (count, *where.shape) float64, 0 elsewhere. Its 29 filter passes and the fits are shared out over
+    ``threads`` threads; the passes in float32 (the fit is solved in float64)."""
 
     def along_x(image: np.ndarray, a: int) -> np.ndarray:
-        """Σ_t g(t_x) t_x^a image(p + (t_x, 0)) at every p (cv2 filters correlate)."""
-        return cv2.sepFilter2D(image, cv2.CV_32F, taps[a], one, borderType=cv2.BORDER_CONSTANT)
+        """Σ_t g(t_x) t_x^a image(p + (t_x, 0)) at every fit's p."""
+        return _correlate(image, sigma, a, 1, step)
 
     def along_y(image: np.ndarray, b: int) -> np.ndarray:
-        return cv2.sepFilter2D(image, cv2.CV_32F, one, taps[b], borderType=cv2.BORDER_CONSTANT)
+        return _correlate(image, sigma, b, 0, step)
 
     # The moments Σ_t g(t) t_x^a t_y^b image(p + t) are separable: one pass along x per power a, shared
     # by every b (8 passes along x and 21 along y instead of 22 of each, ~30 % less time).
-    weight = region.astype(np.float32)
-    centre = float(np.mean(values[region]))  # (the fit is linear in the values: centred, float32 loses less)
-    data = np.where(region, values - centre, 0.0).astype(np.float32)
-    powers = [(0, 0), (1, 0), (0, 1), (2, 0), (1, 1), (0, 2)]
     along_x_of = [(weight, a) for a in range(5)] + [(data, a) for a in range(3)]
     weight_x, data_x = np.split(np.asarray(map_in_parallel(along_x, along_x_of, threads)), [5])
     # Each distinct moment of the weight once (15 of the normal matrix's 36 entries), then the data's 6
     # (the right-hand side).
-    keys = list(dict.fromkeys((a1 + a2, b1 + b2) for a1, b1 in powers for a2, b2 in powers))
+    keys = list(dict.fromkeys((a1 + a2, b1 + b2) for a1, b1 in POWERS for a2, b2 in POWERS))
     # (Planes apart, not one (21, H, W) array: numpy asks the kernel for huge pages for arrays of 4 MB
     # and more, and a fresh one then often waits on memory compaction, 3x slower on these machines.)
-    along_y_of = [(weight_x[a], b) for a, b in keys] + [(data_x[a], b) for a, b in powers]
+    along_y_of = [(weight_x[a], b) for a, b in keys] + [(data_x[a], b) for a, b in POWERS]
     moments = tuple(map_in_parallel(along_y, along_y_of, threads))
-    rows = region & (moments[0] > 1e-6)  # keys[0] is (0, 0): the weight's sum
-    entry = np.array([[keys.index((a1 + a2, b1 + b2)) for a2, b2 in powers] for a1, b1 in powers])
-    out = np.array(values, np.float64, copy=True)
+    rows = where & (moments[0] > 1e-6)  # keys[0] is (0, 0): the weight's sum
+    entry = np.array([[keys.index((a1 + a2, b1 + b2)) for a2, b2 in POWERS] for a1, b1 in POWERS])
+    fits = np.zeros((count, *where.shape))
     fit = compiled(_fit_quadrics)
     if fit is not None:
-        fitted = np.zeros_like(out)
-        fit(moments, entry, rows, fitted)
-        out[rows] = fitted[rows] + centre
-        return out
+        blocks = row_blocks(rows.shape[0], threads, work=rows.sum(1))
+        in_parallel([functools.partial(fit, moments, entry, rows, start, end, fits) for start, end in blocks])
+        return fits
     normal = [[moments[entry[i, j]][rows].astype(np.float64) for j in range(6)] for i in range(6)]
     for i in range(1, 6):  # the ridge keeps thin strips (a quadric badly determined) near a plain mean
         normal[i][i] = normal[i][i] + RIDGE
     rhs = [moments[len(keys) + i][rows].astype(np.float64) for i in range(6)]
-    out[rows] = _solve_spd(normal, rhs)[0] + centre
+    for k, coefficient in enumerate(_solve_spd(normal, rhs)[:count]):
+        fits[k][rows] = coefficient
+    return fits
+
+
+def _correlate(image: np.ndarray, sigma: float, power: int, axis: int, step: int) -> np.ndarray:
+    """Σ_t g(t)·t^power·image(p + t) along ``axis`` of ``image`` (H, W) float32 (t in units of σ, g the
+    Gaussian, |t| ≤ 3σ samples; zeros beyond the border), at every sample p (``step`` 1) or at the 2 x 2
+    blocks' centres 2P + ½ (``step`` 2: each half of the samples, the even and the odd ones, correlated with
+    the taps at its own offsets: half the work of correlating every sample)."""
+    import cv2
+
+    radius = int(np.ceil(3 * sigma))
+
+    def taps(offsets: np.ndarray) -> np.ndarray:
+        t = offsets / sigma
+        return np.where(np.abs(offsets) <= radius + 0.5, np.exp(-0.5 * t * t) * t**power, 0.0).astype(np.float32)
+
+    one = np.ones(1, np.float32)
+
+    def along(plane: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+        x, y = (kernel, one) if axis == 1 else (one, kernel)
+        return cv2.sepFilter2D(plane, cv2.CV_32F, x, y, borderType=cv2.BORDER_CONSTANT)  # (cv2 correlates)
+
+    if step == 1:
+        return along(image, taps(np.arange(-radius, radius + 1, dtype=np.float64)))
+    if axis == 0:  # (OpenCV's column filter is vectorised for symmetric kernels only: ~3x slower on these)
+        return np.ascontiguousarray(_correlate(np.ascontiguousarray(image.T), sigma, power, 1, step).T)
+    half = radius // 2 + 1
+    shifts = 2.0 * np.arange(-half, half + 1)  # even sample 2(P + s) lies 2s − ½ from 2P + ½, odd 2s + ½
+    evens = np.ascontiguousarray(image[:, 0::2])
+    odds = np.zeros_like(evens)  # (one more even sample than odd ones at odd sizes: a zero, as the border)
+    odds[:, : image.shape[1] // 2] = image[:, 1::2]
+    return along(evens, taps(shifts - 0.5)) + along(odds, taps(shifts + 0.5))
+
+
+def _block_sums(plane: np.ndarray) -> np.ndarray:
+    """The sums of ``plane``'s 2 x 2 blocks (the last row and column of blocks partial at odd sizes)."""
+    rows, cols = plane.shape
+    padded = np.zeros((rows + rows % 2, cols + cols % 2), plane.dtype)
+    padded[:rows, :cols] = plane
+    return padded.reshape(padded.shape[0] // 2, 2, padded.shape[1] // 2, 2).sum(axis=(1, 3))
+
+
+def _blend(fits: np.ndarray, region: np.ndarray, sigma: float) -> np.ndarray:
+    """At each sample of ``region`` (its values, in order): the bilinear blend of the quadrics ``fits``
+    (6, ⌈h/2⌉, ⌈w/2⌉) fitted at the 2 x 2 blocks' centres (fit b at 2b + ½) around it, each evaluated at
+    the sample's own offset from its fit (in units of σ)."""
+    i, j = np.nonzero(region)
+    loop = compiled(_blend_loop)
+    out = np.empty(i.size)
+    if loop is not None:
+        loop(fits, i, j, float(sigma), out)
+        return out
+    out[:] = 0.0
+    for upper_i in (0, 1):
+        for upper_j in (0, 1):
+            bi, wi = _neighbour(i, upper_i, fits.shape[1])
+            bj, wj = _neighbour(j, upper_j, fits.shape[2])
+            tx, ty = (j - 2 * bj - 0.5) / sigma, (i - 2 * bi - 0.5) / sigma
+            c = fits[:, bi, bj]
+            out += wi * wj * (c[0] + c[1] * tx + c[2] * ty + c[3] * tx * tx + c[4] * tx * ty + c[5] * ty * ty)
     return out
+
+
+def _blend_loop(fits, rows, cols, sigma, out):
+    """``_blend``'s arithmetic at the samples (rows[k], cols[k]) (numba compiles it; ``_neighbour`` inlined)."""
+    fits_i, fits_j = fits.shape[1], fits.shape[2]
+    for k in range(rows.shape[0]):
+        i, j = rows[k], cols[k]
+        position_i = min(max((i - 0.5) / 2, 0.0), fits_i - 1)
+        position_j = min(max((j - 0.5) / 2, 0.0), fits_j - 1)
+        low_i, low_j = min(int(position_i), max(fits_i - 2, 0)), min(int(position_j), max(fits_j - 2, 0))
+        total = 0.0
+        for upper_i in range(2):
+            bi = min(low_i + upper_i, fits_i - 1)
+            wi = position_i - low_i if upper_i else 1 - (position_i - low_i)
+            for upper_j in range(2):
+                bj = min(low_j + upper_j, fits_j - 1)
+                wj = position_j - low_j if upper_j else 1 - (position_j - low_j)
+                tx, ty = (j - 2 * bj - 0.5) / sigma, (i - 2 * bi - 0.5) / sigma
+                quadric = fits[0, bi, bj] + fits[1, bi, bj] * tx + fits[2, bi, bj] * ty
+                quadric += fits[3, bi, bj] * tx * tx + fits[4, bi, bj] * tx * ty + fits[5, bi, bj] * ty * ty
+                total += wi * wj * quadric
+        out[k] = total
+
+
+def _neighbour(index: np.ndarray, upper: int, fits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Along one axis, the sample's lower (``upper`` 0) or upper (1) nearest fit (fit b at 2b + ½) and its
+    linear weight (beyond the first or last fit, that fit takes all)."""
+    position = np.clip((index - 0.5) / 2, 0, fits - 1)
+    lower = np.minimum(np.floor(position).astype(np.intp), max(fits - 2, 0))
+    fraction = position - lower  # (0 with a single fit)
+    return (np.minimum(lower + 1, fits - 1), fraction) if upper else (lower, 1 - fraction)
 
 
 RIDGE = 1e-3
@@ -88,18 +206,19 @@ RIDGE = 1e-3
 determined) near a plain mean."""
 
 
-def _fit_quadrics(moments, entry, rows, out):
-    """At each sample of ``rows`` (H, W) bool: out = the constant of the quadric solving N x = r, N (6, 6)
-    from the weight's moments (moments[entry[i, j]], plus ``RIDGE`` on the diagonal but its first entry),
-    r the data's moments (moments[15 + i]); ``moments`` a tuple of 21 (H, W) planes (numba compiles it;
-    ``_solve_spd``'s Cholesky, per sample)."""
+def _fit_quadrics(moments, entry, rows, row_start, row_end, out):
+    """At each sample of ``rows`` (H, W) bool in rows [row_start, row_end): out[:, p, q] = the first
+    out.shape[0] coefficients of the quadric solving N x = r, N (6, 6) from the weight's moments
+    (moments[entry[i, j]], plus ``RIDGE`` on the diagonal but its first entry), r the data's moments
+    (moments[15 + i]); ``moments`` a tuple of 21 (H, W) planes (numba compiles it; ``_solve_spd``'s
+    Cholesky, per sample)."""
     size = entry.shape[0]
     first = len(moments) - size
     a = np.empty((size, size))
     low = np.empty((size, size))
     y = np.empty(size)
     x = np.empty(size)
-    for p in range(rows.shape[0]):
+    for p in range(row_start, row_end):
         for q in range(rows.shape[1]):
             if not rows[p, q]:
                 continue
@@ -128,7 +247,8 @@ def _fit_quadrics(moments, entry, rows, out):
                 for m in range(i + 1, size):
                     total -= low[m, i] * x[m]
                 x[i] = total / low[i, i]
-            out[p, q] = x[0]
+            for k in range(out.shape[0]):
+                out[k, p, q] = x[k]
 
 
 def _solve_spd(a: list[list[np.ndarray]], b: list[np.ndarray]) -> list[np.ndarray]:

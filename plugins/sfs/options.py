@@ -13,7 +13,9 @@ class SfsOptions:
 
     max_side: the depth map's longer side in samples (the face box at native resolution up to this).
     margin: extra border around the face box, as a fraction of its size.
-    albedo_weight, albedo_rtv_weight, albedo_lr, albedo_iterations: λγ1, λγ2, Adam lr, steps (step 2).
+    albedo_weight, albedo_rtv_weight: λγ1, λγ2 (step 3).
+    albedo_optimizer, albedo_iterations, albedo_lr: step 3's first fit, "lbfgs" (default; 8 iterations)
+        or "adam" (the seed's; its steps at lr albedo_lr, 20 of them before 0.14.0).
     specular_weight, specular_lr, specular_iterations, specular_scale: λβ, lr, steps, ε (step 3).
     phase1_weights / phase2_weights: λd1..λd4 of each depth phase; phase*_lr, phase*_iterations.
     alternate_every: depth steps between albedo (lr albedo_lr_depth) and specular updates.
@@ -67,7 +69,8 @@ class SfsOptions:
     albedo_weight: float = 0.3
     albedo_rtv_weight: float = 2.5
     albedo_lr: float = 1.5
-    albedo_iterations: int = 20
+    albedo_iterations: int = 8
+    albedo_optimizer: Literal["lbfgs", "adam"] = "lbfgs"
     albedo_lr_depth: float = 0.05
     specular_weight: float = 0.5
     specular_lr: float = 0.25
@@ -116,8 +119,9 @@ class SfsOptions:
                 raise ValueError(f"{name} needs 4 values (λd1..λd4)")
         if self.specular_model not in ("lobe", "per-pixel"):
             raise ValueError(f"specular_model must be 'lobe' or 'per-pixel', got {self.specular_model!r}")
-        if self.depth_optimizer not in ("lbfgs", "adam"):
-            raise ValueError(f"depth_optimizer must be 'lbfgs' or 'adam', got {self.depth_optimizer!r}")
+        for name in ("depth_optimizer", "albedo_optimizer"):
+            if getattr(self, name) not in ("lbfgs", "adam"):
+                raise ValueError(f"{name} must be 'lbfgs' or 'adam', got {getattr(self, name)!r}")
         if self.lighting_model not in ("sh", "key"):
             raise ValueError(f"lighting_model must be 'sh' or 'key', got {self.lighting_model!r}")
         if not (-90 <= self.key_elevation <= 90 and self.key_ambient >= 0):  # (NaN fails both)

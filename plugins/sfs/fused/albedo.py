@@ -1,5 +1,5 @@
 """The albedo energy of step 3 (and of its steps between the depth updates) with its gradient written out:
-the data term, the skin-colour prior and RTV of ``solver.Reflectance.albedo_loss`` (``albedo_terms``), the
+the data term, the skin-colour prior and RTV of ``reflectance.Reflectance.albedo_loss`` (``albedo_terms``), the
 per-sample work and the 2 x 2 block means in compiled loops over blocks of rows, the blurs and their
 adjoints in ``filters``.
 """
@@ -18,7 +18,7 @@ from facerecon.geometry.jit import compiled, in_parallel, row_blocks
 
 @dataclass
 class AlbedoInputs:
-    """What the albedo energy (``solver.Reflectance.albedo_loss``) reads besides γ, float32 numpy arrays:
+    """What the albedo energy (``reflectance.Reflectance.albedo_loss``) reads besides γ, float32 numpy arrays:
     image I (3, H, W) 0-255, measured (H, W) 0/1, mask m (H, W) 0/1 and its half-rate coverage coarse_m,
     skin_weight (H, W) = 1 + boost · skin confidence, skin_albedo γ_avg (3, H, W); scalars: the mask's
     samples (count) and coarse coverage (coarse_count), the prior weights w_avg and w_rtv, the RTV window's
