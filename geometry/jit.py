@@ -52,6 +52,17 @@ def in_parallel(tasks: Sequence[Callable[[], T]]) -> list[T]:
     return [first, *(future.result() for future in futures)]
 
 
+def threads_for(threads: int, most: int = 4) -> int:
+    """A ``threads`` option resolved: itself when > 0, else (0) the cores this process may use, at most
+    ``most`` (compiled passes over a face are memory-bound: more blocks than that cost more than they give;
+    measured on 2 cores only)."""
+    if threads > 0:
+        return threads
+    affinity = getattr(os, "sched_getaffinity", None)
+    cores = len(affinity(0)) if affinity is not None else os.cpu_count() or 1
+    return min(cores, most)
+
+
 @functools.cache
 def _pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 1) - 1), thread_name_prefix="facerecon-rows")

@@ -32,6 +32,7 @@ from typing import Generic, TypeVar
 
 import numpy as np
 
+from facerecon.geometry.jit import threads_for
 from facerecon.geometry.laplacian import LaplacianDeformer, response_product
 from facerecon.geometry.raster import rasterize_depth
 from facerecon.geometry.subdivision import Subdivider
@@ -71,6 +72,8 @@ class LaplaceOptions:
         built, and its faces keep the sparse solve.
     response_dtype: "float32" (half the memory and time; ~1e-6 px off the exact solve) or "float64"
         (the exact solve's vertices to ~1e-10 px).
+    threads: how many threads G's product splits its rows over (0: the cores this process may use, at most
+        4; plain threads that sleep while they wait, as the sfs refiner's).
     """
 
     eye_weight: float = 0.6
@@ -87,6 +90,7 @@ class LaplaceOptions:
     response_after: int = 50
     response_megabytes: float = 256.0
     response_dtype: str = "float32"
+    threads: int = 0
 
     def __post_init__(self) -> None:
         weights = (
@@ -103,8 +107,8 @@ class LaplaceOptions:
             raise ValueError("target_vertices must be >= 0 and the tolerances > 0")
         if self.cached_topologies < 1:
             raise ValueError("cached_topologies must be at least 1")
-        if self.update_rank < 0 or self.response_after < 0 or self.response_megabytes < 0:
-            raise ValueError("update_rank, response_after and response_megabytes must be >= 0")
+        if self.update_rank < 0 or self.response_after < 0 or self.response_megabytes < 0 or self.threads < 0:
+            raise ValueError("update_rank, response_after, response_megabytes and threads must be >= 0")
         if self.response_dtype not in ("float32", "float64"):
             raise ValueError(f"response_dtype must be 'float32' or 'float64', not {self.response_dtype!r}")
 
@@ -234,6 +238,7 @@ class LaplaceRefiner:
                 response_after=self.options.response_after,
                 response_bytes=int(self.options.response_megabytes * 2**20),
                 response_dtype=self.options.response_dtype,
+                threads=threads_for(self.options.threads),
             ),
         )
 

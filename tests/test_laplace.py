@@ -188,6 +188,25 @@ def test_response_options_are_checked():
         LaplaceOptions(response_dtype="float16")
     with pytest.raises(ValueError, match="response_after"):
         LaplaceOptions(response_megabytes=-1)
+    with pytest.raises(ValueError, match="threads"):
+        LaplaceOptions(threads=-1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_response_product_on_several_threads_is_the_same_product(dtype):
+    """G's rows split over threads (blocks of four rows; 1003 rows leave a tail of three): the same sums in
+    the same order, so the same bits as on one thread, and the product to float64 rounding."""
+    from facerecon.geometry.laplacian import response_product
+
+    rng = np.random.default_rng(4)
+    response, coefficients = rng.normal(size=(1003, 57)).astype(dtype), rng.normal(size=(57, 3))
+    outs = []
+    for threads in (1, 2, 3):
+        out = np.empty((1003, 3))
+        response_product(response, coefficients, out, threads)
+        outs.append(out)
+    assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[2])
+    np.testing.assert_allclose(outs[0], response.astype(np.float64) @ coefficients, rtol=0, atol=1e-12)
 
 
 def test_region_tables():

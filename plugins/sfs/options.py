@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Literal
+
+from facerecon.geometry.jit import threads_for
 
 
 @dataclass(frozen=True)
@@ -131,11 +132,7 @@ class SfsOptions:
 
     def pass_threads(self) -> int:
         """``threads``, with 0 resolved to the cores this process may use, at most ``MAX_DEFAULT_THREADS``."""
-        if self.threads > 0:
-            return self.threads
-        affinity = getattr(os, "sched_getaffinity", None)
-        cores = len(affinity(0)) if affinity is not None else os.cpu_count() or 1
-        return min(cores, MAX_DEFAULT_THREADS)
+        return threads_for(self.threads, MAX_DEFAULT_THREADS)
 
 
 MAX_DEFAULT_THREADS = 4
