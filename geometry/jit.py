@@ -52,15 +52,20 @@ def in_parallel(tasks: Sequence[Callable[[], T]]) -> list[T]:
     return [first, *(future.result() for future in futures)]
 
 
-def threads_for(threads: int, most: int = 4) -> int:
+MAX_DEFAULT_THREADS = 4
+"""The most threads a ``threads`` option of 0 resolves to: the compiled passes over a face are memory-bound,
+and more blocks of rows than this cost more than they give (measured on 2 cores only; set ``threads`` to
+use more)."""
+
+
+def threads_for(threads: int) -> int:
     """A ``threads`` option resolved: itself when > 0, else (0) the cores this process may use, at most
-    ``most`` (compiled passes over a face are memory-bound: more blocks than that cost more than they give;
-    measured on 2 cores only)."""
+    ``MAX_DEFAULT_THREADS``."""
     if threads > 0:
         return threads
     affinity = getattr(os, "sched_getaffinity", None)
     cores = len(affinity(0)) if affinity is not None else os.cpu_count() or 1
-    return min(cores, most)
+    return min(cores, MAX_DEFAULT_THREADS)
 
 
 @functools.cache

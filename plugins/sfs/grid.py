@@ -37,6 +37,8 @@ def smooth_within(values: np.ndarray, region: np.ndarray, sigma: float, threads:
     its four nearest fits' quadrics evaluated at its own position: a quadric σ wide barely changes from
     one fit to the next (every sample sits half a sample from its fits along each axis, so what it does
     change is smooth, not a ripple between samples), and the work is ~3x less (README, "Speed")."""
+    import cv2
+
     if sigma <= 0 or not region.any():
         return values
     centre = float(np.mean(values[region]))  # (the fit is linear in the values: centred, float32 loses less)
@@ -48,11 +50,7 @@ def smooth_within(values: np.ndarray, region: np.ndarray, sigma: float, threads:
         out[region] = fits[0][region] + centre
         return out
     # the fits a sample of the region blends: those of its 2 x 2 block and of the blocks beside it
-    near = _block_sums(weight) > 0
-    near[1:] |= near[:-1].copy()
-    near[:-1] |= near[1:].copy()
-    near[:, 1:] |= near[:, :-1].copy()
-    near[:, :-1] |= near[:, 1:].copy()
+    near = cv2.dilate((_block_sums(weight) > 0).astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
     fits = _quadric_fits(weight, data, near, sigma, len(POWERS), 2, threads)
     out[region] = _blend(fits, region, sigma) + centre
     return out

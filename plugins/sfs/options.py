@@ -131,11 +131,6 @@ class SfsOptions:
             raise ValueError("max_side must be >= 16, alternate_every >= 1, margin >= 0, threads >= 0")
 
     def pass_threads(self) -> int:
-        """``threads``, with 0 resolved to the cores this process may use, at most ``MAX_DEFAULT_THREADS``."""
-        return threads_for(self.threads, MAX_DEFAULT_THREADS)
-
-
-MAX_DEFAULT_THREADS = 4
-"""The passes are memory-bound and each block of rows keeps its own full-size gradient: more blocks than
-this by default would cost memory and merging for little (measured on 2 cores only; set ``threads`` to
-use more)."""
+        """``threads``, with 0 resolved to the cores this process may use, at most ``jit.MAX_DEFAULT_THREADS``
+        (each block of rows keeps its own full-size gradient: more blocks would cost memory and merging)."""
+        return threads_for(self.threads)
