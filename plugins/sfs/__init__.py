@@ -62,8 +62,9 @@ class ShadingWarning(UserWarning):
 @dataclass
 class Prepared:
     """Step 1's output: the ``grid`` and the medium mesh's ``raster`` on it, the samples it ``covered``
-    (h, w) bool, its depth ``medium_depth`` and that depth smoothed, ``depth0`` (h, w) float64 in samples
-    (away from the camera), the refined ``mask`` (h, w) bool, and the solver's ``problem``
+    (h, w) bool, its depth ``medium_depth``, that depth smoothed, ``depth0``, and the ``base`` surface the
+    detail is solved on (``depth0``, the medium depth in the eyes and the mouth; all (h, w) float64 in
+    samples away from the camera), the refined ``mask`` (h, w) bool, and the solver's ``problem``
     (``solver.Problem``)."""
 
     grid: Grid
@@ -71,6 +72,7 @@ class Prepared:
     covered: np.ndarray
     medium_depth: np.ndarray
     depth0: np.ndarray
+    base: np.ndarray
     mask: np.ndarray
     problem: Any
 
@@ -124,21 +126,18 @@ class SfsRefiner:
         except self.solver.NoShading as error:
             warnings.warn(f"sfs: {error}; the fine mesh is the medium one", ShadingWarning, stacklevel=2)
             return Refinement(mesh)
-        # Step 6: the solved detail on the medium surface. Inside the refined region that surface is the
-        # smoothed d0 the detail was solved on; outside it (eyes, brows, lips, nostrils: nothing refined),
-        # the medium mesh's own depth, which the smoothing would only blur, blended over a few samples.
-        base = setup.depth0 + (1 - _inside_weight(setup.mask)) * (setup.medium_depth - setup.depth0)
-        depth = base - solution.height.cpu().numpy().astype(np.float64) - setup.depth0  # d0 + detail -> base + detail
+        # Step 6: the solved detail on the base surface it was solved on (height = -depth).
+        depth = -solution.height.cpu().numpy().astype(np.float64)
         # (the last phase's height is the solution's: its mesh is the fine mesh, not built twice)
         depths = {
-            name: base - h.cpu().numpy().astype(np.float64) - setup.depth0
+            name: -h.cpu().numpy().astype(np.float64)
             for name, h in solution.phase_heights.items()
             if not torch.equal(h, solution.height)
         }
         meshes = grid.meshes(mesh, raster, {"fine": depth, **depths}, covered)
         fine = meshes["fine"]
         phases = {name: meshes.get(name, fine) for name in solution.phase_heights}
-        maps = self._maps(grid, problem, solution, base, depth, covered, setup.mask)
+        maps = self._maps(grid, problem, solution, setup.base, depth, covered, setup.mask)
         return Refinement(fine, maps, phases)
 
     def prepare(self, image: np.ndarray, face: Face, mesh: Mesh, segmentation: Segmentation | None) -> Prepared | None:
@@ -155,11 +154,20 @@ class SfsRefiner:
         # The medium mesh's depth (z away from the camera, in samples), smoothed by a local quadric fit:
         # its mid-scale bumps (landmark-mesh wobble finer than a few percent of the face) would be read
         # as shading to explain; a quadric keeps its curvature (a nose tip) where a blur would flatten it.
+        # The eyes and the mouth keep the medium mesh's depth (their shape is sharp and real), joined to the
+        # smoothed surface over a few samples; the quadrics are fitted without them.
         medium_depth = grid.depth_in_samples(mesh, raster)
-        depth0 = smooth_within(medium_depth, covered, self.medium_sigma(covered), self.options.pass_threads())
         crop = grid.sample_image(image)  # (h, w, 3) 0-255
         labels = grid.sample_labels(segmentation)
-        mask, lit, albedo_avg = regions(crop, covered, labels, segmentation)
+        mask, lit, kept, albedo_avg = regions(crop, covered, labels, segmentation)
+        smoothed = covered & ~kept
+        depth0 = smooth_within(
+            medium_depth,
+            smoothed if smoothed.sum() >= 64 else covered,
+            self.medium_sigma(covered),
+            self.options.pass_threads(),
+        )
+        base = depth0 + (1 - _away_from(kept)) * (medium_depth - depth0)
         linear = self.options.linear_shading
         if linear:  # the Lambertian + SH model holds for linear intensities, not sRGB-encoded ones
             crop, albedo_avg = self.operators.srgb_to_linear(crop), self.operators.srgb_to_linear(albedo_avg)
@@ -168,11 +176,11 @@ class SfsRefiner:
             image=t(crop.transpose(2, 0, 1)),
             mask=torch.as_tensor(mask, device=self.device),
             lit=torch.as_tensor(lit, device=self.device),
-            height0=t(np.where(covered, -depth0, 0.0)),
+            height0=t(np.where(covered, -base, 0.0)),
             albedo_avg=t(albedo_avg.transpose(2, 0, 1)),
             linear=linear,
         )
-        return Prepared(grid, raster, covered, medium_depth, depth0, mask, problem)
+        return Prepared(grid, raster, covered, medium_depth, depth0, base, mask, problem)
 
     def medium_sigma(self, covered: np.ndarray) -> float:
         """σ (samples) of the medium depth's local quadric smoothing (step 1)."""
@@ -217,13 +225,18 @@ class SfsRefiner:
         )
 
 
-def _inside_weight(mask: np.ndarray, feather: float = 3.0) -> np.ndarray:
-    """(h, w) float64: 1 deep inside ``mask``, falling to 0 over about ``feather`` samples at its border
-    and 0 outside it."""
+def _away_from(region: np.ndarray, feather: float = 3.0) -> np.ndarray:
+    """(h, w) float64: 0 in ``region`` and on the samples next to it, rising smoothly (a smoothstep of the
+    distance to the region) to 1 at ``2 * feather + 1`` samples from it; 1 everywhere without a region.
+    Continuous: a blend of two surfaces by it has no step (before 0.15.0 the blend weight jumped from
+    ~0.5 to 0 at the border: a ledge along every eyebrow)."""
     import cv2
 
-    inside = mask.astype(np.float64)
-    return cv2.GaussianBlur(inside, (0, 0), feather, borderType=cv2.BORDER_REPLICATE) * inside
+    if not region.any():
+        return np.ones(region.shape)
+    distance = cv2.distanceTransform((~region).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    t = np.clip((distance.astype(np.float64) - 1.0) / (2.0 * feather), 0.0, 1.0)
+    return t * t * (3.0 - 2.0 * t)
 
 
 def _normalised(shading: np.ndarray, mask: np.ndarray) -> np.ndarray:

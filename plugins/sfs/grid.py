@@ -23,6 +23,10 @@ SKIN_LABELS = ("skin", "nose")
 EXCLUDED_LABELS = ("l_eye", "r_eye", "eye_g", "mouth", "hair", "hat", "l_brow", "r_brow")
 """Regions left out of the depth refinement's mask (not skin-like; they would fake geometry)."""
 
+KEPT_LABELS = ("l_eye", "r_eye", "mouth")
+"""Regions whose depth is the medium mesh's own, not smoothed: their shape (eyelids, the lip line) is
+sharp and real. The other excluded regions (brows, hair, glasses over skin) take the smoothed surface."""
+
 
 def smooth_within(values: np.ndarray, region: np.ndarray, sigma: float, threads: int = 1) -> np.ndarray:
     """``values`` (h, w) smoothed inside ``region`` (h, w) bool by a Gaussian-weighted (σ in samples)
@@ -269,9 +273,11 @@ def _solve_spd(a: list[list[np.ndarray]], b: list[np.ndarray]) -> list[np.ndarra
 
 
 def regions(crop, covered, labels, segmentation):
-    """The refined mask, the pixels the lighting is fitted on, and γ_avg (h, w, 3) in 0-255."""
+    """The refined mask, the pixels the lighting is fitted on, the samples that keep the medium depth
+    (``KEPT_LABELS``; all (h, w) bool) and γ_avg (h, w, 3) in 0-255."""
     mask = covered.copy()
     lit = covered.copy()
+    kept = np.zeros_like(covered)
     albedo = np.empty(crop.shape, np.float64)
     median = np.median(crop[covered], axis=0) if covered.any() else np.full(3, 128.0)
     albedo[:] = median
@@ -281,13 +287,15 @@ def regions(crop, covered, labels, segmentation):
             region = labels == label
             if name in EXCLUDED_LABELS:
                 mask &= ~region
+            if name in KEPT_LABELS:
+                kept |= region & covered
             colour = segmentation.region_colors.get(name)
             if colour is not None:
                 albedo[region] = np.asarray(colour, np.float64) * 255.0
         skin = np.isin(labels, [k for k, v in names.items() if v in SKIN_LABELS])
         if (skin & covered).sum() > 100:
             lit = skin & covered
-    return mask, lit, albedo
+    return mask, lit, kept, albedo
 
 
 @dataclass
