@@ -21,9 +21,7 @@ frame's RMS distance to it. The folder is built under a temporary name and renam
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -36,7 +34,7 @@ from facerecon.kernel import Pipeline
 from facerecon.kernel.contract.errors import InputError, NoFaceError, PluginError
 from facerecon.kernel.contract.records import CoarseResult, Face, Mesh, Reconstruction
 from facerecon.kernel.contract.stages import IdentityRegressor, check_result
-from facerecon.outputs.folder import replace_dir, write_outputs
+from facerecon.outputs.folder import replace_dir, staging_folder, write_outputs
 from facerecon.outputs.meshes import atomic_write, write_mesh
 from facerecon.temporal import (
     LandmarkSmoother,
@@ -82,9 +80,7 @@ def reconstruct_video(
         source = open_source(path, options.sampling)
         source.check()
         out_dir.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(
-            tempfile.mkdtemp(prefix=f".{out_dir.name}.{os.getpid()}.", suffix=".partial", dir=out_dir.parent)
-        )
+        staging = staging_folder(out_dir)
         summary = _VideoRun(pipeline, write, options, staging).run(source)
         summary["source"] = {
             "path": str(path),

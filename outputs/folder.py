@@ -20,10 +20,13 @@ Layout of ``OUT/<stem>/`` (face 0 = the largest; other faces get a ``face<i>-`` 
   mesh's ``bounds`` in the files' frame, and wall times in milliseconds; per face its ``frames`` (the
   files' frame, units and axes, and the transforms between the head frame, the image frame and pixels).
 
-The folder is built under a temporary name (``.<stem>.<pid>.<random>.partial``) and renamed into place
-when complete, so an interrupted run never leaves a half-written result; :func:`remove_stale_partials`
-clears what a killed process left behind. A folder is only ever replaced when facerecon wrote it (it holds
-facerecon's ``result.json``) or it is empty: anything else is an :class:`OutputError`
+The folder is built under a temporary name (``.<stem>.facerecon-<pid>.<random>.partial``,
+:func:`staging_folder`) and renamed into place when complete, so an interrupted run never leaves a
+half-written result; :func:`remove_stale_partials` clears what a killed process left behind, and touches
+nothing else in the folder (only names of that pattern, and a result set aside as
+``.<stem>.facerecon-old`` that holds facerecon's own files). A folder is only ever replaced when
+facerecon wrote it (it holds facerecon's ``result.json``) or it is empty: anything else is an
+:class:`OutputError`
 (:func:`check_result_folder`, :func:`check_output_folder`).
 """
 
@@ -33,6 +36,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -89,7 +93,7 @@ def write_outputs(
     heads = {r.face_index: head_frame(r) for r in rec.reconstructions}
     frames = heads if frame == "head" else {r.face_index: file_frame(r, frame) for r in rec.reconstructions}
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.{os.getpid()}.", suffix=".partial", dir=out_dir.parent))
+    staging = staging_folder(out_dir)
     staging.chmod(0o777 & ~current_umask())
     try:
         mesh_files: dict[tuple[int, str], str] = {}
@@ -273,28 +277,52 @@ def write_maps(maps: ImageMaps, folder: Path, prefix: str, png_compression: int 
     return written
 
 
+_STAGING = re.compile(r"\.(?P<name>.+)\.facerecon-(?P<pid>\d+)\.[A-Za-z0-9_]+\.partial")
+_SET_ASIDE = re.compile(r"\.(?P<name>.+)\.facerecon-old")
+
+
+def staging_folder(out_dir: Path) -> Path:
+    """A new, empty folder beside ``out_dir`` to build its replacement in: ``.<name>.facerecon-<pid>.<random>
+    .partial`` (the pid tells :func:`remove_stale_partials` whether its writer still runs)."""
+    prefix = f".{out_dir.name}.facerecon-{os.getpid()}."
+    return Path(tempfile.mkdtemp(prefix=prefix, suffix=".partial", dir=out_dir.parent))
+
+
 def remove_stale_partials(folder: str | Path) -> list[Path]:
     """Remove the staging folders in ``folder`` whose writing process is gone (killed mid-write), and put
     back a previous result that a kill between the two renames of :func:`replace_dir` left aside.
-    Staging folders of live processes are kept. Returns what was removed."""
+    Staging folders of live processes are kept; anything not named as facerecon names these (another
+    program's ``.cache.partial``, a ``.bashrc.old``) is never touched. Returns what was removed."""
     removed: list[Path] = []
     folder = Path(folder)
     if not folder.is_dir():
         return removed
-    for path in folder.glob(".*.partial"):
-        parts = path.name.rsplit(".", 3)  # ["", "<stem>", "<pid>", "<random>", "partial"] once rejoined
-        pid = int(parts[1]) if len(parts) == 4 and parts[1].isdigit() else None
-        if pid is None or not _process_alive(pid):
+    for path in sorted(folder.glob(".*.facerecon-*")):
+        if path.is_symlink() or not path.is_dir():
+            continue
+        staging, aside = _STAGING.fullmatch(path.name), _SET_ASIDE.fullmatch(path.name)
+        if staging is not None and not _process_alive(int(staging["pid"])):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
-    for old in folder.glob(".*.old"):
-        target = old.with_name(old.name[1:-4])
-        if target.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            removed.append(old)
-        else:
-            old.rename(target)
+        elif aside is not None and _own_folder(path):
+            target = folder / aside["name"]
+            if target.exists() or target.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+            else:
+                path.rename(target)
     return removed
+
+
+def _own_folder(folder: Path) -> bool:
+    """Whether ``folder`` is one :func:`replace_dir` may have set aside: a photo's result, a video's
+    (``video.json``) or an empty folder."""
+    try:
+        empty = not any(folder.iterdir())
+    except OSError:
+        return False
+    video = _json_object(folder / "video.json")
+    return empty or is_result_folder(folder) or (video is not None and "frames" in video)
 
 
 def _process_alive(pid: int) -> bool:
@@ -323,7 +351,7 @@ def _is_zombie(pid: int) -> bool:
 def replace_dir(new: Path, target: Path) -> None:
     """Move the finished folder into place; an older result there goes only once the new one is ready."""
     if target.exists():
-        old = target.with_name(f".{target.name}.old")
+        old = target.with_name(f".{target.name}.facerecon-old")
         shutil.rmtree(old, ignore_errors=True)
         target.rename(old)
         new.rename(target)

@@ -306,7 +306,7 @@ def test_sigkill_mid_write_leaves_a_partial_that_the_next_run_removes(tmp_path, 
     time.sleep(0.2)
     left = list(out.glob(".*.partial"))
     assert left, "the kill was meant to land while a result was being written"
-    writers = [int(p.name.rsplit(".", 3)[1]) for p in left]
+    writers = [int(p.name.rsplit(".", 3)[1].removeprefix("facerecon-")) for p in left]
     assert _wait_for(lambda: not any(_process_alive(pid) for pid in writers), 30.0), "SIGKILL did not end the writer"
     assert main(["reconstruct", str(lfpw[5]), "-o", str(out), "-q", "--refiners", ""]) == 0
     assert not list(out.glob(".*.partial"))
@@ -316,18 +316,45 @@ def test_sigkill_mid_write_leaves_a_partial_that_the_next_run_removes(tmp_path, 
 def test_stale_partials_go_live_ones_stay_and_a_set_aside_result_comes_back(tmp_path):
     gone = subprocess.Popen(["true"])
     gone.wait()
-    (tmp_path / f".photo.{gone.pid}.abc123.partial").mkdir()  # its writer is dead
-    (tmp_path / ".legacy.x1y2z3.partial").mkdir()  # written before pids were in the name
-    live = tmp_path / f".other.{os.getpid()}.def456.partial"
+    (tmp_path / f".photo.facerecon-{gone.pid}.abc123.partial").mkdir()  # its writer is dead
+    live = tmp_path / f".other.facerecon-{os.getpid()}.def456.partial"
     live.mkdir()
     (tmp_path / "kept").mkdir()
-    (tmp_path / ".kept.old").mkdir()  # a finished replace: the old copy is garbage
-    (tmp_path / ".lost.old").mkdir()  # killed between the renames: the only copy of "lost"
-    (tmp_path / ".lost.old" / "result.json").write_text("{}")
+    (tmp_path / ".kept.facerecon-old").mkdir()  # a finished replace: the old copy is garbage
+    lost = tmp_path / ".lost.facerecon-old"  # killed between the renames: the only copy of "lost"
+    lost.mkdir()
+    (lost / "result.json").write_text('{"input": "lost.png", "image_size": [10, 10]}')
     removed = {p.name for p in remove_stale_partials(tmp_path)}
-    assert removed == {f".photo.{gone.pid}.abc123.partial", ".legacy.x1y2z3.partial", ".kept.old"}
+    assert removed == {f".photo.facerecon-{gone.pid}.abc123.partial", ".kept.facerecon-old"}
     assert live.is_dir()
     assert (tmp_path / "lost" / "result.json").is_file()
+
+
+def test_other_programs_hidden_files_in_the_output_folder_are_never_touched(tmp_path, lfpw):
+    """`-o ~` must not cost a user a file: before 0.15.0 every run deleted any ``.*.partial`` (another
+    program's ``.cache.partial/``), deleted a ``.X.old`` beside an ``X`` and renamed any other ``.X.old`` to
+    ``X`` (``.bashrc.old`` became ``bashrc``)."""
+    out = tmp_path / "home"
+    out.mkdir()
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    (out / ".cache.partial").mkdir()
+    (out / ".cache.partial" / "f").write_text("x")
+    (out / f".mail.{gone.pid}.abc123.partial").mkdir()  # 0.14.0's staging pattern, not ours
+    (out / ".bashrc.old").write_text("old")
+    (out / ".xsession-errors").write_text("now")
+    (out / ".xsession-errors.old").write_text("y")
+    (out / "photos").mkdir()
+    (out / ".photos.old").mkdir()
+    (out / ".notes.facerecon-old").mkdir()  # our set-aside name, but not our files: kept
+    (out / ".notes.facerecon-old" / "notes.txt").write_text("mine")
+    (out / f".x.facerecon-{gone.pid}.abc.partial").write_text("a file, not our folder")
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    assert main(["reconstruct", str(lfpw[0]), "-o", str(out), "-q", "--refiners", ""]) == 0
+    after = sorted(p.relative_to(out) for p in out.rglob("*"))
+    assert set(before) <= set(after)
+    assert not {p for p in after if not str(p).startswith(lfpw[0].stem)} - set(before) - {Path("summary.json")}
+    assert (out / ".bashrc.old").read_text() == "old" and not (out / "bashrc").exists()
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="zombies are told apart through Linux's /proc")
@@ -337,7 +364,7 @@ def test_the_partial_of_a_writer_left_a_zombie_is_stale(tmp_path):
     zombie = subprocess.Popen(["true"])
     try:
         assert _wait_for(lambda: Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z", 10.0)
-        partial = tmp_path / f".photo.{zombie.pid}.zz9zz9.partial"
+        partial = tmp_path / f".photo.facerecon-{zombie.pid}.zz9zz9.partial"
         partial.mkdir()
         assert remove_stale_partials(tmp_path) == [partial]
         assert not partial.exists()
