@@ -17,13 +17,14 @@ import argparse
 import json
 import logging
 import sys
+import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from facerecon import __version__
 from facerecon.batch import Outcome, WriteOptions
+from facerecon.batch_names import output_names, recorded_input, same_input
 from facerecon.evaluation.command import add_evaluation_commands
 from facerecon.kernel import PipelineConfig, PluginHost
 from facerecon.kernel.contract.errors import ConfigError, InputError, ModelFileError, PluginError
@@ -247,12 +248,6 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _output_names(paths: list[Path]) -> list[str]:
-    """One folder name per input: the file stem, plus the suffix where two inputs share a stem."""
-    stems = Counter(p.stem for p in paths)  # a count per stem: linear in the inputs, also for 100k of them
-    return [f"{p.stem}_{p.suffix.lstrip('.')}" if stems[p.stem] > 1 else p.stem for p in paths]
-
-
 def _parse_shard(text: str | None) -> tuple[int, int] | None:
     if text is None:
         return None
@@ -312,6 +307,11 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"-o {out}: cannot create the folder ({exc.strerror or exc})") from None
+    try:  # a read-only folder (or file system): one clear error now, not one per input
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"-o {out}: cannot write there ({exc.strerror or exc})") from None
     failures: list[dict[str, str]] = []
     succeeded: list[dict[str, object]] = []
     jobs: list[tuple[Path, str]] = []
@@ -346,22 +346,32 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     try:
         remove_stale_partials(out)  # what a killed earlier run left
         media, problems = find_inputs(args.inputs, sequence=args.sequence)
-        if shard is not None:
-            media = media[shard[0] :: shard[1]]
-        failures += [{"input": item, "error": reason} for item, reason in problems]
+        if shard is None or shard[0] == 0:  # every shard sees the same inputs: the first reports what is missing
+            failures += [{"input": item, "error": reason} for item, reason in problems]
         for item, reason in problems:
             log.error("%s: %s", item, reason)
         paths = [path for path, _ in media]
-        jobs = list(zip(paths, _output_names(paths), strict=True))
-        check_output_folder(out, [name for _, name in jobs])  # nothing of anyone else's is written over
+        jobs = list(zip(paths, output_names(paths), strict=True))  # named before sharding: alike in every shard
         videos = {path for path, is_video in media if is_video}
         del media, paths  # jobs holds what follows: per input only what a long list (100k) needs
+        if shard is not None:
+            jobs = jobs[shard[0] :: shard[1]]
+        check_output_folder(out, [name for _, name in jobs])  # nothing of anyone else's is written over
         todo = jobs
         if not args.overwrite:  # resume: a complete result folder is renamed into place only when whole
-            done = [(out / name / ("video.json" if path in videos else "result.json")).is_file() for path, name in jobs]
-            skipped = [str(path) for (path, _), was_done in zip(jobs, done, strict=True) if was_done]
-            todo = [job for job, was_done in zip(jobs, done, strict=True) if not was_done]
+            todo = []
+            for path, name in jobs:
+                recorded = recorded_input(out / name, path in videos)
+                if recorded is None:
+                    todo.append((path, name))
+                elif same_input(recorded, path):
+                    skipped.append(str(path))
+                else:  # another photo of the same name, from an earlier run: its result is not replaced
+                    error = f"{out / name} holds the result of another input, {recorded} (--overwrite replaces it)"
+                    failures.append({"input": str(path), "error": error})
+                    log.error("%s: %s", path, error)
             finished.update(skipped)
+            finished.update(failure["input"] for failure in failures)
             if skipped and not args.quiet:
                 print(f"facerecon: {len(skipped)} input(s) already done, skipped (--overwrite redoes them)")
         # streamed to the engine, which takes a few at a time: no second list of every output folder
@@ -415,7 +425,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     seconds = round(time.perf_counter() - start, 3)
     images = sum(int(str(s.get("frames", 1))) for s in succeeded)
     summary = {
-        # two inputs with one stem get <stem>_<suffix> folders: said here, not only in the folder names
+        # inputs whose folder is not their stem (a shared stem, a batch file's name): said here too
         "renamed": [{"input": str(path), "output": str(out / name)} for path, name in jobs if name != path.stem],
         "succeeded": succeeded,
         "failed": len(failures),

@@ -14,6 +14,7 @@ decoded.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -215,7 +216,10 @@ def find_inputs(inputs: list[str], *, sequence: bool = False) -> tuple[list[tupl
         matches, missing = find_images([item], media)  # files, folders and globs, as for photos
         found.extend((p, is_video(p)) for p in matches)
         problems += missing
-    return list(dict.fromkeys(found)), problems
+    unique: dict[str, tuple[Path, bool]] = {}  # one entry per file, however it was spelled (relative, absolute)
+    for entry in found:
+        unique.setdefault(os.path.normpath(entry[0].absolute()), entry)
+    return list(unique.values()), problems
 
 
 def write_video(path: Path, frames: list[np.ndarray], fps: float, fourcc: str = "mp4v") -> Path:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -70,3 +71,77 @@ def test_two_inputs_with_one_stem_are_said_in_the_summary(inputs, tmp_path):
     renamed = json.loads((out / "summary.json").read_text())["renamed"]
     assert {r["input"] for r in renamed} == {str(same), str(copy)}
     assert {r["output"] for r in renamed} == {str(out / f"{same.stem}_png"), str(out / f"{same.stem}_jpg")}
+
+
+def test_photos_of_one_name_in_two_folders_get_a_folder_each(inputs, tmp_path):
+    """``a/x.png`` and ``b/x.png``: before 0.15.0 both were written to ``x_png``, the first result lost."""
+    folder, twin = inputs
+    first, second = sorted(folder.glob("*.png"))[0], twin / sorted(folder.glob("*.png"))[0].name
+    out = tmp_path / "out"
+    assert main(["reconstruct", str(first), str(second), "-o", str(out), "-q", "--refiners", ""]) == 0
+    renamed = json.loads((out / "summary.json").read_text())["renamed"]
+    folders = {r["input"]: r["output"] for r in renamed}
+    assert set(folders) == {str(first), str(second)} and len(set(folders.values())) == 2
+    for photo, result in folders.items():
+        assert json.loads((out / result / "result.json").read_text())["input"] == photo
+
+
+def test_resuming_skips_the_same_photo_only(inputs, tmp_path, monkeypatch):
+    """A later run with another photo of the same name is not skipped as "already done" (nor does it
+    replace the first one's result); the same photo, however spelled, is."""
+    folder, twin = inputs
+    first = sorted(folder.glob("*.png"))[0]
+    out = tmp_path / "out"
+    assert main(["reconstruct", str(first), "-o", str(out), "-q", "--refiners", ""]) == 0
+    written = (out / first.stem / "result.json").read_bytes()
+    assert main(["reconstruct", str(twin / first.name), "-o", str(out), "-q", "--refiners", ""]) == 1
+    failures = json.loads((out / "failures.json").read_text())["failures"]
+    assert failures[0]["input"] == str(twin / first.name) and "another input" in failures[0]["error"]
+    assert (out / first.stem / "result.json").read_bytes() == written
+    monkeypatch.chdir(folder)  # the same photo, relative and absolute: one input, already done
+    assert main(["reconstruct", first.name, str(first), "-o", str(out), "-q", "--refiners", ""]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["skipped"] == [first.name] and summary["counts"]["succeeded"] == 0
+
+
+def test_shards_name_a_photo_alike_and_one_reports_a_missing_input(inputs, tmp_path):
+    """``x.png`` and ``x.jpg`` in two shards: each shard named its photo ``x`` (it saw one of them) and the
+    second found the first's result "already done"; a missing input failed every shard."""
+    folder, twin = inputs
+    photo = sorted(folder.glob("*.png"))[0]
+    jpg = tmp_path / f"{photo.stem}.jpg"
+    from PIL import Image
+
+    Image.open(photo).convert("RGB").save(jpg)
+    out = tmp_path / "out"
+    args = [str(photo), str(jpg), str(tmp_path / "nosuch.png"), "-o", str(out), "-q", "--refiners", ""]
+    assert main(["reconstruct", *args, "--shard", "0/2"]) == 1
+    assert main(["reconstruct", *args, "--shard", "1/2"]) == 0
+    assert (out / f"{photo.stem}_png" / "result.json").is_file() and (
+        out / f"{photo.stem}_jpg" / "result.json"
+    ).is_file()
+    assert not (out / "failures-shard-1-of-2.json").exists()
+    failed = json.loads((out / "failures-shard-0-of-2.json").read_text())["failures"]
+    assert [f["input"] for f in failed] == [str(tmp_path / "nosuch.png")]
+
+
+def test_a_photo_named_like_a_batch_file_gets_its_own_folder(inputs, tmp_path):
+    """A photo ``summary.json.png`` was written to the folder ``summary.json``: the batch's summary then
+    crashed (IsADirectoryError) and every later run refused the output folder."""
+    folder, _ = inputs
+    named = tmp_path / "in" / "summary.json.png"
+    named.parent.mkdir()
+    shutil.copy(sorted(folder.glob("*.png"))[0], named)
+    out = tmp_path / "out"
+    for _ in range(2):  # and again: resumed, not refused
+        assert main(["reconstruct", str(named), "-o", str(out), "-q", "--refiners", ""]) == 0
+    assert (out / "_summary.json" / "result.json").is_file()
+    assert json.loads((out / "summary.json").read_text())["skipped"] == [str(named)]
+
+
+@pytest.mark.skipif(not Path("/proc/self/fdinfo").is_dir(), reason="needs Linux's /proc for a folder nobody may write")
+def test_an_output_folder_nobody_may_write_is_one_clear_error(inputs, capsys):
+    folder, _ = inputs
+    photo = str(sorted(folder.glob("*.png"))[0])
+    assert main(["reconstruct", photo, "-o", "/proc/self/fdinfo", "-q", "--refiners", ""]) == 2
+    assert "cannot write there" in capsys.readouterr().err

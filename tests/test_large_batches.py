@@ -29,7 +29,7 @@ def test_jobs_resume_and_overwrite(lfpw, tmp_path):
 
     # resume: one result lost (and a half-written folder of a killed run), the others are skipped
     shutil.rmtree(out / photos[1].stem)
-    (out / f".{photos[1].stem}.999999999.x.partial").mkdir()
+    (out / f".{photos[1].stem}.facerecon-999999999.x.partial").mkdir()
     assert main(["reconstruct", *map(str, photos), "-o", str(out), "--jobs", "1", *FAST]) == 0
     second = json.loads((out / "summary.json").read_text())
     assert second["counts"] == {"succeeded": 1, "failed": 0, "skipped": 2, "images": 1}
