@@ -26,7 +26,7 @@ from facerecon import __version__
 from facerecon.batch import Outcome, WriteOptions
 from facerecon.batch_names import output_names, recorded_input, same_input
 from facerecon.evaluation.command import add_evaluation_commands
-from facerecon.kernel import PipelineConfig, PluginHost
+from facerecon.kernel import Pipeline, PipelineConfig, PluginHost
 from facerecon.kernel.contract.errors import ConfigError, InputError, ModelFileError, PluginError
 from facerecon.kernel.host.commands import DefaultsHelpFormatter
 from facerecon.kernel.host.config import DEFAULT_REFINERS, DEVICES
@@ -372,6 +372,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
                     log.error("%s: %s", path, error)
             finished.update(skipped)
             finished.update(failure["input"] for failure in failures)
+        if not todo:  # nothing to run: the configuration is still checked (no model loads)
+            Pipeline(config).close()
             if skipped and not args.quiet:
                 print(f"facerecon: {len(skipped)} input(s) already done, skipped (--overwrite redoes them)")
         # streamed to the engine, which takes a few at a time: no second list of every output folder

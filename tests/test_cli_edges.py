@@ -145,3 +145,21 @@ def test_an_output_folder_nobody_may_write_is_one_clear_error(inputs, capsys):
     photo = str(sorted(folder.glob("*.png"))[0])
     assert main(["reconstruct", photo, "-o", "/proc/self/fdinfo", "-q", "--refiners", ""]) == 2
     assert "cannot write there" in capsys.readouterr().err
+
+
+def test_a_refiner_listed_twice_is_refused():
+    """``laplace,laplace`` ran two medium stages into one ``medium.obj`` (the first lost)."""
+    with pytest.raises(ConfigError, match="more than once"):
+        Pipeline(PipelineConfig(refiners=("laplace", "laplace"), device="cpu"))
+
+
+def test_the_configuration_is_checked_when_every_input_is_already_done(inputs, tmp_path):
+    """Before 0.15.0 an unknown plugin, a bad option or a device that is not there passed silently
+    ("already done, skipped", exit 0) once a batch had nothing left to do."""
+    folder, _ = inputs
+    photo = str(sorted(folder.glob("*.png"))[0])
+    out = tmp_path / "out"
+    assert main(["reconstruct", photo, "-o", str(out), "-q", "--refiners", ""]) == 0
+    assert main(["reconstruct", photo, "-o", str(out), "-q", "--refiners", "", "--segmenter", "nosuch"]) == 2
+    assert main(["reconstruct", photo, "-o", str(out), "-q", "--refiners", "laplace,laplace"]) == 2
+    assert main(["reconstruct", photo, "-o", str(out), "-q", "--refiners", ""]) == 0  # still resumable

@@ -101,6 +101,10 @@ class Pipeline:
 
     def _check_chain(self, schemes: tuple[str, ...] | None) -> None:
         config = self.config
+        twice = sorted({name for name in config.refiners if config.refiners.count(name) > 1})
+        if twice:  # each refiner's stage writes its own files: a second run of it would replace the first's
+            listed = ", ".join(map(repr, twice))
+            raise ConfigError(f"refiner(s) {listed} listed more than once in {list(config.refiners)}")
         stages = [("regressor", config.regressor)] + [("segmenter", config.segmenter)] * bool(config.segmenter)
         stages += [("refiner", name) for name in config.refiners]
         for kind, name in stages:
