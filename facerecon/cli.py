@@ -281,6 +281,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         formats += () if "glb" in formats else ("glb",)
     if args.jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
+    if args.address is not None and args.engine != "ray":
+        raise ConfigError("--address names a Ray cluster: it needs --engine ray")
     shard = _parse_shard(args.shard)
     if args.files_from is not None:
         try:

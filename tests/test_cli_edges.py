@@ -163,3 +163,16 @@ def test_the_configuration_is_checked_when_every_input_is_already_done(inputs, t
     assert main(["reconstruct", photo, "-o", str(out), "-q", "--refiners", "", "--segmenter", "nosuch"]) == 2
     assert main(["reconstruct", photo, "-o", str(out), "-q", "--refiners", "laplace,laplace"]) == 2
     assert main(["reconstruct", photo, "-o", str(out), "-q", "--refiners", ""]) == 0  # still resumable
+
+
+def test_an_unreachable_ray_cluster_is_one_clear_error(inputs, tmp_path, capsys):
+    """``--address 127.0.0.1:1`` spent 14 minutes in Ray's retries before a traceback; ``--address`` without
+    ``--engine ray`` was ignored."""
+    pytest.importorskip("ray")
+    folder, _ = inputs
+    photo = str(sorted(folder.glob("*.png"))[0])
+    out = str(tmp_path / "out")
+    assert main(["reconstruct", photo, "-o", out, "-q", "--engine", "ray", "--address", "127.0.0.1:1"]) == 2
+    assert "cannot reach the Ray cluster at 127.0.0.1:1" in capsys.readouterr().err
+    assert main(["reconstruct", photo, "-o", out, "-q", "--address", "auto"]) == 2
+    assert "needs --engine ray" in capsys.readouterr().err

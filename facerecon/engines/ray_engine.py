@@ -261,14 +261,18 @@ class RayEngine:
     def start(self) -> None:
         ray = _import_ray()
         if not ray.is_initialized():
-            ray.init(
-                address=self.address,
-                include_dashboard=False,
-                logging_level="WARNING",
-                log_to_driver=False,
-                # a local cluster (no address) listens on loopback only
-                _node_ip_address="127.0.0.1" if self.address is None else None,
-            )
+            _check_reachable(self.address)
+            try:
+                ray.init(
+                    address=self.address,
+                    include_dashboard=False,
+                    logging_level="WARNING",
+                    log_to_driver=False,
+                    # a local cluster (no address) listens on loopback only
+                    _node_ip_address="127.0.0.1" if self.address is None else None,
+                )
+            except ConnectionError as exc:
+                raise ConfigError(f"cannot join the Ray cluster at {self.address}: {exc}") from None
             self._started_ray = True
         try:
             resources = self.resources(ray)
@@ -394,6 +398,27 @@ def _running(pid: int) -> bool:
     with contextlib.suppress(OSError, IndexError):  # Linux: a zombie waits to be reaped, it runs no more
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     return True
+
+
+
+CONNECT_TIMEOUT_S = 10.0
+"""How long a cluster address may take to accept a connection before it counts as unreachable."""
+
+
+def _check_reachable(address: str | None) -> None:
+    """A ConfigError now when a cluster's ``HOST:PORT`` (or ``ray://HOST:PORT``) accepts no connection:
+    ray.init would retry for many minutes. None (a local cluster) and "auto" are Ray's to find."""
+    if address is None or address == "auto":
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"--address {address!r}: give auto, HOST:PORT or ray://HOST:PORT")
+    import socket
+
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise ConfigError(f"cannot reach the Ray cluster at {address} ({exc.strerror or exc})") from None
 
 
 def reconstruct_on_ray(
