@@ -615,3 +615,16 @@ def test_thresholds_are_stated_for_the_photos_srgb_values():
     assert in_srgb.robust_threshold == options.robust_threshold
     assert 1.3 < in_linear.robust_threshold / options.robust_threshold < 1.5  # measured 1.365
     torch.testing.assert_close(in_linear.skin, in_srgb.skin, rtol=0, atol=2e-3)
+
+
+def test_a_mesh_off_the_image_or_empty_is_returned_unrefined(refined, face_photo):
+    """Over gRPC these were INTERNAL errors ("negative dimensions are not allowed", "zero-size array"): a
+    face the stage cannot use comes back as it went in."""
+    from facerecon.kernel import Mesh
+
+    face, medium, _ = refined
+    refiner = SfsRefiner(SfsOptions(max_side=128), "cpu")
+    corner = np.ascontiguousarray(face_photo[:40, :40])  # the face lies outside this image
+    assert refiner.refine(corner, face, medium, None).mesh is medium
+    empty = Mesh(vertices=np.zeros((0, 3)), triangles=np.zeros((0, 3), np.int32), topology="empty")
+    assert refiner.refine(face_photo, face, empty, None).mesh is empty

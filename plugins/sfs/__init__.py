@@ -142,11 +142,15 @@ class SfsRefiner:
 
     def prepare(self, image: np.ndarray, face: Face, mesh: Mesh, segmentation: Segmentation | None) -> Prepared | None:
         """Step 1: the depth-map grid around the face and the solver's ``Problem`` on it; None when the
-        mesh covers fewer than 64 samples."""
+        mesh is empty, lies off the image or covers fewer than 64 samples."""
         import torch
 
         image = check_image(image)
+        if len(mesh.vertices) == 0 or len(mesh.triangles) == 0:
+            return None
         grid = Grid.around(face, mesh, image.shape[:2], self.options)
+        if min(grid.width, grid.height) < 8:  # the mesh and the face box lie (almost) off the image
+            return None
         raster = grid.render(mesh)
         covered = raster.mask
         if covered.sum() < 64:
