@@ -42,7 +42,7 @@ def add_evaluation_commands(sub: Any, host: PluginHost) -> None:
         help="NME of every stage's 68 landmarks on annotated photos",
         description="Score every stage's re-projected iBUG-68 landmarks against annotations in DIR (iBUG "
         ".pts beside their photos, 1-based; COCO-style keypoint .json): NME by outer-eye-corner distance "
-        "and by box size, failure rate at 8 %% / 10 %%, CED plot. Writes OUT/per_image.csv, "
+        "and by box size, failure rate at 8 % / 10 %, CED plot. Writes OUT/per_image.csv, "
         "OUT/summary.json and OUT/ced.png.",
         formatter_class=DefaultsHelpFormatter,
     )

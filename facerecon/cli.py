@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("facerecon")
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell tool killed by it
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads",
         type=int,
         help="BLAS and torch threads per worker (default: from config, else 1 BLAS thread for the small "
-        "per-face products and torch's own for the fine stage; 0: the libraries' defaults)",
+        "per-face products and 1 torch thread for the fine stage; 0: the libraries' defaults)",
     )
     rec.add_argument(
         "--formats", default="obj", help=f"comma-separated mesh formats ({', '.join(w[1:] for w in WRITERS)})"
@@ -182,10 +184,16 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         if args.command == "plugins":
-            return cmd_plugins(args)
-        if args.command == "reconstruct":
-            return cmd_reconstruct(args)
-        return int(args.handler(args))
+            code = cmd_plugins(args)
+        elif args.command == "reconstruct":
+            code = cmd_reconstruct(args)
+        else:
+            code = int(args.handler(args))
+        sys.stdout.flush()  # here, where a reader that stopped early is caught, not at exit
+        return code
+    except BrokenPipeError:  # stdout's reader stopped early: `facerecon plugins --json | head -1`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the flush at exit must not fail again
+        return EXIT_BROKEN_PIPE
     except (ConfigError, PluginError, ModelFileError, InputError) as exc:
         print(f"facerecon: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -262,7 +270,12 @@ def _parse_shard(text: str | None) -> tuple[int, int] | None:
 
 def _texture_size(text: str) -> int | None:
     """``--texture-size``: "auto" (None) or a side in texels."""
-    return None if text.strip().lower() == "auto" else int(text)
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto or a side in texels (e.g. 512), got {text!r}") from None
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
@@ -363,13 +376,13 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         if not args.overwrite:  # resume: a complete result folder is renamed into place only when whole
             todo = []
             for path, name in jobs:
-                recorded = recorded_input(out / name, path in videos)
-                if recorded is None:
+                earlier = recorded_input(out / name, path in videos)
+                if earlier is None:
                     todo.append((path, name))
-                elif same_input(recorded, path):
+                elif same_input(earlier, path):
                     skipped.append(str(path))
                 else:  # another photo of the same name, from an earlier run: its result is not replaced
-                    error = f"{out / name} holds the result of another input, {recorded} (--overwrite replaces it)"
+                    error = f"{out / name} holds the result of another input, {earlier} (--overwrite replaces it)"
                     failures.append({"input": str(path), "error": error})
                     log.error("%s: %s", path, error)
             finished.update(skipped)

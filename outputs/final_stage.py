@@ -39,11 +39,15 @@ class DecimationWarning(UserWarning):
 
 
 def detail_stages(face: FaceReconstruction) -> tuple[StageResult, StageResult] | None:
-    """(base, detailed): the stage before the last and the last, when the last made a new surface with
-    detail to bake and the base has (or can get) UVs; else None."""
+    """(base, detailed): the stage before the last and the last, when the last is a fine stage (its
+    stage is "fine", or it gave image maps, as ``sfs`` does) that made a new surface with detail to bake,
+    and the base has (or can get) UVs; else None. A medium stage that only subdivided a sparse mesh
+    (``laplace`` after ``3dmm-fit``) is not detail: ``--fast`` writes no ``final.*``."""
     if len(face.stages) < 2:
         return None
     base, detailed = face.stages[-2], face.stages[-1]
+    if detailed.maps is None and detailed.stage != "fine":
+        return None
     if detailed.mesh.topology == base.mesh.topology or base.mesh.uvs is None:
         return None
     return base, detailed
@@ -160,14 +164,17 @@ def write_final(
             glb_units = "m" if frame.units == "mm" else frame.units
             glb = displacement | {"strength": glb_strength, "units": glb_units, "grey_level": glb_strength / 65535}
             _add_glb_extras(path, {"displacement": glb})
+    # The PNGs beside the meshes: the texture with OBJ and PLY, the normal map with OBJ (PLY has no field for
+    # it); the GLB embeds both. A file not written is named None, and ``embedded`` says where they are.
     info = {
         "base_stage": base.stage,
         "detail_stage": detailed.stage,
         "files": files,
-        "texture": f"{stem}.png",
+        "texture": f"{stem}.png" if {"obj", "ply"} & set(formats) else None,
         "base_colour": "albedo" if detailed.maps is not None and "albedo" in detailed.maps.maps else "photo",
+        "embedded": f"{stem}.glb: baseColorTexture and normalTexture",
         "normal_map": {
-            "file": f"{stem}_uv_normal.png",
+            "file": f"{stem}_uv_normal.png" if "obj" in formats else None,
             "space": "tangent (MikkTSpace-style per-vertex tangents of the file's vertex normals and UVs)",
             "convention": "OpenGL: x along +u, y along +v (green up), z out of the surface; rgb = (n + 1) / 2",
         },

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,35 @@ from . import MAX_IMAGE_PIXELS
 log = logging.getLogger("facerecon.services")
 
 KINDS = (*STAGE_KINDS, "pipeline")
+
+
+def _number(kind: type[int] | type[float], text: str) -> float:
+    try:
+        value = kind(text)
+    except ValueError:
+        expected = "an integer" if kind is int else "a number"
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _positive(kind: type[int] | type[float]) -> Callable[[str], float]:
+    """An argparse type: a number of ``kind`` above 0."""
+
+    def positive(text: str) -> float:
+        if not (value := _number(kind, text)) > 0:
+            raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+        return value
+
+    return positive
+
+
+def _non_negative(text: str) -> float:
+    """An argparse type: a number of seconds, 0 or more."""
+    if not (value := _number(float, text)) >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
 
 
 def add_serve_parser(subcommands: Any) -> argparse.ArgumentParser:
@@ -46,23 +77,27 @@ def add_serve_parser(subcommands: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--threads",
         type=int,
-        help="BLAS and torch threads (default: from config, else 1 BLAS thread and torch's own; 0: the libraries')",
+        help="BLAS and torch threads (default: from config, else 1 of each; 0: the libraries' own defaults)",
     )
     net = parser.add_argument_group("network")
     net.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 or :: for all)")
     net.add_argument("--port", type=int, default=50051, help="port (0: any free port, printed at start)")
-    net.add_argument("--max-concurrent", type=int, default=16, help="simultaneous calls; more: RESOURCE_EXHAUSTED")
-    net.add_argument("--workers", type=int, default=1, help="copies of the model serving calls in parallel")
-    net.add_argument("--max-message-mb", type=int, default=64, help="largest message received or sent")
+    net.add_argument(
+        "--max-concurrent", type=_positive(int), default=16, help="simultaneous calls; more: RESOURCE_EXHAUSTED"
+    )
+    net.add_argument("--workers", type=_positive(int), default=1, help="copies of the model serving calls in parallel")
+    net.add_argument("--max-message-mb", type=_positive(int), default=64, help="largest message received or sent")
     net.add_argument(
         "--max-image-mp",
-        type=float,
+        type=_positive(float),
         default=MAX_IMAGE_PIXELS / 1e6,
         help="largest image in megapixels, checked before decoding (docs/services.md: memory per call)",
     )
-    net.add_argument("--grace", type=float, default=10.0, help="seconds running calls get on SIGTERM")
+    net.add_argument("--grace", type=_non_negative, default=10.0, help="seconds running calls get on SIGTERM")
     net.add_argument(
-        "--max-connection-age", type=float, help="close connections after this many seconds so clients re-resolve"
+        "--max-connection-age",
+        type=_non_negative,
+        help="close connections after this many seconds so clients re-resolve (0: never)",
     )
     sec = parser.add_argument_group("security")
     sec.add_argument("--tls-cert", type=Path, help="PEM certificate chain: serve TLS only")

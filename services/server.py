@@ -93,6 +93,15 @@ class ServerSettings:
             raise ServeError(f"port must be in 0..65535, got {self.port}")
         if self.max_concurrent < 1 or self.workers < 1:
             raise ServeError("max_concurrent and workers must be at least 1")
+        if not 1 <= self.max_message_bytes < 2**31:  # gRPC's channel arguments are C ints
+            raise ServeError(
+                f"max_message_bytes must be in 1..2**31-1 (--max-message-mb 1..2047), got {self.max_message_bytes}"
+            )
+        if self.max_image_pixels < 1:
+            raise ServeError(f"max_image_pixels must be at least 1, got {self.max_image_pixels}")
+        for name in ("grace_s", "max_connection_age_s"):  # milliseconds in a C int, too
+            if not 0 <= (getattr(self, name) or 0) < 2**31 / 1000:
+                raise ServeError(f"{name} must be 0 or more seconds, below 2**31 ms, got {getattr(self, name)}")
         if not self.tls and not is_loopback(self.host) and not self.insecure:
             raise ServeError(
                 f"refusing to serve plaintext on {self.host}: that interface is reachable from other machines. "

@@ -93,3 +93,20 @@ def test_cli_rewrites_its_own_results_in_the_image_frame(tmp_path, lfpw):
     x0, y0, x1, y1 = result["faces"][0]["box"]
     assert abs(vertices[:, 0].min() - x0) < 0.15 * (x1 - x0) and abs(vertices[:, 0].max() - x1) < 0.15 * (x1 - x0)
     assert abs(-vertices[:, 1].max() - y0) < 0.25 * (y1 - y0) and abs(-vertices[:, 1].min() - y1) < 0.15 * (y1 - y0)
+
+
+def test_a_medium_stage_that_only_subdivided_writes_no_final_files(tmp_path, face_photo, shared_data):
+    """``3dmm-fit`` + ``laplace`` (``--fast``): the medium stage subdivides the 3,448-vertex model mesh, a new
+    topology, but carves no detail. Before 0.15.0 ``final.*`` was written anyway, the coarse mesh carrying
+    the medium stage as maps; ``final.*`` is the fine stage's."""
+    from facerecon.kernel import Pipeline, PipelineConfig
+
+    sfm = shared_data / "models" / "sfm" / "sfm_shape_3448.bin"
+    config = PipelineConfig(regressor="3dmm-fit", refiners=("laplace",), device="cpu")
+    with Pipeline(config.with_options("regressor", "3dmm-fit", {"model": str(sfm)})) as pipe:
+        rec = pipe(face_photo)
+    stages = rec.reconstructions[0].stages
+    assert stages[0].mesh.topology != stages[1].mesh.topology  # the case: a new topology
+    result = write_outputs(rec, face_photo, tmp_path / "out", source="photo.png", formats=("obj", "glb"))
+    assert not list((tmp_path / "out").glob("final*"))
+    assert result["reconstructions"][0]["detail_maps"] is None

@@ -198,6 +198,24 @@ def test_cli_writes_the_fine_maps_and_phases(tmp_path, lfpw):
     _check_final_files(folder, result["reconstructions"][0]["detail_maps"])
 
 
+def test_result_json_names_only_the_final_files_written(tmp_path, lfpw):
+    """With ``--formats glb`` the texture and the normal map live inside final.glb: result.json named a
+    ``final.png`` and a ``final_uv_normal.png`` that were never written."""
+    import json
+
+    from facerecon.cli import main
+
+    config = tmp_path / "fine.toml"
+    config.write_text('[pipeline]\nrefiners = ["laplace", "sfs"]\n[options.refiner.sfs]\nmax_side = 128\n')
+    out = tmp_path / "out"
+    assert main(["reconstruct", str(lfpw[0]), "-o", str(out), "-c", str(config), "--formats", "glb", "-q"]) == 0
+    folder = out / lfpw[0].stem
+    detail = json.loads((folder / "result.json").read_text())["reconstructions"][0]["detail_maps"]
+    assert detail["files"] == ["final.glb"] and detail["texture"] is None and detail["normal_map"]["file"] is None
+    assert (folder / detail["displacement"]["file"]).is_file()
+    assert not (folder / "final.png").exists() and not (folder / "final_uv_normal.png").exists()
+
+
 def _check_final_files(folder, detail):
     """final.*: the medium mesh with the base colour, the tangent-space normal map and the 16-bit
     displacement (its strength in result.json, the MTL and the GLB's material extras)."""
@@ -208,6 +226,8 @@ def _check_final_files(folder, detail):
 
     assert detail["base_stage"] == "medium" and detail["detail_stage"] == "fine"
     assert detail["files"] == ["final.obj", "final.glb"]
+    named = [*detail["files"], detail["texture"], detail["normal_map"]["file"], detail["displacement"]["file"]]
+    assert all((folder / name).is_file() for name in named), named
     displacement = detail["displacement"]
     assert displacement["units"] == "mm" and 0 < displacement["strength"] < 50 and displacement["midlevel"] == 0.5
     assert Image.open(folder / "final_uv_displacement.png").mode.startswith("I;16")

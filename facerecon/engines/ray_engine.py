@@ -400,7 +400,6 @@ def _running(pid: int) -> bool:
     return True
 
 
-
 CONNECT_TIMEOUT_S = 10.0
 """How long a cluster address may take to accept a connection before it counts as unreachable."""
 

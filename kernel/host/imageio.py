@@ -14,11 +14,12 @@ aborts the process on a side of 32767 px or more; the limit leaves room for padd
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from facerecon.kernel.contract.errors import InputError
 from facerecon.kernel.contract.images import check_sides
@@ -70,10 +71,7 @@ def load_image(source: str | Path | bytes, *, max_pixels: int = 80_000_000) -> n
     if not data:
         raise InputError(f"{name}: empty file")
     try:
-        with warnings.catch_warnings():
-            # Our own max_pixels limit is the guard; Pillow's bomb warning would fire before it.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            opened = Image.open(io.BytesIO(data))
+        opened = _open(data)
         with opened:
             width, height = opened.size
             check_sides(width, height, name)
@@ -95,6 +93,28 @@ def load_image(source: str | Path | bytes, *, max_pixels: int = 80_000_000) -> n
     except (OSError, SyntaxError, ValueError) as exc:
         raise InputError(f"{name}: corrupt or truncated image ({exc})") from None
     return to_rgb8(image, name=name)
+
+
+def _open(data: bytes) -> ImageFile.ImageFile:
+    """``Image.open`` where Pillow's decompression-bomb check does not decide: the caller's ``max_pixels``
+    does. Pillow warns above ``Image.MAX_IMAGE_PIXELS`` (ignored) and refuses above twice that; as its limit
+    is one global for the whole process, an image it refuses is opened by its format's plugin directly, as
+    ``Image.open`` does, without the check (the header only: no pixel is decoded yet)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            return Image.open(io.BytesIO(data))
+        except Image.DecompressionBombError:
+            Image.init()
+            for format_id in Image.ID:
+                factory, accept = Image.OPEN[format_id]
+                accepted = accept is None or accept(data[:16])
+                if accepted and not isinstance(accepted, str):  # a str: Pillow's warning, not this format
+                    try:
+                        return factory(io.BytesIO(data), "")
+                    except (SyntaxError, IndexError, TypeError, struct.error):
+                        continue
+            raise
 
 
 def to_rgb8(image: Image.Image, *, name: str = "<image>") -> np.ndarray:

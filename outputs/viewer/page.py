@@ -17,7 +17,7 @@ import io
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -73,14 +73,19 @@ class Entry:
 
 def find_entries(out: str | Path) -> list[Entry]:
     """Every reconstructed face under ``out`` (an output folder of ``facerecon reconstruct``, or one of
-    its ``<stem>/`` folders). Raises :class:`InputError` when there is none."""
+    its ``<stem>/`` folders), a video's frames (``<video>/frame_<i>/``) included. Raises
+    :class:`InputError` when there is none."""
     out = Path(out)
     if not out.is_dir():
         raise InputError(f"{out}: no such folder (give the -o folder of `facerecon reconstruct`)")
     if (out / "result.json").is_file():
         folders = [out]
-    else:
-        folders = sorted(p.parent for p in out.glob("*/result.json") if not p.parent.name.startswith("."))
+    else:  # photos: OUT/<stem>/result.json; videos: OUT/<video>/<frame>/result.json beside OUT/<video>/video.json
+        videos = [video.parent for video in out.glob("*/video.json")]
+        results = [*out.glob("*/result.json"), *(r for video in videos for r in video.glob("*/result.json"))]
+        folders = sorted(
+            r.parent for r in results if not any(part.startswith(".") for part in r.parent.relative_to(out).parts)
+        )
     entries: list[Entry] = []
     for folder in folders:
         entries += _folder_entries(folder, out)
@@ -102,7 +107,7 @@ def _folder_entries(folder: Path, out: Path) -> list[Entry]:
         return []
     source = str(result.get("input", folder.name))
     photo = _find_photo(source, out, size)
-    name = folder.name if folder != out else out.resolve().name
+    name = folder.relative_to(out).as_posix() if folder != out else out.resolve().name  # a frame: <video>/frame_<i>
     entries = []
     for r in reconstructions:
         try:
@@ -173,8 +178,11 @@ def photo_bytes(entry: Entry) -> tuple[bytes, str]:
     preview.png) and its MIME type."""
     if entry.photo is None:
         return (entry.folder / "preview.png").read_bytes(), "image/png"
-    with Image.open(entry.photo) as image:
-        rgb = ImageOps.exif_transpose(image).convert("RGB")
+    try:
+        with Image.open(entry.photo) as image:
+            rgb = ImageOps.exif_transpose(image).convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:  # changed since the page was made
+        raise InputError(f"{entry.photo}: cannot read the photo ({exc})") from None
     rgb.thumbnail((PHOTO_MAX_SIDE, PHOTO_MAX_SIDE))
     buffer = io.BytesIO()
     rgb.save(buffer, format="JPEG", quality=90)
@@ -182,16 +190,23 @@ def photo_bytes(entry: Entry) -> tuple[bytes, str]:
 
 
 def mesh_bytes(path: Path) -> bytes:
-    """A stage's mesh as GLB: the file itself, or an OBJ / PLY converted by trimesh (texture kept)."""
+    """A stage's mesh as GLB: the file itself, or an OBJ / PLY converted by trimesh (texture kept).
+    Raises :class:`InputError` for a file that is empty, truncated or holds no triangles."""
     if path.suffix.lower() == ".glb":
-        return path.read_bytes()
+        data = path.read_bytes()
+        if data[:4] != b"glTF" or int.from_bytes(data[8:12], "little") != len(data):
+            raise InputError(f"{path}: not a whole binary glTF file (empty or truncated?)")
+        return data
     import trimesh
 
     try:
         loaded = trimesh.load_scene(path, process=False, maintain_order=True)
+        triangles = sum(len(getattr(g, "faces", ())) for g in loaded.geometry.values())
+        exported = loaded.export(file_type="glb") if triangles else b""
     except Exception as exc:  # trimesh raises many kinds on a broken file
         raise InputError(f"{path}: cannot read the mesh ({exc})") from None
-    exported = loaded.export(file_type="glb")
+    if not triangles:
+        raise InputError(f"{path}: no triangles in the mesh file (empty or truncated?)")
     return exported if isinstance(exported, bytes) else str(exported).encode()
 
 
@@ -235,18 +250,36 @@ def _data_url(data: bytes, mime: str) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
+def _photo_url(entry: Entry) -> str:
+    """The photo as a ``data:`` URL, or "" (no photo shown) where neither it nor preview.png can be read."""
+    try:
+        return _data_url(*photo_bytes(entry))
+    except (OSError, InputError) as exc:
+        log.warning("%s: no photo on the page: %s", entry.label, exc)
+        return ""
+
+
 def write_static_page(out: str | Path) -> Path:
     """Write ``OUT/index.html``: the viewer with every mesh and photo embedded (opens from ``file://``,
     no server, no network). Returns its path."""
     out = Path(out)
-    entries = find_entries(out)
+    found = find_entries(out)
     bundle_js()  # built and installed: else a clear error before the work
-    photos = [_data_url(*photo_bytes(e)) for e in entries]
-    data = page_data(
-        entries,
-        lambda _, stage: _data_url(mesh_bytes(stage.mesh), "model/gltf-binary"),
-        lambda i: photos[i],
-    )
+    meshes: dict[Path, str] = {}
+    entries: list[Entry] = []
+    for entry in found:  # a mesh that cannot be read is left out of the page, with a warning
+        for stage in entry.stages:
+            try:
+                meshes[stage.mesh] = _data_url(mesh_bytes(stage.mesh), "model/gltf-binary")
+            except (OSError, InputError) as exc:
+                log.warning("%s: stage %s left out of the page: %s", entry.label, stage.stage, exc)
+        stages = tuple(stage for stage in entry.stages if stage.mesh in meshes)
+        if stages:
+            entries.append(replace(entry, stages=stages))
+    if not entries:
+        raise InputError(f"{out}: none of the meshes here could be read (see the warnings above)")
+    photos = [_photo_url(e) for e in entries]
+    data = page_data(entries, lambda _, stage: meshes[stage.mesh], lambda i: photos[i])
     target = out / "index.html"
     atomic_write(target, render_page(f"facerecon — {out.resolve().name}", data).encode("utf-8"))
     return target

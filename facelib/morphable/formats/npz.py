@@ -25,6 +25,7 @@ A NumPy ``.npz`` archive, read with ``allow_pickle=False``. Members:
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +93,8 @@ def save_npz(model: MorphableModel, path: str | Path, *, compressed: bool = Fals
                 np.savez(handle, **arrays)
         partial.replace(path)
     except OSError as exc:
-        partial.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # fails too where the folder is read-only or not a folder
+            partial.unlink(missing_ok=True)
         raise ModelFileError(f"{path}: cannot write ({exc})") from exc
 
 

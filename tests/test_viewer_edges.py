@@ -1,0 +1,104 @@
+"""`facerecon view` on folders that are not the plain photo layout: a stage's mesh file that is empty or
+truncated (left out of the static page with a warning; an HTTP error with the reason when served, never a
+dropped connection), and a video's results one level down (OUT/<video>/frame_<i>/), so that
+`reconstruct clip.mp4 -o OUT --view` and `view OUT` find them. Real reconstructions of an LFPW photo."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from facerecon.cli import main
+from facerecon.outputs.viewer import ViewerAssetsMissing, ViewerServer, find_entries
+from facerecon.outputs.viewer.assets import bundle_js
+from facerecon.outputs.viewer.page import mesh_bytes
+from facerecon.video import write_video
+from tests.conftest import missing
+
+
+@pytest.fixture(scope="module")
+def photo(shared_data) -> Path:
+    try:
+        bundle_js()
+    except ViewerAssetsMissing as exc:
+        missing(str(exc))
+    return shared_data / "faces" / "lfpw-68" / "image_0001.png"
+
+
+@pytest.fixture(scope="module")
+def results(photo, tmp_path_factory) -> Path:
+    """OUT/image_0001/ with coarse.obj and medium.obj (the `laplace` stage), no GLB."""
+    out = tmp_path_factory.mktemp("viewer-edges") / "out"
+    assert main(["reconstruct", str(photo), "-o", str(out), "--refiners", "laplace", "-q"]) == 0
+    return out
+
+
+def page_stages(page: Path) -> dict[str, list[str]]:
+    """The stages of each entry in a static index.html's data."""
+    text = page.read_text(encoding="utf-8")
+    start = text.index('<script id="facerecon-data" type="application/json">')
+    data = json.loads(text[text.index(">", start) + 1 : text.index("</script>", start)])
+    return {e["id"]: [s["stage"] for s in e["stages"]] for e in data["entries"]}
+
+
+def get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def test_a_broken_mesh_is_left_out_of_the_page_and_served_as_an_http_error(results, tmp_path, capsys, caplog):
+    out = shutil.copytree(results, tmp_path / "out")
+    medium = out / "image_0001" / "medium.obj"
+    medium.write_bytes(b"")
+    assert main(["view", str(out), "--static"]) == 0
+    assert "image_0001: stage medium left out of the page" in caplog.text and "medium.obj" in caplog.text
+    assert page_stages(out / "index.html") == {"image_0001": ["coarse"]}
+
+    glb = out / "image_0001" / "coarse.glb"
+    glb.write_bytes(mesh_bytes(out / "image_0001" / "coarse.obj")[:5000])  # a GLB cut short: preferred to the OBJ
+    server = ViewerServer(out, port=0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        for stage, name in (("medium", "medium.obj"), ("coarse", "coarse.glb")):
+            status, body = get(f"{server.url}mesh/0/{stage}.glb")
+            assert status == 500 and name in body.decode(), (stage, status, body[:200])
+        glb.unlink()
+        assert get(server.url)[0] == 200  # the page reads the folder again: the OBJ is coarse's mesh now
+        status, body = get(f"{server.url}mesh/0/coarse.glb")
+        assert status == 200 and body[:4] == b"glTF"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    (out / "image_0001" / "coarse.obj").write_text("v 1 2 3\nv 4 5 6\n")  # points, no triangles
+    assert main(["view", str(out), "--static"]) == 2
+    assert "no triangles" in caplog.text
+    assert "none of the meshes here could be read" in capsys.readouterr().err
+
+
+def test_view_finds_the_frames_of_a_video_one_level_down(photo, results, tmp_path):
+    """`reconstruct clip.mp4 -o OUT --view` writes OUT/clip/frame_<i>/ and OUT/index.html with the frames;
+    `view OUT` lists them beside the photos of the same folder, `view OUT/clip` as before."""
+    rgb = np.asarray(Image.open(photo).convert("RGB"))[:, :532]  # even width for the codec
+    clip = write_video(tmp_path / "clip.mp4", [rgb, rgb], 30.0)
+    out = tmp_path / "out"
+    code = main(["reconstruct", str(clip), "-o", str(out), "--refiners", "", "--texture-size", "64", "--view", "-q"])
+    assert code == 0 and (out / "clip" / "video.json").is_file()
+    assert page_stages(out / "index.html") == {"clip/frame_000000": ["coarse"], "clip/frame_000001": ["coarse"]}
+    shutil.copytree(results / "image_0001", out / "image_0001")
+    shutil.copytree(out / "clip", out / ".clip.facerecon-1.x.partial")  # a staging folder: never shown
+    assert [e.id for e in find_entries(out)] == ["clip/frame_000000", "clip/frame_000001", "image_0001"]
+    assert [e.label for e in find_entries(out / "clip")] == ["frame_000000", "frame_000001"]
+    assert main(["view", str(out), "--static"]) == 0
