@@ -35,6 +35,7 @@ from facerecon.kernel.contract.errors import InputError, NoFaceError, PluginErro
 from facerecon.kernel.contract.records import CoarseResult, Face, Mesh, Reconstruction
 from facerecon.kernel.contract.stages import IdentityRegressor, check_result
 from facerecon.outputs.folder import replace_dir, staging_folder, write_outputs
+from facerecon.outputs.frames import FileFrame
 from facerecon.outputs.meshes import atomic_write, write_mesh
 from facerecon.temporal import (
     LandmarkSmoother,
@@ -218,11 +219,15 @@ class _VideoRun:
     def _aggregate(self, shapes: list[np.ndarray], final: Mesh) -> dict[str, Any]:
         """The mean pose-removed shape, written as ``aggregate_mean.<format>`` for each output format."""
         mean, distances = mean_shape(shapes)
-        # model frame (y up, z to the viewer) -> the mesh frame's axes (y down, z away) the writers expect
+        # model frame (y up, z to the viewer) -> the mesh frame's axes (y down, z away) the writers expect,
+        # and back in the files, whose header says so (not the image frame in pixels: no pose, no photo)
         mesh = Mesh(mean * np.array([1.0, -1.0, -1.0]), final.triangles, final.topology, uvs=final.uvs)
+        model = FileFrame(
+            "model (pose removed, mean over the frames)", np.diag([1.0, -1.0, -1.0, 1.0]), np.zeros((3, 4)), "model"
+        )
         files = []
         for fmt in self.write.formats:
-            write_mesh(mesh, self.staging / f"aggregate_mean.{fmt}")
+            write_mesh(mesh, self.staging / f"aggregate_mean.{fmt}", frame=model)
             files.append(f"aggregate_mean.{fmt}")
         return {
             "method": "mean",

@@ -168,6 +168,8 @@ def test_aggregate_mean_is_the_mean_of_the_pose_removed_frames(sfm_runs):
         for _ in range(2):
             mean = np.mean([similarity_align(s, mean) for s in shapes], axis=0)
         aggregate = read_obj_vertices(run / "aggregate_mean.obj") * to_model_axes  # model frame
+        header = (run / "aggregate_mean.obj").read_text().splitlines()[0]  # said so (0.14.0: "image frame, px")
+        assert "model (pose removed, mean over the frames) frame, units model" in header, header
         assert np.abs(similarity_align(aggregate, mean) - mean).max() < 2e-3  # mm (files rounded to 1e-6)
         rms = video["aggregate"]["rms_to_mean"]
         assert len(rms) == 8 and max(rms) < 3.0  # mm
