@@ -44,11 +44,13 @@ def image_from_proto(message: pb.Image, *, max_pixels: int) -> np.ndarray:
 
     which = message.WhichOneof("content")
     if which == "encoded":
+        if message.HasField("window"):  # a window travels with raw pixels only: refused, not ignored
+            raise InputError("image.window is for raw pixels (image.pixels), not for an encoded file")
         return load_image(message.encoded, max_pixels=max_pixels)
     if which == "pixels":
         t = message.pixels
         shape = [int(n) for n in t.shape]
-        if t.dtype != pb.DTYPE_UINT8 or len(shape) != 3 or shape[2] != 3:
+        if t.dtype != pb.DTYPE_UINT8 or len(shape) != 3 or shape[2] != 3 or min(shape) < 0:
             raise InputError(
                 f"raw pixels must be DTYPE_UINT8 of shape (height, width, 3), got {dtype_name(t.dtype)} {shape}"
             )

@@ -57,3 +57,18 @@ def test_serve_help_says_the_thread_defaults():
     serve = build_parser()._subparsers._group_actions[0].choices["serve"]  # type: ignore[union-attr]
     text = " ".join(serve.format_help().split())
     assert "torch's own" not in text and "else 1 of each" in text
+
+
+def test_an_image_message_with_negative_sides_or_an_encoded_window_is_refused_in_words():
+    """A shape [-800, -533, 3] was "image is -533x-800, too small to contain a face"; a window sent with an
+    encoded file was silently ignored."""
+    from facerecon.kernel.contract.errors import InputError
+    from facerecon.services.images import image_from_proto
+    from facerecon.v1 import records_pb2 as pb
+
+    negative = pb.Image(pixels=pb.Tensor(dtype=pb.DTYPE_UINT8, shape=[-800, -533, 3], data=b""))
+    with pytest.raises(InputError, match=r"shape \(height, width, 3\), got DTYPE_UINT8 \[-800, -533, 3\]"):
+        image_from_proto(negative, max_pixels=10**6)
+    encoded = pb.Image(encoded=b"\x89PNG", window=pb.ImageWindow(left=0, top=0, width=10, height=10))
+    with pytest.raises(InputError, match="window is for raw pixels"):
+        image_from_proto(encoded, max_pixels=10**6)
