@@ -195,3 +195,15 @@ def test_without_a_renderer_the_host_says_so(photos):
     host = PluginHost(block=["synthetic-faces"])
     with pytest.raises(ConfigError, match="synthetic"):
         host.render_scene(None, None, 0, np.zeros((64, 64, 3), np.uint8), photos[0].points)
+
+
+def test_no_model_anywhere_names_the_flag(tmp_path, capsys, monkeypatch):
+    """Without --model and without a catalogue the message spoke of "the regressor's model option"."""
+    from facerecon.facelib.morphable.catalog import ENV_VAR
+
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))  # no models.toml there
+    out = tmp_path / "report"
+    assert main(["eval", "synthetic", "--count", "1", "-o", str(out)]) == 2
+    assert "give --model FILE" in capsys.readouterr().err
+    assert not out.exists()
