@@ -279,8 +279,9 @@ def _texture_size(text: str) -> int | None:
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
-    formats = tuple(f.strip().lower().lstrip(".") for f in args.formats.split(",") if f.strip())
-    unknown = [f for f in formats if f".{f}" not in WRITERS]
+    given = [f.strip() for f in args.formats.split(",") if f.strip()]
+    formats = tuple(f.lower().removeprefix(".") for f in given)  # "OBJ", ".obj" -> "obj"
+    unknown = [repr(g) for g, f in zip(given, formats, strict=True) if f".{f}" not in WRITERS]
     if unknown or not formats:
         raise ConfigError(f"unknown mesh format(s) {', '.join(unknown) or '(none)'}; known: obj, ply, glb")
     if args.texture_size is not None and not 16 <= args.texture_size <= 8192:

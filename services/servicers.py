@@ -288,8 +288,9 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServicer):
     ) -> pipeline_pb2.ReconstructResponse:
         self.loader.check_ready(context)
         check_deadline(context)
-        formats = [f.strip().lower().lstrip(".") for f in request.formats if f.strip()]
-        unknown = [f for f in formats if f".{f}" not in WRITERS]
+        given = [f.strip() for f in request.formats if f.strip()]
+        formats = [f.lower().removeprefix(".") for f in given]  # "OBJ", ".obj" -> "obj"
+        unknown = [repr(g) for g, f in zip(given, formats, strict=True) if f".{f}" not in WRITERS]
         if unknown:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown mesh format(s) {', '.join(unknown)}")
         all_faces = request.all_faces if request.HasField("all_faces") else self.config.all_faces

@@ -176,3 +176,9 @@ def test_an_unreachable_ray_cluster_is_one_clear_error(inputs, tmp_path, capsys)
     assert "cannot reach the Ray cluster at 127.0.0.1:1" in capsys.readouterr().err
     assert main(["reconstruct", photo, "-o", out, "-q", "--address", "auto"]) == 2
     assert "needs --engine ray" in capsys.readouterr().err
+
+
+def test_an_unknown_format_is_echoed_as_given(capsys):
+    """``--formats ../../obj`` was echoed as ``/../obj`` (every leading dot stripped)."""
+    assert main(["reconstruct", "x.png", "-o", "out", "--formats", "obj,../../obj"]) == 2
+    assert "unknown mesh format(s) '../../obj'; known: obj, ply, glb" in capsys.readouterr().err
