@@ -265,13 +265,6 @@ def cmd_eval_synthetic(args: argparse.Namespace) -> int:
     specs = scene_specs(find_annotations(folder), args.count, args.seed)
     config = pipeline_config(args)
     _check_output(args.output)
-    if args.model is None:  # the catalogue's default, if there is one: else say which flag gives the model
-        from facerecon.facelib.morphable.catalog import read_catalogue
-
-        if read_catalogue().default is None:
-            raise ConfigError(
-                "eval synthetic renders faces of a morphable model: give --model FILE (or a catalogue name)"
-            )
     expressions = str(args.expressions) if args.expressions else None
     if args.expressions is not None and not args.expressions.is_file():
         raise ConfigError(f"--expressions {args.expressions}: no such file")

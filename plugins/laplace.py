@@ -93,24 +93,30 @@ class LaplaceOptions:
     threads: int = 0
 
     def __post_init__(self) -> None:
-        weights = (
-            self.eye_weight,
-            self.nose_weight,
-            self.eyebrow_weight,
-            self.mouth_weight,
-            self.contour_weight,
-            self.other_weight,
-        )
-        if min(weights) < 0:
-            raise ValueError("region weights must be >= 0")
-        if self.target_vertices < 0 or self.occlusion_tolerance <= 0 or self.outlier_tolerance <= 0:
-            raise ValueError("target_vertices must be >= 0 and the tolerances > 0")
+        # Each refusal names the option and the value it got (a config table's key is the field's name).
+        problems = [
+            f"{name} must be >= 0, got {getattr(self, name)!r}"
+            for name in (
+                *(f"{region}_weight" for region in ("eye", "nose", "eyebrow", "mouth", "contour", "other")),
+                "target_vertices",
+                "update_rank",
+                "response_after",
+                "response_megabytes",
+                "threads",
+            )
+            if getattr(self, name) < 0
+        ]
+        problems += [
+            f"{name} must be > 0, got {getattr(self, name)!r}"
+            for name in ("occlusion_tolerance", "outlier_tolerance")
+            if getattr(self, name) <= 0
+        ]
         if self.cached_topologies < 1:
-            raise ValueError("cached_topologies must be at least 1")
-        if self.update_rank < 0 or self.response_after < 0 or self.response_megabytes < 0 or self.threads < 0:
-            raise ValueError("update_rank, response_after, response_megabytes and threads must be >= 0")
+            problems.append(f"cached_topologies must be at least 1, got {self.cached_topologies!r}")
         if self.response_dtype not in ("float32", "float64"):
-            raise ValueError(f"response_dtype must be 'float32' or 'float64', not {self.response_dtype!r}")
+            problems.append(f"response_dtype must be 'float32' or 'float64', not {self.response_dtype!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
 
 
 REGIONS = ("eye", "nose", "eyebrow", "mouth", "contour", "other")

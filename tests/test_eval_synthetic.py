@@ -205,5 +205,5 @@ def test_no_model_anywhere_names_the_flag(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))  # no models.toml there
     out = tmp_path / "report"
     assert main(["eval", "synthetic", "--count", "1", "-o", str(out)]) == 2
-    assert "give --model FILE" in capsys.readouterr().err
+    assert "--model FILE" in capsys.readouterr().err
     assert not out.exists()

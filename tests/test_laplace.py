@@ -186,7 +186,7 @@ def test_a_mesh_part_without_constraints_stays_put(capfd):
 def test_response_options_are_checked():
     with pytest.raises(ValueError, match="response_dtype"):
         LaplaceOptions(response_dtype="float16")
-    with pytest.raises(ValueError, match="response_after"):
+    with pytest.raises(ValueError, match="response_megabytes must be >= 0, got -1"):
         LaplaceOptions(response_megabytes=-1)
     with pytest.raises(ValueError, match="threads"):
         LaplaceOptions(threads=-1)

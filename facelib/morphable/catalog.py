@@ -111,8 +111,9 @@ def resolve(name_or_path: str | Path | None, expressions: Path | None = None) ->
     if name_or_path is None:
         if catalogue.default is None:
             raise ConfigError(
-                f"no morphable model configured: give the regressor's model option a file, or list one in "
-                f"{catalogue_path()} (see `facerecon models --help`)"
+                f"no morphable model configured: give a model file (--model FILE where the command has it, "
+                f"else the regressor's model option), or list one in {catalogue_path()} "
+                f"(see `facerecon models --help`)"
             )
         return catalogue.entries[catalogue.default]
     key = str(name_or_path)

@@ -53,6 +53,8 @@ class PipelineConfig:
 
     options: (kind, plugin name) -> that stage's option table, e.g. {("detector", "mediapipe"): {...}}.
     allow_plugins: None = every installed plugin may load; else only these third-party ones.
+    source: the TOML file :meth:`load` read (None: built in code); messages about the options tables
+        name it. Not a ``[pipeline]`` key, and not compared.
     """
 
     detector: str = "mediapipe"
@@ -68,6 +70,7 @@ class PipelineConfig:
     options: Mapping[tuple[str, str], Mapping[str, Any]] = field(default_factory=dict)
     allow_plugins: tuple[str, ...] | None = None
     block_plugins: tuple[str, ...] = ()
+    source: Path | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -136,7 +139,7 @@ class PipelineConfig:
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path} is not valid TOML: {exc}") from None
         try:
-            return cls.from_mapping(data)
+            return replace(cls.from_mapping(data), source=path)
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
 
@@ -145,7 +148,7 @@ class PipelineConfig:
         """Build from the parsed TOML structure shown in the module docstring."""
         _only_keys(data, {"pipeline", "plugins", "options"}, "top level")
         pipeline = _table(data, "pipeline")
-        simple = {f.name for f in fields(cls)} - {"options", "allow_plugins", "block_plugins"}
+        simple = {f.name for f in fields(cls)} - {"options", "allow_plugins", "block_plugins", "source"}
         _only_keys(pipeline, simple, "[pipeline]")
         kwargs: dict[str, Any] = {}
         for key, value in pipeline.items():
@@ -158,7 +161,7 @@ class PipelineConfig:
                 "torch_threads": int,
             }.get(key, str)
             if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-                raise ConfigError(f"[pipeline] {key} must be a {expected.__name__}, got {value!r}")
+                raise ConfigError(f"[pipeline] {key} must be {_TYPE_NAMES[expected]}, got {value!r}")
             kwargs[key] = tuple(value) if isinstance(value, list) else value
         plugins = _table(data, "plugins")
         _only_keys(plugins, {"allow", "block"}, "[plugins]")
@@ -182,6 +185,15 @@ class PipelineConfig:
             allow_plugins=tuple(plugins["allow"]) if "allow" in plugins else None,
             block_plugins=tuple(plugins.get("block", ())),
         )
+
+
+# What a [pipeline] value must be, in words ("must be an integer", not "must be a int").
+_TYPE_NAMES: dict[type, str] = {
+    list: "a list",
+    bool: "a boolean (true or false)",
+    int: "an integer",
+    str: "a string",
+}
 
 
 def _table(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:

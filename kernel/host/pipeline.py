@@ -71,33 +71,44 @@ class Pipeline:
         numpy_small_pages()  # a process that makes a pipeline does per-photo work: plain pages (memory.py)
 
     def _available_default_refiners(self) -> tuple[str, ...]:
-        """The default refiners this installation can run; one warning names each one skipped and how to
-        get it (its ``install_hint``)."""
+        """The default refiners this installation can run; one warning names each one skipped and why: not
+        installed or not available here (with how to get it, its ``install_hint``), or blocked by the
+        configuration's ``[plugins]`` lists. It says which flags choose the refiners without the warning:
+        ``--refiners ''``, and ``--fast`` only where its stage (the first default refiner) can run."""
+        fast = self.host.stages.get(("refiner", DEFAULT_REFINERS[0]))
+        fast_runs = fast is not None and fast.is_available()
         kept = []
         for name in DEFAULT_REFINERS:
             spec = self.host.stages.get(("refiner", name))
             if spec is not None and spec.is_available():
                 kept.append(name)
                 continue
+            excluded = self.host.excluded(name) if spec is None else None
+            if excluded is not None:  # e.g. "is blocked by the configuration's [plugins] block list"
+                reason = excluded.removeprefix("is ")
+            else:
+                reason = "not installed" if spec is None else "not available here"
             hint = f": {spec.install_hint}" if spec is not None and spec.install_hint else ""
+            flags = "--refiners '' or --fast keeps" if fast_runs else "--refiners '' keeps"
             log.warning(
-                "the default pipeline runs without refiner %r (%s)%s; --refiners '' or --fast keeps the faster path",
-                name,
-                "not installed" if spec is None else "not available here",
-                hint,
+                "the default pipeline runs without refiner %r (%s)%s; %s the faster path", name, reason, hint, flags
             )
         return tuple(kept)
 
     def _check_options(self) -> None:
         """Every options table is checked now, also of stages this pipeline does not run: a typo in a key
-        fails here instead of passing silently until the stage is enabled."""
+        fails here instead of passing silently until the stage is enabled. A refusal names the table and the
+        config file (``[options.KIND.NAME] in FILE: ...``). A table for a stage no plugin registers is a
+        warning naming them (maybe the plugin is installed on another machine), not an error."""
+        source = self.config.source
         for (kind, name), table in self.config.options.items():
             try:
                 spec = self.host.spec(kind, name)
             except ConfigError as exc:  # maybe a plugin installed on another machine: say so, go on
-                log.warning("[options.%s.%s] is for no registered stage (%s)", kind, name, exc)
+                where = f"[options.{kind}.{name}]" + (f" in {source}" if source is not None else "")
+                log.warning("%s is for no registered stage (%s); its options are not checked", where, exc)
                 continue
-            spec.make_options(table)
+            spec.make_options(table, source=source, table_name=name)
 
     def _check_chain(self, schemes: tuple[str, ...] | None) -> None:
         config = self.config

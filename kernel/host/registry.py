@@ -14,6 +14,7 @@ import importlib.metadata
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pluggy
@@ -85,9 +86,20 @@ class StageSpec:
             return "px|mm (by its options)"
         return "any" if self.mesh_units is None else "|".join(self.mesh_units)
 
-    def make_options(self, table: Mapping[str, Any] | None) -> Any:
-        """Options for this stage from a config table, with unknown keys and wrong types refused."""
-        return parse_options(self.options_type, table or {}, where=f"{self.kind} {self.name!r}")
+    def make_options(
+        self, table: Mapping[str, Any] | None, *, source: str | Path | None = None, table_name: str | None = None
+    ) -> Any:
+        """Options for this stage from a config table, with unknown keys and wrong types refused.
+
+        source: the config file the table came from (``PipelineConfig.source``); when given, a refusal
+        starts with where the table is, ``[options.KIND.NAME] in FILE: ...`` (NAME: ``table_name``, e.g.
+        ``remote@fine``, else the stage's name)."""
+        try:
+            return parse_options(self.options_type, table or {}, where=f"{self.kind} {self.name!r}")
+        except ConfigError as exc:
+            if source is None:
+                raise
+            raise ConfigError(f"[options.{self.kind}.{table_name or self.name}] in {source}: {exc}") from None
 
 
 @dataclass
@@ -198,6 +210,8 @@ class PluginHost:
         self.block = frozenset(block)
         self.plugins: dict[str, LoadedPlugin] = {}
         self.failures: dict[str, str] = {}
+        # Installed plugins the allow / block lists kept from loading: name -> "allow" or "block" (see excluded).
+        self.kept_out: dict[str, str] = {}
         self._stages: dict[tuple[str, str], StageSpec] | None = None
         for name in self.block:
             self.pm.set_blocked(name)
@@ -215,10 +229,14 @@ class PluginHost:
                 names[id(ep.dist)] = (metadata["Name"], metadata["Version"])
         for ep in sorted(eps, key=lambda ep: _builtin_first(ep.name, names.get(id(ep.dist), ("", ""))[0])):
             dist, version = names[id(ep.dist)] if ep.dist is not None else ("?", "?")
-            if ep.name in self.block or self.pm.has_plugin(ep.name):
+            if ep.name in self.block:
+                self.kept_out[ep.name] = "block"
+                continue
+            if self.pm.has_plugin(ep.name):
                 continue
             if self.allow is not None and dist != BUILTIN_DISTRIBUTION and ep.name not in self.allow:
                 log.info("plugin %r (%s) not in the allow list; skipped", ep.name, dist)
+                self.kept_out[ep.name] = "allow"
                 continue
             try:
                 module = ep.load()
@@ -233,6 +251,7 @@ class PluginHost:
         """Register a module or object carrying hookimpls. Returns False (and warns) if refused."""
         name = name or getattr(plugin, "__name__", None) or repr(plugin)
         if name in self.block:
+            self.kept_out[name] = "block"
             return False
         try:
             self.pm.register(plugin, name=name)
@@ -346,8 +365,25 @@ class PluginHost:
         found = self.stages.get((kind, name)) or (self.stages.get((kind, base)) if at and instance else None)
         if found is None:
             known = ", ".join(self.names(kind)) or "none registered"
+            why = self.excluded(base if at and instance else name)
+            if why is not None:  # not unknown: the configuration kept it out
+                raise ConfigError(f"{kind} {name!r} {why} (known: {known})")
+            if self.kept_out:  # it may be a stage of one of them (a plugin's stages need not share its name)
+                known += "; kept from loading by the configuration's [plugins] lists: " + ", ".join(
+                    sorted(self.kept_out)
+                )
             raise ConfigError(f"unknown {kind}: {name!r} (known: {known})")
         return found
+
+    def excluded(self, name: str) -> str | None:
+        """Why the configuration's ``[plugins]`` lists kept plugin ``name`` from loading ("is blocked by
+        ..." / "is not in ... allow list"), or None when they did not. A plugin's entry-point name is
+        usually its stage's name (every built-in's is)."""
+        if name in self.block:
+            return "is blocked by the configuration's [plugins] block list"
+        if self.kept_out.get(name) == "allow":
+            return "is not in the configuration's [plugins] allow list"
+        return None
 
     def create(self, kind: str, name: str, options: Mapping[str, Any] | None, device: str) -> object:
         """Build stage ``name`` of ``kind`` with its options table; checks it meets the protocol."""

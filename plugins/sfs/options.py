@@ -115,20 +115,28 @@ class SfsOptions:
     threads: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("phase1_weights", "phase2_weights"):
-            if len(getattr(self, name)) != 4:
-                raise ValueError(f"{name} needs 4 values (λd1..λd4)")
+        # Each refusal names the option and the value it got (a config table's key is the field's name).
+        problems = [
+            f"{name} needs 4 values (λd1..λd4), got {len(getattr(self, name))}: {list(getattr(self, name))}"
+            for name in ("phase1_weights", "phase2_weights")
+            if len(getattr(self, name)) != 4
+        ]
         if self.specular_model not in ("lobe", "per-pixel"):
-            raise ValueError(f"specular_model must be 'lobe' or 'per-pixel', got {self.specular_model!r}")
+            problems.append(f"specular_model must be 'lobe' or 'per-pixel', got {self.specular_model!r}")
         for name in ("depth_optimizer", "albedo_optimizer"):
             if getattr(self, name) not in ("lbfgs", "adam"):
-                raise ValueError(f"{name} must be 'lbfgs' or 'adam', got {getattr(self, name)!r}")
+                problems.append(f"{name} must be 'lbfgs' or 'adam', got {getattr(self, name)!r}")
         if self.lighting_model not in ("sh", "key"):
-            raise ValueError(f"lighting_model must be 'sh' or 'key', got {self.lighting_model!r}")
-        if not (-90 <= self.key_elevation <= 90 and self.key_ambient >= 0):  # (NaN fails both)
-            raise ValueError("key_elevation must be within [-90, 90] degrees and key_ambient >= 0")
-        if self.max_side < 16 or self.alternate_every < 1 or self.margin < 0 or self.threads < 0:
-            raise ValueError("max_side must be >= 16, alternate_every >= 1, margin >= 0, threads >= 0")
+            problems.append(f"lighting_model must be 'sh' or 'key', got {self.lighting_model!r}")
+        if not -90 <= self.key_elevation <= 90:  # (NaN fails this and the next)
+            problems.append(f"key_elevation must be within [-90, 90] degrees, got {self.key_elevation!r}")
+        if not self.key_ambient >= 0:
+            problems.append(f"key_ambient >= 0 is required (ambient / key irradiance), got {self.key_ambient!r}")
+        for name, least in (("max_side", 16), ("alternate_every", 1), ("margin", 0), ("threads", 0)):
+            if getattr(self, name) < least:
+                problems.append(f"{name} must be >= {least}, got {getattr(self, name)!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
 
     def pass_threads(self) -> int:
         """``threads``, with 0 resolved to the cores this process may use, at most ``jit.MAX_DEFAULT_THREADS``
