@@ -20,7 +20,7 @@ Layout of ``OUT/<stem>/`` (face 0 = the largest; other faces get a ``face<i>-`` 
   mesh's ``bounds`` in the files' frame, and wall times in milliseconds; per face its ``frames`` (the
   files' frame, units and axes, and the transforms between the head frame, the image frame and pixels).
 
-The folder is built under a temporary name (``.<stem>.facerecon-<pid>.<random>.partial``,
+The folder is built under a temporary name (``.<stem>.facerecon-<machine>-<pid>.<random>.partial``,
 :func:`staging_folder`) and renamed into place when complete, so an interrupted run never leaves a
 half-written result; :func:`remove_stale_partials` clears what a killed process left behind, and touches
 nothing else in the folder (only names of that pattern, and a result set aside as
@@ -32,13 +32,18 @@ facerecon wrote it (it holds facerecon's ``result.json``) or it is empty: anythi
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import hashlib
 import io
 import json
 import math
 import os
 import re
 import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -177,9 +182,13 @@ def _texture(
 
 
 def is_result_folder(folder: Path) -> bool:
-    """Whether ``folder`` holds a ``result.json`` that facerecon wrote (an object with its keys)."""
+    """Whether ``folder`` holds a ``result.json`` that facerecon wrote (an object with its keys), or a
+    video's ``video.json`` (its ``source`` and ``frames``)."""
     data = _json_object(folder / "result.json")
-    return data is not None and {"input", "image_size"} <= data.keys()
+    if data is not None and {"input", "image_size"} <= data.keys():
+        return True
+    video = _json_object(folder / "video.json")
+    return video is not None and {"source", "frames"} <= video.keys()
 
 
 def _json_object(path: Path) -> dict[str, Any] | None:
@@ -277,22 +286,39 @@ def write_maps(maps: ImageMaps, folder: Path, prefix: str, png_compression: int 
     return written
 
 
-_STAGING = re.compile(r"\.(?P<name>.+)\.facerecon-(?P<pid>\d+)\.[A-Za-z0-9_]+\.partial")
+_STAGING = re.compile(r"\.(?P<name>.+)\.facerecon-(?P<host>[0-9a-f]{8})-(?P<pid>\d+)\.[A-Za-z0-9_]+\.partial")
 _SET_ASIDE = re.compile(r"\.(?P<name>.+)\.facerecon-old")
+FOREIGN_STALE_S = 24 * 3600.0
+"""A staging folder written from another machine or process namespace (a pod of a batch Job on a shared
+volume) is stale only when untouched this long: its writer's pid means nothing here."""
+
+
+@functools.cache
+def writer_token() -> str:
+    """8 hex digits naming this machine (host name, boot id) and process-id namespace: a staging folder's
+    pid is only looked up where it was given."""
+    parts = [socket.gethostname()]
+    with contextlib.suppress(OSError):
+        parts.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip())
+    with contextlib.suppress(OSError):
+        parts.append(os.readlink("/proc/self/ns/pid"))  # e.g. "pid:[4026531836]"
+    return hashlib.sha1("\0".join(parts).encode()).hexdigest()[:8]
 
 
 def staging_folder(out_dir: Path) -> Path:
-    """A new, empty folder beside ``out_dir`` to build its replacement in: ``.<name>.facerecon-<pid>.<random>
-    .partial`` (the pid tells :func:`remove_stale_partials` whether its writer still runs)."""
-    prefix = f".{out_dir.name}.facerecon-{os.getpid()}."
+    """A new, empty folder beside ``out_dir`` to build its replacement in:
+    ``.<name>.facerecon-<machine>-<pid>.<random>.partial`` (:func:`writer_token`, :func:`remove_stale_partials`)."""
+    prefix = f".{out_dir.name}.facerecon-{writer_token()}-{os.getpid()}."
     return Path(tempfile.mkdtemp(prefix=prefix, suffix=".partial", dir=out_dir.parent))
 
 
 def remove_stale_partials(folder: str | Path) -> list[Path]:
     """Remove the staging folders in ``folder`` whose writing process is gone (killed mid-write), and put
     back a previous result that a kill between the two renames of :func:`replace_dir` left aside.
-    Staging folders of live processes are kept; anything not named as facerecon names these (another
-    program's ``.cache.partial``, a ``.bashrc.old``) is never touched. Returns what was removed."""
+    Staging folders of live processes are kept, and those of another machine or process namespace (pods
+    sharing a volume) until untouched for :data:`FOREIGN_STALE_S`; anything not named as facerecon names
+    these (another program's ``.cache.partial``, a ``.bashrc.old``) is never touched. Returns what was
+    removed."""
     removed: list[Path] = []
     folder = Path(folder)
     if not folder.is_dir():
@@ -301,7 +327,7 @@ def remove_stale_partials(folder: str | Path) -> list[Path]:
         if path.is_symlink() or not path.is_dir():
             continue
         staging, aside = _STAGING.fullmatch(path.name), _SET_ASIDE.fullmatch(path.name)
-        if staging is not None and not _process_alive(int(staging["pid"])):
+        if staging is not None and _stale(path, staging["host"], int(staging["pid"])):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
         elif aside is not None and _own_folder(path):
@@ -314,6 +340,15 @@ def remove_stale_partials(folder: str | Path) -> list[Path]:
     return removed
 
 
+def _stale(path: Path, host: str, pid: int) -> bool:
+    if host == writer_token():
+        return not _process_alive(pid)
+    try:
+        return time.time() - path.stat().st_mtime > FOREIGN_STALE_S
+    except OSError:
+        return False
+
+
 def _own_folder(folder: Path) -> bool:
     """Whether ``folder`` is one :func:`replace_dir` may have set aside: a photo's result, a video's
     (``video.json``) or an empty folder."""
@@ -321,8 +356,7 @@ def _own_folder(folder: Path) -> bool:
         empty = not any(folder.iterdir())
     except OSError:
         return False
-    video = _json_object(folder / "video.json")
-    return empty or is_result_folder(folder) or (video is not None and "frames" in video)
+    return empty or is_result_folder(folder)
 
 
 def _process_alive(pid: int) -> bool:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -68,6 +69,10 @@ else:
     grpc = _Deferred("grpc")
     stages_pb2 = _Deferred("facerecon.v1.stages_pb2")
     convert = _Deferred("facerecon.services.convert")
+
+
+MAX_DEADLINE_S = 1e6
+"""The longest finite deadline a remote call takes (about 11 days); ``inf``: none."""
 
 
 class RemoteError(FaceReconError):
@@ -128,8 +133,12 @@ class RemoteOptions:
     def __post_init__(self) -> None:
         if not 0 <= self.retries <= MAX_ATTEMPTS - 1:
             raise ValueError(f"retries must be in 0..{MAX_ATTEMPTS - 1}, got {self.retries}")
-        if self.deadline_s <= 0 or self.connect_timeout_s < 0:
-            raise ValueError("deadline_s must be > 0 and connect_timeout_s >= 0")
+        if not (0 < self.deadline_s <= MAX_DEADLINE_S or self.deadline_s == math.inf) or self.connect_timeout_s < 0:
+            # (gRPC's deadline is a 64-bit count of nanoseconds: 1e10 s overflowed it, and every call failed)
+            raise ValueError(
+                f"deadline_s must be in (0, {MAX_DEADLINE_S:.0e}] seconds or inf (no deadline), got {self.deadline_s}; "
+                "connect_timeout_s >= 0"
+            )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("a client certificate needs both tls_cert and tls_key")
         if self.max_message_mb < 1:
@@ -232,7 +241,7 @@ class RemoteStage:
         try:
             return method(
                 request,
-                timeout=self.options.deadline_s,
+                timeout=None if self.options.deadline_s == math.inf else self.options.deadline_s,
                 metadata=self._metadata,
                 compression=getattr(grpc.Compression, COMPRESSION[self.options.compression]),
             )

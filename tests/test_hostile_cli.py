@@ -26,7 +26,7 @@ from facerecon.evaluation import nme, read_pts
 from facerecon.kernel import Pipeline, PipelineConfig
 from facerecon.kernel.contract.images import MAX_SIDE
 from facerecon.kernel.host.imageio import IMAGE_SUFFIXES, find_images, load_image
-from facerecon.outputs.folder import _process_alive, remove_stale_partials
+from facerecon.outputs.folder import FOREIGN_STALE_S, _process_alive, remove_stale_partials, writer_token
 from tests.polling import wait_for
 
 CLI = [sys.executable, "-m", "facerecon.cli"]
@@ -306,7 +306,7 @@ def test_sigkill_mid_write_leaves_a_partial_that_the_next_run_removes(tmp_path, 
     time.sleep(0.2)
     left = list(out.glob(".*.partial"))
     assert left, "the kill was meant to land while a result was being written"
-    writers = [int(p.name.rsplit(".", 3)[1].removeprefix("facerecon-")) for p in left]
+    writers = [int(p.name.rsplit(".", 3)[1].rsplit("-", 1)[1]) for p in left]
     assert _wait_for(lambda: not any(_process_alive(pid) for pid in writers), 30.0), "SIGKILL did not end the writer"
     assert main(["reconstruct", str(lfpw[5]), "-o", str(out), "-q", "--refiners", ""]) == 0
     assert not list(out.glob(".*.partial"))
@@ -316,8 +316,9 @@ def test_sigkill_mid_write_leaves_a_partial_that_the_next_run_removes(tmp_path, 
 def test_stale_partials_go_live_ones_stay_and_a_set_aside_result_comes_back(tmp_path):
     gone = subprocess.Popen(["true"])
     gone.wait()
-    (tmp_path / f".photo.facerecon-{gone.pid}.abc123.partial").mkdir()  # its writer is dead
-    live = tmp_path / f".other.facerecon-{os.getpid()}.def456.partial"
+    here = writer_token()
+    (tmp_path / f".photo.facerecon-{here}-{gone.pid}.abc123.partial").mkdir()  # its writer is dead
+    live = tmp_path / f".other.facerecon-{here}-{os.getpid()}.def456.partial"
     live.mkdir()
     (tmp_path / "kept").mkdir()
     (tmp_path / ".kept.facerecon-old").mkdir()  # a finished replace: the old copy is garbage
@@ -325,9 +326,25 @@ def test_stale_partials_go_live_ones_stay_and_a_set_aside_result_comes_back(tmp_
     lost.mkdir()
     (lost / "result.json").write_text('{"input": "lost.png", "image_size": [10, 10]}')
     removed = {p.name for p in remove_stale_partials(tmp_path)}
-    assert removed == {f".photo.facerecon-{gone.pid}.abc123.partial", ".kept.facerecon-old"}
+    assert removed == {f".photo.facerecon-{here}-{gone.pid}.abc123.partial", ".kept.facerecon-old"}
     assert live.is_dir()
     assert (tmp_path / "lost" / "result.json").is_file()
+
+
+def test_a_partial_of_another_machine_stays_until_it_is_a_day_old(tmp_path):
+    """Pods of a batch Job share one output folder, each in its own pid namespace: a pid from another one
+    means nothing here (0.15.0's first form removed a live pod's video mid-write)."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    other = "0" * 8 if writer_token() != "0" * 8 else "1" * 8
+    young = tmp_path / f".clip.facerecon-{other}-{gone.pid}.abc123.partial"
+    old = tmp_path / f".photo.facerecon-{other}-{gone.pid}.def456.partial"
+    young.mkdir()
+    old.mkdir()
+    past = time.time() - FOREIGN_STALE_S - 60
+    os.utime(old, (past, past))
+    assert remove_stale_partials(tmp_path) == [old]
+    assert young.is_dir()
 
 
 def test_other_programs_hidden_files_in_the_output_folder_are_never_touched(tmp_path, lfpw):
@@ -348,7 +365,7 @@ def test_other_programs_hidden_files_in_the_output_folder_are_never_touched(tmp_
     (out / ".photos.old").mkdir()
     (out / ".notes.facerecon-old").mkdir()  # our set-aside name, but not our files: kept
     (out / ".notes.facerecon-old" / "notes.txt").write_text("mine")
-    (out / f".x.facerecon-{gone.pid}.abc.partial").write_text("a file, not our folder")
+    (out / f".x.facerecon-{writer_token()}-{gone.pid}.abc.partial").write_text("a file, not our folder")
     before = sorted(p.relative_to(out) for p in out.rglob("*"))
     assert main(["reconstruct", str(lfpw[0]), "-o", str(out), "-q", "--refiners", ""]) == 0
     after = sorted(p.relative_to(out) for p in out.rglob("*"))
@@ -364,7 +381,7 @@ def test_the_partial_of_a_writer_left_a_zombie_is_stale(tmp_path):
     zombie = subprocess.Popen(["true"])
     try:
         assert _wait_for(lambda: Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z", 10.0)
-        partial = tmp_path / f".photo.facerecon-{zombie.pid}.zz9zz9.partial"
+        partial = tmp_path / f".photo.facerecon-{writer_token()}-{zombie.pid}.zz9zz9.partial"
         partial.mkdir()
         assert remove_stale_partials(tmp_path) == [partial]
         assert not partial.exists()

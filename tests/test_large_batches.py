@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from facerecon.cli import build_parser, main
+from facerecon.outputs.folder import writer_token
 
 FAST = ["--regressor", "landmark-mesh", "--segmenter", "none", "--refiners", "", "--texture-size", "64", "-q"]
 
@@ -29,7 +30,7 @@ def test_jobs_resume_and_overwrite(lfpw, tmp_path):
 
     # resume: one result lost (and a half-written folder of a killed run), the others are skipped
     shutil.rmtree(out / photos[1].stem)
-    (out / f".{photos[1].stem}.facerecon-999999999.x.partial").mkdir()
+    (out / f".{photos[1].stem}.facerecon-{writer_token()}-999999999.x.partial").mkdir()
     assert main(["reconstruct", *map(str, photos), "-o", str(out), "--jobs", "1", *FAST]) == 0
     second = json.loads((out / "summary.json").read_text())
     assert second["counts"] == {"succeeded": 1, "failed": 0, "skipped": 2, "images": 1}

@@ -72,3 +72,21 @@ def test_an_image_message_with_negative_sides_or_an_encoded_window_is_refused_in
     encoded = pb.Image(encoded=b"\x89PNG", window=pb.ImageWindow(left=0, top=0, width=10, height=10))
     with pytest.raises(InputError, match="window is for raw pixels"):
         image_from_proto(encoded, max_pixels=10**6)
+
+
+def test_a_deadline_gRPC_cannot_hold_is_refused_and_inf_means_none():
+    """``--deadline 1e10`` overflowed gRPC's deadline (64-bit nanoseconds): every call failed at once with
+    DEADLINE_EXCEEDED."""
+    import math
+
+    from facerecon.kernel import ConfigError, PipelineConfig
+    from facerecon.services.remote import RemoteOptions
+    from facerecon.services.remote_config import apply_remote, with_deadline
+
+    config = apply_remote(PipelineConfig(refiners=()), ["regressor=127.0.0.1:1"])
+    with pytest.raises(ConfigError, match="--deadline must be in"):
+        with_deadline(config, 1e10)
+    assert with_deadline(config, math.inf).options_for("regressor", "remote")["deadline_s"] == math.inf
+    with pytest.raises(ValueError, match="deadline_s must be in"):
+        RemoteOptions(address="127.0.0.1:1", deadline_s=1e10)
+    assert RemoteOptions(address="127.0.0.1:1", deadline_s=math.inf).deadline_s == math.inf

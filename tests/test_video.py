@@ -194,3 +194,19 @@ def test_one_euro_filter_smooths_still_signals_and_follows_moving_ones():
     slow_lag = 10.0 * times[-1] - float([slow(np.array([10.0 * t]), t) for t in times][-1][0])
     assert 0 <= lag < 0.2 * slow_lag  # the speed term removes most of the lag
     assert math.isclose(slow_lag, 10.0 / (2 * math.pi * 1.0), rel_tol=0.2)  # a first-order low-pass: v·τ
+
+
+def test_a_video_run_again_into_its_folder_resumes_or_overwrites(videos, tmp_path):
+    """A second run into the same -o refused the video's own folder ("not a facerecon result": it holds
+    video.json, not result.json), with and without --overwrite, and the whole batch with it."""
+    from facerecon.cli import main
+
+    good = videos["good"]
+    out = tmp_path / "out"
+    args = ["reconstruct", str(good), "-o", str(out), "-q", "--refiners", ""]
+    assert main(args) == 0
+    assert main(args) == 0
+    assert json.loads((out / "summary.json").read_text())["skipped"] == [str(good)]
+    assert main([*args, "--overwrite"]) == 0
+    assert json.loads((out / "summary.json").read_text())["counts"]["succeeded"] == 1
+    assert (out / "good" / "video.json").is_file()

@@ -362,8 +362,16 @@ class Grid:
     def meshes(self, medium: Mesh, raster, depths: dict[str, np.ndarray], covered: np.ndarray) -> dict[str, Mesh]:
         """Pixel-grid meshes of the covered samples, one per entry of ``depths`` (name: z (h, w) in grid
         units, away from the camera), UVs and landmark maps carried over from the medium mesh. They differ
-        in their vertices only: the triangles, UVs and maps are one set of arrays, shared."""
+        in their vertices only: the triangles, UVs and maps are one set of arrays, shared. A covered sample
+        in no 2 x 2 block of covered samples (a lone corner) is left out: it would be a vertex of no triangle,
+        which the mesh files drop (the files then disagreed with result.json's counts and bounds)."""
         h, w = covered.shape
+        quad = covered[:-1, :-1] & covered[:-1, 1:] & covered[1:, :-1] & covered[1:, 1:]
+        on_mesh = np.zeros_like(covered)
+        for di in (0, 1):
+            for dj in (0, 1):
+                on_mesh[di : h - 1 + di, dj : w - 1 + dj] |= quad
+        covered = on_mesh
         index = np.full((h, w), -1, np.int32)  # (int32: the triangles as a Mesh keeps them, not copied)
         index[covered] = np.arange(int(covered.sum()))
         ii, jj = np.nonzero(covered)
