@@ -52,24 +52,18 @@ def test_blocked_detector_is_said_to_be_blocked_not_unknown(tmp_path, photo, cap
     assert "unknown detector" not in err
 
 
-def test_blocked_default_refiner_is_said_to_be_blocked_and_fast_is_not_suggested(tmp_path, caplog):
-    config = write_config(tmp_path, '[plugins]\nblock = ["laplace"]\n')
+@pytest.mark.parametrize(
+    ("blocked", "kept", "fast"),
+    [("laplace", ("sfs",), False), ("sfs", ("laplace",), True)],  # --fast runs laplace: not suggested without it
+)
+def test_a_blocked_default_refiner_is_said_to_be_blocked(tmp_path, caplog, blocked, kept, fast):
+    config = write_config(tmp_path, f'[plugins]\nblock = ["{blocked}"]\n')
     with caplog.at_level(logging.WARNING):
         pipe = Pipeline.from_config(config)
-    assert pipe.config.refiners == ("sfs",)
-    warning = next(r.getMessage() for r in caplog.records if "runs without refiner 'laplace'" in r.getMessage())
-    assert "blocked by the configuration" in warning
-    assert "not installed" not in warning
-    assert "--fast" not in warning and "--refiners ''" in warning  # --fast runs laplace: it would fail
-
-
-def test_blocked_fine_refiner_still_suggests_fast(tmp_path, caplog):
-    config = write_config(tmp_path, '[plugins]\nblock = ["sfs"]\n')
-    with caplog.at_level(logging.WARNING):
-        pipe = Pipeline.from_config(config)
-    assert pipe.config.refiners == ("laplace",)
-    warning = next(r.getMessage() for r in caplog.records if "runs without refiner 'sfs'" in r.getMessage())
-    assert "blocked by the configuration" in warning and "--fast" in warning
+    assert pipe.config.refiners == kept
+    warning = next(r.getMessage() for r in caplog.records if f"runs without refiner '{blocked}'" in r.getMessage())
+    assert "blocked by the configuration" in warning and "not installed" not in warning
+    assert ("--fast" in warning) == fast and "--refiners ''" in warning
 
 
 def test_fast_with_the_medium_stage_blocked_says_blocked(tmp_path, photo, capsys):
