@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from facerecon.kernel.contract.errors import OutputError
+from facerecon.kernel.contract.images import check_image
 from facerecon.kernel.contract.records import (
     FaceReconstruction,
     ImageMaps,
@@ -61,7 +62,15 @@ from facerecon.kernel.contract.records import (
 )
 from facerecon.outputs.final_stage import base_colour_image, decimated, detail_stages, same_layout, write_final
 from facerecon.outputs.frames import file_frame, head_frame
-from facerecon.outputs.meshes import PNG_COMPRESSION, PngImage, atomic_write, current_umask, png_bytes, write_mesh
+from facerecon.outputs.meshes import (
+    PNG_COMPRESSION,
+    WRITERS,
+    PngImage,
+    atomic_write,
+    current_umask,
+    png_bytes,
+    write_mesh,
+)
 from facerecon.outputs.preview import render_preview
 from facerecon.outputs.result import PluginIds, dumps, result_dict
 from facerecon.outputs.texture import bake_texture, with_atlas_uvs
@@ -93,6 +102,15 @@ def write_outputs(
     A stage's image maps go to ``<stage>_<map>.png`` (+ ``.npy`` for depth and displacement); its
     intermediate meshes (e.g. the fine stage's phases) to ``<stage>_<phase>.<fmt>`` with ``save_phases``."""
     out_dir = Path(out_dir)
+    if isinstance(formats, str) or not all(f".{f}" in WRITERS for f in formats):
+        raise ValueError(f"formats must be a sequence of {', '.join(w[1:] for w in WRITERS)}, got {formats!r}")
+    if texture_size is not None and not 16 <= texture_size <= 8192:
+        raise ValueError(f"texture_size must be None (auto) or in 16..8192, got {texture_size}")
+    check_image(image)
+    if (image.shape[1], image.shape[0]) != tuple(rec.image_size):
+        raise ValueError(
+            f"image is {image.shape[1]}x{image.shape[0]}; the reconstruction was of a {rec.image_size} image"
+        )
     check_result_folder(out_dir)
     # Each face's head frame once (it transforms every vertex): the mesh files, the preview and result.json use it.
     heads = {r.face_index: head_frame(r) for r in rec.reconstructions}

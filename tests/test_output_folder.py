@@ -110,3 +110,37 @@ def test_a_medium_stage_that_only_subdivided_writes_no_final_files(tmp_path, fac
     result = write_outputs(rec, face_photo, tmp_path / "out", source="photo.png", formats=("obj", "glb"))
     assert not list((tmp_path / "out").glob("final*"))
     assert result["reconstructions"][0]["detail_maps"] is None
+
+
+def test_write_outputs_refuses_arguments_it_cannot_use(tmp_path, reconstruction, face_photo):
+    """Found by a walk-through of the Python API: formats as one string ("unknown mesh format '.o'"), a
+    negative texture size (numpy's "negative dimensions"), 0 (taken as auto), a float image (a PIL
+    TypeError) and another image than the reconstruction's (textures silently from the wrong pixels)."""
+    from facerecon.kernel.contract.errors import InputError
+
+    def write(**changes):
+        args = {"source": "x.png", "formats": ("obj",), "image": face_photo} | changes
+        image = args.pop("image")
+        return write_outputs(reconstruction, image, tmp_path / "out", **args)
+
+    with pytest.raises(ValueError, match="formats must be a sequence"):
+        write(formats="obj,ply")
+    for size in (-5, 0):
+        with pytest.raises(ValueError, match="texture_size must be None"):
+            write(texture_size=size)
+    with pytest.raises(InputError):
+        write(image=face_photo.astype(np.float32))
+    with pytest.raises(ValueError, match="the reconstruction was of"):
+        write(image=np.ascontiguousarray(face_photo[:100, :100]))
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_api_says_what_a_wrong_argument_is(tmp_path):
+    from facerecon.kernel import ConfigError, Pipeline
+    from facerecon.kernel.contract.errors import InputError
+    from facerecon.kernel.host.imageio import load_image
+
+    with pytest.raises(ConfigError, match="got int"):
+        Pipeline.from_config(42)
+    with pytest.raises(InputError, match="a folder, not an image file"):
+        load_image(tmp_path)

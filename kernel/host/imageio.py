@@ -61,7 +61,7 @@ def load_image(source: str | Path | bytes, *, max_pixels: int = 80_000_000) -> n
         path = Path(source)
         name = str(path)
         if not path.is_file():
-            raise InputError(f"{name}: no such file")
+            raise InputError(f"{name}: " + ("a folder, not an image file" if path.is_dir() else "no such file"))
         try:
             data = path.read_bytes()
         except OSError as exc:

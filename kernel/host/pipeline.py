@@ -172,6 +172,10 @@ class Pipeline:
             return cls(config, host)
         if isinstance(config, (str, Path)):
             return cls(PipelineConfig.load(config), host)
+        if not isinstance(config, Mapping):
+            raise ConfigError(
+                f"a pipeline config is a PipelineConfig, a TOML file path or a mapping, got {type(config).__name__}"
+            )
         return cls(PipelineConfig.from_mapping(config), host)
 
     # -- stages, built once ----------------------------------------------------------------------
