@@ -351,7 +351,7 @@ def test_paths_that_are_no_image_file_raise_input_error(tmp_path):
     (tmp_path / "empty.png").write_bytes(b"")
     for path, why in [
         (tmp_path / "missing.png", "no such file"),
-        (tmp_path, "no such file"),
+        (tmp_path, "a folder, not an image file"),
         (tmp_path / "empty.png", "empty file"),
     ]:
         with pytest.raises(InputError, match=why):
