@@ -234,8 +234,8 @@ def reconstruct_job(pipeline: Pipeline, path: Path, out_dir: Path, write: WriteO
     from facerecon.video_reconstruct import reconstruct_video
 
     outcome = reconstruct_video(pipeline, path, out_dir, write, video)
-    if outcome.error is not None:
-        log.error("%s", outcome.error)
+    if outcome.error is not None:  # named as a photo's failure is (its input errors already start with it)
+        log.error("%s", outcome.error if outcome.error.startswith(str(path)) else f"{path}: {outcome.error}")
     return outcome
 
 

@@ -210,3 +210,22 @@ def test_a_video_run_again_into_its_folder_resumes_or_overwrites(videos, tmp_pat
     assert main([*args, "--overwrite"]) == 0
     assert json.loads((out / "summary.json").read_text())["counts"]["succeeded"] == 1
     assert (out / "good" / "video.json").is_file()
+
+
+def test_a_video_failing_mid_run_is_named_in_the_log(videos, tmp_path, caplog, monkeypatch):
+    """A remote server that died during a video logged "RemoteError: remote regressor ..." without the
+    video's name (a photo's failure line starts with its path)."""
+    from facerecon.batch import WriteOptions, reconstruct_job
+    from facerecon.kernel import Pipeline, PipelineConfig
+    from facerecon.video_reconstruct import VideoOptions
+
+    with Pipeline(PipelineConfig(refiners=(), device="cpu")) as pipe:
+
+        def dead_server(image):
+            raise RuntimeError("the server went away")
+
+        monkeypatch.setattr(pipe, "detect", dead_server)
+        with caplog.at_level("ERROR", logger="facerecon"):
+            outcome = reconstruct_job(pipe, videos["good"], tmp_path / "good", WriteOptions(), VideoOptions())
+    assert outcome.error == "RuntimeError: the server went away"
+    assert f"{videos['good']}: RuntimeError: the server went away" in caplog.text
