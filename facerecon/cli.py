@@ -31,9 +31,9 @@ from facerecon.kernel import Pipeline, PipelineConfig, PluginHost
 from facerecon.kernel.contract.errors import ConfigError, InputError, ModelFileError, PluginError
 from facerecon.kernel.host.commands import DefaultsHelpFormatter
 from facerecon.kernel.host.config import DEFAULT_REFINERS, DEVICES
-from facerecon.outputs.folder import check_output_folder, remove_stale_partials
+from facerecon.outputs.folder import TEXTURE_SIDES, check_output_folder, remove_stale_partials
 from facerecon.outputs.frames import FRAMES
-from facerecon.outputs.meshes import WRITERS, atomic_write
+from facerecon.outputs.meshes import WRITERS, atomic_write, mesh_formats
 from facerecon.pool import WorkerPool
 from facerecon.temporal import OneEuroSettings
 from facerecon.video import Sampling, find_inputs
@@ -281,13 +281,13 @@ def _texture_size(text: str) -> int | None:
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
-    given = [f.strip() for f in args.formats.split(",") if f.strip()]
-    formats = tuple(f.lower().removeprefix(".") for f in given)  # "OBJ", ".obj" -> "obj"
-    unknown = [repr(g) for g, f in zip(given, formats, strict=True) if f".{f}" not in WRITERS]
+    formats, unknown = mesh_formats(args.formats.split(","))
     if unknown or not formats:
         raise ConfigError(f"unknown mesh format(s) {', '.join(unknown) or '(none)'}; known: obj, ply, glb")
-    if args.texture_size is not None and not 16 <= args.texture_size <= 8192:
-        raise ConfigError(f"--texture-size must be auto or in 16..8192, got {args.texture_size}")
+    if args.texture_size is not None and not TEXTURE_SIDES[0] <= args.texture_size <= TEXTURE_SIDES[1]:
+        raise ConfigError(
+            f"--texture-size must be auto or in {TEXTURE_SIDES[0]}..{TEXTURE_SIDES[1]}, got {args.texture_size}"
+        )
     if not 0 <= args.png_compression <= 9:
         raise ConfigError(f"--png-compression must be in 0..9, got {args.png_compression}")
     if args.view:

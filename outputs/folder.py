@@ -104,8 +104,10 @@ def write_outputs(
     out_dir = Path(out_dir)
     if isinstance(formats, str) or not all(f".{f}" in WRITERS for f in formats):
         raise ValueError(f"formats must be a sequence of {', '.join(w[1:] for w in WRITERS)}, got {formats!r}")
-    if texture_size is not None and not 16 <= texture_size <= 8192:
-        raise ValueError(f"texture_size must be None (auto) or in 16..8192, got {texture_size}")
+    if texture_size is not None and not TEXTURE_SIDES[0] <= texture_size <= TEXTURE_SIDES[1]:
+        raise ValueError(
+            f"texture_size must be None (auto) or in {TEXTURE_SIDES[0]}..{TEXTURE_SIDES[1]}, got {texture_size}"
+        )
     check_image(image)
     if (image.shape[1], image.shape[0]) != tuple(rec.image_size):
         raise ValueError(
@@ -238,6 +240,9 @@ def check_result_folder(out_dir: Path) -> None:
             "another output folder"
         )
 
+
+TEXTURE_SIDES = (16, 8192)
+"""The smallest and largest texture side ``texture_size`` (``--texture-size``) may ask for."""
 
 OWN_FILES = {"summary.json": "succeeded", "failures.json": "failures"}
 """The files ``facerecon reconstruct`` writes into OUT itself, with a key that marks them as its own."""

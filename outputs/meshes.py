@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import tempfile
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -346,6 +347,14 @@ class MeshWriter(Protocol):
         normal_map: np.ndarray | PngImage | None = None,
         frame: FileFrame | None = None,
     ) -> list[Path]: ...
+
+
+def mesh_formats(names: Iterable[str]) -> tuple[tuple[str, ...], list[str]]:
+    """Mesh format names as given (``"OBJ"``, ``".obj"``, blanks skipped) -> the formats (``"obj"``) and the
+    given names no writer has, quoted as given (for a message)."""
+    given = [name.strip() for name in names if name.strip()]
+    formats = tuple(name.lower().removeprefix(".") for name in given)
+    return formats, [repr(g) for g, f in zip(given, formats, strict=True) if f".{f}" not in WRITERS]
 
 
 WRITERS: dict[str, MeshWriter] = {

@@ -21,7 +21,7 @@ from facerecon.kernel.contract.errors import FaceReconError, InputError, RecordE
 from facerecon.kernel.contract.records import Reconstruction
 from facerecon.kernel.contract.stages import check_result
 from facerecon.kernel.host.registry import StageSpec
-from facerecon.outputs.meshes import WRITERS
+from facerecon.outputs.meshes import mesh_formats
 from facerecon.v1 import pipeline_pb2, pipeline_pb2_grpc, stages_pb2, stages_pb2_grpc
 
 from . import convert
@@ -288,9 +288,7 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServicer):
     ) -> pipeline_pb2.ReconstructResponse:
         self.loader.check_ready(context)
         check_deadline(context)
-        given = [f.strip() for f in request.formats if f.strip()]
-        formats = [f.lower().removeprefix(".") for f in given]  # "OBJ", ".obj" -> "obj"
-        unknown = [repr(g) for g, f in zip(given, formats, strict=True) if f".{f}" not in WRITERS]
+        formats, unknown = mesh_formats(request.formats)
         if unknown:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown mesh format(s) {', '.join(unknown)}")
         all_faces = request.all_faces if request.HasField("all_faces") else self.config.all_faces
