@@ -82,6 +82,7 @@ def benchmark(
                 "regressor": pipe.config.regressor,
                 "segmenter": pipe.config.segmenter,
                 "refiners": list(pipe.config.refiners),
+                "plugins": stage_plugins(pipe.config),
             },
             "first_call": {"load_ms": round(load_ms, 1), "first_photo_ms": round(first_ms, 1)},
             "stages": stages,
@@ -107,16 +108,62 @@ def read_report(path: Path) -> dict[str, Any]:
     return report
 
 
+def stage_plugins(config: PipelineConfig) -> dict[str, Any]:
+    """The plugin each stage runs, a remote stage's being the one it asks its server for ("remote": the
+    server's own, unknown here): what two runs compared by ``--against`` must share."""
+
+    def plugin(kind: str, name: str | None) -> str | None:
+        if name is not None and (name == "remote" or name.startswith("remote@")):
+            return str(config.options_for(kind, name).get("plugin", "remote"))
+        return name
+
+    named = {kind: plugin(kind, getattr(config, kind)) for kind in ("detector", "regressor", "segmenter")}
+    return {**named, "refiners": [plugin("refiner", name) for name in config.refiners]}
+
+
 def compare(result: dict[str, Any], earlier: dict[str, Any], source: str) -> dict[str, Any]:
     """Per stage both runs have: this run's median, the earlier one's, and their ratio (this / earlier),
-    e.g. a stage over gRPC (``--remote``) against the same stage in-process, or CUDA against the CPU."""
+    e.g. a stage over gRPC (``--remote``) against the same stage in-process, or CUDA against the CPU; and
+    ``differs``: what else tells the two runs apart (other plugins, photos or passes), whose ratios then
+    compare different work."""
     stages = {}
     for name, now in result["stages"].items():
         then = earlier["stages"].get(_in_process(name))
         if then is not None and then["median_ms"] > 0:
             ratio = now["median_ms"] / then["median_ms"]
             stages[name] = {"median_ms": now["median_ms"], "against_ms": then["median_ms"], "ratio": round(ratio, 3)}
-    return {"file": source, "device": earlier.get("device"), "pipeline": earlier.get("pipeline"), "stages": stages}
+    return {
+        "file": source,
+        "device": earlier.get("device"),
+        "pipeline": earlier.get("pipeline"),
+        "stages": stages,
+        "differs": differences(result, earlier),
+    }
+
+
+def differences(result: dict[str, Any], earlier: dict[str, Any]) -> list[str]:
+    """What besides the device and where the stages run differs between two bench reports, as
+    "KEY: EARLIER then, NOW now" (a remote stage whose plugin its server chose is not compared)."""
+    differs = []
+    for key in ("photos", "passes"):
+        if key in earlier and earlier[key] != result.get(key):
+            differs.append(f"{key}: {earlier[key]} then, {result.get(key)} now")
+    recorded = earlier.get("pipeline")
+    pipeline: dict[str, Any] = recorded if isinstance(recorded, dict) else {}
+    then = pipeline.get("plugins") or {  # (reports before 0.16.0 name the stages only)
+        kind: [_in_process(n) for n in names] if kind == "refiners" and isinstance(names, list) else names
+        for kind, names in pipeline.items()
+    }
+    now = (result.get("pipeline") or {}).get("plugins") or {}
+    for kind in ("detector", "regressor", "segmenter", "refiners"):
+        if kind not in then or kind not in now:
+            continue
+        a, b = then[kind], now[kind]
+        if "remote" in (a if isinstance(a, list) else [a]) or "remote" in (b if isinstance(b, list) else [b]):
+            continue  # (a list of refiners with an unknown one: their timings are compared one by one anyway)
+        if a != b:
+            differs.append(f"{kind}: {a} then, {b} now")
+    return differs
 
 
 def _in_process(stage: str) -> str:

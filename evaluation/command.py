@@ -313,5 +313,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     result = benchmark(config, photos, args.passes, progress)
     if earlier is not None:
         result["against"] = compare(result, earlier, str(args.against))
+        if result["against"]["differs"]:
+            differs = "; ".join(result["against"]["differs"])
+            print(
+                f"warning: {args.against} was another run ({differs}): its ratios compare different work",
+                file=sys.stderr,
+            )
     _print_summary(result, write_report(args.output, result, earlier))
     return EXIT_OK

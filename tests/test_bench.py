@@ -70,6 +70,7 @@ def test_bench_times_a_stage_over_grpc(tmp_path, lfpw, capsys):
     assert result["photos_with_a_face"] == 4 and result["stages"]["regressor"]["runs"] == 3
     against = result["against"]
     assert against["pipeline"]["regressor"] == "landmark-mesh" and set(against["stages"]) == set(result["stages"])
+    assert against["differs"] == []  # the same stages, photos and passes: only where the regressor ran
     row = against["stages"]["regressor"]
     assert row["against_ms"] == in_process["stages"]["regressor"]["median_ms"]
     assert row["ratio"] == pytest.approx(row["median_ms"] / row["against_ms"], rel=1e-2)
@@ -102,3 +103,41 @@ def test_a_remote_refiner_is_compared_with_the_same_refiner_in_process():
     earlier = {"device": "cpu", "stages": {"refiner:laplace": {"median_ms": 25.0, "p90_ms": 27.0}}}
     rows = compare(now, earlier, "b-local/bench.json")["stages"]
     assert rows == {"refiner:remote@laplace": {"median_ms": 30.0, "against_ms": 25.0, "ratio": 1.2}}
+
+
+def test_against_a_run_of_other_stages_or_photos_says_what_differs(tmp_path, lfpw, capsys):
+    from facerecon.evaluation.bench import differences
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for photo in lfpw[:2]:
+        (folder / photo.name).symlink_to(photo)
+    argv = ["bench", str(folder), "-q", "--device", "cpu", "--regressor", "landmark-mesh"]
+    assert main([*argv, "-o", str(tmp_path / "a"), "--refiners", ""]) == 0
+    (folder / lfpw[2].name).symlink_to(lfpw[2])
+    against = ["--against", str(tmp_path / "a" / "bench.json")]
+    assert main([*argv, "-o", str(tmp_path / "b"), "--refiners", "laplace", *against]) == 0
+    captured = capsys.readouterr()
+    differs = json.loads((tmp_path / "b" / "bench.json").read_text())["against"]["differs"]
+    assert differs == ["photos: 2 then, 3 now", "refiners: [] then, ['laplace'] now"]
+    assert "was another run (photos: 2 then, 3 now; refiners: [] then, ['laplace'] now)" in captured.err
+    # a report written before the plugins were recorded: a remote refiner is its plugin, a remote stage
+    # whose server chose the plugin is not compared
+    old = {
+        "photos": 3,
+        "passes": 1,
+        "pipeline": {
+            "detector": "remote",
+            "regressor": "landmark-mesh",
+            "segmenter": None,
+            "refiners": ["remote@laplace"],
+        },
+    }
+    now = {
+        "photos": 3,
+        "passes": 1,
+        "pipeline": {
+            "plugins": {"detector": "mediapipe", "regressor": "3dmm-fit", "segmenter": None, "refiners": ["laplace"]}
+        },
+    }
+    assert differences(now, old) == ["regressor: landmark-mesh then, 3dmm-fit now"]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from facerecon.kernel import ConfigError, Pipeline, PipelineConfig, PluginError, PluginHost, hookimpl
+from facerecon.kernel import ClosedError, ConfigError, Pipeline, PipelineConfig, PluginError, PluginHost, hookimpl
 from facerecon.plugins import landmark_mesh, landmark_regions, mediapipe_detector
 
 
@@ -178,6 +178,16 @@ def test_options_reach_the_factory_typed(host, face_photo):
     assert (coarse.stage, shifted.stage, shifted.plugin) == ("coarse", "shifted", "shift")
     assert abs(float((shifted.mesh.vertices - coarse.mesh.vertices)[:, 0].mean()) - 5.0) < 1e-3
     pipe.close()
+
+
+def test_a_closed_pipeline_says_so_instead_of_loading_its_models_again(host, face_photo):
+    host.register_plugin(plugin_module("shift", register_shift), name="shift")
+    with Pipeline(PipelineConfig(refiners=("shift",), device="cpu"), host) as pipe:
+        assert len(pipe(face_photo).reconstructions) == 1
+    for use in (lambda: pipe(face_photo), lambda: pipe.detect(face_photo), pipe.warm_up):
+        with pytest.raises(ClosedError, match=r"this pipeline was closed; its detector 'mediapipe' is unloaded"):
+            use()
+    pipe.close()  # closing twice is harmless
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ the input-image check (:mod:`.images`).
 """
 
 from facerecon.kernel.contract.errors import (
+    ClosedError,
     ConfigError,
     FaceReconError,
     InputError,
@@ -45,6 +46,7 @@ from facerecon.kernel.contract.stages import (
 __all__ = [
     "IBUG68",
     "STAGE_KINDS",
+    "ClosedError",
     "CoarseResult",
     "ConfigError",
     "Detector",

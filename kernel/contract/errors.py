@@ -15,6 +15,11 @@ class OutputError(ConfigError):
     (facerecon replaces its result folders whole, so it never writes over anyone else's)."""
 
 
+class ClosedError(FaceReconError, ValueError):
+    """A pipeline was used after ``close()`` (or after its ``with`` block): its models are unloaded and its
+    remote channels closed. Build a new one."""
+
+
 class PluginError(FaceReconError):
     """A plugin failed to load or to register, or broke the stage contract."""
 

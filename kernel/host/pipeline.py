@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from facerecon.kernel.contract.errors import ConfigError, PluginError
+from facerecon.kernel.contract.errors import ClosedError, ConfigError, PluginError
 from facerecon.kernel.contract.images import check_image
 from facerecon.kernel.contract.records import (
     CoarseResult,
@@ -63,6 +63,7 @@ class Pipeline:
         self.device = resolve_device(self.config.device)
         self._stages: dict[tuple[str, str], Any] = {}
         self._helper: ThreadPoolExecutor | None = None  # runs a stage beside another (see _side_by_side)
+        self._closed = False
         # Fail fast on unknown plugin names and stages that cannot use the detector's landmarks, before any
         # model loads or photo is read.
         self._check_chain(schemes)
@@ -183,6 +184,8 @@ class Pipeline:
     def stage(self, kind: str, name: str) -> Any:
         key = (kind, name)
         if key not in self._stages:
+            if self._closed:  # rebuilt now, its models would load again and never be closed
+                raise ClosedError(f"this pipeline was closed; its {kind} {name!r} is unloaded: build a new Pipeline")
             self._stages[key] = self.host.create(kind, name, self.config.options_for(kind, name), self.device)
             # After the stage loaded its libraries (BLAS, torch): pools sized for per-face work (threads.py).
             limit_threads(self.config.blas_threads, self.config.torch_threads)
@@ -222,6 +225,8 @@ class Pipeline:
                 warm()
 
     def close(self) -> None:
+        """Unload the stages (models, remote channels); the pipeline cannot run again (``ClosedError``)."""
+        self._closed = True
         if self._helper is not None:
             self._helper.shutdown(wait=True)
             self._helper = None
