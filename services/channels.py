@@ -80,7 +80,7 @@ def channel_options(service: str, options: RemoteOptions) -> list[tuple[str, Any
     limit = options.max_message_mb * 1024 * 1024
     result: list[tuple[str, Any]] = [
         ("grpc.max_send_message_length", limit),
-        ("grpc.max_receive_message_length", limit),
+        ("grpc.max_receive_message_length", -1),  # replies are not bounded (the server's, services/server.py)
         ("grpc.service_config", json.dumps(service_config(service, options.retries))),
         ("grpc.enable_retries", 1 if options.retries else 0),
         # A call is only retried while its request is still buffered: images are bigger than the

@@ -86,7 +86,9 @@ def add_serve_parser(subcommands: Any) -> argparse.ArgumentParser:
         "--max-concurrent", type=_positive(int), default=16, help="simultaneous calls; more: RESOURCE_EXHAUSTED"
     )
     net.add_argument("--workers", type=_positive(int), default=1, help="copies of the model serving calls in parallel")
-    net.add_argument("--max-message-mb", type=_positive(int), default=64, help="largest message received or sent")
+    net.add_argument(
+        "--max-message-mb", type=_positive(int), default=64, help="largest request received (replies are not bounded)"
+    )
     net.add_argument(
         "--max-image-mp",
         type=_positive(float),

@@ -105,7 +105,8 @@ class RemoteOptions:
     tls_cert, tls_key: a client certificate for servers that verify clients (mutual TLS).
     tls_server_name: the name the server's certificate must carry, when it differs from the address.
     token_file: a file holding a bearer token sent with every call.
-    max_message_mb: largest message sent or received.
+    max_message_mb: largest request sent (replies are not bounded: a group photo's fine reconstructions
+        pass 100 MB).
     compact: send only what the served stage reads (its ``reads``: no pixel, the face's window) and meshes
         whose layout both ends hold as vertices only, where the server understands it (issue 19); false:
         whole images and meshes, as before.

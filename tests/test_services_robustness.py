@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 
 import grpc
+import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from services_support import serving, small_refine_request, toy_host
@@ -127,6 +129,34 @@ def test_deadline_flag_sets_every_remote_stage():
         facerecon_apply_pipeline_flags(config=PipelineConfig(), args=argparse.Namespace(remote=[], deadline=5.0))
     with pytest.raises(ConfigError, match=r"--deadline must be in \(0, 1e\+06\] seconds"):
         facerecon_apply_pipeline_flags(config=config, args=argparse.Namespace(remote=[], deadline=0.0))
+
+
+def test_requests_are_bounded_and_replies_are_not(host, lfpw):
+    """``--max-message-mb`` bounds what a server receives (a caller's request) and what a client sends, not
+    the replies: a group photo's fine reconstructions pass 100 MB, and a reply refused once the work is done
+    (RESOURCE_EXHAUSTED, "Sent message larger than max") helped nobody."""
+    from facerecon.kernel.host.imageio import load_image
+    from facerecon.services.remote import RemoteError
+    from facerecon.services.remote_pipeline import RemotePipeline
+
+    config = PipelineConfig(regressor="landmark-mesh", refiners=(), device="cpu")
+    server = Server.for_pipeline(config, host=host, settings=replace(ANY_PORT, max_message_bytes=2**20))
+    with serving(server) as address:
+        remote_config = apply_remote(config, [f"pipeline={address}"]).with_options(
+            "pipeline", "remote", {"max_message_mb": 1, "retries": 0}
+        )
+        big = np.zeros((700, 700, 3), np.uint8)  # 1.5 MB of pixels: a request over the bound
+        with RemotePipeline(remote_config) as remote:
+            small = np.ascontiguousarray(load_image(lfpw[0])[::2, ::2])  # 0.3 MB of pixels: under it
+            rec = remote(small, all_faces=True)
+            reply = convert.to_proto(rec).ByteSize()
+            assert reply > 2**20 and len(rec.reconstructions) == 1  # a 1.3 MB mesh: over the bound, received
+            with pytest.raises(RemoteError, match="RESOURCE_EXHAUSTED: CLIENT: Sent message larger than max"):
+                remote(big)  # refused by the client, which sends at most its max_message_mb
+        looser = remote_config.with_options("pipeline", "remote", {"max_message_mb": 4})
+        refused = pytest.raises(RemoteError, match="RESOURCE_EXHAUSTED: SERVER: Received message larger than max")
+        with RemotePipeline(looser) as remote, refused:
+            remote(big)  # refused by the server
 
 
 def test_reconstruct_sends_whole_photos_to_a_pipeline_server(host, lfpw, tmp_path, monkeypatch):
