@@ -37,16 +37,20 @@ def encoded_image(data: bytes) -> pb.Image:
     return pb.Image(encoded=bytes(data))
 
 
-def image_from_proto(message: pb.Image, *, max_pixels: int) -> np.ndarray:
+LIMIT_HINT = "set by the server's --max-image-mp"
+
+
+def image_from_proto(message: pb.Image, *, max_pixels: int, name: str = "the request's image") -> np.ndarray:
     """uint8 (H, W, 3) RGB. The pixel count is checked against ``max_pixels`` before anything is decoded:
-    from the header of an encoded file, from the shape of raw pixels. Every problem is an InputError."""
+    from the header of an encoded file, from the shape of raw pixels. Every problem is an InputError; one
+    in an encoded file names it ``name`` (the client's file name, where the request carries one)."""
     from .convert import array, dtype_name  # (convert imports this module)
 
     which = message.WhichOneof("content")
     if which == "encoded":
         if message.HasField("window"):  # a window travels with raw pixels only: refused, not ignored
             raise InputError("image.window is for raw pixels (image.pixels), not for an encoded file")
-        return load_image(message.encoded, max_pixels=max_pixels)
+        return load_image(message.encoded, max_pixels=max_pixels, name=name, limit_hint=LIMIT_HINT)
     if which == "pixels":
         t = message.pixels
         shape = [int(n) for n in t.shape]
@@ -68,7 +72,7 @@ def image_from_proto(message: pb.Image, *, max_pixels: int) -> np.ndarray:
         if height * width > max_pixels:
             raise InputError(
                 f"image is {width}x{height} = {width * height / 1e6:.0f} MP, above the server's limit of "
-                f"{max_pixels / 1e6:.0f} MP"
+                f"{max_pixels / 1e6:.0f} MP ({LIMIT_HINT})"
             )
         try:
             pixels = array(t, "image.pixels")

@@ -246,6 +246,10 @@ STAGE_SERVICERS: dict[str, type[_StageServicer]] = {
 # -- the pipeline servicer -------------------------------------------------------------------------
 
 
+NO_NAME = "the request's image"
+"""What a Reconstruct request's image is called in errors when the request names no ``source``."""
+
+
 class PipelineServicer(pipeline_pb2_grpc.PipelineServicer):
     """The whole pipeline; its stages may themselves be remote (a pipeline across machines)."""
 
@@ -301,7 +305,12 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServicer):
         # The whole call's working set (decoded photo, records, output files) exists only while it holds a
         # pipeline, on that pipeline's thread: at most `workers` of them at once (docs/services.md).
         def work(pipe: Pipeline) -> dict[str, Any] | None:
-            image = _decode(context, lambda: convert.image_from_proto(request.image, max_pixels=self.max_image_pixels))
+            image = _decode(
+                context,
+                lambda: convert.image_from_proto(
+                    request.image, max_pixels=self.max_image_pixels, name=request.source or NO_NAME
+                ),
+            )
             rec = run_pipeline(pipe, image, all_faces, context)
             check_call(context)  # nobody waits for the outputs any more
             plugins = pipe.plugin_ids()

@@ -29,6 +29,7 @@ from facerecon.kernel.contract.errors import InputError, RecordError
 from facerecon.kernel.contract.records import Face, Landmarks, Mesh, Segmentation
 from facerecon.kernel.host.imageio import load_image
 from facerecon.services import convert
+from facerecon.services.images import LIMIT_HINT
 from facerecon.services.server import Server, ServerSettings
 from facerecon.v1 import records_pb2 as pb
 from facerecon.v1 import stages_pb2, stages_pb2_grpc
@@ -88,10 +89,11 @@ def assert_loaded(image: np.ndarray, max_pixels: int) -> None:
     assert height * width <= max_pixels
 
 
-def outcome(source, max_pixels: int) -> np.ndarray | InputError:
-    """load_image's image (checked against the contract) or its InputError; anything else fails."""
+def outcome(source, max_pixels: int, **naming: str) -> np.ndarray | InputError:
+    """load_image's image (checked against the contract) or its InputError; anything else fails. ``naming``:
+    load_image's ``name`` and ``limit_hint``."""
     try:
-        image = load_image(source, max_pixels=max_pixels)
+        image = load_image(source, max_pixels=max_pixels, **naming)
     except InputError as exc:
         return exc
     assert_loaded(image, max_pixels)
@@ -489,7 +491,8 @@ def check_image_message(message: pb.Image, max_pixels: int) -> np.ndarray | Inpu
         assert got is not None and "no image" in str(got)
         return got
     if which == "encoded":
-        expected = outcome(message.encoded, max_pixels)
+        # (a server names the bytes and its own flag for the limit)
+        expected = outcome(message.encoded, max_pixels, name="the request's image", limit_hint=LIMIT_HINT)
         if isinstance(expected, InputError):
             assert got is not None and str(got) == str(expected)
             return got

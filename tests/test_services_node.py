@@ -352,3 +352,12 @@ def test_node_client_help(node_client):
         for word in ("--result", "--all-faces", "--token-file", "--ca", "--cert", "--key", "--deadline-s", "-face<i>"):
             assert word in run.stdout, word
         assert "image frame" in run.stdout and "exit codes" in run.stdout
+
+
+def test_node_client_aimed_at_a_stage_server_says_it_wants_a_pipeline_server(node_client, photo, tmp_path):
+    with serving(
+        Server.for_stage("regressor", "landmark-mesh", device="cpu", settings=ServerSettings(port=0))
+    ) as address:
+        run = client(node_client, address, photo, tmp_path / "x.obj")
+    assert_one_line_error(run, 1, "UNIMPLEMENTED", f"is {address} a Pipeline server: facerecon serve pipeline?")
+    assert not (tmp_path / "x.obj").exists()

@@ -225,17 +225,33 @@ def test_bad_records_are_refused_naming_the_field():
         convert.from_proto(message)
 
 
+def encoded_png(image: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def test_images_are_checked_before_decoding():
     image = RNG.integers(0, 256, (40, 30, 3)).astype(np.uint8)
     message = convert.image_to_proto(image)
     assert np.array_equal(convert.image_from_proto(message, max_pixels=10_000), image)
-    with pytest.raises(InputError, match="above the server's limit"):
+    with pytest.raises(InputError, match=r"above the server's limit of 0 MP \(set by the server's --max-image-mp\)"):
         convert.image_from_proto(message, max_pixels=1000)
+    # an encoded file: named as the client named it (not "<bytes>"), the server's flag for the limit
+    encoded = convert.encoded_image(encoded_png(image))
+    with pytest.raises(
+        InputError, match=r"^face\.png: image is 30x40 = 0 MP, .* \(set by the server's --max-image-mp\)$"
+    ):
+        convert.image_from_proto(encoded, max_pixels=1000, name="face.png")
     bad = records_pb2.Image()
     bad.pixels.CopyFrom(records_pb2.Tensor(dtype=records_pb2.DTYPE_UINT8, shape=[40, 30, 4], data=b""))
     with pytest.raises(InputError, match=r"shape \(height, width, 3\)"):
         convert.image_from_proto(bad, max_pixels=10_000)
-    with pytest.raises(InputError, match="not an image"):
+    with pytest.raises(InputError, match="^the request's image: not an image"):
         convert.image_from_proto(convert.encoded_image(b"GIF? no, garbage"), max_pixels=10_000)
     with pytest.raises(InputError, match="no image"):
         convert.image_from_proto(records_pb2.Image(), max_pixels=10_000)

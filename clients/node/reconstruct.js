@@ -368,7 +368,8 @@ async function main() {
     client.Reconstruct(request, metadata, { deadline: Date.now() + options.deadlineS * 1000 }, (error, reply) => {
       client.close();
       if (!error) return resolve(reply);
-      const details = String(error.details).replace(/\s*Resolution note:\s*$/, ''); // grpc-js adds it, often empty
+      let details = String(error.details).replace(/\s*Resolution note:\s*$/, ''); // grpc-js adds it, often empty
+      if (error.code === grpc.status.UNIMPLEMENTED) details += ` (is ${options.address} a Pipeline server: facerecon serve pipeline?)`;
       reject(new Failure(1, `${grpc.status[error.code] ?? error.code}: ${details}`));
     });
   });

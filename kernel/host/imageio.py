@@ -54,9 +54,15 @@ IMAGE_SUFFIXES = frozenset(s for s in _PHOTO_SUFFIXES if s in Image.registered_e
 """Suffixes a folder input picks up: the photo formats this Pillow build can open."""
 
 
-def load_image(source: str | Path | bytes, *, max_pixels: int = 80_000_000) -> np.ndarray:
-    """Decode a file path or encoded bytes to ``uint8 (H, W, 3)`` RGB."""
-    name = "<bytes>"
+def load_image(
+    source: str | Path | bytes,
+    *,
+    max_pixels: int = 80_000_000,
+    name: str = "<bytes>",
+    limit_hint: str = "raise max_image_pixels in the config to allow it",
+) -> np.ndarray:
+    """Decode a file path or encoded bytes to ``uint8 (H, W, 3)`` RGB. Errors name the path, or ``name`` for
+    bytes; one over ``max_pixels`` says how to allow it (``limit_hint``: a server names its own flag)."""
     if isinstance(source, (str, Path)):
         path = Path(source)
         name = str(path)
@@ -78,7 +84,7 @@ def load_image(source: str | Path | bytes, *, max_pixels: int = 80_000_000) -> n
             if width * height > max_pixels:
                 raise InputError(
                     f"{name}: image is {width}x{height} = {width * height / 1e6:.0f} MP, above the limit of "
-                    f"{max_pixels / 1e6:.0f} MP (raise max_image_pixels in the config to allow it)"
+                    f"{max_pixels / 1e6:.0f} MP ({limit_hint})"
                 )
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
