@@ -11,6 +11,7 @@ most GPU memory PyTorch held allocated at once (``cuda_peak_mb``; null on the CP
 
 from __future__ import annotations
 
+import hashlib
 import json
 import resource
 import sys
@@ -55,7 +56,7 @@ def benchmark(
                 start = time.perf_counter()
                 rec = pipe(image)
                 total = (time.perf_counter() - start) * 1000
-                faces += bool(rec.reconstructions)
+                faces += bool(rec.reconstructions) and round_ == 0
                 if progress is not None:
                     progress(str(photo), total)
                 if round_ == 0 and i == 0:
@@ -76,6 +77,7 @@ def benchmark(
             "photos": len(photos),
             "passes": passes,
             "photos_with_a_face": faces,
+            "photo_set": photo_set(images),
             "device": pipe.device,
             "pipeline": {
                 "detector": pipe.config.detector,
@@ -106,6 +108,14 @@ def read_report(path: Path) -> dict[str, Any]:
     ):
         raise ValueError(f"{path}: not a bench.json (no per-stage median_ms / p90_ms)")
     return report
+
+
+def photo_set(images: Sequence[np.ndarray]) -> str:
+    """A digest of the photos' pixels, in any order: whether two runs timed the same photos."""
+    digests = sorted(
+        hashlib.blake2b(f"{image.shape}".encode() + image.tobytes(), digest_size=16).digest() for image in images
+    )
+    return hashlib.blake2b(b"".join(digests), digest_size=16).hexdigest()
 
 
 def stage_plugins(config: PipelineConfig) -> dict[str, Any]:
@@ -148,6 +158,9 @@ def differences(result: dict[str, Any], earlier: dict[str, Any]) -> list[str]:
     for key in ("photos", "passes"):
         if key in earlier and earlier[key] != result.get(key):
             differs.append(f"{key}: {earlier[key]} then, {result.get(key)} now")
+    sets = earlier.get("photo_set"), result.get("photo_set")
+    if None not in sets and sets[0] != sets[1] and earlier.get("photos") == result.get("photos"):
+        differs.append(f"photos: another set of {result.get('photos')}")
     recorded = earlier.get("pipeline")
     pipeline: dict[str, Any] = recorded if isinstance(recorded, dict) else {}
     then = pipeline.get("plugins") or {  # (reports before 0.16.0 name the stages only)

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from facerecon.evaluation.report_folder import check_report_folder
 from facerecon.kernel import Pipeline, PipelineConfig, PluginHost
 from facerecon.kernel.contract.errors import ConfigError, InputError
 from facerecon.kernel.host.commands import DefaultsHelpFormatter
@@ -57,7 +60,7 @@ def add_evaluation_commands(sub: Any, host: PluginHost) -> None:
     )
     marks.add_argument("--detector-only", action="store_true", help="score a 68-point detector alone (no stages)")
     _pipeline_flags(marks, host)
-    marks.set_defaults(handler=cmd_eval_landmarks)
+    marks.set_defaults(handler=cmd_eval_landmarks, report="eval landmarks")
 
     rgbd = kinds.add_parser(
         "rgbd",
@@ -75,7 +78,7 @@ def add_evaluation_commands(sub: Any, host: PluginHost) -> None:
     )
     rgbd.add_argument("--no-mean-face", action="store_true", help="leave out the mean-face baseline")
     _pipeline_flags(rgbd, host)
-    rgbd.set_defaults(handler=cmd_eval_rgbd)
+    rgbd.set_defaults(handler=cmd_eval_rgbd, report="eval rgbd")
 
     mesh = kinds.add_parser(
         "mesh",
@@ -96,7 +99,7 @@ def add_evaluation_commands(sub: Any, host: PluginHost) -> None:
     mesh.add_argument("--nose-tip", help="X,Y,Z of the GT's nose tip (instead of its landmarks)")
     mesh.add_argument("--radius", type=float, default=95.0, help="crop radius around the nose tip (GT unit)")
     mesh.add_argument("--scale", action="store_true", help="also fit a scale (PRED in other units, e.g. pixels)")
-    mesh.set_defaults(handler=cmd_eval_mesh)
+    mesh.set_defaults(handler=cmd_eval_mesh, report="eval mesh")
 
     synthetic = kinds.add_parser(
         "synthetic",
@@ -123,7 +126,7 @@ def add_evaluation_commands(sub: Any, host: PluginHost) -> None:
     synthetic.add_argument("--no-ablations", action="store_true", help="skip the sfs skin-prior / RTV re-runs")
     synthetic.add_argument("-o", "--output", type=Path, default=Path("eval-synthetic"), help="report folder")
     _pipeline_flags(synthetic, host)
-    synthetic.set_defaults(handler=cmd_eval_synthetic)
+    synthetic.set_defaults(handler=cmd_eval_synthetic, report="eval synthetic")
 
     bench = sub.add_parser(
         "bench",
@@ -145,7 +148,7 @@ def add_evaluation_commands(sub: Any, host: PluginHost) -> None:
         "in the report and both runs in the chart",
     )
     _pipeline_flags(bench, host)
-    bench.set_defaults(handler=cmd_bench)
+    bench.set_defaults(handler=cmd_bench, report="bench")
 
 
 def _pipeline_flags(parser: argparse.ArgumentParser, host: PluginHost) -> None:
@@ -165,9 +168,12 @@ def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
     return PluginHost(allow=config.allow_plugins, block=config.block_plugins).apply_pipeline_flags(config, args)
 
 
-def _check_output(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"-o {out}: exists and is not a folder")
+def _report(args: argparse.Namespace, summary: dict[str, Any], write: Callable[[Path], list[Path]]) -> list[Path]:
+    """Mark ``summary`` as this instrument's (``report_folder.MARK``) and write the report folder whole."""
+    from facerecon.evaluation.report_folder import MARK, write_report_folder
+
+    summary[MARK] = args.report
+    return write_report_folder(args.output, write)
 
 
 def _print_summary(summary: dict[str, Any], files: list[Path]) -> None:
@@ -182,7 +188,7 @@ def cmd_eval_landmarks(args: argparse.Namespace) -> int:
 
     photos = find_annotations(args.folder, args.coco_origin)  # bad folders fail here, before any model loads
     config = pipeline_config(args)
-    _check_output(args.output)
+    check_report_folder(args.output, args.report)
 
     def progress(row: dict[str, Any]) -> None:
         if not args.quiet:
@@ -190,10 +196,29 @@ def cmd_eval_landmarks(args: argparse.Namespace) -> int:
             print(f"{row['annotation']}: {row.get('error') or scores}", file=sys.stderr)
 
     with Pipeline(config) as pipe:
+        if args.detector_only:
+            _check_68_point_detector(pipe)
+        else:
+            pipe.warm_up()  # a stage that cannot load (no model, a server down) fails once, here
         rows = evaluate_landmarks(pipe, photos, reconstruct=not args.detector_only, progress=progress)
     summary = summarise(rows)
-    _print_summary(summary, write_report(args.output, rows, summary))
+    _print_summary(summary, _report(args, summary, lambda out: write_report(out, rows, summary)))
     return EXIT_FAILURES if summary["missed"] else EXIT_OK
+
+
+def _check_68_point_detector(pipe: Pipeline) -> None:
+    """``--detector-only`` scores the detector's own iBUG-68 points: a detector without them scores nothing."""
+    name = pipe.config.detector
+    produces = pipe.host.spec("detector", name).produces or ()
+    if "ibug68" not in produces and name != "remote":
+        given = ", ".join(produces) or "no landmark scheme it declares"
+        raise ConfigError(
+            f"--detector-only scores a detector's own 68 iBUG points, and detector {name!r} gives {given}: "
+            "use a 68-point detector (e.g. --detector dlib), or leave out --detector-only to score the stages"
+        )
+    warm = getattr(pipe.detector, "warm_up", None)  # only the detector runs: it fails once, here
+    if callable(warm):
+        warm()
 
 
 def cmd_eval_rgbd(args: argparse.Namespace) -> int:
@@ -201,7 +226,7 @@ def cmd_eval_rgbd(args: argparse.Namespace) -> int:
 
     samples = find_samples(args.folder)
     config = pipeline_config(args)
-    _check_output(args.output)
+    check_report_folder(args.output, args.report)
     if not 0 <= args.detect_min_side <= 4096:
         raise ConfigError(f"--detect-min-side must be in 0..4096, got {args.detect_min_side}")
 
@@ -212,9 +237,12 @@ def cmd_eval_rgbd(args: argparse.Namespace) -> int:
 
     with Pipeline(config) as pipe, Pipeline(mean_face_config(config)) as mean_face:
         baseline = None if args.no_mean_face else mean_face
+        for pipeline in (pipe, baseline):
+            if pipeline is not None:
+                pipeline.warm_up()  # a stage that cannot load (no model, a server down) fails once, here
         rows = evaluate_rgbd(pipe, samples, baseline, args.detect_min_side, progress)
     summary = summarise(rows)
-    _print_summary(summary, write_report(args.output, rows, summary))
+    _print_summary(summary, _report(args, summary, lambda out: write_report(out, rows, summary)))
     return EXIT_FAILURES if summary["failed"] else EXIT_OK
 
 
@@ -223,8 +251,8 @@ def cmd_eval_mesh(args: argparse.Namespace) -> int:
 
     from facerecon.evaluation.mesh import evaluate_mesh, load_landmarks, load_mesh, nose_tip_of, write_report
 
-    if args.radius <= 0:
-        raise ConfigError(f"--radius must be > 0, got {args.radius}")
+    if not (args.radius > 0 and math.isfinite(args.radius)):
+        raise ConfigError(f"--radius must be a number > 0, got {args.radius}")
     truth_marks = load_landmarks(args.gt_landmarks) if args.gt_landmarks else None
     predicted_marks = load_landmarks(args.pred_landmarks) if args.pred_landmarks else None
     if args.nose_tip:
@@ -241,12 +269,12 @@ def cmd_eval_mesh(args: argparse.Namespace) -> int:
         )
     else:
         nose = nose_tip_of(truth_marks)
-    _check_output(args.output)
+    check_report_folder(args.output, args.report)
     predicted, truth = load_mesh(args.predicted), load_mesh(args.truth)
     summary, scan, distances = evaluate_mesh(
         predicted, truth, nose, predicted_marks, truth_marks, with_scale=args.scale, radius=args.radius
     )
-    _print_summary(summary, write_report(args.output, summary, scan, distances))
+    _print_summary(summary, _report(args, summary, lambda out: write_report(out, summary, scan, distances)))
     return EXIT_OK
 
 
@@ -256,6 +284,8 @@ def cmd_eval_synthetic(args: argparse.Namespace) -> int:
 
     if not 1 <= args.count <= 10_000:
         raise ConfigError(f"--count must be in 1..10000, got {args.count}")
+    if not 0 <= args.seed < 2**32:
+        raise ConfigError(f"--seed must be in 0..{2**32 - 1}, got {args.seed}")
     folder = args.photos
     if folder is None:
         shared = shared_data_dir()
@@ -264,7 +294,7 @@ def cmd_eval_synthetic(args: argparse.Namespace) -> int:
         folder = shared / "faces" / "lfpw-68"
     specs = scene_specs(find_annotations(folder), args.count, args.seed)
     config = pipeline_config(args)
-    _check_output(args.output)
+    check_report_folder(args.output, args.report)
     expressions = str(args.expressions) if args.expressions else None
     if args.expressions is not None and not args.expressions.is_file():
         raise ConfigError(f"--expressions {args.expressions}: no such file")
@@ -280,7 +310,7 @@ def cmd_eval_synthetic(args: argparse.Namespace) -> int:
         host, config, specs, args.model, expressions, ablate=not args.no_ablations, progress=progress
     )
     summary = summarise(rows, args.seed)
-    files = write_report(args.output, rows, summary, images)
+    files = _report(args, summary, lambda out: write_report(out, rows, summary, images))
     print(text_table(summary), end="")
     print("wrote " + ", ".join(str(f) for f in files), file=sys.stderr)
     return EXIT_FAILURES if summary["failed"] else EXIT_OK
@@ -303,8 +333,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise InputError("; ".join(f"{item}: {reason}" for item, reason in problems[:5]))
     if not photos:
         raise InputError(f"no photos in {' '.join(args.inputs)}")
+    if len(photos) * args.passes < 2:
+        raise ConfigError(
+            "bench times every photo run after the first (the first-call cost is reported apart): give two "
+            "or more photos, or --passes 2 or more"
+        )
     config = pipeline_config(args)
-    _check_output(args.output)
+    check_report_folder(args.output, args.report)
 
     def progress(photo: str, ms: float) -> None:
         if not args.quiet:
@@ -319,5 +354,5 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 f"warning: {args.against} was another run ({differs}): its ratios compare different work",
                 file=sys.stderr,
             )
-    _print_summary(result, write_report(args.output, result, earlier))
+    _print_summary(result, _report(args, result, lambda out: write_report(out, result, earlier)))
     return EXIT_OK

@@ -32,7 +32,7 @@ from facerecon.evaluation.annotations import AnnotatedPhoto, annotated_face_inde
 from facerecon.evaluation.detail_scores import DepthScorer
 from facerecon.evaluation.rgbd import common_mask, stage_depth
 from facerecon.kernel import Pipeline, PipelineConfig, PluginHost
-from facerecon.kernel.contract.errors import ConfigError, FaceReconError
+from facerecon.kernel.contract.errors import ConfigError, FaceReconError, InputError
 from facerecon.kernel.contract.scenes import SyntheticScene
 from facerecon.kernel.host.imageio import load_image
 from facerecon.outputs.meshes import atomic_write, png_bytes
@@ -145,12 +145,17 @@ def evaluate_synthetic(
         ablations = {label: Pipeline(c) for label, c in configs.items()}
         try:
             for i, spec in enumerate(specs):
-                scene = first if i == 0 else render(host, spec, model, expressions)
-                images[spec.name] = png_bytes(scene.image)  # compressed: many scenes stay small
+                row: dict[str, Any]
                 try:
-                    row = evaluate_scene(pipe, ablations, scene, spec)
-                except FaceReconError as exc:  # a stage's refusal: listed, the other scenes go on
-                    row = {"scene": spec.name, "meta": dict(scene.meta), "scores": {}, "error": str(exc)}
+                    scene = first if i == 0 else render(host, spec, model, expressions)
+                except InputError as exc:  # its photo (the model rendered the first scene): listed, the rest go on
+                    row = {"scene": spec.name, "meta": {}, "scores": {}, "error": str(exc)}
+                else:
+                    images[spec.name] = png_bytes(scene.image)  # compressed: many scenes stay small
+                    try:
+                        row = evaluate_scene(pipe, ablations, scene, spec)
+                    except FaceReconError as exc:  # a stage's refusal: listed, the other scenes go on
+                        row = {"scene": spec.name, "meta": dict(scene.meta), "scores": {}, "error": str(exc)}
                 row.update(photo=str(spec.photo.image), render_seed=spec.render_seed)
                 rows.append(row)
                 if progress is not None:

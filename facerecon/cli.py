@@ -28,7 +28,7 @@ from facerecon.batch import Outcome, WriteOptions
 from facerecon.batch_names import output_names, recorded_input, same_input
 from facerecon.evaluation.command import add_evaluation_commands
 from facerecon.kernel import Pipeline, PipelineConfig, PluginHost
-from facerecon.kernel.contract.errors import ConfigError, InputError, ModelFileError, PluginError
+from facerecon.kernel.contract.errors import ConfigError, FaceReconError, InputError
 from facerecon.kernel.host.commands import DefaultsHelpFormatter
 from facerecon.kernel.host.config import DEFAULT_REFINERS, DEVICES
 from facerecon.outputs.folder import TEXTURE_SIDES, check_output_folder, remove_stale_partials
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # stdout's reader stopped early: `facerecon plugins --json | head -1`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the flush at exit must not fail again
         return EXIT_BROKEN_PIPE
-    except (ConfigError, PluginError, ModelFileError, InputError) as exc:
+    except FaceReconError as exc:  # bad input or configuration, a model file, a remote server down: one line
         print(f"facerecon: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

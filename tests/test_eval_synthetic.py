@@ -163,6 +163,28 @@ def test_a_short_real_run(tmp_path, sfm, capsys):
     assert len(lines) == 3 and "coarse:rmse_mm" in lines[0]
     assert len(list((out / "scenes").glob("*.png"))) == 2
     assert "medium" in capsys.readouterr().out  # the text table
+    # run again into the same folder: the report is replaced whole (no scene image of the earlier run left)
+    assert main([*args[:3], "1", *args[4:], "--refiners", "", "--device", "cpu"]) == 0
+    assert json.loads((out / "summary.json").read_text())["scenes"] == 1
+    assert len(list((out / "scenes").glob("*.png"))) == 1
+
+
+def test_a_photo_that_cannot_be_read_is_listed_and_the_other_scenes_scored(tmp_path, sfm, lfpw, capsys):
+    """The first scene is rendered before the pipeline loads (a bad model fails at once); a later scene's
+    photo that cannot be read is a failed scene, not the end of the run."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for photo in lfpw[:3]:
+        for source in (photo, photo.with_suffix(".pts")):
+            (folder / source.name).write_bytes(source.read_bytes())
+    second = scene_specs(find_annotations(folder), 2, seed=0)[1].photo.image
+    second.write_bytes(second.read_bytes()[:1000])  # truncated
+    out = tmp_path / "report"
+    args = ["eval", "synthetic", "--count", "2", "--seed", "0", "--model", sfm, "--photos", str(folder)]
+    assert main([*args, "-o", str(out), "-q", "--refiners", "", "--no-ablations", "--device", "cpu"]) == 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["scenes"] == 2 and summary["scored"] == 1
+    assert len(summary["failed"]) == 1 and "corrupt or truncated image" in summary["failed"][0]["error"]
 
 
 @pytest.mark.parametrize(
@@ -170,6 +192,7 @@ def test_a_short_real_run(tmp_path, sfm, capsys):
     [
         (["--model", "/nonexistent/model.bin"], "no such file"),
         (["--count", "0"], "--count"),
+        (["--seed", "-1"], "--seed must be in 0..4294967295, got -1"),
         (["--photos", "/nonexistent"], "not a folder"),
     ],
 )

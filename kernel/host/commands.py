@@ -11,6 +11,8 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if action.default in (None, False, (), []) or action.default is argparse.SUPPRESS or "default" in text:
+        default = action.default
+        empty = default is None or default is False or (isinstance(default, (tuple, list)) and not default)
+        if empty or default is argparse.SUPPRESS or "default" in text:  # (not 0: `0 in (False,)` is true)
             return text
         return super()._get_help_string(action) or text
