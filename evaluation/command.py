@@ -253,6 +253,8 @@ def cmd_eval_mesh(args: argparse.Namespace) -> int:
 
     if not (args.radius > 0 and math.isfinite(args.radius)):
         raise ConfigError(f"--radius must be a number > 0, got {args.radius}")
+    if args.pred_landmarks and not args.gt_landmarks:
+        raise ConfigError("--pred-landmarks aligns PRED to the same points on the GT: give --gt-landmarks too")
     truth_marks = load_landmarks(args.gt_landmarks) if args.gt_landmarks else None
     predicted_marks = load_landmarks(args.pred_landmarks) if args.pred_landmarks else None
     if args.nose_tip:

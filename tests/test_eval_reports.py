@@ -114,3 +114,16 @@ def test_bench_with_an_unreachable_server_or_nothing_to_time_is_one_error(tmp_pa
     assert main(["bench", photo, "-o", str(tmp_path / "b"), "--refiners", ""]) == 2
     assert "give two or more photos, or --passes 2" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
+
+
+def test_eval_mesh_pred_landmarks_need_gt_landmarks(tmp_path, capsys):
+    mesh = tmp_path / "m.obj"
+    mesh.write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\n")
+    marks = tmp_path / "pred.txt"
+    marks.write_text("0 0 0\n")
+    argv = ["eval", "mesh", str(mesh), str(mesh), "--pred-landmarks", str(marks), "--nose-tip", "0,0,0"]
+    assert main([*argv, "-o", str(tmp_path / "r")]) == 2
+    assert "give --gt-landmarks too" in capsys.readouterr().err
+    assert main([*argv[:4], "--nose-tip", "0,0,0", "--radius", "nan", "-o", str(tmp_path / "r")]) == 2
+    assert "--radius must be a number > 0, got nan" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

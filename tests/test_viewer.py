@@ -171,6 +171,9 @@ def test_view_of_a_folder_without_results_is_a_usage_error(tmp_path, capsys):
     assert "no reconstruction results here" in capsys.readouterr().err
     assert main(["view", str(tmp_path / "missing")]) == 2
     assert "no such folder" in capsys.readouterr().err
+    (tmp_path / "a_file").write_text("x")
+    assert main(["view", str(tmp_path / "a_file"), "--static"]) == 2
+    assert "a_file: a file, not a folder" in capsys.readouterr().err
     assert main(["view", str(tmp_path / "photos"), "--static"]) == 2
     assert not (tmp_path / "photos" / "index.html").exists()
     # result.json files that are broken, or not facerecon's: skipped with a warning, then the same error

@@ -77,7 +77,8 @@ def find_entries(out: str | Path) -> list[Entry]:
     :class:`InputError` when there is none."""
     out = Path(out)
     if not out.is_dir():
-        raise InputError(f"{out}: no such folder (give the -o folder of `facerecon reconstruct`)")
+        what = "a file, not a folder" if out.exists() else "no such folder"
+        raise InputError(f"{out}: {what} (give the -o folder of `facerecon reconstruct`)")
     if (out / "result.json").is_file():
         folders = [out]
     else:  # photos: OUT/<stem>/result.json; videos: OUT/<video>/<frame>/result.json beside OUT/<video>/video.json
