@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -241,3 +242,23 @@ def install_entry_points(monkeypatch: Any, tmp_path: Path) -> None:
         "[facerecon]\nremote = facerecon.services.remote\nserve = facerecon.services.commands\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
+
+
+def make_test_certificates(folder: Path) -> Path:
+    """Throw-away certificates in ``folder`` (openssl, which the caller checked is installed): a CA
+    (``ca.pem``/``ca.key``), a server certificate for localhost and 127.0.0.1 and a client certificate
+    signed by it (``server.*``, ``client.*``), and a self-signed ``other.pem``/``other.key`` whose key matches
+    no other."""
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=facerecon test CA")
+    run("req", "-x509", *ec, "-keyout", "other.key", "-out", "other.pem", "-days", "2", "-subj", "/CN=other")
+    for name, san in (("server", "DNS:localhost,IP:127.0.0.1"), ("client", "DNS:client")):
+        run("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}")
+        (folder / f"{name}.ext").write_text(f"subjectAltName={san}\n")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext")  # fmt: skip
+    return folder

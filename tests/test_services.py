@@ -24,6 +24,7 @@ from services_support import (
     Slow,
     SlowOptions,
     differences,
+    make_test_certificates,
     serving,
     slow_server_script,
     small_refine_request,
@@ -384,19 +385,7 @@ def certificates(tmp_path_factory):
     """A throw-away CA, a server certificate for localhost/127.0.0.1 and a client certificate (openssl)."""
     if shutil.which("openssl") is None:
         pytest.skip("openssl is not installed: cannot make test certificates")
-    d = tmp_path_factory.mktemp("tls")
-
-    def run(*args):
-        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
-
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=facerecon test CA")
-    for name, san in (("server", "DNS:localhost,IP:127.0.0.1"), ("client", "DNS:client")):
-        run("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}")
-        (d / f"{name}.ext").write_text(f"subjectAltName={san}\n")
-        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-            "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext")  # fmt: skip
-    return d
+    return make_test_certificates(tmp_path_factory.mktemp("tls"))
 
 
 def test_tls_with_client_certificates(host, certificates):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from services_support import REPO, serving, toy_host
+from services_support import REPO, make_test_certificates, serving, toy_host
 
 from facerecon.kernel import Pipeline, PipelineConfig
 from facerecon.kernel.host.imageio import load_image
@@ -63,20 +63,7 @@ def certificates(tmp_path_factory):
     self-signed one whose key matches no other (openssl)."""
     if shutil.which("openssl") is None:
         pytest.skip("openssl is not installed: cannot make test certificates")
-    d = tmp_path_factory.mktemp("tls")
-
-    def run(*args):
-        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
-
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=facerecon test CA")
-    run("req", "-x509", *ec, "-keyout", "other.key", "-out", "other.pem", "-days", "2", "-subj", "/CN=other")
-    for name, san in (("server", "DNS:localhost,IP:127.0.0.1"), ("client", "DNS:client")):
-        run("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}")
-        (d / f"{name}.ext").write_text(f"subjectAltName={san}\n")
-        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-            "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext")  # fmt: skip
-    return d
+    return make_test_certificates(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture
