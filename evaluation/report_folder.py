@@ -11,14 +11,13 @@ writing leaves the earlier report as it was, and a report never mixes two runs' 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 from facerecon.kernel.contract.errors import OutputError
-from facerecon.outputs.folder import remove_stale_partials, replace_dir, staging_folder
+from facerecon.outputs.folder import json_object, remove_stale_partials, replace_dir, staging_folder
 
 MARK = "report"
 """The key of ``summary.json`` / ``bench.json`` that names the instrument that wrote the folder."""
@@ -56,7 +55,7 @@ def check_report_folder(out: Path, report: str) -> None:
         raise OutputError(f"-o {out}: cannot read the folder ({exc.strerror or exc})") from None
     if not entries:
         return
-    mark = _json_object(out / names[0])
+    mark = json_object(out / names[0])
     if mark is not None and (mark.get(MARK) == report or (MARK not in mark and set(entries) <= set(names))):
         return
     shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
@@ -87,11 +86,3 @@ def write_report_folder(out: Path, write: Callable[[Path], list[Path]]) -> list[
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return [out / file.relative_to(staging) for file in files]
-
-
-def _json_object(path: Path) -> dict[str, object] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None

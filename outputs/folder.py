@@ -204,14 +204,15 @@ def _texture(
 def is_result_folder(folder: Path) -> bool:
     """Whether ``folder`` holds a ``result.json`` that facerecon wrote (an object with its keys), or a
     video's ``video.json`` (its ``source`` and ``frames``)."""
-    data = _json_object(folder / "result.json")
+    data = json_object(folder / "result.json")
     if data is not None and {"input", "image_size"} <= data.keys():
         return True
-    video = _json_object(folder / "video.json")
+    video = json_object(folder / "video.json")
     return video is not None and {"source", "frames"} <= video.keys()
 
 
-def _json_object(path: Path) -> dict[str, Any] | None:
+def json_object(path: Path) -> dict[str, Any] | None:
+    """The JSON object in file ``path``; None when it cannot be read or parsed, or holds another value."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -255,7 +256,7 @@ def check_output_folder(out: Path, names: Sequence[str]) -> None:
     for file, key in OWN_FILES.items():
         path = out / file
         if path.exists() or path.is_symlink():
-            data = _json_object(path)
+            data = json_object(path)
             if path.is_symlink() or data is None or key not in data:
                 raise OutputError(
                     f"{path} exists and was not written by facerecon, which writes its batch {file} there: "
