@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from facerecon.evaluation.annotations import AnnotatedPhoto, annotated_face_index, nme, nme_box
+from facerecon.evaluation.annotations import AnnotatedPhoto, annotated_face_index, check_annotation, nme, nme_box
 from facerecon.evaluation.charts import cumulative_distribution, line_chart
 from facerecon.kernel import IBUG68, Pipeline
 from facerecon.kernel.contract.errors import FaceReconError
@@ -40,6 +40,13 @@ def evaluate_photo(
     """One annotated face's row: which detected face it is, and per scored stage its NMEs."""
     row: dict[str, Any] = {"image": str(photo.image), "annotation": photo.source, "nme_io": {}, "nme_box": {}}
     row["points"] = {}
+    if photo.duplicates:
+        row["duplicates"] = list(photo.duplicates)
+    try:
+        check_annotation(photo.points)  # no error can be normalised by it: listed, not run
+    except ValueError as exc:
+        row.update({"faces_detected": 0, "face": None, "error": str(exc)})
+        return row
     faces = pipe.detect(image)
     row["faces_detected"] = len(faces)
     index = annotated_face_index(np.array([f.box for f in faces]).reshape(-1, 4), photo.points)
@@ -57,8 +64,12 @@ def evaluate_photo(
             if marks is not None and marks.visibility is not None:
                 scored.append((stage.stage, marks.xy, marks.visibility > 0))
     for name, xy, valid in scored:
-        row["nme_io"][name] = nme(xy, photo.points, valid)
-        row["nme_box"][name] = nme_box(xy, photo.points, valid)
+        try:
+            errors = nme(xy, photo.points, valid), nme_box(xy, photo.points, valid)
+        except ValueError as exc:  # e.g. a stage that marks no point valid: that stage is not scored here
+            row.setdefault("error", f"{name}: {exc}")
+            continue
+        row["nme_io"][name], row["nme_box"][name] = errors
         row["points"][name] = int(valid.sum())
     return row
 
@@ -69,8 +80,9 @@ def evaluate_landmarks(
     reconstruct: bool = True,
     progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per annotated face (see :func:`evaluate_photo`); a photo that cannot be read gets a row
-    with its ``error``. Photos annotated more than once are read once per annotation."""
+    """One row per annotated face (see :func:`evaluate_photo`); a photo that cannot be read, or a
+    degenerate annotation (:func:`.annotations.check_annotation`), gets a row with its ``error``. Photos
+    annotated more than once are read once per annotation."""
     rows = []
     for photo in photos:
         try:
@@ -79,6 +91,8 @@ def evaluate_landmarks(
         except FaceReconError as exc:
             row = {"image": str(photo.image), "annotation": photo.source, "error": str(exc), "face": None}
             row.update({"nme_io": {}, "nme_box": {}, "points": {}, "faces_detected": 0})
+            if photo.duplicates:
+                row["duplicates"] = list(photo.duplicates)
         rows.append(row)
         if progress is not None:
             progress(row)
@@ -101,7 +115,8 @@ def auc(errors: np.ndarray, threshold: float) -> float:
 
 def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Per stage: scored faces, mean / median NME (both normalisations), failure rates and AUC at 8 % and
-    10 % over every annotated face (a missed face counts as a failure)."""
+    10 % over every annotated face (a missed face counts as a failure); the faces not scored (``missed``,
+    with the reason) and the annotations dropped as repeats of another (``duplicates``)."""
     stages: dict[str, Any] = {}
     for name in stage_names(rows):
         io_ = np.array([r["nme_io"].get(name, math.inf) for r in rows])
@@ -121,6 +136,8 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "annotated_faces": len(rows),
         "missed": [{"annotation": r["annotation"], "error": r["error"]} for r in rows if r.get("error")],
         "stages": stages,
+        # annotations found again (same photo, same points) and scored once: annotations.drop_duplicates
+        "duplicates": [{"annotation": r["annotation"], "dropped": r["duplicates"]} for r in rows if "duplicates" in r],
     }
 
 

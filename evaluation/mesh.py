@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,7 +67,8 @@ def load_mesh(path: str | Path) -> TriangleMesh:
 
 def load_landmarks(path: str | Path) -> np.ndarray:
     """float64 (K, 3) landmark positions: a text file (one ``x y z`` a line, commas allowed), ``.npy``, or
-    MeshLab picked points (``.pp``, NoW's scan landmarks)."""
+    MeshLab picked points (``.pp``, NoW's scan landmarks). An :class:`InputError` says what is wrong: no
+    landmarks, not 3 columns, or which landmarks are NaN or infinite."""
     path = Path(path)
     try:
         if path.suffix == ".npy":
@@ -78,12 +80,24 @@ def load_landmarks(path: str | Path) -> np.ndarray:
                 [[float(re.search(rf'\b{a}="([^"]+)"', attrs).group(1)) for a in "xyz"] for attrs in found]  # type: ignore[union-attr]
             )
         else:
-            points = np.loadtxt(io.StringIO(path.read_text().replace(",", " ")), ndmin=2, comments="#")
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as exc:
+            text = path.read_text().replace(",", " ")
+            data = any(line.split("#", 1)[0].strip() for line in text.splitlines())
+            # np.loadtxt warns of no data (naming a StringIO): an empty file is told below
+            points = np.loadtxt(io.StringIO(text), ndmin=2, comments="#") if data else np.zeros((0, 3))
+        points = np.asarray(points, np.float64)
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, AttributeError) as exc:
         raise InputError(f"{path}: not a landmark file ({exc})") from None
-    points = np.asarray(points, np.float64)
-    if points.ndim != 2 or points.shape[1] != 3 or len(points) == 0 or not np.isfinite(points).all():
+    if points.size == 0:
+        raise InputError(f"{path}: no landmarks in it (K rows of x y z are needed)")
+    if points.ndim != 2 or points.shape[1] != 3:
         raise InputError(f"{path}: landmarks must be K rows of x y z, got shape {points.shape}")
+    bad = np.flatnonzero(~np.isfinite(points).all(axis=1))
+    if len(bad):
+        shown = ", ".join(str(i + 1) for i in bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+        raise InputError(
+            f"{path}: {len(bad)} of its {len(points)} landmarks {'is' if len(bad) == 1 else 'are'} NaN or infinite "
+            f"(landmark {shown}, 1-based): every landmark needs finite x y z"
+        )
     return points
 
 
@@ -99,6 +113,10 @@ def nose_tip_of(landmarks: np.ndarray) -> np.ndarray:
 def crop(mesh: TriangleMesh, centre: np.ndarray, radius: float) -> tuple[TriangleMesh, np.ndarray]:
     """The vertices within ``radius`` of ``centre`` and the triangles among them (re-indexed), and the
     kept vertices' indices in ``mesh``."""
+    if not (math.isfinite(radius) and radius > 0):
+        raise InputError(f"the crop radius must be a finite number > 0, got {radius:g}")
+    if not np.isfinite(centre).all():
+        raise InputError(f"the nose tip must be finite x y z, got {np.round(centre, 2)}")
     keep = np.linalg.norm(mesh.vertices - centre, axis=1) <= radius
     if keep.sum() < 3:
         raise InputError(f"{mesh.source}: fewer than 3 vertices within {radius:g} of the nose tip {centre.round(2)}")
@@ -120,6 +138,8 @@ def evaluate_mesh(
 ) -> tuple[dict[str, Any], TriangleMesh, np.ndarray]:
     """The protocol of the module docstring: (summary, the cropped scan, its per-vertex distances)."""
     scan, _ = crop(truth, np.asarray(nose_tip, np.float64), radius)
+    if with_scale and not _size(predicted.vertices) > 0:  # a scale fit divides by it
+        raise InputError(f"{predicted.source}: all its vertices are at one point: no scale can be fitted to it")
     surface = SurfaceQuery(predicted.vertices, predicted.triangles)
     if predicted_landmarks is not None and truth_landmarks is not None:
         if len(predicted_landmarks) != len(truth_landmarks):
@@ -127,6 +147,9 @@ def evaluate_mesh(
                 f"{len(predicted_landmarks)} predicted landmarks but {len(truth_landmarks)} GT landmarks: "
                 "the same points, in the same order, are needed"
             )
+        for name, marks in (("predicted", predicted_landmarks), ("GT", truth_landmarks)):
+            if not _size(marks) > 0:  # the similarity fit divides by it
+                raise InputError(f"the {len(marks)} {name} landmarks are all at one point: no alignment from them")
         start = fit_transform(predicted_landmarks, truth_landmarks, with_scale)
         started_from = "landmarks"
     else:
@@ -155,6 +178,12 @@ def evaluate_mesh(
         },
     }
     return summary, scan, distances
+
+
+def _size(points: np.ndarray) -> float:
+    """The RMS distance of ``points`` from their centroid (0 when they are all one point)."""
+    points = np.asarray(points, np.float64)
+    return float(np.sqrt(((points - points.mean(axis=0)) ** 2).sum(1).mean()))
 
 
 def _centroid_start(source: np.ndarray, target: np.ndarray, with_scale: bool) -> Alignment:

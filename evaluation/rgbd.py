@@ -37,6 +37,7 @@ from facerecon.evaluation.annotations import files_under
 from facerecon.geometry.raster import rasterize
 from facerecon.kernel import Face, Mesh, Pipeline, PipelineConfig, StageResult
 from facerecon.kernel.contract.errors import FaceReconError, InputError
+from facerecon.kernel.host.imageio import load_image
 from facerecon.outputs.meshes import atomic_write
 
 COLOUR_FILE = "k1_box_xy.bmp"
@@ -56,19 +57,32 @@ class RgbdSample:
 
 def find_samples(folder: str | Path) -> list[RgbdSample]:
     """The samples in ``folder`` (itself one, or its sub-folders, searched recursively). Raises
-    :class:`InputError` when there is none, or a colour image has no depth file beside it."""
+    :class:`InputError` when there is none, a colour image has no depth file beside it, a depth file no
+    colour image, or a depth file is of another size than its colour image's grid. A colour image whose
+    header cannot be read is kept: :func:`evaluate_rgbd` lists it as failed, with the reason."""
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder}: not a folder")
     samples, lacking = [], []
-    for colour in files_under(folder, COLOUR_FILE):
+    colours = files_under(folder, COLOUR_FILE)
+    with_colour = {colour.parent for colour in colours}
+    no_colour = sorted({d.parent for name in DEPTH_FILES for d in files_under(folder, name)} - with_colour)
+    if no_colour:
+        raise InputError(
+            f"{len(no_colour)} sample(s) with a depth file but without their colour image ({COLOUR_FILE}): "
+            + _listed([str(p) for p in no_colour])
+        )
+    for colour in colours:
         depth = next((colour.parent / d for d in DEPTH_FILES if (colour.parent / d).is_file()), None)
         if depth is None:
             lacking.append(str(colour.parent))
             continue
-        with Image.open(colour) as opened:  # the header only: the grids must match before anything runs
-            width, height = opened.size
-        if depth.stat().st_size != width * height * 2:
+        try:
+            with Image.open(colour) as opened:  # the header only: the grids must match before anything runs
+                width, height = opened.size
+        except (OSError, SyntaxError, ValueError):  # not an image: evaluate_sample says so, the others run
+            width = height = 0
+        if width and depth.stat().st_size != width * height * 2:
             raise InputError(
                 f"{depth}: {depth.stat().st_size} bytes, but {colour.name}'s {width}x{height} grid needs "
                 f"{width * height * 2} (uint16 per pixel): mismatched files"
@@ -76,10 +90,16 @@ def find_samples(folder: str | Path) -> list[RgbdSample]:
         name = str(colour.parent.relative_to(folder)) if colour.parent != folder else folder.name
         samples.append(RgbdSample(name, colour, depth))
     if lacking:
-        raise InputError(f"{len(lacking)} sample(s) without a depth file ({' or '.join(DEPTH_FILES)}): {lacking[:5]}")
+        raise InputError(
+            f"{len(lacking)} sample(s) without a depth file ({' or '.join(DEPTH_FILES)}): {_listed(lacking)}"
+        )
     if not samples:
         raise InputError(f"{folder}: no RGB-D samples ({COLOUR_FILE} + {DEPTH_FILES[0]}) found in it")
     return samples
+
+
+def _listed(items: list[str], shown: int = 5) -> str:
+    return "; ".join(items[:shown]) + (f" and {len(items) - shown} more" if len(items) > shown else "")
 
 
 def decode_depth(path: Path, shape: tuple[int, int]) -> np.ndarray:
@@ -178,7 +198,8 @@ def evaluate_sample(
     pipe: Pipeline, sample: RgbdSample, mean_face: Pipeline | None = None, detect_min_side: int = 0
 ) -> dict[str, Any]:
     """One sample's row: pixels scored and per stage / baseline the aligned RMSE (mm)."""
-    colour = np.asarray(Image.open(sample.colour).convert("RGB"))
+    # an InputError naming the file when it is not an image, truncated, empty...: listed by evaluate_rgbd
+    colour = load_image(sample.colour, max_pixels=pipe.config.max_image_pixels)
     height, width = colour.shape[:2]
     measured = decode_depth(sample.depth, (height, width))
     row: dict[str, Any] = {"sample": sample.name, "rmse_mm": {}}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -55,6 +56,37 @@ def test_nme_of_a_known_offset():
     assert nme(moved, truth, valid) == pytest.approx(0.0)
 
 
+@pytest.mark.parametrize("case", ["eye corners", "box", "nan", "no valid point"])
+def test_nme_of_a_degenerate_annotation_is_a_value_error(case):
+    """A normaliser of zero (the outer eye corners 37 and 46 at one point; every point on one line) is a
+    ValueError that says so, not a ZeroDivisionError (nor an infinite or NaN score)."""
+    truth = np.random.default_rng(0).uniform(0, 200, (68, 2))
+    valid = None
+    if case == "eye corners":
+        truth[45] = truth[36]
+    if case == "box":
+        truth[:, 1] = 50.0  # every point on one row: a box of height 0
+    if case == "nan":
+        truth[10] = np.nan
+    if case == "no valid point":
+        valid = np.zeros(68, bool)
+    message = {
+        "eye corners": r"outer eye corners \(points 37 and 46\) are at the same point.*normalising distance is zero",
+        "box": r"box is [\d.]+ x 0 px.*sqrt\(w·h\) is zero",
+        "nan": "NaN or infinite points",
+        "no valid point": "no point to score",
+    }[case]
+    for measure in (nme, nme_box):
+        if case == "eye corners" and measure is nme_box:
+            assert np.isfinite(nme_box(truth + 1.0, truth))  # its own normaliser is fine
+            continue
+        if case == "box" and measure is nme:
+            assert np.isfinite(nme(truth + 1.0, truth))
+            continue
+        with pytest.raises(ValueError, match=message):
+            measure(truth + 1.0, truth, valid)
+
+
 def test_summary_failure_rates_and_auc_on_known_errors():
     # 10 faces: errors 0.01 .. 0.09 and one the detector missed (a failure at every threshold)
     rows = [_row(e) for e in np.arange(1, 10) / 100] + [_row(None)]
@@ -76,7 +108,8 @@ def test_pts_is_one_based_and_coco_origin_is_chosen(tmp_path):
     write_pts(tmp_path / "a.pts", points)
     np.testing.assert_allclose(read_pts(tmp_path / "a.pts"), points, atol=1e-4)
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
-    write_coco(tmp_path / "a.json", "a.png", points, (8, 8))
+    Image.new("RGB", (8, 8)).save(tmp_path / "b.png")
+    write_coco(tmp_path / "a.json", "b.png", points, (8, 8))  # another photo (a.png's again: one annotation)
     np.testing.assert_allclose(read_coco(tmp_path / "a.json")[0].points, points)
     np.testing.assert_allclose(read_coco(tmp_path / "a.json", origin=1)[0].points, points - 1)
     found = find_annotations(tmp_path)
@@ -99,14 +132,20 @@ def test_command_measures_a_known_offset(tmp_path, lfpw, predicted, capsys):
     (folder / "photo.png").symlink_to(lfpw[1])
     truth = xy + [3.0, -4.0]
     write_pts(folder / "photo.pts", truth)
-    write_coco(folder / "coco.json", "photo.png", truth, (image.shape[1], image.shape[0]))
+    size = (image.shape[1], image.shape[0])
+    write_coco(folder / "coco.json", "photo.png", xy + [-3.0, 4.0], size)  # the same error the other way
+    write_coco(folder / "repeat.json", "photo.png", truth, size)  # photo.pts again: scored once
     out = tmp_path / "report"
     assert main(["eval", "landmarks", str(folder), "-o", str(out), "-q", "--device", "cpu", "--refiners", ""]) == 0
     summary = json.loads((out / "summary.json").read_text())
     expected = 5.0 / np.linalg.norm(truth[36] - truth[45])
+    assert [row["annotation"] for row in summary["rows"]] == [str(folder / "photo.pts"), f"{folder / 'coco.json'}#3"]
     for row in summary["rows"]:
         assert row["nme_io"]["coarse"] == pytest.approx(expected, rel=1e-4)
     assert summary["stages"]["coarse"]["failure_rate_0.08"] == 0.0
+    assert summary["duplicates"] == [
+        {"annotation": str(folder / "photo.pts"), "dropped": [f"{folder / 'repeat.json'}#3"]}
+    ]
     rows = list(csv.DictReader((out / "per_image.csv").open()))
     assert len(rows) == 2 and float(rows[0]["coarse_nme_io"]) == pytest.approx(expected, rel=1e-3)
     assert json.loads(capsys.readouterr().out)["annotated_faces"] == 2
@@ -195,6 +234,119 @@ def test_not_an_annotation_file(tmp_path):
     (tmp_path / "a.pts").write_text("nothing here")
     with pytest.raises(InputError, match="not an iBUG .pts file"):
         find_annotations(tmp_path)
+
+
+def test_a_degenerate_annotation_is_listed_and_the_others_scored(tmp_path, lfpw, capsys):
+    """A .pts whose outer eye corners 37 and 46 are one point (its NME normaliser is zero): that face is
+    listed with the reason (exit code 1), the other photo still scored -- the run is not lost."""
+    for photo in lfpw[:2]:
+        (tmp_path / photo.name).symlink_to(photo)
+    (tmp_path / lfpw[0].with_suffix(".pts").name).symlink_to(lfpw[0].with_suffix(".pts"))
+    degenerate = read_pts(lfpw[1].with_suffix(".pts"))
+    degenerate[45] = degenerate[36]
+    write_pts(tmp_path / lfpw[1].with_suffix(".pts").name, degenerate)
+    out = tmp_path / "report"
+    assert main(["eval", "landmarks", str(tmp_path), "-o", str(out), "-q", "--device", "cpu", "--refiners", ""]) == 1
+    summary = json.loads((out / "summary.json").read_text())
+    (missed,) = summary["missed"]
+    assert missed["annotation"] == str(tmp_path / lfpw[1].with_suffix(".pts").name)
+    assert "degenerate annotation" in missed["error"] and "normalising distance is zero" in missed["error"]
+    assert summary["stages"]["coarse"]["scored"] == 1 and 0 < summary["stages"]["coarse"]["nme_io_mean"] < 0.1
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("nothing here", "no line '{' opening the points"),
+        ("version: 1\nn_points: 2\n{\n1 2\n3 4\n", "no line '}' closing the points"),
+        ("version: 1\nn_points: 2\n{\n1 2\nthree 4\n}\n", "line 5: 'three 4' is not two numbers x y"),
+        ("version: 1\nn_points: 2\n{\n1 2\nnan 4\n}\n", "line 5: 'nan 4': coordinates must be finite"),
+        ("version: 1\nn_points: 2\n{\n1 2\n3 inf\n}\n", "line 5: '3 inf': coordinates must be finite"),
+        ("version: 1\nn_points: 0\n{\n}\n", "no points between the braces"),
+        ("version: 1\nn_points: 3\n{\n1 2\n3 4\n}\n", "header says n_points: 3, but 2 points follow"),
+        (b"\xff\xfe\x00garbage", "not text"),
+    ],
+)
+def test_pts_messages_say_what_is_wrong(tmp_path, text, message):
+    path = tmp_path / "a.pts"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(InputError) as caught:
+        read_pts(path)
+    assert str(caught.value).startswith(f"{path}: ") and message in str(caught.value)
+
+
+def _coco_text(image_name: str, points: np.ndarray) -> str:
+    keypoints = np.column_stack([points, np.ones(len(points))]).ravel().tolist()
+    images = [{"id": 7, "file_name": image_name}]
+    return json.dumps({"images": images, "annotations": [{"id": 3, "image_id": 7, "keypoints": keypoints}]})
+
+
+@pytest.mark.parametrize("case", ["truncated", "truncated early", "empty, named so", "not json, named so"])
+def test_a_broken_annotation_json_is_refused(tmp_path, case, capsys):
+    """A COCO json that does not parse is an error naming it (exit code 2), not passed over: its faces
+    would vanish without a word. Known by its text ("annotations": / "keypoints": / "images": [) or its
+    name (coco, anno, keypoint, landmark)."""
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    write_pts(tmp_path / "a.pts", np.arange(136, dtype=float).reshape(68, 2))
+    text = _coco_text("a.png", np.arange(136, dtype=float).reshape(68, 2))
+    name, content = {
+        "truncated": ("faces.json", text[:-20]),
+        "truncated early": ("faces.json", text[:30]),  # '{"images": [{"id": 7, "file_na'
+        "empty, named so": ("anno_300vw.json", ""),
+        "not json, named so": ("face_landmarks_test.json", "<html>404</html>"),
+    }[case]
+    (tmp_path / name).write_text(content)
+    with pytest.raises(InputError, match=f"{tmp_path / name}: a COCO-style keypoint json that does not parse"):
+        find_annotations(tmp_path)
+    out = tmp_path / "report"
+    assert main(["eval", "landmarks", str(tmp_path), "-o", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert str(tmp_path / name) in error and ("empty file" in error if not content else "line 1, column" in error)
+    assert not out.exists()
+
+
+def test_other_json_files_are_passed_over(tmp_path, caplog):
+    """Not every json beside the photos is an annotation file: facerecon's own summary.json (its
+    "images" a count), a config, or a broken json whose name and text say nothing of annotations (with a
+    warning) are passed over, as before."""
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    write_pts(tmp_path / "a.pts", np.arange(136, dtype=float).reshape(68, 2))
+    summary = {"counts": {"succeeded": 3, "failed": 0, "skipped": 0, "images": 3}, "succeeded": []}
+    (tmp_path / "summary.json").write_text(json.dumps(summary, indent=1))
+    (tmp_path / "result.json").write_text(json.dumps({"reconstructions": [{"landmarks68": [[1, 2]]}]}))
+    (tmp_path / "notes.json").write_text('{"todo": [1, 2')
+    with caplog.at_level(logging.WARNING):
+        assert [f.source for f in find_annotations(tmp_path)] == [str(tmp_path / "a.pts")]
+    (warned,) = caplog.records
+    assert str(tmp_path / "notes.json") in warned.getMessage() and "passed over" in warned.getMessage()
+
+
+@pytest.mark.parametrize("case", ["same points", "1-based json read 0-based", "another annotation"])
+def test_repeated_annotations_are_scored_once(tmp_path, case, caplog):
+    """The same photo annotated by a .pts and by a json with the same points (the shared samples'
+    300vw/anno_300vw.json beside its frames' .pts) is one annotation: the .pts is kept, the json's face
+    dropped with a warning (a repeat 1 px off: the json read with the wrong --coco-origin, said so).
+    Another annotation of the photo (other points) is kept."""
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    points = np.random.default_rng(1).uniform(0, 8, (68, 2))
+    write_pts(tmp_path / "a.pts", points)
+    shown = {"same points": points, "1-based json read 0-based": points + 1, "another annotation": points + 0.5}
+    (tmp_path / "b.json").write_text(_coco_text("a.png", shown[case]))
+    with caplog.at_level(logging.WARNING):
+        found = find_annotations(tmp_path)
+    if case == "another annotation":
+        assert [f.source for f in found] == [str(tmp_path / "a.pts"), f"{tmp_path / 'b.json'}#3"]
+        assert not caplog.records
+        return
+    (face,) = found
+    assert face.source == str(tmp_path / "a.pts") and face.duplicates == (f"{tmp_path / 'b.json'}#3",)
+    np.testing.assert_allclose(face.points, points, atol=1e-4)
+    (warned,) = caplog.records
+    assert f"{tmp_path / 'b.json'}#3 (= {tmp_path / 'a.pts'})" in warned.getMessage()
+    assert ("--coco-origin 1" in warned.getMessage()) == (case == "1-based json read 0-based")
+    # read with the other origin, the json's points are 1 px the other way: still the same annotation
+    assert len(find_annotations(tmp_path, coco_origin=1.0)) == 1
 
 
 def test_readme_evaluation_commands_parse():

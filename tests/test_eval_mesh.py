@@ -6,6 +6,8 @@ with exit code 2."""
 from __future__ import annotations
 
 import json
+import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +16,10 @@ import trimesh
 from PIL import Image
 
 from facerecon.cli import main
-from facerecon.evaluation.mesh import TriangleMesh, evaluate_mesh
+from facerecon.evaluation.mesh import TriangleMesh, evaluate_mesh, load_landmarks
 from facerecon.geometry.registration import SurfaceQuery, closest_on_triangles
 from facerecon.geometry.transforms import rotation_from_yaw_pitch_roll
+from facerecon.kernel.contract.errors import InputError
 
 # landmark positions (x, y) in mm, NoW's order: eye corners x4, nose tip, mouth corners
 LANDMARKS_XY = np.array([[-45, 30], [-20, 30], [20, 30], [45, 30], [0, 0], [-25, -40], [25, -40]], float)
@@ -197,3 +200,67 @@ def test_bad_input_is_refused(tmp_path, case, capsys):
     assert main(argv) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "report").exists()
+
+
+@pytest.mark.parametrize("case", ["nan rows", "inf in .npy", "empty", "only comments", "empty .npy", "two columns"])
+def test_landmark_file_messages_say_what_is_wrong(tmp_path, case):
+    """What is wrong with the values, not only the shape (NaN rows have the right shape), and an empty file
+    is said in the message, without numpy's warning naming a StringIO."""
+    marks = surface_landmarks()
+    path = tmp_path / ("marks.npy" if ".npy" in case else "marks.txt")
+    if case == "nan rows":
+        marks[[2, 5]] = np.nan
+        np.savetxt(path, marks)
+    if case == "inf in .npy":
+        marks[6, 1] = np.inf
+        np.save(path, marks)
+    if case in ("empty", "only comments"):
+        path.write_text("" if case == "empty" else "# x y z\n\n")
+    if case == "empty .npy":
+        np.save(path, np.zeros((0, 3)))
+    if case == "two columns":
+        np.savetxt(path, marks[:, :2])
+    expected = {
+        "nan rows": "2 of its 7 landmarks are NaN or infinite (landmark 3, 6, 1-based)",
+        "inf in .npy": "1 of its 7 landmarks is NaN or infinite (landmark 7, 1-based)",
+        "empty": "no landmarks in it",
+        "only comments": "no landmarks in it",
+        "empty .npy": "no landmarks in it",
+        "two columns": "landmarks must be K rows of x y z, got shape (7, 2)",
+    }[case]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no numpy UserWarning on the way
+        with pytest.raises(InputError) as caught:
+            load_landmarks(path)
+    assert str(caught.value).startswith(f"{path}: {expected}")
+
+
+@pytest.mark.parametrize("radius", [math.nan, math.inf, 0.0, -5.0])
+def test_a_radius_that_is_not_a_positive_number_is_refused(tmp_path, radius, capsys):
+    """``--radius nan`` crops nothing ("fewer than 3 vertices within nan"): refused as the bad value it is,
+    by the command and by ``evaluate_mesh`` itself."""
+    scan = height_field_mesh(5.0)
+    with pytest.raises(InputError, match=f"crop radius must be a finite number > 0, got {radius:g}"):
+        evaluate_mesh(scan, scan, np.array([0.0, 5.0, 78.0]), radius=radius)
+    truth = _write(scan, tmp_path / "gt.ply")
+    argv = ["eval", "mesh", str(truth), str(truth), "-o", str(tmp_path / "report"), "--nose-tip", "0,5,78"]
+    assert main([*argv, "--radius", str(radius)]) == 2
+    error = capsys.readouterr().err
+    assert "radius" in error and "fewer than 3 vertices" not in error
+    assert not (tmp_path / "report").exists()
+
+
+@pytest.mark.parametrize("case", ["mesh at one point", "landmarks at one point"])
+def test_a_fit_that_would_divide_by_zero_is_refused(case):
+    """The scale / similarity fits divide by the size of what they fit: a predicted mesh or landmark set
+    all at one point is refused with the reason, not a NaN alignment (and scipy's traceback)."""
+    scan = height_field_mesh(5.0)
+    nose = np.array([0.0, 5.0, 78.0])
+    if case == "mesh at one point":
+        point = TriangleMesh(np.zeros((4, 3)), np.array([[0, 1, 2], [1, 2, 3]]), "point.ply")
+        with pytest.raises(InputError, match="point.ply: all its vertices are at one point: no scale can be fitted"):
+            evaluate_mesh(point, scan, nose, with_scale=True)
+    else:
+        marks = surface_landmarks()
+        with pytest.raises(InputError, match="the 7 predicted landmarks are all at one point"):
+            evaluate_mesh(scan, scan, nose, np.zeros((7, 3)), marks, with_scale=True)

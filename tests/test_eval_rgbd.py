@@ -117,19 +117,55 @@ def test_real_rgbd_faces(tmp_path, rap3df, capsys):
     assert json.loads(capsys.readouterr().out)["scored"] == 3
 
 
-@pytest.mark.parametrize("case", ["empty", "no depth", "wrong size"])
+@pytest.mark.parametrize("case", ["empty", "no depth", "wrong size", "no colour"])
 def test_bad_input_is_refused(tmp_path, case, capsys):
+    """Refused before anything runs, naming what is missing; "no colour": a sample folder with its depth
+    file but without its colour image (as an annotation without its photo), not silently dropped."""
     sample = tmp_path / "data" / "person"
     sample.mkdir(parents=True)
     if case != "empty":
         Image.new("RGB", (20, 30)).save(sample / "k1_box_xy.bmp")
     if case == "wrong size":
         (sample / "k1_box_xyz_depth.data").write_bytes(b"\0" * (20 * 29 * 2))
+    if case == "no colour":  # beside a complete sample
+        (sample / "k1_box_xyz_depth.data").write_bytes(b"\0" * (20 * 30 * 2))
+        (tmp_path / "data" / "lost").mkdir()
+        (tmp_path / "data" / "lost" / "k1_box_xy_depth.data").write_bytes(b"\0" * (20 * 30 * 2))
     out = tmp_path / "report"
     assert main(["eval", "rgbd", str(tmp_path / "data"), "-o", str(out)]) == 2
-    expected = {"empty": "no RGB-D samples", "no depth": "without a depth file", "wrong size": "mismatched"}[case]
+    expected = {
+        "empty": "no RGB-D samples",
+        "no depth": "without a depth file",
+        "wrong size": "mismatched",
+        "no colour": f"1 sample(s) with a depth file but without their colour image (k1_box_xy.bmp): "
+        f"{tmp_path / 'data' / 'lost'}",
+    }[case]
     assert expected in capsys.readouterr().err
     assert not out.exists()
     if case == "wrong size":
         with pytest.raises(Exception, match="mismatched"):
             find_samples(tmp_path / "data")
+
+
+@pytest.mark.parametrize("case", ["text", "empty", "truncated"])
+def test_an_unreadable_colour_image_is_listed_and_the_others_scored(tmp_path, rap3df, case, capsys):
+    """A sample whose k1_box_xy.bmp is not an image (text, empty, cut short) is a failed sample with the
+    reason (exit code 1), not a crash; the other sample is scored."""
+    folder = tmp_path / "rgbd"
+    good, bad = folder / rap3df[0].name, folder / "broken"
+    good.mkdir(parents=True)
+    bad.mkdir()
+    for name in ("k1_box_xy.bmp", "k1_box_xyz_depth.data"):
+        (good / name).symlink_to(rap3df[0] / name)
+    (bad / "k1_box_xyz_depth.data").symlink_to(rap3df[1] / "k1_box_xyz_depth.data")
+    colour = (rap3df[1] / "k1_box_xy.bmp").read_bytes()
+    (bad / "k1_box_xy.bmp").write_bytes({"text": b"not an image\n", "empty": b"", "truncated": colour[:2000]}[case])
+    out = tmp_path / "report"
+    argv = ["eval", "rgbd", str(folder), "-o", str(out), "-q", "--refiners", "", "--no-mean-face", "--device", "cpu"]
+    assert main(argv) == 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["samples"] == 2 and summary["scored"] == 1 and set(summary["mean_rmse_mm"]) >= {"coarse"}
+    (failed,) = summary["failed"]
+    reason = {"text": "not an image file", "empty": "empty file", "truncated": "truncated"}[case]
+    assert failed["sample"] == "broken" and str(bad / "k1_box_xy.bmp") in failed["error"] and reason in failed["error"]
+    capsys.readouterr()
