@@ -14,6 +14,7 @@ Photos run in a worker process (facerecon.batch), so a crash in native code cost
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -198,6 +199,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BROKEN_PIPE
     except FaceReconError as exc:  # bad input or configuration, a model file, a remote server down: one line
         print(f"facerecon: error: {exc}", file=sys.stderr)
+        created = getattr(args, "created_output", None)
+        if created is not None:  # a folder this run made and wrote nothing into goes again
+            with contextlib.suppress(OSError):
+                created.rmdir()
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("facerecon: interrupted", file=sys.stderr)
@@ -321,6 +326,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     out: Path = args.output
     if out.exists() and not out.is_dir():
         raise ConfigError(f"-o {out}: exists and is not a folder")
+    if not out.exists():
+        args.created_output = out  # removed again if still empty when a configuration error ends the run (main)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -71,8 +71,8 @@ def image_from_proto(message: pb.Image, *, max_pixels: int, name: str = "the req
         check_sides(width, height)
         if height * width > max_pixels:
             raise InputError(
-                f"image is {width}x{height} = {width * height / 1e6:.0f} MP, above the server's limit of "
-                f"{max_pixels / 1e6:.0f} MP ({LIMIT_HINT})"
+                f"image is {width}x{height} = {width * height / 1e6:.3g} MP, above the server's limit of "
+                f"{max_pixels / 1e6:.3g} MP ({LIMIT_HINT})"
             )
         try:
             pixels = array(t, "image.pixels")

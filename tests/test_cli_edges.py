@@ -182,3 +182,16 @@ def test_an_unknown_format_is_echoed_as_given(capsys):
     """``--formats ../../obj`` was echoed as ``/../obj`` (every leading dot stripped)."""
     assert main(["reconstruct", "x.png", "-o", "out", "--formats", "obj,../../obj"]) == 2
     assert "unknown mesh format(s) '../../obj'; known: obj, ply, glb" in capsys.readouterr().err
+
+
+def test_a_configuration_error_leaves_no_output_folder_behind(inputs, tmp_path, capsys):
+    config = tmp_path / "bad.toml"
+    config.write_text("[options.refiner.sfs]\nbogus = 1\n")
+    out = tmp_path / "new" / "out"
+    assert main(["reconstruct", str(inputs[0]), "-o", str(out), "-c", str(config), "-q"]) == 2
+    assert "unknown option(s) bogus" in capsys.readouterr().err
+    assert not out.exists()  # (it was made to check that it can be written, and is empty: removed again)
+    out.mkdir(parents=True)
+    (out / "mine.txt").write_text("kept")
+    assert main(["reconstruct", str(inputs[0]), "-o", str(out), "-c", str(config), "-q"]) == 2
+    assert (out / "mine.txt").read_text() == "kept"  # a folder that existed stays, with what it held

@@ -35,7 +35,7 @@ def test_an_image_above_pillows_limit_loads_when_max_pixels_allows_it(monkeypatc
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", lowered)  # Pillow's own knob: it refuses above 20,000 px
     image = load_image(buffer.getvalue(), max_pixels=100_000)
     assert image.shape == (200, 300, 3) and np.all(image == (90, 120, 200))
-    with pytest.raises(InputError, match=r"image is 300x200 = 0 MP, above the limit"):
+    with pytest.raises(InputError, match=r"image is 300x200 = 0.06 MP, above the limit"):
         load_image(buffer.getvalue(), max_pixels=50_000)
     assert lowered == Image.MAX_IMAGE_PIXELS  # not changed behind other callers' backs
 

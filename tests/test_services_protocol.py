@@ -239,12 +239,13 @@ def test_images_are_checked_before_decoding():
     image = RNG.integers(0, 256, (40, 30, 3)).astype(np.uint8)
     message = convert.image_to_proto(image)
     assert np.array_equal(convert.image_from_proto(message, max_pixels=10_000), image)
-    with pytest.raises(InputError, match=r"above the server's limit of 0 MP \(set by the server's --max-image-mp\)"):
+    limit = r"above the server's limit of 0.001 MP \(set by the server's --max-image-mp\)"
+    with pytest.raises(InputError, match=limit):
         convert.image_from_proto(message, max_pixels=1000)
     # an encoded file: named as the client named it (not "<bytes>"), the server's flag for the limit
     encoded = convert.encoded_image(encoded_png(image))
     with pytest.raises(
-        InputError, match=r"^face\.png: image is 30x40 = 0 MP, .* \(set by the server's --max-image-mp\)$"
+        InputError, match=r"^face\.png: image is 30x40 = 0.0012 MP, .* \(set by the server's --max-image-mp\)$"
     ):
         convert.image_from_proto(encoded, max_pixels=1000, name="face.png")
     bad = records_pb2.Image()

@@ -83,8 +83,8 @@ def load_image(
             check_sides(width, height, name)
             if width * height > max_pixels:
                 raise InputError(
-                    f"{name}: image is {width}x{height} = {width * height / 1e6:.0f} MP, above the limit of "
-                    f"{max_pixels / 1e6:.0f} MP ({limit_hint})"
+                    f"{name}: image is {width}x{height} = {width * height / 1e6:.3g} MP, above the limit of "
+                    f"{max_pixels / 1e6:.3g} MP ({limit_hint})"
                 )
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
