@@ -49,7 +49,23 @@ EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell tool killed by it
 
 
-def build_parser() -> argparse.ArgumentParser:
+def command_line_host(argv: list[str] | None) -> PluginHost:
+    """The plugin host the command line is built with: the ``-c`` config's ``[plugins]`` allow / block
+    lists apply already, so a plugin they keep out is never imported (its flags and commands are not
+    added). A config that cannot be read here is reported by the command itself."""
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("-c", "--config", type=Path)
+    known, _ = early.parse_known_args(sys.argv[1:] if argv is None else argv)
+    if known.config is None:
+        return PluginHost()
+    try:
+        config = PipelineConfig.load(known.config)
+    except (ConfigError, OSError):
+        return PluginHost()
+    return PluginHost(allow=config.allow_plugins, block=config.block_plugins)
+
+
+def build_parser(host: PluginHost | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="facerecon",
         description="Turn photos of faces into 3D meshes (coarse 3DMM -> medium -> fine detail).",
@@ -164,16 +180,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
     plugins.add_argument("-c", "--config", type=Path, help="TOML config (its allow/block lists apply)")
-    host = PluginHost()
+    host = host or PluginHost()
     host.add_pipeline_flags(rec)  # e.g. --remote, from the `remote` stage plugin
     add_evaluation_commands(sub, host)  # `eval landmarks|rgbd|mesh`, `bench` (facerecon.evaluation.command)
     # Plugins add their own sub-commands (e.g. `facerecon models`), each with a handler(args) -> int.
-    host.pm.hook.facerecon_register_commands(subcommands=sub)
+    host.pm.hook.facerecon_register_commands(subcommands=sub, host=host)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(command_line_host(argv))
     args, extra = parser.parse_known_args(argv)
     if extra and getattr(args, "command", None) == "reconstruct" and not any(e.startswith("-") for e in extra):
         args.inputs += extra  # inputs after the options: `reconstruct a.jpg -o out b.jpg`

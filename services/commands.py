@@ -61,7 +61,7 @@ def _non_negative(text: str) -> float:
     return value
 
 
-def add_serve_parser(subcommands: Any) -> argparse.ArgumentParser:
+def add_serve_parser(subcommands: Any, host: PluginHost | None = None) -> argparse.ArgumentParser:
     parser = subcommands.add_parser(
         "serve",
         help="serve a stage plugin or the whole pipeline over gRPC",
@@ -113,14 +113,14 @@ def add_serve_parser(subcommands: Any) -> argparse.ArgumentParser:
     pipe.add_argument("--segmenter", help="segmenter plugin, or 'none'")
     pipe.add_argument("--refiners", help="comma-separated refiner plugins, in order")
     pipe.add_argument("--all-faces", action="store_true", help="reconstruct every face by default")
-    PluginHost().add_pipeline_flags(pipe)  # e.g. --remote, from the `remote` stage plugin
+    (host or PluginHost()).add_pipeline_flags(pipe)  # e.g. --remote, from the `remote` stage plugin
     parser.set_defaults(handler=cmd_serve)
     return parser
 
 
 @hookimpl
-def facerecon_register_commands(subcommands: argparse._SubParsersAction) -> None:
-    add_serve_parser(subcommands)
+def facerecon_register_commands(subcommands: argparse._SubParsersAction, host: PluginHost) -> None:
+    add_serve_parser(subcommands, host)
 
 
 def _config(args: argparse.Namespace) -> PipelineConfig:

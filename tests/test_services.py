@@ -475,7 +475,7 @@ def test_serve_is_a_facerecon_command(host):
 
     parser = argparse.ArgumentParser(prog="facerecon")
     sub = parser.add_subparsers(dest="command")
-    host.pm.hook.facerecon_register_commands(subcommands=sub)
+    host.pm.hook.facerecon_register_commands(subcommands=sub, host=host)
     args = parser.parse_args(["serve", "pipeline", "--remote", "detector=h:1", "--port", "50050"])
     assert args.handler is commands.cmd_serve and args.remote == ["detector=h:1"]
 

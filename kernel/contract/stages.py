@@ -110,11 +110,20 @@ def check_result(kind: str, result: object) -> str | None:
             return None
         return "detect() must return a list of Face"
     if kind == "regressor":
-        return None if isinstance(result, CoarseResult) else "regress() must return a CoarseResult"
+        if not isinstance(result, CoarseResult):
+            return "regress() must return a CoarseResult"
+        return _empty(result.mesh, "regress()")
     if kind == "segmenter":
         return None if isinstance(result, Segmentation) else "segment() must return a Segmentation"
     if kind == "refiner":
         if isinstance(result, Mesh) or (isinstance(result, Refinement) and isinstance(result.mesh, Mesh)):
-            return None
+            return _empty(result if isinstance(result, Mesh) else result.mesh, "refine()")
         return "refine() must return a Mesh or a Refinement"
     raise ValueError(f"unknown stage kind {kind!r} (known: {', '.join(STAGE_KINDS)})")
+
+
+def _empty(mesh: Mesh, call: str) -> str | None:
+    """What is wrong with a stage's mesh that has no vertex or no triangle (nothing to write or refine)."""
+    if len(mesh.vertices) == 0 or len(mesh.triangles) == 0:
+        return f"{call} returned an empty mesh ({len(mesh.vertices)} vertices, {len(mesh.triangles)} triangles)"
+    return None

@@ -12,12 +12,14 @@ from facerecon.kernel.host.config import PipelineConfig
 
 
 @hookspec
-def facerecon_register_commands(subcommands: argparse._SubParsersAction) -> None:
+def facerecon_register_commands(subcommands: argparse._SubParsersAction, host: Any) -> None:
     """Add sub-commands to the ``facerecon`` command line (e.g. ``facerecon models``).
 
     :param subcommands: call ``parser = subcommands.add_parser(name, help=...)``, add arguments, and
         ``parser.set_defaults(handler=function)``; ``function(args) -> int`` returns the exit code
         (0 success, 1 failure, 2 usage error) and may raise ``FaceReconError`` for a clear message.
+    :param host: the command line's ``PluginHost`` (its plugins filtered by the ``-c`` config's
+        ``[plugins]`` lists), e.g. for ``host.add_pipeline_flags(parser)``; an implementation may omit it.
     """
 
 

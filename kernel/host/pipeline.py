@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from facerecon.kernel.contract.errors import ClosedError, ConfigError, PluginError
+from facerecon.kernel.contract.errors import ClosedError, ConfigError, FaceReconError, PluginError, RecordError
 from facerecon.kernel.contract.images import check_image
 from facerecon.kernel.contract.records import (
     CoarseResult,
@@ -206,7 +206,16 @@ class Pipeline:
 
     @property
     def refiners(self) -> list[tuple[str, Refiner]]:
-        return [(name, self.stage("refiner", name)) for name in self.config.refiners]
+        built = [(name, self.stage("refiner", name)) for name in self.config.refiners]
+        seen: dict[str, str] = {}
+        for name, refiner in built:  # each stage's files are named after it: two of one name overwrite
+            if refiner.stage in seen:
+                raise ConfigError(
+                    f"refiners {seen[refiner.stage]!r} and {name!r} both name their stage {refiner.stage!r}: "
+                    "the second's files and records would replace the first's; run one of them"
+                )
+            seen[refiner.stage] = name
+        return built
 
     def plugin_ids(self) -> dict[str, tuple[str, str]]:
         """(plugin, version) of the detector, regressor and segmenter this pipeline runs (for result.json;
@@ -286,7 +295,7 @@ class Pipeline:
         ``config.detect_max_side`` (memory, speed, and native code's own size limits); its faces are
         scaled back."""
         small, factor = fit_within(image, self.config.detect_max_side)
-        faces = self._checked("detector", self.config.detector, self.detector.detect(small))
+        faces = self._run("detector", self.config.detector, self.detector.detect, small)
         if factor != 1.0:
             faces = [_scaled_face(face, factor) for face in faces]
         return sorted(faces, key=lambda f: -f.area)
@@ -309,7 +318,13 @@ class Pipeline:
             if self.segmenter is None:
                 return None
             start = time.perf_counter()
-            result = self._checked("segmenter", str(self.config.segmenter), self.segmenter.segment(image, face))
+            segmenter, name = self.segmenter, str(self.config.segmenter)
+            result = self._run("segmenter", name, segmenter.segment, image, face)
+            if result.labels.shape != image.shape[:2]:
+                raise PluginError(
+                    f"segmenter {name!r} (plugin {self.host.spec('segmenter', name).plugin!r}) broke the stage "
+                    f"contract: a label map of {result.labels.shape} for an image of {image.shape[:2]}"
+                )
             _accumulate(timings, "segmenter", _ms_since(start))
             return result
 
@@ -317,7 +332,7 @@ class Pipeline:
             start = time.perf_counter()
             if coarse is not None:
                 return coarse, _ms_since(start)
-            result = self._checked("regressor", self.config.regressor, self.regressor.regress(image, face))
+            result = self._run("regressor", self.config.regressor, self.regressor.regress, image, face)
             return result, _ms_since(start)
 
         checkpoint()
@@ -340,7 +355,7 @@ class Pipeline:
                 )
             checkpoint()
             start = time.perf_counter()
-            output = self._checked("refiner", name, refiner.refine(image, face, mesh, segmentation))
+            output = self._run("refiner", name, refiner.refine, image, face, mesh, segmentation)
             refinement = output if isinstance(output, Refinement) else Refinement(output)
             mesh = refinement.mesh
             elapsed = _ms_since(start)
@@ -375,13 +390,28 @@ class Pipeline:
             raise
         return future.result(), second_result
 
-    def _checked(self, kind: str, name: str, result: Any) -> Any:
-        """``result`` of stage ``name``, or a PluginError when it breaks the stage contract."""
+    def _run(self, kind: str, name: str, method: Callable[..., Any], *args: Any) -> Any:
+        """``method(*args)``'s result (a stage's call), or a PluginError naming the stage and its plugin when it
+        breaks the stage contract or fails with an error of its own. facerecon's errors about the input,
+        the configuration, a model file or a server pass as they are (a stage refusing a photo is the
+        photo's failure, not the plugin's)."""
+        try:
+            result = method(*args)
+        except RecordError as exc:  # a record the stage built wrongly
+            raise self._broke(kind, name, str(exc)) from exc
+        except FaceReconError:
+            raise
+        except Exception as exc:
+            plugin = self.host.spec(kind, name).plugin
+            raise PluginError(f"{kind} {name!r} (plugin {plugin!r}) failed: {type(exc).__name__}: {exc}") from exc
         problem = check_result(kind, result)
         if problem is not None:
-            plugin = self.host.spec(kind, name).plugin
-            raise PluginError(f"{kind} {name!r} (plugin {plugin!r}) broke the stage contract: {problem}")
+            raise self._broke(kind, name, problem)
         return result
+
+    def _broke(self, kind: str, name: str, problem: str) -> PluginError:
+        plugin = self.host.spec(kind, name).plugin
+        return PluginError(f"{kind} {name!r} (plugin {plugin!r}) broke the stage contract: {problem}")
 
 
 def _scaled_face(face: Face, factor: float) -> Face:

@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import importlib.metadata
 import logging
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 import pluggy
 
 from facerecon.kernel.contract import hookspecs
-from facerecon.kernel.contract.errors import ConfigError, PluginError
+from facerecon.kernel.contract.errors import ConfigError, FaceReconError, PluginError
 from facerecon.kernel.contract.hookspecs import MESH_UNITS, MeshUnits, StageFactory
 from facerecon.kernel.contract.scenes import SyntheticScene
 from facerecon.kernel.contract.stages import READS, STAGE_KINDS, STAGE_PROTOCOLS
@@ -61,8 +62,16 @@ class StageSpec:
     reads: str = "image"
 
     def is_available(self) -> bool:
-        """Whether the stage can run with no options given (e.g. its model files are configured)."""
-        return True if self.available is None else bool(self.available())
+        """Whether the stage can run with no options given (e.g. its model files are configured); an
+        ``available`` function that fails says no, with a warning naming the plugin."""
+        if self.available is None:
+            return True
+        try:
+            return bool(self.available())
+        except Exception as exc:
+            log.warning("%s %r from plugin %r: available() failed (%s: %s); taken as not available",
+                        self.kind, self.name, self.plugin, type(exc).__name__, exc)  # fmt: skip
+            return False
 
     def takes(self, schemes: tuple[str, ...] | None) -> bool:
         """Whether this stage can use landmarks of every scheme in ``schemes`` (None: not known, assumed)."""
@@ -140,6 +149,20 @@ class StageRegistrar:
             raise PluginError(f"plugin {self.plugin!r} registers unknown stage kind {kind!r} (known: {STAGE_KINDS})")
         if not name or not isinstance(name, str):
             raise PluginError(f"plugin {self.plugin!r} registers a {kind} without a name")
+        if not STAGE_NAME.fullmatch(name):  # names are typed in flags and lists: --refiners a,b / --remote a=HOST
+            raise PluginError(
+                f"plugin {self.plugin!r} registers {kind} {name!r}: a name is letters, digits and . _ + - "
+                "(not first), so that it can be given in --refiners lists and --remote flags"
+            )
+        if isinstance(priority, bool) or not isinstance(priority, (int, float)):
+            raise PluginError(f"plugin {self.plugin!r}: priority of {kind} {name!r} must be a number, got {priority!r}")
+        if available is not None and not callable(available):
+            raise PluginError(
+                f"plugin {self.plugin!r}: available of {kind} {name!r} must be a function () -> bool, got {available!r}"
+            )
+        for what, text in (("summary", summary), ("license_note", license_note), ("install_hint", install_hint)):
+            if not isinstance(text, str):
+                raise PluginError(f"plugin {self.plugin!r}: {what} of {kind} {name!r} must be a string")
         if options is not None and not dataclasses.is_dataclass(options):
             raise PluginError(f"plugin {self.plugin!r}: options of {kind} {name!r} must be a dataclass")
         if not callable(factory):
@@ -147,8 +170,13 @@ class StageRegistrar:
         if reads not in READS:
             raise PluginError(f"plugin {self.plugin!r}: reads of {kind} {name!r} must be one of {READS}, got {reads!r}")
         for what, value in (("accepts", accepts), ("produces", produces), ("devices", devices)):
-            if value is not None and (isinstance(value, str) or not all(isinstance(v, str) and v for v in value)):
-                raise PluginError(f"plugin {self.plugin!r}: {what} of {kind} {name!r} must be a tuple of names")
+            if value is not None and (
+                isinstance(value, str) or not value or not all(isinstance(v, str) and v for v in value)
+            ):  # (an empty tuple would take, or give, nothing: None means "not declared")
+                raise PluginError(
+                    f"plugin {self.plugin!r}: {what} of {kind} {name!r} must be a non-empty tuple of names, "
+                    f"got {value!r}"
+                )
         if mesh_units is not None and not callable(mesh_units):
             if isinstance(mesh_units, str) or not set(mesh_units) <= set(MESH_UNITS):
                 raise PluginError(
@@ -240,7 +268,7 @@ class PluginHost:
                 continue
             try:
                 module = ep.load()
-            except Exception as exc:  # a broken third-party plugin must not take the host down
+            except (Exception, SystemExit) as exc:  # a broken third-party plugin must not take the host down
                 self._refuse(ep.name, f"could not be imported: {type(exc).__name__}: {exc}")
                 continue
             self.register_plugin(module, name=ep.name, distribution=dist, version=version)
@@ -263,6 +291,17 @@ class PluginHost:
             return False
         self.plugins[name] = LoadedPlugin(name, distribution, version)
         self._stages = None
+        marker = f"{hookspecs.PROJECT}_impl"  # what @hookimpl sets: pluggy passes over functions without it
+        unmarked = [
+            n for n in dir(plugin) if n.startswith("facerecon_") and callable(getattr(plugin, n, None))
+            and not hasattr(getattr(plugin, n), marker)
+        ]  # fmt: skip
+        if unmarked:
+            log.warning(
+                "plugin %r defines %s without @hookimpl (facerecon.kernel.contract.hookimpl): never called",
+                name,
+                ", ".join(unmarked),
+            )
         return True
 
     def unregister_plugin(self, name: str) -> None:
@@ -322,7 +361,7 @@ class PluginHost:
             registrar = StageRegistrar(info.name, info.distribution, info.version)
             try:
                 impl.function(registry=registrar)
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:
                 self._refuse(info.name, f"failed while registering its stages: {type(exc).__name__}: {exc}")
                 continue
             for spec in registrar.collected:
@@ -388,15 +427,38 @@ class PluginHost:
     def create(self, kind: str, name: str, options: Mapping[str, Any] | None, device: str) -> object:
         """Build stage ``name`` of ``kind`` with its options table; checks it meets the protocol."""
         spec = self.spec(kind, name)
-        parsed = spec.make_options(options)
-        stage = spec.factory(parsed, device)
+        who = f"{kind} {name!r} from plugin {spec.plugin!r}"
+        try:
+            parsed = spec.make_options(options)
+            stage = spec.factory(parsed, device)
+        except FaceReconError:  # the configuration's, a model file's, a server's: said as they are
+            raise
+        except Exception as exc:
+            raise PluginError(f"{who} failed to build: {type(exc).__name__}: {exc}") from exc
         protocol = STAGE_PROTOCOLS[kind]
         if not isinstance(stage, protocol):
-            raise PluginError(
-                f"{kind} {name!r} from plugin {spec.plugin!r} does not implement the {kind} protocol "
-                f"(needs {', '.join(_protocol_members(protocol))})"
-            )
+            members = _protocol_members(protocol)
+            missing = [m for m in members if not hasattr(stage, m)] or members
+            raise PluginError(f"{who} does not implement the {kind} protocol (it lacks {', '.join(missing)})")
+        if kind == "refiner":
+            check_stage_name(stage.stage, who)
         return stage
+
+
+STAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+"""A registered stage's name, and a refiner's ``stage`` (which names its files: ``<stage>.obj``)."""
+RESERVED_STAGES = frozenset({"coarse", "final", "preview", "result", "summary", "failures"})
+"""Stage names a refiner may not take: the regressor's stage and the files every result folder has."""
+
+
+def check_stage_name(stage: object, who: str) -> None:
+    """PluginError unless ``stage`` may name a refiner's stage: a name its files can carry (no path, no
+    space) that no other output takes. A remote refiner's comes from its server: checked the same."""
+    if not isinstance(stage, str) or not STAGE_NAME.fullmatch(stage) or stage in RESERVED_STAGES:
+        raise PluginError(
+            f"{who} names its stage {stage!r}: a stage is letters, digits and . _ + - (not first), names files "
+            f"<stage>.obj and so cannot be a path or one of {', '.join(sorted(RESERVED_STAGES))}"
+        )
 
 
 def _builtin_first(name: str, dist: str) -> tuple[int, str]:
@@ -404,4 +466,6 @@ def _builtin_first(name: str, dist: str) -> tuple[int, str]:
 
 
 def _protocol_members(protocol: type) -> list[str]:
-    return sorted(n for n in vars(protocol) if not n.startswith("_"))
+    """A protocol's methods and attributes (``stage`` of a refiner is an annotation)."""
+    names = {*vars(protocol), *getattr(protocol, "__annotations__", {})}
+    return sorted(n for n in names if not n.startswith("_"))
