@@ -189,6 +189,7 @@ def build_parser(host: PluginHost | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(format="facerecon: %(levelname)s: %(message)s", level=logging.WARNING)
     parser = build_parser(command_line_host(argv))
     args, extra = parser.parse_known_args(argv)
     if extra and getattr(args, "command", None) == "reconstruct" and not any(e.startswith("-") for e in extra):
@@ -197,7 +198,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if getattr(args, "command", None) == "reconstruct" and not args.inputs and args.files_from is None:
         parser.error("reconstruct: give INPUT files, folders or patterns, or --files-from FILE")
-    logging.basicConfig(format="facerecon: %(levelname)s: %(message)s", level=logging.WARNING)
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE

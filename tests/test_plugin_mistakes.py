@@ -231,3 +231,10 @@ def test_a_blocked_plugin_is_never_imported_not_even_to_build_the_command_line(m
     assert main(["plugins"]) == 0  # not blocked: imported, refused (its SystemExit), the rest goes on
     assert marker.exists()
     assert "refused: plugin 'quitter' could not be imported: SystemExit: 3" in capsys.readouterr().out
+
+
+def test_a_plugins_list_naming_no_installed_plugin_is_warned_about(caplog):
+    with caplog.at_level(logging.WARNING):
+        PluginHost(block=["shifted-mp-typo"])
+    assert "[plugins] block names 'shifted-mp-typo', which no installed plugin is called" in caplog.text
+    assert "landmark-mesh" in caplog.text  # the installed plugins' names, to pick from

@@ -269,9 +269,17 @@ class PluginHost:
             try:
                 module = ep.load()
             except (Exception, SystemExit) as exc:  # a broken third-party plugin must not take the host down
-                self._refuse(ep.name, f"could not be imported: {type(exc).__name__}: {exc}")
+                self._refuse(ep.name, f"could not be imported: {type(exc).__name__}: {exc}", installed=True)
                 continue
             self.register_plugin(module, name=ep.name, distribution=dist, version=version)
+        installed = {ep.name for ep in eps}
+        for what, listed in (("block", self.block), ("allow", self.allow or ())):
+            unknown = sorted(set(listed) - installed)
+            if unknown:  # a typo, or a stage's name where the plugin's (entry point's) is meant
+                _warn_once(
+                    f"[plugins] {what} names {', '.join(map(repr, unknown))}, which no installed plugin is called "
+                    f"(plugins: {', '.join(sorted(installed))}; `facerecon plugins --json` gives each stage's plugin)"
+                )
 
     def register_plugin(
         self, plugin: object, *, name: str | None = None, distribution: str = "(local)", version: str = "0"
@@ -287,7 +295,7 @@ class PluginHost:
         except pluggy.PluginValidationError as exc:
             if self.pm.has_plugin(name):
                 self.pm.unregister(name=name)
-            self._refuse(name, f"does not match the hook specifications: {exc}")
+            self._refuse(name, f"does not match the hook specifications: {exc}", distribution != "(local)")
             return False
         self.plugins[name] = LoadedPlugin(name, distribution, version)
         self._stages = None
@@ -309,10 +317,15 @@ class PluginHost:
         self.plugins.pop(name, None)
         self._stages = None
 
-    def _refuse(self, name: str, reason: str) -> None:
+    def _refuse(self, name: str, reason: str, installed: bool = False) -> None:
+        """Record and warn that plugin ``name`` was refused; an installed one (an entry point) is warned
+        about once per process, however many hosts a command builds."""
         message = f"plugin {name!r} {reason}"
         self.failures[name] = message
-        log.warning("%s; it was not loaded", message)
+        if installed:
+            _warn_once(f"{message}; it was not loaded")
+        else:
+            log.warning("%s; it was not loaded", message)
 
     # -- command-line extensions (host hookspecs) -------------------------------------------------
 
@@ -362,7 +375,8 @@ class PluginHost:
             try:
                 impl.function(registry=registrar)
             except (Exception, SystemExit) as exc:
-                self._refuse(info.name, f"failed while registering its stages: {type(exc).__name__}: {exc}")
+                reason = f"failed while registering its stages: {type(exc).__name__}: {exc}"
+                self._refuse(info.name, reason, info.distribution != "(local)")
                 continue
             for spec in registrar.collected:
                 key = (spec.kind, spec.name)
@@ -459,6 +473,16 @@ def check_stage_name(stage: object, who: str) -> None:
             f"{who} names its stage {stage!r}: a stage is letters, digits and . _ + - (not first), names files "
             f"<stage>.obj and so cannot be a path or one of {', '.join(sorted(RESERVED_STAGES))}"
         )
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """Log a warning about the installed plugins once per process (a command builds more than one host)."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        log.warning("%s", message)
 
 
 def _builtin_first(name: str, dist: str) -> tuple[int, str]:
