@@ -238,3 +238,33 @@ def test_a_plugins_list_naming_no_installed_plugin_is_warned_about(caplog):
         PluginHost(block=["shifted-mp-typo"])
     assert "[plugins] block names 'shifted-mp-typo', which no installed plugin is called" in caplog.text
     assert "landmark-mesh" in caplog.text  # the installed plugins' names, to pick from
+
+
+class OffImageDetector:
+    def __init__(self, options, device):
+        self.inner = mediapipe_detector.MediaPipeDetector(mediapipe_detector.MediaPipeOptions(), device)
+
+    def detect(self, image):
+        from dataclasses import replace
+
+        faces = self.inner.detect(image)
+        return [replace(f, box=np.asarray(f.box) + 5000, landmarks=f.landmarks) for f in faces]
+
+    def close(self):
+        self.inner.close()
+
+
+def test_maps_region_colours_and_boxes_that_break_their_conventions_are_refused(host, face_photo):
+    from facerecon.kernel import ImageMaps, RecordError
+
+    with pytest.raises(RecordError, match=r"image map 'albedo' must be \(h, w, 3\), got \(4, 4, 5\)"):
+        ImageMaps((0, 0), {"albedo": np.zeros((4, 4, 5), np.float32)})
+    with pytest.raises(RecordError, match=r"region colour 'skin' must be RGB in \[0, 1\]"):
+        Segmentation(np.zeros((4, 4), np.uint8), {0: "background"}, {"skin": np.array([200.0, 150.0, 120.0])})
+    host.register_plugin(
+        plugin_module("acme", lambda registry: registry.register("detector", "acme-off", OffImageDetector)),
+        name="acme",
+    )
+    refused = pytest.raises(PluginError, match=r"detector 'acme-off' \(plugin 'acme'\) broke .* off the 533x800")
+    with Pipeline(PipelineConfig(detector="acme-off", refiners=(), device="cpu"), host) as pipe, refused:
+        pipe(face_photo)

@@ -320,7 +320,17 @@ class Segmentation:
         object.__setattr__(self, "labels", _readonly(labels))
         object.__setattr__(self, "label_names", MappingProxyType(dict(self.label_names)))
         colors = {k: _readonly(np.asarray(v, np.float32).reshape(3)) for k, v in self.region_colors.items()}
+        for name, colour in colors.items():  # (a 0-255 colour would be taken as 255 times too bright)
+            _check(
+                bool(np.all(np.isfinite(colour)) and colour.min() >= 0 and colour.max() <= 1),
+                f"segmentation region colour {name!r} must be RGB in [0, 1], got {colour.tolist()}",
+            )
         object.__setattr__(self, "region_colors", MappingProxyType(colors))
+
+
+MAP_CHANNELS = {"depth": 1, "displacement": 1, "mask": 1, "normal": 3, "albedo": 3, "shading": 3, "specular": 3}
+"""Channels of the image maps whose names have a convention (:class:`ImageMaps`); "rendering" and others
+may carry any."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -345,6 +355,14 @@ class ImageMaps:
         object.__setattr__(self, "step", float(self.step))
         shapes = {np.asarray(m).shape[:2] for m in self.maps.values()}
         _check(len(shapes) <= 1, f"image maps must share one (h, w), got {sorted(shapes)}")
+        for name, value in self.maps.items():  # the names whose layout the writers rely on
+            shape = np.asarray(value).shape
+            channels = MAP_CHANNELS.get(name)
+            if channels is not None:
+                _check(
+                    len(shape) == 2 + (channels > 1) and (channels == 1 or shape[2] == channels),
+                    f"image map {name!r} must be (h, w{', ' + str(channels) if channels > 1 else ''}), got {shape}",
+                )
         object.__setattr__(
             self, "maps", MappingProxyType({k: _readonly(np.asarray(v, np.float32)) for k, v in self.maps.items()})
         )

@@ -296,6 +296,12 @@ class Pipeline:
         scaled back."""
         small, factor = fit_within(image, self.config.detect_max_side)
         faces = self._run("detector", self.config.detector, self.detector.detect, small)
+        height, width = small.shape[:2]
+        for face in faces:  # a box off the image is a detector's frame mix-up (normalised, another image's)
+            x0, y0, x1, y1 = (float(v) for v in face.box)
+            if x1 < 0 or y1 < 0 or x0 > width or y0 > height:
+                box = [round(v, 1) for v in (x0, y0, x1, y1)]
+                raise self._broke("detector", self.config.detector, f"a face box {box} off the {width}x{height} image")
         if factor != 1.0:
             faces = [_scaled_face(face, factor) for face in faces]
         return sorted(faces, key=lambda f: -f.area)
