@@ -9,6 +9,7 @@ import types
 
 import numpy as np
 import pytest
+from plugin_support import builtin_host, plugin_module
 
 from facerecon.kernel import (
     ConfigError,
@@ -18,24 +19,14 @@ from facerecon.kernel import (
     PluginError,
     PluginHost,
     Segmentation,
-    hookimpl,
 )
-from facerecon.plugins import landmark_mesh, landmark_regions, mediapipe_detector
-
-
-def plugin_module(name: str, body) -> types.ModuleType:  # type: ignore[no-untyped-def]
-    module = types.ModuleType(name)
-    module.facerecon_register_stages = hookimpl(body)
-    return module
+from facerecon.plugins import landmark_mesh, mediapipe_detector
 
 
 @pytest.fixture
 def host() -> PluginHost:
-    h = PluginHost(load_entrypoints=False)
-    h.register_plugin(mediapipe_detector, name="mediapipe", distribution="facerecon", version="0.1.0")
-    h.register_plugin(landmark_mesh, name="landmark-mesh", distribution="facerecon", version="0.1.0")
-    h.register_plugin(landmark_regions, name="landmark-regions", distribution="facerecon", version="0.1.0")
-    return h
+    """A host with the default pipeline's built-ins only, registered by hand (no entry points)."""
+    return builtin_host()
 
 
 def refiner_named(stage: str):  # type: ignore[no-untyped-def]

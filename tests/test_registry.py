@@ -9,15 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from plugin_support import builtin_host, plugin_module
 
 from facerecon.kernel import ClosedError, ConfigError, Pipeline, PipelineConfig, PluginError, PluginHost, hookimpl
-from facerecon.plugins import landmark_mesh, landmark_regions, mediapipe_detector
-
-
-def plugin_module(name: str, body) -> types.ModuleType:  # type: ignore[no-untyped-def]
-    module = types.ModuleType(name)
-    module.facerecon_register_stages = hookimpl(body)
-    return module
 
 
 @dataclass(frozen=True)
@@ -46,11 +40,7 @@ def register_shift(registry) -> None:
 @pytest.fixture
 def host() -> PluginHost:
     """A host with the default pipeline's built-ins only, registered by hand (no entry points)."""
-    h = PluginHost(load_entrypoints=False)
-    h.register_plugin(mediapipe_detector, name="mediapipe", distribution="facerecon", version="0.1.0")
-    h.register_plugin(landmark_mesh, name="landmark-mesh", distribution="facerecon", version="0.1.0")
-    h.register_plugin(landmark_regions, name="landmark-regions", distribution="facerecon", version="0.1.0")
-    return h
+    return builtin_host()
 
 
 def test_entry_points_load_builtins_with_distribution():
