@@ -981,7 +981,9 @@ def segmentation_messages(draw) -> pb.Segmentation:
 
 def check_segmentation(message: pb.Segmentation) -> Segmentation | None:
     labels = reference_array(message.labels, 2, (pb.DTYPE_UINT8,))
-    if labels is None or any(len(c.rgb) != 3 for c in message.region_colors):
+    rgb = [np.array(c.rgb, np.float32) for c in message.region_colors]
+    outside = any(len(c) == 3 and not (np.isfinite(c).all() and c.min() >= 0 and c.max() <= 1) for c in rgb)
+    if labels is None or any(len(c) != 3 for c in rgb) or outside:  # (colours are RGB in [0, 1])
         with pytest.raises(RecordError):
             convert.segmentation_from_proto(message)
         return None
