@@ -26,7 +26,7 @@ from facerecon.kernel.contract.errors import ConfigError, InputError
 from facerecon.kernel.host.commands import DefaultsHelpFormatter
 from facerecon.kernel.host.config import DEVICES
 
-EXIT_OK, EXIT_FAILURES = 0, 1
+EXIT_OK, EXIT_FAILURES, EXIT_INTERRUPTED = 0, 1, 130
 
 
 def add_evaluation_commands(sub: Any, host: PluginHost) -> None:
@@ -308,13 +308,20 @@ def cmd_eval_synthetic(args: argparse.Namespace) -> int:
             print(f"{row['scene']}: {row.get('error') or shown}", file=sys.stderr)
 
     host = PluginHost(allow=config.allow_plugins, block=config.block_plugins)
-    rows, images = evaluate_synthetic(
+    rows, images, interrupted = evaluate_synthetic(
         host, config, specs, args.model, expressions, ablate=not args.no_ablations, progress=progress
     )
+    if interrupted and not rows:
+        raise KeyboardInterrupt
     summary = summarise(rows, args.seed)
+    if interrupted:  # the scenes done (minutes each) are reported, marked so
+        summary["interrupted"] = f"stopped by Ctrl-C after {len(rows)} of {len(specs)} scenes"
     files = _report(args, summary, lambda out: write_report(out, rows, summary, images))
     print(text_table(summary), end="")
     print("wrote " + ", ".join(str(f) for f in files), file=sys.stderr)
+    if interrupted:
+        print(f"facerecon: interrupted: {summary['interrupted']}; the report holds those", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return EXIT_FAILURES if summary["failed"] else EXIT_OK
 
 

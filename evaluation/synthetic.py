@@ -135,11 +135,14 @@ def evaluate_synthetic(
     expressions: str | None,
     ablate: bool = True,
     progress: Callable[[dict[str, Any]], None] | None = None,
-) -> tuple[list[dict[str, Any]], dict[str, bytes]]:
-    """The rows of every scene and its image (scene name -> PNG bytes). The first scene is rendered
-    before any pipeline is built, so a bad model fails before the models load."""
+) -> tuple[list[dict[str, Any]], dict[str, bytes], bool]:
+    """The rows of every scene, its image (scene name -> PNG bytes), and whether a Ctrl-C stopped the run
+    (the scenes done are kept; the one in progress is dropped). The first scene is rendered before any
+    pipeline is built, so a bad model fails before the models load."""
     first = render(host, specs[0], model, expressions)
-    rows, images = [], {}
+    rows: list[dict[str, Any]] = []
+    images: dict[str, bytes] = {}
+    interrupted = False
     configs = ablation_configs(config) if ablate else {}
     with Pipeline(config) as pipe:
         ablations = {label: Pipeline(c) for label, c in configs.items()}
@@ -147,23 +150,43 @@ def evaluate_synthetic(
             for i, spec in enumerate(specs):
                 row: dict[str, Any]
                 try:
-                    scene = first if i == 0 else render(host, spec, model, expressions)
-                except InputError as exc:  # its photo (the model rendered the first scene): listed, the rest go on
-                    row = {"scene": spec.name, "meta": {}, "scores": {}, "error": str(exc)}
-                else:
-                    images[spec.name] = png_bytes(scene.image)  # compressed: many scenes stay small
-                    try:
-                        row = evaluate_scene(pipe, ablations, scene, spec)
-                    except FaceReconError as exc:  # a stage's refusal: listed, the other scenes go on
-                        row = {"scene": spec.name, "meta": dict(scene.meta), "scores": {}, "error": str(exc)}
-                row.update(photo=str(spec.photo.image), render_seed=spec.render_seed)
+                    row = _scene_row(host, pipe, ablations, spec, first if i == 0 else None, model, expressions, images)
+                except KeyboardInterrupt:  # a long run: the scenes done are still reported
+                    interrupted = True
+                    break
                 rows.append(row)
                 if progress is not None:
                     progress(row)
         finally:
             for other in ablations.values():
                 other.close()
-    return rows, images
+    return rows, images, interrupted
+
+
+def _scene_row(
+    host: PluginHost,
+    pipe: Pipeline,
+    ablations: dict[str, Pipeline],
+    spec: SceneSpec,
+    scene: SyntheticScene | None,
+    model: str | None,
+    expressions: str | None,
+    images: dict[str, bytes],
+) -> dict[str, Any]:
+    """One scene's row (rendered here unless ``scene`` is given); its image goes into ``images``."""
+    row: dict[str, Any]
+    try:
+        scene = scene if scene is not None else render(host, spec, model, expressions)
+    except InputError as exc:  # its photo (the model rendered the first scene): listed, the rest go on
+        row = {"scene": spec.name, "meta": {}, "scores": {}, "error": str(exc)}
+    else:
+        images[spec.name] = png_bytes(scene.image)  # compressed: many scenes stay small
+        try:
+            row = evaluate_scene(pipe, ablations, scene, spec)
+        except FaceReconError as exc:  # a stage's refusal: listed, the other scenes go on
+            row = {"scene": spec.name, "meta": dict(scene.meta), "scores": {}, "error": str(exc)}
+    row.update(photo=str(spec.photo.image), render_seed=spec.render_seed)
+    return row
 
 
 def summarise(rows: Sequence[dict[str, Any]], seed: int) -> dict[str, Any]:

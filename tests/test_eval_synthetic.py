@@ -230,3 +230,25 @@ def test_no_model_anywhere_names_the_flag(tmp_path, capsys, monkeypatch):
     assert main(["eval", "synthetic", "--count", "1", "-o", str(out)]) == 2
     assert "--model FILE" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_ctrl_c_keeps_the_scenes_done(tmp_path, sfm, monkeypatch, capsys):
+    """A long run stopped by Ctrl-C reports the scenes it finished (marked so), exit 130."""
+    from facerecon.evaluation import synthetic
+
+    calls = []
+    real = synthetic.evaluate_scene
+
+    def second_is_interrupted(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(synthetic, "evaluate_scene", second_is_interrupted)
+    out = tmp_path / "report"
+    args = ["eval", "synthetic", "--count", "3", "--seed", "0", "--model", sfm, "-o", str(out), "-q"]
+    assert main([*args, "--refiners", "", "--no-ablations", "--device", "cpu"]) == 130
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["scenes"] == 1 and summary["interrupted"] == "stopped by Ctrl-C after 1 of 3 scenes"
+    assert "interrupted" in capsys.readouterr().err
