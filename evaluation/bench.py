@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import resource
 import sys
 import time
@@ -107,6 +108,9 @@ def read_report(path: Path) -> dict[str, Any]:
         for s in stages.values()
     ):
         raise ValueError(f"{path}: not a bench.json (no per-stage median_ms / p90_ms)")
+    for name, stage in stages.items():  # (a ratio to nothing, or to a negative time, means nothing)
+        if not all(math.isfinite(stage[key]) and stage[key] >= 0 for key in ("median_ms", "p90_ms")):
+            raise ValueError(f"{path}: stage {name!r} has median_ms {stage['median_ms']}, p90_ms {stage['p90_ms']}")
     return report
 
 

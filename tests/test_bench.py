@@ -78,7 +78,7 @@ def test_bench_times_a_stage_over_grpc(tmp_path, lfpw, capsys):
         assert chart.size[1] == 110 + 40 * 2 * len(result["stages"])
 
 
-@pytest.mark.parametrize("case", ["no photos", "bad passes", "bad against"])
+@pytest.mark.parametrize("case", ["no photos", "bad passes", "bad against", "nan against"])
 def test_bench_refuses_bad_input(tmp_path, case, capsys):
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -90,8 +90,16 @@ def test_bench_refuses_bad_input(tmp_path, case, capsys):
     if case == "bad against":
         (tmp_path / "other.json").write_text('{"stages": {"total": {"median_ms": "fast"}}}')
         argv += ["--against", str(tmp_path / "other.json")]
+    if case == "nan against":
+        (tmp_path / "other.json").write_text('{"stages": {"total": {"median_ms": NaN, "p90_ms": 1}}}')
+        argv += ["--against", str(tmp_path / "other.json")]
     assert main(argv) == 2
-    expected = {"no photos": "no images matched", "bad passes": "--passes", "bad against": "not a bench.json"}
+    expected = {
+        "no photos": "no images matched",
+        "bad passes": "--passes",
+        "bad against": "not a bench.json",
+        "nan against": "stage 'total' has median_ms nan",
+    }
     assert expected[case] in capsys.readouterr().err
     assert not (tmp_path / "report").exists()
 
