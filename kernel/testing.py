@@ -20,7 +20,7 @@ import numpy as np
 
 from facerecon.kernel.contract.errors import InputError
 from facerecon.kernel.contract.records import IBUG68, CoarseResult, Face, Landmarks, Mesh, Refinement, Segmentation
-from facerecon.kernel.contract.stages import Detector, Refiner, Regressor, Segmenter
+from facerecon.kernel.contract.stages import Detector, Refiner, Regressor, Segmenter, stage_name_problem
 
 BAD_IMAGES: dict[str, np.ndarray] = {
     "float image": np.zeros((64, 64, 3), np.float32),
@@ -168,7 +168,8 @@ def check_refiner(
     refiner: Refiner, image: np.ndarray, face: Face, mesh: Mesh, segmentation: Segmentation | None
 ) -> Mesh:
     assert isinstance(refiner, Refiner), "refiner does not implement refine(...) and stage"
-    assert isinstance(refiner.stage, str) and refiner.stage.isidentifier(), "refiner.stage must be a plain name"
+    problem = stage_name_problem(getattr(refiner, "stage", None))
+    assert problem is None, f"refiner.stage {getattr(refiner, 'stage', None)!r}: {problem}"
     height, width = image.shape[:2]
     output = refiner.refine(image, face, mesh, segmentation)
     refined = output.mesh if isinstance(output, Refinement) else output

@@ -73,6 +73,13 @@ else:
 
 MAX_DEADLINE_S = 1e6
 """The longest finite deadline a remote call takes (about 11 days); ``inf``: none."""
+DEADLINE_RANGE = f"(0, {MAX_DEADLINE_S:.0e}] seconds or inf (no deadline)"
+
+
+def valid_deadline(seconds: float) -> bool:
+    """Whether ``seconds`` is a deadline gRPC can take (its deadline is a 64-bit count of nanoseconds:
+    1e10 s overflowed it, and every call failed), or ``inf`` for none."""
+    return 0 < seconds <= MAX_DEADLINE_S or seconds == math.inf
 
 
 class RemoteError(FaceReconError):
@@ -134,12 +141,8 @@ class RemoteOptions:
     def __post_init__(self) -> None:
         if not 0 <= self.retries <= MAX_ATTEMPTS - 1:
             raise ValueError(f"retries must be in 0..{MAX_ATTEMPTS - 1}, got {self.retries}")
-        if not (0 < self.deadline_s <= MAX_DEADLINE_S or self.deadline_s == math.inf) or self.connect_timeout_s < 0:
-            # (gRPC's deadline is a 64-bit count of nanoseconds: 1e10 s overflowed it, and every call failed)
-            raise ValueError(
-                f"deadline_s must be in (0, {MAX_DEADLINE_S:.0e}] seconds or inf (no deadline), got {self.deadline_s}; "
-                "connect_timeout_s >= 0"
-            )
+        if not valid_deadline(self.deadline_s) or self.connect_timeout_s < 0:
+            raise ValueError(f"deadline_s must be in {DEADLINE_RANGE}, got {self.deadline_s}; connect_timeout_s >= 0")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("a client certificate needs both tls_cert and tls_key")
         if self.max_message_mb < 1:

@@ -3,7 +3,6 @@ which stages become ``remote`` with which address, and the call deadline of ever
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
@@ -16,10 +15,10 @@ NAME = "remote"
 
 def with_deadline(config: PipelineConfig, seconds: float) -> PipelineConfig:
     """Every remote stage of ``config`` with the call deadline ``seconds`` (``--deadline``)."""
-    from .remote import MAX_DEADLINE_S
+    from .remote import DEADLINE_RANGE, valid_deadline
 
-    if not (0 < seconds <= MAX_DEADLINE_S or seconds == math.inf):
-        raise ConfigError(f"--deadline must be in (0, {MAX_DEADLINE_S:.0e}] seconds or inf (none), got {seconds!r}")
+    if not valid_deadline(seconds):
+        raise ConfigError(f"--deadline must be in {DEADLINE_RANGE}, got {seconds!r}")
     stages = [(kind, getattr(config, kind)) for kind in ("detector", "regressor", "segmenter")]
     stages += [("refiner", name) for name in config.refiners]
     remote = [(kind, name) for kind, name in stages if name == NAME or str(name).startswith(f"{NAME}@")]

@@ -14,6 +14,7 @@ segmenter beside the regressor), on a second thread, so that the waits overlap.
 
 from __future__ import annotations
 
+import re
 from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
@@ -127,3 +128,21 @@ def _empty(mesh: Mesh, call: str) -> str | None:
     if len(mesh.vertices) == 0 or len(mesh.triangles) == 0:
         return f"{call} returned an empty mesh ({len(mesh.vertices)} vertices, {len(mesh.triangles)} triangles)"
     return None
+
+
+STAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+"""A registered stage's name (typed in ``--refiners a,b`` and ``--remote NAME=...``), and a refiner's
+``stage`` (which names its files: ``<stage>.obj``)."""
+RESERVED_STAGES = frozenset({"coarse", "final", "preview", "result", "summary", "failures"})
+"""Stage names a refiner may not take: the regressor's stage and the files every result folder has."""
+
+
+def stage_name_problem(stage: object) -> str | None:
+    """What is wrong with ``stage`` as a refiner's stage name, or None: it must name files (no path, no
+    space) that no other output takes. The pipeline and the conformance battery check it the same way."""
+    if isinstance(stage, str) and STAGE_NAME.fullmatch(stage) and stage not in RESERVED_STAGES:
+        return None
+    return (
+        "a stage is letters, digits and . _ + - (not first), names files <stage>.obj and so cannot be a path "
+        f"or one of {', '.join(sorted(RESERVED_STAGES))}"
+    )

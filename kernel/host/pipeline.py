@@ -327,10 +327,8 @@ class Pipeline:
             segmenter, name = self.segmenter, str(self.config.segmenter)
             result = self._run("segmenter", name, segmenter.segment, image, face)
             if result.labels.shape != image.shape[:2]:
-                raise PluginError(
-                    f"segmenter {name!r} (plugin {self.host.spec('segmenter', name).plugin!r}) broke the stage "
-                    f"contract: a label map of {result.labels.shape} for an image of {image.shape[:2]}"
-                )
+                given = f"a label map of {result.labels.shape} for an image of {image.shape[:2]}"
+                raise self._broke("segmenter", name, given)
             _accumulate(timings, "segmenter", _ms_since(start))
             return result
 

@@ -12,7 +12,6 @@ import argparse
 import dataclasses
 import importlib.metadata
 import logging
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ from facerecon.kernel.contract import hookspecs
 from facerecon.kernel.contract.errors import ConfigError, FaceReconError, PluginError
 from facerecon.kernel.contract.hookspecs import MESH_UNITS, MeshUnits, StageFactory
 from facerecon.kernel.contract.scenes import SyntheticScene
-from facerecon.kernel.contract.stages import READS, STAGE_KINDS, STAGE_PROTOCOLS
+from facerecon.kernel.contract.stages import READS, STAGE_KINDS, STAGE_NAME, STAGE_PROTOCOLS, stage_name_problem
 from facerecon.kernel.host import hookspecs as host_hookspecs
 from facerecon.kernel.host.config import PipelineConfig
 from facerecon.kernel.host.options import parse_options
@@ -454,25 +453,10 @@ class PluginHost:
             members = _protocol_members(protocol)
             missing = [m for m in members if not hasattr(stage, m)] or members
             raise PluginError(f"{who} does not implement the {kind} protocol (it lacks {', '.join(missing)})")
-        if kind == "refiner":
-            check_stage_name(stage.stage, who)
+        problem = stage_name_problem(stage.stage) if kind == "refiner" else None
+        if problem is not None:  # a remote refiner's stage comes from its server: checked the same
+            raise PluginError(f"{who} names its stage {stage.stage!r}: {problem}")
         return stage
-
-
-STAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
-"""A registered stage's name, and a refiner's ``stage`` (which names its files: ``<stage>.obj``)."""
-RESERVED_STAGES = frozenset({"coarse", "final", "preview", "result", "summary", "failures"})
-"""Stage names a refiner may not take: the regressor's stage and the files every result folder has."""
-
-
-def check_stage_name(stage: object, who: str) -> None:
-    """PluginError unless ``stage`` may name a refiner's stage: a name its files can carry (no path, no
-    space) that no other output takes. A remote refiner's comes from its server: checked the same."""
-    if not isinstance(stage, str) or not STAGE_NAME.fullmatch(stage) or stage in RESERVED_STAGES:
-        raise PluginError(
-            f"{who} names its stage {stage!r}: a stage is letters, digits and . _ + - (not first), names files "
-            f"<stage>.obj and so cannot be a path or one of {', '.join(sorted(RESERVED_STAGES))}"
-        )
 
 
 _WARNED: set[str] = set()
