@@ -10,7 +10,11 @@ landmark-mesh + laplace), then again with one estimate replaced by the sample's 
   the image is linearised from sRGB for this row, as the default already does), no highlight lobe;
 - ``true-start``: the start surface is the sample's smooth depth d_smooth (the medium stage's error
   removed), lighting estimated;
-- ``true-both``: both.
+- ``true-both``: both;
+- ``no-texture``: the renders' albedo texture divided out of the image (``texture.npy`` times the tint in
+  meta.json: the part of the albedo that is not geometry), everything else estimated;
+- ``truth-but-noise``: all three (the light, the start surface, no texture): what the solver reaches when
+  only the noise and its own priors stand between it and the detail.
 
 Every row is scored by ../shared/tools/detail_eval.py like benchmarks/evaluate_synth_detail.py. The
 truth only replaces an input: nothing is fitted to the samples.
@@ -35,32 +39,41 @@ from facerecon.plugins.sfs import operators as sfs_operators
 from facerecon.plugins.sfs import solver as sfs_solver
 
 MEDIUM = PipelineConfig(segmenter="landmark-regions", refiners=("laplace",), device="cpu")
-ROWS = ("estimated", "true-light", "true-start", "true-both")
+ROWS = ("estimated", "true-light", "true-start", "true-both", "no-texture", "truth-but-noise")
 
 
 def variant(problem: sfs_solver.Problem, row: str, sample: Path, origin: tuple[int, int]) -> sfs_solver.Problem:
     """``problem`` with the row's inputs replaced by the sample's truth (see the module docstring)."""
-    if row in ("true-light", "true-both"):
-        meta = json.loads((sample / "meta.json").read_text())
+    meta = json.loads((sample / "meta.json").read_text())
+    if row in ("true-light", "true-both", "no-texture", "truth-but-noise") and not problem.linear:
+        # the renderer's light and texture act on linear RGB (the default fine stage already solves there)
+        image, albedo = sfs_operators.srgb_to_linear(problem.image), sfs_operators.srgb_to_linear(problem.albedo_avg)
+        problem = replace(problem, image=image, albedo_avg=albedo, linear=True)
+    if row in ("true-light", "true-both", "truth-but-noise"):
         sh = torch.tensor(meta["lighting"]["sh_shading_coeffs_rgb"], dtype=torch.float32)
-        if not problem.linear:  # the default fine stage already solves on the linear image
-            image, albedo = (
-                sfs_operators.srgb_to_linear(problem.image),
-                sfs_operators.srgb_to_linear(problem.albedo_avg),
-            )
-            problem = replace(problem, image=image, albedo_avg=albedo, linear=True)
         problem = replace(problem, lighting=sh)
-    if row in ("true-start", "true-both"):
-        h, w = problem.height0.shape
-        x0, y0 = origin
-        smooth = np.full((h, w), np.nan, np.float32)
-        d_smooth = np.load(sample / "d_smooth.npy")[y0 : y0 + h, x0 : x0 + w]
-        smooth[: d_smooth.shape[0], : d_smooth.shape[1]] = d_smooth
+    if row in ("no-texture", "truth-but-noise"):
+        # albedo = base * (1 + T * tint) (meta.json's texture.albedo_model): divided out
+        texture = np.nan_to_num(_on_grid(np.load(sample / "texture.npy").astype(np.float32), problem, origin))
+        tint = torch.tensor(meta["texture"]["tint_rgb"], dtype=torch.float32)[:, None, None]
+        problem = replace(problem, image=problem.image / (1 + torch.as_tensor(texture)[None] * tint))
+    if row in ("true-start", "true-both", "truth-but-noise"):
+        smooth = _on_grid(np.load(sample / "d_smooth.npy"), problem, origin)
         known = np.isfinite(smooth)
         mask = problem.mask & torch.as_tensor(known)
         height0 = torch.where(torch.as_tensor(known), -torch.as_tensor(np.nan_to_num(smooth)), problem.height0)
         problem = replace(problem, height0=height0, mask=mask, lit=problem.lit & mask)
     return problem
+
+
+def _on_grid(values: np.ndarray, problem: sfs_solver.Problem, origin: tuple[int, int]) -> np.ndarray:
+    """A sample's (304, 304) map cut to the problem's grid (top-left pixel ``origin``), NaN beyond it."""
+    h, w = problem.height0.shape
+    x0, y0 = origin
+    out = np.full((h, w), np.nan, np.float32)
+    cut = values[max(y0, 0) : y0 + h, max(x0, 0) : x0 + w]
+    out[max(-y0, 0) : max(-y0, 0) + cut.shape[0], max(-x0, 0) : max(-x0, 0) + cut.shape[1]] = cut
+    return out
 
 
 def main() -> None:
