@@ -1,6 +1,6 @@
 """``facerecon models``: inspect, convert and list the user's morphable models.
 
-facerecon models info FILE_OR_NAME [--expressions FILE] [--json]
+facerecon models info FILE_OR_NAME [--expressions FILE] [--format NAME] [--json]
 facerecon models convert SOURCE OUT.npz [--expressions FILE] [--format NAME]
 facerecon models list [--verify]
 """
@@ -14,6 +14,10 @@ from typing import Any
 
 from facerecon.facelib.morphable import catalog
 from facerecon.kernel.contract import hookimpl
+from facerecon.kernel.contract.errors import ModelFileError
+
+FORMATS = "bfm2009, bfm2017, 3ddfa, deep3d, sfm, npz"
+"""The format names ``--format`` takes (the loaders' keys; listed here so that ``--help`` imports none)."""
 
 
 def describe(entry: catalog.ModelEntry) -> dict[str, Any]:
@@ -45,7 +49,7 @@ def describe(entry: catalog.ModelEntry) -> dict[str, Any]:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    info = describe(catalog.resolve(args.model, args.expressions))
+    info = describe(catalog.resolve(args.model, args.expressions, args.format))
     if args.json:
         print(json.dumps(info, indent=1))
         return 0
@@ -57,9 +61,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     from facerecon.facelib.morphable.formats import load_model, save_npz
 
-    if args.output.suffix != ".npz":
-        print("facerecon: error: the converted model must be an .npz file")
-        return 2
+    if args.output.suffix.lower() != ".npz":
+        raise ModelFileError(f"{args.output}: the converted model must be an .npz file")
     model = load_model(args.source, expression_path=args.expressions, format=args.format)
     save_npz(model, args.output)
     print(
@@ -78,7 +81,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     status = 0
     for name, entry in sorted(cat.entries.items()):
         mark = "*" if name == cat.default else " "
-        state = "ok" if entry.path.is_file() else "MISSING"
+        state = "ok" if entry.path.is_file() else "NOT A FILE" if entry.path.exists() else "MISSING"
         if args.verify and entry.path.is_file() and entry.sha256:
             from facerecon.facelib.morphable.formats import sha256_of
 
@@ -102,13 +105,14 @@ def facerecon_register_commands(subcommands: argparse._SubParsersAction) -> None
     info = sub.add_parser("info", help="vertices, components, landmarks, checksum, licence of a model")
     info.add_argument("model", help="a model file or a catalogue name")
     info.add_argument("--expressions", type=Path, help="separate expression basis file")
+    info.add_argument("--format", help=f"force the file's format ({FORMATS})")
     info.add_argument("--json", action="store_true")
     info.set_defaults(handler=cmd_info)
     convert = sub.add_parser("convert", help="write any supported model as facerecon's .npz")
     convert.add_argument("source", type=Path)
     convert.add_argument("output", type=Path)
     convert.add_argument("--expressions", type=Path, help="separate expression basis file")
-    convert.add_argument("--format", help="force the input format (bfm2009, bfm2017, 3ddfa, deep3d, sfm, npz)")
+    convert.add_argument("--format", help=f"force the input format ({FORMATS})")
     convert.set_defaults(handler=cmd_convert)
     listing = sub.add_parser("list", help="the configured models (the catalogue)")
     listing.add_argument("--verify", action="store_true", help="check each file's sha256 against the catalogue")

@@ -10,7 +10,7 @@ import pytest
 from facerecon.cli import main
 from facerecon.evaluation import nme, read_pts
 from facerecon.facelib.morphable import catalog
-from facerecon.kernel import IBUG68, Face, Landmarks, ModelFileError, Pipeline, PipelineConfig
+from facerecon.kernel import IBUG68, ConfigError, Face, Landmarks, ModelFileError, Pipeline, PipelineConfig
 from facerecon.kernel.host.imageio import load_image
 
 
@@ -72,6 +72,36 @@ def test_bad_catalogue(tmp_path, monkeypatch, text, message):
     path.write_text(text)
     monkeypatch.setenv("FACERECON_MODELS", str(path))
     with pytest.raises(Exception, match=message):
+        catalog.read_catalogue()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("models = 5\n", r"\[models\] must be a table"),
+        ("[models.a]\npath = 5\n", r"\[models\.a\] path must be a file name, got 5"),
+        ("[models.a]\npath = ''\n", r"\[models\.a\] path must be a file name, got ''"),
+        ("[models.a]\npath = 'x'\nexpressions = 5\n", r"\[models\.a\] expressions must be a file name"),
+        ("[models.a]\npath = 'x'\nformat = 5\n", r"\[models\.a\] format must be a format name, got 5"),
+        ("[models.a]\npath = 'x'\nsha256 = 5\n", r"\[models\.a\] sha256 must be 64 hex digits, got 5"),
+        ("[models.a]\npath = 'x'\nsha256 = 'abc'\n", r"sha256 must be 64 hex digits, got 'abc'"),
+        ("[models.a]\npath = '~no-such-user-here/x.npz'\n", r"\[models\.a\] path: cannot expand ~no-such-user"),
+    ],
+)
+def test_catalogue_values_of_the_wrong_type_are_config_errors(tmp_path, monkeypatch, capsys, text, message):
+    """These raised TypeError / AttributeError / RuntimeError tracebacks from `facerecon models list`."""
+    path = tmp_path / "models.toml"
+    path.write_text(text)
+    monkeypatch.setenv("FACERECON_MODELS", str(path))
+    with pytest.raises(ConfigError, match=message):
+        catalog.read_catalogue()
+    assert main(["models", "list", "--verify"]) == 2
+    assert "models.toml" in capsys.readouterr().err
+
+
+def test_catalogue_variable_naming_a_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("FACERECON_MODELS", str(tmp_path))
+    with pytest.raises(ConfigError, match=rf"\$FACERECON_MODELS points at {tmp_path}, which is not a file"):
         catalog.read_catalogue()
 
 

@@ -540,7 +540,9 @@ def test_not_the_format_the_name_says(tmp_path):
     with pytest.raises(ModelFileError, match=r"model\.npz: not an \.npz \(zip\) archive"):
         load_model(tmp_path / "model.npz")
     (tmp_path / "model.xyz").write_text("nope")
-    with pytest.raises(ModelFileError, match=r"model\.xyz: cannot tell the model format; pass format="):
+    with pytest.raises(
+        ModelFileError, match=r"model\.xyz: cannot tell the model format from its contents or its suffix"
+    ):
         load_model(tmp_path / "model.xyz")
 
 
@@ -669,3 +671,56 @@ def test_npz_refuses_other_archives_and_versions(tmp_path):
     np.savez(tmp_path / "partial.npz", format=np.array(formats.NPZ_FORMAT), format_version=np.array(1))
     with pytest.raises(ModelFileError, match=r"partial\.npz: missing mean, identity_basis"):
         load_model(tmp_path / "partial.npz")
+
+
+@pytest.mark.parametrize(
+    ("key", "spoil", "problem"),
+    [
+        ("mean", lambda a: a.__setitem__((5, 1), np.nan), "mean holds NaN or infinity"),
+        ("identity_basis", lambda a: a.__setitem__((7, 3), np.inf), "identity_basis holds NaN or infinity"),
+        ("expression_std", lambda a: a.__setitem__(0, np.nan), "expression_std holds NaN or infinity"),
+        ("identity_std", lambda a: a.__setitem__(0, -1.0), "identity_std has negative values"),
+        ("uvs", lambda a: a.__setitem__((0, 0), np.nan), "uvs holds NaN or infinity"),
+    ],
+)
+def test_npz_with_nan_or_negative_std_is_refused(sfm, tmp_path, key, spoil, problem):
+    """A corrupt model used to load, and then failed every photo with a numerical error (or not at all)."""
+    save_npz(sfm, tmp_path / "sfm.npz")
+    arrays = dict(np.load(tmp_path / "sfm.npz"))
+    spoil(arrays[key])
+    np.savez(tmp_path / "spoilt.npz", **arrays)
+    with pytest.raises(ModelFileError, match=rf"spoilt\.npz: .*{problem}"):
+        load_model(tmp_path / "spoilt.npz")
+
+
+def test_eos_model_with_nan_in_its_mean_is_refused(sfm_dir, tmp_path):
+    raw = bytearray((sfm_dir / "sfm_shape_3448.bin").read_bytes())
+    raw[12:16] = struct.pack("<f", float("nan"))  # the first value of the shape model's mean
+    (tmp_path / "sfm_shape_3448.bin").write_bytes(bytes(raw))
+    with pytest.raises(ModelFileError, match=r"sfm_shape_3448\.bin: .*mean holds NaN or infinity"):
+        load_model(tmp_path / "sfm_shape_3448.bin")
+
+
+def test_npz_member_claiming_a_huge_array_is_a_file_error(sfm, tmp_path):
+    """A header that claims terabytes: one ModelFileError, not numpy's MemoryError."""
+    import io
+    import zipfile
+
+    save_npz(sfm, tmp_path / "sfm.npz")
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (10**6, 10**6)})
+    with zipfile.ZipFile(tmp_path / "sfm.npz") as source, zipfile.ZipFile(tmp_path / "huge.npz", "w") as target:
+        for member in source.namelist():
+            data = source.read(member)
+            target.writestr(member, header.getvalue() + bytes(64) if member == "identity_basis.npy" else data)
+    # MemoryError, or the short data's EOF where the kernel overcommits memory without limit
+    with pytest.raises(ModelFileError, match=r"huge\.npz: cannot be read \((MemoryError|ValueError)"):
+        load_model(tmp_path / "huge.npz")
+
+
+def test_a_multi_line_parser_message_is_one_line(tmp_path):
+    """pickle's persistent-id message spans two lines; the error must stay one line."""
+    (tmp_path / "photo.pkl").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
+    with pytest.raises(ModelFileError) as caught:
+        load_model(tmp_path / "photo.pkl")
+    assert "photo.pkl: not a readable pickle" in str(caught.value) and "\n" not in str(caught.value)

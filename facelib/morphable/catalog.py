@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +69,9 @@ def read_catalogue(path: Path | None = None) -> Catalogue:
     path = path or catalogue_path()
     if not path.is_file():
         if os.environ.get(ENV_VAR) and path == catalogue_path():
-            raise ConfigError(f"${ENV_VAR} points at {path}, which does not exist")
+            raise ConfigError(
+                f"${ENV_VAR} points at {path}, which {'is not a file' if path.exists() else 'does not exist'}"
+            )
         return Catalogue(None, {})
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -77,26 +80,17 @@ def read_catalogue(path: Path | None = None) -> Catalogue:
     unknown = set(data) - {"default", "models"}
     if unknown:
         raise ConfigError(f"model catalogue {path}: unknown key(s) {', '.join(sorted(unknown))}")
+    models = data.get("models", {})
+    if not isinstance(models, dict):
+        raise ConfigError(f"model catalogue {path}: [models] must be a table of [models.NAME] tables")
     entries = {}
-    for name, table in data.get("models", {}).items():
+    for name, table in models.items():
         if not isinstance(table, dict) or "path" not in table:
             raise ConfigError(f"model catalogue {path}: [models.{name}] needs a path")
         extra = set(table) - {"path", "expressions", "format", "sha256"}
         if extra:
             raise ConfigError(f"model catalogue {path}: [models.{name}] unknown key(s) {', '.join(sorted(extra))}")
-        base = path.parent
-
-        def resolve(value: str, base: Path = base) -> Path:
-            candidate = Path(value).expanduser()
-            return candidate if candidate.is_absolute() else base / candidate
-
-        entries[name] = ModelEntry(
-            name=name,
-            path=resolve(table["path"]),
-            expressions=resolve(table["expressions"]) if table.get("expressions") else None,
-            format=table.get("format"),
-            sha256=table.get("sha256"),
-        )
+        entries[name] = _entry(path, name, table)
     default = data.get("default")
     if default is not None and default not in entries:
         raise ConfigError(f"model catalogue {path}: default {default!r} is not one of [models.*]")
@@ -105,8 +99,41 @@ def read_catalogue(path: Path | None = None) -> Catalogue:
     return Catalogue(path, entries, default)
 
 
-def resolve(name_or_path: str | Path | None, expressions: Path | None = None) -> ModelEntry:
-    """A catalogue name, a file path, or None for the catalogue's default."""
+def _entry(catalogue: Path, name: str, table: dict[str, object]) -> ModelEntry:
+    """One [models.NAME] table, its values checked; relative paths are relative to the catalogue."""
+
+    def problem(key: str, expected: str) -> ConfigError:
+        return ConfigError(f"model catalogue {catalogue}: [models.{name}] {key} must be {expected}, got {table[key]!r}")
+
+    def file(key: str) -> Path:
+        value = table[key]
+        if not isinstance(value, str) or not value:
+            raise problem(key, "a file name")
+        try:
+            candidate = Path(value).expanduser()
+        except RuntimeError as exc:  # ~user that does not exist
+            raise ConfigError(
+                f"model catalogue {catalogue}: [models.{name}] {key}: cannot expand {value} ({exc})"
+            ) from None
+        return candidate if candidate.is_absolute() else catalogue.parent / candidate
+
+    fmt, sha256 = table.get("format"), table.get("sha256")
+    if fmt is not None and not isinstance(fmt, str):
+        raise problem("format", "a format name")
+    if sha256 is not None and not (isinstance(sha256, str) and re.fullmatch(r"[0-9a-fA-F]{64}", sha256)):
+        raise problem("sha256", "64 hex digits")
+    return ModelEntry(
+        name=name,
+        path=file("path"),
+        expressions=file("expressions") if table.get("expressions") is not None else None,
+        format=fmt,
+        sha256=sha256,
+    )
+
+
+def resolve(name_or_path: str | Path | None, expressions: Path | None = None, format: str | None = None) -> ModelEntry:
+    """A catalogue name, a file path, or None for the catalogue's default. ``expressions`` and ``format``
+    go with a file path; a catalogue entry has its own (given with a name they are refused, not ignored)."""
     catalogue = read_catalogue()
     if name_or_path is None:
         if catalogue.default is None:
@@ -118,12 +145,18 @@ def resolve(name_or_path: str | Path | None, expressions: Path | None = None) ->
         return catalogue.entries[catalogue.default]
     key = str(name_or_path)
     if key in catalogue.entries:
+        given = [what for what, value in (("expressions", expressions), ("format", format)) if value is not None]
+        if given:
+            raise ConfigError(
+                f"model {key!r} is a catalogue entry: its {' and '.join(given)} belong in {catalogue.source} "
+                "(--expressions, --format and the regressor's expressions option are for a model file)"
+            )
         return catalogue.entries[key]
     path = Path(key).expanduser()
     if not path.exists():
         known = ", ".join(sorted(catalogue.entries)) or "none configured"
         raise ModelFileError(f"morphable model {key!r}: no such file and no such catalogue entry (known: {known})")
-    return ModelEntry(name=path.stem, path=path, expressions=expressions)
+    return ModelEntry(name=path.stem, path=path, expressions=expressions, format=format)
 
 
 def is_configured() -> bool:

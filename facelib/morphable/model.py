@@ -88,6 +88,12 @@ class MorphableModel:
                 raise ModelFileError(f"{where}: uvs must be ({len(mean)}, 2), got {uvs.shape}")
             arrays["uvs"] = uvs
         for key, value in arrays.items():
+            if not np.all(np.isfinite(value)):
+                raise ModelFileError(f"{where}: {key} holds NaN or infinity")
+        for std_name in ("identity_std", "expression_std"):
+            if np.any(arrays[std_name] < 0):
+                raise ModelFileError(f"{where}: {std_name} has negative values (a standard deviation is >= 0)")
+        for key, value in arrays.items():
             value = np.ascontiguousarray(value)
             value.setflags(write=False)
             object.__setattr__(self, key, value)

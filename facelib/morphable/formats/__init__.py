@@ -148,7 +148,11 @@ def detect_format(path: str | Path) -> str:
         return "3ddfa"
     fmt = _SUFFIXES.get(path.suffix.lower())
     if fmt is None:
-        raise _fail(path, f"cannot tell the model format; pass format= one of {', '.join(LOADERS)}")
+        raise _fail(
+            path,
+            f"cannot tell the model format from its contents or its suffix {path.suffix!r}; "
+            f"give the format (--format, or format = in the catalogue): one of {', '.join(LOADERS)}",
+        )
     return fmt
 
 
@@ -189,7 +193,10 @@ def sha256_of(path: str | Path) -> str:
     if not path.is_file():
         raise _fail(path, "no such file")
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+    try:
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as exc:  # e.g. no read permission
+        raise _fail(path, f"cannot be read ({exc.strerror or exc})") from exc
     return digest.hexdigest()

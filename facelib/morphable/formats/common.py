@@ -40,7 +40,9 @@ CompanionNames = Callable[[Path], dict[str, str]]
 
 
 def _fail(path: Path, problem: str) -> ModelFileError:
-    return ModelFileError(f"{path}: {problem}")
+    """The one error of every loader: the file, then the problem on the same line (a parser's own
+    message may span lines)."""
+    return ModelFileError(f"{path}: {' '.join(problem.split())}")
 
 
 def _check_readable(path: Path) -> None:
@@ -53,8 +55,11 @@ def _check_readable(path: Path) -> None:
 
 
 def _head(path: Path, n: int = 128) -> bytes:
-    with path.open("rb") as handle:
-        return handle.read(n)
+    try:
+        with path.open("rb") as handle:
+            return handle.read(n)
+    except OSError as exc:  # e.g. no read permission
+        raise _fail(path, f"cannot be read ({exc.strerror or exc})") from exc
 
 
 _F = TypeVar("_F", bound=Callable[..., MorphableModel])
@@ -78,6 +83,7 @@ def _file_errors(loader: _F) -> _F:
             EOFError,
             IndexError,
             KeyError,
+            MemoryError,  # a header that claims more than the machine holds
             NotImplementedError,
             OSError,
             TypeError,

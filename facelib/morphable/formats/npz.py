@@ -86,16 +86,18 @@ def save_npz(model: MorphableModel, path: str | Path, *, compressed: bool = Fals
         arrays[f"contours/{side}"] = ids
     partial = path.with_name(path.name + ".partial")
     try:
-        with partial.open("wb") as handle:
-            if compressed:
-                np.savez_compressed(handle, **arrays)
-            else:
-                np.savez(handle, **arrays)
-        partial.replace(path)
-    except OSError as exc:
+        try:
+            with partial.open("wb") as handle:
+                if compressed:
+                    np.savez_compressed(handle, **arrays)
+                else:
+                    np.savez(handle, **arrays)
+            partial.replace(path)
+        except OSError as exc:
+            raise ModelFileError(f"{path}: cannot write ({exc})") from exc
+    finally:  # an error or Ctrl-C mid-write leaves no half-written file behind
         with contextlib.suppress(OSError):  # fails too where the folder is read-only or not a folder
             partial.unlink(missing_ok=True)
-        raise ModelFileError(f"{path}: cannot write ({exc})") from exc
 
 
 _NPZ_ARRAYS = {
