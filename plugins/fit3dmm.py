@@ -60,10 +60,14 @@ class FitOptions:
     def __post_init__(self) -> None:
         if self.camera not in CAMERAS:
             raise ValueError(f"camera must be one of {', '.join(CAMERAS)}, got {self.camera!r}")
-        if self.iterations < 1 or self.identity_components < 0 or self.expression_components < 0:
-            raise ValueError("iterations must be >= 1 and component counts >= 0")
-        if min(self.identity_prior, self.expression_prior, self.landmark_depth_weight, self.contour_weight) < 0:
-            raise ValueError("priors and weights must be >= 0")
+        if self.iterations < 1:
+            raise ValueError(f"iterations must be >= 1, got {self.iterations}")
+        for name in ("identity_components", "expression_components"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("identity_prior", "expression_prior", "landmark_depth_weight", "contour_weight"):
+            if not getattr(self, name) >= 0:  # (NaN too)
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
 class MorphableModelFitter:

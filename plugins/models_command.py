@@ -85,7 +85,11 @@ def cmd_list(args: argparse.Namespace) -> int:
         if args.verify and entry.path.is_file() and entry.sha256:
             from facerecon.facelib.morphable.formats import sha256_of
 
-            state = "ok, sha256 verified" if sha256_of(entry.path) == entry.sha256.lower() else "SHA256 MISMATCH"
+            try:
+                same = sha256_of(entry.path) == entry.sha256.lower()
+                state = "ok, sha256 verified" if same else "SHA256 MISMATCH"
+            except ModelFileError:  # e.g. no read permission: this entry's state, the others still listed
+                state = "UNREADABLE"
         if state not in ("ok", "ok, sha256 verified"):
             status = 1
         print(f"{mark} {name:<16} {entry.path}  [{state}]")

@@ -107,3 +107,50 @@ def test_an_unreadable_model_file_is_a_usage_error(sfm_file, tmp_path, capsys, m
     monkeypatch.setattr(pathlib.Path, "open", refuse)
     assert main(["models", "info", str(locked)]) == 2
     assert f"{locked}: cannot be read (Permission denied)" in capsys.readouterr().err
+
+
+def test_list_verify_marks_an_unreadable_entry_and_lists_the_others(sfm_file, tmp_path, capsys, monkeypatch):
+    """`models list --verify` stopped at the first file it could not read (exit 2, the rest unlisted)."""
+    import hashlib
+    import pathlib
+
+    digest = hashlib.sha256(sfm_file.read_bytes()).hexdigest()
+    locked = tmp_path / "locked.bin"
+    locked.write_bytes(sfm_file.read_bytes())
+    catalogue = tmp_path / "models.toml"
+    catalogue.write_text(
+        f'[models.a_locked]\npath = "{locked}"\nsha256 = "{digest}"\n'
+        f'[models.b_sfm]\npath = "{sfm_file}"\nsha256 = "{digest}"\n'
+    )
+    monkeypatch.setenv("FACERECON_MODELS", str(catalogue))
+    real_open = pathlib.Path.open
+
+    def refuse(self, *args, **kwargs):
+        if self.name == locked.name:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "open", refuse)
+    assert main(["models", "list", "--verify"]) == 1
+    out = capsys.readouterr().out
+    assert "a_locked" in out and "[UNREADABLE]" in out
+    assert "b_sfm" in out and "[ok, sha256 verified]" in out
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("iterations", 0), ("identity_components", -1), ("expression_components", -2), ("contour_weight", -0.5),
+     ("identity_prior", float("nan"))],
+)  # fmt: skip
+def test_fit_options_name_the_option_that_is_wrong(option, value):
+    """One combined message ("iterations must be >= 1 and component counts >= 0") named no option."""
+    from facerecon.plugins.fit3dmm import FitOptions
+
+    with pytest.raises(ValueError, match=f"^{option} must be >= "):
+        FitOptions(**{option: value})
+
+
+def test_an_empty_model_name_is_refused(capsys):
+    """`models info ""` read the current folder as the model ("/cwd: is not a file")."""
+    assert main(["models", "info", ""]) == 2
+    assert "an empty name" in capsys.readouterr().err

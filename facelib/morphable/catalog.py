@@ -144,6 +144,8 @@ def resolve(name_or_path: str | Path | None, expressions: Path | None = None, fo
             )
         return catalogue.entries[catalogue.default]
     key = str(name_or_path)
+    if not key.strip():
+        raise ModelFileError("morphable model: an empty name (give a model file or a catalogue name)")
     if key in catalogue.entries:
         given = [what for what, value in (("expressions", expressions), ("format", format)) if value is not None]
         if given:

@@ -76,7 +76,7 @@ def load_3ddfa(
     data = _unpickle(path)
     if not isinstance(data, dict):
         found = type(data).__name__
-        raise _fail(path, f"expected a pickled dict with u, w_shp, w_exp, keypoints; found a {found}")
+        raise _fail(path, f"expected a pickled dict with u, w_shp, w_exp, keypoints; found {found}")
     _require_keys(path, data, ("u", "w_shp", "w_exp", "keypoints"), "3DDFA BFM file")
     mean = _mean_vertices(path, _vector(path, data["u"], "u"), "u", UM_TO_MM)
     n = len(mean)
