@@ -8,6 +8,7 @@ keypoints (``v1/keypoints_sim.npy``), with smooth synthetic bases of realistic m
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import pickle
 from pathlib import Path
@@ -576,3 +577,14 @@ def test_factory_with_the_3ddfa_loader(
     assert np.abs(theirs.mesh.landmarks(IBUG68).xy - ours.mesh.landmarks(IBUG68).xy).max() < 0.05
     assert np.abs(theirs.mesh.vertices - ours.mesh.vertices).max() < 0.05
     assert theirs.mesh.topology == built.model.topology  # the loader names the vertex layout
+    # the .npz `facerecon models convert` makes of it serves as well; another model's .npz is refused
+    from facerecon.facelib.morphable.formats import save_npz
+
+    converted = tmp_path / "bfm_noneck_v3.npz"
+    save_npz(built.model, converted)
+    from_npz = tddfa.factory(_options(weights, param_stats, model=converted), "cpu")
+    assert np.abs(from_npz.regress(image, aflw_faces[name]).mesh.vertices - theirs.mesh.vertices).max() < 1e-3
+    other = tmp_path / "other.npz"
+    save_npz(dataclasses.replace(built.model, topology="sfm3448"), other)
+    with pytest.raises(ModelFileError, match="refer to bfm_noneck_v3.pkl's basis"):
+        tddfa.factory(_options(weights, param_stats, model=other), "cpu")

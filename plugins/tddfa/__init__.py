@@ -124,7 +124,7 @@ class TddfaOptions:
     param_stats: ``param_mean_std_62d_120x120.pkl`` (default: beside ``weights``, or in a ``configs``
         folder beside it or beside its folder, as in 3DDFA_V2's layout).
     model: ``bfm_noneck_v3.pkl`` (40 identity + 10 expression bases the network's coefficients refer
-        to); required for the mesh.
+        to), or the .npz ``facerecon models convert`` made of it; required for the mesh.
     width: MobileNet width multiplier (0.5 for mb05, 1.0 for mb1); None reads it from the checkpoint.
     two_pass: run the network a second time on a crop made from the first pass's 68 landmarks.
     """
@@ -313,9 +313,24 @@ def factory(options: TddfaOptions, device: str = "cpu") -> TddfaRegressor:
             "[options.regressor.3ddfa] model = path to bfm_noneck_v3.pkl (from 3DDFA_V2's configs/)"
         )
     model_path = existing_file(options.model, "3DDFA BFM model, bfm_noneck_v3.pkl")
-    from facerecon.facelib.morphable.formats import load_model
+    return TddfaRegressor(options, device, model=_load_bfm(model_path))
 
-    return TddfaRegressor(options, device, model=load_model(model_path, format="3ddfa"))
+
+def _load_bfm(path: Path) -> MorphableModel:
+    """bfm_noneck_v3.pkl, or the .npz ``facerecon models convert`` made of it (its topology says so: the
+    network's coefficients mean something only on that basis)."""
+    from facerecon.facelib.morphable.formats import load_model
+    from facerecon.facelib.morphable.formats.tddfa_pkl import TOPOLOGY
+
+    if path.suffix.lower() != ".npz":
+        return load_model(path, format="3ddfa")
+    model = load_model(path, format="npz")
+    if not model.topology.startswith(TOPOLOGY):
+        raise ModelFileError(
+            f"{path}: 3DDFA's coefficients refer to bfm_noneck_v3.pkl's basis; this .npz holds "
+            f"{model.topology!r}, not one converted from it ({TOPOLOGY}...)"
+        )
+    return model
 
 
 @hookimpl

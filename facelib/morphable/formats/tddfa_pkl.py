@@ -42,9 +42,11 @@ from facerecon.facelib.morphable.formats.landmarks import _build, _ibug_map_from
 from facerecon.facelib.morphable.model import MorphableModel
 from facerecon.kernel.contract.records import IBUG68
 
-__all__ = ["TDDFA_PARAM_STATS", "load_3ddfa"]
+__all__ = ["TDDFA_PARAM_STATS", "TOPOLOGY", "load_3ddfa"]
 
 TDDFA_PARAM_STATS = "param_mean_std_62d_120x120.pkl"
+TOPOLOGY = "bfm2009-3ddfa"
+"""The topology id's prefix (its vertex count follows) of bfm_noneck_v3.pkl's layout."""
 
 
 def _tddfa_param_std(path: Path, k_shape: int, k_exp: int) -> tuple[np.ndarray, np.ndarray]:
@@ -127,7 +129,7 @@ def load_3ddfa(
         expression_basis=w_exp[:, :k_exp].astype(np.float64) * UM_TO_MM,
         expression_std=exp_std,
         triangles=triangles,
-        topology=f"bfm2009-3ddfa{n}",
+        topology=f"{TOPOLOGY}{n}",
         name=f"3DDFA BFM 2009 ({path.name})",
         license=BFM_LICENSE,
     )
