@@ -6,8 +6,8 @@ abort or a segfault inside OpenCV, MediaPipe, dlib, ...) costs that photo, not t
 
 The worker is a fresh interpreter (``spawn``: no locks or threads inherited from the caller), built once
 and reused for every photo; when it dies on a photo, that photo's Outcome says how, and the next photo gets
-a new worker. Ctrl-C in a terminal reaches the worker too: it ignores SIGINT and the caller decides
-(:meth:`BatchWorker.kill`).
+a new worker. Ctrl-C in a terminal (or SIGTERM to the process group) reaches the worker too: it ignores
+SIGINT and SIGTERM and the caller decides (:meth:`BatchWorker.kill`).
 """
 
 from __future__ import annotations
@@ -181,7 +181,8 @@ class BatchWorker:
 
 def _serve(conn: Connection, config: PipelineConfig, write: WriteOptions) -> None:
     """The worker: build the pipeline, then reconstruct each (path, out_dir) received until None."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller handles Ctrl-C
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller handles Ctrl-C and SIGTERM
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(format="facerecon: %(levelname)s: %(message)s", level=logging.WARNING)
     writers = threading.Thread(target=_warm_up_writers, name="facerecon-warm-up", daemon=True)
     writers.start()  # overlaps the models' loading (native code, off the GIL) on another core
@@ -204,7 +205,11 @@ def _serve(conn: Connection, config: PipelineConfig, write: WriteOptions) -> Non
                 return
             if job is None:
                 return
-            conn.send(reconstruct_job(pipeline, Path(job[0]), Path(job[1]), write, job[2]))
+            outcome = reconstruct_job(pipeline, Path(job[0]), Path(job[1]), write, job[2])
+            try:
+                conn.send(outcome)
+            except OSError:  # the caller is gone (killed): its folder is written, a re-run skips it
+                return
 
 
 def _warm_up_writers() -> None:

@@ -6,7 +6,8 @@
     facerecon bench photos/
 
 Exit codes: 0 every input succeeded, 1 some inputs failed (see OUT/failures.json), 2 usage or
-configuration error, 130 interrupted (OUT/summary.json and failures.json still cover what was done).
+configuration error, 130 interrupted by Ctrl-C or SIGTERM (OUT/summary.json and failures.json still cover
+what was done).
 
 Photos run in a worker process (facerecon.batch), so a crash in native code costs one photo.
 """
@@ -18,11 +19,13 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from facerecon import __version__
 from facerecon.batch import Outcome, WriteOptions
@@ -291,6 +294,30 @@ def _parse_shard(text: str | None) -> tuple[int, int] | None:
     return index, count
 
 
+def _read_list(path: Path) -> list[str]:
+    """``--files-from``: one input a line; blank lines and ``#`` comments skipped. The names are bytes, as
+    the file system's (a Latin-1 name in a UTF-8 list is still its file), decoded as os.listdir does."""
+    try:
+        lines = os.fsdecode(path.read_bytes()).splitlines()
+    except OSError as exc:
+        raise ConfigError(f"--files-from {path}: cannot read it ({exc.strerror or exc})") from None
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM (``kill``, ``docker stop``, a Kubernetes pod deleted or evicted) stops a batch as Ctrl-C does:
+    the workers killed, summary.json written, exit 130."""
+    raise KeyboardInterrupt
+
+
+def _on_sigterm(handler: Any) -> Any:
+    """``signal.signal(SIGTERM, handler)``'s previous handler; None (nothing set) off the main thread, where
+    Python takes no signal handlers (``cmd_reconstruct`` called from a program's thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, handler)
+
+
 def _texture_size(text: str) -> int | None:
     """``--texture-size``: "auto" (None) or a side in texels."""
     if text.strip().lower() == "auto":
@@ -322,12 +349,11 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         raise ConfigError("--address names a Ray cluster: it needs --engine ray")
     shard = _parse_shard(args.shard)
     if args.files_from is not None:
-        try:
-            args.inputs += [line.strip() for line in args.files_from.read_text().splitlines() if line.strip()]
-        except OSError as exc:
-            raise ConfigError(f"--files-from {args.files_from}: cannot read it ({exc.strerror or exc})") from None
+        args.inputs += _read_list(args.files_from)
     if not args.inputs:
         raise ConfigError("no inputs: give image or video files, folders, patterns or --files-from FILE")
+    if args.fps is not None and args.every != 1:
+        raise ConfigError("--every and --fps both choose the frames: give one of them")
     tag = "" if shard is None else f"-shard-{shard[0]}-of-{shard[1]}"
     try:
         video = VideoOptions(
@@ -361,6 +387,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     interrupted = False
     start = time.perf_counter()
     pool: WorkerPool | RayEngine | None = None
+    workers = args.jobs
     show_bar = False
 
     def record(outcome: Outcome) -> None:
@@ -383,7 +410,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
             said = f"{outcome.faces} face(s)" if outcome.frames is None else f"{outcome.frames} frame(s)"
             print(f"{outcome.input} -> {outcome.output} ({said})")
 
-    # From here on a Ctrl-C, however early, still writes summary.json (what was done and what was not).
+    # From here on a Ctrl-C or SIGTERM, however early, still writes summary.json (what was done and what was not).
+    on_sigterm = _on_sigterm(_stop_on_sigterm)
     try:
         remove_stale_partials(out)  # what a killed earlier run left
         media, problems = find_inputs(args.inputs, sequence=args.sequence)
@@ -431,15 +459,17 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
             frame=args.frame,
             png_compression=args.png_compression,
         )
+        workers = min(args.jobs, max(1, len(todo)))  # no more workers (Ray: replicas per stage) than inputs
         if args.engine == "ray":
             from facerecon.engines.ray_engine import RayEngine
 
-            pool = RayEngine(config, write, address=args.address, replicas=args.jobs)
+            pool = RayEngine(config, write, address=args.address, replicas=workers)
         else:
-            pool = WorkerPool(config, write, jobs=min(args.jobs, max(1, len(todo))))
+            pool = WorkerPool(config, write, jobs=workers)
         with logging_redirect_tqdm():
             if todo:
                 pool.start()
+                _on_sigterm(_stop_on_sigterm)  # again: ray.init sets its own (sys.exit)
             # tqdm's rate is the throughput (image/s) over the whole run
             for outcome in tqdm(
                 pool.run(tasks), total=len(todo), disable=not show_bar, unit="image", desc="reconstruct"
@@ -459,6 +489,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         if pool is not None:
             pool.close()
         remove_stale_partials(out)  # a worker killed mid-write (a crash, Ctrl-C)
+        if on_sigterm is not None:
+            _on_sigterm(on_sigterm)
     failures_file = out / f"failures{tag}.json"
     if failures:
         atomic_write(failures_file, (json.dumps({"failures": failures}, indent=1) + "\n").encode())
@@ -479,7 +511,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         if jobs or not interrupted
         else list(args.inputs),
         "interrupted": interrupted,
-        "jobs": args.jobs,
+        "jobs": workers,
         "engine": args.engine,
         "seconds": seconds,
         "counts": {"succeeded": len(succeeded), "failed": len(failures), "skipped": len(skipped), "images": images},

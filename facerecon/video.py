@@ -44,10 +44,10 @@ class Sampling:
     def __post_init__(self) -> None:
         if self.every < 1:
             raise InputError(f"--every must be at least 1, got {self.every}")
-        if self.fps is not None and not self.fps > 0:
-            raise InputError(f"--fps must be positive, got {self.fps}")
-        if not self.sequence_fps > 0:
-            raise InputError(f"--sequence-fps must be positive, got {self.sequence_fps}")
+        if self.fps is not None and not (math.isfinite(self.fps) and self.fps > 0):
+            raise InputError(f"--fps must be a positive number (frames a second), got {self.fps}")
+        if not (math.isfinite(self.sequence_fps) and self.sequence_fps > 0):
+            raise InputError(f"--sequence-fps must be a positive number (frames a second), got {self.sequence_fps}")
 
     def picks(self, index: int, rate: float) -> bool:
         """Whether frame ``index`` of a ``rate`` frames/s stream is sampled."""

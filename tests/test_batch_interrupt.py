@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -50,9 +51,11 @@ def _results(out: Path) -> set[str]:
     return {p.parent.name for p in out.glob("*/result.json")}
 
 
-def _interrupt_mid_batch(out: Path, photos: list[Path], flags: list[str]) -> tuple[dict, set[str]]:
-    """Start the batch, Ctrl-C once two results are written and others are in flight; its summary and the
-    processes it had started."""
+def _interrupt_mid_batch(
+    out: Path, photos: list[Path], flags: list[str], stop: Callable[[int], None] | None = None
+) -> tuple[dict, set[str]]:
+    """Start the batch, Ctrl-C once two results are written and others are in flight (``stop(pid)``: another
+    way to stop it); its summary and the processes it had started."""
     process = subprocess.Popen(
         [*CLI, "reconstruct", *map(str, photos), "-o", str(out), *FAST, *flags],
         stdout=subprocess.PIPE,
@@ -65,7 +68,10 @@ def _interrupt_mid_batch(out: Path, photos: list[Path], flags: list[str]) -> tup
         assert process.poll() is None, process.communicate()
         started = set(_session(process.pid)) - {process.pid}
         assert started, "the batch was meant to run in worker processes"
-        os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: the whole foreground group
+        if stop is None:
+            os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: the whole foreground group
+        else:
+            stop(process.pid)
         _, stderr = process.communicate(timeout=PROMPT_S)
     finally:
         if process.poll() is None:
@@ -73,6 +79,7 @@ def _interrupt_mid_batch(out: Path, photos: list[Path], flags: list[str]) -> tup
             process.communicate()
     assert process.returncode == 130, stderr
     assert "interrupted after" in stderr
+    assert "Traceback" not in stderr, stderr
     # no worker outlives the run (Ray's processes may take a moment to go)
     assert _wait_for(lambda: not _session(process.pid), timeout=PROMPT_S), _session(process.pid)
     return json.loads((out / "summary.json").read_text()), started
@@ -113,6 +120,21 @@ def test_ctrl_c_with_two_workers(tmp_path, lfpw):
     _rerun_resumes(out, photos, ["--jobs", "2"], summary)
 
 
+@pytest.mark.parametrize("group", [False, True], ids=["kill-pid", "kill-group"])
+def test_sigterm_stops_a_batch_as_ctrl_c_does(tmp_path, lfpw, group):
+    """SIGTERM (``kill PID``, ``docker stop``, a Kubernetes pod deleted: to the main process; or to the whole
+    group): the same orderly stop as Ctrl-C, with summary.json and no worker's traceback, and the re-run resumes."""
+    out, photos = tmp_path / "out", lfpw[:14]
+
+    def terminate(pid: int) -> None:
+        (os.killpg if group else os.kill)(pid, signal.SIGTERM)
+
+    summary, _ = _interrupt_mid_batch(out, photos, ["--jobs", "2"], stop=terminate)
+    _check_what_was_left(out, photos, summary)
+    assert summary["failed"] == 0, summary["failures"]  # a worker stopped by the signal is no input's failure
+    _rerun_resumes(out, photos, ["--jobs", "2"], summary)
+
+
 def test_ctrl_c_on_the_ray_engine(tmp_path, lfpw):
     pytest.importorskip("ray", reason="the Ray engine needs pip install 'facerecon[ray]'")
     out, photos = tmp_path / "out", lfpw[:24]
@@ -120,3 +142,11 @@ def test_ctrl_c_on_the_ray_engine(tmp_path, lfpw):
     assert len(started) >= 3  # Ray's processes and the stage actors
     _check_what_was_left(out, photos, summary)
     _rerun_resumes(out, photos, ["--jobs", "2"], summary)
+
+
+def test_sigterm_on_the_ray_engine(tmp_path, lfpw):
+    """ray.init puts its own SIGTERM handler in place (sys.exit: no summary.json); the CLI's is set again."""
+    pytest.importorskip("ray", reason="the Ray engine needs pip install 'facerecon[ray]'")
+    out, photos = tmp_path / "out", lfpw[:24]
+    summary, _ = _interrupt_mid_batch(out, photos, ["--engine", "ray"], stop=lambda pid: os.kill(pid, signal.SIGTERM))
+    _check_what_was_left(out, photos, summary)

@@ -5,6 +5,7 @@ counts what was done, skipped and failed, with the throughput."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -76,6 +77,22 @@ def test_a_shard_of_a_file_list(lfpw, tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         main(["reconstruct", "-o", str(out), *FAST])
     assert info.value.code == 2
+
+
+def test_a_file_list_with_comments_and_file_names_that_are_not_utf8(lfpw, tmp_path):
+    """A list as ``find`` writes it on Linux, names in bytes (a Latin-1 ``caf\\xe9.png``: a traceback, not
+    a batch), and with ``#`` comment lines (each a failed "input": exit 1 for a list that was fine)."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    latin1 = photos / os.fsdecode(b"caf\xe9.png")
+    shutil.copy(lfpw[0], latin1)
+    listing = tmp_path / "inputs.txt"
+    listing.write_bytes(b"# the photos of the shoot\n" + os.fsencode(latin1) + b"\n  # done later: x.png\n")
+    out = tmp_path / "out"
+    assert main(["reconstruct", "--files-from", str(listing), "-o", str(out), *FAST]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert [s["input"] for s in summary["succeeded"]] == [str(latin1)] and summary["failures"] == []
+    assert (out / latin1.stem / "result.json").is_file()
 
 
 def test_the_indexed_job_manifest_shards_the_list():

@@ -130,3 +130,13 @@ def test_an_outcome_handed_over_when_ctrl_c_comes_is_given_back_by_interrupt(clu
         engine.close()
     assert first.error is None
     assert first.input in {o.input for o in late}
+
+
+def test_more_jobs_than_inputs_start_one_replica_per_input_at_most(cluster, lfpw, tmp_path):
+    """``--jobs 4`` for one photo: one actor per stage, not 4 (12 actors sharing the cluster's 2 CPUs; with a
+    large --jobs, thousands), as the local engine starts no more workers than inputs; summary.json says so."""
+    out = tmp_path / "out"
+    assert main(["reconstruct", str(lfpw[0]), "-o", str(out), "--engine", "ray", "--jobs", "4", *FLAGS]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["jobs"] == 1 and summary["counts"]["succeeded"] == 1
+    assert (out / lfpw[0].stem / "result.json").is_file()

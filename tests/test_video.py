@@ -229,3 +229,23 @@ def test_a_video_failing_mid_run_is_named_in_the_log(videos, tmp_path, caplog, m
             outcome = reconstruct_job(pipe, videos["good"], tmp_path / "good", WriteOptions(), VideoOptions())
     assert outcome.error == "RuntimeError: the server went away"
     assert f"{videos['good']}: RuntimeError: the server went away" in caplog.text
+
+
+@pytest.mark.parametrize("flag", ["--fps", "--sequence-fps"])
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "0", "-5"])
+def test_a_frame_rate_that_is_not_a_positive_number_is_a_usage_error(videos, tmp_path, capsys, flag, value):
+    """--fps inf sampled nothing (each video an OverflowError in failures.json); --sequence-fps inf gave every
+    frame time 0 and "fps": Infinity in video.json (not JSON). Now one clear line and exit 2, nothing written."""
+    out = tmp_path / "out"
+    assert main(["reconstruct", str(videos["good"]), "-o", str(out), f"{flag}={value}", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert f"{flag} must be a positive number" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_every_and_fps_together_is_a_usage_error(videos, tmp_path, capsys):
+    """--fps took over silently from --every (video.json still said "every": 3, a sampling not used)."""
+    out = tmp_path / "out"
+    assert main(["reconstruct", str(videos["good"]), "-o", str(out), "--every", "3", "--fps", "5", "-q"]) == 2
+    assert "--every and --fps both choose the frames: give one of them" in capsys.readouterr().err
+    assert not out.exists()
