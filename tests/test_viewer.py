@@ -33,6 +33,7 @@ from facerecon.outputs.viewer.page import mesh_bytes, pixel_to_file
 
 CHROMIUM = Path("/usr/bin/chromium")
 DRIVER = REPO / "tests" / "viewer_browser.mjs"
+PROBE = REPO / "tests" / "viewer_probe.mjs"
 PHOTOS = ("image_0001.png", "image_0003.png")
 
 
@@ -162,6 +163,60 @@ def test_served_viewer_and_ctrl_c(browser, results, tmp_path):
         server.send_signal(signal.SIGINT)
         _, err = server.communicate(timeout=30)
     assert server.returncode == 0 and "stopped" in err
+
+
+def probe(browser: list[str], url: str, *args: str) -> dict:
+    """tests/viewer_probe.mjs: the page's state after it opens and after each click (stage:NAME, input:I)."""
+    run = subprocess.run([browser[0], str(PROBE), url, *args], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert "driver_error" not in report, report["driver_error"]
+    return report
+
+
+def test_a_stage_that_does_not_load_says_so_and_the_next_one_clears_it(browser, results, tmp_path):
+    """A GLB whose JSON is garbage (its header and length whole, so it is embedded): choosing that stage
+    shows the reason and an empty view (not the previous stage's mesh under the failed stage's name), and
+    choosing a good stage afterwards shows that mesh without the old message."""
+    out = shutil.copytree(results, tmp_path / "out")
+    glb = out / "image_0001" / "coarse.glb"
+    data = bytearray(glb.read_bytes())
+    length = struct.unpack("<I", data[12:16])[0]
+    data[20 : 20 + length] = b"{" + b"x" * (length - 1)
+    glb.write_bytes(bytes(data))
+    assert main(["view", str(out), "--static"]) == 0
+    steps = probe(browser, (out / "index.html").as_uri(), "stage:coarse", "stage:medium")["steps"]
+    opened, broken, good = steps
+    assert opened["status"] == "ready" and opened["message"] is None and opened["drawn"] > 10_000
+    assert broken["status"] == "error" and broken["stage"] == "coarse"
+    assert broken["message"].startswith("Could not load coarse mesh:")
+    assert broken["drawn"] == 0 and "medium" not in broken["info"]
+    assert good["status"] == "ready" and good["message"] is None and good["drawn"] > 10_000
+    assert "medium (laplace)" in good["info"]
+
+
+def test_a_browser_without_webgl_gets_a_message_not_a_blank_page(browser, results):
+    report = probe(browser, (results / "index.html").as_uri(), "--no-webgl")
+    (opened,) = report["steps"]
+    assert opened["status"] == "error" and "WebGL 2" in opened["message"]
+
+
+def test_the_final_mesh_is_a_stage_with_its_normal_map(browser, shared_data, tmp_path):
+    """The default pipeline's final.glb (the medium mesh with the fine detail as maps) is offered after the
+    stages, opens first, and is the one whose normal-map toggle works; the landmarks are the medium's."""
+    out = tmp_path / "out"
+    photo = shared_data / "faces" / "lfpw-68" / PHOTOS[0]
+    assert main(["reconstruct", str(photo), "-o", str(out), "--texture-size", "256", "--view", "-q"]) == 0
+    (entry,) = find_entries(out)
+    assert [s.stage for s in entry.stages] == ["coarse", "medium", "fine", "final"]
+    medium, final = entry.stages[1], entry.stages[3]
+    assert final.mesh.name == "final.glb" and final.plugin == "laplace + sfs detail maps"
+    assert (final.landmarks68, final.pixel_to_file) == (medium.landmarks68, medium.pixel_to_file)
+    opened, clicked = probe(browser, (out / "index.html").as_uri(), "stage:medium")["steps"]
+    assert opened["stages"] == ["coarse", "medium", "fine", "final"]
+    assert opened["status"] == "ready" and opened["stage"] == "final" and opened["normal_map_available"]
+    assert "28,881 vertices" in opened["info"] and opened["drawn"] > 10_000
+    assert clicked["status"] == "ready" and not clicked["normal_map_available"]
 
 
 def test_view_of_a_folder_without_results_is_a_usage_error(tmp_path, capsys):

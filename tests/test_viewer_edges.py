@@ -41,12 +41,16 @@ def results(photo, tmp_path_factory) -> Path:
     return out
 
 
-def page_stages(page: Path) -> dict[str, list[str]]:
-    """The stages of each entry in a static index.html's data."""
+def page_data(page: Path) -> dict:
+    """The data a static index.html carries (its <script id="facerecon-data">)."""
     text = page.read_text(encoding="utf-8")
     start = text.index('<script id="facerecon-data" type="application/json">')
-    data = json.loads(text[text.index(">", start) + 1 : text.index("</script>", start)])
-    return {e["id"]: [s["stage"] for s in e["stages"]] for e in data["entries"]}
+    return json.loads(text[text.index(">", start) + 1 : text.index("</script>", start)])
+
+
+def page_stages(page: Path) -> dict[str, list[str]]:
+    """The stages of each entry in a static index.html's data."""
+    return {e["id"]: [s["stage"] for s in e["stages"]] for e in page_data(page)["entries"]}
 
 
 def get(url: str) -> tuple[int, bytes]:
@@ -102,3 +106,49 @@ def test_view_finds_the_frames_of_a_video_one_level_down(photo, results, tmp_pat
     assert [e.id for e in find_entries(out)] == ["clip/frame_000000", "clip/frame_000001", "image_0001"]
     assert [e.label for e in find_entries(out / "clip")] == ["frame_000000", "frame_000001"]
     assert main(["view", str(out), "--static"]) == 0
+
+
+def test_requests_outside_the_routes_are_404_never_a_dropped_connection(results):
+    """Only /, /mesh/<i>/<stage>.glb and /photo/<i> answer: traversal (plain or %-encoded) and entry numbers
+    that are digits to Python but not to int() ("²") get a 404, not a traceback and a closed connection."""
+    server = ViewerServer(results, port=0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        outside = ("../../etc/passwd", "%2e%2e/%2e%2e/etc/passwd", "mesh/0/..%2f..%2fresult.json", "photo/-1")
+        numbers = ("photo/%C2%B2", "mesh/%C2%B2/coarse.glb", "photo/99", "image_0001/result.json")
+        for path in outside + numbers:
+            status, body = get(server.url + path)
+            assert (status, body) == (404, b"not found"), path
+        assert get(f"{server.url}photo/0")[0] == 200
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_static_page_that_cannot_be_written_is_a_usage_error(results, tmp_path, capsys):
+    out = shutil.copytree(results, tmp_path / "out")
+    (out / "index.html").mkdir()  # where the page goes (as a read-only folder would refuse it)
+    assert main(["view", str(out), "--static"]) == 2
+    err = capsys.readouterr().err
+    assert "index.html: cannot write the page" in err and "Traceback" not in err
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # no temporary file left
+
+
+def test_landmarks_reach_the_page_as_numbers_only(results, tmp_path, caplog):
+    """The page draws the landmarks as SVG markup: a result.json whose landmarks68 holds anything but numbers
+    (markup from someone else's folder) shows that stage without landmarks."""
+    out = shutil.copytree(results, tmp_path / "out")
+    path = out / "image_0001" / "result.json"
+    result = json.loads(path.read_text())
+    stages = result["reconstructions"][0]["stages"]
+    assert stages[0]["landmarks68"][0] is not None
+    stages[0]["landmarks68"][0] = ['"><img src=x onerror=alert(1)>', 5]
+    stages[1]["landmarks68"][3] = None
+    path.write_text(json.dumps(result))
+    coarse, medium = find_entries(out)[0].stages
+    assert coarse.landmarks68 is None
+    assert medium.landmarks68[3] is None and all(isinstance(v, float) for v in medium.landmarks68[0])
+    assert main(["view", str(out), "--static"]) == 0
+    (entry,) = page_data(out / "index.html")["entries"]
+    assert [s["landmarks68"] is None for s in entry["stages"]] == [True, False]

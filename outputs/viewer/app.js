@@ -27,7 +27,7 @@ const state = {
 // ---------------------------------------------------------------------------------------------- scene
 
 const canvas = $('view');
-const renderer = new THREE.WebGLRenderer({ canvas, antialias: true });
+const renderer = createRenderer();
 renderer.setPixelRatio(Math.min(window.devicePixelRatio, 2));
 renderer.outputColorSpace = THREE.SRGBColorSpace;
 const scene = new THREE.Scene();
@@ -53,6 +53,18 @@ const loader = new GLTFLoader();
 const gltfCache = new Map(); // mesh URL -> Promise of the loaded glTF scene
 let framedEntry = null; // the camera is framed once per entry, then kept when stages change
 let loadToken = 0;
+
+// Without WebGL 2 (turned off, a remote desktop, an old browser) the page says so instead of staying blank.
+function createRenderer() {
+  try {
+    return new THREE.WebGLRenderer({ canvas, antialias: true });
+  } catch (error) {
+    showMessage('This viewer needs WebGL 2, which this browser does not provide (it may be turned off). '
+      + 'Any current Chrome, Firefox, Safari or Edge has it.');
+    setStatus('error');
+    throw error;
+  }
+}
 
 function render() {
   renderer.render(scene, camera);
@@ -193,6 +205,7 @@ async function showStage(name) {
   state.stage = stage.stage;
   const token = ++loadToken;
   setStatus('loading');
+  showMessage('');
   for (const b of document.querySelectorAll('#stages button')) b.classList.toggle('on', b.dataset.stage === stage.stage);
   drawPhotoLandmarks(entry, stage);
   let root;
@@ -200,7 +213,13 @@ async function showStage(name) {
     root = await loadMesh(stage.mesh);
   } catch (error) {
     if (token !== loadToken) return;
+    // Nothing of the previous choice stays on screen under this one's name.
+    stageRoot.clear();
+    landmarkRoot.clear();
+    $('info').textContent = `${entry.label} · ${stage.stage} (${stage.plugin})`;
     showMessage(`Could not load ${stage.stage} mesh: ${error.message || error}`);
+    updateHash();
+    render();
     setStatus('error');
     return;
   }

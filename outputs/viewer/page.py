@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from facerecon.kernel.contract.errors import InputError
+from facerecon.kernel.contract.errors import InputError, OutputError
 from facerecon.outputs.folder import face_prefix
 from facerecon.outputs.meshes import atomic_write
 from facerecon.outputs.viewer.assets import bundle_js, page_template
@@ -113,7 +113,7 @@ def _folder_entries(folder: Path, out: Path) -> list[Entry]:
     for r in reconstructions:
         try:
             face = int(r.get("face_index", 0))
-            views = (_stage_view(folder, face, stage, r.get("frames")) for stage in r.get("stages", []))
+            views = [_stage_view(folder, face, stage, r.get("frames")) for stage in [*r.get("stages", []), *_final(r)]]
             stages = tuple(view for view in views if view is not None)
         except (AttributeError, TypeError, ValueError) as exc:
             log.warning("%s: a reconstruction skipped, not understood (%s)", folder / "result.json", exc)
@@ -126,6 +126,19 @@ def _folder_entries(folder: Path, out: Path) -> list[Entry]:
     return entries
 
 
+def _final(reconstruction: dict[str, Any]) -> list[dict[str, Any]]:
+    """With a fine stage, ``final.*`` as one more stage to show (the base stage's mesh with the fine detail as
+    maps: the one with a normal map): the base stage's entry of result.json, renamed."""
+    detail = reconstruction.get("detail_maps")
+    if not isinstance(detail, dict):
+        return []
+    stages = {s.get("stage"): s for s in reconstruction.get("stages", []) if isinstance(s, dict)}
+    base, fine = stages.get(detail.get("base_stage")), stages.get(detail.get("detail_stage"), {})
+    if base is None:
+        return []
+    return [base | {"stage": "final", "plugin": f"{base.get('plugin', '')} + {fine.get('plugin', '')} detail maps"}]
+
+
 def _stage_view(folder: Path, face: int, stage: dict[str, Any], frames: dict[str, Any] | None) -> StageView | None:
     name = str(stage.get("stage", ""))
     base = f"{face_prefix(face)}{name}"
@@ -133,7 +146,16 @@ def _stage_view(folder: Path, face: int, stage: dict[str, Any], frames: dict[str
     if not name or mesh is None:
         return None
     to_file = pixel_to_file(stage, frames, glb=mesh.suffix == ".glb")
-    return StageView(name, str(stage.get("plugin", "")), mesh, stage.get("landmarks68"), to_file)
+    return StageView(name, str(stage.get("plugin", "")), mesh, _landmark_rows(stage.get("landmarks68")), to_file)
+
+
+def _landmark_rows(rows: Any) -> list[list[float] | None] | None:
+    """result.json's ``landmarks68`` as [x, y] numbers (null rows kept), or None where it holds anything
+    else: the page draws them as markup, so nothing but numbers goes into it."""
+    try:
+        return [None if row is None else [float(row[0]), float(row[1])] for row in rows]
+    except (TypeError, ValueError, IndexError, KeyError):
+        return None
 
 
 def pixel_to_file(stage: dict[str, Any], frames: dict[str, Any] | None, *, glb: bool) -> list[float] | None:
@@ -282,5 +304,8 @@ def write_static_page(out: str | Path) -> Path:
     photos = [_photo_url(e) for e in entries]
     data = page_data(entries, lambda _, stage: meshes[stage.mesh], lambda i: photos[i])
     target = out / "index.html"
-    atomic_write(target, render_page(f"facerecon — {out.resolve().name}", data).encode("utf-8"))
+    try:
+        atomic_write(target, render_page(f"facerecon — {out.resolve().name}", data).encode("utf-8"))
+    except OSError as exc:  # a read-only folder, a full disk, a folder of that name
+        raise OutputError(f"{target}: cannot write the page ({exc.strerror or exc})") from None
     return target

@@ -70,7 +70,9 @@ class ViewerServer(ThreadingHTTPServer):
 
     def entry(self, index: str) -> Entry | None:
         with self._lock:
-            return self.entries[int(index)] if index.isdigit() and int(index) < len(self.entries) else None
+            # ASCII digits only: str.isdigit() also takes "²", which int() refuses
+            number = int(index) if index.isascii() and index.isdigit() else len(self.entries)
+            return self.entries[number] if number < len(self.entries) else None
 
 
 class _Handler(BaseHTTPRequestHandler):
