@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from facerecon.kernel import ConfigError, PipelineConfig
@@ -75,3 +76,32 @@ def test_stage_flags_read_the_same_for_every_command():
     base = PipelineConfig(refiners=("laplace",))
     assert base.with_stage_flags(argparse.Namespace(refiners="")).refiners == ()
     assert base.with_stage_flags(argparse.Namespace()) is base  # nothing given: nothing changed
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"refiners": "laplace"}, "refiners must be a list of plugin names, got 'laplace'"),  # not l, a, p...
+        ({"refiners": None}, "refiners must be a list"),
+        ({"segmenter": 3}, "plugin names must be non-empty strings, got 3"),
+        ({"all_faces": "no"}, "all_faces must be a boolean"),  # truthy: every face, silently
+        ({"max_image_pixels": True}, "max_image_pixels must be a positive integer, got True"),
+        ({"allow_plugins": "mine"}, "allow_plugins must be a list of plugin names"),
+        ({"block_plugins": "sfs"}, "block_plugins must be a list of plugin names"),
+        ({"options": {"detector": {}}}, r"options keys must be \(kind, plugin name\)"),
+        ({"options": {("detector", 3): {}}}, r"options keys must be .* got \('detector', 3\)"),
+        ({"options": {("detector", "mediapipe"): 3}}, "must be a mapping of option names to values"),
+    ],
+)
+def test_a_config_built_in_code_is_checked_like_a_toml_file(values, message):
+    with pytest.raises(ConfigError, match=message):
+        PipelineConfig(**values)
+
+
+def test_numpy_integers_are_integers():
+    config = PipelineConfig(
+        max_image_pixels=np.int64(1_000_000), detect_max_side=np.int32(1024), blas_threads=np.uint8(2)
+    )
+    assert (config.max_image_pixels, config.detect_max_side, config.blas_threads) == (1_000_000, 1024, 2)
+    assert type(config.max_image_pixels) is int
+    assert PipelineConfig(refiners=["laplace"], block_plugins=["x"]).refiners == ("laplace",)

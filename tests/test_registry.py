@@ -8,10 +8,20 @@ import types
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 from plugin_support import builtin_host, plugin_module
 
-from facerecon.kernel import ClosedError, ConfigError, Pipeline, PipelineConfig, PluginError, PluginHost, hookimpl
+from facerecon.kernel import (
+    ClosedError,
+    ConfigError,
+    InputError,
+    Pipeline,
+    PipelineConfig,
+    PluginError,
+    PluginHost,
+    hookimpl,
+)
 
 
 @dataclass(frozen=True)
@@ -239,3 +249,29 @@ def test_device_resolution(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)  # as on a machine without torch
     assert resolve_device("auto") == "cpu"
     assert resolve_device("cuda") == "cuda"  # left to plugins with their own CUDA runtime
+
+
+def test_the_pipelines_public_steps_refuse_what_is_not_theirs(pipeline, face_photo):
+    """``detect`` and ``reconstruct_face`` are public (videos, Ray, the evaluations call them): what a caller
+    hands them wrongly is an InputError saying what, not an AttributeError from inside, a plugin blamed for
+    it, nor a reconstruction of a face that is not in the image."""
+    face = pipeline.detect(face_photo)[0]
+    assert face.box[0] > 60 and face.box[1] > 60  # (the corner cut below holds none of it)
+    with pytest.raises(InputError, match="must be a numpy array, got list"):
+        pipeline.detect(face_photo.tolist())
+    with pytest.raises(InputError, match="sides above 16384 px"):  # before the detector shrinks it
+        pipeline.detect(np.broadcast_to(np.uint8(0), (20000, 20000, 3)))
+    with pytest.raises(InputError, match="must be uint8, got float32"):
+        pipeline.reconstruct_face(face_photo.astype(np.float32), face)
+    with pytest.raises(InputError, match="face must be a Face .*got NoneType"):
+        pipeline.reconstruct_face(face_photo, None)
+    with pytest.raises(InputError, match=r"off the 50x50 image: a face of another image\?"):
+        pipeline.reconstruct_face(face_photo[:50, :50], face)
+    with pytest.raises(InputError, match="coarse must be a CoarseResult or None, got str"):
+        pipeline.reconstruct_face(face_photo, face, coarse="mesh")
+    assert pipeline.reconstruct_face(face_photo, face).final.mesh.vertices.shape[1] == 3
+
+
+def test_a_pipeline_built_from_a_path_points_to_from_config():
+    with pytest.raises(ConfigError, match=r"Pipeline takes a PipelineConfig, got str: use Pipeline.from_config"):
+        Pipeline("facerecon.toml")  # type: ignore[arg-type]

@@ -1,8 +1,10 @@
 """The records that cross a stage boundary.
 
-Every record is a frozen dataclass of plain numpy arrays and built-in values, so it can be pickled,
-compared, and later serialised to protobuf for the gRPC services. A record never holds a model or a
-file handle.
+Every record is a frozen dataclass of plain numpy arrays and built-in values, so it can be pickled
+(multiprocessing; unpickling builds and checks it again), compared, and later serialised to protobuf for the
+gRPC services. A record never holds a model or a file handle. Its arrays are read-only and its mappings
+read-only views; an array is kept without a copy where it already has the record's dtype and layout, and is
+then made read-only in place: do not keep writing to it through another view.
 
 Frames and units, written down once (every stage uses them):
 
@@ -20,8 +22,9 @@ Frames and units, written down once (every stage uses them):
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 
@@ -55,8 +58,20 @@ def _check(condition: bool, message: str) -> None:
         raise RecordError(message)
 
 
+class _Record:
+    """Pickled through its constructor, field by field, its read-only mappings as dicts: a mappingproxy
+    cannot be pickled, and numpy unpickles arrays writeable; the constructor checks them and freezes them
+    again."""
+
+    __slots__ = ()
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        values = (getattr(self, f.name) for f in fields(self))  # type: ignore[arg-type]
+        return type(self), tuple(dict(v) if isinstance(v, MappingProxyType) else v for v in values)
+
+
 @dataclass(frozen=True, eq=False)
-class Landmarks:
+class Landmarks(_Record):
     """Facial landmarks of one face in a named scheme.
 
     points: float32 (K, 3) — x, y in the image frame (pixels); z a relative depth in pixels, pointing away
@@ -99,7 +114,7 @@ class Landmarks:
 
 
 @dataclass(frozen=True, eq=False)
-class Face:
+class Face(_Record):
     """One detected face.
 
     box: float32 (4,) — x0, y0, x1, y1 in the image frame (pixels), x0 < x1, y0 < y1.
@@ -119,6 +134,7 @@ class Face:
     def __post_init__(self) -> None:
         box = np.asarray(self.box, dtype=np.float32)
         _check(box.shape == (4,), f"face box must be (4,), got {box.shape}")
+        _check(bool(np.isfinite(box).all()), "face box contains NaN or infinity")
         if not (box[0] < box[2] and box[1] < box[3]):  # (the message formats the array: only when raised)
             raise RecordError(f"face box must have x0 < x1 and y0 < y1: {box}")
         object.__setattr__(self, "box", _readonly(box))
@@ -127,6 +143,7 @@ class Face:
         if self.head_pose is not None:
             pose = np.asarray(self.head_pose, dtype=np.float32)
             _check(pose.shape == (4, 4), f"head pose must be (4, 4), got {pose.shape}")
+            _check(bool(np.isfinite(pose).all()), "head pose contains NaN or infinity")
             object.__setattr__(self, "head_pose", _readonly(pose))
         object.__setattr__(self, "attributes", MappingProxyType(dict(self.attributes)))
 
@@ -137,7 +154,7 @@ class Face:
 
 
 @dataclass(frozen=True, eq=False)
-class LandmarkMap:
+class LandmarkMap(_Record):
     """Where each landmark of a scheme sits on a mesh: a weighted sum of up to 3 vertices.
 
     vertex_ids: int32 (K, 3) vertex indices into the mesh.
@@ -181,7 +198,7 @@ class LandmarkMap:
 
 
 @dataclass(frozen=True, eq=False)
-class Mesh:
+class Mesh(_Record):
     """A triangle mesh in the mesh frame (see the module docstring).
 
     vertices: float32 (N, 3).
@@ -270,7 +287,7 @@ class Mesh:
 
 
 @dataclass(frozen=True, eq=False)
-class CoarseResult:
+class CoarseResult(_Record):
     """What a regressor returns for one face.
 
     mesh: the coarse mesh in the mesh frame.
@@ -295,6 +312,10 @@ class CoarseResult:
         translation = np.asarray(self.translation, dtype=np.float32)
         _check(rotation.shape == (3, 3), f"rotation must be (3, 3), got {rotation.shape}")
         _check(translation.shape == (3,), f"translation must be (3,), got {translation.shape}")
+        _check(bool(np.isfinite(rotation).all() and np.isfinite(translation).all()), "pose contains NaN or infinity")
+        # (the mesh files' head frame divides by it: a NaN or 0 would write NaN meshes)
+        _check(bool(np.isfinite(self.scale) and self.scale > 0), f"scale must be > 0, got {self.scale}")
+        object.__setattr__(self, "scale", float(self.scale))
         object.__setattr__(self, "rotation", _readonly(rotation))
         object.__setattr__(self, "translation", _readonly(translation))
         params = {k: _readonly(np.asarray(v, dtype=np.float32)) for k, v in self.parameters.items()}
@@ -302,7 +323,7 @@ class CoarseResult:
 
 
 @dataclass(frozen=True, eq=False)
-class Segmentation:
+class Segmentation(_Record):
     """Face parsing of one face.
 
     labels: uint8 (H, W) label map in the image frame, one label id per pixel (0 = background).
@@ -334,16 +355,17 @@ may carry any."""
 
 
 @dataclass(frozen=True, eq=False)
-class ImageMaps:
+class ImageMaps(_Record):
     """Per-pixel maps a stage made over a region of the image (e.g. the fine stage's depth and albedo).
 
     origin: (x, y) image pixel of the maps' top-left pixel; every map has the same (h, w).
     step: image pixels per map sample: map pixel (i, j) sits at image pixel (x0 + j·step, y0 + i·step)
         (1 for maps at the photo's resolution; more where a stage sampled a large face more coarsely).
     maps: name -> float32 (h, w) or (h, w, C) array. Conventions by name: "depth" (mesh-frame z, the mesh's
-        units, NaN outside the mask), "displacement" (z minus the previous stage's z), "normal" (unit
-        mesh-frame normals, (h, w, 3)), colour maps ("albedo", "shading", "specular", "rendering") RGB in
-        [0, 1], "mask" (1 inside the refined region).
+        units, NaN where the mesh does not cover the sample), "displacement" (z minus the previous stage's z),
+        "normal" (unit mesh-frame normals, (h, w, 3)) — these three NaN alike —, colour maps ("albedo",
+        "shading", "specular", "rendering") RGB in [0, 1], "mask" (1 inside the refined region, 0 elsewhere:
+        a covered sample outside it keeps the previous stage's surface).
     """
 
     origin: tuple[int, int]
@@ -369,7 +391,7 @@ class ImageMaps:
 
 
 @dataclass(frozen=True, eq=False)
-class Refinement:
+class Refinement(_Record):
     """What a refiner may return instead of a bare Mesh: the mesh, image maps, and intermediate meshes
     (e.g. one per optimisation phase, written with ``--save-phases``)."""
 
@@ -377,9 +399,12 @@ class Refinement:
     maps: ImageMaps | None = None
     phases: Mapping[str, Mesh] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "phases", MappingProxyType(dict(self.phases)))
+
 
 @dataclass(frozen=True, eq=False)
-class StageResult:
+class StageResult(_Record):
     """One stage's output mesh for one face, with provenance.
 
     stage: "coarse" for the regressor, else the refiner's stage name (e.g. "medium", "fine").
@@ -396,9 +421,12 @@ class StageResult:
     maps: ImageMaps | None = None
     phases: Mapping[str, Mesh] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "phases", MappingProxyType(dict(self.phases)))
+
 
 @dataclass(frozen=True, eq=False)
-class FaceReconstruction:
+class FaceReconstruction(_Record):
     """Everything the pipeline made for one face: the coarse fit, then one result per refiner, in order."""
 
     face: Face
@@ -407,13 +435,16 @@ class FaceReconstruction:
     stages: tuple[StageResult, ...]
     segmentation: Segmentation | None = None
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stages", tuple(self.stages))
+
     @property
     def final(self) -> StageResult:
         return self.stages[-1]
 
 
 @dataclass(frozen=True, eq=False)
-class Reconstruction:
+class Reconstruction(_Record):
     """The pipeline's result for one image.
 
     image_size: (width, height) in pixels.
@@ -426,3 +457,9 @@ class Reconstruction:
     faces: tuple[Face, ...]
     reconstructions: tuple[FaceReconstruction, ...]
     timings_ms: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "image_size", tuple(self.image_size))
+        object.__setattr__(self, "faces", tuple(self.faces))
+        object.__setattr__(self, "reconstructions", tuple(self.reconstructions))
+        object.__setattr__(self, "timings_ms", MappingProxyType(dict(self.timings_ms)))

@@ -29,6 +29,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
+from numbers import Integral
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -73,22 +74,43 @@ class PipelineConfig:
     source: Path | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
+        """The same checks as the TOML form's, for a config built in code."""
         if self.device not in DEVICES:
             raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.segmenter in ("", "none"):
             object.__setattr__(self, "segmenter", None)
-        object.__setattr__(self, "refiners", tuple(self.refiners))
-        for name in (self.detector, self.regressor, *self.refiners):
+        object.__setattr__(self, "refiners", _plugin_names(self.refiners, "refiners"))
+        segmenter = () if self.segmenter is None else (self.segmenter,)
+        for name in (self.detector, self.regressor, *segmenter, *self.refiners):
             if not isinstance(name, str) or not name:
                 raise ConfigError(f"stage plugin names must be non-empty strings, got {name!r}")
-        if not isinstance(self.max_image_pixels, int) or self.max_image_pixels <= 0:
-            raise ConfigError(f"max_image_pixels must be a positive integer, got {self.max_image_pixels!r}")
-        if not isinstance(self.detect_max_side, int) or not (self.detect_max_side == 0 or self.detect_max_side >= 64):
-            raise ConfigError(f"detect_max_side must be 0 (never shrink) or at least 64, got {self.detect_max_side!r}")
-        for key in ("blas_threads", "torch_threads"):
+        if not isinstance(self.all_faces, bool):
+            raise ConfigError(f"all_faces must be a boolean (True or False), got {self.all_faces!r}")
+        limits = {
+            "max_image_pixels": (1, "a positive integer"),
+            "detect_max_side": (0, "0 (never shrink) or at least 64"),
+            "blas_threads": (0, "an integer >= 0 (0: the library's own default)"),
+            "torch_threads": (0, "an integer >= 0 (0: the library's own default)"),
+        }
+        for key, (least, what) in limits.items():
             value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ConfigError(f"{key} must be an integer >= 0 (0: the library's own default), got {value!r}")
+            if not isinstance(value, Integral) or isinstance(value, bool) or value < least:
+                raise ConfigError(f"{key} must be {what}, got {value!r}")
+            object.__setattr__(self, key, int(value))
+        if 0 < self.detect_max_side < 64:
+            raise ConfigError(f"detect_max_side must be 0 (never shrink) or at least 64, got {self.detect_max_side!r}")
+        if self.allow_plugins is not None:
+            object.__setattr__(self, "allow_plugins", _plugin_names(self.allow_plugins, "allow_plugins"))
+        object.__setattr__(self, "block_plugins", _plugin_names(self.block_plugins, "block_plugins"))
+        if not isinstance(self.options, Mapping):
+            raise ConfigError(f"options must be a mapping of (kind, plugin name) to a table, got {self.options!r}")
+        for stage, table in self.options.items():  # (kinds beyond the stages' too: a hook's, e.g. "pipeline")
+            if not (isinstance(stage, tuple) and len(stage) == 2 and all(isinstance(k, str) for k in stage)):
+                raise ConfigError(
+                    f"options keys must be (kind, plugin name), e.g. ('detector', 'mediapipe'), got {stage!r}"
+                )
+            if not isinstance(table, Mapping):
+                raise ConfigError(f"options[{stage!r}] must be a mapping of option names to values, got {table!r}")
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
@@ -194,6 +216,13 @@ _TYPE_NAMES: dict[type, str] = {
     int: "an integer",
     str: "a string",
 }
+
+
+def _plugin_names(value: Any, key: str) -> tuple[str, ...]:
+    """A list or tuple of plugin names as a tuple (a bare string would be read letter by letter)."""
+    if not isinstance(value, (list, tuple)) or not all(isinstance(name, str) for name in value):
+        raise ConfigError(f"{key} must be a list of plugin names, got {value!r}")
+    return tuple(value)
 
 
 def _table(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:

@@ -62,7 +62,8 @@ def load_image(
     limit_hint: str = "raise max_image_pixels in the config to allow it",
 ) -> np.ndarray:
     """Decode a file path or encoded bytes to ``uint8 (H, W, 3)`` RGB. Errors name the path, or ``name`` for
-    bytes; one over ``max_pixels`` says how to allow it (``limit_hint``: a server names its own flag)."""
+    bytes; one over ``max_pixels`` says how to allow it (``limit_hint``: a server names its own flag). The
+    array may be read-only (Pillow's buffer, not copied): ``np.array(image)`` gives one to draw on."""
     if isinstance(source, (str, Path)):
         path = Path(source)
         name = str(path)

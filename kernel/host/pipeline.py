@@ -19,7 +19,14 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from facerecon.kernel.contract.errors import ClosedError, ConfigError, FaceReconError, PluginError, RecordError
+from facerecon.kernel.contract.errors import (
+    ClosedError,
+    ConfigError,
+    FaceReconError,
+    InputError,
+    PluginError,
+    RecordError,
+)
 from facerecon.kernel.contract.images import check_image
 from facerecon.kernel.contract.records import (
     CoarseResult,
@@ -48,6 +55,11 @@ class Pipeline:
     """Runs the configured stages. Thread-compatible, not thread-safe: one pipeline per thread."""
 
     def __init__(self, config: PipelineConfig | None = None, host: PluginHost | None = None) -> None:
+        if config is not None and not isinstance(config, PipelineConfig):
+            raise ConfigError(
+                f"Pipeline takes a PipelineConfig, got {type(config).__name__}: use Pipeline.from_config for a "
+                "TOML file path or a mapping"
+            )
         config = config or PipelineConfig()
         self.host = host or PluginHost(allow=config.allow_plugins, block=config.block_plugins)
         # "auto" picks the highest-priority available stage of its kind (see StageRegistrar.register); a
@@ -294,6 +306,7 @@ class Pipeline:
         """Every face, largest box first, in ``image``'s frame. The detector sees the image shrunk to
         ``config.detect_max_side`` (memory, speed, and native code's own size limits); its faces are
         scaled back."""
+        image = check_image(image)
         small, factor = fit_within(image, self.config.detect_max_side)
         faces = self._run("detector", self.config.detector, self.detector.detect, small)
         height, width = small.shape[:2]
@@ -317,6 +330,10 @@ class Pipeline:
     ) -> FaceReconstruction:
         """The face's stages; ``coarse``: the regressor's result when the caller already has it (a video's
         frame, its pose filtered), so only the segmenter and refiners run."""
+        image = check_image(image)
+        _check_face(face, image)
+        if coarse is not None and not isinstance(coarse, CoarseResult):
+            raise InputError(f"coarse must be a CoarseResult or None, got {type(coarse).__name__}")
         timings = timings if timings is not None else {}
         checkpoint = before_stage or (lambda: None)
 
@@ -416,6 +433,17 @@ class Pipeline:
     def _broke(self, kind: str, name: str, problem: str) -> PluginError:
         plugin = self.host.spec(kind, name).plugin
         return PluginError(f"{kind} {name!r} (plugin {plugin!r}) broke the stage contract: {problem}")
+
+
+def _check_face(face: Face, image: np.ndarray) -> None:
+    """InputError unless ``face`` is a Face whose box overlaps ``image`` (not a face of another image)."""
+    if not isinstance(face, Face):
+        raise InputError(f"face must be a Face (one of Pipeline.detect's), got {type(face).__name__}")
+    height, width = image.shape[:2]
+    x0, y0, x1, y1 = (float(v) for v in face.box)
+    if x1 < 0 or y1 < 0 or x0 > width or y0 > height:
+        box = [round(v, 1) for v in (x0, y0, x1, y1)]
+        raise InputError(f"the face's box {box} is off the {width}x{height} image: a face of another image?")
 
 
 def _scaled_face(face: Face, factor: float) -> Face:
