@@ -1,5 +1,5 @@
-"""``result.json``: what a run found and wrote, as JSON (schema in :func:`result_dict`'s docstring and
-the README's "Outputs" section; arrays rounded, short number lists kept on one line)."""
+"""``result.json``: what a run found and wrote, as JSON (its keys in the README's "result.json, key by key";
+arrays rounded, short number lists kept on one line)."""
 
 from __future__ import annotations
 
@@ -61,7 +61,10 @@ def result_dict(
                     "version": stage.version,
                     "mesh": mesh_files.get((r.face_index, stage.stage)),
                     "topology": stage.mesh.topology,
-                    "units": stage.mesh.units,
+                    # the units of the mesh files, bounds and landmarks68_3d (frames[frames.files].units);
+                    # mesh_units: the stage's own (the mesh in memory, the image frame's)
+                    "units": files.units,
+                    "mesh_units": stage.mesh.units,
                     "vertices": len(stage.mesh.vertices),
                     "triangles": len(stage.mesh.triangles),
                     "landmarks68": None if marks is None else _landmark_rows(marks),

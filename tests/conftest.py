@@ -4,6 +4,9 @@ skips with the reason on a user's machine and FAILS under CI (CI=true), where th
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +28,20 @@ def missing(message: str) -> None:
     if under_ci():
         pytest.fail(message + " (CI must have it)")
     pytest.skip(message)
+
+
+@contextmanager
+def served(out: Path) -> Iterator:
+    """`facerecon view OUT --port 0` in a thread of this process: yields the ViewerServer (its ``url``)."""
+    from facerecon.outputs.viewer import ViewerServer
+
+    server = ViewerServer(out, port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.fixture(scope="session")

@@ -178,6 +178,19 @@ def test_result_json_transforms_map_head_to_image_and_to_pixels(written, reconst
             assert np.abs(pixels - expected).max() < 0.01, (stage.stage, key)
 
 
+def test_result_json_stage_units_are_the_units_of_its_files(written, reconstruction):
+    """A stage's `units` is that of the numbers beside it (`bounds`, `landmarks68_3d`) and of its files
+    (millimetres in the head frame, the mesh's pixels in the image frame); `mesh_units` the mesh's in memory."""
+    in_memory = [stage.mesh.units for stage in reconstruction.reconstructions[0].stages]
+    assert set(in_memory) == {"px"}
+    for frame_name, units in (("head", "mm"), ("image", "px")):
+        face = json.loads((written / frame_name / "result.json").read_text())["reconstructions"][0]
+        assert face["frames"]["files"] == frame_name and face["frames"][frame_name]["units"] == units
+        assert [(s["units"], s["mesh_units"]) for s in face["stages"]] == [(units, px) for px in in_memory]
+        header = (written / frame_name / "coarse.obj").read_text().splitlines()[0]
+        assert f"{frame_name} frame, units {units}," in header
+
+
 def _apply(matrix: list[list[float]], points: np.ndarray) -> np.ndarray:
     m = np.array(matrix)
     return np.asarray(points, np.float64) @ m[:3, :3].T + m[:3, 3]
@@ -207,6 +220,17 @@ def test_every_glb_passes_the_khronos_validator(written, validate_gltf, tmp_path
         mapped = report["file"] == str(extra[0]) or report["file"].endswith("final.glb")
         attributes = glb_json(Path(report["file"]))["meshes"][0]["primitives"][0]["attributes"]
         assert ("TANGENT" in attributes) == mapped, report["file"]
+
+
+def test_the_validator_without_its_npm_package_says_how_to_install_it(tmp_path):
+    """validate.js before `make gltf-validator` (a clean clone): one line that names the command, exit 2."""
+    node = shutil.which("node")
+    if node is None:
+        missing("node is not installed (Node.js 18+ runs the Khronos glTF validator)")
+    shutil.copy(VALIDATOR / "validate.js", tmp_path)  # away from scripts/gltf-validator/node_modules
+    run = subprocess.run([node, str(tmp_path / "validate.js"), "x.glb"], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and run.stdout == ""
+    assert run.stderr.count("\n") == 1 and "run `make gltf-validator`" in run.stderr, run.stderr
 
 
 def test_glb_material_normals_and_textures(written, tmp_path, reconstruction):

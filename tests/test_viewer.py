@@ -18,13 +18,15 @@ import socket
 import struct
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import trimesh
-from conftest import REPO, missing
+from conftest import REPO, missing, served
 from PIL import Image
 
 from facerecon.cli import main
@@ -193,6 +195,52 @@ def test_a_stage_that_does_not_load_says_so_and_the_next_one_clears_it(browser, 
     assert broken["drawn"] == 0 and "medium" not in broken["info"]
     assert good["status"] == "ready" and good["message"] is None and good["drawn"] > 10_000
     assert "medium (laplace)" in good["info"]
+
+
+def test_the_page_says_why_a_mesh_or_the_photo_is_missing(browser, results, tmp_path):
+    """Served, a stage whose GLB is cut short shows the server's reason for its HTTP 500 (not only the status);
+    an input whose photo has moved, with no preview.png either, says so where the photo would be (served and
+    in the static page) instead of showing a broken image."""
+    out = shutil.copytree(results, tmp_path / "out")
+    folder = out / "image_0001"
+    glb = folder / "coarse.glb"
+    glb.write_bytes(glb.read_bytes()[:5000])
+    result = json.loads((folder / "result.json").read_text())
+    (folder / "result.json").write_text(json.dumps(result | {"input": "moved/image_0001.png"}))
+    (folder / "preview.png").unlink()
+    no_photo = "No photo: moved/image_0001.png is not where it was at the run, and image_0001 has no preview.png."
+    with served(out) as server:
+        opened, broken = probe(browser, server.url, "stage:coarse")["steps"]
+    assert opened["status"] == "ready" and opened["drawn"] > 10_000
+    assert (opened["photo"], opened["photo_note"]) == ("missing", no_photo)
+    assert broken["status"] == "error" and broken["drawn"] == 0
+    reason = f"{glb}: not a whole binary glTF file (empty or truncated?)"
+    assert broken["message"] == f"Could not load coarse mesh: the server answered 500: {reason}"
+    assert main(["view", str(out), "--static"]) == 0  # coarse left out of the page
+    (opened,) = probe(browser, (out / "index.html").as_uri())["steps"]
+    assert opened["status"] == "ready" and (opened["photo"], opened["photo_note"]) == ("missing", no_photo)
+
+
+def test_a_lone_mesh_file_is_viewed_as_one_input_of_one_stage(browser, results, capsys):
+    """`facerecon view FILE.glb` (or .obj, .ply): the file is the page's one input, its one stage named by the
+    file, drawn, with no photo nor landmarks; --static refuses it (the page is a folder's index.html)."""
+    glb = results / "image_0001" / "medium.glb"
+    with served(glb) as server:
+        report = probe(browser, server.url)
+        with urllib.request.urlopen(f"{server.url}mesh/0/medium.glb", timeout=30) as response:
+            assert response.read() == glb.read_bytes()
+        with pytest.raises(urllib.error.HTTPError, match="404"):
+            urllib.request.urlopen(f"{server.url}photo/0", timeout=30)
+    assert report["console_errors"] == [] and report["page_errors"] == []
+    (opened,) = report["steps"]
+    assert opened["status"] == "ready" and opened["inputs"] == ["medium.glb"] and opened["stages"] == ["medium"]
+    assert opened["info"] == "medium.glb · medium · 28,881 vertices" and opened["drawn"] > 10_000
+    assert opened["photo"] == "missing" and not opened["landmarks_available"]
+    assert opened["photo_note"] == f"{glb}: a mesh file alone, without a photo or landmarks."
+    (entry,) = find_entries(results / "image_0001" / "coarse.obj")  # an OBJ: converted to GLB when served
+    assert entry.lone and [s.stage for s in entry.stages] == ["coarse"] and entry.stages[0].landmarks68 is None
+    assert main(["view", str(glb), "--static"]) == 2
+    assert "medium.glb: --static writes a folder's index.html" in capsys.readouterr().err
 
 
 def test_a_browser_without_webgl_gets_a_message_not_a_blank_page(browser, results):

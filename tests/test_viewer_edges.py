@@ -5,8 +5,10 @@ dropped connection), and a video's results one level down (OUT/<video>/frame_<i>
 
 from __future__ import annotations
 
+import html
 import json
 import shutil
+import socket
 import threading
 import urllib.error
 import urllib.request
@@ -18,10 +20,11 @@ from PIL import Image
 
 from facerecon.cli import main
 from facerecon.outputs.viewer import ViewerAssetsMissing, ViewerServer, find_entries
+from facerecon.outputs.viewer import server as server_module
 from facerecon.outputs.viewer.assets import bundle_js
 from facerecon.outputs.viewer.page import mesh_bytes
 from facerecon.video import write_video
-from tests.conftest import missing
+from tests.conftest import missing, served
 
 
 @pytest.fixture(scope="module")
@@ -152,3 +155,57 @@ def test_landmarks_reach_the_page_as_numbers_only(results, tmp_path, caplog):
     assert main(["view", str(out), "--static"]) == 0
     (entry,) = page_data(out / "index.html")["entries"]
     assert [s["landmarks68"] is None for s in entry["stages"]] == [True, False]
+
+
+def raw_request(server: ViewerServer, method: str, path: str) -> tuple[bytes, bytes]:
+    """The status line + headers, and the body, exactly as the server sent them (HTTP/1.0: it closes)."""
+    with socket.create_connection(("127.0.0.1", server.server_port), timeout=30) as sock:
+        sock.sendall(f"{method} /{path} HTTP/1.0\r\n\r\n".encode())
+        answer = b"".join(iter(lambda: sock.recv(65536), b""))
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return head, body
+
+
+def test_head_is_answered_as_get_without_the_body(results):
+    with served(results) as server:
+        for path, status in (("", 200), ("mesh/0/coarse.glb", 200), ("photo/0", 200), ("nothing", 404)):
+            head, body = raw_request(server, "HEAD", path)
+            get_head, get_body = raw_request(server, "GET", path)
+            assert head.startswith(f"HTTP/1.0 {status} ".encode()) and body == b"", (path, head, body[:100])
+            assert f"Content-Length: {len(get_body)}".encode() in head.split(b"\r\n"), (path, head)
+            assert get_head.startswith(f"HTTP/1.0 {status} ".encode()) and len(get_body) > 0
+
+
+def test_the_served_meshes_kept_in_memory_are_bounded(results, monkeypatch):
+    """Clicking through a folder keeps the least recently served meshes out of memory beyond the bound
+    (here one mesh's size): a mesh served again while kept is not converted again, an evicted one is."""
+    converted: list[str] = []
+
+    def counting(path: Path) -> bytes:
+        converted.append(path.name)
+        return mesh_bytes(path)
+
+    monkeypatch.setattr(server_module, "mesh_bytes", counting)
+    with served(results) as server:
+        server.mesh_cache_bytes = len(mesh_bytes(results / "image_0001" / "medium.obj")) * 3 // 2
+        for stage in ("coarse", "medium", "medium", "coarse", "coarse"):
+            status, body = get(f"{server.url}mesh/0/{stage}.glb")
+            assert status == 200 and body[:4] == b"glTF"
+            assert sum(map(len, server._meshes.values())) <= server.mesh_cache_bytes
+    assert converted == ["coarse.obj", "medium.obj", "coarse.obj"]
+
+
+def test_folder_names_that_look_like_the_page_template_stay_names(results, tmp_path):
+    """The page's title and labels come from folder names: one holding the template's placeholders or markup
+    shows as that name (escaped), never as the page's data or script, and the page carries the bundle once."""
+    name = "{{SCRIPT}} {{DATA}} <b>{{TITLE}}"
+    out = tmp_path / name
+    shutil.copytree(results / "image_0001", out / "{{DATA}}<i>")
+    assert main(["view", str(out), "--static"]) == 0
+    text = (out / "index.html").read_text(encoding="utf-8")
+    title = f"facerecon — {html.escape(name)}"
+    assert f"<title>{title}</title>" in text and f"<h1>{title}</h1>" in text
+    assert text.count(bundle_js()) == 1
+    assert [e["label"] for e in page_data(out / "index.html")["entries"]] == ["{{DATA}}<i>"]
+    outside_the_bundle = text.replace(bundle_js(), "")
+    assert "<b>" not in outside_the_bundle and "<i>" not in outside_the_bundle

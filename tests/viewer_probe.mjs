@@ -5,8 +5,9 @@
 //
 // After the page opens and after each click it waits for body[data-status] to be ready or error, and
 // records the status, the stage chosen, the info line, the message shown (null when hidden), the entries
-// and stages listed, whether the normal-map toggle is enabled, and how many pixels of the 3D view differ from its background (0: nothing drawn). The report also
-// lists the console errors and page errors. WebGL runs on SwiftShader; --no-webgl turns it off.
+// and stages listed, whether the normal-map and landmarks toggles are enabled, the photo's status (shown or
+// missing, once it is no longer loading) and the note shown instead of it, and how many pixels of the 3D view
+// differ from its background (0: nothing drawn). The report also lists the console errors and page errors. WebGL runs on SwiftShader; --no-webgl turns it off.
 
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -37,6 +38,7 @@ try {
   page.on('pageerror', (e) => report.page_errors.push(String(e)));
   const step = async (action) => {
     await page.waitForSelector('body[data-status="ready"], body[data-status="error"]', { timeout: 60000 });
+    await page.waitForSelector('#photo-box:not([data-status="loading"])', { state: 'attached', timeout: 60000 });
     report.steps.push({
       action,
       ...(await page.evaluate(() => {
@@ -62,6 +64,9 @@ try {
           inputs: [...document.querySelectorAll('#inputs li')].map((li) => li.textContent),
           stages: [...document.querySelectorAll('#stages button')].map((b) => b.dataset.stage),
           normal_map_available: !document.getElementById('normal-map').disabled,
+          landmarks_available: !document.getElementById('landmarks').disabled,
+          photo: document.getElementById('photo-box').dataset.status ?? null,
+          photo_note: document.getElementById('photo-note').hidden ? null : document.getElementById('photo-note').textContent,
           drawn,
         };
       })),

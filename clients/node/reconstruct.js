@@ -302,6 +302,7 @@ function clientResult(text, faces, resultFile) {
     entry.frames.files = 'image';
     entry.stages.forEach((stage, s) => {
       const v = stages[s];
+      stage.units = entry.frames.image.units; // the OBJ's (image frame), as bounds and landmarks68_3d below
       stage.mesh = s === stages.length - 1 ? path.relative(path.dirname(path.resolve(resultFile)), path.resolve(file)) : null;
       if (stage.landmarks68_3d) stage.landmarks68_3d = stage.landmarks68_3d.map((p) => p && toImage(p));
       const lo = [Infinity, Infinity, Infinity];

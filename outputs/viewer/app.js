@@ -4,8 +4,8 @@
 // inlines into the page (outputs/viewer/page.py). The page carries its data as JSON in
 // <script id="facerecon-data">: a list of entries (one per input photo and face), each with its stages
 // (mesh URL: a server path or a data: URL in the static index.html), the 68 landmarks per stage in image
-// pixels, the photo's URL and size. Rendering is on demand (after a change, not every frame): cheap on a
-// laptop's battery and on software WebGL.
+// pixels, the photo's URL (null for a mesh file viewed alone) and size. Rendering is on demand (after a
+// change, not every frame): cheap on a laptop's battery and on software WebGL.
 
 import * as THREE from 'three';
 import { OrbitControls } from 'three/examples/jsm/controls/OrbitControls.js';
@@ -81,9 +81,20 @@ new ResizeObserver(resize).observe(canvas.parentElement);
 
 function loadMesh(url) {
   if (!gltfCache.has(url)) {
-    gltfCache.set(url, new Promise((resolve, reject) => loader.load(url, (g) => resolve(prepare(g.scene)), undefined, reject)));
+    const loaded = new Promise((resolve, reject) => loader.load(url, (g) => resolve(prepare(g.scene)), undefined, reject));
+    gltfCache.set(url, loaded.catch(async (error) => {
+      throw new Error(await loadError(error));
+    }));
   }
   return gltfCache.get(url);
+}
+
+// Why a mesh did not load: for an HTTP error of `facerecon view`, the server's reason (the body it sends),
+// not only the status.
+async function loadError(error) {
+  if (!error.response) return error.message || String(error);
+  const reason = await error.response.text().catch(() => '');
+  return `the server answered ${error.response.status}${reason ? `: ${reason}` : ` ${error.response.statusText}`}`;
 }
 
 // Smooth normals where the file has none; remember each material's maps so the toggles can restore them.
@@ -216,7 +227,7 @@ async function showStage(name) {
     // Nothing of the previous choice stays on screen under this one's name.
     stageRoot.clear();
     landmarkRoot.clear();
-    $('info').textContent = `${entry.label} · ${stage.stage} (${stage.plugin})`;
+    $('info').textContent = `${entry.label} · ${stageName(stage)}`;
     showMessage(`Could not load ${stage.stage} mesh: ${error.message || error}`);
     updateHash();
     render();
@@ -235,6 +246,7 @@ async function showStage(name) {
   normalToggle.disabled = !hasNormalMap(root);
   normalToggle.title = normalToggle.disabled ? 'this stage has no normal map' : 'apply the normal map';
   $('texture').disabled = !materialsOf(root).some((m) => m.userData.map);
+  $('landmarks').disabled = !stage.landmarks68;
   showInfo(entry, stage, root);
   applyToggles();
   updateHash();
@@ -245,10 +257,7 @@ function showEntry(index, stageName) {
   state.entry = data.entries[index];
   for (const li of document.querySelectorAll('#inputs li')) li.classList.toggle('on', Number(li.dataset.index) === index);
   const entry = state.entry;
-  $('photo').src = entry.photo;
-  // Where the photo has moved since the run, the folder's preview.png stands in (no landmarks on it).
-  $('photo').alt = entry.photo_is_preview ? `preview of ${entry.label} (the photo is not at ${entry.input})` : `the photo of ${entry.label}`;
-  $('photo-box').classList.toggle('preview', entry.photo_is_preview);
+  showPhoto(entry);
   const stages = $('stages');
   stages.innerHTML = '';
   for (const s of entry.stages) {
@@ -261,12 +270,48 @@ function showEntry(index, stageName) {
   return showStage(stageName || state.stage || entry.stages[entry.stages.length - 1].stage);
 }
 
+// The photo beside the mesh, or a line saying why there is none. `data-status` on #photo-box: loading,
+// shown or missing.
+function showPhoto(entry) {
+  const photo = $('photo');
+  const box = $('photo-box');
+  const missing = (text) => {
+    photo.hidden = true;
+    photo.removeAttribute('src');
+    $('photo-note').textContent = text;
+    $('photo-note').hidden = false;
+    box.dataset.status = 'missing';
+  };
+  const why = entry.photo_is_preview
+    ? `No photo: ${entry.input} is not where it was at the run, and ${entry.label} has no preview.png.`
+    : `The photo ${entry.input} could not be loaded.`;
+  photo.hidden = false;
+  $('photo-note').hidden = true;
+  // Where the photo has moved since the run, the folder's preview.png stands in (no landmarks on it).
+  photo.alt = entry.photo_is_preview ? `preview of ${entry.label} (the photo is not at ${entry.input})` : `the photo of ${entry.label}`;
+  box.classList.toggle('preview', entry.photo_is_preview);
+  if (entry.photo === null) return missing(`${entry.input}: a mesh file alone, without a photo or landmarks.`);
+  if (!entry.photo) return missing(why); // the static page: neither the photo nor preview.png could be read
+  box.dataset.status = 'loading';
+  photo.onload = () => {
+    if (state.entry === entry) box.dataset.status = 'shown';
+  };
+  photo.onerror = () => {
+    if (state.entry === entry) missing(why);
+  };
+  photo.src = entry.photo;
+}
+
+function stageName(stage) {
+  return stage.plugin ? `${stage.stage} (${stage.plugin})` : stage.stage;
+}
+
 function showInfo(entry, stage, root) {
   let vertices = 0;
   root.traverse((n) => {
     if (n.isMesh) vertices += n.geometry.attributes.position.count;
   });
-  $('info').textContent = `${entry.label} · ${stage.stage} (${stage.plugin}) · ${vertices.toLocaleString('en')} vertices`;
+  $('info').textContent = `${entry.label} · ${stageName(stage)} · ${vertices.toLocaleString('en')} vertices`;
 }
 
 function showMessage(text) {

@@ -2,7 +2,8 @@
 
 :func:`find_entries` reads ``OUT/<stem>/result.json`` (or ``OUT/result.json`` for one input's folder):
 one :class:`Entry` per reconstructed face, each with its stages' meshes (the stage's ``.glb``; an OBJ or
-PLY is converted to GLB in memory when no GLB was written), the 68 landmarks per stage and the photo.
+PLY is converted to GLB in memory when no GLB was written), the 68 landmarks per stage and the photo. A
+mesh file given alone (``facerecon view coarse.glb``) is one entry of one stage, without photo or landmarks.
 :func:`render_page` fills the HTML template with the entries, as URLs of the server
 (:mod:`.server`) or, for the static ``index.html``, as ``data:`` URLs embedded in the page (browsers
 refuse ``fetch()`` of local files from a ``file://`` page, so a page that opens by double-click must
@@ -16,6 +17,7 @@ import html
 import io
 import json
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -59,7 +61,8 @@ class StageView:
 @dataclass(frozen=True)
 class Entry:
     """One reconstructed face of one input: ``id`` unique in the folder (``<folder>`` or
-    ``<folder>/face<i>``), ``image_size`` (width, height) of the photo the landmarks refer to."""
+    ``<folder>/face<i>``), ``image_size`` (width, height) of the photo the landmarks refer to; ``lone``: a
+    mesh file given alone, with no photo (nor preview.png) to show."""
 
     id: str
     label: str
@@ -69,15 +72,19 @@ class Entry:
     image_size: tuple[int, int]
     photo: Path | None
     stages: tuple[StageView, ...]
+    lone: bool = False
 
 
 def find_entries(out: str | Path) -> list[Entry]:
     """Every reconstructed face under ``out`` (an output folder of ``facerecon reconstruct``, or one of
-    its ``<stem>/`` folders), a video's frames (``<video>/frame_<i>/``) included. Raises
-    :class:`InputError` when there is none."""
+    its ``<stem>/`` folders), a video's frames (``<video>/frame_<i>/``) included, or a mesh file alone (a
+    ``.glb``, ``.obj`` or ``.ply``). Raises :class:`InputError` when there is none."""
     out = Path(out)
+    if out.is_file() and out.suffix.lower() in MESH_SUFFIXES:
+        stage = StageView(out.stem, "", out, None, None)
+        return [Entry(out.name, out.name, str(out), out.parent, 0, (0, 0), None, (stage,), lone=True)]
     if not out.is_dir():
-        what = "a file, not a folder" if out.exists() else "no such folder"
+        what = "a file, not a folder nor a .glb, .obj or .ply mesh" if out.exists() else "no such folder"
         raise InputError(f"{out}: {what} (give the -o folder of `facerecon reconstruct`)")
     if (out / "result.json").is_file():
         folders = [out]
@@ -199,6 +206,8 @@ def _find_photo(source: str, out: Path, size: tuple[int, int]) -> Path | None:
 def photo_bytes(entry: Entry) -> tuple[bytes, str]:
     """The photo as a JPEG shrunk to :data:`PHOTO_MAX_SIDE` (or, where the photo is gone, the folder's
     preview.png) and its MIME type."""
+    if entry.lone:
+        raise InputError(f"{entry.input}: a mesh file alone has no photo")
     if entry.photo is None:
         return (entry.folder / "preview.png").read_bytes(), "image/png"
     try:
@@ -242,7 +251,7 @@ def page_data(entries: list[Entry], mesh_url: Callable[[int, StageView], str], p
                 "label": e.label,
                 "input": e.input,
                 "image_size": list(e.image_size),
-                "photo": photo_url(i),
+                "photo": None if e.lone else photo_url(i),
                 "photo_is_preview": e.photo is None,
                 "stages": [
                     {
@@ -261,12 +270,15 @@ def page_data(entries: list[Entry], mesh_url: Callable[[int, StageView], str], p
 
 
 def render_page(title: str, data: dict) -> str:
-    """The viewer page: the template with the title, the data (JSON, safe inside ``<script>``) and the
-    bundled JavaScript inlined."""
-    script = bundle_js()
-    text = json.dumps(data, separators=(",", ":")).replace("<", "\\u003c")  # no "</script>" in the data
-    page = page_template().replace("{{TITLE}}", html.escape(title)).replace("{{DATA}}", text)
-    return page.replace("{{SCRIPT}}", script)  # last: the bundle is not searched for placeholders
+    """The viewer page: the template with the title (escaped), the data (JSON, safe inside ``<script>``) and
+    the bundled JavaScript inlined. One pass over the template: a value is never searched for placeholders
+    (a folder named ``{{SCRIPT}}`` stays that name)."""
+    values = {
+        "TITLE": html.escape(title),
+        "DATA": json.dumps(data, separators=(",", ":")).replace("<", "\\u003c"),  # no "</script>" in the data
+        "SCRIPT": bundle_js(),
+    }
+    return re.sub(r"\{\{(TITLE|DATA|SCRIPT)\}\}", lambda m: values[m[1]], page_template())
 
 
 def _data_url(data: bytes, mime: str) -> str:
@@ -286,6 +298,8 @@ def write_static_page(out: str | Path) -> Path:
     """Write ``OUT/index.html``: the viewer with every mesh and photo embedded (opens from ``file://``,
     no server, no network). Returns its path."""
     out = Path(out)
+    if out.is_file() and out.suffix.lower() in MESH_SUFFIXES:
+        raise InputError(f"{out}: --static writes a folder's index.html; serve a lone mesh file: facerecon view {out}")
     found = find_entries(out)
     bundle_js()  # built and installed: else a clear error before the work
     meshes: dict[Path, str] = {}

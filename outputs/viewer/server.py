@@ -2,7 +2,8 @@
 
 Routes: ``/`` the page (the folder is read again on each load, so a reload shows new results),
 ``/mesh/<entry>/<stage>.glb`` a stage's mesh, ``/photo/<entry>`` the photo. Nothing else of the disk is
-reachable: paths are never joined from the request. Stops on Ctrl-C.
+reachable: paths are never joined from the request. HEAD is answered as GET, without the body. Stops on
+Ctrl-C.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import errno
 import logging
 import threading
+from collections import OrderedDict
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -20,6 +22,10 @@ from facerecon.outputs.viewer.assets import bundle_js
 from facerecon.outputs.viewer.page import Entry, find_entries, mesh_bytes, page_data, photo_bytes, render_page
 
 log = logging.getLogger("facerecon.viewer")
+
+MESH_CACHE_BYTES = 64 * 2**20
+"""The served meshes (GLB, an OBJ / PLY converted) kept for the next request, at most this many bytes: the
+least recently served go first, so clicking through a large folder does not grow the server's memory."""
 
 
 class ViewerServer(ThreadingHTTPServer):
@@ -35,7 +41,8 @@ class ViewerServer(ThreadingHTTPServer):
         self.entries: list[Entry] = find_entries(self.out)  # a folder without results fails before binding
         bundle_js()  # so does an installation without the viewer's JavaScript
         self._lock = threading.Lock()
-        self._meshes: dict[tuple[Path, int, int], bytes] = {}  # (file, mtime, size) -> GLB (conversions)
+        self._meshes: OrderedDict[tuple[Path, int, int], bytes] = OrderedDict()  # (file, mtime, size) -> GLB
+        self.mesh_cache_bytes = MESH_CACHE_BYTES
         try:
             super().__init__((host, port), _Handler)
         except OSError as exc:
@@ -62,11 +69,21 @@ class ViewerServer(ThreadingHTTPServer):
         return render_page(f"facerecon — {self.out.resolve().name}", data).encode("utf-8")
 
     def mesh(self, path: Path) -> bytes:
+        """The file's mesh as GLB, from the cache while the file is unchanged (:data:`MESH_CACHE_BYTES`)."""
         stat = path.stat()
         key = (path, stat.st_mtime_ns, stat.st_size)
-        if key not in self._meshes:
-            self._meshes = {key: mesh_bytes(path)} | {k: v for k, v in self._meshes.items() if k[0] != path}
-        return self._meshes[key]
+        with self._lock:
+            if key in self._meshes:
+                self._meshes.move_to_end(key)
+                return self._meshes[key]
+        data = mesh_bytes(path)  # outside the lock: a conversion takes a while
+        with self._lock:
+            for old in [k for k in self._meshes if k[0] == path]:  # an older version of the file
+                del self._meshes[old]
+            self._meshes[key] = data
+            while len(self._meshes) > 1 and sum(map(len, self._meshes.values())) > self.mesh_cache_bytes:
+                self._meshes.popitem(last=False)
+        return data
 
     def entry(self, index: str) -> Entry | None:
         with self._lock:
@@ -88,7 +105,8 @@ class _Handler(BaseHTTPRequestHandler):
                 stage = next((s for s in entry.stages if s.stage == parts[2][:-4]), None) if entry else None
                 if stage is not None:
                     return self._send(self.server.mesh(stage.mesh), "model/gltf-binary")
-            if len(parts) == 2 and parts[0] == "photo" and (entry := self.server.entry(parts[1])) is not None:
+            entry = self.server.entry(parts[1]) if len(parts) == 2 and parts[0] == "photo" else None
+            if entry is not None and not entry.lone:  # a mesh file alone has no photo
                 return self._send(*photo_bytes(entry))
             if parts == ["favicon.ico"]:
                 return self._send(b"", "image/x-icon", HTTPStatus.NO_CONTENT)
@@ -97,13 +115,17 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(str(exc).encode(), "text/plain; charset=utf-8", HTTPStatus.INTERNAL_SERVER_ERROR)
         self._send(b"not found", "text/plain; charset=utf-8", HTTPStatus.NOT_FOUND)
 
+    def do_HEAD(self) -> None:  # noqa: N802
+        self.do_GET()  # _send leaves the body out
+
     def _send(self, body: bytes, content_type: str, status: HTTPStatus = HTTPStatus.OK) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")  # results are rewritten in place by the next run
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (http.server's signature)
         log.debug("%s %s", self.address_string(), format % args)

@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // Validate .glb / .gltf files with the Khronos glTF validator (npm gltf-validator).
 //
+//   make gltf-validator     # once: npm ci here (the locked package-lock.json)
 //   node scripts/gltf-validator/validate.js a.glb b.glb ...
 //
 // Prints one JSON line per file: {"file", "errors", "warnings", "infos", "hints", "messages": [...]},
@@ -10,7 +11,14 @@
 
 const fs = require('fs');
 const path = require('path');
-const validator = require('gltf-validator');
+let validator;
+try {
+  validator = require('gltf-validator');
+} catch (error) {
+  if (error.code !== 'MODULE_NOT_FOUND') throw error;
+  console.error('validate.js: npm gltf-validator is not installed: run `make gltf-validator` (npm ci in scripts/gltf-validator) first');
+  process.exit(2);
+}
 
 async function validate(file) {
   const bytes = new Uint8Array(fs.readFileSync(file));
