@@ -90,13 +90,10 @@ def test_the_format_names_in_help_are_the_loaders():
     assert ", ".join(LOADERS) == models_command.FORMATS
 
 
-def test_an_unreadable_model_file_is_a_usage_error(sfm_file, tmp_path, capsys, monkeypatch):
-    """Permission denied on open (simulated: root reads everything) was a PermissionError traceback."""
+def refuse_to_open(monkeypatch, locked: Path) -> None:
+    """Permission denied on opening ``locked`` (simulated: root reads everything)."""
     import pathlib
 
-    locked = tmp_path / "locked.npz"
-    assert main(["models", "convert", str(sfm_file), str(locked)]) == 0
-    capsys.readouterr()
     real_open = pathlib.Path.open
 
     def refuse(self, *args, **kwargs):
@@ -105,6 +102,15 @@ def test_an_unreadable_model_file_is_a_usage_error(sfm_file, tmp_path, capsys, m
         return real_open(self, *args, **kwargs)
 
     monkeypatch.setattr(pathlib.Path, "open", refuse)
+
+
+def test_an_unreadable_model_file_is_a_usage_error(sfm_file, tmp_path, capsys, monkeypatch):
+    """Permission denied on open (simulated: root reads everything) was a PermissionError traceback."""
+
+    locked = tmp_path / "locked.npz"
+    assert main(["models", "convert", str(sfm_file), str(locked)]) == 0
+    capsys.readouterr()
+    refuse_to_open(monkeypatch, locked)
     assert main(["models", "info", str(locked)]) == 2
     assert f"{locked}: cannot be read (Permission denied)" in capsys.readouterr().err
 
@@ -112,7 +118,6 @@ def test_an_unreadable_model_file_is_a_usage_error(sfm_file, tmp_path, capsys, m
 def test_list_verify_marks_an_unreadable_entry_and_lists_the_others(sfm_file, tmp_path, capsys, monkeypatch):
     """`models list --verify` stopped at the first file it could not read (exit 2, the rest unlisted)."""
     import hashlib
-    import pathlib
 
     digest = hashlib.sha256(sfm_file.read_bytes()).hexdigest()
     locked = tmp_path / "locked.bin"
@@ -123,14 +128,7 @@ def test_list_verify_marks_an_unreadable_entry_and_lists_the_others(sfm_file, tm
         f'[models.b_sfm]\npath = "{sfm_file}"\nsha256 = "{digest}"\n'
     )
     monkeypatch.setenv("FACERECON_MODELS", str(catalogue))
-    real_open = pathlib.Path.open
-
-    def refuse(self, *args, **kwargs):
-        if self.name == locked.name:
-            raise PermissionError(13, "Permission denied", str(self))
-        return real_open(self, *args, **kwargs)
-
-    monkeypatch.setattr(pathlib.Path, "open", refuse)
+    refuse_to_open(monkeypatch, locked)
     assert main(["models", "list", "--verify"]) == 1
     out = capsys.readouterr().out
     assert "a_locked" in out and "[UNREADABLE]" in out
