@@ -90,7 +90,11 @@ class TokenInterceptor(grpc.ServerInterceptor):
         if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self._expected):
             return handler
 
+        method = handler_call_details.method
+
         def refuse(request: Any, context: grpc.ServicerContext) -> Any:
+            reason = "wrong bearer token" if "authorization" in metadata else "no bearer token"
+            log.warning("%s from %s: UNAUTHENTICATED: %s", method, context.peer(), reason)  # never the token
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
 
         return _rewrap(handler, refuse)

@@ -174,13 +174,15 @@ class RemoteStage:
             )
         self.options = options
         self.target = grpc_target(options.address)
+        token = options.token_file.read_text().strip() if options.token_file else None
+        if options.token_file and not token:  # else every call would go without one: UNAUTHENTICATED
+            raise ConfigError(f"the remote {self.kind}'s token_file {options.token_file} is empty")
         from .kinds import service_for  # the generated gRPC stubs: loaded by the first remote stage
 
         service = service_for(self.kind)
         self._key, self.channel = CHANNELS.acquire(self.target, service.service, options)
         self._closed = False
         self.stub: Any = service.stub(self.channel)
-        token = options.token_file.read_text().strip() if options.token_file else None
         self._metadata = (("authorization", f"Bearer {token}"),) if token else None
         try:
             self.info = self._wait_for_info()

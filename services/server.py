@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import ssl
 import sys
 import threading
 from concurrent import futures
@@ -116,6 +117,25 @@ class ServerSettings:
     def address(self) -> str:
         host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") else self.host
         return f"{host}:{self.port}"
+
+
+def _check_tls_files(cert: Path, key: Path, client_ca: Path | None) -> None:
+    """Load the PEM files as a TLS server would, so that a bad one is one clear ServeError (gRPC itself only
+    logs a few lines of its own and then fails to bind). OSError when a file cannot be read."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(cert, key, password=b"")  # gRPC reads no encrypted keys; never prompt for one
+    except ssl.SSLError as exc:
+        raise ServeError(
+            f"--tls-cert {cert} and --tls-key {key} are not a PEM certificate chain and its unencrypted private "
+            f"key ({exc.reason or 'not PEM'})"
+        ) from None
+    if client_ca is not None:
+        try:
+            context.load_verify_locations(cafile=client_ca)
+        except ssl.SSLError as exc:
+            reason = exc.reason or "not PEM"
+            raise ServeError(f"--tls-client-ca {client_ca} holds no PEM certificate ({reason})") from None
 
 
 # -- the server ----------------------------------------------------------------------------------
@@ -246,9 +266,11 @@ class Server:
         try:
             if settings.tls:
                 assert settings.tls_cert is not None and settings.tls_key is not None
+                key, cert = settings.tls_key.read_bytes(), settings.tls_cert.read_bytes()
                 client_ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca else None
+                _check_tls_files(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
                 credentials = grpc.ssl_server_credentials(
-                    [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())],
+                    [(key, cert)],
                     root_certificates=client_ca,
                     require_client_auth=client_ca is not None,
                 )
@@ -303,6 +325,7 @@ class Server:
         This is a server process's main loop: calls still running when the grace period ends are cancelled
         for their clients, but Python cannot stop their threads and interpreter exit would wait for them, so
         the process then ends at once (``os._exit``) with their models left open, never closed under them.
+        So does a signal that comes while the model is still loading or warming up (a pod deleted as it starts).
         """
         stop = threading.Event()
         previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -317,8 +340,11 @@ class Server:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-        if self.loader.borrowed:
-            log.warning("%d call(s) still running after the grace period abandoned; exiting", self.loader.borrowed)
+        if self.loader.borrowed or not self.loader.done.is_set():
+            if self.loader.borrowed:
+                log.warning("%d call(s) still running after the grace period abandoned; exiting", self.loader.borrowed)
+            else:  # the model is still loading or warming up: interpreter exit would wait for it, or crash under it
+                log.info("stopped while the model was still loading; exiting without waiting for it")
             logging.shutdown()
             sys.stdout.flush()
             sys.stderr.flush()

@@ -166,15 +166,17 @@ def serving(server: Any, timeout: float = 60.0) -> Iterator[str]:
         server.stop(0)
 
 
-def slow_server_script(seconds: float, grace_s: float) -> str:
-    """Python source of a server process for the "slow" refiner (``seconds`` per call, ``grace_s`` on
-    SIGTERM) on a free port: prints "facerecon: serving on HOST:PORT", then serves until a signal."""
+def slow_server_script(seconds: float, grace_s: float, warm_seconds: float = 0.0) -> str:
+    """Python source of a server process for the "slow" refiner (``seconds`` per call, ``warm_seconds`` of
+    warm-up, ``grace_s`` on SIGTERM) on a free port: prints "facerecon: serving on HOST:PORT", then serves
+    until a signal."""
+    options = {"seconds": seconds, "warm_seconds": warm_seconds}
     return f"""
 import logging, sys
 logging.basicConfig(level=logging.INFO)
 from services_support import toy_host
 from facerecon.services.server import Server, ServerSettings
-server = Server.for_stage("refiner", "slow", host=toy_host(), options={{"seconds": {seconds!r}}},
+server = Server.for_stage("refiner", "slow", host=toy_host(), options={options!r},
                           settings=ServerSettings(port=0, grace_s={grace_s!r}))
 server.start()
 print(f"facerecon: serving on {{server.endpoint}}", flush=True)

@@ -656,7 +656,9 @@ def reference_face(message: pb.Face) -> dict | None:
     if (marks.HasField("visibility") and visibility is None) or (message.HasField("head_pose") and pose is None):
         return None
     box = as_float32(box)
-    if box.shape != (4,) or not (box[0] < box[2] and box[1] < box[3]) or not 0.0 <= message.score <= 1.0:
+    if box.shape != (4,) or not np.isfinite(box).all() or not (box[0] < box[2] and box[1] < box[3]):
+        return None
+    if not 0.0 <= message.score <= 1.0:
         return None
     points = as_float32(points)
     if points.shape[1] == 2:
@@ -667,7 +669,7 @@ def reference_face(message: pb.Face) -> dict | None:
         return None
     if visibility is not None and visibility.shape != (len(points),):
         return None
-    if pose is not None and pose.shape != (4, 4):
+    if pose is not None and (pose.shape != (4, 4) or not np.isfinite(as_float32(pose)).all()):
         return None
     return {
         "box": box,

@@ -232,3 +232,34 @@ def test_a_call_running_past_the_grace_period_does_not_hold_the_exit(tmp_path):
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_sigterm_while_the_model_warms_up_exits_at_once(tmp_path):
+    """A pod deleted while its model still loads: the server used to wait for the 30 s warm-up (past any
+    grace period, so Kubernetes' SIGKILL), and `serve pipeline` crashed at exit (status 120, "Exception
+    ignored" on stderr) when its loader thread was still importing."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", slow_server_script(seconds=0.1, grace_s=0.5, warm_seconds=30.0)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=subprocess_env(),
+    )
+    try:
+        address = process.stdout.readline().strip().rsplit(" ", 1)[-1]
+        with grpc.insecure_channel(address) as channel:
+            grpc.channel_ready_future(channel).result(timeout=20)
+            info = stages_pb2_grpc.RefinerStub(channel).Info
+            assert status_of(lambda: info(stages_pb2.InfoRequest(), timeout=5)) == grpc.StatusCode.UNAVAILABLE
+        sent = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+        took = time.monotonic() - sent
+        assert took < 3.0, f"exit took {took:.1f} s after SIGTERM"
+        err = process.stderr.read()
+        assert "stopped while the model was still loading" in err
+        assert "Traceback" not in err and "Exception ignored" not in err
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

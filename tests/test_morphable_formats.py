@@ -534,7 +534,7 @@ def test_not_the_format_the_name_says(tmp_path):
     with pytest.raises(ModelFileError, match=r"model\.mat: not a MATLAB \.mat file"):
         load_model(tmp_path / "model.mat")
     (tmp_path / "list.pkl").write_bytes(pickle.dumps([1, 2, 3]))
-    with pytest.raises(ModelFileError, match=r"list\.pkl: expected a pickled dict .*found a list"):
+    with pytest.raises(ModelFileError, match=r"list\.pkl: expected a pickled dict .*found list"):
         load_model(tmp_path / "list.pkl")
     (tmp_path / "model.npz").write_text("nope")
     with pytest.raises(ModelFileError, match=r"model\.npz: not an \.npz \(zip\) archive"):

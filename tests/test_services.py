@@ -7,6 +7,7 @@ the shutdown test, which signals a `python -m facerecon.services serve`-style su
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -378,6 +379,30 @@ def test_bearer_token(host, tmp_path):
             image = np.zeros((32, 32, 3), np.uint8)
             face = Face([1, 1, 20, 20], 0.9, Landmarks("s", np.ones((3, 3))))
             assert refiner.refine(image, face, Mesh(np.eye(3), [[0, 1, 2]], "t"), None).topology == "t"
+        (tmp_path / "empty").write_text("\n")  # used to send no token at all: UNAUTHENTICATED on every call
+        with pytest.raises(ConfigError, match="the remote refiner's token_file .*empty is empty"):
+            RemoteRefiner(RemoteOptions(address=address, token_file=tmp_path / "empty", connect_timeout_s=1))
+
+
+def test_a_refused_token_is_one_log_line_without_the_token(host, caplog):
+    """Refusals used to leave no trace on the server: an operator could not see a misconfigured client."""
+    server = Server.for_stage(
+        "refiner", "slow", host=host, options={"seconds": 0}, settings=replace(ANY_PORT, token="s3cret")
+    )
+    with serving(server) as address, grpc.insecure_channel(address) as channel:
+        info = stages_pb2_grpc.RefinerStub(channel).Info
+        caplog.clear()
+        with caplog.at_level("INFO", logger="facerecon.services"):
+            for metadata in ((), (("authorization", "Bearer guess-s3cret"),), (("authorization", "Bearer s3cret"),)):
+                try:
+                    info(stages_pb2.InfoRequest(), timeout=5, metadata=metadata)
+                except grpc.RpcError as exc:
+                    assert exc.code() == grpc.StatusCode.UNAUTHENTICATED
+    lines = [r.getMessage() for r in caplog.records if r.name == "facerecon.services"]
+    assert len(lines) == 2, lines  # one per refused call, none for the accepted one
+    assert "/facerecon.v1.Refiner/Info from ipv" in lines[0] and lines[0].endswith("UNAUTHENTICATED: no bearer token")
+    assert lines[1].endswith("UNAUTHENTICATED: wrong bearer token")
+    assert not any("s3cret" in line or "\n" in line for line in lines)
 
 
 @pytest.fixture(scope="module")
@@ -401,6 +426,33 @@ def test_tls_with_client_certificates(host, certificates):
             RemoteRefiner(RemoteOptions(address=address, tls_ca=d / "ca.pem", connect_timeout_s=1))
         with pytest.raises(RemoteError):  # plaintext against a TLS port
             RemoteRefiner(RemoteOptions(address=address, connect_timeout_s=1))
+
+
+@pytest.mark.parametrize(
+    "files, message",
+    [
+        (("garbage.pem", "garbage.pem", None), "are not a PEM certificate chain and its unencrypted private key"),
+        (("server.pem", "other.key", None), "KEY_VALUES_MISMATCH"),
+        (("server.pem", "server.key", "garbage.pem"), "--tls-client-ca .*garbage.pem holds no PEM certificate"),
+    ],
+)
+def test_bad_tls_files_are_one_clear_line_before_binding(certificates, files, message):
+    """They used to give gRPC's own log lines and a misleading "cannot listen on 127.0.0.1:0"."""
+    (certificates / "garbage.pem").write_text("not a certificate\n")
+    cert, key, client_ca = files
+    args = ["--tls-cert", str(certificates / cert), "--tls-key", str(certificates / key)]
+    args += ["--tls-client-ca", str(certificates / client_ca)] if client_ca else []
+    done = subprocess.run(
+        [sys.executable, "-m", "facerecon.services", "serve", "refiner", "--plugin", "laplace", "--port", "0", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=subprocess_env(),
+    )
+    assert done.returncode == 2 and done.stdout == ""  # no "serving ... on" line: nothing was bound
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("facerecon: error: "), done.stderr
+    assert re.search(message, lines[0])
 
 
 def test_only_loopback_without_tls():
