@@ -189,7 +189,7 @@ def cmd_health(args: argparse.Namespace) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(args.address) as channel:
+    with _health_channel(args) as channel:
         try:
             response = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
@@ -202,9 +202,30 @@ def cmd_health(args: argparse.Namespace) -> int:
     return 0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
+def _health_channel(args: argparse.Namespace) -> Any:
+    """The probe's channel: plaintext, or TLS with ``--tls`` / ``--tls-ca`` (``--tls-cert`` and ``--tls-key``
+    for a server that asks clients for a certificate)."""
+    import grpc
+
+    if not (args.tls or args.tls_ca or args.tls_cert or args.tls_key):
+        return grpc.insecure_channel(args.address)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ConfigError("--tls-cert and --tls-key go together")
+    try:
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=args.tls_ca.read_bytes() if args.tls_ca else None,
+            private_key=args.tls_key.read_bytes() if args.tls_key else None,
+            certificate_chain=args.tls_cert.read_bytes() if args.tls_cert else None,
+        )
+    except OSError as exc:
+        raise ConfigError(f"cannot read a TLS file: {exc.filename}: {exc.strerror or exc}") from None
+    options = [("grpc.ssl_target_name_override", args.tls_server_name)] if args.tls_server_name else []
+    return grpc.secure_channel(args.address, credentials, options=options)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m facerecon.services serve ...``: the serve command without the facerecon entry point;
-    ``python -m facerecon.services health HOST:PORT``: a health probe (plaintext servers)."""
+    ``python -m facerecon.services health HOST:PORT [--tls-ca CA.pem]``: a health probe."""
     parser = argparse.ArgumentParser(prog="python -m facerecon.services")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_serve_parser(sub)
@@ -212,6 +233,11 @@ def main(argv: list[str] | None = None) -> int:
     health.add_argument("address", help="HOST:PORT")
     health.add_argument("--service", default="", help="service name (default: the whole server)")
     health.add_argument("--timeout", type=float, default=5.0, help="seconds")
+    health.add_argument("--tls", action="store_true", help="TLS against the system's CAs (else plaintext)")
+    health.add_argument("--tls-ca", type=Path, help="TLS, the server's certificate checked against this CA (PEM)")
+    health.add_argument("--tls-cert", type=Path, help="client certificate (PEM), for servers with --tls-client-ca")
+    health.add_argument("--tls-key", type=Path, help="its private key (PEM)")
+    health.add_argument("--tls-server-name", help="the name the server's certificate holds, if not the address's")
     health.set_defaults(handler=cmd_health)
     args = parser.parse_args(argv)
     logging.basicConfig(format="facerecon: %(levelname)s: %(message)s", level=logging.WARNING)

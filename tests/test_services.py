@@ -35,6 +35,7 @@ from services_support import (
 
 from facerecon.kernel import ConfigError, Face, InputError, Landmarks, Mesh, Pipeline, PipelineConfig
 from facerecon.services import commands, convert
+from facerecon.services.commands import main as services_main
 from facerecon.services.remote import RemoteError, RemoteOptions, RemoteRefiner, RemoteSegmenter, apply_remote
 from facerecon.services.server import ServeError, Server, ServerSettings
 from facerecon.v1 import pipeline_pb2, pipeline_pb2_grpc, stages_pb2, stages_pb2_grpc
@@ -426,6 +427,12 @@ def test_tls_with_client_certificates(host, certificates):
             RemoteRefiner(RemoteOptions(address=address, tls_ca=d / "ca.pem", connect_timeout_s=1))
         with pytest.raises(RemoteError):  # plaintext against a TLS port
             RemoteRefiner(RemoteOptions(address=address, connect_timeout_s=1))
+        # the health probe (a TLS pod's exec probe) speaks TLS too, with the client certificate it asks for
+        probe = ["health", address, "--timeout", "10", "--tls-ca", str(d / "ca.pem")]
+        assert services_main([*probe, "--tls-cert", str(d / "client.pem"), "--tls-key", str(d / "client.key")]) == 0
+        assert services_main([*probe, "--timeout", "2"]) == 1  # no client certificate: refused, not SERVING
+        assert services_main(["health", address, "--timeout", "2"]) == 1  # plaintext against TLS
+        assert services_main([*probe, "--tls-cert", str(d / "client.pem")]) == 2  # a certificate without its key
 
 
 @pytest.mark.parametrize(
