@@ -195,12 +195,19 @@ def _normal_map_path(path: Path) -> Path:
     return path.with_name(f"{path.stem}_uv_normal.png")
 
 
-def mtl_text(texture: str | None, normal_map: str | None) -> str:
-    """The skin material as MTL, with the PBR extension Blender's importer reads (Pr roughness, Pm metallic;
-    Ka 0: Blender reads the ambient colour as metallic)."""
+def material_name(path: str | Path) -> str:
+    """The material's name in a mesh file: the file's stem (``final``, ``face1-coarse``), blanks replaced.
+    Every file has its own: tools that match materials by name (Unity's model importer reuses an existing
+    material of that name; several faces' OBJs in one scene) would otherwise give them all one texture."""
+    return "_".join(Path(path).stem.split()) or "face"
+
+
+def mtl_text(texture: str | None, normal_map: str | None, name: str = "face") -> str:
+    """The skin material ``name`` as MTL, with the PBR extension Blender's importer reads (Pr roughness, Pm
+    metallic; Ka 0: Blender reads the ambient colour as metallic)."""
     lines = [
         "# facerecon skin material: PBR metallic 0, base colour factor 1, roughness " + f"{ROUGHNESS:g}",
-        "newmtl face",
+        f"newmtl {name}",
         "Ka 0.000 0.000 0.000",
         "Kd 1.000 1.000 1.000",
         f"Ks {SPECULAR:.3f} {SPECULAR:.3f} {SPECULAR:.3f}",
@@ -211,8 +218,12 @@ def mtl_text(texture: str | None, normal_map: str | None) -> str:
     ]
     if texture is not None:
         lines.append(f"map_Kd {texture}")
-    if normal_map is not None:  # tangent space, OpenGL convention (green = +v)
-        lines += [f"norm {normal_map}", f"map_Bump -bm 1 {normal_map}"]
+    if normal_map is not None:  # norm: three.js' MTLLoader; map_Bump: Blender's OBJ importer (a Normal Map node)
+        lines += [
+            "# normal map: tangent space (MikkTSpace), OpenGL convention (green = +v, Y+); colour space Non-Color",
+            f"norm {normal_map}",
+            f"map_Bump -bm 1 {normal_map}",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -231,8 +242,9 @@ def write_obj(
     shape = file_mesh(mesh, texture, normal_map, frame, path=path)
     written, texture_name, normal_name = _write_images(shape, path)
     material = path.with_suffix(".mtl")
-    atomic_write(material, mtl_text(texture_name, normal_name).encode())
-    body = [f"# {shape.header}\nmtllib {material.name}\nusemtl face\n".encode()]
+    name = material_name(path)
+    atomic_write(material, mtl_text(texture_name, normal_name, name).encode())
+    body = [f"# {shape.header}\nmtllib {material.name}\nusemtl {name}\n".encode()]
     body += [objtext.number_lines("v", shape.vertices, 6), objtext.number_lines("vn", shape.normals, 5)]
     if shape.uvs is not None:
         body.append(objtext.number_lines("vt", shape.uvs, 6))
@@ -313,7 +325,7 @@ def write_glb(
     if shape.normal_map is not None and shape.uvs is not None and len(shape.triangles):
         tangents = vertex_tangents(shape.vertices, shape.triangles, shape.uvs, shape.normals)
     material = GlbMaterial(
-        name="face",
+        name=material_name(path),
         base_color_factor=(1.0, 1.0, 1.0, 1.0),
         metallic=0.0,
         roughness=ROUGHNESS,

@@ -304,6 +304,7 @@ def test_obj_mtl_and_ply_carry_material_normals_uvs_and_colours(written, tmp_pat
     assert [f.name for f in files] == ["face.obj", "face.mtl", "face.png", "face_uv_normal.png"]
     lines = (tmp_path / "face.mtl").read_text().splitlines()
     assert "norm face_uv_normal.png" in lines and "map_Bump -bm 1 face_uv_normal.png" in lines
+    assert any("OpenGL" in line and "Non-Color" in line for line in lines if line.startswith("#"))
 
     ply = trimesh.load(folder / "coarse.ply", process=False)
     raw = ply.metadata["_ply_raw"]["vertex"]["data"]
@@ -316,6 +317,34 @@ def test_obj_mtl_and_ply_carry_material_normals_uvs_and_colours(written, tmp_pat
     cols = np.clip(np.round(mesh.uvs[:, 0] * TEXTURE - 0.5), 0, TEXTURE - 1).astype(int)
     assert np.array_equal(colours, texture[rows, cols])
     assert colours.std() > 10  # a photo's colours, not one grey
+
+
+def test_material_names_are_unique_across_stages_and_faces(written, tmp_path, reconstruction):
+    """Every mesh file names its material after itself (``final``, ``face1-coarse``): tools that match
+    materials by name (Unity's model importer remaps to an existing material of the same name; a scene with
+    two faces' OBJs) must not give every stage and face of a photo one shared material and texture."""
+    folder = written / "head"
+    mesh = reconstruction.reconstructions[0].coarse.mesh
+    other = write_mesh(mesh, tmp_path / "face1-coarse.obj", np.full((8, 8, 3), 90, np.uint8))
+    other += write_mesh(mesh, tmp_path / "face1-coarse.glb", np.full((8, 8, 3), 90, np.uint8))
+    names: dict[str, str] = {}
+    for obj in [*sorted(folder.glob("*.obj")), tmp_path / "face1-coarse.obj"]:
+        (newmtl,) = [
+            line.split(maxsplit=1)[1]
+            for line in obj.with_suffix(".mtl").read_text().splitlines()
+            if line.startswith("newmtl ")
+        ]
+        (usemtl,) = [line.split(maxsplit=1)[1] for line in obj.read_text().splitlines() if line.startswith("usemtl ")]
+        assert usemtl == newmtl == obj.stem
+        names[obj.name] = newmtl
+    for glb in [*sorted(folder.glob("*.glb")), tmp_path / "face1-coarse.glb"]:
+        (material,) = glb_json(glb)["materials"]
+        assert material["name"] == glb.stem
+        names[glb.name] = material["name"]
+    assert {"coarse.obj", "final.obj", "face1-coarse.obj", "final.glb", "face1-coarse.glb"} <= set(names)
+    for suffix in (".obj", ".glb"):
+        per_format = [name for file, name in names.items() if file.endswith(suffix)]
+        assert len(set(per_format)) == len(per_format), per_format
 
 
 def test_pose_is_removed_from_a_rolled_photo(pipeline, face_photo):
