@@ -7,23 +7,26 @@ or 0: onnxruntime's default).
 
 onnxruntime is imported lazily, when a session is made. Callers word the two failures themselves:
 ``ImportError`` (onnxruntime is not installed: name the extra that brings it) and any other exception
-(the file is no readable ONNX model: name the file).
+(the file is no readable ONNX model: name the file, and say why with :func:`load_failure`).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import onnxruntime
 
-__all__ = ["onnx_session", "providers_for"]
+__all__ = ["load_failure", "onnx_session", "providers_for"]
 
 log = logging.getLogger(__name__)
 
 CPU_PROVIDER = "CPUExecutionProvider"
+_NOISE = re.compile(r"\[ONNXRuntimeError\] : \d+ : \w+ : |Load model from \S+ failed: ?|/\S+:\d+ [^()]*\([^)]*\)\s*")
+"""What onnxruntime wraps its reasons in: its error code, the path again, the C++ source line and signature."""
 CUDA_PROVIDER = "CUDAExecutionProvider"
 
 
@@ -68,3 +71,10 @@ def onnx_session(
     if threads:
         settings.intra_op_num_threads = threads
     return onnxruntime.InferenceSession(str(path), sess_options=settings, providers=providers)
+
+
+def load_failure(exc: BaseException, limit: int = 400) -> str:
+    """Why onnxruntime could not open a network, on one line: its message without the error code, the
+    repeated path and the C++ source location (which can hide the reason, e.g. an unsupported opset)."""
+    text = " ".join(_NOISE.sub("", str(exc)).split())
+    return text[:limit] if len(text) <= limit else text[: limit - 3] + "..."

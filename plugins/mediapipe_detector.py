@@ -127,7 +127,9 @@ class MediaPipeDetector:
         image = check_image(image)
         faces = self._detect_window(image, 0, 0)
         if faces or not self.options.search_tiles:
-            return faces
+            # The landmarker can give one face twice (turned and upside-down faces): keep one of each.
+            kept = _suppress_duplicates(faces)
+            return [face for face in faces if any(face is k for k in kept)]
         # MediaPipe's detector sees the whole image at 128x128, so a face under ~15% of the image
         # width is missed (a speaker on a stage, a group photo). Look again in overlapping tiles of
         # 1/2, then 1/3 of the image, and keep the best of overlapping finds.

@@ -4,10 +4,12 @@ facerecon ships and downloads no weights: point ``model_path`` (or ``$FACERECON_
 network you have, e.g. an ONNX export of face-parsing.PyTorch's BiSeNet trained on CelebAMask-HQ.
 What the network must look like (every item configurable, see :class:`OnnxParsingOptions`):
 
-* one input ``(N, 3, S, S)`` float32 — an RGB crop resized to S x S (default: the model's own fixed size,
-  else 512), scaled to [0, 1] and normalised per channel with ImageNet's mean and std;
-* an output ``(N, C, h, w)`` of class logits (any h x w: resized to the crop), or ``(N, h, w)`` class
-  indices; with several outputs (BiSeNet exports its three heads) the first is used;
+* one input ``(N, 3, S, S)`` float32 or float16, N 1 or dynamic — an RGB crop resized to S x S (default:
+  the model's own fixed size, else 512), scaled to [0, 1] and normalised per channel with ImageNet's mean
+  and std;
+* an output ``(N, C, h, w)`` of float class logits (any h x w: resized to the crop), or ``(N, h, w)``
+  integer class indices; with several outputs (BiSeNet exports its three heads) the first is used. With
+  class indices the number of classes cannot be checked: the configured names must be the network's;
 * C classes in a known order, by default CelebAMask-HQ's (``label_order = "face-parsing.pytorch"`` for
   zllrunning's BiSeNet weights, or list the names in ``labels``).
 
@@ -32,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from facerecon.facelib.face_parsing import CELEBAMASK_HQ, LABEL_IDS, LABEL_ORDERS, region_colors
-from facerecon.facelib.onnx import onnx_session
+from facerecon.facelib.onnx import load_failure, onnx_session
 from facerecon.kernel.contract import Face, Registrar, Segmentation, hookimpl
 from facerecon.kernel.contract.errors import ConfigError, InputError, ModelFileError, PluginError
 from facerecon.kernel.contract.images import check_image
@@ -44,6 +46,8 @@ EXTRA_HINT = "pip install 'facerecon[parsing]'"
 DEFAULT_INPUT_SIZE = 512
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+INPUT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+"""The network input's element types the segmenter can feed, and the numpy type fed."""
 PASTE_BUDGET = 64 << 20
 """Bytes of resampled logits held at once when pasting back (larger crops go in horizontal strips)."""
 
@@ -116,6 +120,17 @@ def class_ids(names: tuple[str, ...]) -> tuple[np.ndarray, dict[int, str]]:
     return lookup, table
 
 
+def output_usable(rank: int, element_type: str) -> bool:
+    """Whether a network output of this rank and onnxruntime element type ("tensor(float)", ...) is
+    (N, C, h, w) float logits or (N, h, w) integer class indices."""
+    if rank == 4:
+        return element_type in ("tensor(float)", "tensor(float16)", "tensor(double)", "tensor(bfloat16)")
+    return rank == 3 and element_type.startswith(("tensor(int", "tensor(uint"))
+
+
+OUTPUT_LAYOUTS = "expected (N, C, h, w) float logits or (N, h, w) integer class indices"
+
+
 def crop_window(box: np.ndarray, scale: float, shift: float) -> tuple[int, int, int]:
     """(x0, y0, side) of the square crop in whole image pixels: its top-left pixel and side length."""
     x0, y0, x1, y1 = (float(v) for v in box)
@@ -154,7 +169,7 @@ class OnnxParser:
         except ImportError:
             raise PluginError(f"onnx-parsing needs onnxruntime: {EXTRA_HINT}") from None
         except Exception as exc:
-            raise ModelFileError(f"{path}: not a readable ONNX model ({str(exc).splitlines()[0][:300]})") from None
+            raise ModelFileError(f"{path}: not a readable ONNX model ({load_failure(exc)})") from None
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         shape = list(inputs[0].shape) if len(inputs) == 1 else []
         if len(shape) != 4 or shape[1] != 3 or options.output_index >= len(outputs):
@@ -163,15 +178,27 @@ class OnnxParser:
                 f"{options.output_index + 1} output(s); found inputs {[list(i.shape) for i in inputs]}, "
                 f"outputs {[list(o.shape) for o in outputs]}"
             )
+        if inputs[0].type not in INPUT_TYPES:
+            raise ModelFileError(f"{path}: the network's input is {inputs[0].type}; expected float32 or float16")
+        if isinstance(shape[0], int) and shape[0] != 1:
+            raise ModelFileError(f"{path}: the network's input {shape} takes batches of {shape[0]}; expected 1 or any")
         fixed = [d for d in shape[2:] if isinstance(d, int)]
         if len(fixed) == 2 and fixed[0] != fixed[1]:
             raise ModelFileError(f"{path}: input {shape} is not square")
+        if fixed and fixed[0] < 16:
+            raise ModelFileError(
+                f"{path}: input {shape} is {fixed[0]} pixels square (channels last?); expected (N, 3, S, S)"
+            )
         if options.input_size is not None and fixed and fixed[0] != options.input_size:
             raise ModelFileError(f"{path}: the network takes {fixed[0]} pixels square, not {options.input_size}")
         self.input_size = options.input_size or (fixed[0] if fixed else DEFAULT_INPUT_SIZE)
         self.input_name = inputs[0].name
+        self.input_type = INPUT_TYPES[inputs[0].type]
         self.output_name = outputs[options.output_index].name
         out_shape = list(outputs[options.output_index].shape)
+        out_type = outputs[options.output_index].type
+        if out_shape and not output_usable(len(out_shape), out_type):
+            raise ModelFileError(f"{path}: output {options.output_index} is {out_type} {out_shape}; {OUTPUT_LAYOUTS}")
         names = options.class_names
         if len(out_shape) == 4 and isinstance(out_shape[1], int) and out_shape[1] != len(names):
             raise ModelFileError(
@@ -194,16 +221,15 @@ class OnnxParser:
         if self.options.bgr:
             resized = resized[:, :, ::-1]
         normalised = (resized.astype(np.float32) / 255.0 - self.mean) / self.std
-        return np.ascontiguousarray(normalised.transpose(2, 0, 1)[None])
+        return np.ascontiguousarray(normalised.transpose(2, 0, 1)[None], dtype=self.input_type)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """The chosen output for one input: float (C, h, w) logits or int (h, w) class indices."""
         out = np.asarray(self.session.run([self.output_name], {self.input_name: batch})[0])
-        if out.ndim == 4:
-            return out[0]
-        if out.ndim == 3 and not np.issubdtype(out.dtype, np.floating):
-            return out[0]
-        raise ModelFileError(f"{self.model_path}: output of shape {out.shape} is neither (N, C, h, w) nor (N, h, w)")
+        element_type = f"tensor({'float' if np.issubdtype(out.dtype, np.floating) else 'int'})"
+        if not output_usable(out.ndim, element_type):
+            raise ModelFileError(f"{self.model_path}: output is {out.dtype} {list(out.shape)}; {OUTPUT_LAYOUTS}")
+        return out[0]
 
     def paste(self, output: np.ndarray, x0: int, y0: int, side: int, height: int, width: int) -> np.ndarray:
         """The network's output for the crop at (x0, y0, side) as a uint8 (height, width) label map."""

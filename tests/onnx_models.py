@@ -66,6 +66,7 @@ def export_nearest_colour(
     heads: int = 1,
     argmax: bool = False,
     linear: np.ndarray | None = None,
+    half: bool = False,
 ) -> Path:
     """A 1x1 convolution whose logit for class c is -|x - p_c|^2 up to a term common to all classes
     (2 p_c . x - |p_c|^2), x the normalised input pixel: it labels each pixel with its nearest prototype.
@@ -73,6 +74,7 @@ def export_nearest_colour(
     bgr: the prototypes are given in RGB but the network reads BGR input. pool: output at 1/pool of the
     input size. heads: that many identical outputs (as BiSeNet's export has 3). argmax: output (N, h, w)
     int64 class indices instead of logits. linear: instead of prototypes, raw (C, 3) weights (bias 0).
+    half: the whole network in float16 (its input and its logits).
     """
     import torch
 
@@ -100,11 +102,12 @@ def export_nearest_colour(
                 y = y.argmax(dim=1)
             return tuple([y] * heads) if heads > 1 else y
 
+    dtype = torch.float16 if half else torch.float32
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            Net().eval(),
-            (torch.zeros(1, 3, size, size),),
+            Net().to(dtype).eval(),
+            (torch.zeros(1, 3, size, size, dtype=dtype),),
             str(path),
             input_names=["input"],
             output_names=[f"out{i}" for i in range(heads)],

@@ -345,6 +345,106 @@ def test_bad_models_are_clear_errors(tmp_path, tiny_parser):
         OnnxParser(OnnxParsingOptions(model_path=tiny_parser, input_size=512))
 
 
+def export_odd(path: Path, forward, shape=(1, 3, 64, 64), dtype="float32") -> Path:  # type: ignore[no-untyped-def]
+    """A 19-class 1x1 convolution exported to ONNX with ``forward(conv, x)`` as its graph."""
+    import warnings
+
+    import torch
+
+    conv = torch.nn.Conv2d(shape[1] if shape[1] in (1, 3) else 3, 19, 1)
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = conv
+
+        def forward(self, x):  # type: ignore[no-untyped-def]
+            return forward(self.conv, x)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        example = torch.zeros(*shape, dtype=getattr(torch, dtype))
+        torch.onnx.export(Net().eval(), (example,), str(path), input_names=["input"], dynamo=False)
+    return path
+
+
+def test_a_half_precision_network_parses_like_the_float_one(tmp_path, scene):
+    """float16 input and logits (a GPU export): fed float16, read as float32; the same labels."""
+    image, box, patches = scene
+    options = OnnxParsingOptions(model_path=export_nearest_colour(tmp_path / "half.onnx", half=True), crop_scale=1.6)
+    seg = OnnxParser(options).segment(image, Face(box, 0.9, Landmarks("none", np.zeros((1, 2)))))
+    assert agree_away_from_edges(seg.labels, expected_labels(image, box, options)) == 1.0
+    assert (seg.labels[interior(patches["hair"], 3)] == LABEL_IDS["hair"]).all()
+
+
+WRONG_NETWORKS = {
+    # name: (graph, input shape, input type, what the error must say)
+    "uint8 input": (
+        lambda conv, x: conv(x.float()),
+        (1, 3, 64, 64),
+        "uint8",
+        r"input is tensor\(uint8\); expected float32",
+    ),
+    "batch of 2": (lambda conv, x: conv(x), (2, 3, 64, 64), "float32", r"takes batches of 2; expected 1"),
+    "float class indices": (
+        lambda conv, x: conv(x).argmax(1).float(),
+        (1, 3, 64, 64),
+        "float32",
+        r"output 0 is tensor\(float\) \[1, 64, 64\]; expected .* \(N, h, w\) integer class indices",
+    ),
+    "(N, 1, h, w) indices": (
+        lambda conv, x: conv(x).argmax(1, keepdim=True),
+        (1, 3, 64, 64),
+        "float32",
+        r"output 0 is tensor\(int64\) \[1, 1, 64, 64\]",
+    ),
+    "flat logits": (lambda conv, x: conv(x).flatten(1), (1, 3, 64, 64), "float32", r"expected \(N, C, h, w\) float"),
+    "channels last, 3 px": (
+        lambda conv, x: conv(x.permute(0, 3, 1, 2)),
+        (1, 3, 3, 3),
+        "float32",
+        r"3 pixels square \(channels last\?\)",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", WRONG_NETWORKS)
+def test_wrong_networks_are_refused_when_loaded(tmp_path, name):
+    """Refused with the file and what is wrong, before any photo (not a failure per photo, or labels)."""
+    forward, shape, dtype, message = WRONG_NETWORKS[name]
+    path = export_odd(tmp_path / "odd.onnx", forward, shape, dtype)
+    with pytest.raises(ModelFileError, match=message) as caught:
+        OnnxParser(OnnxParsingOptions(model_path=path))
+    assert str(path) in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_an_opset_onnxruntime_cannot_run_says_why(tmp_path, tiny_parser):
+    """onnxruntime's reason, not the C++ source line and signature its message starts with."""
+    import onnx
+
+    model = onnx.load(str(tiny_parser))
+    model.opset_import[0].version = 99
+    path = tmp_path / "opset99.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(ModelFileError, match=r"not a readable ONNX model \(.*Opset 99 .*till opset \d+") as caught:
+        OnnxParser(OnnxParsingOptions(model_path=path))
+    assert "onnxruntime_src" not in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_the_cli_refuses_a_wrong_network_once_with_exit_code_2(tmp_path, lfpw, capsys):
+    from facerecon.cli import main
+
+    path = export_odd(tmp_path / "batch2.onnx", lambda conv, x: conv(x), (2, 3, 64, 64))
+    config = tmp_path / "parser.toml"
+    config.write_text(f'[options.segmenter.onnx-parsing]\nmodel_path = "{path}"\n')
+    args = ["reconstruct", str(lfpw[0]), "-o", str(tmp_path / "out"), "-c", str(config), "--segmenter", "onnx-parsing"]
+    assert main([*args, "--refiners", "", "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert [line for line in err if "batch2.onnx" in line] == [
+        f"facerecon: error: {path}: the network's input [2, 3, 64, 64] takes batches of 2; expected 1 or any"
+    ]
+
+
 def test_unknown_label_names_get_new_ids(tmp_path, scene):
     image, box, _ = scene
     names = tuple(CELEBAMASK_HQ[i] for i in range(19))[:-1] + ("tattoo",)  # class 18 renamed
