@@ -293,7 +293,7 @@ def facerecon_register_stages(registry: Registrar) -> None:
         "onnx-parsing",
         OnnxParser,
         options=OnnxParsingOptions,
-        summary="your learned face parser (BiSeNet layout, .onnx) in onnxruntime: CelebAMask-HQ's 19 classes or your own labels",
+        summary="your learned face parser (BiSeNet layout, .onnx) in onnxruntime: CelebAMask-HQ's 19 classes or yours",
         license_note="the network's own licence (none shipped)",
         available=_configured,
     )
