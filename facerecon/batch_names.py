@@ -15,18 +15,23 @@ BATCH_FILES = re.compile(r"(summary|failures)(-shard-\d+-of-\d+)?\.json|index\.h
 
 _INPUT = re.compile(r'"input":\s*("(?:[^"\\]|\\.)*")')
 
+WINDOWS_RESERVED = re.compile(r"(con|prn|aux|nul|com[1-9]|lpt[1-9])(\..*)?", re.IGNORECASE)
+"""Names Windows cannot give a file or folder (``CON``, ``nul.x``, ...): a photo named so gets a ``_`` in
+front too, so that results copied to (or written on) Windows keep their folder."""
+
 
 def output_names(paths: list[Path]) -> list[str]:
     """One folder name per input: the file stem; ``<stem>_<suffix>`` where inputs share a stem
     (``x.png``, ``x.jpg``); and, where they share both (``a/x.png``, ``b/x.png``), ``_`` and 8 hex digits
     of the input's absolute path. Computed over all the inputs before a shard takes its part, so every
     shard names a photo alike. A name that is one of the batch's own files (a photo ``summary.json.jpg``)
-    or hidden (``.x.png``) gets a ``_`` in front."""
+    or hidden (``.x.png``) or reserved on Windows (``CON.jpg``) gets a ``_`` in front."""
     stems = Counter(p.stem for p in paths)  # linear in the inputs, also for 100k of them
     first = [f"{p.stem}_{p.suffix.lstrip('.')}" if stems[p.stem] > 1 else p.stem for p in paths]
     again = Counter(first)
     names = [f"{name}_{_digest(p)}" if again[name] > 1 else name for name, p in zip(first, paths, strict=True)]
-    return [f"_{name}" if name.startswith(".") or BATCH_FILES.fullmatch(name) else name for name in names]
+    special = (BATCH_FILES, WINDOWS_RESERVED)
+    return [f"_{name}" if name.startswith(".") or any(p.fullmatch(name) for p in special) else name for name in names]
 
 
 def _digest(path: Path) -> str:

@@ -195,3 +195,14 @@ def test_a_configuration_error_leaves_no_output_folder_behind(inputs, tmp_path, 
     (out / "mine.txt").write_text("kept")
     assert main(["reconstruct", str(inputs[0]), "-o", str(out), "-c", str(config), "-q"]) == 2
     assert (out / "mine.txt").read_text() == "kept"  # a folder that existed stays, with what it held
+
+
+def test_names_windows_reserves_get_a_prefix():
+    """A photo ``CON.jpg`` (or ``nul.x.png``, ``com1.jpg``) got the folder ``CON``, which Windows cannot
+    make or copy: such names get a ``_`` in front; names that only start like one do not."""
+    from facerecon.batch_names import output_names
+
+    given = ["CON.jpg", "nul.x.png", "com1.jpg", "lpt9.png", "console.jpg", "com10.jpg", "a.jpg"]
+    assert output_names([Path(name) for name in given]) == [
+        "_CON", "_nul.x", "_com1", "_lpt9", "console", "com10", "a"
+    ]  # fmt: skip
