@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import warnings
 import weakref
 from collections import OrderedDict
@@ -42,6 +43,9 @@ from facerecon.kernel.contract.images import check_image
 
 class DeformationWarning(UserWarning):
     """Some landmarks could not pull the mesh (off the mesh, occluded, or no map for the scheme)."""
+
+
+_WEIGHTS = tuple(f"{region}_weight" for region in ("eye", "nose", "eyebrow", "mouth", "contour", "other"))
 
 
 @dataclass(frozen=True)
@@ -97,7 +101,7 @@ class LaplaceOptions:
         problems = [
             f"{name} must be >= 0, got {getattr(self, name)!r}"
             for name in (
-                *(f"{region}_weight" for region in ("eye", "nose", "eyebrow", "mouth", "contour", "other")),
+                *_WEIGHTS,
                 "target_vertices",
                 "update_rank",
                 "response_after",
@@ -110,6 +114,11 @@ class LaplaceOptions:
             f"{name} must be > 0, got {getattr(self, name)!r}"
             for name in ("occlusion_tolerance", "outlier_tolerance")
             if getattr(self, name) <= 0
+        ]
+        problems += [  # (response_megabytes = inf: no limit)
+            f"{name} must be finite, got {getattr(self, name)!r}"
+            for name in (*_WEIGHTS, "occlusion_tolerance", "outlier_tolerance")
+            if getattr(self, name) == math.inf
         ]
         if self.cached_topologies < 1:
             problems.append(f"cached_topologies must be at least 1, got {self.cached_topologies!r}")

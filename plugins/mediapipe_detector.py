@@ -31,6 +31,7 @@ from facerecon.kernel.contract.images import check_image
 
 SCHEME = "mediapipe478"
 TILE_DETECTION_CONFIDENCE = 0.3
+MAX_FACES = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -60,8 +61,8 @@ class MediaPipeOptions:
     tile_min_score: float = 0.7
 
     def __post_init__(self) -> None:
-        if self.max_faces < 1:
-            raise ValueError(f"max_faces must be >= 1, got {self.max_faces}")
+        if not 1 <= self.max_faces <= MAX_FACES:  # MediaPipe's num_faces is a C++ int
+            raise ValueError(f"max_faces must be in 1..{MAX_FACES}, got {self.max_faces}")
         for name in ("min_detection_confidence", "min_presence_confidence", "tile_min_score"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:

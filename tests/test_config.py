@@ -38,7 +38,10 @@ def test_full_config_round_trip(tmp_path):
         ("[pipline]\n", r"unknown key\(s\) pipline"),
         ("[pipeline]\ndetecter = 'x'\n", r"unknown key\(s\) detecter"),
         ("[pipeline]\nrefiners = 'laplace'\n", "refiners must be a list"),
-        ("[pipeline]\ndevice = 'tpu'\n", "device must be one of auto, cpu, cuda"),
+        ("[pipeline]\ndevice = 'tpu'\n", r"bad.toml: \[pipeline\] device must be one of auto, cpu, cuda"),
+        ("[pipeline]\ndetector = ''\n", r"\[pipeline\] detector must name a plugin \(a non-empty string\), got ''"),
+        ("[pipeline]\nrefiners = ['laplace', 3]\n", r"\[pipeline\] refiners must be a list of plugin names"),
+        ("[pipeline]\nblas_threads = -1\n", r"\[pipeline\] blas_threads must be an integer >= 0"),
         ("[pipeline]\nall_faces = 1\n", "all_faces must be a bool"),
         ("[pipeline]\nmax_image_pixels = -5\n", "max_image_pixels must be a positive integer"),
         ("[plugins]\nallow = 'x'\n", "allow must be a list"),
@@ -52,6 +55,15 @@ def test_bad_config_names_file_and_key(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message) as info:
         PipelineConfig.load(path)
     assert "bad.toml" in str(info.value)
+
+
+def test_a_byte_order_mark_is_read_and_utf16_is_said_not_to_be_utf8(tmp_path):
+    path = tmp_path / "notepad.toml"  # Windows' Notepad starts a UTF-8 file with a BOM
+    path.write_bytes(b"\xef\xbb\xbf[pipeline]\r\ndevice = 'cpu'\r\n")
+    assert PipelineConfig.load(path).device == "cpu"
+    path.write_text("[pipeline]\ndevice = 'cpu'\n", encoding="utf-16")
+    with pytest.raises(ConfigError, match=r"^cannot read config file .*notepad.toml: not UTF-8 text"):
+        PipelineConfig.load(path)
 
 
 def test_missing_config_file(tmp_path):
@@ -83,7 +95,7 @@ def test_stage_flags_read_the_same_for_every_command():
     [
         ({"refiners": "laplace"}, "refiners must be a list of plugin names, got 'laplace'"),  # not l, a, p...
         ({"refiners": None}, "refiners must be a list"),
-        ({"segmenter": 3}, "plugin names must be non-empty strings, got 3"),
+        ({"segmenter": 3}, r"segmenter must name a plugin \(a non-empty string\), got 3"),
         ({"all_faces": "no"}, "all_faces must be a boolean"),  # truthy: every face, silently
         ({"max_image_pixels": True}, "max_image_pixels must be a positive integer, got True"),
         ({"allow_plugins": "mine"}, "allow_plugins must be a list of plugin names"),

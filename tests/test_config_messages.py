@@ -131,6 +131,22 @@ def test_third_party_detector_outside_the_allow_list_is_said_so(tmp_path, third_
         ("refiner.laplace", 'threads = "x"\n', ["option 'threads' must be int"]),
         ("refiner.laplace", "eye_wieght = 0.5\n", ["unknown option(s) eye_wieght"]),
         ("detector.mediapipe", "max_faces = 1.5\n", ["option 'max_faces' must be int"]),
+        # NaN passes every `< 0` check, inf every lower bound: both used to reach the solvers
+        ("refiner.laplace", "eye_weight = nan\n", ["option 'eye_weight' must be a number, got nan"]),
+        ("regressor.canonical-fit", "smoothing = nan\n", ["option 'smoothing' must be a number, got nan"]),
+        ("refiner.laplace", "outlier_tolerance = inf\n", ["outlier_tolerance must be finite, got inf"]),
+        (
+            "refiner.sfs",
+            "albedo_weight = -1.0\nspecular_lr = inf\nphase2_weights = [0.001, -100.0, 0.0, 2.5]\n",
+            [
+                "albedo_weight must be >= 0, got -1.0",
+                "specular_lr must be finite, got inf",
+                "phase2_weights must be >= 0, got (0.001, -100.0, 0.0, 2.5)",
+            ],
+        ),
+        ("refiner.sfs", "lighting_rounds = -1\n", ["lighting_rounds must be >= 0, got -1"]),
+        # MediaPipe's C++ int overflowed into "max_vec_size should be greater than or equal to 1"
+        ("detector.mediapipe", "max_faces = 9223372036854775807\n", ["max_faces must be in 1..2147483647"]),
     ],
 )
 def test_bad_options_name_the_file_table_key_and_value(tmp_path, photo, capsys, table, body, messages):

@@ -57,3 +57,19 @@ def test_readme_numbers_come_from_the_benchmarks():
         "benchmarks/bench_grpc.py",
     ):
         assert script in README and (REPO / script).is_file()
+
+
+def test_every_option_of_the_built_in_stages_is_in_the_configuration_reference():
+    """docs/configuration.md names each built-in options field as a TOML key (``name =``), so no key
+    is usable but undocumented; the remote stages' options are in docs/services.md."""
+    import dataclasses
+
+    from facerecon.kernel import PluginHost
+
+    for doc, remote in (("configuration.md", False), ("services.md", True)):
+        text = (REPO / "docs" / doc).read_text()
+        for spec in PluginHost().stages.values():
+            if spec.options_type is None or spec.distribution != "facerecon" or (spec.name == "remote") != remote:
+                continue
+            missing = [f.name for f in dataclasses.fields(spec.options_type) if f"{f.name} =" not in text]
+            assert not missing, f"docs/{doc} lacks [options.{spec.kind}.{spec.name}] {', '.join(missing)}"

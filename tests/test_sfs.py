@@ -491,7 +491,8 @@ def test_white_part_splits_a_highlight_from_the_skins_colour():
         ({"lighting_model": "spot"}, "lighting_model.*must be one of 'sh', 'key'"),
         ({"key_elevation": 120.0}, "key_elevation must be within"),
         ({"key_ambient": -0.5}, "key_ambient >= 0"),
-        ({"key_ambient": float("nan")}, "key_ambient >= 0"),
+        ({"key_ambient": float("nan")}, "option 'key_ambient' must be a number, got nan"),
+        ({"key_ambient": float("inf")}, "a finite key_ambient >= 0 is required"),
     ],
 )
 def test_bad_light_model_options_are_config_errors(table, message):

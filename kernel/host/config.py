@@ -81,9 +81,11 @@ class PipelineConfig:
             object.__setattr__(self, "segmenter", None)
         object.__setattr__(self, "refiners", _plugin_names(self.refiners, "refiners"))
         segmenter = () if self.segmenter is None else (self.segmenter,)
-        for name in (self.detector, self.regressor, *segmenter, *self.refiners):
-            if not isinstance(name, str) or not name:
-                raise ConfigError(f"stage plugin names must be non-empty strings, got {name!r}")
+        stages = {"detector": (self.detector,), "regressor": (self.regressor,), "segmenter": segmenter}
+        for key, names in {**stages, "refiners": self.refiners}.items():
+            for name in names:
+                if not isinstance(name, str) or not name:
+                    raise ConfigError(f"{key} must name a plugin (a non-empty string), got {name!r}")
         if not isinstance(self.all_faces, bool):
             raise ConfigError(f"all_faces must be a boolean (True or False), got {self.all_faces!r}")
         limits = {
@@ -153,10 +155,12 @@ class PipelineConfig:
         """Read a TOML config file; every problem is a :class:`ConfigError` naming the file and key."""
         path = Path(path)
         try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
+            data = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # (a byte-order mark: Windows' Notepad)
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {path}") from None
-        except (OSError, UnicodeDecodeError) as exc:
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"cannot read config file {path}: not UTF-8 text ({exc})") from None
+        except OSError as exc:
             raise ConfigError(f"cannot read config file {path}: {exc}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path} is not valid TOML: {exc}") from None
@@ -201,12 +205,13 @@ class PipelineConfig:
                 if not isinstance(table, Mapping):
                     raise ConfigError(f"[options.{kind}.{name}] must be a table")
                 options[(kind, name)] = dict(table)
-        return cls(
-            **kwargs,
-            options=options,
-            allow_plugins=tuple(plugins["allow"]) if "allow" in plugins else None,
-            block_plugins=tuple(plugins.get("block", ())),
-        )
+        allow_plugins = tuple(plugins["allow"]) if "allow" in plugins else None
+        block_plugins = tuple(plugins.get("block", ()))
+        try:  # the [plugins] and [options] tables are checked above: what is left is a [pipeline] value's
+            config = cls(**kwargs)
+        except ConfigError as exc:
+            raise ConfigError(f"[pipeline] {exc}") from None
+        return replace(config, options=options, allow_plugins=allow_plugins, block_plugins=block_plugins)
 
 
 # What a [pipeline] value must be, in words ("must be an integer", not "must be a int").

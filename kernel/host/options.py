@@ -1,6 +1,6 @@
 """A plugin's options dataclass from a TOML table (or command-line values).
 
-Supported field types: ``bool``, ``int``, ``float`` (an int is accepted), ``str``, ``Path`` (``~``
+Supported field types: ``bool``, ``int``, ``float`` (an int is accepted; NaN is not), ``str``, ``Path`` (``~``
 expanded), ``tuple[T, ...]`` / ``list[T]`` (from a list), ``X | None``, ``Literal[...]`` (one of the
 values) and ``Annotated[T, Range(lo, hi)]`` (a number within bounds). Unknown keys and wrong types are
 refused with a message naming the stage, the key and what was expected.
@@ -9,6 +9,7 @@ refused with a message naming the stage, the key and what was expected.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -80,6 +81,8 @@ def _coerce(value: Any, hint: Any, *, where: str) -> Any:
         return Path(value).expanduser()
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, float) and math.isnan(value):  # every comparison with NaN is False
+        raise ConfigError(f"{where} must be a number, got nan")
     if hint in (int, float) and isinstance(value, bool):
         raise ConfigError(f"{where} must be a number, got {value!r}")
     if isinstance(hint, type) and not isinstance(value, hint):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, fields
 from typing import Literal
 
 from facerecon.geometry.jit import threads_for
@@ -130,11 +131,21 @@ class SfsOptions:
             problems.append(f"lighting_model must be 'sh' or 'key', got {self.lighting_model!r}")
         if not -90 <= self.key_elevation <= 90:  # (NaN fails this and the next)
             problems.append(f"key_elevation must be within [-90, 90] degrees, got {self.key_elevation!r}")
-        if not self.key_ambient >= 0:
-            problems.append(f"key_ambient >= 0 is required (ambient / key irradiance), got {self.key_ambient!r}")
-        for name, least in (("max_side", 16), ("alternate_every", 1), ("margin", 0), ("threads", 0)):
-            if getattr(self, name) < least:
-                problems.append(f"{name} must be >= {least}, got {getattr(self, name)!r}")
+        if not 0 <= self.key_ambient < math.inf:
+            problems.append(
+                f"a finite key_ambient >= 0 is required (ambient / key irradiance), got {self.key_ambient!r}"
+            )
+        # Every other number is a weight, step, count, σ or threshold: finite and >= 0 (NaN fails both).
+        for f in fields(self):
+            value = getattr(self, f.name)
+            numbers = value if f.name.endswith("_weights") else (value,)
+            if f.name in ("key_elevation", "key_ambient") or not all(_is_number(v) for v in numbers):
+                continue
+            least = {"max_side": 16, "alternate_every": 1}.get(f.name, 0)
+            if any(v == math.inf for v in numbers):
+                problems.append(f"{f.name} must be finite, got {value!r}")
+            elif not all(v >= least for v in numbers):
+                problems.append(f"{f.name} must be >= {least}, got {value!r}")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -142,3 +153,7 @@ class SfsOptions:
         """``threads``, with 0 resolved to the cores this process may use, at most ``jit.MAX_DEFAULT_THREADS``
         (each block of rows keeps its own full-size gradient: more blocks would cost memory and merging)."""
         return threads_for(self.threads)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
