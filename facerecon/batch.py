@@ -33,6 +33,7 @@ from facerecon.kernel.contract.errors import (
     PluginError,
 )
 from facerecon.kernel.host.memory import numpy_small_pages
+from facerecon.kernel.host.pipeline import WITHOUT_DEFAULT_REFINER
 
 log = logging.getLogger("facerecon")
 
@@ -70,10 +71,19 @@ class Outcome:
 class BatchWorker:
     """One worker process holding a built pipeline; see the module docstring."""
 
-    def __init__(self, config: PipelineConfig, write: WriteOptions, *, start_timeout_s: float = 600.0) -> None:
+    def __init__(
+        self,
+        config: PipelineConfig,
+        write: WriteOptions,
+        *,
+        start_timeout_s: float = 600.0,
+        quiet_defaults: bool = False,
+    ) -> None:
         self.config = config
         self.write = write
         self.start_timeout_s = start_timeout_s
+        self.quiet_defaults = quiet_defaults
+        """Leave out the warning of a default refiner this installation cannot run (another worker gives it)."""
         self._context = multiprocessing.get_context("spawn")
         self._process: Any = None
         self._conn: Connection | None = None
@@ -90,7 +100,10 @@ class BatchWorker:
         (ConfigError, PluginError, ModelFileError), as building the pipeline in this process would."""
         parent, child = self._context.Pipe()
         process = self._context.Process(
-            target=_serve, args=(child, self.config, self.write), name="facerecon-worker", daemon=True
+            target=_serve,
+            args=(child, self.config, self.write, self.quiet_defaults),
+            name="facerecon-worker",
+            daemon=True,
         )
         process.start()
         child.close()
@@ -179,11 +192,15 @@ class BatchWorker:
         self.kill()
 
 
-def _serve(conn: Connection, config: PipelineConfig, write: WriteOptions) -> None:
+def _serve(conn: Connection, config: PipelineConfig, write: WriteOptions, quiet_defaults: bool = False) -> None:
     """The worker: build the pipeline, then reconstruct each (path, out_dir) received until None."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller handles Ctrl-C and SIGTERM
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(format="facerecon: %(levelname)s: %(message)s", level=logging.WARNING)
+    if quiet_defaults:  # `--jobs N`: the first worker says it, once for the run (not once per worker)
+        logging.getLogger("facerecon.kernel.host.pipeline").addFilter(
+            lambda record: not str(record.msg).startswith(WITHOUT_DEFAULT_REFINER)
+        )
     writers = threading.Thread(target=_warm_up_writers, name="facerecon-warm-up", daemon=True)
     writers.start()  # overlaps the models' loading (native code, off the GIL) on another core
     try:

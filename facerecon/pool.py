@@ -38,7 +38,8 @@ class WorkerPool:
     def __init__(self, config: PipelineConfig, write: WriteOptions, *, jobs: int = 1) -> None:
         if jobs < 1:
             raise ConfigError(f"--jobs must be at least 1, got {jobs}")
-        self.workers = [BatchWorker(config, write) for _ in range(jobs)]
+        # one warning for the run about a default refiner this installation cannot run: from the first worker
+        self.workers = [BatchWorker(config, write, quiet_defaults=i > 0) for i in range(jobs)]
         self._stop = threading.Event()
         self._done: queue.Queue[int | None] = queue.Queue()  # an outcome's key; None: a feeding thread has ended
         # Every outcome from its arrival until the consumer asks for the next one: a Ctrl-C between the

