@@ -23,7 +23,7 @@ from typing import Any
 from facerecon.evaluation.report_folder import check_report_folder
 from facerecon.kernel import Pipeline, PipelineConfig, PluginHost
 from facerecon.kernel.contract.errors import ConfigError, InputError
-from facerecon.kernel.host.commands import DefaultsHelpFormatter
+from facerecon.kernel.host.commands import DefaultsHelpFormatter, Once
 from facerecon.kernel.host.config import DEVICES
 
 EXIT_OK, EXIT_FAILURES, EXIT_INTERRUPTED = 0, 1, 130
@@ -153,7 +153,7 @@ def add_evaluation_commands(sub: Any, host: PluginHost) -> None:
 
 def _pipeline_flags(parser: argparse.ArgumentParser, host: PluginHost) -> None:
     """The stage choices of ``reconstruct``, read by ``PipelineConfig.with_stage_flags``."""
-    parser.add_argument("-c", "--config", type=Path, help="TOML config file (see docs/configuration.md)")
+    parser.add_argument("-c", "--config", type=Path, action=Once, help="TOML config file (see docs/configuration.md)")
     parser.add_argument("--detector", help="detector plugin (default: from config, else mediapipe)")
     parser.add_argument("--regressor", help="regressor plugin (default: from config, else auto)")
     parser.add_argument("--segmenter", help="segmenter plugin, or 'none'")

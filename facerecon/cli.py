@@ -33,7 +33,7 @@ from facerecon.batch_names import output_names, recorded_input, same_input
 from facerecon.evaluation.command import add_evaluation_commands
 from facerecon.kernel import Pipeline, PipelineConfig, PluginHost
 from facerecon.kernel.contract.errors import ConfigError, FaceReconError, InputError
-from facerecon.kernel.host.commands import DefaultsHelpFormatter
+from facerecon.kernel.host.commands import DefaultsHelpFormatter, Once
 from facerecon.kernel.host.config import DEFAULT_REFINERS, DEVICES
 from facerecon.outputs.folder import TEXTURE_SIDES, check_output_folder, remove_stale_partials
 from facerecon.outputs.frames import FRAMES
@@ -93,7 +93,7 @@ def build_parser(host: PluginHost | None = None) -> argparse.ArgumentParser:
         " its summary is OUT/summary-shard-I-of-N.json",
     )
     rec.add_argument("-o", "--output", type=Path, default=Path("out"), help="output folder")
-    rec.add_argument("-c", "--config", type=Path, help="TOML config file (see docs/configuration.md)")
+    rec.add_argument("-c", "--config", type=Path, action=Once, help="TOML config file (see docs/configuration.md)")
     rec.add_argument("--detector", help="detector plugin (default: from config, else mediapipe)")
     rec.add_argument(
         "--regressor",
@@ -182,7 +182,7 @@ def build_parser(host: PluginHost | None = None) -> argparse.ArgumentParser:
         description="List every registered stage plugin with its distribution and version.",
     )
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
-    plugins.add_argument("-c", "--config", type=Path, help="TOML config (its allow/block lists apply)")
+    plugins.add_argument("-c", "--config", type=Path, action=Once, help="TOML config (its allow/block lists apply)")
     host = host or PluginHost()
     host.add_pipeline_flags(rec)  # e.g. --remote, from the `remote` stage plugin
     add_evaluation_commands(sub, host)  # `eval landmarks|rgbd|mesh`, `bench` (facerecon.evaluation.command)

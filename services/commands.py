@@ -22,7 +22,7 @@ from typing import Any
 from facerecon.kernel import PipelineConfig, PluginHost, hookimpl
 from facerecon.kernel.contract.errors import ConfigError, FaceReconError
 from facerecon.kernel.contract.stages import STAGE_KINDS
-from facerecon.kernel.host.commands import DefaultsHelpFormatter
+from facerecon.kernel.host.commands import DefaultsHelpFormatter, Once
 from facerecon.kernel.host.config import DEVICES
 
 from . import MAX_IMAGE_PIXELS
@@ -72,7 +72,9 @@ def add_serve_parser(subcommands: Any, host: PluginHost | None = None) -> argpar
     )
     parser.add_argument("kind", choices=KINDS, metavar="STAGE", help=f"what to serve: {', '.join(KINDS)}")
     parser.add_argument("--plugin", help="the stage plugin to serve (default: the config's, for detector/regressor)")
-    parser.add_argument("-c", "--config", type=Path, help="TOML config: plugin options, and the pipeline's stages")
+    parser.add_argument(
+        "-c", "--config", type=Path, action=Once, help="TOML config: plugin options, and the pipeline's stages"
+    )
     parser.add_argument("--device", choices=DEVICES, help="where models run (default: from config, else auto)")
     parser.add_argument(
         "--threads",

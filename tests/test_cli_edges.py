@@ -206,3 +206,15 @@ def test_names_windows_reserves_get_a_prefix():
     assert output_names([Path(name) for name in given]) == [
         "_CON", "_nul.x", "_com1", "_lpt9", "console", "com10", "a"
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize("command", [["reconstruct", "x.png"], ["plugins"], ["bench", "x"], ["serve", "detector"]])
+def test_a_config_given_twice_is_refused(command, tmp_path, capsys):
+    """`-c a.toml -c b.toml` used the second and ignored the first without a word."""
+    first, second = tmp_path / "a.toml", tmp_path / "b.toml"
+    for path in (first, second):
+        path.write_text("[pipeline]\n")
+    with pytest.raises(SystemExit) as exit_:
+        main([*command, "-c", str(first), "-c", str(second)])
+    assert exit_.value.code == 2
+    assert "-c/--config given twice" in capsys.readouterr().err
