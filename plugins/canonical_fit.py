@@ -18,6 +18,7 @@ maps), in the image's mesh frame (pixels, z away from the camera); medium and fi
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,8 +53,9 @@ class CanonicalFitOptions:
     def __post_init__(self) -> None:
         if not 0 <= self.subdivisions <= 5:
             raise ValueError(f"subdivisions must be in 0..5, got {self.subdivisions}")
-        if self.jaw_weight < 0 or self.smoothing < 0 or self.jaw_smoothing < 0:
-            raise ValueError("jaw_weight, smoothing and jaw_smoothing must be >= 0")
+        for name in ("jaw_weight", "smoothing", "jaw_smoothing"):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be finite and >= 0, got {getattr(self, name)}")
 
 
 class CanonicalFitRegressor:

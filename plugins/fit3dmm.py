@@ -10,6 +10,7 @@ It is the ``auto`` regressor whenever a model is configured in the model catalog
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,14 +61,16 @@ class FitOptions:
     def __post_init__(self) -> None:
         if self.camera not in CAMERAS:
             raise ValueError(f"camera must be one of {', '.join(CAMERAS)}, got {self.camera!r}")
+        if self.focal_length is not None and not 0 < self.focal_length < math.inf:
+            raise ValueError(f"focal_length must be a positive number of pixels, got {self.focal_length}")
         if self.iterations < 1:
             raise ValueError(f"iterations must be >= 1, got {self.iterations}")
         for name in ("identity_components", "expression_components"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("identity_prior", "expression_prior", "landmark_depth_weight", "contour_weight"):
-            if not getattr(self, name) >= 0:  # (NaN too)
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+            if not 0 <= getattr(self, name) < math.inf:  # (NaN too)
+                raise ValueError(f"{name} must be finite and >= 0, got {getattr(self, name)}")
 
 
 class MorphableModelFitter:

@@ -145,6 +145,9 @@ def test_third_party_detector_outside_the_allow_list_is_said_so(tmp_path, third_
             ],
         ),
         ("refiner.sfs", "lighting_rounds = -1\n", ["lighting_rounds must be >= 0, got -1"]),
+        ("regressor.canonical-fit", "jaw_weight = inf\n", ["jaw_weight must be finite and >= 0, got inf"]),
+        ("regressor.3dmm-fit", "focal_length = -800.0\n", ["focal_length must be a positive number of pixels"]),
+        ("regressor.3dmm-fit", "contour_weight = inf\n", ["contour_weight must be finite and >= 0, got inf"]),
         # MediaPipe's C++ int overflowed into "max_vec_size should be greater than or equal to 1"
         ("detector.mediapipe", "max_faces = 9223372036854775807\n", ["max_faces must be in 1..2147483647"]),
     ],
