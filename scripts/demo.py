@@ -24,5 +24,5 @@ if __name__ == "__main__":
     Image.fromarray(data.astronaut()).save(photo)
     code = main(["reconstruct", str(photo), "-o", str(out), "--formats", "obj,glb"])
     if code == 0:
-        print(f"open {out / 'astronaut' / 'preview.png'} first; fine.obj (+ .mtl, .png) opens in Blender")
+        print(f"open {out / 'astronaut' / 'preview.png'} first; final.glb opens life-size in Blender (Import > glTF)")
     sys.exit(code)
