@@ -184,6 +184,25 @@ sys.exit(server.serve_until_signal())
 """
 
 
+@contextlib.contextmanager
+def slow_server_process(seconds: float, grace_s: float, warm_seconds: float = 0.0) -> Iterator[tuple[Any, str]]:
+    """``slow_server_script`` running in its own process (text pipes): yields the process and the address it
+    printed; kills it at the end if it still runs."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", slow_server_script(seconds, grace_s, warm_seconds)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=subprocess_env(),
+    )
+    try:
+        yield process, process.stdout.readline().strip().rsplit(" ", 1)[-1]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 def small_refine_request() -> stages_pb2.RefineRequest:
     """A valid RefineRequest: a 32x32 black image, a 3-point face and a one-triangle mesh ("t")."""
     request = stages_pb2.RefineRequest()

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import io
 import signal
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -16,7 +14,7 @@ import grpc
 import numpy as np
 import pytest
 from PIL import Image
-from services_support import serving, slow_server_script, small_refine_request, subprocess_env, toy_host
+from services_support import serving, slow_server_process, small_refine_request, toy_host
 
 from facerecon.kernel import Face, Landmarks, Mesh, Pipeline, PipelineConfig
 from facerecon.services import MAX_IMAGE_PIXELS, convert
@@ -202,15 +200,7 @@ def test_the_bearer_scheme_is_case_insensitive_the_token_is_not(host):
 def test_a_call_running_past_the_grace_period_does_not_hold_the_exit(tmp_path):
     """--grace 0.5 with an 8 s call: the server used to exit only when the call ended (6.7 s after SIGTERM
     in the issue), after closing models the call was still using."""
-    process = subprocess.Popen(
-        [sys.executable, "-c", slow_server_script(seconds=8.0, grace_s=0.5)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=subprocess_env(),
-    )
-    try:
-        address = process.stdout.readline().strip().rsplit(" ", 1)[-1]
+    with slow_server_process(seconds=8.0, grace_s=0.5) as (process, address):
         with grpc.insecure_channel(address) as channel:
             grpc.channel_ready_future(channel).result(timeout=20)
             stub = stages_pb2_grpc.RefinerStub(channel)
@@ -228,25 +218,13 @@ def test_a_call_running_past_the_grace_period_does_not_hold_the_exit(tmp_path):
             assert status_of(running.result) != grpc.StatusCode.OK
         assert took < 3.0, f"exit took {took:.1f} s after SIGTERM"
         assert "1 call(s) still running after the grace period abandoned" in process.stderr.read()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
 
 
 def test_sigterm_while_the_model_warms_up_exits_at_once(tmp_path):
     """A pod deleted while its model still loads: the server used to wait for the 30 s warm-up (past any
     grace period, so Kubernetes' SIGKILL), and `serve pipeline` crashed at exit (status 120, "Exception
     ignored" on stderr) when its loader thread was still importing."""
-    process = subprocess.Popen(
-        [sys.executable, "-c", slow_server_script(seconds=0.1, grace_s=0.5, warm_seconds=30.0)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=subprocess_env(),
-    )
-    try:
-        address = process.stdout.readline().strip().rsplit(" ", 1)[-1]
+    with slow_server_process(seconds=0.1, grace_s=0.5, warm_seconds=30.0) as (process, address):
         with grpc.insecure_channel(address) as channel:
             grpc.channel_ready_future(channel).result(timeout=20)
             info = stages_pb2_grpc.RefinerStub(channel).Info
@@ -259,7 +237,3 @@ def test_sigterm_while_the_model_warms_up_exits_at_once(tmp_path):
         err = process.stderr.read()
         assert "stopped while the model was still loading" in err
         assert "Traceback" not in err and "Exception ignored" not in err
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()

@@ -27,7 +27,7 @@ from services_support import (
     differences,
     make_test_certificates,
     serving,
-    slow_server_script,
+    slow_server_process,
     small_refine_request,
     subprocess_env,
     toy_host,
@@ -542,15 +542,7 @@ def test_serve_is_a_facerecon_command(host):
 
 
 def test_sigterm_lets_running_calls_finish():
-    process = subprocess.Popen(
-        [sys.executable, "-c", slow_server_script(seconds=1.0, grace_s=5)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=subprocess_env(),
-    )
-    try:
-        address = process.stdout.readline().strip().rsplit(" ", 1)[-1]
+    with slow_server_process(seconds=1.0, grace_s=5) as (process, address):
         with grpc.insecure_channel(address) as channel:
             grpc.channel_ready_future(channel).result(timeout=20)
             health = health_pb2_grpc.HealthStub(channel)
@@ -567,10 +559,6 @@ def test_sigterm_lets_running_calls_finish():
             assert running.result().refinement.mesh.topology == "t"  # finished within the grace period
         assert process.wait(timeout=20) == 0
         assert "shutting down" in process.stderr.read()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
 
 
 def test_result_threads_share_one_channel(servers):
