@@ -145,7 +145,9 @@ def build_parser(host: PluginHost | None = None) -> argparse.ArgumentParser:
         help="zlib level 0-9 of the PNGs written (default: 1, fast; 6: ~20%% smaller files, 3-4x slower to write)",
     )
     rec.add_argument(
-        "--save-phases", action="store_true", help="also write refiners' intermediate meshes (the fine stage's phases)"
+        "--save-phases",
+        action="store_true",
+        help="also write refiners' intermediate meshes (the fine stage's phases; refused with --fast or no refiner)",
     )
     rec.add_argument(
         "--view",
@@ -330,8 +332,10 @@ def _texture_size(text: str) -> int | None:
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     formats, unknown = mesh_formats(args.formats.split(","))
-    if unknown or not formats:
-        raise ConfigError(f"unknown mesh format(s) {', '.join(unknown) or '(none)'}; known: obj, ply, glb")
+    if unknown:
+        raise ConfigError(f"unknown mesh format(s) {', '.join(unknown)}; known: obj, ply, glb")
+    if not formats:
+        raise ConfigError("--formats names no mesh format; known: obj, ply, glb")
     if args.texture_size is not None and not TEXTURE_SIDES[0] <= args.texture_size <= TEXTURE_SIDES[1]:
         raise ConfigError(
             f"--texture-size must be auto or in {TEXTURE_SIDES[0]}..{TEXTURE_SIDES[1]}, got {args.texture_size}"
@@ -345,6 +349,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         formats += () if "glb" in formats else ("glb",)
     if args.jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
+    if args.threads is not None and args.threads < 0:
+        raise ConfigError(f"--threads must be at least 0 (0: the libraries' defaults), got {args.threads}")
     if args.address is not None and args.engine != "ray":
         raise ConfigError("--address names a Ray cluster: it needs --engine ray")
     shard = _parse_shard(args.shard)
@@ -365,6 +371,11 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     except InputError as exc:
         raise ConfigError(str(exc)) from None
     config = load_config(args)
+    if args.save_phases and (args.fast or not config.refiners):
+        raise ConfigError(
+            "--save-phases writes the fine stage's phases, and "
+            + ("--fast runs no fine stage" if args.fast else "no refiner runs (--refiners '')")
+        )
     out: Path = args.output
     if out.exists() and not out.is_dir():
         raise ConfigError(f"-o {out}: exists and is not a folder")
@@ -519,7 +530,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         "images_per_s": round(images / seconds, 4) if seconds > 0 else None,
     }
     atomic_write(out / f"summary{tag}.json", (json.dumps(summary, indent=1) + "\n").encode())
-    if args.view and succeeded and not interrupted:
+    if args.view and (succeeded or skipped) and not interrupted:  # a resumed batch's page too
         from facerecon.outputs.viewer.page import write_static_page
 
         page = write_static_page(out)

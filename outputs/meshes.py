@@ -362,11 +362,12 @@ class MeshWriter(Protocol):
 
 
 def mesh_formats(names: Iterable[str]) -> tuple[tuple[str, ...], list[str]]:
-    """Mesh format names as given (``"OBJ"``, ``".obj"``, blanks skipped) -> the formats (``"obj"``) and the
-    given names no writer has, quoted as given (for a message)."""
+    """Mesh format names as given (``"OBJ"``, ``".obj"``, blanks skipped) -> the formats (``"obj"``, each
+    once, in the order given) and the given names no writer has, quoted as given (for a message)."""
     given = [name.strip() for name in names if name.strip()]
-    formats = tuple(name.lower().removeprefix(".") for name in given)
-    return formats, [repr(g) for g, f in zip(given, formats, strict=True) if f".{f}" not in WRITERS]
+    formats = [name.lower().removeprefix(".") for name in given]
+    unknown = [repr(g) for g, f in zip(given, formats, strict=True) if f".{f}" not in WRITERS]
+    return tuple(dict.fromkeys(formats)), unknown
 
 
 WRITERS: dict[str, MeshWriter] = {

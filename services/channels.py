@@ -25,12 +25,31 @@ MAX_ATTEMPTS = 5
 """gRPC caps a retry policy at 5 attempts (the first call and 4 retries)."""
 
 
+GRPC_SCHEMES = ("dns:", "unix:", "unix-abstract:", "ipv4:", "ipv6:", "vsock:", "xds:", "google-c2p:")
+"""The target schemes gRPC resolves (``dns:///name:port``, ``unix:/path``...): such an address is passed on as is."""
+
+
+def check_address(address: str) -> None:
+    """Raise :class:`ConfigError` unless ``address`` is ``HOST:PORT`` (port 1..65535), a comma-separated
+    list of them, or one target with a gRPC scheme: a typo (``host:5OO52``, ``:50052``) is said at once, not
+    after the connect timeout. Nothing is resolved here."""
+    items = [item.strip() for item in address.split(",") if item.strip()]
+    if not items:
+        raise ConfigError("a remote stage needs an address (HOST:PORT)")
+    if "," not in address and items[0].startswith(GRPC_SCHEMES):
+        return
+    for item in items:
+        host, _, port = item.rpartition(":")
+        port_ok = port.isascii() and port.isdigit() and 0 < int(port) < 65536
+        if not host.strip("[]") or not port_ok or "://" in item:
+            raise ConfigError(f"address {item!r} must be HOST:PORT (a port in 1..65535) or a gRPC target (dns:///...)")
+
+
 def grpc_target(address: str) -> str:
     """A gRPC target for an address option: one ``host:port`` as is; a comma-separated list of replicas as
     an ``ipv4:``/``ipv6:`` address list (host names resolved now); a target with a scheme unchanged."""
+    check_address(address)
     address = address.strip()
-    if not address:
-        raise ConfigError("a remote stage needs an address (HOST:PORT)")
     if "," not in address:
         return address
     import socket
@@ -38,9 +57,7 @@ def grpc_target(address: str) -> str:
     v4: list[str] = []
     v6: list[str] = []
     for item in (a.strip() for a in address.split(",") if a.strip()):
-        host, sep, port = item.rpartition(":")
-        if not sep or not port.isdigit() or "://" in item:
-            raise ConfigError(f"replica address {item!r} must be HOST:PORT")
+        host, _, port = item.rpartition(":")
         host = host.strip("[]")
         try:
             ips = [ipaddress.ip_address(host)]

@@ -10,6 +10,8 @@ from typing import Any
 from facerecon.kernel.contract.errors import ConfigError
 from facerecon.kernel.host.config import PipelineConfig
 
+from .channels import check_address
+
 NAME = "remote"
 
 
@@ -44,6 +46,10 @@ def apply_remote(config: PipelineConfig, entries: Iterable[str]) -> PipelineConf
         key, address = key.strip(), address.strip()
         if not sep or not key or not address:
             raise ConfigError(f"--remote takes STAGE=HOST:PORT[,HOST:PORT...], got {entry!r}")
+        try:
+            check_address(address)
+        except ConfigError as exc:
+            raise ConfigError(f"--remote {entry}: {exc}") from None
         if key == "pipeline":  # whole photos to `facerecon serve pipeline` (remote_pipeline.py)
             if len(entries) > 1:
                 raise ConfigError("--remote pipeline=... sends whole photos to one server: no other --remote with it")

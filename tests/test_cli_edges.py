@@ -12,6 +12,8 @@ import pytest
 
 from facerecon.cli import build_parser, main
 from facerecon.kernel import ConfigError, Pipeline, PipelineConfig
+from facerecon.outputs.meshes import mesh_formats
+from tests.conftest import missing
 
 
 def test_help_shows_each_default_once():
@@ -218,3 +220,43 @@ def test_a_config_given_twice_is_refused(command, tmp_path, capsys):
         main([*command, "-c", str(first), "-c", str(second)])
     assert exit_.value.code == 2
     assert "-c/--config given twice" in capsys.readouterr().err
+
+
+def test_view_writes_the_page_when_every_input_is_already_done(inputs, tmp_path):
+    """`--view` on a resumed batch whose inputs were all done wrote no index.html (exit 0, not a word)."""
+    from facerecon.outputs.viewer.assets import ViewerAssetsMissing, bundle_js
+
+    try:
+        bundle_js()
+    except ViewerAssetsMissing as exc:
+        missing(str(exc))
+    photo = sorted(inputs[0].glob("*.png"))[0]
+    out = tmp_path / "out"
+    args = ["reconstruct", str(photo), "-o", str(out), "-q", "--refiners", "", "--texture-size", "16"]
+    assert main(args) == 0 and not (out / "index.html").exists()
+    assert main([*args, "--view"]) == 0
+    assert json.loads((out / "summary.json").read_text())["skipped"] == [str(photo)]
+    assert photo.stem in (out / "index.html").read_text()
+
+
+def test_a_format_given_twice_is_written_once():
+    """`--formats obj,OBJ,.obj` wrote every mesh three times over the same file."""
+    assert mesh_formats(["obj", "OBJ", ".obj", " glb", "", "glb"]) == (("obj", "glb"), [])
+    assert mesh_formats(["stl", "STL"]) == (("stl",), ["'stl'", "'STL'"])
+
+
+def test_no_format_at_all_is_said_so(capsys):
+    assert main(["reconstruct", "x.png", "-o", "out", "--formats", " , "]) == 2
+    assert "--formats names no mesh format; known: obj, ply, glb" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags", [["--refiners", ""], ["--fast"]])
+def test_save_phases_without_a_fine_stage_is_refused(flags, capsys):
+    """`--save-phases` with no refiner, or with `--fast`, wrote nothing more and said nothing."""
+    assert main(["reconstruct", "x.png", "-o", "out", "--save-phases", *flags]) == 2
+    assert "--save-phases writes the fine stage's phases" in capsys.readouterr().err
+
+
+def test_a_negative_thread_count_names_the_flag(capsys):
+    assert main(["reconstruct", "x.png", "-o", "out", "--threads", "-1"]) == 2
+    assert "--threads must be at least 0 (0: the libraries' defaults), got -1" in capsys.readouterr().err

@@ -522,6 +522,17 @@ def test_apply_remote_flags():
             apply_remote(config, [bad])
 
 
+@pytest.mark.parametrize("address", ["a:b", ":50052", "localhost:99999", "localhost", "h:0", "h:1,h:x", ",", "h:５"])
+def test_a_mistyped_remote_address_is_refused_at_once(address):
+    """`--remote detector=a:b` (or `:50052`, a port over 65535) waited the 60 s connect timeout, then said the
+    server was "not ready"."""
+    config = PipelineConfig(detector="mediapipe", regressor="auto", refiners=("laplace", "sfs"))
+    with pytest.raises(ConfigError, match=r"HOST:PORT"):
+        apply_remote(config, [f"detector={address}"])
+    for good in ("h:1", "[::1]:50052", "a:1,b:2", "dns:///svc.cluster.local:50051", "unix:/run/fr.sock"):
+        assert apply_remote(config, [f"sfs={good}"]).options_for("refiner", "remote@sfs")["address"] == good
+
+
 def test_serve_command_errors(capsys):
     assert commands.main(["serve", "detector", "--plugin", "nope", "--port", "0"]) == 2
     assert "unknown detector: 'nope'" in capsys.readouterr().err
