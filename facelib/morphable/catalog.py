@@ -138,9 +138,9 @@ def resolve(name_or_path: str | Path | None, expressions: Path | None = None, fo
     if name_or_path is None:
         if catalogue.default is None:
             raise ConfigError(
-                f"no morphable model configured: give a model file (--model FILE where the command has it, "
-                f"else the regressor's model option), or list one in {catalogue_path()} "
-                f"(see `facerecon models --help`)"
+                "no morphable model configured: give a model file (in a config, [options.regressor.3dmm-fit] "
+                f'model = "FILE"; `eval synthetic --model FILE`), or list one in {catalogue_path()} '
+                "(see `facerecon models --help`)"
             )
         return catalogue.entries[catalogue.default]
     key = str(name_or_path)
