@@ -11,27 +11,15 @@
 // screenshot of the whole page as opened. The report lists the console errors, page errors and failed requests, the
 // stages offered and what the page's state said after each step. WebGL runs on SwiftShader (no GPU).
 
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { chromium } from 'playwright-core';
+import { openChromium } from './viewer_chromium.mjs';
 
-const [url, shots, executablePath = '/usr/bin/chromium'] = process.argv.slice(2);
-const profile = mkdtempSync(join(tmpdir(), 'facerecon-chromium-'));
+const [url, shots, executablePath] = process.argv.slice(2);
 const report = { console_errors: [], page_errors: [], failed_requests: [], steps: {} };
 
-const context = await chromium.launchPersistentContext(profile, {
-  executablePath,
-  headless: true,
-  viewport: { width: 1200, height: 700 },
-  args: [
-    '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync',
-    '--use-gl=angle', '--use-angle=swiftshader', '--enable-unsafe-swiftshader',
-  ],
-});
+const { page, close } = await openChromium({ executablePath, viewport: { width: 1200, height: 700 } });
 try {
-  const page = context.pages()[0] ?? (await context.newPage());
   page.on('console', (m) => {
     if (m.type() === 'error') report.console_errors.push(m.text());
   });
@@ -104,8 +92,7 @@ try {
 } catch (error) {
   report.driver_error = String(error.stack || error);
 } finally {
-  await context.close();
-  rmSync(profile, { recursive: true, force: true });
+  await close();
 }
 report.failed_requests = report.failed.filter(([u]) => !report.loaded.has(u)).map(([u, e]) => `${u.slice(0, 200)}: ${e}`);
 report.aborted_but_loaded = report.failed.filter(([u]) => report.loaded.has(u)).map(([u]) => u.slice(0, 200));

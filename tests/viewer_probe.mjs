@@ -9,29 +9,15 @@
 // missing, once it is no longer loading) and the note shown instead of it, and how many pixels of the 3D view
 // differ from its background (0: nothing drawn). The report also lists the console errors and page errors. WebGL runs on SwiftShader; --no-webgl turns it off.
 
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { chromium } from 'playwright-core';
+import { openChromium } from './viewer_chromium.mjs';
 
 const [url, ...rest] = process.argv.slice(2);
 const noWebgl = rest.includes('--no-webgl');
 const actions = rest.filter((a) => a !== '--no-webgl');
-const profile = mkdtempSync(join(tmpdir(), 'facerecon-chromium-'));
 const report = { console_errors: [], page_errors: [], steps: [] };
 
-const context = await chromium.launchPersistentContext(profile, {
-  executablePath: '/usr/bin/chromium',
-  headless: true,
-  viewport: { width: 1000, height: 600 },
-  args: [
-    '--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
-    '--use-gl=angle', '--use-angle=swiftshader', '--enable-unsafe-swiftshader',
-    ...(noWebgl ? ['--disable-webgl', '--disable-3d-apis'] : []),
-  ],
-});
+const { page, close } = await openChromium({ viewport: { width: 1000, height: 600 }, webgl: !noWebgl });
 try {
-  const page = context.pages()[0] ?? (await context.newPage());
   page.on('console', (m) => {
     if (m.type() === 'error') report.console_errors.push(m.text());
   });
@@ -86,7 +72,6 @@ try {
 } catch (error) {
   report.driver_error = String(error.stack || error);
 } finally {
-  await context.close();
-  rmSync(profile, { recursive: true, force: true });
+  await close();
 }
 console.log(JSON.stringify(report));

@@ -227,7 +227,7 @@ async function showStage(name) {
     // Nothing of the previous choice stays on screen under this one's name.
     stageRoot.clear();
     landmarkRoot.clear();
-    $('info').textContent = `${entry.label} · ${stageName(stage)}`;
+    $('info').textContent = `${entry.label} · ${stageLabel(stage)}`;
     showMessage(`Could not load ${stage.stage} mesh: ${error.message || error}`);
     updateHash();
     render();
@@ -302,7 +302,7 @@ function showPhoto(entry) {
   photo.src = entry.photo;
 }
 
-function stageName(stage) {
+function stageLabel(stage) {
   return stage.plugin ? `${stage.stage} (${stage.plugin})` : stage.stage;
 }
 
@@ -311,7 +311,7 @@ function showInfo(entry, stage, root) {
   root.traverse((n) => {
     if (n.isMesh) vertices += n.geometry.attributes.position.count;
   });
-  $('info').textContent = `${entry.label} · ${stageName(stage)} · ${vertices.toLocaleString('en')} vertices`;
+  $('info').textContent = `${entry.label} · ${stageLabel(stage)} · ${vertices.toLocaleString('en')} vertices`;
 }
 
 function showMessage(text) {
