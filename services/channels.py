@@ -12,6 +12,7 @@ import ipaddress
 import json
 import threading
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from facerecon.kernel.contract.errors import ConfigError
@@ -113,16 +114,22 @@ def channel_options(service: str, options: RemoteOptions) -> list[tuple[str, Any
 def _credentials(options: RemoteOptions) -> grpc.ChannelCredentials | None:
     if not options.secure:
         return None
+    return tls_credentials(options.tls_ca, options.tls_cert, options.tls_key, "a remote stage")
+
+
+def tls_credentials(ca: Path | None, cert: Path | None, key: Path | None, whose: str) -> grpc.ChannelCredentials:
+    """A client's TLS credentials from PEM files (None: the system's CAs, no client certificate); a file
+    that cannot be read is a ConfigError naming ``whose`` it is."""
     import grpc
 
     try:
         return grpc.ssl_channel_credentials(
-            root_certificates=options.tls_ca.read_bytes() if options.tls_ca else None,
-            private_key=options.tls_key.read_bytes() if options.tls_key else None,
-            certificate_chain=options.tls_cert.read_bytes() if options.tls_cert else None,
+            root_certificates=ca.read_bytes() if ca else None,
+            private_key=key.read_bytes() if key else None,
+            certificate_chain=cert.read_bytes() if cert else None,
         )
     except OSError as exc:
-        raise ConfigError(f"cannot read a TLS file of a remote stage: {exc}") from None
+        raise ConfigError(f"cannot read a TLS file of {whose}: {exc}") from None
 
 
 class _ChannelCache:

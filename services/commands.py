@@ -213,14 +213,9 @@ def _health_channel(args: argparse.Namespace) -> Any:
         return grpc.insecure_channel(args.address)
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ConfigError("--tls-cert and --tls-key go together")
-    try:
-        credentials = grpc.ssl_channel_credentials(
-            root_certificates=args.tls_ca.read_bytes() if args.tls_ca else None,
-            private_key=args.tls_key.read_bytes() if args.tls_key else None,
-            certificate_chain=args.tls_cert.read_bytes() if args.tls_cert else None,
-        )
-    except OSError as exc:
-        raise ConfigError(f"cannot read a TLS file: {exc.filename}: {exc.strerror or exc}") from None
+    from .channels import tls_credentials
+
+    credentials = tls_credentials(args.tls_ca, args.tls_cert, args.tls_key, "the health probe")
     options = [("grpc.ssl_target_name_override", args.tls_server_name)] if args.tls_server_name else []
     return grpc.secure_channel(args.address, credentials, options=options)
 
